@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+# Both create .venv on first use (scripts/ensure-venv).
+BIN := .venv/bin
+
+.PHONY: serve test venv lint proto proto-check buf-lint bench clean
+
+venv:
+	scripts/ensure-venv
+
+serve: venv
+	$(BIN)/nudge serve
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: venv buf-lint
+	$(BIN)/ruff check .
+
+proto: venv
+	$(BIN)/python scripts/generate_proto.py
+
+proto-check: venv
+	$(BIN)/python scripts/generate_proto.py --check
+
+buf-lint:
+	scripts/buf lint
+
+bench: venv
+	$(BIN)/python -m nudge.bench.rpc_floor
+
+clean:
+	rm -rf .venv build *.egg-info nudge-data

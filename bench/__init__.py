@@ -1,0 +1,1 @@
+"""nudge.bench."""

@@ -1,0 +1,1 @@
+"""Generated gRPC contract of nudge (package nudge.v1)."""
