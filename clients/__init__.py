@@ -1,1 +1,5 @@
-"""nudge.clients."""
+"""Python client SDK and the ``nudge`` command line."""
+
+from nudge.clients.client import Client, make_event
+
+__all__ = ["Client", "make_event"]

@@ -1,0 +1,127 @@
+"""The ``nudge`` command: parses options and hands them to the server or the client.
+
+    nudge serve [--port N] [--data-dir DIR] [--config FILE]
+    nudge track --user U --type T [--num amount=5000] [--str step=documentation]
+    nudge user U
+    nudge health
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf.json_format import MessageToJson
+from nudge.clients.client import Client, make_event
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+def _key_values(items: Sequence[str], convert: type, flag: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = convert(value)
+        except ValueError:
+            raise SystemExit(f"{flag} {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nudge", description="nudge decision server")
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("NUDGE_TARGET", DEFAULT_TARGET),
+        help="server address for client commands (env NUDGE_TARGET; default %(default)s)",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--config", help="TOML file with a [server] table (env NUDGE_CONFIG)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 50051; 0 = any)")
+    serve.add_argument("--data-dir", help="LMDB folder (default ./nudge-data)")
+    serve.add_argument("--campaigns", dest="campaigns_dir", help="folder of campaign TOML files")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+
+    track = sub.add_parser("track", help="send one event")
+    track.add_argument("--user", required=True)
+    track.add_argument("--type", required=True)
+    track.add_argument("--num", action="append", default=[], metavar="KEY=NUMBER")
+    track.add_argument("--str", action="append", default=[], metavar="KEY=TEXT")
+    track.add_argument("--event-id", help="idempotency key (default: a fresh one)")
+
+    user = sub.add_parser("user", help="show what the server knows about a user")
+    user.add_argument("user_id")
+
+    sub.add_parser("health", help="print the server's health status")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from nudge.server.app import create_server, serve
+    from nudge.server.config import ConfigError, load_config
+
+    try:
+        config = load_config(
+            args.config,
+            overrides={
+                "host": args.host,
+                "port": args.port,
+                "data_dir": args.data_dir,
+                "campaigns_dir": args.campaigns_dir,
+                "log_level": args.log_level,
+            },
+        )
+    except ConfigError as exc:
+        print(f"nudge serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    server = create_server(config)
+    serve(server)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    client = Client(args.target, timeout=args.timeout)
+    try:
+        if args.command == "track":
+            event = make_event(
+                args.user,
+                args.type,
+                numbers=_key_values(args.num, float, "--num"),
+                strings=_key_values(args.str, str, "--str"),
+                event_id=args.event_id,
+            )
+            reply = client.track([event])
+            print(MessageToJson(reply, always_print_fields_with_no_presence=True))
+        elif args.command == "user":
+            print(MessageToJson(client.get_user(args.user_id)))
+        elif args.command == "health":
+            status = client.health()
+            print(status)
+            return 0 if status == "SERVING" else 1
+    except grpc.RpcError as exc:
+        print(f"nudge {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

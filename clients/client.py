@@ -1,0 +1,190 @@
+"""Typed Python client for nudge.
+
+Retries on UNAVAILABLE (and RESOURCE_EXHAUSTED) resend the *same* request, so a retried
+Track carries the same event_ids and the server counts each event once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nudge.v1 import (
+    decision_service_pb2,
+    decision_service_pb2_grpc,
+    diagnostics_service_pb2,
+    diagnostics_service_pb2_grpc,
+    event_pb2,
+    risk_service_pb2,
+    risk_service_pb2_grpc,
+)
+
+T = TypeVar("T")
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def make_event(
+    user_id: str,
+    type: str,
+    *,
+    numbers: Mapping[str, float] | None = None,
+    strings: Mapping[str, str] | None = None,
+    time: datetime | float | None = None,
+    event_id: str | None = None,
+) -> event_pb2.Event:
+    """Build an Event; a fresh event_id is assigned here, once, so retries reuse it."""
+    event = event_pb2.Event(
+        event_id=event_id or uuid.uuid4().hex,
+        user_id=user_id,
+        type=type,
+        numbers=dict(numbers or {}),
+        strings=dict(strings or {}),
+    )
+    if time is not None:
+        if isinstance(time, datetime):
+            event.time.FromDatetime(time)
+        else:
+            event.time.FromNanoseconds(round(time * 1e9))
+    return event
+
+
+class Client:
+    """A connection to one nudge server.
+
+    ``timeout`` is the per-call deadline in seconds; ``retries`` how many times a call
+    that failed with UNAVAILABLE or RESOURCE_EXHAUSTED is resent (with backoff).
+    """
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.channel = channel or grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", 64 << 20),
+            ],
+        )
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.decisions = decision_service_pb2_grpc.DecisionServiceStub(self.channel)
+        self.risk = risk_service_pb2_grpc.RiskServiceStub(self.channel)
+        self.diagnostics = diagnostics_service_pb2_grpc.DiagnosticsServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, fn: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        attempt = 0
+        while True:
+            try:
+                return fn(request, timeout=timeout or self.timeout)
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or attempt >= self.retries:
+                    raise
+                time.sleep(self.backoff * 2**attempt)
+                attempt += 1
+
+    # -- DecisionService -----------------------------------------------------------------
+
+    def track(
+        self, events: Iterable[event_pb2.Event], timeout: float | None = None
+    ) -> decision_service_pb2.TrackResponse:
+        request = decision_service_pb2.TrackRequest(events=list(events))
+        return self._call(self.decisions.Track, request, timeout)
+
+    def track_stream(
+        self,
+        batches: Iterable[Iterable[event_pb2.Event]],
+        timeout: float | None = None,
+    ) -> decision_service_pb2.TrackStreamResponse:
+        """Stream many batches (ideally hundreds of events each) over one call.
+
+        Not retried automatically (the batches may be a one-shot iterator); on failure
+        resend the same events — replays are counted as duplicates, never twice.
+        """
+
+        def messages() -> Iterator[decision_service_pb2.TrackStreamRequest]:
+            for batch in batches:
+                yield decision_service_pb2.TrackStreamRequest(events=list(batch))
+
+        return self.decisions.TrackStream(messages(), timeout=timeout or self.timeout)
+
+    def get_user(
+        self, user_id: str, timeout: float | None = None
+    ) -> decision_service_pb2.UserState:
+        request = decision_service_pb2.GetUserRequest(user_id=user_id)
+        return self._call(self.decisions.GetUser, request, timeout).user
+
+    def decide(
+        self,
+        user_id: str,
+        *,
+        campaign: str = "",
+        top_k: int = 1,
+        numbers: Mapping[str, float] | None = None,
+        strings: Mapping[str, str] | None = None,
+        dry_run: bool = False,
+        timeout: float | None = None,
+    ) -> decision_service_pb2.DecideResponse:
+        request = decision_service_pb2.DecideRequest(
+            user_id=user_id,
+            campaign=campaign,
+            top_k=top_k,
+            numbers=dict(numbers or {}),
+            strings=dict(strings or {}),
+            dry_run=dry_run,
+        )
+        return self._call(self.decisions.Decide, request, timeout)
+
+    # -- RiskService ---------------------------------------------------------------------
+
+    def score_transaction(
+        self, transaction: risk_service_pb2.Transaction, timeout: float | None = None
+    ) -> risk_service_pb2.ScoreTransactionResponse:
+        request = risk_service_pb2.ScoreTransactionRequest(transaction=transaction)
+        return self._call(self.risk.ScoreTransaction, request, timeout)
+
+    # -- operations ----------------------------------------------------------------------
+
+    def echo(self, payload: bytes = b"", timeout: float | None = None) -> bytes:
+        request = diagnostics_service_pb2.EchoRequest(payload=payload)
+        return self._call(self.diagnostics.Echo, request, timeout).payload
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The health status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = self._health.Check(request, timeout=timeout or self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_serving(self, timeout: float = 60.0) -> None:
+        """Poll health until SERVING (the server warms its kernels first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health(timeout=1.0) == "SERVING":
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not SERVING after {timeout:.0f}s")
+            time.sleep(0.05)

@@ -1,0 +1,104 @@
+"""Server configuration: defaults < TOML file < NUDGE_* environment < command-line flags.
+
+The CLI only parses options into a ``Config``; ``nudge.server.app`` does the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "NUDGE_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type (names the key)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path = Path("nudge-data")
+    campaigns_dir: Path | None = None
+    # Initial LMDB map size; the map doubles by itself when full.
+    map_size: int = 64 << 20
+    # Worker threads of the sync gRPC server (see README "Server stack" for why sync).
+    max_workers: int = 16
+    # Half-life of decayed per-user counts, in seconds (event time).
+    half_life_seconds: float = 7 * 86_400.0
+    # Largest number of events one group commit takes from the queue.
+    max_batch_events: int = 50_000
+    # Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65_535:
+            raise ConfigError(f"port: must be in [0, 65535], got {self.port}")
+        if self.map_size < 1 << 16:
+            raise ConfigError("map_size: must be at least 65536 bytes")
+        if self.max_workers < 1:
+            raise ConfigError("max_workers: must be at least 1")
+        if not self.half_life_seconds > 0:
+            raise ConfigError("half_life_seconds: must be positive")
+        if self.max_batch_events < 1:
+            raise ConfigError("max_batch_events: must be at least 1")
+        if self.grace_seconds < 0:
+            raise ConfigError("grace_seconds: must not be negative")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = str(_FIELDS[name].type)
+    try:
+        if "Path" in kind:
+            return None if value in (None, "") else Path(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} (from {source}): expected {kind}, got {value!r}") from None
+
+
+def load_config(
+    config_file: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a Config from a TOML file (its ``[server]`` table), NUDGE_* variables, flags."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG") or None
+    if config_file:
+        path = Path(config_file)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        table = data.get("server", {})
+        for key, value in table.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{path}: [server].{key} is not a setting")
+            values[key] = _coerce(key, value, str(path))
+    for name in _FIELDS:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, raw, ENV_PREFIX + name.upper())
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    return Config(**values)

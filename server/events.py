@@ -1,0 +1,122 @@
+"""Validation of incoming events into plain, trusted values.
+
+A request with any invalid event is rejected whole: ``validate_events`` raises
+InvalidArgument naming ``events[i].<field>`` and the rule, before anything is queued for
+the store.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from nudge.server.errors import InvalidArgument
+from nudge.v1 import event_pb2
+
+MAX_ID_BYTES = 128
+MAX_PROPERTIES = 64
+MAX_KEY_BYTES = 64
+MAX_STRING_BYTES = 1024
+MAX_FUTURE_SECONDS = 86_400.0
+TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+TZ_KEY = "tz"
+CONSENT_PREFIX = "consent."
+CONSENT_VALUES = {"granted": True, "revoked": False}
+AMOUNT_KEY = "amount"
+
+
+@dataclass(slots=True)
+class ValidEvent:
+    """An event that passed validation, with its time resolved (epoch seconds)."""
+
+    event_id: str
+    user_id: str
+    type: str
+    time: float
+    amount: float
+    tz: str | None
+    consents: dict[str, bool] = field(default_factory=dict)
+    proto: event_pb2.Event | None = None
+
+
+@lru_cache(maxsize=1024)
+def time_zone(name: str) -> ZoneInfo:
+    """A ZoneInfo by IANA name (cached); raises ZoneInfoNotFoundError or ValueError."""
+    return ZoneInfo(name)
+
+
+def check_id(value: str, field_name: str) -> None:
+    if not value:
+        raise InvalidArgument(field_name, "must not be empty")
+    if len(value.encode()) > MAX_ID_BYTES:
+        raise InvalidArgument(field_name, f"must be at most {MAX_ID_BYTES} bytes")
+
+
+def timestamp_seconds(ts, field_name: str, now: float, has_time: bool) -> float:
+    """Epoch seconds of a Timestamp; ``now`` when unset. Rejects the far future and < 1970."""
+    if not has_time:
+        return now
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(field_name, "nanos must be in [0, 1e9)")
+    t = ts.seconds + ts.nanos * 1e-9
+    if t < 0:
+        raise InvalidArgument(field_name, "must not be before 1970-01-01")
+    if t > now + MAX_FUTURE_SECONDS:
+        raise InvalidArgument(field_name, "must not be more than one day in the future")
+    return t
+
+
+def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
+    where = f"events[{index}]"
+    check_id(ev.event_id, f"{where}.event_id")
+    check_id(ev.user_id, f"{where}.user_id")
+    if not TYPE_PATTERN.fullmatch(ev.type):
+        raise InvalidArgument(f"{where}.type", "must match [a-z][a-z0-9_.]{0,63}")
+    t = timestamp_seconds(ev.time, f"{where}.time", now, ev.HasField("time"))
+    numbers = ev.numbers
+    strings = ev.strings
+    if len(numbers) + len(strings) > MAX_PROPERTIES:
+        raise InvalidArgument(where, f"at most {MAX_PROPERTIES} numbers and strings in all")
+    for key, value in numbers.items():
+        _check_key(key, f"{where}.numbers")
+        if not math.isfinite(value):
+            raise InvalidArgument(f'{where}.numbers["{key}"]', "must be finite")
+    tz = None
+    consents: dict[str, bool] = {}
+    for key, value in strings.items():
+        _check_key(key, f"{where}.strings")
+        name = f'{where}.strings["{key}"]'
+        if len(value.encode()) > MAX_STRING_BYTES:
+            raise InvalidArgument(name, f"must be at most {MAX_STRING_BYTES} bytes")
+        if key == TZ_KEY:
+            try:
+                time_zone(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise InvalidArgument(
+                    name, "must be an IANA time zone such as Europe/Paris"
+                ) from None
+            tz = value
+        elif key.startswith(CONSENT_PREFIX):
+            if value not in CONSENT_VALUES or len(key) == len(CONSENT_PREFIX):
+                raise InvalidArgument(name, 'must be "granted" or "revoked"')
+            consents[key[len(CONSENT_PREFIX) :]] = CONSENT_VALUES[value]
+    amount = numbers.get(AMOUNT_KEY, math.nan)
+    return ValidEvent(ev.event_id, ev.user_id, ev.type, t, amount, tz, consents, ev)
+
+
+def _check_key(key: str, where: str) -> None:
+    if not key:
+        raise InvalidArgument(where, "property keys must not be empty")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidArgument(
+            f'{where}["{key[:16]}…"]', f"keys must be at most {MAX_KEY_BYTES} bytes"
+        )
+
+
+def validate_events(events: Sequence[event_pb2.Event], now: float) -> list[ValidEvent]:
+    """Validate a request's events; the first invalid one rejects them all."""
+    return [validate_event(ev, i, now) for i, ev in enumerate(events)]

@@ -1,0 +1,231 @@
+"""Group-committed, durable event ingestion.
+
+One fsync'd LMDB commit costs milliseconds, so one commit per event is far too slow.
+Every Track call and every TrackStream message is queued to a single writer thread, which
+takes everything queued so far into one write transaction, updates the users' state with
+the ingestion kernel, commits (fsync), and only then answers each caller. Concurrent
+callers therefore share commits, and nothing is acknowledged before it is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+
+import lmdb
+import numpy as np
+from nudge.kernels import user_state
+from nudge.server.errors import Unavailable
+from nudge.server.events import ValidEvent, time_zone
+from nudge.server.store import TYPE_PREFIX, Store, UserProfile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass
+class _Submission:
+    events: list[ValidEvent]
+    future: Future[TrackResult]
+
+
+def local_hour(t: float, tz: str) -> float:
+    """Hour of day in [0, 24) at epoch seconds ``t`` in time zone ``tz``."""
+    if tz == "UTC":
+        offset = 0.0
+    else:
+        when = datetime.fromtimestamp(t, time_zone(tz))
+        delta = when.utcoffset()
+        offset = delta.total_seconds() if delta is not None else 0.0
+    return ((t + offset) % 86_400.0) / 3_600.0
+
+
+class EventWriter:
+    """The single writer: batches submissions into durable group commits."""
+
+    def __init__(
+        self, store: Store, half_life_seconds: float, max_batch_events: int = 50_000
+    ) -> None:
+        self.store = store
+        self.half_life_seconds = half_life_seconds
+        self.max_batch_events = max_batch_events
+        self._queue: deque[_Submission] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self.commits = 0
+        self._thread = threading.Thread(target=self._run, name="nudge-event-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, events: list[ValidEvent]) -> Future[TrackResult]:
+        """Queue validated events; the future resolves after their commit."""
+        future: Future[TrackResult] = Future()
+        if not events:
+            future.set_result(TrackResult(0, 0))
+            return future
+        with self._cond:
+            if self._closing:
+                raise Unavailable("server is shutting down; retry with the same event_ids")
+            self._queue.append(_Submission(events, future))
+            self._cond.notify()
+        return future
+
+    def close(self) -> None:
+        """Stop accepting, commit everything queued, stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = [self._queue.popleft()]
+                size = len(batch[0].events)
+                while self._queue and size + len(self._queue[0].events) <= self.max_batch_events:
+                    sub = self._queue.popleft()
+                    size += len(sub.events)
+                    batch.append(sub)
+            self._commit_batch(batch)
+
+    def _commit_batch(self, batch: list[_Submission]) -> None:
+        while True:
+            try:
+                results, new_types, next_sequence = self._write(batch)
+                break
+            except lmdb.MapFullError:
+                log.info("store map full; grown to %d bytes, retrying", self.store.map_size())
+            except Exception as exc:  # the batch fails as a whole; callers may retry
+                log.exception("event batch failed to commit")
+                error = Unavailable(f"store write failed ({type(exc).__name__}); retry later")
+                for sub in batch:
+                    sub.future.set_exception(error)
+                return
+        self.store.type_slots.update(new_types)
+        self.store.next_sequence = next_sequence
+        self.commits += 1
+        for sub, result in zip(batch, results, strict=True):
+            sub.future.set_result(result)
+
+    def _write(
+        self, batch: list[_Submission]
+    ) -> tuple[list[TrackResult], dict[str, int], int]:
+        store = self.store
+        dbs = store.dbs
+        results: list[TrackResult] = []
+        fresh: list[ValidEvent] = []
+        new_types: dict[str, int] = {}
+        sequence = store.next_sequence
+        with store.write() as txn:
+            seen_in_batch: set[str] = set()
+            for sub in batch:
+                duplicates = 0
+                for ev in sub.events:
+                    if ev.event_id in seen_in_batch or txn.get(
+                        ev.event_id.encode(), db=dbs["seen"]
+                    ) is not None:
+                        duplicates += 1
+                        continue
+                    seen_in_batch.add(ev.event_id)
+                    fresh.append(ev)
+                results.append(TrackResult(len(sub.events) - duplicates, duplicates))
+            if not fresh:
+                return results, new_types, sequence
+
+            rows: dict[str, int] = {}
+            for ev in fresh:
+                rows.setdefault(ev.user_id, len(rows))
+            state = user_state.new_records(len(rows))
+            profiles: list[UserProfile] = []
+            for user_id, row in rows.items():
+                key = user_id.encode()
+                raw = txn.get(key, db=dbs["users"])
+                if raw is not None:
+                    state[row] = np.frombuffer(raw, dtype=np.float64)
+                profiles.append(UserProfile.from_bytes(txn.get(key, db=dbs["profiles"])))
+            changed = _apply_profile_updates(fresh, rows, profiles)
+
+            n = len(fresh)
+            row_idx = np.empty(n, np.int64)
+            slots = np.empty(n, np.int64)
+            times = np.empty(n, np.float64)
+            amounts = np.empty(n, np.float64)
+            hours = np.empty(n, np.float64)
+            for i, ev in enumerate(fresh):
+                row = rows[ev.user_id]
+                row_idx[i] = row
+                slots[i] = self._slot(ev.type, new_types, txn)
+                times[i] = ev.time
+                amounts[i] = ev.amount
+                hours[i] = local_hour(ev.time, ev.tz or profiles[row].tz)
+            user_state.apply_events(
+                state, row_idx, slots, times, amounts, hours, self.half_life_seconds
+            )
+
+            for user_id, row in rows.items():
+                key = user_id.encode()
+                txn.put(key, state[row].tobytes(), db=dbs["users"])
+                if row in changed:
+                    txn.put(key, profiles[row].to_bytes(), db=dbs["profiles"])
+            log_cursor = txn.cursor(db=dbs["events"])
+            seen = dbs["seen"]
+            for ev in fresh:
+                seq = sequence.to_bytes(8, "big")
+                proto = ev.proto
+                if proto is not None:
+                    if not proto.HasField("time"):
+                        proto.time.FromNanoseconds(round(ev.time * 1e9))
+                    log_cursor.put(seq, proto.SerializeToString(), append=True)
+                txn.put(ev.event_id.encode(), seq, db=seen)
+                sequence += 1
+        return results, new_types, sequence
+
+    def _slot(self, type_name: str, new_types: dict[str, int], txn: lmdb.Transaction) -> int:
+        slot = self.store.type_slots.get(type_name)
+        if slot is None:
+            slot = new_types.get(type_name)
+        if slot is not None:
+            return slot
+        used = len(self.store.type_slots) + len(new_types)
+        if used >= user_state.OTHER_TYPE_SLOT:
+            return user_state.OTHER_TYPE_SLOT
+        new_types[type_name] = used
+        txn.put(TYPE_PREFIX + type_name.encode(), str(used).encode(), db=self.store.dbs["meta"])
+        return used
+
+
+def _apply_profile_updates(
+    events: list[ValidEvent], rows: dict[str, int], profiles: list[UserProfile]
+) -> set[int]:
+    """Fold time zones and consents into profiles, last write (by event time) wins."""
+    changed: set[int] = set()
+    for ev in events:
+        if ev.tz is None and not ev.consents:
+            continue
+        row = rows[ev.user_id]
+        profile = profiles[row]
+        if ev.tz is not None and ev.time >= profile.tz_time:
+            profile.tz, profile.tz_time = ev.tz, ev.time
+            changed.add(row)
+        for channel, granted in ev.consents.items():
+            previous = profile.consents.get(channel)
+            if previous is None or ev.time >= previous[1]:
+                profile.consents[channel] = (granted, ev.time)
+                changed.add(row)
+    return changed
+
+

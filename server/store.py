@@ -1,0 +1,250 @@
+"""The LMDB store: one environment, named databases, durable group-committed writes.
+
+Databases:
+
+- ``meta``: schema version, event type registry (``type/<name>`` -> slot).
+- ``users``: user id -> fixed-layout record (kernels/user_state.py), raw float64 bytes.
+- ``profiles``: user id -> JSON with time zone and consents (strings, last write wins by
+  event time).
+- ``seen``: event id -> event log sequence number (idempotency).
+- ``events``: 8-byte big-endian sequence -> serialized Event (replay and insights).
+
+Every write transaction commits with fsync before anything is acknowledged (``sync=True``).
+The map grows by doubling when a write hits MDB_MAP_FULL; LMDB only allows resizing when
+no transaction of this process is open, so reads pass through ``_ReadGate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+from nudge.kernels import user_state
+from nudge.server.errors import SchemaMismatch, StoreError
+
+SCHEMA_VERSION = 1
+SCHEMA_KEY = b"schema_version"
+TYPE_PREFIX = b"type/"
+DATABASES = ("meta", "users", "profiles", "seen", "events")
+MAX_DBS = 16
+
+
+class _ReadGate:
+    """Lets many readers in at once, and a resize in alone.
+
+    LMDB's ``mdb_env_set_mapsize`` must not run while this process has a transaction open.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+@dataclass
+class UserProfile:
+    """The string side of a user's state: time zone and consents, each with its time."""
+
+    tz: str = "UTC"
+    tz_time: float = float("-inf")
+    consents: dict[str, tuple[bool, float]] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {"tz": self.tz, "tz_time": self.tz_time, "consents": self.consents},
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | memoryview | None) -> UserProfile:
+        if raw is None:
+            return cls()
+        data: dict[str, Any] = json.loads(bytes(raw))
+        consents = {k: (bool(v[0]), float(v[1])) for k, v in data["consents"].items()}
+        return cls(tz=data["tz"], tz_time=float(data["tz_time"]), consents=consents)
+
+
+@dataclass(frozen=True)
+class UserView:
+    """A user's record as plain arrays, one per field (copies: safe after the txn ends)."""
+
+    user_id: str
+    scalars: np.ndarray
+    counts: np.ndarray
+    totals: np.ndarray
+    type_last: np.ndarray
+    hours: np.ndarray
+    profile: UserProfile
+
+    @classmethod
+    def from_record(cls, user_id: str, record: np.ndarray, profile: UserProfile) -> UserView:
+        u = user_state
+        return cls(
+            user_id=user_id,
+            scalars=record[: u.N_SCALARS],
+            counts=record[u.COUNTS : u.COUNTS + u.N_TYPES],
+            totals=record[u.TOTALS : u.TOTALS + u.N_TYPES],
+            type_last=record[u.TYPE_LAST : u.TYPE_LAST + u.N_TYPES],
+            hours=record[u.HOURS : u.HOURS + u.N_HOURS],
+            profile=profile,
+        )
+
+
+class Store:
+    """One LMDB environment with nudge's named databases."""
+
+    def __init__(self, path: Path | str, map_size: int = 64 << 20) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=MAX_DBS,
+                subdir=True,
+                sync=True,
+                metasync=True,
+                readahead=False,
+                max_spare_txns=8,
+            )
+        except (OSError, lmdb.Error) as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+        self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
+        self._gate = _ReadGate()
+        self._write_lock = threading.Lock()
+        self._check_schema()
+        self.type_slots: dict[str, int] = self._load_type_registry()
+        self.next_sequence = self._last_sequence() + 1
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _check_schema(self) -> None:
+        with self.env.begin(db=self.dbs["meta"], write=True) as txn:
+            raw = txn.get(SCHEMA_KEY)
+            if raw is None:
+                if self._has_data(txn):
+                    raise SchemaMismatch(
+                        f"store at {self.path} has data but no schema version; refusing to "
+                        "guess its layout"
+                    )
+                txn.put(SCHEMA_KEY, str(SCHEMA_VERSION).encode())
+                return
+        found = int(bytes(raw))
+        if found != SCHEMA_VERSION:
+            raise SchemaMismatch(
+                f"store at {self.path} has schema version {found}, this nudge reads version "
+                f"{SCHEMA_VERSION}; migrate it or point --data-dir elsewhere"
+            )
+
+    def _has_data(self, txn: lmdb.Transaction) -> bool:
+        return any(txn.stat(self.dbs[name])["entries"] for name in ("users", "events"))
+
+    def _load_type_registry(self) -> dict[str, int]:
+        slots: dict[str, int] = {}
+        with self.env.begin(db=self.dbs["meta"]) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(TYPE_PREFIX):
+                for key, value in cursor:
+                    if not key.startswith(TYPE_PREFIX):
+                        break
+                    slots[key[len(TYPE_PREFIX) :].decode()] = int(bytes(value))
+        return slots
+
+    def _last_sequence(self) -> int:
+        with self.env.begin(db=self.dbs["events"]) as txn:
+            cursor = txn.cursor()
+            if cursor.last():
+                return int.from_bytes(cursor.key(), "big")
+        return 0
+
+    # -- reading -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A short read transaction; values are zero-copy buffers valid inside it."""
+        with self._gate.reading(), self.env.begin(buffers=True) as txn:
+            yield txn
+
+    def get_user(self, user_id: str) -> UserView | None:
+        """The user's record as plain arrays, or None if no event was ever stored."""
+        key = user_id.encode()
+        with self.read() as txn:
+            raw = txn.get(key, db=self.dbs["users"])
+            if raw is None:
+                return None
+            record = np.frombuffer(raw, dtype=np.float64).copy()
+            profile = UserProfile.from_bytes(txn.get(key, db=self.dbs["profiles"]))
+        return UserView.from_record(user_id, record, profile)
+
+    def type_names(self) -> dict[int, str]:
+        names = {slot: name for name, slot in self.type_slots.items()}
+        names.setdefault(user_state.OTHER_TYPE_SLOT, "(other)")
+        return names
+
+    def counts(self) -> dict[str, int]:
+        with self.read() as txn:
+            return {name: txn.stat(db)["entries"] for name, db in self.dbs.items()}
+
+    def map_size(self) -> int:
+        return int(self.env.info()["map_size"])
+
+    # -- writing -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """One durable write transaction (fsync on commit). Only one at a time.
+
+        Raises lmdb.MapFullError to the caller after growing the map, so the caller
+        retries its whole batch in a fresh transaction.
+        """
+        with self._write_lock:
+            try:
+                with self.env.begin(write=True) as txn:
+                    yield txn
+            except lmdb.MapFullError:
+                self.grow()
+                raise
+
+    def grow(self) -> None:
+        """Double the map size (LMDB needs no open transaction in this process)."""
+        with self._gate.exclusive():
+            self.env.set_mapsize(self.map_size() * 2)
+
+    def close(self) -> None:
+        with self._gate.exclusive():
+            self.env.sync(True)
+            self.env.close()
