@@ -70,6 +70,10 @@ class NudgeServer:
     def start(self) -> None:
         """Accept connections (health says NOT_SERVING), warm kernels, then SERVING."""
         self.grpc_server.start()
+        self.warm_up_and_serve()
+
+    def warm_up_and_serve(self) -> None:
+        """Compile and call every kernel once, then report SERVING and take work."""
         spent = warm_up_all()
         log.info("kernels warm in %.2fs", sum(spent.values()))
         self.readiness.set_ready()

@@ -21,10 +21,13 @@ from nudge.v1 import decision_service_pb2_grpc as pb_grpc
 
 # Stream messages a TrackStream may have queued for commit at once (back-pressure).
 STREAM_IN_FLIGHT = 8
+MAX_WAIT_SECONDS = 86_400.0
 
 
 def _wait(future: Future[TrackResult], context: grpc.ServicerContext) -> TrackResult:
     remaining = context.time_remaining()
+    if remaining is not None and remaining > MAX_WAIT_SECONDS:
+        remaining = None  # no deadline: grpc reports a huge number that threads reject
     try:
         return future.result(timeout=remaining)
     except FutureTimeout:

@@ -10,6 +10,7 @@ callers therefore share commits, and nothing is acknowledged before it is on dis
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from concurrent.futures import Future
@@ -20,8 +21,15 @@ import lmdb
 import numpy as np
 from nudge.kernels import user_state
 from nudge.server.errors import Unavailable
-from nudge.server.events import ValidEvent, time_zone
+from nudge.server.events import (
+    AMOUNT_KEY,
+    CONSENT_PREFIX,
+    TZ_KEY,
+    ValidEvent,
+    time_zone,
+)
 from nudge.server.store import TYPE_PREFIX, Store, UserProfile
+from nudge.v1 import event_pb2
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +193,10 @@ class EventWriter:
             seen = dbs["seen"]
             for ev in fresh:
                 seq = sequence.to_bytes(8, "big")
-                proto = ev.proto
-                if proto is not None:
-                    if not proto.HasField("time"):
-                        proto.time.FromNanoseconds(round(ev.time * 1e9))
-                    log_cursor.put(seq, proto.SerializeToString(), append=True)
+                proto = ev.proto if ev.proto is not None else _event_proto(ev)
+                if not proto.HasField("time"):
+                    proto.time.FromNanoseconds(round(ev.time * 1e9))
+                log_cursor.put(seq, proto.SerializeToString(), append=True)
                 txn.put(ev.event_id.encode(), seq, db=seen)
                 sequence += 1
         return results, new_types, sequence
@@ -206,6 +213,20 @@ class EventWriter:
         new_types[type_name] = used
         txn.put(TYPE_PREFIX + type_name.encode(), str(used).encode(), db=self.store.dbs["meta"])
         return used
+
+
+def _event_proto(ev: ValidEvent) -> event_pb2.Event:
+    """The event log record for an event that did not arrive as a protobuf message."""
+    strings = {
+        f"{CONSENT_PREFIX}{channel}": "granted" if granted else "revoked"
+        for channel, granted in ev.consents.items()
+    }
+    if ev.tz is not None:
+        strings[TZ_KEY] = ev.tz
+    numbers = {} if math.isnan(ev.amount) else {AMOUNT_KEY: ev.amount}
+    return event_pb2.Event(
+        event_id=ev.event_id, user_id=ev.user_id, type=ev.type, numbers=numbers, strings=strings
+    )
 
 
 def _apply_profile_updates(

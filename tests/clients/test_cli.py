@@ -1,0 +1,52 @@
+"""The nudge command against a real server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from nudge.clients.cli import main
+from nudge.server.app import NudgeServer
+
+
+def run(server: NudgeServer, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(["--target", f"127.0.0.1:{server.port}", *argv])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def test_track_then_user(server: NudgeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(server, capsys, "track", "--user", "U", "--type", "flow_abandoned",
+                    "--num", "amount=5000", "--str", "step=documentation", "--event-id", "e1")
+    assert code == 0
+    assert json.loads(out) == {"accepted": "1", "duplicates": "0"}
+    code, out = run(server, capsys, "track", "--user", "U", "--type", "flow_abandoned",
+                    "--event-id", "e1")
+    assert json.loads(out) == {"accepted": "0", "duplicates": "1"}
+    code, out = run(server, capsys, "user", "U")
+    assert code == 0
+    user = json.loads(out)
+    assert user["eventTypes"][0]["type"] == "flow_abandoned"
+    assert user["amounts"]["mean"] == 5000.0
+
+
+def test_health(server: NudgeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(server, capsys, "health") == (0, "SERVING\n")
+
+
+def test_errors_print_the_status(server: NudgeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(server, capsys, "user", "nobody")
+    assert code == 1
+    assert "NOT_FOUND" in out
+    code, out = run(server, capsys, "track", "--user", "U", "--type", "Bad")
+    assert code == 1
+    assert "INVALID_ARGUMENT: events[0].type" in out
+
+
+def test_bad_key_value_is_a_usage_error(server: NudgeServer) -> None:
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        main(["--target", f"127.0.0.1:{server.port}", "track", "--user", "U", "--type", "t",
+              "--num", "amount"])
+    with pytest.raises(SystemExit, match="not a number"):
+        main(["--target", f"127.0.0.1:{server.port}", "track", "--user", "U", "--type", "t",
+              "--num", "amount=lots"])
