@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from nudge.clients.cli import main
 from nudge.server.app import NudgeServer
 

@@ -14,6 +14,7 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+
 from nudge.clients import Client, make_event
 from nudge.server.app import SERVICE_NAMES, NudgeServer, create_server
 from nudge.server.config import Config, ConfigError, load_config

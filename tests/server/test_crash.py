@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from nudge.clients import Client, make_event
 from nudge.v1 import event_pb2
 

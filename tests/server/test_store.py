@@ -7,6 +7,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+
 from nudge.kernels import user_state as u
 from nudge.server.errors import SchemaMismatch
 from nudge.server.events import ValidEvent

@@ -6,6 +6,7 @@ import threading
 
 import grpc
 import pytest
+
 from nudge.clients import Client, make_event
 from nudge.server.app import NudgeServer
 

@@ -6,6 +6,7 @@ import time
 
 import grpc
 import pytest
+
 from nudge.clients import Client, make_event
 from nudge.server.app import NudgeServer
 from nudge.v1 import event_pb2
