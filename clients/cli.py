@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import grpc
 from google.protobuf.json_format import MessageToJson
+
 from nudge.clients.client import Client, make_event
 
 DEFAULT_TARGET = "localhost:50051"

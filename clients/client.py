@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from nudge.v1 import (
     decision_service_pb2,
     decision_service_pb2_grpc,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from nudge.kernels.warmup import warm_up_all
 from nudge.server.clock import Clock, SystemClock
 from nudge.server.config import Config

@@ -9,6 +9,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
+
 from nudge.server.clock import Clock
 from nudge.server.errors import DeadlineExceeded, InvalidArgument, NotFound, Unimplemented
 from nudge.server.events import check_id, validate_events

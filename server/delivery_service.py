@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+
 from nudge.server.errors import Unimplemented
 from nudge.v1 import delivery_service_pb2 as pb
 from nudge.v1 import delivery_service_pb2_grpc as pb_grpc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from nudge.v1 import diagnostics_service_pb2 as pb
 from nudge.v1 import diagnostics_service_pb2_grpc as pb_grpc
 

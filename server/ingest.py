@@ -19,6 +19,7 @@ from datetime import datetime
 
 import lmdb
 import numpy as np
+
 from nudge.kernels import user_state
 from nudge.server.errors import Unavailable
 from nudge.server.events import (

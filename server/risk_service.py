@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from nudge.server.errors import Unimplemented
 from nudge.v1 import risk_service_pb2 as pb
 from nudge.v1 import risk_service_pb2_grpc as pb_grpc

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+
 from nudge.server.errors import NudgeError
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from typing import Any
 
 import lmdb
 import numpy as np
+
 from nudge.kernels import user_state
 from nudge.server.errors import SchemaMismatch, StoreError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from nudge.kernels import user_state as u
 from nudge.server.store import UserView
 from nudge.v1 import decision_service_pb2 as pb
