@@ -149,6 +149,7 @@ class Store:
         self._write_lock = threading.Lock()
         self._check_schema()
         self.type_slots: dict[str, int] = self._load_type_registry()
+        self._type_names: dict[int, str] = {}
         self.next_sequence = self._last_sequence() + 1
 
     # -- opening -------------------------------------------------------------------------
@@ -212,9 +213,12 @@ class Store:
         return UserView.from_record(user_id, record, profile)
 
     def type_names(self) -> dict[int, str]:
-        names = {slot: name for name, slot in self.type_slots.items()}
-        names.setdefault(user_state.OTHER_TYPE_SLOT, "(other)")
-        return names
+        """Slot -> event type name (cached; the registry only grows)."""
+        if len(self._type_names) != len(self.type_slots) + 1:
+            names = {slot: name for name, slot in self.type_slots.items()}
+            names[user_state.OTHER_TYPE_SLOT] = "(other)"
+            self._type_names = names
+        return self._type_names
 
     def counts(self) -> dict[str, int]:
         with self.read() as txn:

@@ -25,17 +25,16 @@ def user_state_message(
         time_zone=view.profile.tz,
         half_life_seconds=half_life_seconds,
     )
-    _set_time(msg.first_seen, s[u.S_FIRST_SEEN])
-    _set_time(msg.last_seen, s[u.S_LAST_SEEN])
-    for slot in np.argsort(-view.type_last, kind="stable"):
-        if view.totals[slot] == 0:
-            continue
+    _set_time(msg.first_seen, float(s[u.S_FIRST_SEEN]))
+    _set_time(msg.last_seen, float(s[u.S_LAST_SEEN]))
+    used = np.flatnonzero(view.totals)
+    for slot in used[np.argsort(-view.type_last[used], kind="stable")].tolist():
         stats = msg.event_types.add(
-            type=type_names.get(int(slot), f"(slot {slot})"),
+            type=type_names.get(slot, f"(slot {slot})"),
             count=int(view.totals[slot]),
             decayed_count=float(view.counts[slot]),
         )
-        _set_time(stats.last_seen, view.type_last[slot])
+        _set_time(stats.last_seen, float(view.type_last[slot]))
     n = s[u.S_AMOUNT_COUNT]
     if n > 0:
         variance = s[u.S_AMOUNT_M2] / (n - 1) if n > 1 else 0.0
@@ -49,7 +48,7 @@ def user_state_message(
                 last=float(s[u.S_AMOUNT_LAST]),
             )
         )
-    msg.local_hour_profile.extend(float(x) for x in view.hours)
+    msg.local_hour_profile.extend(view.hours.tolist())
     for channel, (granted, _) in sorted(view.profile.consents.items()):
         msg.consents[channel] = granted
     return msg
