@@ -1,0 +1,471 @@
+"""Campaigns: TOML files declaring the decision space, the goal and the guardrails.
+
+Loaded and validated at start-up; every error names the file, the key and the rule. A
+campaign compiles into plain arrays for the policy kernel: the allowed combinations of
+(message, channel, send time, frequency, offer) and, for each, the ids of the model
+components it is made of (one per dimension value, plus the pairwise cells channel ×
+send time and message × offer). "Send nothing" is a component of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import string
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHANNELS = ("push", "whatsapp", "sms", "email", "in_app")
+DIMENSIONS = ("message", "channel", "send_time", "frequency", "offer")
+NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+ALGORITHMS = ("thompson", "squarecb")
+
+
+class CampaignError(ValueError):
+    """A campaign file breaks a rule; the message names the file, the key and the rule."""
+
+
+@dataclass(frozen=True)
+class Message:
+    name: str
+    template: str
+    properties: tuple[str, ...]
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        """Fill the template; raises KeyError naming the first missing property."""
+        missing = [p for p in self.properties if p not in values]
+        if missing:
+            raise KeyError(missing[0])
+        return self.template.format_map(values)
+
+
+@dataclass(frozen=True)
+class SendTime:
+    name: str
+    # Minutes after local midnight; None means "as soon as allowed".
+    minute_of_day: int | None
+
+
+@dataclass(frozen=True)
+class Frequency:
+    name: str
+    count: int
+    gap_hours: float
+
+
+@dataclass(frozen=True)
+class Offer:
+    name: str
+    credit: bool
+
+
+@dataclass(frozen=True)
+class Goal:
+    events: tuple[str, ...]
+    value: float
+    window_seconds: float
+
+
+@dataclass(frozen=True)
+class Caps:
+    per_channel_day: int | None
+    per_channel_week: int | None
+    all_channels_day: int | None
+    all_channels_week: int | None
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    consent: bool
+    # (start, end) in minutes after local midnight; the window may wrap past midnight.
+    quiet_hours: tuple[int, int] | None
+    caps: Caps | None
+    holdout: float
+
+    def is_quiet(self, minute_of_day: float) -> bool:
+        if self.quiet_hours is None:
+            return False
+        start, end = self.quiet_hours
+        if start <= end:
+            return start <= minute_of_day < end
+        return minute_of_day >= start or minute_of_day < end
+
+
+@dataclass(frozen=True)
+class Exploration:
+    algorithm: str = "thompson"
+    # Observation noise variance of the per-component Bayesian regressions.
+    noise_variance: float = 0.25
+    # Prior precision (ridge) of each component's weights.
+    prior_precision: float = 1.0
+    # Per-update forgetting factor (< 1 tracks drift; 1 never forgets).
+    forgetting: float = 0.9995
+    # SquareCB learning rate, scaled by the number of allowed actions.
+    gamma_scale: float = 10.0
+    # Monte Carlo draws behind a Thompson-sampling propensity.
+    propensity_samples: int = 256
+
+
+@dataclass(frozen=True)
+class Campaign:
+    name: str
+    description: str
+    source: str
+    messages: tuple[Message, ...]
+    channels: tuple[str, ...]
+    send_times: tuple[SendTime, ...]
+    frequencies: tuple[Frequency, ...]
+    offers: tuple[Offer, ...]
+    goal: Goal
+    guardrails: Guardrails
+    exploration: Exploration
+    # Allowed combinations: value index per dimension, shape (n_combos, 5).
+    combos: np.ndarray = field(repr=False)
+    # Component ids per allowed combination, shape (n_combos, 7).
+    components: np.ndarray = field(repr=False)
+    n_components: int = 0
+
+    @property
+    def nothing_component(self) -> int:
+        return self.n_components - 1
+
+    def dimension_names(self, dim: str) -> tuple[str, ...]:
+        values = {
+            "message": self.messages,
+            "channel": self.channels,
+            "send_time": self.send_times,
+            "frequency": self.frequencies,
+            "offer": self.offers,
+        }[dim]
+        return tuple(v if isinstance(v, str) else v.name for v in values)
+
+    def component_names(self) -> list[str]:
+        """Readable name per component id, for explanations."""
+        names = [f"{dim}={v}" for dim in DIMENSIONS for v in self.dimension_names(dim)]
+        names += [f"channel×send_time={c}×{s.name}" for c in self.channels for s in self.send_times]
+        names += [f"message×offer={m.name}×{o.name}" for m in self.messages for o in self.offers]
+        names.append("nothing")
+        return names
+
+
+def _fail(source: str, key: str, rule: str) -> CampaignError:
+    return CampaignError(f"{source}: {key}: {rule}")
+
+
+def _table(data: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict) or not value:
+        raise _fail(source, key, "must be a non-empty table")
+    return value
+
+
+def _name(value: str, key: str, source: str) -> str:
+    if not NAME.fullmatch(value):
+        raise _fail(source, key, f"{value!r} must match [a-z][a-z0-9_]{{0,63}}")
+    return value
+
+
+def _minute(value: Any, key: str, source: str) -> int:
+    match = CLOCK.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise _fail(source, key, f'must be a local time "HH:MM", got {value!r}')
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+def _number(value: Any, key: str, source: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(source, key, f"must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise _fail(source, key, f"must be in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _count(value: Any, key: str, source: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _fail(source, key, f"must be a whole number ≥ {low}, got {value!r}")
+    return value
+
+
+def _known(data: Mapping[str, Any], allowed: set[str], where: str, source: str) -> None:
+    for key in data:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            expected = f"unknown key (expected one of {sorted(allowed)})"
+            raise _fail(source, f"{prefix}{key}", expected)
+
+
+def _messages(data: dict[str, Any], source: str) -> tuple[Message, ...]:
+    out = []
+    for name, template in _table(data, "messages", source).items():
+        key = f"messages.{name}"
+        _name(name, key, source)
+        if not isinstance(template, str) or not template.strip():
+            raise _fail(source, key, "must be a non-empty template string")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            raise _fail(source, key, f"is not a valid template: {exc}") from None
+        for f in fields:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", f):
+                raise _fail(source, key, f"placeholder {{{f}}} must be a plain property name")
+        out.append(Message(name, template, tuple(dict.fromkeys(fields))))
+    return tuple(out)
+
+
+def _channels(data: dict[str, Any], source: str) -> tuple[str, ...]:
+    values = _table(data, "channels", source).get("values")
+    if not isinstance(values, list) or not values:
+        raise _fail(source, "channels.values", "must be a non-empty list")
+    for v in values:
+        if v not in CHANNELS:
+            raise _fail(source, "channels.values", f"{v!r} is not one of {list(CHANNELS)}")
+    if len(set(values)) != len(values):
+        raise _fail(source, "channels.values", "must not repeat a channel")
+    return tuple(values)
+
+
+def _send_times(data: dict[str, Any], source: str) -> tuple[SendTime, ...]:
+    out = []
+    for name, value in _table(data, "send_times", source).items():
+        key = f"send_times.{name}"
+        _name(name, key, source)
+        out.append(SendTime(name, None if value == "now" else _minute(value, key, source)))
+    return tuple(out)
+
+
+def _frequencies(data: dict[str, Any], source: str) -> tuple[Frequency, ...]:
+    out = []
+    for name, spec in _table(data, "frequencies", source).items():
+        key = f"frequencies.{name}"
+        _name(name, key, source)
+        if not isinstance(spec, dict):
+            raise _fail(source, key, "must be a table such as { count = 1 }")
+        _known(spec, {"count", "gap_hours"}, key, source)
+        count = _count(spec.get("count"), f"{key}.count", source)
+        gap = _number(spec.get("gap_hours", 0), f"{key}.gap_hours", source, 0, 24 * 30)
+        if count > 1 and gap <= 0:
+            raise _fail(source, f"{key}.gap_hours", "must be > 0 when count > 1")
+        out.append(Frequency(name, count, gap))
+    return tuple(out)
+
+
+def _offers(data: dict[str, Any], source: str) -> tuple[Offer, ...]:
+    out = []
+    for name, spec in _table(data, "offers", source).items():
+        key = f"offers.{name}"
+        _name(name, key, source)
+        if not isinstance(spec, dict):
+            raise _fail(source, key, "must be a table such as { credit = true }")
+        _known(spec, {"credit"}, key, source)
+        credit = spec.get("credit", False)
+        if not isinstance(credit, bool):
+            raise _fail(source, f"{key}.credit", "must be true or false")
+        out.append(Offer(name, credit))
+    return tuple(out)
+
+
+def _goal(data: dict[str, Any], source: str) -> Goal:
+    goal = _table(data, "goal", source)
+    _known(goal, {"events", "value", "window_hours"}, "goal", source)
+    events = goal.get("events")
+    if not isinstance(events, list) or not events:
+        raise _fail(source, "goal.events", "must be a non-empty list of event types")
+    for e in events:
+        if not isinstance(e, str) or not re.fullmatch(r"[a-z][a-z0-9_.]{0,63}", e):
+            raise _fail(source, "goal.events", f"{e!r} is not a valid event type")
+    value = _number(goal.get("value", 1.0), "goal.value", source, 0, 1e9)
+    window = _number(goal.get("window_hours"), "goal.window_hours", source, 1 / 60, 24 * 90)
+    return Goal(tuple(events), value, window * 3600.0)
+
+
+def _guardrails(data: dict[str, Any], source: str) -> Guardrails:
+    g = data.get("guardrails", {})
+    if not isinstance(g, dict):
+        raise _fail(source, "guardrails", "must be a table")
+    _known(g, {"consent", "quiet_hours", "holdout", "caps"}, "guardrails", source)
+    consent = g.get("consent", True)
+    if not isinstance(consent, bool):
+        raise _fail(source, "guardrails.consent", "must be true or false")
+    quiet = g.get("quiet_hours", False)
+    quiet_hours = None
+    if quiet is not False:
+        if not isinstance(quiet, dict):
+            raise _fail(source, "guardrails.quiet_hours", "must be { start, end } or false")
+        _known(quiet, {"start", "end"}, "guardrails.quiet_hours", source)
+        start = _minute(quiet.get("start"), "guardrails.quiet_hours.start", source)
+        end = _minute(quiet.get("end"), "guardrails.quiet_hours.end", source)
+        if start == end:
+            raise _fail(source, "guardrails.quiet_hours", "start and end must differ")
+        quiet_hours = (start, end)
+    holdout = _number(g.get("holdout", 0.0), "guardrails.holdout", source, 0.0, 0.5)
+    caps = None
+    raw_caps = g.get("caps", False)
+    if raw_caps is not False:
+        if not isinstance(raw_caps, dict):
+            raise _fail(source, "guardrails.caps", "must be a table or false")
+        names = ("per_channel_day", "per_channel_week", "all_channels_day", "all_channels_week")
+        _known(raw_caps, set(names), "guardrails.caps", source)
+        values = {
+            n: None if n not in raw_caps else _count(raw_caps[n], f"guardrails.caps.{n}", source, 0)
+            for n in names
+        }
+        caps = Caps(**values)
+    return Guardrails(consent, quiet_hours, caps, holdout)
+
+
+def _exploration(data: dict[str, Any], source: str) -> Exploration:
+    e = data.get("exploration", {})
+    if not isinstance(e, dict):
+        raise _fail(source, "exploration", "must be a table")
+    defaults = Exploration()
+    _known(e, {f for f in Exploration.__dataclass_fields__}, "exploration", source)
+    algorithm = e.get("algorithm", defaults.algorithm)
+    if algorithm not in ALGORITHMS:
+        raise _fail(source, "exploration.algorithm", f"must be one of {list(ALGORITHMS)}")
+    return Exploration(
+        algorithm=algorithm,
+        noise_variance=_number(
+            e.get("noise_variance", defaults.noise_variance), "exploration.noise_variance",
+            source, 1e-6, 1e6,
+        ),
+        prior_precision=_number(
+            e.get("prior_precision", defaults.prior_precision), "exploration.prior_precision",
+            source, 1e-6, 1e6,
+        ),
+        forgetting=_number(
+            e.get("forgetting", defaults.forgetting), "exploration.forgetting", source, 0.9, 1.0
+        ),
+        gamma_scale=_number(
+            e.get("gamma_scale", defaults.gamma_scale), "exploration.gamma_scale", source,
+            1e-3, 1e6,
+        ),
+        propensity_samples=_count(
+            e.get("propensity_samples", defaults.propensity_samples),
+            "exploration.propensity_samples", source,
+        ),
+    )
+
+
+def _exclusions(
+    data: dict[str, Any], source: str, names: dict[str, tuple[str, ...]]
+) -> list[dict[str, int]]:
+    rules = data.get("exclude", [])
+    if not isinstance(rules, list):
+        raise _fail(source, "exclude", "must be an array of tables ([[exclude]])")
+    out = []
+    for i, rule in enumerate(rules):
+        key = f"exclude[{i}]"
+        if not isinstance(rule, dict) or not rule:
+            raise _fail(source, key, "must be a non-empty table")
+        _known(rule, set(DIMENSIONS), key, source)
+        compiled = {}
+        for dim, value in rule.items():
+            if value not in names[dim]:
+                raise _fail(source, f"{key}.{dim}", f"{value!r} is not one of {list(names[dim])}")
+            compiled[dim] = names[dim].index(value)
+        out.append(compiled)
+    return out
+
+
+def _compile(
+    dims: dict[str, tuple[str, ...]], exclusions: list[dict[str, int]]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    sizes = [len(dims[d]) for d in DIMENSIONS]
+    allowed = []
+    for combo in itertools.product(*(range(n) for n in sizes)):
+        values = dict(zip(DIMENSIONS, combo, strict=True))
+        if any(all(values[d] == v for d, v in rule.items()) for rule in exclusions):
+            continue
+        allowed.append(combo)
+    combos = np.asarray(allowed, dtype=np.int32).reshape(-1, len(DIMENSIONS))
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    n_msg, n_ch, n_st, _, n_off = sizes
+    pair_cs = offsets[-1]
+    pair_mo = pair_cs + n_ch * n_st
+    nothing = pair_mo + n_msg * n_off
+    components = np.empty((combos.shape[0], len(DIMENSIONS) + 2), dtype=np.int32)
+    components[:, : len(DIMENSIONS)] = combos + offsets[:-1]
+    components[:, 5] = pair_cs + combos[:, 1] * n_st + combos[:, 2]
+    components[:, 6] = pair_mo + combos[:, 0] * n_off + combos[:, 4]
+    return combos, components, int(nothing) + 1
+
+
+def parse_campaign(text: str, source: str) -> Campaign:
+    """Parse and validate one campaign's TOML text (``source`` names it in errors)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CampaignError(f"{source}: not valid TOML: {exc}") from None
+    _known(
+        data,
+        {"campaign", "messages", "channels", "send_times", "frequencies", "offers", "exclude",
+         "goal", "guardrails", "exploration", "triggers"},
+        "", source,
+    )
+    head = _table(data, "campaign", source)
+    _known(head, {"name", "description"}, "campaign", source)
+    name = _name(head.get("name", ""), "campaign.name", source)
+    description = head.get("description", "")
+    if not isinstance(description, str):
+        raise _fail(source, "campaign.description", "must be a string")
+    messages = _messages(data, source)
+    channels = _channels(data, source)
+    send_times = _send_times(data, source)
+    frequencies = _frequencies(data, source)
+    offers = _offers(data, source)
+    dims = {
+        "message": tuple(m.name for m in messages),
+        "channel": channels,
+        "send_time": tuple(s.name for s in send_times),
+        "frequency": tuple(f.name for f in frequencies),
+        "offer": tuple(o.name for o in offers),
+    }
+    combos, components, n_components = _compile(dims, _exclusions(data, source, dims))
+    if combos.shape[0] == 0:
+        raise _fail(source, "exclude", "rules out every combination")
+    return Campaign(
+        name=name,
+        description=description,
+        source=source,
+        messages=messages,
+        channels=channels,
+        send_times=send_times,
+        frequencies=frequencies,
+        offers=offers,
+        goal=_goal(data, source),
+        guardrails=_guardrails(data, source),
+        exploration=_exploration(data, source),
+        combos=combos,
+        components=components,
+        n_components=n_components,
+    )
+
+
+def shipped_campaigns_dir() -> Path:
+    return Path(str(resources.files("nudge.server") / "campaigns"))
+
+
+def load_campaigns(folder: Path | None = None) -> dict[str, Campaign]:
+    """Every ``*.toml`` in ``folder`` (the shipped campaigns when None), by name."""
+    folder = folder or shipped_campaigns_dir()
+    if not folder.is_dir():
+        raise CampaignError(f"{folder}: campaigns folder does not exist")
+    campaigns: dict[str, Campaign] = {}
+    for path in sorted(folder.glob("*.toml")):
+        campaign = parse_campaign(path.read_text(), str(path))
+        if campaign.name in campaigns:
+            raise _fail(
+                str(path), "campaign.name",
+                f"{campaign.name!r} is already defined in {campaigns[campaign.name].source}",
+            )
+        campaigns[campaign.name] = campaign
+    if not campaigns:
+        raise CampaignError(f"{folder}: no campaign files (*.toml)")
+    return campaigns
