@@ -41,6 +41,9 @@ class ValidEvent:
     tz: str | None
     consents: dict[str, bool] = field(default_factory=dict)
     proto: event_pb2.Event | None = None
+    # Properties other than the reserved tz/consent ones (message templates use them).
+    numbers: dict[str, float] = field(default_factory=dict)
+    strings: dict[str, str] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=1024)
@@ -87,6 +90,7 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
             raise InvalidArgument(f'{where}.numbers["{key}"]', "must be finite")
     tz = None
     consents: dict[str, bool] = {}
+    plain: dict[str, str] = {}
     for key, value in strings.items():
         _check_key(key, f"{where}.strings")
         name = f'{where}.strings["{key}"]'
@@ -104,8 +108,12 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
             if value not in CONSENT_VALUES or len(key) == len(CONSENT_PREFIX):
                 raise InvalidArgument(name, 'must be "granted" or "revoked"')
             consents[key[len(CONSENT_PREFIX) :]] = CONSENT_VALUES[value]
+        else:
+            plain[key] = value
     amount = numbers.get(AMOUNT_KEY, math.nan)
-    return ValidEvent(ev.event_id, ev.user_id, ev.type, t, amount, tz, consents, ev)
+    return ValidEvent(
+        ev.event_id, ev.user_id, ev.type, t, amount, tz, consents, ev, dict(numbers), plain
+    )
 
 
 def _check_key(key: str, where: str) -> None:

@@ -34,6 +34,9 @@ from nudge.v1 import event_pb2
 
 log = logging.getLogger(__name__)
 
+# Event types whose latest properties a user's profile keeps (for message templates).
+MAX_PROPERTY_TYPES = 16
+
 
 @dataclass(frozen=True)
 class TrackResult:
@@ -218,16 +221,26 @@ class EventWriter:
 
 def _event_proto(ev: ValidEvent) -> event_pb2.Event:
     """The event log record for an event that did not arrive as a protobuf message."""
-    strings = {
-        f"{CONSENT_PREFIX}{channel}": "granted" if granted else "revoked"
+    strings = dict(ev.strings)
+    strings.update(
+        (f"{CONSENT_PREFIX}{channel}", "granted" if granted else "revoked")
         for channel, granted in ev.consents.items()
-    }
+    )
     if ev.tz is not None:
         strings[TZ_KEY] = ev.tz
-    numbers = {} if math.isnan(ev.amount) else {AMOUNT_KEY: ev.amount}
+    numbers = dict(ev.numbers)
+    if not math.isnan(ev.amount):
+        numbers[AMOUNT_KEY] = ev.amount
     return event_pb2.Event(
         event_id=ev.event_id, user_id=ev.user_id, type=ev.type, numbers=numbers, strings=strings
     )
+
+
+def _forget_oldest_types(profile: UserProfile) -> None:
+    """Keep the properties of the MAX_PROPERTY_TYPES most recent event types only."""
+    props = profile.last_properties
+    while len(props) > MAX_PROPERTY_TYPES:
+        del props[min(props, key=lambda k: props[k][0])]
 
 
 def _apply_profile_updates(
@@ -236,10 +249,16 @@ def _apply_profile_updates(
     """Fold time zones and consents into profiles, last write (by event time) wins."""
     changed: set[int] = set()
     for ev in events:
-        if ev.tz is None and not ev.consents:
+        if ev.tz is None and not ev.consents and not ev.numbers and not ev.strings:
             continue
         row = rows[ev.user_id]
         profile = profiles[row]
+        if ev.numbers or ev.strings:
+            previous = profile.last_properties.get(ev.type)
+            if previous is None or ev.time >= previous[0]:
+                profile.last_properties[ev.type] = (ev.time, ev.numbers, ev.strings)
+                changed.add(row)
+                _forget_oldest_types(profile)
         if ev.tz is not None and ev.time >= profile.tz_time:
             profile.tz, profile.tz_time = ev.tz, ev.time
             changed.add(row)

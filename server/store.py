@@ -78,15 +78,26 @@ class _ReadGate:
 
 @dataclass
 class UserProfile:
-    """The string side of a user's state: time zone and consents, each with its time."""
+    """The string side of a user's state, each part with the event time that set it:
+    time zone, consents, and the properties of the latest event of each recent type
+    (message templates are filled from these)."""
 
     tz: str = "UTC"
     tz_time: float = float("-inf")
     consents: dict[str, tuple[bool, float]] = field(default_factory=dict)
+    # event type -> (time, numbers, strings) of the latest event of that type.
+    last_properties: dict[str, tuple[float, dict[str, float], dict[str, str]]] = field(
+        default_factory=dict
+    )
 
     def to_bytes(self) -> bytes:
         return json.dumps(
-            {"tz": self.tz, "tz_time": self.tz_time, "consents": self.consents},
+            {
+                "tz": self.tz,
+                "tz_time": self.tz_time,
+                "consents": self.consents,
+                "props": self.last_properties,
+            },
             separators=(",", ":"),
         ).encode()
 
@@ -96,7 +107,20 @@ class UserProfile:
             return cls()
         data: dict[str, Any] = json.loads(bytes(raw))
         consents = {k: (bool(v[0]), float(v[1])) for k, v in data["consents"].items()}
-        return cls(tz=data["tz"], tz_time=float(data["tz_time"]), consents=consents)
+        props = {k: (float(v[0]), v[1], v[2]) for k, v in data.get("props", {}).items()}
+        return cls(data["tz"], float(data["tz_time"]), consents, props)
+
+    def properties(self, types: tuple[str, ...] | None = None) -> dict[str, float | str]:
+        """Latest value of every property across the given event types (all when None);
+        a newer event's value wins."""
+        chosen = [
+            v for k, v in self.last_properties.items() if types is None or k in types
+        ]
+        merged: dict[str, float | str] = {}
+        for _, numbers, strings in sorted(chosen, key=lambda v: v[0]):
+            merged.update(numbers)
+            merged.update(strings)
+        return merged
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import pytest
 from nudge.kernels import user_state as u
 from nudge.server.errors import SchemaMismatch
 from nudge.server.events import ValidEvent
-from nudge.server.ingest import EventWriter
+from nudge.server.ingest import MAX_PROPERTY_TYPES, EventWriter
 from nudge.server.store import SCHEMA_KEY, Store
 
 HALF_LIFE = 86_400.0
@@ -137,4 +137,37 @@ def test_local_hour_uses_the_users_time_zone(tmp_path: Path) -> None:
     assert view is not None
     assert view.hours[22] > 0 and view.hours[21] > 0
     assert view.hours[1] == 0
+    store.close()
+
+
+def test_profile_keeps_the_latest_properties_per_event_type(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    first = ev("a", type="loan_simulated", t=1_000.0)
+    first.numbers, first.strings = {"amount": 5000.0}, {"currency": "USD"}
+    older = ev("b", type="loan_simulated", t=500.0)
+    older.numbers, older.strings = {"amount": 1.0}, {"currency": "EUR", "step": "x"}
+    other = ev("c", type="flow_abandoned", t=2_000.0)
+    other.strings = {"step": "documentation"}
+    write(store, [first, older, other])
+    view = store.get_user("u1")
+    assert view is not None
+    props = view.profile.properties()
+    assert props == {"amount": 5000.0, "currency": "USD", "step": "documentation"}
+    assert view.profile.properties(("loan_simulated",)) == {"amount": 5000.0, "currency": "USD"}
+    store.close()
+
+
+def test_profile_forgets_the_oldest_event_types_beyond_its_bound(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    events = []
+    for i in range(MAX_PROPERTY_TYPES + 4):
+        e = ev(f"e{i}", type=f"type_{i}", t=1_000.0 + i)
+        e.numbers = {"i": float(i)}
+        events.append(e)
+    write(store, events)
+    view = store.get_user("u1")
+    assert view is not None
+    kept = view.profile.last_properties
+    assert len(kept) == MAX_PROPERTY_TYPES
+    assert "type_0" not in kept and f"type_{MAX_PROPERTY_TYPES + 3}" in kept
     store.close()
