@@ -13,9 +13,11 @@ import logging
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeVar
 
 import lmdb
 import numpy as np
@@ -33,6 +35,7 @@ from nudge.server.store import TYPE_PREFIX, Store, UserProfile
 from nudge.v1 import event_pb2
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Event types whose latest properties a user's profile keeps (for message templates).
 MAX_PROPERTY_TYPES = 16
@@ -46,8 +49,20 @@ class TrackResult:
 
 @dataclass
 class _Submission:
-    events: list[ValidEvent]
-    future: Future[TrackResult]
+    """Either events to ingest or a job to run inside the next group commit."""
+
+    future: Future[Any]
+    events: list[ValidEvent] = field(default_factory=list)
+    job: Callable[[lmdb.Transaction], Any] | None = None
+
+    @property
+    def size(self) -> int:
+        return max(1, len(self.events))
+
+
+# Called inside the commit with the newly stored events (after user state is updated), so
+# other parts (risk baselines, goal attribution) update in the same atomic transaction.
+EventHook = Callable[[lmdb.Transaction, list[ValidEvent]], None]
 
 
 def local_hour(t: float, tz: str) -> float:
@@ -74,6 +89,7 @@ class EventWriter:
         self._cond = threading.Condition()
         self._closing = False
         self.commits = 0
+        self._event_hooks: list[EventHook] = []
         self._thread = threading.Thread(target=self._run, name="nudge-event-writer", daemon=True)
         self._thread.start()
 
@@ -83,12 +99,28 @@ class EventWriter:
         if not events:
             future.set_result(TrackResult(0, 0))
             return future
+        self._enqueue(_Submission(future, events=events))
+        return future
+
+    def submit_job(self, job: Callable[[lmdb.Transaction], T]) -> Future[T]:
+        """Run ``job(txn)`` inside the next group commit; the future resolves after it.
+
+        The job may run more than once (a batch is retried after the map grows), so it
+        must only write through ``txn`` and keep in-memory effects for after the commit.
+        """
+        future: Future[T] = Future()
+        self._enqueue(_Submission(future, job=job))
+        return future
+
+    def add_event_hook(self, hook: EventHook) -> None:
+        self._event_hooks.append(hook)
+
+    def _enqueue(self, submission: _Submission) -> None:
         with self._cond:
             if self._closing:
                 raise Unavailable("server is shutting down; retry with the same event_ids")
-            self._queue.append(_Submission(events, future))
+            self._queue.append(submission)
             self._cond.notify()
-        return future
 
     def close(self) -> None:
         """Stop accepting, commit everything queued, stop the thread."""
@@ -107,10 +139,10 @@ class EventWriter:
                 if not self._queue:
                     return
                 batch = [self._queue.popleft()]
-                size = len(batch[0].events)
-                while self._queue and size + len(self._queue[0].events) <= self.max_batch_events:
+                size = batch[0].size
+                while self._queue and size + self._queue[0].size <= self.max_batch_events:
                     sub = self._queue.popleft()
-                    size += len(sub.events)
+                    size += sub.size
                     batch.append(sub)
             self._commit_batch(batch)
 
@@ -122,7 +154,7 @@ class EventWriter:
             except lmdb.MapFullError:
                 log.info("store map full; grown to %d bytes, retrying", self.store.map_size())
             except Exception as exc:  # the batch fails as a whole; callers may retry
-                log.exception("event batch failed to commit")
+                log.exception("write batch failed to commit")
                 error = Unavailable(f"store write failed ({type(exc).__name__}); retry later")
                 for sub in batch:
                     sub.future.set_exception(error)
@@ -133,77 +165,86 @@ class EventWriter:
         for sub, result in zip(batch, results, strict=True):
             sub.future.set_result(result)
 
-    def _write(
-        self, batch: list[_Submission]
-    ) -> tuple[list[TrackResult], dict[str, int], int]:
+    def _write(self, batch: list[_Submission]) -> tuple[list[Any], dict[str, int], int]:
+        new_types: dict[str, int] = {}
+        with self.store.write() as txn:
+            results, sequence = self._write_events(txn, batch, new_types)
+            for i, sub in enumerate(batch):
+                if sub.job is not None:
+                    results[i] = sub.job(txn)
+        return results, new_types, sequence
+
+    def _write_events(
+        self, txn: lmdb.Transaction, batch: list[_Submission], new_types: dict[str, int]
+    ) -> tuple[list[Any], int]:
         store = self.store
         dbs = store.dbs
-        results: list[TrackResult] = []
+        results: list[Any] = []
         fresh: list[ValidEvent] = []
-        new_types: dict[str, int] = {}
         sequence = store.next_sequence
-        with store.write() as txn:
-            seen_in_batch: set[str] = set()
-            for sub in batch:
-                duplicates = 0
-                for ev in sub.events:
-                    if ev.event_id in seen_in_batch or txn.get(
-                        ev.event_id.encode(), db=dbs["seen"]
-                    ) is not None:
-                        duplicates += 1
-                        continue
-                    seen_in_batch.add(ev.event_id)
-                    fresh.append(ev)
-                results.append(TrackResult(len(sub.events) - duplicates, duplicates))
-            if not fresh:
-                return results, new_types, sequence
+        seen_in_batch: set[str] = set()
+        for sub in batch:
+            duplicates = 0
+            for ev in sub.events:
+                if ev.event_id in seen_in_batch or txn.get(
+                    ev.event_id.encode(), db=dbs["seen"]
+                ) is not None:
+                    duplicates += 1
+                    continue
+                seen_in_batch.add(ev.event_id)
+                fresh.append(ev)
+            results.append(TrackResult(len(sub.events) - duplicates, duplicates))
+        if not fresh:
+            return results, sequence
 
-            rows: dict[str, int] = {}
-            for ev in fresh:
-                rows.setdefault(ev.user_id, len(rows))
-            state = user_state.new_records(len(rows))
-            profiles: list[UserProfile] = []
-            for user_id, row in rows.items():
-                key = user_id.encode()
-                raw = txn.get(key, db=dbs["users"])
-                if raw is not None:
-                    state[row] = np.frombuffer(raw, dtype=np.float64)
-                profiles.append(UserProfile.from_bytes(txn.get(key, db=dbs["profiles"])))
-            changed = _apply_profile_updates(fresh, rows, profiles)
+        rows: dict[str, int] = {}
+        for ev in fresh:
+            rows.setdefault(ev.user_id, len(rows))
+        state = user_state.new_records(len(rows))
+        profiles: list[UserProfile] = []
+        for user_id, row in rows.items():
+            key = user_id.encode()
+            raw = txn.get(key, db=dbs["users"])
+            if raw is not None:
+                state[row] = np.frombuffer(raw, dtype=np.float64)
+            profiles.append(UserProfile.from_bytes(txn.get(key, db=dbs["profiles"])))
+        changed = _apply_profile_updates(fresh, rows, profiles)
 
-            n = len(fresh)
-            row_idx = np.empty(n, np.int64)
-            slots = np.empty(n, np.int64)
-            times = np.empty(n, np.float64)
-            amounts = np.empty(n, np.float64)
-            hours = np.empty(n, np.float64)
-            for i, ev in enumerate(fresh):
-                row = rows[ev.user_id]
-                row_idx[i] = row
-                slots[i] = self._slot(ev.type, new_types, txn)
-                times[i] = ev.time
-                amounts[i] = ev.amount
-                hours[i] = local_hour(ev.time, ev.tz or profiles[row].tz)
-            user_state.apply_events(
-                state, row_idx, slots, times, amounts, hours, self.half_life_seconds
-            )
+        n = len(fresh)
+        row_idx = np.empty(n, np.int64)
+        slots = np.empty(n, np.int64)
+        times = np.empty(n, np.float64)
+        amounts = np.empty(n, np.float64)
+        hours = np.empty(n, np.float64)
+        for i, ev in enumerate(fresh):
+            row = rows[ev.user_id]
+            row_idx[i] = row
+            slots[i] = self._slot(ev.type, new_types, txn)
+            times[i] = ev.time
+            amounts[i] = ev.amount
+            hours[i] = local_hour(ev.time, ev.tz or profiles[row].tz)
+        user_state.apply_events(
+            state, row_idx, slots, times, amounts, hours, self.half_life_seconds
+        )
 
-            for user_id, row in rows.items():
-                key = user_id.encode()
-                txn.put(key, state[row].tobytes(), db=dbs["users"])
-                if row in changed:
-                    txn.put(key, profiles[row].to_bytes(), db=dbs["profiles"])
-            log_cursor = txn.cursor(db=dbs["events"])
-            seen = dbs["seen"]
-            for ev in fresh:
-                seq = sequence.to_bytes(8, "big")
-                proto = ev.proto if ev.proto is not None else _event_proto(ev)
-                if not proto.HasField("time"):
-                    proto.time.FromNanoseconds(round(ev.time * 1e9))
-                log_cursor.put(seq, proto.SerializeToString(), append=True)
-                txn.put(ev.event_id.encode(), seq, db=seen)
-                sequence += 1
-        return results, new_types, sequence
+        for user_id, row in rows.items():
+            key = user_id.encode()
+            txn.put(key, state[row].tobytes(), db=dbs["users"])
+            if row in changed:
+                txn.put(key, profiles[row].to_bytes(), db=dbs["profiles"])
+        log_cursor = txn.cursor(db=dbs["events"])
+        seen = dbs["seen"]
+        for ev in fresh:
+            seq = sequence.to_bytes(8, "big")
+            proto = ev.proto if ev.proto is not None else _event_proto(ev)
+            if not proto.HasField("time"):
+                proto.time.FromNanoseconds(round(ev.time * 1e9))
+            log_cursor.put(seq, proto.SerializeToString(), append=True)
+            txn.put(ev.event_id.encode(), seq, db=seen)
+            sequence += 1
+        for hook in self._event_hooks:
+            hook(txn, fresh)
+        return results, sequence
 
     def _slot(self, type_name: str, new_types: dict[str, int], txn: lmdb.Transaction) -> int:
         slot = self.store.type_slots.get(type_name)

@@ -171,3 +171,28 @@ def test_profile_forgets_the_oldest_event_types_beyond_its_bound(tmp_path: Path)
     assert len(kept) == MAX_PROPERTY_TYPES
     assert "type_0" not in kept and f"type_{MAX_PROPERTY_TYPES + 3}" in kept
     store.close()
+
+
+def test_jobs_and_event_hooks_commit_with_the_events(tmp_path: Path) -> None:
+    store = Store(tmp_path, map_size=1 << 16)
+    writer = EventWriter(store, HALF_LIFE)
+    hooked: list[list[str]] = []
+    writer.add_event_hook(lambda txn, events: hooked.append([e.event_id for e in events]))
+    big = b"x" * 3_000
+
+    def job(txn) -> int:
+        for i in range(40):  # overflows the 64 KiB map: the batch is retried after growing
+            txn.put(f"job-{i}".encode(), big, db=store.dbs["meta"])
+        return 7
+
+    try:
+        events = writer.submit([ev("a"), ev("b")])
+        result = writer.submit_job(job)
+        assert events.result(timeout=30).accepted == 2
+        assert result.result(timeout=30) == 7
+    finally:
+        writer.close()
+    assert hooked[-1] == ["a", "b"]
+    with store.read() as txn:
+        assert bytes(txn.get(b"job-39", db=store.dbs["meta"])) == big
+    store.close()
