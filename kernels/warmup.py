@@ -6,7 +6,13 @@ import importlib
 import time
 
 # Every module with kernels; each has a ``warm_up()`` calling each kernel signature once.
-KERNEL_MODULES = ("nudge.kernels.user_state",)
+KERNEL_MODULES = (
+    "nudge.kernels.user_state",
+    "nudge.kernels.risk",
+    "nudge.kernels.context",
+    "nudge.kernels.learner",
+    "nudge.kernels.policy",
+)
 
 
 def warm_up_all() -> dict[str, float]:

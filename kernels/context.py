@@ -1,0 +1,315 @@
+"""Context features for the policy: raw numbers and strings → one normalised vector ``x``.
+
+Layout of ``x`` (``d = 1 + m + Σ buckets``)::
+
+    x[0]                    1.0 (bias)
+    x[1 : 1 + m]            the m numeric features, standardised and clipped
+    x[1 + m + offset_g …]   one-hot of string feature g's hash bucket (all 0 when missing)
+
+Numeric feature ``j`` (user-state features and request numbers, NaN = missing) is optionally
+sent through a signed ``log1p`` (for heavy-tailed amounts), then standardised with running
+statistics, ``z = (v − mean_j) / sqrt(var_j)`` clipped to ``±clip``. A missing value, or a
+feature with fewer than two observations or no variance yet, gives ``z = 0`` (the mean).
+
+Running statistics are exponentially weighted: with ``n`` observations of the feature so
+far, the step is ``a = max(1/n, min_rate)``, so the first observations average exactly and
+later ones forget slowly (memory ≈ ``1 / min_rate``)::
+
+    mean ← mean + a·δ,   var ← (1 − a)·(var + a·δ²),   δ = v − mean
+
+Statistics are part of the published model: the learner updates them in batches into copies
+(:func:`update_stats` returns new :class:`ContextStats`), deciders only read them.
+
+Strings are hashed with CRC-32 of ``"name\\x1fvalue"`` (stable across processes, unlike
+``hash()``) into a fixed number of buckets per feature.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, types
+
+# Layout of the context parameter array.
+C_CLIP = 0
+C_VAR_FLOOR = 1
+N_CONTEXT_PARAMS = 2
+
+_f64_1 = types.Array(types.float64, 1, "C")
+_f64_2 = types.Array(types.float64, 2, "C")
+_f64_1_ro = types.Array(types.float64, 1, "C", readonly=True)
+_f64_2_ro = types.Array(types.float64, 2, "C", readonly=True)
+_i64_1_ro = types.Array(types.int64, 1, "C", readonly=True)
+_i64_2_ro = types.Array(types.int64, 2, "C", readonly=True)
+_u8_1_ro = types.Array(types.uint8, 1, "C", readonly=True)
+
+_KERNEL = {"cache": True, "nogil": True}
+
+
+@njit(types.float64(types.float64, types.uint8), **_KERNEL)
+def _transform(v, log1p):
+    if log1p != 0:
+        return np.log1p(v) if v >= 0.0 else -np.log1p(-v)
+    return v
+
+
+@njit(
+    types.void(
+        _f64_2_ro, _i64_2_ro, _i64_1_ro, _u8_1_ro, _f64_1_ro, _f64_1_ro, _f64_1_ro, _f64_1_ro,
+        _f64_2,
+    ),
+    **_KERNEL,
+)
+def _build_contexts(raw, buckets, offsets, log1p, mean, var, count, params, out):
+    """``out[n, d]`` context vectors from ``raw[n, m]`` numbers (NaN = missing) and
+    ``buckets[n, s]`` string hash buckets (-1 = missing); ``offsets[s]`` is where each string
+    feature's one-hot block starts in ``x``."""
+    n, m = raw.shape
+    d = out.shape[1]
+    clip = params[C_CLIP]
+    floor = params[C_VAR_FLOOR]
+    for t in range(n):
+        row = out[t]
+        for i in range(d):
+            row[i] = 0.0
+        row[0] = 1.0
+        for j in range(m):
+            v = raw[t, j]
+            if np.isnan(v) or count[j] < 2.0 or not var[j] > floor:
+                continue
+            z = (_transform(v, log1p[j]) - mean[j]) / np.sqrt(var[j])
+            if z > clip:
+                z = clip
+            elif z < -clip:
+                z = -clip
+            row[1 + j] = z
+        for g in range(buckets.shape[1]):
+            b = buckets[t, g]
+            if b >= 0:
+                row[offsets[g] + b] = 1.0
+
+
+@njit(
+    types.void(_f64_2_ro, _u8_1_ro, types.float64, _f64_1, _f64_1, _f64_1),
+    **_KERNEL,
+)
+def _update_stats(raw, log1p, min_rate, mean, var, count):
+    """Fold ``raw[n, m]`` (NaN = missing) into the running statistics, row by row."""
+    n, m = raw.shape
+    for t in range(n):
+        for j in range(m):
+            v = raw[t, j]
+            if np.isnan(v):
+                continue
+            v = _transform(v, log1p[j])
+            count[j] += 1.0
+            a = 1.0 / count[j]
+            if a < min_rate:
+                a = min_rate
+            delta = v - mean[j]
+            mean[j] += a * delta
+            var[j] = (1.0 - a) * (var[j] + a * delta * delta)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def hash_bucket(name: str, value: str, n_buckets: int) -> int:
+    """Stable hash bucket of one string feature value (CRC-32, salted by the name)."""
+    if n_buckets < 1:
+        raise ValueError(f"n_buckets: must be >= 1, got {n_buckets}")
+    return zlib.crc32(f"{name}\x1f{value}".encode()) % n_buckets
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """Which raw features make up ``x``: ``numeric`` names (user state and request
+    numbers, in order), ``strings`` as ``(name, n_buckets)``, ``log1p`` the numeric names to
+    pass through a signed log1p before standardising."""
+
+    numeric: tuple[str, ...] = ()
+    strings: tuple[tuple[str, int], ...] = ()
+    log1p: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = list(self.numeric) + [s for s, _ in self.strings]
+        if len(set(names)) != len(names):
+            raise ValueError(f"numeric, strings: feature names must be unique, got {names}")
+        for s, k in self.strings:
+            if k < 1:
+                raise ValueError(f"strings: {s!r} needs n_buckets >= 1, got {k}")
+        unknown = set(self.log1p) - set(self.numeric)
+        if unknown:
+            raise ValueError(f"log1p: names must be numeric features, unknown {sorted(unknown)}")
+
+    @property
+    def n_numeric(self) -> int:
+        return len(self.numeric)
+
+    @property
+    def n_features(self) -> int:
+        return 1 + len(self.numeric) + sum(k for _, k in self.strings)
+
+    def offsets(self) -> np.ndarray:
+        """Where each string feature's one-hot block starts in ``x``."""
+        sizes = [k for _, k in self.strings]
+        return (1 + self.n_numeric + np.concatenate([[0], np.cumsum(sizes)[:-1]])).astype(
+            np.int64
+        ) if sizes else np.zeros(0, dtype=np.int64)
+
+    def log1p_mask(self) -> np.ndarray:
+        return np.array([n in self.log1p for n in self.numeric], dtype=np.uint8)
+
+    def feature_names(self) -> list[str]:
+        """Names of the ``d`` entries of ``x`` (``"bias"``, numeric names, ``"name#bucket"``)."""
+        out = ["bias", *self.numeric]
+        for s, k in self.strings:
+            out.extend(f"{s}#{b}" for b in range(k))
+        return out
+
+    def numeric_vector(self, numbers: Mapping[str, float]) -> np.ndarray:
+        """Raw numeric row in layout order, NaN where a feature is absent."""
+        return np.array([float(numbers.get(n, np.nan)) for n in self.numeric])
+
+    def string_buckets(self, strings: Mapping[str, str]) -> np.ndarray:
+        """Hash bucket per string feature, -1 where absent."""
+        return np.array(
+            [hash_bucket(s, strings[s], k) if s in strings else -1 for s, k in self.strings],
+            dtype=np.int64,
+        )
+
+
+@dataclass(frozen=True)
+class ContextStats:
+    """Running statistics of the numeric features (read-only arrays of length m):
+    ``mean``/``var`` of the (transformed) values, ``count`` observations seen."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    count: np.ndarray
+
+    def __post_init__(self) -> None:
+        m = np.asarray(self.mean).shape
+        for name in ("mean", "var", "count"):
+            a = np.asarray(getattr(self, name))
+            if a.dtype != np.float64 or a.ndim != 1 or a.shape != m:
+                raise ValueError(f"{name}: must be float64 of shape {m}, got {a.dtype} {a.shape}")
+            if not np.isfinite(a).all():
+                raise ValueError(f"{name}: must be finite")
+            a = np.ascontiguousarray(a)
+            if a.flags.writeable:
+                a = a.view()
+                a.flags.writeable = False
+            object.__setattr__(self, name, a)
+        if (self.var < 0).any() or (self.count < 0).any():
+            raise ValueError("var, count: must be >= 0")
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """``clip``: standardised values are clipped to ±clip. ``var_floor``: features whose
+    running variance is not above it are left at 0. ``min_rate``: slowest step of the running
+    statistics (memory ≈ 1/min_rate observations)."""
+
+    clip: float = 4.0
+    var_floor: float = 1e-12
+    min_rate: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"clip: must be finite and > 0, got {self.clip!r}")
+        if not (np.isfinite(self.var_floor) and self.var_floor >= 0):
+            raise ValueError(f"var_floor: must be finite and >= 0, got {self.var_floor!r}")
+        if not (0.0 < self.min_rate <= 1.0):
+            raise ValueError(f"min_rate: must be in (0, 1], got {self.min_rate!r}")
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.clip, self.var_floor])
+
+
+def initial_stats(layout: ContextLayout) -> ContextStats:
+    m = layout.n_numeric
+    return ContextStats(mean=np.zeros(m), var=np.zeros(m), count=np.zeros(m))
+
+
+def update_stats(
+    layout: ContextLayout,
+    stats: ContextStats,
+    raw: np.ndarray,
+    params: ContextParams | None = None,
+) -> ContextStats:
+    """New statistics with the rows of ``raw[n, m]`` folded in (``stats`` is untouched)."""
+    params = params or ContextParams()
+    r = _raw_rows(raw, layout.n_numeric)
+    mean, var, count = stats.mean.copy(), stats.var.copy(), stats.count.copy()
+    _update_stats(r, layout.log1p_mask(), params.min_rate, mean, var, count)
+    return ContextStats(mean=mean, var=var, count=count)
+
+
+def build_contexts(
+    layout: ContextLayout,
+    stats: ContextStats,
+    raw: np.ndarray,
+    buckets: np.ndarray | None = None,
+    params: ContextParams | None = None,
+) -> np.ndarray:
+    """Context matrix ``[n, d]`` from raw numeric rows ``[n, m]`` (NaN = missing) and string
+    buckets ``[n, s]`` (int, -1 = missing; see :meth:`ContextLayout.string_buckets`)."""
+    params = params or ContextParams()
+    r = _raw_rows(raw, layout.n_numeric)
+    n = r.shape[0]
+    s = len(layout.strings)
+    if stats.mean.shape != (layout.n_numeric,):
+        raise ValueError(f"stats: built for {stats.mean.shape[0]} numeric features, the "
+                         f"layout has {layout.n_numeric}")
+    if buckets is None:
+        b = np.full((n, s), -1, dtype=np.int64)
+    else:
+        b = np.asarray(buckets)
+        if b.dtype.kind not in "iu" or b.shape != (n, s):
+            raise ValueError(f"buckets: must be integers of shape ({n}, {s}), got {b.dtype} "
+                             f"{b.shape}")
+        b = np.ascontiguousarray(b, dtype=np.int64)
+        sizes = np.array([k for _, k in layout.strings], dtype=np.int64)
+        if s and ((b < -1).any() or (b >= sizes).any()):
+            raise ValueError("buckets: each must be -1 (missing) or in [0, n_buckets)")
+    out = np.empty((n, layout.n_features))
+    _build_contexts(r, b, layout.offsets(), layout.log1p_mask(), stats.mean, stats.var,
+                    stats.count, params.as_array(), out)
+    return out
+
+
+def build_context(
+    layout: ContextLayout,
+    stats: ContextStats,
+    raw: np.ndarray,
+    buckets: np.ndarray | None = None,
+    params: ContextParams | None = None,
+) -> np.ndarray:
+    """One context vector ``[d]`` from a raw numeric row ``[m]`` and buckets ``[s]``."""
+    r = np.asarray(raw, dtype=np.float64)
+    if r.shape != (layout.n_numeric,):
+        raise ValueError(f"raw: must have shape ({layout.n_numeric},), got {r.shape}")
+    b = None if buckets is None else np.asarray(buckets)[None, :]
+    return build_contexts(layout, stats, r[None, :], b, params)[0]
+
+
+def _raw_rows(raw: object, m: int) -> np.ndarray:
+    r = np.asarray(raw)
+    if r.dtype != np.float64 or r.ndim != 2 or r.shape[1] != m:
+        raise ValueError(f"raw: must be float64 of shape (n, {m}), got {r.dtype} {r.shape}")
+    if np.isinf(r).any():
+        raise ValueError("raw: must not contain inf (use NaN for a missing value)")
+    return np.ascontiguousarray(r)
+
+
+def warm_up() -> None:
+    """Call every kernel once on tiny inputs (load from cache before SERVING)."""
+    layout = ContextLayout(numeric=("a", "b"), strings=(("s", 2),), log1p=("b",))
+    raw = np.array([[1.0, 2.0], [3.0, np.nan]])
+    stats = update_stats(layout, initial_stats(layout), raw)
+    build_contexts(layout, stats, raw, np.array([[0], [-1]]))
+

@@ -1,0 +1,125 @@
+"""Context kernels against slow NumPy references."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from nudge.kernels import context
+from nudge.kernels.context import (
+    ContextLayout,
+    ContextParams,
+    build_context,
+    build_contexts,
+    hash_bucket,
+    initial_stats,
+    update_stats,
+)
+
+LAYOUT = ContextLayout(numeric=("amount", "sessions", "hour"),
+                       strings=(("country", 4), ("device", 3)), log1p=("amount",))
+
+
+def test_layout() -> None:
+    assert LAYOUT.n_features == 1 + 3 + 4 + 3
+    assert LAYOUT.offsets().tolist() == [4, 8]
+    names = LAYOUT.feature_names()
+    assert names[:4] == ["bias", "amount", "sessions", "hour"] and names[-1] == "device#2"
+    assert np.isnan(LAYOUT.numeric_vector({"amount": 5.0})[1])
+    assert LAYOUT.string_buckets({"device": "ios"}).tolist() == [-1, hash_bucket("device",
+                                                                                  "ios", 3)]
+    with pytest.raises(ValueError, match="unique"):
+        ContextLayout(numeric=("a", "a"))
+    with pytest.raises(ValueError, match="log1p"):
+        ContextLayout(numeric=("a",), log1p=("b",))
+
+
+def test_hash_bucket_is_stable() -> None:
+    assert hash_bucket("country", "UY", 1000) == zlib.crc32(b"country\x1fUY") % 1000
+    assert all(0 <= hash_bucket("x", str(i), 7) < 7 for i in range(100))
+
+
+def test_running_stats_exact_average_then_forgetting() -> None:
+    rng = np.random.default_rng(1)
+    raw = rng.normal(3.0, 2.0, size=(500, 3))
+    raw[rng.random(raw.shape) < 0.2] = np.nan
+    stats = update_stats(LAYOUT, initial_stats(LAYOUT), raw, ContextParams(min_rate=1e-9))
+    vals = raw.copy()
+    vals[:, 0] = np.sign(vals[:, 0]) * np.log1p(np.abs(vals[:, 0]))
+    for j in range(3):
+        col = vals[~np.isnan(vals[:, j]), j]
+        assert stats.count[j] == len(col)
+        assert stats.mean[j] == pytest.approx(col.mean(), rel=1e-10)
+        assert stats.var[j] == pytest.approx(col.var(), rel=1e-9)
+    # Forgetting: a fixed step once 1/n is below min_rate.
+    rate = 0.05
+    stats = update_stats(LAYOUT, initial_stats(LAYOUT), raw, ContextParams(min_rate=rate))
+    col = raw[:, 1][~np.isnan(raw[:, 1])]
+    mean = var = 0.0
+    for n, v in enumerate(col, start=1):
+        a = max(1.0 / n, rate)
+        delta = v - mean
+        mean += a * delta
+        var = (1 - a) * (var + a * delta * delta)
+    assert stats.mean[1] == pytest.approx(mean) and stats.var[1] == pytest.approx(var)
+
+
+def test_build_contexts_matches_reference() -> None:
+    rng = np.random.default_rng(2)
+    train = rng.normal(0.0, 3.0, size=(200, 3))
+    stats = update_stats(LAYOUT, initial_stats(LAYOUT), train)
+    raw = rng.normal(0.0, 6.0, size=(50, 3))
+    raw[rng.random(raw.shape) < 0.1] = np.nan
+    buckets = np.stack([rng.integers(-1, 4, 50), rng.integers(-1, 3, 50)], axis=1)
+    params = ContextParams(clip=2.0)
+    got = build_contexts(LAYOUT, stats, raw, buckets, params)
+    for t in range(50):
+        ref = np.zeros(LAYOUT.n_features)
+        ref[0] = 1.0
+        for j in range(3):
+            v = raw[t, j]
+            if np.isnan(v):
+                continue
+            if j == 0:
+                v = np.sign(v) * np.log1p(abs(v))
+            ref[1 + j] = np.clip((v - stats.mean[j]) / np.sqrt(stats.var[j]), -2.0, 2.0)
+        if buckets[t, 0] >= 0:
+            ref[4 + buckets[t, 0]] = 1.0
+        if buckets[t, 1] >= 0:
+            ref[8 + buckets[t, 1]] = 1.0
+        assert np.allclose(got[t], ref, atol=1e-12)
+    one = build_context(LAYOUT, stats, raw[3], buckets[3], params)
+    assert np.array_equal(one, got[3])
+
+
+def test_no_information_gives_zero() -> None:
+    stats = initial_stats(LAYOUT)
+    x = build_context(LAYOUT, stats, np.array([5.0, 1.0, 2.0]))
+    assert x.tolist() == [1.0] + [0.0] * (LAYOUT.n_features - 1)
+    const = update_stats(LAYOUT, stats, np.ones((10, 3)))
+    assert build_context(LAYOUT, const, np.array([5.0, 1.0, 2.0]))[1:4].tolist() == [0, 0, 0]
+
+
+def test_read_only_inputs_and_validation() -> None:
+    stats = update_stats(LAYOUT, initial_stats(LAYOUT), np.random.default_rng(3).random((5, 3)))
+    raw = np.ones((2, 3))
+    raw.flags.writeable = False
+    b = np.zeros((2, 2), dtype=np.int64)
+    b.flags.writeable = False
+    build_contexts(LAYOUT, stats, raw, b)
+    update_stats(LAYOUT, stats, raw)
+    assert np.array_equal(raw, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="raw: must be float64 of shape"):
+        build_contexts(LAYOUT, stats, np.ones((2, 4)))
+    with pytest.raises(ValueError, match="raw: must not contain inf"):
+        build_contexts(LAYOUT, stats, np.full((1, 3), np.inf))
+    with pytest.raises(ValueError, match="buckets: each must be"):
+        build_contexts(LAYOUT, stats, np.ones((1, 3)), np.array([[4, 0]]))
+    with pytest.raises(ValueError, match="clip"):
+        ContextParams(clip=0.0)
+
+
+def test_warm_up_runs() -> None:
+    context.warm_up()

@@ -1,0 +1,361 @@
+"""Policy kernels against slow, obvious NumPy references on fresh random inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nudge.kernels import policy
+from nudge.kernels.learner import PolicySnapshot, initial_snapshot, update_posteriors
+from nudge.kernels.policy import (
+    ActionSpace,
+    PolicyParams,
+    build_action_space,
+    decide,
+    explain,
+    squarecb_probabilities,
+    standard_normals,
+    thompson_from_draws,
+    thompson_propensity,
+    thompson_win_counts,
+)
+
+D = 6
+
+
+def _trained(space: ActionSpace, rng: np.random.Generator, n: int = 300) -> PolicySnapshot:
+    snap = initial_snapshot(space.n_components, D)
+    xs = rng.normal(size=(n, D))
+    xs[:, 0] = 1.0
+    chosen = rng.integers(0, space.n_combos, n)
+    return update_posteriors(snap, space.combo_components, chosen, xs, rng.random(n))
+
+
+def _context(rng: np.random.Generator) -> np.ndarray:
+    x = rng.normal(size=D)
+    x[0] = 1.0
+    return x
+
+
+def _reference_component_scores(
+    snap: PolicySnapshot, space: ActionSpace, x: np.ndarray, z: np.ndarray, v2: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sampled, mean) weighted component scores, the slow way."""
+    mean = np.empty(snap.n_components)
+    sd = np.empty(snap.n_components)
+    for c in range(snap.n_components):
+        f = snap.cov_factor(c)
+        cov = f @ f.T
+        mean[c] = snap.mu[c] @ x
+        sd[c] = math.sqrt(v2 * (x @ cov @ x))
+    w = space.component_weight
+    return w * (mean + sd * z), w * mean
+
+
+def _reference_combo_scores(
+    space: ActionSpace, comp: np.ndarray, combo_mask: np.ndarray, comp_mask: np.ndarray
+) -> np.ndarray:
+    """Score per combination, -inf where masked."""
+    out = np.full(space.n_combos, -np.inf)
+    for i, row in enumerate(space.combo_components):
+        ids = row[row >= 0]
+        if combo_mask[i] and comp_mask[ids].all():
+            out[i] = comp[ids].sum()
+    return out
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240611)
+
+
+@pytest.fixture
+def space() -> ActionSpace:
+    return build_action_space((3, 4, 2), pairs=((1, 2),))
+
+
+def test_build_action_space_layout() -> None:
+    space = build_action_space((3, 4, 2), pairs=((0, 2),))
+    assert space.n_combos == 3 * 4 * 2 + 1
+    assert space.n_components == 3 + 4 + 2 + 3 * 2 + 1
+    assert space.combo_components.shape == (space.n_combos, 4)
+    for combo in range(space.n_combos - 1):
+        values = space.combo_values(combo)
+        assert space.combo_index(values) == combo
+        m, c, s = values
+        expected = [m, 3 + c, 7 + s, 9 + m * 2 + s]
+        assert space.combo_components[combo].tolist() == expected
+    assert space.combo_values(space.nothing_combo) is None
+    assert space.combo_components[space.nothing_combo].tolist() == [15, -1, -1, -1]
+    assert space.component_weight[15] == 1.0
+    assert np.allclose(space.component_weight[:15], 0.25)
+    assert space.components_of_dim(1).tolist() == [3, 4, 5, 6]
+
+
+def test_thompson_matches_reference(rng: np.random.Generator, space: ActionSpace) -> None:
+    params = PolicyParams(noise_variance=0.3)
+    for trial in range(20):
+        snap = _trained(space, rng)
+        x = _context(rng)
+        seed = int(rng.integers(0, 2**63))
+        combo_mask = (rng.random(space.n_combos) < 0.8).astype(np.uint8)
+        comp_mask = (rng.random(space.n_components) < 0.9).astype(np.uint8)
+        z = standard_normals(seed, space.n_components)
+        sampled, mean = _reference_component_scores(snap, space, x, z, params.noise_variance)
+        ref = _reference_combo_scores(space, sampled, combo_mask, comp_mask)
+        ref_mean = _reference_combo_scores(space, mean, combo_mask, comp_mask)
+        n_allowed = int(np.isfinite(ref).sum())
+        if n_allowed == 0:
+            with pytest.raises(ValueError, match="no combination is allowed"):
+                decide(snap, space, x, seed, combo_mask=combo_mask, component_mask=comp_mask)
+            continue
+        got = decide(snap, space, x, seed, combo_mask=combo_mask, component_mask=comp_mask,
+                     top_k=4, params=params, propensity=False)
+        order = np.argsort(-ref, kind="stable")[: min(4, n_allowed)]
+        assert got.choice == order[0], trial
+        assert got.top_k.tolist() == order.tolist()
+        assert np.allclose(got.scores, ref[order], rtol=1e-12, atol=1e-12)
+        assert np.allclose(got.mean_scores, ref_mean[order], rtol=1e-12, atol=1e-12)
+        assert got.n_allowed == n_allowed
+        # The explicit-draws entry point is the same computation.
+        again = thompson_from_draws(snap, space, x, z, combo_mask=combo_mask,
+                                    component_mask=comp_mask, top_k=4, params=params)
+        assert again.top_k.tolist() == got.top_k.tolist()
+
+
+def test_masked_combinations_never_chosen(rng: np.random.Generator, space: ActionSpace) -> None:
+    snap = _trained(space, rng)
+    params = PolicyParams(noise_variance=5.0)  # explore hard so every allowed combo can win
+    for seed in range(300):
+        x = _context(rng)
+        combo_mask = rng.random(space.n_combos) < 0.5
+        comp_mask = rng.random(space.n_components) < 0.8
+        allowed = _reference_combo_scores(space, np.zeros(space.n_components), combo_mask,
+                                          comp_mask) == 0.0
+        if not allowed.any():
+            continue
+        for mode in (policy.MODE_THOMPSON, policy.MODE_SQUARECB):
+            got = decide(snap, space, x, seed, combo_mask=combo_mask, component_mask=comp_mask,
+                         top_k=5, params=PolicyParams(mode=mode, noise_variance=5.0,
+                                                      mc_samples=8, mc_max_samples=8))
+            assert allowed[got.top_k].all()
+            assert len(set(got.top_k.tolist())) == len(got.top_k)
+            assert len(got.top_k) == min(5, allowed.sum())
+    del params
+
+
+def test_top_k_descending_choice_first(rng: np.random.Generator, space: ActionSpace) -> None:
+    snap = _trained(space, rng)
+    for seed in range(50):
+        got = decide(snap, space, _context(rng), seed, top_k=6, propensity=False)
+        assert got.top_k[0] == got.choice
+        assert np.all(np.diff(got.scores) <= 0)
+    sq = PolicyParams(mode=policy.MODE_SQUARECB, gamma_scale=0.5)
+    for seed in range(50):
+        got = decide(snap, space, _context(rng), seed, top_k=6, params=sq)
+        assert got.top_k[0] == got.choice
+        assert np.all(np.diff(got.mean_scores[1:]) <= 0)  # alternatives by mean score
+
+
+def test_same_seed_same_choice(rng: np.random.Generator, space: ActionSpace) -> None:
+    snap = _trained(space, rng)
+    x = _context(rng)
+    params = PolicyParams(noise_variance=2.0)
+    a = decide(snap, space, x, 12345, params=params)
+    b = decide(snap, space, x, 12345, params=params)
+    assert a.top_k.tolist() == b.top_k.tolist()
+    assert a.propensity == b.propensity
+    choices = {decide(snap, space, x, s, params=params, propensity=False).choice
+               for s in range(40)}
+    assert len(choices) > 1  # different seeds explore
+
+
+def test_mc_win_counts_match_brute_force(rng: np.random.Generator, space: ActionSpace) -> None:
+    snap = _trained(space, rng)
+    x = _context(rng)
+    comp_mask = np.ones(space.n_components, dtype=np.uint8)
+    comp_mask[4] = 0
+    params = PolicyParams(noise_variance=0.5, mc_samples=64, mc_max_samples=64)
+    seed = 99
+    wins, draws = thompson_win_counts(snap, space, x, seed, component_mask=comp_mask,
+                                      params=params)
+    assert draws == 64
+    z = standard_normals(policy._mc_seed(seed), draws * space.n_components)
+    z = z.reshape(draws, space.n_components)
+    expected = np.zeros(space.n_combos, dtype=np.int64)
+    for r in range(draws):
+        sampled, _ = _reference_component_scores(snap, space, x, z[r], params.noise_variance)
+        scores = _reference_combo_scores(space, sampled, space.combo_mask, comp_mask)
+        expected[np.argmax(scores)] += 1
+    assert wins.tolist() == expected.tolist()
+
+
+def test_mc_propensities_sum_to_one_over_allowed(
+    rng: np.random.Generator, space: ActionSpace
+) -> None:
+    snap = _trained(space, rng)
+    x = _context(rng)
+    combo_mask = rng.random(space.n_combos) < 0.6
+    combo_mask[0] = True
+    params = PolicyParams(noise_variance=1.0, mc_samples=500, mc_max_samples=500)
+    wins, draws = thompson_win_counts(snap, space, x, 7, combo_mask=combo_mask, params=params)
+    assert wins.sum() == draws == 500
+    assert (wins[~combo_mask] == 0).all()
+    got = decide(snap, space, x, 7, combo_mask=combo_mask, params=params)
+    assert got.propensity_samples == 500
+    assert 0.0 < got.propensity <= 1.0
+    prop, n = thompson_propensity(snap, space, x, 7, got.choice, combo_mask=combo_mask,
+                                  params=params)
+    assert (prop, n) == (got.propensity, got.propensity_samples)
+
+
+def test_mc_early_stop_and_rounds(rng: np.random.Generator, space: ActionSpace) -> None:
+    snap = _trained(space, rng)
+    x = _context(rng)
+    params = PolicyParams(noise_variance=1.0, mc_samples=32, mc_max_samples=1024,
+                          mc_min_wins=5)
+    got = decide(snap, space, x, 3, params=params)
+    assert got.propensity_samples % 32 == 0
+    assert got.propensity_samples == 1024 or got.propensity * got.propensity_samples >= 5
+
+
+def _two_arm(mean: tuple[float, float], var: tuple[float, float]) -> tuple:
+    """Two combinations of one component each; context x = [1]."""
+    space = ActionSpace(combo_components=np.array([[0], [1]], dtype=np.int32),
+                        combo_mask=np.ones(2, dtype=np.uint8),
+                        component_weight=np.ones(2), n_components=2)
+    snap = PolicySnapshot(mean_t=np.array([mean]), factor_t=np.sqrt(np.array([var])),
+                          precision=np.ones((2, 1, 1)), b=np.zeros((2, 1)), n_eff=np.zeros(2),
+                          prior_precision=1.0)
+    return space, snap
+
+
+def test_mc_propensity_matches_analytic_two_arms() -> None:
+    space, snap = _two_arm((0.3, 0.1), (0.04, 0.09))
+    x = np.array([1.0])
+    params = PolicyParams(noise_variance=1.0, mc_samples=20000, mc_max_samples=20000)
+    wins, draws = thompson_win_counts(snap, space, x, 5, params=params)
+    p0 = 0.5 * (1.0 + math.erf((0.3 - 0.1) / math.sqrt(0.04 + 0.09) / math.sqrt(2.0)))
+    assert wins.sum() == draws
+    assert abs(wins[0] / draws - p0) < 4.0 * math.sqrt(p0 * (1 - p0) / draws)
+    # And the decisions themselves are drawn with that probability.
+    picks = [decide(snap, space, x, s, params=params, propensity=False).choice
+             for s in range(4000)]
+    assert abs(picks.count(0) / 4000 - p0) < 4.0 * math.sqrt(p0 * (1 - p0) / 4000)
+
+
+def test_squarecb_probabilities(rng: np.random.Generator, space: ActionSpace) -> None:
+    snap = _trained(space, rng)
+    for _ in range(10):
+        x = _context(rng)
+        combo_mask = rng.random(space.n_combos) < 0.7
+        combo_mask[-1] = True
+        gamma_scale = float(rng.uniform(0.1, 50.0))
+        params = PolicyParams(mode=policy.MODE_SQUARECB, gamma_scale=gamma_scale)
+        prob, mean = squarecb_probabilities(snap, space, x, combo_mask=combo_mask,
+                                            params=params)
+        _, comp_mean = _reference_component_scores(snap, space, x,
+                                                   np.zeros(space.n_components), 0.0)
+        ref_mean = _reference_combo_scores(space, comp_mean, combo_mask,
+                                           np.ones(space.n_components, bool))
+        assert np.allclose(mean[combo_mask], ref_mean[combo_mask], atol=1e-12)
+        k = combo_mask.sum()
+        best = int(np.argmax(ref_mean))
+        gamma = gamma_scale * k
+        ref = np.where(combo_mask, 1.0 / (k + gamma * (ref_mean[best] - ref_mean)), 0.0)
+        ref[best] = 0.0
+        ref[best] = 1.0 - ref.sum()
+        assert np.allclose(prob, ref, atol=1e-12)
+        assert prob.sum() == pytest.approx(1.0, abs=1e-12)
+        assert (prob[~combo_mask] == 0).all()
+
+
+def test_squarecb_samples_its_distribution(rng: np.random.Generator) -> None:
+    space = build_action_space((2, 2), include_nothing=True)
+    snap = _trained(space, rng)
+    x = _context(rng)
+    params = PolicyParams(mode=policy.MODE_SQUARECB, gamma_scale=2.0)
+    prob, _ = squarecb_probabilities(snap, space, x, params=params)
+    n = 6000
+    counts = np.zeros(space.n_combos)
+    for s in range(n):
+        got = decide(snap, space, x, s, params=params)
+        assert got.propensity == pytest.approx(prob[got.choice])
+        counts[got.choice] += 1
+    assert np.all(np.abs(counts / n - prob) < 4.0 * np.sqrt(prob * (1 - prob) / n) + 1e-9)
+
+
+def test_read_only_inputs_accepted_and_unchanged(
+    rng: np.random.Generator, space: ActionSpace
+) -> None:
+    snap = _trained(space, rng)
+    x = _context(rng)
+    comp_mask = np.ones(space.n_components, dtype=bool)
+    combo_mask = np.ones(space.n_combos, dtype=np.uint8)
+    before = [a.copy() for a in (snap.mean_t, snap.factor_t, x, comp_mask, combo_mask)]
+    for a in (x, comp_mask, combo_mask):
+        a.flags.writeable = False
+    for mode in (policy.MODE_THOMPSON, policy.MODE_SQUARECB):
+        decide(snap, space, x, 1, component_mask=comp_mask, combo_mask=combo_mask,
+               params=PolicyParams(mode=mode))
+    after = (snap.mean_t, snap.factor_t, x, comp_mask, combo_mask)
+    for b, a in zip(before, after, strict=True):
+        assert np.array_equal(a, b)
+    assert not snap.mean_t.flags.writeable and not space.combo_components.flags.writeable
+
+
+def test_validation_errors(rng: np.random.Generator, space: ActionSpace) -> None:
+    snap = _trained(space, rng)
+    x = _context(rng)
+    with pytest.raises(ValueError, match="context: must be float64 of shape"):
+        decide(snap, space, x[:-1], 1)
+    bad = x.copy()
+    bad[2] = np.nan
+    with pytest.raises(ValueError, match="context: must be finite"):
+        decide(snap, space, bad, 1)
+    with pytest.raises(ValueError, match="component_mask: must be bool or uint8"):
+        decide(snap, space, x, 1, component_mask=np.ones(3))
+    with pytest.raises(ValueError, match="no combination is allowed"):
+        decide(snap, space, x, 1, combo_mask=np.zeros(space.n_combos, bool))
+    with pytest.raises(ValueError, match="top_k"):
+        decide(snap, space, x, 1, top_k=0)
+    with pytest.raises(ValueError, match="seed"):
+        decide(snap, space, x, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="snapshot: has"):
+        decide(initial_snapshot(3, D), space, x, 1)
+    with pytest.raises(ValueError, match="mode"):
+        PolicyParams(mode="greedy")
+    with pytest.raises(ValueError, match="combo_mask: the campaign must allow"):
+        build_action_space((2, 2), include_nothing=False, allowed=np.zeros(4, bool))
+    with pytest.raises(ValueError, match="padding"):
+        ActionSpace(combo_components=np.array([[-1, 0]], dtype=np.int32),
+                    combo_mask=np.ones(1, np.uint8), component_weight=np.ones(1),
+                    n_components=1)
+
+
+def test_explain_contributions(rng: np.random.Generator, space: ActionSpace) -> None:
+    snap = _trained(space, rng)
+    x = _context(rng)
+    got = decide(snap, space, x, 3, propensity=False)
+    exp = explain(snap, space, x, got.choice, top_components=2, top_features=3)
+    assert exp.mean_score == pytest.approx(got.mean_scores[0])
+    assert exp.component_scores.sum() == pytest.approx(got.mean_scores[0])
+    assert np.all(np.diff(np.abs(exp.component_scores)) <= 0)
+    row = space.combo_components[got.choice]
+    assert sorted(exp.components.tolist()) == sorted(row[row >= 0].tolist())
+    assert len(exp.feature) == 6
+    for c, j, v in zip(exp.feature_component, exp.feature, exp.feature_score, strict=True):
+        assert v == pytest.approx(space.component_weight[c] * snap.mu[c, j] * x[j])
+
+
+def test_standard_normals_look_normal() -> None:
+    z = standard_normals(2024, 200_001)
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1.0) < 0.01
+    assert np.array_equal(z[:10], standard_normals(2024, 10))
+    assert standard_normals(2**64 - 1, 3).shape == (3,)
+
+
+def test_warm_up_runs() -> None:
+    policy.warm_up()
