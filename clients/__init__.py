@@ -1,5 +1,5 @@
 """Python client SDK and the ``nudge`` command line."""
 
-from nudge.clients.client import Client, make_event
+from nudge.clients.client import Client, make_event, make_transaction
 
-__all__ = ["Client", "make_event"]
+__all__ = ["Client", "make_event", "make_transaction"]

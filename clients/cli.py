@@ -3,6 +3,8 @@
     nudge serve [--port N] [--data-dir DIR] [--config FILE]
     nudge track --user U --type T [--num amount=5000] [--str step=documentation]
     nudge user U
+    nudge score --user U --amount 120.5 [--country BR] [--merchant-category 5411] ...
+    nudge label TRANSACTION_ID fraud|genuine
     nudge health
 """
 
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf.json_format import MessageToJson
 
-from nudge.clients.client import Client, make_event
+from nudge.clients.client import Client, make_event, make_transaction
 
 DEFAULT_TARGET = "localhost:50051"
 
@@ -62,6 +64,20 @@ def _parser() -> argparse.ArgumentParser:
 
     user = sub.add_parser("user", help="show what the server knows about a user")
     user.add_argument("user_id")
+
+    score = sub.add_parser("score", help="score one transaction against the user's baseline")
+    score.add_argument("--user", required=True)
+    score.add_argument("--amount", type=float, required=True)
+    score.add_argument("--transaction-id", help="idempotency key (default: a fresh one)")
+    score.add_argument("--currency", default="")
+    score.add_argument("--merchant-category", default="")
+    score.add_argument("--country", default="")
+    score.add_argument("--channel", default="")
+    score.add_argument("--device-id", default="")
+
+    label = sub.add_parser("label", help="label a scored transaction fraud or genuine")
+    label.add_argument("transaction_id")
+    label.add_argument("label", choices=("fraud", "genuine"))
 
     sub.add_parser("health", help="print the server's health status")
     return parser
@@ -112,6 +128,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(MessageToJson(reply, always_print_fields_with_no_presence=True))
         elif args.command == "user":
             print(MessageToJson(client.get_user(args.user_id)))
+        elif args.command == "score":
+            tx = make_transaction(
+                args.user,
+                args.amount,
+                transaction_id=args.transaction_id,
+                currency=args.currency,
+                merchant_category=args.merchant_category,
+                country=args.country,
+                channel=args.channel,
+                device_id=args.device_id,
+            )
+            print(MessageToJson(client.score_transaction(tx)))
+        elif args.command == "label":
+            in_baseline = client.label_transaction(args.transaction_id, args.label)
+            print("in baseline" if in_baseline else "kept out of the baseline")
         elif args.command == "health":
             status = client.health()
             print(status)

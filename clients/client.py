@@ -29,6 +29,41 @@ T = TypeVar("T")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
+def make_transaction(
+    user_id: str,
+    amount: float,
+    *,
+    transaction_id: str | None = None,
+    currency: str = "",
+    merchant_category: str = "",
+    country: str = "",
+    channel: str = "",
+    device_id: str = "",
+    time: datetime | float | None = None,
+) -> risk_service_pb2.Transaction:
+    """Build a Transaction; a fresh transaction_id is assigned once, so retries reuse it."""
+    tx = risk_service_pb2.Transaction(
+        transaction_id=transaction_id or uuid.uuid4().hex,
+        user_id=user_id,
+        amount=amount,
+        currency=currency,
+        merchant_category=merchant_category,
+        country=country,
+        channel=channel,
+        device_id=device_id,
+    )
+    if time is not None:
+        _set_time(tx.time, time)
+    return tx
+
+
+def _set_time(ts, time: datetime | float) -> None:
+    if isinstance(time, datetime):
+        ts.FromDatetime(time)
+    else:
+        ts.FromNanoseconds(round(time * 1e9))
+
+
 def make_event(
     user_id: str,
     type: str,
@@ -47,10 +82,7 @@ def make_event(
         strings=dict(strings or {}),
     )
     if time is not None:
-        if isinstance(time, datetime):
-            event.time.FromDatetime(time)
-        else:
-            event.time.FromNanoseconds(round(time * 1e9))
+        _set_time(event.time, time)
     return event
 
 
@@ -164,6 +196,23 @@ class Client:
     ) -> risk_service_pb2.ScoreTransactionResponse:
         request = risk_service_pb2.ScoreTransactionRequest(transaction=transaction)
         return self._call(self.risk.ScoreTransaction, request, timeout)
+
+    def score_transactions(
+        self, transactions: Iterable[risk_service_pb2.Transaction], timeout: float | None = None
+    ) -> list[risk_service_pb2.TransactionScore]:
+        request = risk_service_pb2.ScoreTransactionsRequest(transactions=list(transactions))
+        return list(self._call(self.risk.ScoreTransactions, request, timeout).scores)
+
+    def label_transaction(
+        self, transaction_id: str, label: str, timeout: float | None = None
+    ) -> bool:
+        """Label a scored transaction "fraud" or "genuine"; returns whether it is now part
+        of the user's baseline."""
+        value = risk_service_pb2.TransactionLabel.Value(f"TRANSACTION_LABEL_{label.upper()}")
+        request = risk_service_pb2.LabelTransactionRequest(
+            transaction_id=transaction_id, label=value
+        )
+        return self._call(self.risk.LabelTransaction, request, timeout).in_baseline
 
     # -- operations ----------------------------------------------------------------------
 

@@ -310,6 +310,11 @@ _I8_RO1 = _arr(1, True, types.int64)
 _RO_RW = (_RO1, _RW1)
 
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+# The one-transaction kernels keep the GIL: they run for about a microsecond, and releasing
+# the GIL inside a gRPC handler invites another thread (the commit writer, grpc's poller)
+# to take it, so the reply then waits tens of microseconds to get it back (measured with
+# bench/rpc_floor.py). The batch kernels release it: they run long enough to pay off.
+_JIT_SHORT = {"cache": True, "nogil": False, "error_model": "numpy"}
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -512,7 +517,7 @@ def _sigs_score_one() -> list:
             for s in _RO_RW for p in _RO_RW]
 
 
-@njit(_sigs_score_one(), **_JIT)
+@njit(_sigs_score_one(), **_JIT_SHORT)
 def _score_one_kernel(state, pop, tx, params, learn, new_state, out, feat):
     """new_state <- state, then score/observe/learn into new_state (inputs never written)."""
     for j in range(RISK_STATE_LEN):
@@ -529,7 +534,7 @@ def _score_batch_kernel(states, rows, txs, pop, params, learn, out, feats):
         _score_into(states[rows[i]], pop, txs[i], params, learn, out[i], feats[i])
 
 
-@njit([types.void(s, _RW1, _RO1, _RW1) for s in _RO_RW], **_JIT)
+@njit([types.void(s, _RW1, _RO1, _RW1) for s in _RO_RW], **_JIT_SHORT)
 def _learn_one_kernel(state, feat, params, new_state):
     """new_state <- state with one held-then-labelled-genuine transaction folded in."""
     for j in range(RISK_STATE_LEN):
@@ -770,9 +775,11 @@ def warm_up() -> None:
 
 
 def _check_scalar(name: str, value: float, nonnegative: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+    if value.__class__ is not float and (  # the common case first: it runs per transaction
+        isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer)
+    ):
         raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if nonnegative and value < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")

@@ -107,18 +107,22 @@ def explain(details: np.ndarray, *, country: str = "", merchant_category: str = 
     if d.shape != (DETAIL_LEN,):
         raise ValueError(f"details must be one RiskScore.details vector of {DETAIL_LEN} "
                          f"values, got shape {d.shape}")
-    flags = reason_flags(d, params, min_contribution, cold_start_below)
-    total = d[DETAIL_TOTAL]
+    # Plain Python over a list: this runs inside card authorisations, one row at a time,
+    # where reason_flags' NumPy overhead would dominate. Same rule as reason_flags.
+    values = d.tolist()
+    total = values[DETAIL_TOTAL]
     reasons = []
     for code, c in _FEATURE_REASONS:
-        if flags[code][0]:
-            contribution = d[DETAIL_CONTRIB_OFF + c]
+        weight_c = params.weights[c]
+        contribution = values[DETAIL_CONTRIB_OFF + c]
+        if weight_c > 0 and contribution >= min_contribution * weight_c:
             weight = contribution / total if total > 0 else 0.0
             reasons.append(RiskReason(code, _text(code, d, country, merchant_category,
                                                   local_hour, params), float(weight)))
-    if flags[COLD_START][0]:
-        n = int(d[DETAIL_BASELINE_COUNT])
-        borrowed = 1.0 - d[DETAIL_BLEND_WEIGHT]
+    cold_start = values[DETAIL_BLEND_WEIGHT] < cold_start_below
+    if cold_start:
+        n = int(values[DETAIL_BASELINE_COUNT])
+        borrowed = 1.0 - values[DETAIL_BLEND_WEIGHT]
         plural = "" if n == 1 else "s"
         reasons.append(RiskReason(
             COLD_START, f"only {n} earlier transaction{plural}: scored {borrowed:.0%} against "

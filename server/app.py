@@ -26,6 +26,7 @@ from nudge.server.delivery_service import DeliveryServicer
 from nudge.server.diagnostics_service import DiagnosticsServicer
 from nudge.server.ingest import EventWriter
 from nudge.server.readiness import Readiness
+from nudge.server.risk_engine import RiskEngine
 from nudge.server.risk_service import RiskServicer
 from nudge.server.status import StatusInterceptor
 from nudge.server.store import Store
@@ -63,6 +64,7 @@ class NudgeServer:
     port: int
     store: Store
     writer: EventWriter
+    risk: RiskEngine
     health: health.HealthServicer
     readiness: Readiness
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -91,6 +93,7 @@ class NudgeServer:
         self.health.enter_graceful_shutdown()
         grace = self.config.grace_seconds if grace is None else grace
         self.grpc_server.stop(grace).wait()
+        self.risk.close()
         self.writer.close()
         self.store.close()
         self._closed.set()
@@ -120,7 +123,10 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     decision_service_pb2_grpc.add_DecisionServiceServicer_to_server(
         DecisionServicer(store, writer, clock, readiness, config.half_life_seconds), server
     )
-    risk_service_pb2_grpc.add_RiskServiceServicer_to_server(RiskServicer(), server)
+    risk_engine = RiskEngine(store, writer)
+    risk_service_pb2_grpc.add_RiskServiceServicer_to_server(
+        RiskServicer(risk_engine, clock, readiness), server
+    )
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(DeliveryServicer(), server)
     diagnostics_service_pb2_grpc.add_DiagnosticsServiceServicer_to_server(
         DiagnosticsServicer(), server
@@ -135,10 +141,13 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     try:
         port = server.add_insecure_port(f"{config.host}:{config.port}")
     except RuntimeError as exc:
+        risk_engine.close()
         writer.close()
         store.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
-    return NudgeServer(config, server, port, store, writer, health_servicer, readiness)
+    return NudgeServer(
+        config, server, port, store, writer, risk_engine, health_servicer, readiness
+    )
 
 
 def serve(server: NudgeServer) -> None:

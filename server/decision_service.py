@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 
 from nudge.server.clock import Clock
-from nudge.server.errors import DeadlineExceeded, InvalidArgument, NotFound, Unimplemented
+from nudge.server.deadlines import wait_within_deadline
+from nudge.server.errors import InvalidArgument, NotFound, Unimplemented
 from nudge.server.events import check_id, validate_events
 from nudge.server.ingest import EventWriter, TrackResult
 from nudge.server.readiness import Readiness
@@ -22,20 +22,14 @@ from nudge.v1 import decision_service_pb2_grpc as pb_grpc
 
 # Stream messages a TrackStream may have queued for commit at once (back-pressure).
 STREAM_IN_FLIGHT = 8
-MAX_WAIT_SECONDS = 86_400.0
 
 
 def _wait(future: Future[TrackResult], context: grpc.ServicerContext) -> TrackResult:
-    remaining = context.time_remaining()
-    if remaining is not None and remaining > MAX_WAIT_SECONDS:
-        remaining = None  # no deadline: grpc reports a huge number that threads reject
-    try:
-        return future.result(timeout=remaining)
-    except FutureTimeout:
-        raise DeadlineExceeded(
-            "deadline passed before the commit; the events may still be stored — retry "
-            "with the same event_ids (replays are counted once)"
-        ) from None
+    return wait_within_deadline(
+        future,
+        context,
+        "the events may still be stored — retry with the same event_ids (replays count once)",
+    )
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):

@@ -44,6 +44,8 @@ class ValidEvent:
     # Properties other than the reserved tz/consent ones (message templates use them).
     numbers: dict[str, float] = field(default_factory=dict)
     strings: dict[str, str] = field(default_factory=dict)
+    # Hour of day in the user's time zone; set by the writer when the event is stored.
+    local_hour: float | None = None
 
 
 @lru_cache(maxsize=1024)
@@ -74,46 +76,56 @@ def timestamp_seconds(ts, field_name: str, now: float, has_time: bool) -> float:
 
 
 def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
-    where = f"events[{index}]"
-    check_id(ev.event_id, f"{where}.event_id")
-    check_id(ev.user_id, f"{where}.user_id")
-    if not TYPE_PATTERN.fullmatch(ev.type):
-        raise InvalidArgument(f"{where}.type", "must match [a-z][a-z0-9_.]{0,63}")
-    t = timestamp_seconds(ev.time, f"{where}.time", now, ev.HasField("time"))
-    numbers = ev.numbers
-    strings = ev.strings
+    # Field names for errors are built only when a rule fails: this runs for every event.
+    event_id, user_id, type_ = ev.event_id, ev.user_id, ev.type
+    if not event_id or len(event_id) > MAX_ID_BYTES or len(event_id.encode()) > MAX_ID_BYTES:
+        check_id(event_id, f"events[{index}].event_id")
+    if not user_id or len(user_id) > MAX_ID_BYTES or len(user_id.encode()) > MAX_ID_BYTES:
+        check_id(user_id, f"events[{index}].user_id")
+    if not TYPE_PATTERN.fullmatch(type_):
+        raise InvalidArgument(f"events[{index}].type", "must match [a-z][a-z0-9_.]{0,63}")
+    has_time = ev.HasField("time")
+    t = timestamp_seconds(ev.time, f"events[{index}].time", now, has_time) if has_time else now
+    numbers = dict(ev.numbers)
+    strings = dict(ev.strings) if ev.strings else {}
     if len(numbers) + len(strings) > MAX_PROPERTIES:
-        raise InvalidArgument(where, f"at most {MAX_PROPERTIES} numbers and strings in all")
+        raise InvalidArgument(
+            f"events[{index}]", f"at most {MAX_PROPERTIES} numbers and strings in all"
+        )
     for key, value in numbers.items():
-        _check_key(key, f"{where}.numbers")
+        if not key or len(key) > MAX_KEY_BYTES or len(key.encode()) > MAX_KEY_BYTES:
+            _check_key(key, f"events[{index}].numbers")
         if not math.isfinite(value):
-            raise InvalidArgument(f'{where}.numbers["{key}"]', "must be finite")
+            raise InvalidArgument(f'events[{index}].numbers["{key}"]', "must be finite")
     tz = None
     consents: dict[str, bool] = {}
     plain: dict[str, str] = {}
     for key, value in strings.items():
-        _check_key(key, f"{where}.strings")
-        name = f'{where}.strings["{key}"]'
-        if len(value.encode()) > MAX_STRING_BYTES:
-            raise InvalidArgument(name, f"must be at most {MAX_STRING_BYTES} bytes")
+        if not key or len(key) > MAX_KEY_BYTES or len(key.encode()) > MAX_KEY_BYTES:
+            _check_key(key, f"events[{index}].strings")
+        if len(value) > MAX_STRING_BYTES // 4 and len(value.encode()) > MAX_STRING_BYTES:
+            raise InvalidArgument(
+                f'events[{index}].strings["{key}"]', f"must be at most {MAX_STRING_BYTES} bytes"
+            )
         if key == TZ_KEY:
             try:
                 time_zone(value)
             except (ZoneInfoNotFoundError, ValueError):
                 raise InvalidArgument(
-                    name, "must be an IANA time zone such as Europe/Paris"
+                    f'events[{index}].strings["{key}"]',
+                    "must be an IANA time zone such as Europe/Paris",
                 ) from None
             tz = value
         elif key.startswith(CONSENT_PREFIX):
             if value not in CONSENT_VALUES or len(key) == len(CONSENT_PREFIX):
-                raise InvalidArgument(name, 'must be "granted" or "revoked"')
+                raise InvalidArgument(
+                    f'events[{index}].strings["{key}"]', 'must be "granted" or "revoked"'
+                )
             consents[key[len(CONSENT_PREFIX) :]] = CONSENT_VALUES[value]
         else:
             plain[key] = value
     amount = numbers.get(AMOUNT_KEY, math.nan)
-    return ValidEvent(
-        ev.event_id, ev.user_id, ev.type, t, amount, tz, consents, ev, dict(numbers), plain
-    )
+    return ValidEvent(event_id, user_id, type_, t, amount, tz, consents, ev, numbers, plain)
 
 
 def _check_key(key: str, where: str) -> None:

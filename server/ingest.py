@@ -62,7 +62,9 @@ class _Submission:
 
 # Called inside the commit with the newly stored events (after user state is updated), so
 # other parts (risk baselines, goal attribution) update in the same atomic transaction.
-EventHook = Callable[[lmdb.Transaction, list[ValidEvent]], None]
+# It may return a callback to run once the commit is durable (for in-memory effects); a
+# batch retried after the map grows calls the hook again and drops the first callback.
+EventHook = Callable[[lmdb.Transaction, list[ValidEvent]], Callable[[], None] | None]
 
 
 def local_hour(t: float, tz: str) -> float:
@@ -149,7 +151,7 @@ class EventWriter:
     def _commit_batch(self, batch: list[_Submission]) -> None:
         while True:
             try:
-                results, new_types, next_sequence = self._write(batch)
+                results, new_types, next_sequence, after_commit = self._write(batch)
                 break
             except lmdb.MapFullError:
                 log.info("store map full; grown to %d bytes, retrying", self.store.map_size())
@@ -162,20 +164,29 @@ class EventWriter:
         self.store.type_slots.update(new_types)
         self.store.next_sequence = next_sequence
         self.commits += 1
+        for callback in after_commit:
+            callback()
         for sub, result in zip(batch, results, strict=True):
             sub.future.set_result(result)
 
-    def _write(self, batch: list[_Submission]) -> tuple[list[Any], dict[str, int], int]:
+    def _write(
+        self, batch: list[_Submission]
+    ) -> tuple[list[Any], dict[str, int], int, list[Callable[[], None]]]:
         new_types: dict[str, int] = {}
+        after_commit: list[Callable[[], None]] = []
         with self.store.write() as txn:
-            results, sequence = self._write_events(txn, batch, new_types)
+            results, sequence = self._write_events(txn, batch, new_types, after_commit)
             for i, sub in enumerate(batch):
                 if sub.job is not None:
                     results[i] = sub.job(txn)
-        return results, new_types, sequence
+        return results, new_types, sequence, after_commit
 
     def _write_events(
-        self, txn: lmdb.Transaction, batch: list[_Submission], new_types: dict[str, int]
+        self,
+        txn: lmdb.Transaction,
+        batch: list[_Submission],
+        new_types: dict[str, int],
+        after_commit: list[Callable[[], None]],
     ) -> tuple[list[Any], int]:
         store = self.store
         dbs = store.dbs
@@ -222,7 +233,7 @@ class EventWriter:
             slots[i] = self._slot(ev.type, new_types, txn)
             times[i] = ev.time
             amounts[i] = ev.amount
-            hours[i] = local_hour(ev.time, ev.tz or profiles[row].tz)
+            hours[i] = ev.local_hour = local_hour(ev.time, ev.tz or profiles[row].tz)
         user_state.apply_events(
             state, row_idx, slots, times, amounts, hours, self.half_life_seconds
         )
@@ -243,7 +254,9 @@ class EventWriter:
             txn.put(ev.event_id.encode(), seq, db=seen)
             sequence += 1
         for hook in self._event_hooks:
-            hook(txn, fresh)
+            callback = hook(txn, fresh)
+            if callback is not None:
+                after_commit.append(callback)
         return results, sequence
 
     def _slot(self, type_name: str, new_types: dict[str, int], txn: lmdb.Transaction) -> int:

@@ -1,28 +1,80 @@
-"""RiskService: per-user anomaly scoring. Not built yet; says so precisely."""
+"""RiskService: thin — validate, hand to the risk engine, reply."""
 
 from __future__ import annotations
 
 import grpc
 
-from nudge.server.errors import Unimplemented
+from nudge.server.clock import Clock
+from nudge.server.deadlines import wait_within_deadline
+from nudge.server.errors import InvalidArgument
+from nudge.server.events import check_id
+from nudge.server.readiness import Readiness
+from nudge.server.risk_engine import RiskEngine, TransactionRecord
+from nudge.server.transactions import validate_transaction, validate_transactions
+from nudge.v1 import common_pb2
 from nudge.v1 import risk_service_pb2 as pb
 from nudge.v1 import risk_service_pb2_grpc as pb_grpc
 
-_MISSING = "needs per-user risk baselines and the scoring kernels, which are not built yet"
+_LABELS = {
+    pb.TRANSACTION_LABEL_FRAUD: "FRAUD",
+    pb.TRANSACTION_LABEL_GENUINE: "GENUINE",
+}
+
+
+def _reasons(record: TransactionRecord) -> list[common_pb2.Reason]:
+    return [common_pb2.Reason(code=c, detail=d, weight=w) for c, d, w in record.reasons]
 
 
 class RiskServicer(pb_grpc.RiskServiceServicer):
+    def __init__(self, engine: RiskEngine, clock: Clock, readiness: Readiness) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.readiness = readiness
+
     def ScoreTransaction(
         self, request: pb.ScoreTransactionRequest, context: grpc.ServicerContext
     ) -> pb.ScoreTransactionResponse:
-        raise Unimplemented(f"ScoreTransaction {_MISSING}")
+        self.readiness.check()
+        if not request.HasField("transaction"):
+            raise InvalidArgument("transaction", "is required")
+        tx = validate_transaction(request.transaction, "transaction", self.clock.now())
+        (record,) = self.engine.score([tx])
+        return pb.ScoreTransactionResponse(
+            score=record.score,
+            reasons=_reasons(record),
+            baseline_count=record.baseline_count,
+            held=record.held,
+        )
 
     def ScoreTransactions(
         self, request: pb.ScoreTransactionsRequest, context: grpc.ServicerContext
     ) -> pb.ScoreTransactionsResponse:
-        raise Unimplemented(f"ScoreTransactions {_MISSING}")
+        self.readiness.check()
+        txs = validate_transactions(list(request.transactions), self.clock.now())
+        records = self.engine.score(txs)
+        return pb.ScoreTransactionsResponse(
+            scores=[
+                pb.TransactionScore(
+                    transaction_id=tx.transaction_id,
+                    score=r.score,
+                    reasons=_reasons(r),
+                    baseline_count=r.baseline_count,
+                    held=r.held,
+                )
+                for tx, r in zip(txs, records, strict=True)
+            ]
+        )
 
     def LabelTransaction(
         self, request: pb.LabelTransactionRequest, context: grpc.ServicerContext
     ) -> pb.LabelTransactionResponse:
-        raise Unimplemented(f"LabelTransaction {_MISSING}")
+        self.readiness.check()
+        check_id(request.transaction_id, "transaction_id")
+        label = _LABELS.get(request.label)
+        if label is None:
+            raise InvalidArgument(
+                "label", "must be TRANSACTION_LABEL_FRAUD or TRANSACTION_LABEL_GENUINE"
+            )
+        future = self.engine.label(request.transaction_id, label)
+        in_baseline = wait_within_deadline(future, context, "the label may still be stored")
+        return pb.LabelTransactionResponse(in_baseline=in_baseline)

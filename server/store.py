@@ -8,6 +8,10 @@ Databases:
   event time).
 - ``seen``: event id -> event log sequence number (idempotency).
 - ``events``: 8-byte big-endian sequence -> serialized Event (replay and insights).
+- ``risk``: user id -> risk baseline (kernels/risk.py layout), raw float64 bytes; the
+  population baseline lives in ``meta`` under ``risk/population``.
+- ``transactions``: transaction id -> JSON of its score, reasons, hold and label
+  (idempotency of ScoreTransaction, and the features a GENUINE label folds in).
 
 Every write transaction commits with fsync before anything is acknowledged (``sync=True``).
 The map grows by doubling when a write hits MDB_MAP_FULL; LMDB only allows resizing when
@@ -17,7 +21,6 @@ no transaction of this process is open, so reads pass through ``_ReadGate``.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from typing import Any
 
 import lmdb
 import numpy as np
+import orjson
 
 from nudge.kernels import user_state
 from nudge.server.errors import SchemaMismatch, StoreError
@@ -33,7 +37,7 @@ from nudge.server.errors import SchemaMismatch, StoreError
 SCHEMA_VERSION = 1
 SCHEMA_KEY = b"schema_version"
 TYPE_PREFIX = b"type/"
-DATABASES = ("meta", "users", "profiles", "seen", "events")
+DATABASES = ("meta", "users", "profiles", "seen", "events", "risk", "transactions")
 MAX_DBS = 16
 
 
@@ -91,24 +95,26 @@ class UserProfile:
     )
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
+        # orjson: profiles are rewritten for every user in every commit, so JSON speed
+        # shows in ingestion throughput. It writes -inf as null, hence the mapping.
+        return orjson.dumps(
             {
                 "tz": self.tz,
-                "tz_time": self.tz_time,
+                "tz_time": None if self.tz_time == float("-inf") else self.tz_time,
                 "consents": self.consents,
                 "props": self.last_properties,
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes | memoryview | None) -> UserProfile:
         if raw is None:
             return cls()
-        data: dict[str, Any] = json.loads(bytes(raw))
+        data: dict[str, Any] = orjson.loads(raw)
         consents = {k: (bool(v[0]), float(v[1])) for k, v in data["consents"].items()}
-        props = {k: (float(v[0]), v[1], v[2]) for k, v in data.get("props", {}).items()}
-        return cls(data["tz"], float(data["tz_time"]), consents, props)
+        props = {k: (float(v[0]), v[1], v[2]) for k, v in data["props"].items()}
+        tz_time = float("-inf") if data["tz_time"] is None else float(data["tz_time"])
+        return cls(data["tz"], tz_time, consents, props)
 
     def properties(self, types: tuple[str, ...] | None = None) -> dict[str, float | str]:
         """Latest value of every property across the given event types (all when None);

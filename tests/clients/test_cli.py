@@ -51,3 +51,16 @@ def test_bad_key_value_is_a_usage_error(server: NudgeServer) -> None:
     with pytest.raises(SystemExit, match="not a number"):
         main(["--target", f"127.0.0.1:{server.port}", "track", "--user", "U", "--type", "t",
               "--num", "amount=lots"])
+
+
+def test_score_and_label(server: NudgeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(server, capsys, "score", "--user", "U", "--amount", "120.5",
+                    "--country", "BR", "--transaction-id", "t1")
+    assert code == 0
+    reply = json.loads(out)
+    assert 0 <= reply.get("score", 0.0) <= 1
+    assert reply.get("baselineCount", "0") == "0"
+    code, out = run(server, capsys, "label", "t1", "genuine")
+    assert (code, out.strip()) in {(0, "in baseline")}
+    code, out = run(server, capsys, "score", "--user", "U", "--amount", "-1")
+    assert code == 1 and "transaction.amount: must not be negative" in out

@@ -1,0 +1,211 @@
+"""RiskService end to end on a real server and store."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import grpc
+import pytest
+
+from nudge.clients import Client, make_event, make_transaction
+from nudge.server.app import NudgeServer, create_server
+from nudge.server.config import Config
+from nudge.v1 import risk_service_pb2 as pb
+
+T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+HOUR = 3_600.0
+DAY = 86_400.0
+
+
+def habit(user: str, n: int = 30, start: float = T0) -> list[pb.Transaction]:
+    """A user who buys groceries in Brazil around noon, local time, on one phone."""
+    return [
+        make_transaction(user, 40.0 + (i % 5) * 3, transaction_id=f"{user}-h{i}", currency="BRL",
+                         merchant_category="5411", country="BR", channel="card_present",
+                         device_id="phone-1", time=start + i * DAY + 15 * HOUR)
+        for i in range(n)
+    ]
+
+
+def takeover(user: str, k: int, start: float) -> pb.Transaction:
+    return make_transaction(user, 2_500.0, transaction_id=f"{user}-ato{k}", currency="BRL",
+                            merchant_category="5732", country="NG", channel="ecommerce",
+                            device_id=f"laptop-{k}", time=start + k * 300)
+
+
+def codes(reply) -> set[str]:
+    return {r.code for r in reply.reasons}
+
+
+@pytest.fixture
+def profiled(client: Client) -> Client:
+    client.track([make_event("alice", "profile", strings={"tz": "America/Sao_Paulo"},
+                             time=T0)])
+    client.score_transactions(habit("alice"))
+    return client
+
+
+def test_normal_transaction_scores_low_and_takeover_high(profiled: Client) -> None:
+    normal = profiled.score_transaction(habit("alice", 31)[-1])
+    assert normal.score < 0.3 and not normal.held
+    assert normal.baseline_count == 30
+    odd = profiled.score_transaction(takeover("alice", 0, T0 + 31 * DAY + 5 * HOUR))
+    assert odd.score > 0.6 and odd.held
+    assert {"AMOUNT_HIGH", "NEW_COUNTRY", "NEW_DEVICE", "NEW_MERCHANT_CATEGORY"} <= codes(odd)
+    by_code = {r.code: r for r in odd.reasons}
+    assert by_code["NEW_COUNTRY"].detail == "first transaction in NG"
+    assert "× this user's typical" in by_code["AMOUNT_HIGH"].detail
+    assert all(r.weight > 0 for r in odd.reasons)
+    assert [r.weight for r in odd.reasons] == sorted((r.weight for r in odd.reasons), reverse=True)
+
+
+def test_guard_keeps_a_burst_out_of_the_baseline(profiled: Client) -> None:
+    start = T0 + 31 * DAY + 5 * HOUR
+    burst = [profiled.score_transaction(takeover("alice", k, start)) for k in range(4)]
+    assert all(r.held for r in burst)
+    # Had the first been learned, the rest would look normal; they stay anomalous.
+    assert all(r.score > 0.6 for r in burst)
+    assert "VELOCITY_BURST" in codes(burst[-1])
+    assert burst[-1].baseline_count == 30
+
+
+def test_labels_fold_genuine_in_once_and_keep_fraud_out(profiled: Client) -> None:
+    start = T0 + 31 * DAY
+    trip = make_transaction("alice", 300.0, transaction_id="trip", country="PT",
+                            merchant_category="4511", device_id="phone-1", time=start)
+    assert profiled.score_transaction(trip).held
+    fraud = takeover("alice", 9, start + HOUR)
+    assert profiled.score_transaction(fraud).held
+    assert profiled.label_transaction("trip", "genuine") is True
+    assert profiled.label_transaction("trip", "genuine") is True
+    assert profiled.label_transaction(fraud.transaction_id, "fraud") is False
+    after = profiled.score_transaction(habit("alice", 33, T0 + DAY)[-1])
+    assert after.baseline_count == 31  # the trip once, the fraud never
+
+
+def test_retry_returns_the_same_answer_and_learns_once(profiled: Client) -> None:
+    tx = habit("alice", 31)[-1]
+    first = profiled.score_transaction(tx)
+    again = profiled.score_transaction(tx)
+    assert again == first
+    nxt = profiled.score_transaction(habit("alice", 32)[-1])
+    assert nxt.baseline_count == first.baseline_count + 1
+
+
+def test_batch_equals_one_by_one(tmp_path: Path) -> None:
+    history = habit("bob") + [takeover("bob", k, T0 + 30 * DAY) for k in range(3)]
+    answers = []
+    for name, one_by_one in (("batch", False), ("single", True)):
+        srv = create_server(Config(port=0, data_dir=tmp_path / name))
+        srv.start()
+        try:
+            with Client(f"127.0.0.1:{srv.port}") as c:
+                if one_by_one:
+                    answers.append([c.score_transaction(t) for t in history])
+                else:
+                    answers.append(c.score_transactions(history))
+        finally:
+            srv.stop()
+    batch, single = answers
+    assert [b.score for b in batch] == pytest.approx([s.score for s in single], abs=1e-12)
+    assert [b.held for b in batch] == [s.held for s in single]
+    assert [b.transaction_id for b in batch] == [t.transaction_id for t in history]
+
+
+def test_cold_start_borrows_from_the_population(profiled: Client) -> None:
+    first = profiled.score_transaction(habit("newbie", 1)[0])
+    assert first.baseline_count == 0
+    assert "COLD_START" in codes(first)
+
+
+def test_track_transactions_update_the_same_baseline(client: Client) -> None:
+    events = [
+        make_event("dave", "transaction", event_id=f"d{i}", time=T0 + i * DAY,
+                   numbers={"amount": 50.0}, strings={"country": "BR", "device_id": "p1",
+                                                      "merchant_category": "5411"})
+        for i in range(10)
+    ]
+    client.track(events)
+    # Scoring an id already learned through Track returns its record, learning nothing.
+    replay = make_transaction("dave", 50.0, transaction_id="d3", country="BR", time=T0 + 3 * DAY)
+    assert client.score_transaction(replay).baseline_count == 3
+    fresh = make_transaction("dave", 55.0, country="BR", device_id="p1",
+                             merchant_category="5411", time=T0 + 11 * DAY)
+    assert client.score_transaction(fresh).baseline_count == 10
+
+
+def test_answers_survive_a_restart(data_dir: Path) -> None:
+    srv = create_server(Config(port=0, data_dir=data_dir))
+    srv.start()
+    with Client(f"127.0.0.1:{srv.port}") as c:
+        c.score_transactions(habit("erin"))
+        odd = takeover("erin", 0, T0 + 40 * DAY)
+        first = c.score_transaction(odd)
+    srv.stop()
+    srv = create_server(Config(port=0, data_dir=data_dir))
+    srv.start()
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as c:
+            assert c.score_transaction(odd) == first
+            assert c.label_transaction(odd.transaction_id, "genuine") is True
+            after = c.score_transaction(habit("erin", 31)[-1])
+            assert after.baseline_count == 31
+    finally:
+        srv.stop()
+
+
+BAD = [
+    (dict(transaction_id=""), "transaction.transaction_id: must not be empty"),
+    (dict(user_id=""), "transaction.user_id: must not be empty"),
+    (dict(amount=-1.0), "transaction.amount: must not be negative"),
+    (dict(amount=math.nan), "transaction.amount: must be finite"),
+    (dict(amount=math.inf), "transaction.amount: must be finite"),
+    (dict(currency="usd"), "transaction.currency: must be an ISO 4217 code"),
+    (dict(country="Brazil"), "transaction.country: must be an ISO 3166-1 alpha-2"),
+    (dict(device_id="d" * 129), "transaction.device_id: must be at most 128 bytes"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD)
+def test_bad_transactions_are_rejected_and_change_nothing(
+    server: NudgeServer, profiled: Client, fields: dict, message: str
+) -> None:
+    before = profiled.score_transaction(habit("alice", 31)[-1])
+    tx = make_transaction("alice", 10.0, transaction_id="bad", country="BR", time=T0 + 31 * DAY)
+    for name, value in fields.items():
+        setattr(tx, name, value)
+    with pytest.raises(grpc.RpcError) as err:
+        profiled.score_transaction(tx)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        profiled.score_transactions([habit("alice", 32)[-1], tx])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.replace("transaction.", "transactions[1].") in err.value.details()
+    after = profiled.score_transaction(habit("alice", 32)[-1])
+    assert after.baseline_count == before.baseline_count + 1
+
+
+def test_transaction_id_of_another_user_is_rejected_whole(profiled: Client) -> None:
+    stolen = make_transaction("mallory", 10.0, transaction_id="alice-h3", time=T0)
+    with pytest.raises(grpc.RpcError) as err:
+        profiled.score_transactions([habit("mallory", 1)[0], stolen])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "transactions[1].transaction_id" in err.value.details()
+    assert profiled.score_transaction(habit("mallory", 1)[0]).baseline_count == 0
+
+
+def test_label_errors(profiled: Client) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        profiled.label_transaction("never-scored", "fraud")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    request = pb.LabelTransactionRequest(transaction_id="alice-h1")
+    with pytest.raises(grpc.RpcError) as err:
+        profiled.risk.LabelTransaction(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "label" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        profiled.risk.ScoreTransaction(pb.ScoreTransactionRequest())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "transaction: is required" in err.value.details()
