@@ -1,0 +1,227 @@
+"""Prometheus metrics: per-RPC counts and latency, and gauges the server keeps current.
+
+Names and labels follow go-grpc-prometheus (``grpc_server_handled_total{grpc_service,
+grpc_method, grpc_type, grpc_code}``, ``grpc_server_handling_seconds``), so the
+dashboards and alerts a bank's platform team already has for gRPC services work as is.
+
+Each ``Metrics`` has a ``CollectorRegistry`` of its own rather than the process-global
+one, so tests (and a benchmark) can run several servers in one process. /metrics is
+served on its own port, plain HTTP on 127.0.0.1 by default: it carries no user data,
+and a scraper should not need a gRPC token.
+
+Cost: two ``perf_counter`` calls, a counter increment and a histogram observation per
+RPC — a few microseconds against a ~300 µs gRPC floor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# 100 µs (the floor is ~250 µs) to 1 s (far past any budget): roughly 1-2.5-5 per decade.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075,
+    0.001, 0.0025, 0.005, 0.0075,
+    0.01, 0.025, 0.05, 0.075,
+    0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
+_RPC_LABELS = ("grpc_service", "grpc_method", "grpc_type")
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming:
+        return "bidi_stream" if handler.response_streaming else "client_stream"
+    return "server_stream" if handler.response_streaming else "unary"
+
+
+class Metrics:
+    """The server's metrics in a registry of their own.
+
+    The gauges are set by whoever knows the value (``queue_depth.set(n)``) or bound to a
+    function read at scrape time (``lmdb_size_bytes.set_function(store_size)``), which
+    costs nothing between scrapes.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", _RPC_LABELS, registry=r
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code.",
+            (*_RPC_LABELS, "grpc_code"),
+            registry=r,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the handler starting to its last response, in seconds.",
+            _RPC_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rpcs_in_flight = Gauge(
+            "nudge_rpcs_in_flight", "RPCs holding a concurrency slot.", registry=r
+        )
+        self.rpcs_waiting = Gauge(
+            "nudge_rpcs_waiting", "RPCs waiting for a concurrency slot.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "nudge_ingest_queue_depth", "Events queued for the next group commit.", registry=r
+        )
+        self.lmdb_size_bytes = Gauge(
+            "nudge_lmdb_size_bytes",
+            "Bytes of the LMDB map in use (last page × page size).",
+            registry=r,
+        )
+        self.lmdb_map_size_bytes = Gauge(
+            "nudge_lmdb_map_size_bytes", "Current LMDB map size (grows by itself).", registry=r
+        )
+        self.lmdb_map_used_ratio = Gauge(
+            "nudge_lmdb_map_used_ratio", "Share of the LMDB map in use, 0..1.", registry=r
+        )
+        self.learner_lag_seconds = Gauge(
+            "nudge_learner_lag_seconds",
+            "Age of the oldest outcome the learner has not applied yet.",
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "nudge_outbox_depth", "Scheduled deliveries not yet acknowledged.", registry=r
+        )
+
+    def interceptor(self) -> MetricsInterceptor:
+        return MetricsInterceptor(self)
+
+
+def _code_name(context: grpc.ServicerContext, failed: bool) -> str:
+    code = context.code()
+    if code is not None:
+        return code.name
+    if failed:
+        # Raised without abort: grpc answers UNKNOWN (StatusInterceptor should prevent it).
+        return "UNKNOWN"
+    # Before grpc sends the status the call is still active, unless the client went away
+    # (a cancelled stream often ends "normally" from the handler's point of view).
+    return "OK" if context.is_active() else "CANCELLED"
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts and times every RPC that reaches a handler.
+
+    Place it first (outermost) so refusals by the auth and overload interceptors are
+    counted with their codes. Not seen: calls grpc refuses itself (unknown method,
+    ``maximum_concurrent_rpcs``). Handlers in grpc's non-blocking mode (health Watch) are
+    passed through untouched: wrapping would turn them into thread-holding generators.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        # Label children resolved once per method: intercept_service runs for every call,
+        # in grpc's polling thread.
+        self._children_by_method: dict[str, tuple[Any, Any, Callable[[str], Any]]] = {}
+
+    def _children(
+        self, method: str, handler: grpc.RpcMethodHandler
+    ) -> tuple[Any, Any, Callable[[str], Any]]:
+        children = self._children_by_method.get(method)
+        if children is None:
+            labels = (*_split(method), _rpc_type(handler))
+            m = self.metrics
+            children = (
+                m.started.labels(*labels),
+                m.handling_seconds.labels(*labels),
+                lambda code: m.handled.labels(*labels, code),
+            )
+            self._children_by_method[method] = children
+        return children
+
+    def _wrap_unary(
+        self, behaviour: Callable[..., Any], method: str, handler: grpc.RpcMethodHandler
+    ) -> Callable[..., Any]:
+        started, seconds, handled = self._children(method, handler)
+
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            started.inc()
+            t0 = time.perf_counter()
+            failed = True
+            try:
+                response = behaviour(request, context)
+                failed = False
+                return response
+            finally:
+                seconds.observe(time.perf_counter() - t0)
+                handled(_code_name(context, failed)).inc()
+
+        return wrapped
+
+    def _wrap_stream(
+        self,
+        behaviour: Callable[..., Iterator[Any]],
+        method: str,
+        handler: grpc.RpcMethodHandler,
+    ) -> Callable[..., Iterator[Any]]:
+        started, seconds, handled = self._children(method, handler)
+
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started.inc()
+            t0 = time.perf_counter()
+            outcome = "failed"
+            try:
+                yield from behaviour(request, context)
+                outcome = "ok"
+            except GeneratorExit:
+                outcome = "cancelled"  # grpc closed the stream: the client went away
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - t0)
+                code = (
+                    "CANCELLED"
+                    if outcome == "cancelled"
+                    else _code_name(context, outcome == "failed")
+                )
+                handled(code).inc()
+
+        return wrapped
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        for kind in ("unary_unary", "stream_unary", "unary_stream", "stream_stream"):
+            behaviour = getattr(handler, kind)
+            if behaviour is None:
+                continue
+            if getattr(behaviour, "experimental_non_blocking", False):
+                return handler
+            wrap = self._wrap_stream if kind.endswith("_stream") else self._wrap_unary
+            return handler._replace(**{kind: wrap(behaviour, method, handler)})
+        return handler
+
+
+def start_metrics_server(
+    registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0
+) -> tuple[WSGIServer, int]:
+    """Serve ``registry`` at http://host:port/metrics on a daemon thread.
+
+    Port 0 picks a free port; the bound port is returned. Stop with
+    ``server.shutdown(); server.server_close()``. Raises OSError if the port is taken.
+    """
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server, server.server_port
