@@ -54,6 +54,8 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -67,6 +69,15 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} (from {source}): expected {kind}, got {value!r}") from None

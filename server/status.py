@@ -17,11 +17,14 @@ import grpc
 from nudge.server.errors import NudgeError
 
 log = logging.getLogger(__name__)
+NUDGE_PREFIX = "/nudge.v1."
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, NudgeError):
         context.abort(exc.code, exc.message)
+    if isinstance(exc, NotImplementedError):  # a generated base method nobody overrode
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
     ref = uuid.uuid4().hex[:12]
     log.error("unhandled error in %s (ref %s)", method, ref, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error; server log reference {ref}")
@@ -67,6 +70,8 @@ class StatusInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        if not method.startswith(NUDGE_PREFIX):
+            return handler  # health and reflection map their own errors (and Watch streams)
         if handler.unary_unary:
             return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
         if handler.stream_unary:

@@ -145,3 +145,24 @@ def test_stop_is_idempotent_and_fast_when_idle(data_dir: Path) -> None:
     srv.stop()
     srv.stop()
     assert time.monotonic() - start < 5
+
+
+def test_a_method_nobody_implemented_is_unimplemented_not_internal() -> None:
+    from concurrent import futures
+
+    from nudge.server.status import StatusInterceptor
+    from nudge.v1 import diagnostics_service_pb2 as dpb
+    from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[StatusInterceptor()])
+    dgrpc.add_DiagnosticsServiceServicer_to_server(dgrpc.DiagnosticsServiceServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(
+            grpc.RpcError
+        ) as err:
+            dgrpc.DiagnosticsServiceStub(channel).Echo(dpb.EchoRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(0)
