@@ -19,12 +19,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nudge.kernels.warmup import warm_up_all
+from nudge.server.campaign import load_campaigns
 from nudge.server.clock import Clock, SystemClock
 from nudge.server.config import Config
+from nudge.server.decision_engine import DecisionEngine
 from nudge.server.decision_service import DecisionServicer
 from nudge.server.delivery_service import DeliveryServicer
 from nudge.server.diagnostics_service import DiagnosticsServicer
 from nudge.server.ingest import EventWriter
+from nudge.server.learner import Learner
 from nudge.server.readiness import Readiness
 from nudge.server.risk_engine import RiskEngine
 from nudge.server.risk_service import RiskServicer
@@ -65,6 +68,8 @@ class NudgeServer:
     store: Store
     writer: EventWriter
     risk: RiskEngine
+    decisions: DecisionEngine
+    learner: Learner
     health: health.HealthServicer
     readiness: Readiness
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -79,6 +84,7 @@ class NudgeServer:
         """Compile and call every kernel once, then report SERVING and take work."""
         spent = warm_up_all()
         log.info("kernels warm in %.2fs", sum(spent.values()))
+        self.learner.start()
         self.readiness.set_ready()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -93,6 +99,8 @@ class NudgeServer:
         self.health.enter_graceful_shutdown()
         grace = self.config.grace_seconds if grace is None else grace
         self.grpc_server.stop(grace).wait()
+        self.learner.close()
+        self.decisions.close()
         self.risk.close()
         self.writer.close()
         self.store.close()
@@ -108,6 +116,7 @@ class NudgeServer:
 def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     """Open the store and wire the services; binds the port (0 picks a free one)."""
     clock = clock or SystemClock()
+    campaigns = load_campaigns(config.campaigns_dir)  # fail on a bad file before opening
     store = Store(config.data_dir, map_size=config.map_size)
     writer = EventWriter(store, config.half_life_seconds, config.max_batch_events)
     readiness = Readiness()
@@ -120,10 +129,17 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    decision_service_pb2_grpc.add_DecisionServiceServicer_to_server(
-        DecisionServicer(store, writer, clock, readiness, config.half_life_seconds), server
-    )
     risk_engine = RiskEngine(store, writer)
+    decisions = DecisionEngine(
+        store, writer, risk_engine, campaigns, config.half_life_seconds, config.default_campaign
+    )
+    learner = Learner(store, writer, decisions, clock)
+    decision_service_pb2_grpc.add_DecisionServiceServicer_to_server(
+        DecisionServicer(
+            store, writer, clock, readiness, config.half_life_seconds, decisions
+        ),
+        server,
+    )
     risk_service_pb2_grpc.add_RiskServiceServicer_to_server(
         RiskServicer(risk_engine, clock, readiness), server
     )
@@ -141,12 +157,14 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     try:
         port = server.add_insecure_port(f"{config.host}:{config.port}")
     except RuntimeError as exc:
+        decisions.close()
         risk_engine.close()
         writer.close()
         store.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
     return NudgeServer(
-        config, server, port, store, writer, risk_engine, health_servicer, readiness
+        config, server, port, store, writer, risk_engine, decisions, learner, health_servicer,
+        readiness,
     )
 
 

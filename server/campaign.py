@@ -1,15 +1,14 @@
 """Campaigns: TOML files declaring the decision space, the goal and the guardrails.
 
 Loaded and validated at start-up; every error names the file, the key and the rule. A
-campaign compiles into plain arrays for the policy kernel: the allowed combinations of
-(message, channel, send time, frequency, offer) and, for each, the ids of the model
-components it is made of (one per dimension value, plus the pairwise cells channel ×
-send time and message × offer). "Send nothing" is a component of its own.
+campaign compiles into the policy's ActionSpace (kernels/policy.py): every combination of
+(message, channel, send time, frequency, offer) in C order, the ones its exclusions rule
+out masked, each made of one component per dimension value plus the pairwise cells
+channel × send time and message × offer; "send nothing" is the last combination.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 import string
 import tomllib
@@ -21,8 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from nudge.kernels.policy import ActionSpace, build_action_space
+
 CHANNELS = ("push", "whatsapp", "sms", "email", "in_app")
 DIMENSIONS = ("message", "channel", "send_time", "frequency", "offer")
+# Pairwise interaction cells: channel × send time, message × offer (dimension indices).
+PAIRS = ((1, 2), (0, 4))
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 ALGORITHMS = ("thompson", "squarecb")
@@ -102,15 +105,27 @@ class Guardrails:
 class Exploration:
     algorithm: str = "thompson"
     # Observation noise variance of the per-component Bayesian regressions.
-    noise_variance: float = 0.25
+    noise_variance: float = 0.05
     # Prior precision (ridge) of each component's weights.
     prior_precision: float = 1.0
     # Per-update forgetting factor (< 1 tracks drift; 1 never forgets).
-    forgetting: float = 0.9995
+    forgetting: float = 0.9999
     # SquareCB learning rate, scaled by the number of allowed actions.
-    gamma_scale: float = 10.0
+    gamma_scale: float = 1000.0
     # Monte Carlo draws behind a Thompson-sampling propensity.
     propensity_samples: int = 256
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    """Which features describe the user and the request to the policy."""
+
+    # Event types whose decayed counts are features (the goal events are always added).
+    event_types: tuple[str, ...] = ("app_opened", "loan_simulated", "flow_abandoned")
+    # Decide request numbers used as features, by name (others are ignored).
+    numbers: tuple[str, ...] = ()
+    # Decide request strings one-hot encoded by hash: name -> number of buckets.
+    strings: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,15 +141,24 @@ class Campaign:
     goal: Goal
     guardrails: Guardrails
     exploration: Exploration
-    # Allowed combinations: value index per dimension, shape (n_combos, 5).
-    combos: np.ndarray = field(repr=False)
-    # Component ids per allowed combination, shape (n_combos, 7).
-    components: np.ndarray = field(repr=False)
-    n_components: int = 0
+    context: ContextSpec
+    space: ActionSpace = field(repr=False)
 
     @property
-    def nothing_component(self) -> int:
-        return self.n_components - 1
+    def n_components(self) -> int:
+        return self.space.n_components
+
+    @property
+    def nothing_combo(self) -> int:
+        return self.space.nothing_combo
+
+    def combo_values(self, combo: int) -> tuple[int, int, int, int, int] | None:
+        """(message, channel, send_time, frequency, offer) indices; None for nothing."""
+        return self.space.combo_values(combo)  # type: ignore[return-value]
+
+    def component_ids(self, dim: str) -> np.ndarray:
+        """Component id of each value of a dimension (for guardrail masks)."""
+        return self.space.components_of_dim(DIMENSIONS.index(dim))
 
     def dimension_names(self, dim: str) -> tuple[str, ...]:
         values = {
@@ -344,7 +368,7 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
         ),
         gamma_scale=_number(
             e.get("gamma_scale", defaults.gamma_scale), "exploration.gamma_scale", source,
-            1e-3, 1e6,
+            1e-3, 1e9,
         ),
         propensity_samples=_count(
             e.get("propensity_samples", defaults.propensity_samples),
@@ -374,27 +398,40 @@ def _exclusions(
     return out
 
 
-def _compile(
-    dims: dict[str, tuple[str, ...]], exclusions: list[dict[str, int]]
-) -> tuple[np.ndarray, np.ndarray, int]:
+def _allowed(dims: dict[str, tuple[str, ...]], exclusions: list[dict[str, int]]) -> np.ndarray:
+    """uint8 mask over every combination in C order (message slowest, offer fastest)."""
     sizes = [len(dims[d]) for d in DIMENSIONS]
-    allowed = []
-    for combo in itertools.product(*(range(n) for n in sizes)):
-        values = dict(zip(DIMENSIONS, combo, strict=True))
-        if any(all(values[d] == v for d, v in rule.items()) for rule in exclusions):
-            continue
-        allowed.append(combo)
-    combos = np.asarray(allowed, dtype=np.int32).reshape(-1, len(DIMENSIONS))
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
-    n_msg, n_ch, n_st, _, n_off = sizes
-    pair_cs = offsets[-1]
-    pair_mo = pair_cs + n_ch * n_st
-    nothing = pair_mo + n_msg * n_off
-    components = np.empty((combos.shape[0], len(DIMENSIONS) + 2), dtype=np.int32)
-    components[:, : len(DIMENSIONS)] = combos + offsets[:-1]
-    components[:, 5] = pair_cs + combos[:, 1] * n_st + combos[:, 2]
-    components[:, 6] = pair_mo + combos[:, 0] * n_off + combos[:, 4]
-    return combos, components, int(nothing) + 1
+    values = np.indices(sizes).reshape(len(sizes), -1).T
+    allowed = np.ones(values.shape[0], dtype=bool)
+    for rule in exclusions:
+        hit = np.ones(values.shape[0], dtype=bool)
+        for dim, v in rule.items():
+            hit &= values[:, DIMENSIONS.index(dim)] == v
+        allowed &= ~hit
+    return allowed.astype(np.uint8)
+
+
+def _context(data: dict[str, Any], source: str, goal: Goal) -> ContextSpec:
+    c = data.get("context", {})
+    if not isinstance(c, dict):
+        raise _fail(source, "context", "must be a table")
+    _known(c, {"event_types", "numbers", "strings"}, "context", source)
+    default = ContextSpec()
+    event_types = c.get("event_types", list(default.event_types))
+    if not isinstance(event_types, list) or not all(
+        isinstance(e, str) and re.fullmatch(r"[a-z][a-z0-9_.]{0,63}", e) for e in event_types
+    ):
+        raise _fail(source, "context.event_types", "must be a list of event types")
+    numbers = c.get("numbers", [])
+    if not isinstance(numbers, list) or not all(isinstance(n, str) and n for n in numbers):
+        raise _fail(source, "context.numbers", "must be a list of request number names")
+    strings = c.get("strings", {})
+    if not isinstance(strings, dict):
+        raise _fail(source, "context.strings", "must be a table of name = buckets")
+    for name, buckets in strings.items():
+        _count(buckets, f"context.strings.{name}", source)
+    types = tuple(dict.fromkeys([*event_types, *goal.events]))
+    return ContextSpec(types, tuple(numbers), tuple(strings.items()))
 
 
 def parse_campaign(text: str, source: str) -> Campaign:
@@ -406,7 +443,7 @@ def parse_campaign(text: str, source: str) -> Campaign:
     _known(
         data,
         {"campaign", "messages", "channels", "send_times", "frequencies", "offers", "exclude",
-         "goal", "guardrails", "exploration", "triggers"},
+         "goal", "guardrails", "exploration", "context", "triggers"},
         "", source,
     )
     head = _table(data, "campaign", source)
@@ -427,9 +464,13 @@ def parse_campaign(text: str, source: str) -> Campaign:
         "frequency": tuple(f.name for f in frequencies),
         "offer": tuple(o.name for o in offers),
     }
-    combos, components, n_components = _compile(dims, _exclusions(data, source, dims))
-    if combos.shape[0] == 0:
+    allowed = _allowed(dims, _exclusions(data, source, dims))
+    if not allowed.any():
         raise _fail(source, "exclude", "rules out every combination")
+    space = build_action_space(
+        [len(dims[d]) for d in DIMENSIONS], pairs=PAIRS, include_nothing=True, allowed=allowed
+    )
+    goal = _goal(data, source)
     return Campaign(
         name=name,
         description=description,
@@ -439,12 +480,11 @@ def parse_campaign(text: str, source: str) -> Campaign:
         send_times=send_times,
         frequencies=frequencies,
         offers=offers,
-        goal=_goal(data, source),
+        goal=goal,
         guardrails=_guardrails(data, source),
         exploration=_exploration(data, source),
-        combos=combos,
-        components=components,
-        n_components=n_components,
+        context=_context(data, source, goal),
+        space=space,
     )
 
 

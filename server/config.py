@@ -26,6 +26,8 @@ class Config:
     port: int = 50051
     data_dir: Path = Path("nudge-data")
     campaigns_dir: Path | None = None
+    # Campaign a Decide without one uses (default: the first campaign by name).
+    default_campaign: str | None = None
     # Initial LMDB map size; the map doubles by itself when full.
     map_size: int = 64 << 20
     # Worker threads of the sync gRPC server (see README "Server stack" for why sync).

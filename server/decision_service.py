@@ -1,8 +1,9 @@
-"""DecisionService: Track, TrackStream and GetUser; Decide and ReportOutcome await the
-decision engine. Thin: validate, hand to the writer or the store, reply."""
+"""DecisionService: Track, TrackStream, GetUser, Decide, ReportOutcome. Thin: validate,
+hand to the writer, the store or the decision engine, reply."""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -11,12 +12,14 @@ import grpc
 
 from nudge.server.clock import Clock
 from nudge.server.deadlines import wait_within_deadline
-from nudge.server.errors import InvalidArgument, NotFound, Unimplemented
-from nudge.server.events import check_id, validate_events
+from nudge.server.decision_engine import DecideInput, DecisionEngine
+from nudge.server.errors import InvalidArgument, NotFound
+from nudge.server.events import check_id, timestamp_seconds, validate_events
 from nudge.server.ingest import EventWriter, TrackResult
 from nudge.server.readiness import Readiness
 from nudge.server.store import Store
 from nudge.server.user_report import user_state_message
+from nudge.v1 import common_pb2
 from nudge.v1 import decision_service_pb2 as pb
 from nudge.v1 import decision_service_pb2_grpc as pb_grpc
 
@@ -40,12 +43,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         clock: Clock,
         readiness: Readiness,
         half_life_seconds: float,
+        decisions: DecisionEngine,
     ) -> None:
         self.store = store
         self.writer = writer
         self.clock = clock
         self.readiness = readiness
         self.half_life_seconds = half_life_seconds
+        self.decisions = decisions
 
     def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
         self.readiness.check()
@@ -94,16 +99,49 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         user = user_state_message(view, self.store.type_names(), self.half_life_seconds)
         return pb.GetUserResponse(user=user)
 
-    def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> None:
-        raise Unimplemented(
-            "Decide needs the decision engine (campaigns, policy kernel, learner), which is "
-            "not built yet"
+    def Decide(
+        self, request: pb.DecideRequest, context: grpc.ServicerContext
+    ) -> pb.DecideResponse:
+        self.readiness.check()
+        check_id(request.user_id, "user_id")
+        if request.top_k < 0:
+            raise InvalidArgument("top_k", "must not be negative")
+        numbers = dict(request.numbers)
+        for key, value in numbers.items():
+            if not math.isfinite(value):
+                raise InvalidArgument(f'numbers["{key}"]', "must be finite")
+        has_time = request.HasField("time")
+        now = self.clock.now()
+        when = timestamp_seconds(request.time, "time", now, True) if has_time else now
+        outcome = self.decisions.decide(
+            DecideInput(request.user_id, request.campaign, when, request.top_k or 1, numbers,
+                        dict(request.strings), request.dry_run)
         )
+        reply = pb.DecideResponse(
+            decision_id=outcome.decision_id,
+            propensity=outcome.propensity,
+            propensity_samples=outcome.propensity_samples,
+            holdout=outcome.holdout,
+            suppressed_reason=outcome.suppressed_reason,
+            model_version=outcome.model_version,
+            reasons=[common_pb2.Reason(code=c, detail=d, weight=w) for c, d, w in outcome.reasons],
+        )
+        for a in outcome.actions:
+            action = reply.actions.add(
+                message=a.message, channel=a.channel, frequency=a.frequency, offer=a.offer,
+                text=a.text, score=a.score,
+            )
+            action.send_at.FromNanoseconds(round(a.send_at * 1e9))
+        return reply
 
     def ReportOutcome(
         self, request: pb.ReportOutcomeRequest, context: grpc.ServicerContext
-    ) -> None:
-        raise Unimplemented(
-            "ReportOutcome needs the decision learner (reward attribution), which is not "
-            "built yet"
-        )
+    ) -> pb.ReportOutcomeResponse:
+        self.readiness.check()
+        check_id(request.decision_id, "decision_id")
+        now = self.clock.now()
+        has_time = request.HasField("time")
+        when = timestamp_seconds(request.time, "time", now, True) if has_time else now
+        future = self.decisions.report_outcome(request.decision_id, request.reward, when)
+        attributed = wait_within_deadline(future, context, "the outcome may still be stored")
+        return pb.ReportOutcomeResponse(attributed=attributed)

@@ -16,6 +16,7 @@ their own commit (and are idempotent with ScoreTransaction by transaction id).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -35,6 +36,9 @@ from nudge.server.store import Store, UserProfile
 from nudge.server.transactions import ValidTransaction, transaction_from_event
 
 POPULATION_KEY = b"risk/population"
+HELD_PREFIX = b"risk/held/"
+# How long a held (anomalous) transaction keeps credit offers away from the user.
+ANOMALY_MEMORY = 86_400.0
 MAX_REASONS = 5
 TIME_ZONE_CACHE = 100_000
 # Delay between the first unsaved change and its flush (see _run_flusher).
@@ -85,6 +89,7 @@ class RiskEngine:
         self._states: dict[str, np.ndarray] = {}
         self._records: dict[str, TransactionRecord] = {}
         self._time_zones: dict[str, str] = {}
+        self._held_at: dict[str, float] = {}
         self._dirty_users: set[str] = set()
         self._dirty_records: set[str] = set()
         self._pending: Future[None] | None = None
@@ -133,6 +138,7 @@ class RiskEngine:
                 self._states[record.user_id] = risk.learn_transaction(state, features, self.params)
                 self._learn_population(features)
                 record.in_baseline = True
+                self._held_at[record.user_id] = -math.inf
             self._records[transaction_id] = record
             in_baseline = record.in_baseline
             flushed = self._mark_dirty([record.user_id], [transaction_id])
@@ -147,6 +153,18 @@ class RiskEngine:
 
         flushed.add_done_callback(settle)
         return future
+
+    def recently_anomalous(self, user_id: str, now: float) -> bool:
+        """A transaction of this user was held as anomalous within ANOMALY_MEMORY and not
+        labelled genuine since: the decision side withholds credit offers then."""
+        with self._lock:
+            held = self._held_at.get(user_id)
+            if held is None:
+                with self.store.read() as txn:
+                    raw = txn.get(HELD_PREFIX + user_id.encode(), db=self.store.dbs["meta"])
+                held = float(orjson.loads(raw)) if raw is not None else -math.inf
+                self._held_at[user_id] = held
+        return now - held < ANOMALY_MEMORY
 
     def baseline(self, user_id: str) -> np.ndarray | None:
         """The user's current risk baseline (overlay first), or None if never scored."""
@@ -219,6 +237,8 @@ class RiskEngine:
         self._records[tx.transaction_id] = record
         if result.learned:
             self._learn_population(result.features)
+        else:
+            self._held_at[tx.user_id] = max(self._held_at.get(tx.user_id, -math.inf), tx.time)
         return record
 
     def _local_hour(self, tx: ValidTransaction, txn: lmdb.Transaction) -> float:
@@ -319,6 +339,12 @@ class RiskEngine:
             txn.put(user_id.encode(), state.tobytes(), db=dbs["risk"])
         for transaction_id, record in records.items():
             txn.put(transaction_id.encode(), record.to_bytes(), db=dbs["transactions"])
+        for user_id in states:
+            held = self._held_at.get(user_id)
+            if held is not None and held > -math.inf:
+                txn.put(HELD_PREFIX + user_id.encode(), orjson.dumps(held), db=dbs["meta"])
+            elif held is not None:
+                txn.delete(HELD_PREFIX + user_id.encode(), db=dbs["meta"])
         txn.put(POPULATION_KEY, population.tobytes(), db=dbs["meta"])
         return states, records
 
@@ -389,6 +415,9 @@ class RiskEngine:
                 in_baseline=learned,
                 features=[] if learned else batch.features[i].tolist(),
             )
+        for i, tx in enumerate(txs):
+            if not batch.learned[i]:
+                self._held_at[tx.user_id] = max(self._held_at.get(tx.user_id, -math.inf), tx.time)
         for user_id, row in rows.items():
             self._states[user_id] = batch.states[row].copy()
         learned = batch.features[batch.learned]

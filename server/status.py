@@ -17,7 +17,6 @@ import grpc
 from nudge.server.errors import NudgeError
 
 log = logging.getLogger(__name__)
-NUDGE_PREFIX = "/nudge.v1."
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
@@ -70,8 +69,6 @@ class StatusInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if not method.startswith(NUDGE_PREFIX):
-            return handler  # health and reflection map their own errors (and Watch streams)
         if handler.unary_unary:
             return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
         if handler.stream_unary:

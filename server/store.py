@@ -12,6 +12,14 @@ Databases:
   population baseline lives in ``meta`` under ``risk/population``.
 - ``transactions``: transaction id -> JSON of its score, reasons, hold and label
   (idempotency of ScoreTransaction, and the features a GENUINE label folds in).
+- ``decisions``: decision id -> JSON record (context, choice, propensity, model version,
+  seed, guardrail trace, outcome): the audit trail and the learner's input.
+- ``open``: user id + NUL + decision id -> empty, decisions awaiting their goal.
+- ``deadlines``: 8-byte window end (ms) + decision id -> empty, for expiry with reward 0.
+- ``rewards``: 8-byte sequence -> decision id, settled decisions in order; the learner
+  consumes it from the sequence stored with its model, so nothing is learned twice.
+- ``models``: campaign -> the learned policy snapshot and context statistics.
+- ``contacts``: user id -> recent contacts (time, channel, campaign) for frequency caps.
 
 Every write transaction commits with fsync before anything is acknowledged (``sync=True``).
 The map grows by doubling when a write hits MDB_MAP_FULL; LMDB only allows resizing when
@@ -37,7 +45,10 @@ from nudge.server.errors import SchemaMismatch, StoreError
 SCHEMA_VERSION = 1
 SCHEMA_KEY = b"schema_version"
 TYPE_PREFIX = b"type/"
-DATABASES = ("meta", "users", "profiles", "seen", "events", "risk", "transactions")
+DATABASES = (
+    "meta", "users", "profiles", "seen", "events", "risk", "transactions",
+    "decisions", "open", "deadlines", "rewards", "models", "contacts",
+)
 MAX_DBS = 16
 
 

@@ -36,22 +36,28 @@ def test_exclusions_remove_exactly_the_matching_combinations() -> None:
         m, ch, st = (names[d][combo[i]] for i, d in enumerate(DIMENSIONS[:3]))
         return (ch == "sms" and m == "rate_locked") or (ch == "in_app" and st == "morning")
 
-    everything = itertools.product(*(range(len(names[d])) for d in DIMENSIONS))
-    expected = {combo for combo in everything if not excluded(combo)}
-    assert {tuple(row) for row in c.combos.tolist()} == expected
+    everything = list(itertools.product(*(range(len(names[d])) for d in DIMENSIONS)))
+    mask = c.space.combo_mask
+    assert mask.shape[0] == len(everything) + 1 and mask[c.nothing_combo] == 1
+    for index, combo in enumerate(everything):
+        assert c.combo_values(index) == combo
+        assert bool(mask[index]) == (not excluded(combo))
+    assert c.combo_values(c.nothing_combo) is None
 
 
-def test_component_ids_are_distinct_per_part_and_named() -> None:
+def test_component_ids_are_named_in_the_policy_layout() -> None:
     c = load_campaigns()["loan_abandonment"]
     names = c.component_names()
     assert len(names) == c.n_components and names[-1] == "nothing"
-    assert c.components.max() < c.nothing_component
-    for row, combo in zip(c.components[:50], c.combos[:50], strict=True):
-        parts = [names[i] for i in row]
-        assert parts[0] == f"message={c.messages[combo[0]].name}"
-        assert parts[1] == f"channel={c.channels[combo[1]]}"
-        assert parts[5] == f"channel×send_time={c.channels[combo[1]]}×{c.send_times[combo[2]].name}"
-        assert parts[6] == f"message×offer={c.messages[combo[0]].name}×{c.offers[combo[4]].name}"
+    for index in range(0, c.space.n_combos - 1, 7):
+        m, ch, st, _, off = c.combo_values(index)
+        parts = [names[i] for i in c.space.combo_components[index]]
+        assert parts[0] == f"message={c.messages[m].name}"
+        assert parts[1] == f"channel={c.channels[ch]}"
+        assert parts[5] == f"channel×send_time={c.channels[ch]}×{c.send_times[st].name}"
+        assert parts[6] == f"message×offer={c.messages[m].name}×{c.offers[off].name}"
+    push = c.component_ids("channel")[c.channels.index("push")]
+    assert names[push] == "channel=push"
 
 
 def test_missing_template_property_is_a_clear_error() -> None:

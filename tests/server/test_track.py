@@ -94,7 +94,10 @@ def test_concurrent_calls_share_group_commits(server: NudgeServer, client: Clien
 
 
 def test_unbuilt_rpcs_say_what_is_missing(client: Client) -> None:
+    from nudge.v1 import delivery_service_pb2, delivery_service_pb2_grpc
+
+    stub = delivery_service_pb2_grpc.DeliveryServiceStub(client.channel)
     with pytest.raises(grpc.RpcError) as err:
-        client.decide("u1")
+        stub.AckDelivery(delivery_service_pb2.AckDeliveryRequest(delivery_id="d"))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "decision engine" in err.value.details()
+    assert "outbox" in err.value.details()
