@@ -3,6 +3,8 @@
     nudge serve [--port N] [--data-dir DIR] [--config FILE]
     nudge track --user U --type T [--num amount=5000] [--str step=documentation]
     nudge user U
+    nudge decide U [--campaign C] [--top-k 3] [--num balance=1200] [--dry-run]
+    nudge outcome DECISION_ID REWARD
     nudge score --user U --amount 120.5 [--country BR] [--merchant-category 5411] ...
     nudge label TRANSACTION_ID fraud|genuine
     nudge health
@@ -64,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
 
     user = sub.add_parser("user", help="show what the server knows about a user")
     user.add_argument("user_id")
+
+    decide = sub.add_parser("decide", help="the next best action for a user, now")
+    decide.add_argument("user_id")
+    decide.add_argument("--campaign", default="", help="campaign name (default: the server's)")
+    decide.add_argument("--top-k", type=int, default=3, help="actions to return (default 3)")
+    decide.add_argument("--num", action="append", default=[], metavar="KEY=NUMBER")
+    decide.add_argument("--str", action="append", default=[], metavar="KEY=TEXT")
+    decide.add_argument("--dry-run", action="store_true", help="decide without storing")
+
+    outcome = sub.add_parser("outcome", help="report a decision's reward")
+    outcome.add_argument("decision_id")
+    outcome.add_argument("reward", type=float)
 
     score = sub.add_parser("score", help="score one transaction against the user's baseline")
     score.add_argument("--user", required=True)
@@ -128,6 +142,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(MessageToJson(reply, always_print_fields_with_no_presence=True))
         elif args.command == "user":
             print(MessageToJson(client.get_user(args.user_id)))
+        elif args.command == "decide":
+            reply = client.decide(
+                args.user_id,
+                campaign=args.campaign,
+                top_k=args.top_k,
+                numbers=_key_values(args.num, float, "--num"),
+                strings=_key_values(args.str, str, "--str"),
+                dry_run=args.dry_run,
+            )
+            print(MessageToJson(reply))
+        elif args.command == "outcome":
+            attributed = client.report_outcome(args.decision_id, args.reward)
+            print("attributed" if attributed else "already settled")
         elif args.command == "score":
             tx = make_transaction(
                 args.user,

@@ -189,6 +189,13 @@ class Client:
         )
         return self._call(self.decisions.Decide, request, timeout)
 
+    def report_outcome(
+        self, decision_id: str, reward: float, timeout: float | None = None
+    ) -> bool:
+        """Explicit feedback for a decision; False when it was already settled."""
+        request = decision_service_pb2.ReportOutcomeRequest(decision_id=decision_id, reward=reward)
+        return self._call(self.decisions.ReportOutcome, request, timeout).attributed
+
     # -- RiskService ---------------------------------------------------------------------
 
     def score_transaction(

@@ -114,6 +114,8 @@ class Exploration:
     gamma_scale: float = 1000.0
     # Monte Carlo draws behind a Thompson-sampling propensity.
     propensity_samples: int = 256
+    # "Send nothing" competes as an arm (turn off for messages that must always go out).
+    nothing_arm: bool = True
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,8 @@ class Campaign:
         names = [f"{dim}={v}" for dim in DIMENSIONS for v in self.dimension_names(dim)]
         names += [f"channel×send_time={c}×{s.name}" for c in self.channels for s in self.send_times]
         names += [f"message×offer={m.name}×{o.name}" for m in self.messages for o in self.offers]
-        names.append("nothing")
+        if self.space.nothing_combo >= 0:
+            names.append("nothing")
         return names
 
 
@@ -374,7 +377,15 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
             e.get("propensity_samples", defaults.propensity_samples),
             "exploration.propensity_samples", source,
         ),
+        nothing_arm=_bool(e.get("nothing_arm", defaults.nothing_arm), "exploration.nothing_arm",
+                          source),
     )
+
+
+def _bool(value: Any, key: str, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(source, key, "must be true or false")
+    return value
 
 
 def _exclusions(
@@ -467,8 +478,10 @@ def parse_campaign(text: str, source: str) -> Campaign:
     allowed = _allowed(dims, _exclusions(data, source, dims))
     if not allowed.any():
         raise _fail(source, "exclude", "rules out every combination")
+    exploration = _exploration(data, source)
     space = build_action_space(
-        [len(dims[d]) for d in DIMENSIONS], pairs=PAIRS, include_nothing=True, allowed=allowed
+        [len(dims[d]) for d in DIMENSIONS], pairs=PAIRS, include_nothing=exploration.nothing_arm,
+        allowed=allowed,
     )
     goal = _goal(data, source)
     return Campaign(
@@ -482,7 +495,7 @@ def parse_campaign(text: str, source: str) -> Campaign:
         offers=offers,
         goal=goal,
         guardrails=_guardrails(data, source),
-        exploration=_exploration(data, source),
+        exploration=exploration,
         context=_context(data, source, goal),
         space=space,
     )

@@ -41,6 +41,7 @@ from nudge.server.events import ValidEvent
 from nudge.server.guardrails import (
     SUPPRESS_HOLDOUT,
     SUPPRESS_NOTHING_BEST,
+    SUPPRESS_PROPERTIES,
     Contact,
     apply_guardrails,
 )
@@ -233,6 +234,16 @@ class DecisionEngine:
             campaign, request.user_id, now, tz, consents, self._contacts(request.user_id, now),
             renderable, self.risk.recently_anomalous(request.user_id, now),
         )
+        if guard.suppressed == SUPPRESS_PROPERTIES:
+            needs = "; ".join(
+                f"{m.name} needs {[p for p in m.properties if p not in properties]}"
+                for m in campaign.messages
+            )
+            raise InvalidArgument(
+                "numbers/strings",
+                f"campaign {campaign.name}: no message can be filled from the request or the "
+                f"user's events ({needs})",
+            )
         decision_id = uuid.uuid4().hex
         hour = local_hour(now, tz)
         raw, buckets = raw_features(
@@ -284,7 +295,7 @@ class DecisionEngine:
                 if actions:
                     first = actions[0]
                     self._pending_contacts.setdefault(request.user_id, []).append(
-                        Contact(first.send_at, first.channel, campaign.name)
+                        Contact(first.send_at, first.channel, campaign.name, decision_id)
                     )
                 self._request_flush()
         return DecisionOutcome(
@@ -346,8 +357,10 @@ class DecisionEngine:
             raw = txn.get(user_id.encode(), db=self.store.dbs["contacts"])
             stored = [Contact(*c) for c in orjson.loads(raw)] if raw is not None else []
         with self._lock:
-            stored += self._pending_contacts.get(user_id, [])
-        return [c for c in stored if now - c.time < CONTACT_MEMORY]
+            pending = list(self._pending_contacts.get(user_id, []))
+        # A flush may commit between the two reads: count each decision's contact once.
+        unique = {c.decision_id: c for c in [*stored, *pending]}
+        return [c for c in unique.values() if now - c.time < CONTACT_MEMORY]
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -356,7 +369,7 @@ class DecisionEngine:
         attributed (False when it was already settled) once durable."""
         if not math.isfinite(reward):
             raise InvalidArgument("reward", "must be finite")
-        result: dict[str, bool] = {}
+        result: dict[str, Any] = {}
 
         def job(txn: lmdb.Transaction) -> None:
             self._write_pending(txn)
@@ -365,6 +378,7 @@ class DecisionEngine:
                 result["missing"] = True
                 return
             result["attributed"] = self._settle(txn, record, reward)
+            result["record"] = record
 
         future: Future[bool] = Future()
 
@@ -376,6 +390,7 @@ class DecisionEngine:
                 future.set_exception(NotFound(f"decision_id: {decision_id!r} is unknown"))
             else:
                 if result.get("attributed"):
+                    self._replace_pending([result["record"]])
                     self.on_settled()
                 future.set_result(bool(result.get("attributed")))
 
@@ -409,6 +424,15 @@ class DecisionEngine:
             txn.put(seq.to_bytes(8, "big"), record.decision_id.encode(), db=dbs["rewards"])
         return True
 
+    def _replace_pending(self, settled: list[DecisionRecord]) -> None:
+        """After a commit that settled decisions: a pending copy would otherwise be written
+        again, as still open, by a later flush. (Not inside the transaction: a retried
+        batch must find them open again.)"""
+        with self._lock:
+            for record in settled:
+                if record.decision_id in self._pending:
+                    self._pending[record.decision_id] = record
+
     def _on_events(
         self, txn: lmdb.Transaction, events: list[ValidEvent]
     ) -> Callable[[], None] | None:
@@ -417,7 +441,7 @@ class DecisionEngine:
         if not goals:
             return None
         written = self._write_pending(txn)
-        settled = 0
+        settled: list[DecisionRecord] = []
         cursor = txn.cursor(db=self.store.dbs["open"])
         for ev in goals:
             prefix = f"{ev.user_id}\x00".encode()
@@ -434,12 +458,15 @@ class DecisionEngine:
                 campaign = self.campaigns.get(record.campaign)
                 if campaign is None or ev.type not in campaign.goal.events:
                     continue
-                if record.time <= ev.time <= record.window_end:
-                    settled += self._settle(txn, record, campaign.goal.value)
+                if record.time <= ev.time <= record.window_end and self._settle(
+                    txn, record, campaign.goal.value
+                ):
+                    settled.append(record)
 
         def after() -> None:
             self._forget(written)
             if settled:
+                self._replace_pending(settled)
                 self.on_settled()
 
         return after
@@ -504,7 +531,7 @@ class DecisionEngine:
             stored = orjson.loads(raw) if raw is not None else []
             horizon = max(c.time for c in new) - CONTACT_MEMORY
             merged = [c for c in stored if c[0] >= horizon]
-            merged += [[c.time, c.channel, c.campaign] for c in new]
+            merged += [[c.time, c.channel, c.campaign, c.decision_id] for c in new]
             txn.put(user_id.encode(), orjson.dumps(merged), db=dbs["contacts"])
         return records, contacts
 

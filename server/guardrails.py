@@ -34,6 +34,8 @@ class Contact:
     time: float
     channel: str
     campaign: str
+    # The decision that made it: a contact seen both stored and pending counts once.
+    decision_id: str = ""
 
 
 @dataclass

@@ -64,3 +64,17 @@ def test_score_and_label(server: NudgeServer, capsys: pytest.CaptureFixture[str]
     assert (code, out.strip()) in {(0, "in baseline")}
     code, out = run(server, capsys, "score", "--user", "U", "--amount", "-1")
     assert code == 1 and "transaction.amount: must not be negative" in out
+
+
+def test_decide_and_outcome(server: NudgeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    run(server, capsys, "track", "--user", "D", "--type", "loan_simulated", "--num",
+        "amount=5000", "--str", "currency=USD", "--str", "consent.push=granted")
+    code, out = run(server, capsys, "decide", "D", "--top-k", "2")
+    assert code == 0
+    reply = json.loads(out)
+    assert reply["decisionId"] and reply["modelVersion"] == "loan_abandonment/v0"
+    assert reply.get("actions") or reply["suppressedReason"] == "nothing_is_best"
+    code, out = run(server, capsys, "outcome", reply["decisionId"], "1")
+    assert (code, out.strip()) == (0, "attributed")
+    code, out = run(server, capsys, "decide", "D", "--campaign", "nope")
+    assert code == 1 and "INVALID_ARGUMENT: campaign: unknown campaign 'nope'" in out
