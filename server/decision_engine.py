@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import lmdb
@@ -72,7 +73,12 @@ class CampaignModel:
     def version(self) -> str:
         return f"{self.campaign.name}/v{self.snapshot.version}"
 
-    @property
+    @cached_property
+    def names(self) -> tuple[list[str], list[str]]:
+        """(component names, feature names), for explanations."""
+        return self.campaign.component_names(), self.layout.feature_names()
+
+    @cached_property
     def policy_params(self) -> policy.PolicyParams:
         e = self.campaign.exploration
         return policy.PolicyParams(
@@ -281,7 +287,9 @@ class DecisionEngine:
             if choice.choice == campaign.nothing_combo:
                 record.suppressed = SUPPRESS_NOTHING_BEST
             else:
-                for combo, score in zip(choice.top_k.tolist(), choice.scores.tolist(),
+                # Action.score is the posterior-mean score (an expected reward) for either
+                # algorithm; the order is the policy's (the choice first).
+                for combo, score in zip(choice.top_k.tolist(), choice.mean_scores.tolist(),
                                         strict=True):
                     if combo != campaign.nothing_combo and len(actions) < top_k:
                         actions.append(
@@ -334,21 +342,26 @@ class DecisionEngine:
     def _feature_reasons(
         self, model: CampaignModel, x: np.ndarray, combo: int
     ) -> list[tuple[str, str, float]]:
-        explanation = policy.explain(model.snapshot, model.campaign.space, x, combo,
-                                     top_components=2, top_features=2)
-        names = model.campaign.component_names()
-        features = model.layout.feature_names()
+        """The features that pushed the chosen combination's components most (weighted
+        posterior mean × feature value), strongest first. Same terms as policy.explain,
+        computed lean: this runs inside every Decide."""
+        space = model.campaign.space
+        row = space.combo_components[combo]
+        comps = row[row >= 0]
+        terms = model.snapshot.mean_t[:, comps].T * x * space.component_weight[comps, None]
+        flat = np.abs(terms).ravel()
+        k = min(TOP_FEATURE_REASONS, flat.size)
+        top = np.argpartition(-flat, k - 1)[:k]
+        names, features = model.names
         out = []
-        for comp, feat, score in zip(explanation.feature_component.tolist(),
-                                     explanation.feature.tolist(),
-                                     explanation.feature_score.tolist(), strict=True):
+        for index in top[np.argsort(-flat[top])].tolist():
+            c, j = divmod(index, terms.shape[1])
+            score = float(terms[c, j])
             if score == 0.0:
                 continue
             direction = "for" if score > 0 else "against"
-            out.append(("FEATURE", f"{features[feat]} counted {direction} {names[comp]}",
-                        float(score)))
-        out.sort(key=lambda r: abs(r[2]), reverse=True)
-        return out[:TOP_FEATURE_REASONS]
+            out.append(("FEATURE", f"{features[j]} counted {direction} {names[comps[c]]}", score))
+        return out
 
     # -- contacts (for frequency caps) ---------------------------------------------------
 

@@ -116,7 +116,11 @@ def apply_guardrails(
             return result
 
     if g.quiet_hours is not None:
-        quiet = [g.is_quiet(local_minute(t, tz)) for t in send_at]
+        now_minute = local_minute(now, tz)
+        quiet = [
+            g.is_quiet(now_minute if slot.minute_of_day is None else slot.minute_of_day)
+            for slot in campaign.send_times
+        ]
         for i, is_quiet in enumerate(quiet):
             if is_quiet:
                 mask[slot_ids[i]] = 0

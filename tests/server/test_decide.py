@@ -24,8 +24,8 @@ T0 = datetime(2026, 11, 24, 10, 0, tzinfo=SAO_PAULO).timestamp()
 SHIPPED_TOML = (shipped_campaigns_dir() / "loan_abandonment.toml").read_text()
 # Tests that need an action use the shipped campaign without the "send nothing" arm: a
 # cold model otherwise chooses nothing about one time in five (exploration).
-DEFAULT_TOML = SHIPPED_TOML.replace('algorithm = "thompson"',
-                                    'algorithm = "thompson"\nnothing_arm = false')
+DEFAULT_TOML = SHIPPED_TOML.replace('algorithm = "squarecb"',
+                                    'algorithm = "squarecb"\nnothing_arm = false')
 ALL_CONSENTS = {f"consent.{c}": "granted" for c in ("push", "whatsapp", "sms", "email")}
 
 Start = Callable[..., tuple[NudgeServer, Client, ManualClock]]
@@ -78,13 +78,14 @@ def test_decide_returns_ranked_rendered_actions_and_logs_them(start: Start) -> N
     reply = client.decide("u1", top_k=3)
     assert reply.decision_id and reply.model_version == "loan_abandonment/v0"
     assert 1 <= len(reply.actions) <= 3
-    scores = [a.score for a in reply.actions]
-    assert scores == sorted(scores, reverse=True)
+    assert len({(a.message, a.channel, a.send_at.seconds, a.frequency, a.offer)
+                for a in reply.actions}) == len(reply.actions)
     campaign = load_campaigns()["loan_abandonment"]
     for action in reply.actions:
         assert action.channel in campaign.channels
         assert ("{" not in action.text and "USD 5,000" in action.text) or "advisor" in action.text
-    assert reply.propensity_samples == 256 and 0 <= reply.propensity <= 1
+    # The shipped campaign explores with SquareCB: its propensity is exact (no draws).
+    assert reply.propensity_samples == 0 and 0 < reply.propensity <= 1
     srv.decisions.flush()
     (record,) = srv.decisions.decisions([reply.decision_id])
     assert record is not None and record.status == "open"
@@ -95,13 +96,25 @@ def test_decide_returns_ranked_rendered_actions_and_logs_them(start: Start) -> N
 
 
 def test_nothing_is_an_arm_of_the_shipped_campaign(start: Start) -> None:
-    _, client, clock = start(toml=None)
+    assert load_campaigns()["loan_abandonment"].nothing_combo >= 0
+    # Thompson sampling explores "nothing" visibly on a cold model (about 1 in 5).
+    _, client, clock = start(SHIPPED_TOML.replace('algorithm = "squarecb"',
+                                                  'algorithm = "thompson"'))
     loan_user(client, "u0", clock)
     replies = [client.decide("u0", dry_run=True) for _ in range(40)]
     nothing = [r for r in replies if not r.actions]
     assert nothing and len(nothing) < 40
     assert all(r.suppressed_reason == "nothing_is_best" for r in nothing)
     assert all(r.propensity_samples == 256 for r in replies)
+
+
+def test_thompson_sampling_states_its_monte_carlo_draws(start: Start) -> None:
+    _, client, clock = start(DEFAULT_TOML.replace('algorithm = "squarecb"',
+                                                  'algorithm = "thompson"'))
+    loan_user(client, "t1", clock)
+    reply = client.decide("t1", dry_run=True)
+    assert reply.actions and reply.propensity_samples == 256
+    assert 0 <= reply.propensity <= 1
 
 
 def test_dry_run_stores_nothing(start: Start) -> None:
