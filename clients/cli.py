@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         help="server address for client commands (env NUDGE_TARGET; default %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    parser.add_argument("--token", default=os.environ.get("NUDGE_TOKEN"),
+                        help="scoped token for the server (env NUDGE_TOKEN)")
+    parser.add_argument("--ca-file", default=os.environ.get("NUDGE_CA_FILE"),
+                        help="CA certificate to trust: connect with TLS (env NUDGE_CA_FILE)")
+    parser.add_argument("--cert-file", default=os.environ.get("NUDGE_CERT_FILE"),
+                        help="client certificate for mutual TLS (env NUDGE_CERT_FILE)")
+    parser.add_argument("--key-file", default=os.environ.get("NUDGE_KEY_FILE"),
+                        help="client key for mutual TLS (env NUDGE_KEY_FILE)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server")
@@ -56,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="LMDB folder (default ./nudge-data)")
     serve.add_argument("--campaigns", dest="campaigns_dir", help="folder of campaign TOML files")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    serve.add_argument("--tokens-file", dest="auth_tokens_file",
+                       help="require scoped tokens from this file")
 
     track = sub.add_parser("track", help="send one event")
     track.add_argument("--user", required=True)
@@ -94,12 +105,26 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("label", choices=("fraud", "genuine"))
 
     sub.add_parser("health", help="print the server's health status")
+
+    token = sub.add_parser("token", help="manage scoped client tokens (server side)")
+    token.add_argument("--config", help="server TOML file naming auth_tokens_file")
+    token.add_argument("--tokens-file", help="token file (default: auth_tokens_file)")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a token and print it once")
+    create.add_argument("--name", required=True, help="who holds it, e.g. fraud-engine")
+    create.add_argument("--scopes", required=True,
+                        help="comma-separated: track, decide, risk, deliveries, admin")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("token_id")
+    token_sub.add_parser("list", help="list tokens (never their secrets)")
     return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
     from nudge.server.app import create_server, serve
+    from nudge.server.campaign import CampaignError
     from nudge.server.config import ConfigError, load_config
+    from nudge.server.errors import StoreError
 
     try:
         config = load_config(
@@ -110,6 +135,8 @@ def _serve(args: argparse.Namespace) -> int:
                 "data_dir": args.data_dir,
                 "campaigns_dir": args.campaigns_dir,
                 "log_level": args.log_level,
+                "metrics_port": args.metrics_port,
+                "auth_tokens_file": args.auth_tokens_file,
             },
         )
     except ConfigError as exc:
@@ -119,8 +146,46 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    server = create_server(config)
+    try:
+        server = create_server(config)
+    except (ConfigError, StoreError, CampaignError, OSError) as exc:
+        print(f"nudge serve: {exc}", file=sys.stderr)
+        return 2
     serve(server)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from nudge.server.auth import TokenStore, check_scopes
+    from nudge.server.config import ConfigError, load_config
+
+    path = args.tokens_file
+    if path is None:
+        try:
+            path = load_config(args.config).auth_tokens_file
+        except ConfigError as exc:
+            print(f"nudge token: {exc}", file=sys.stderr)
+            return 2
+    if path is None:
+        print("nudge token: no token file: give --tokens-file or set auth_tokens_file",
+              file=sys.stderr)
+        return 2
+    store = TokenStore(path)
+    try:
+        if args.token_command == "create":
+            scopes = check_scopes(s.strip() for s in args.scopes.split(",") if s.strip())
+            print(store.create(args.name, scopes))
+            print("store it now: it cannot be shown again", file=sys.stderr)
+        elif args.token_command == "revoke":
+            store.revoke(args.token_id)
+            print(f"revoked {args.token_id}")
+        else:
+            for info in store.tokens():
+                state = "revoked" if info.revoked else "active"
+                print(f"{info.token_id}\t{info.name}\t{','.join(info.scopes)}\t{state}")
+    except (KeyError, ValueError) as exc:
+        print(f"nudge token: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -128,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    client = Client(args.target, timeout=args.timeout)
+    if args.command == "token":
+        return _token(args)
+    client = Client(args.target, timeout=args.timeout, token=args.token, ca_file=args.ca_file,
+                    cert_file=args.cert_file, key_file=args.key_file)
     try:
         if args.command == "track":
             event = make_event(

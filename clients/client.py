@@ -10,11 +10,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nudge.server.auth import BearerTokenInterceptor
+from nudge.server.tls import client_channel_credentials
 from nudge.v1 import (
     decision_service_pb2,
     decision_service_pb2_grpc,
@@ -101,14 +104,27 @@ class Client:
         retries: int = 3,
         backoff: float = 0.1,
         channel: grpc.Channel | None = None,
+        token: str | None = None,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
     ) -> None:
-        self.channel = channel or grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.max_receive_message_length", 64 << 20),
-            ],
-        )
+        """``token``: a scoped token from ``nudge token create``; ``ca_file`` (TLS: the CA
+        to trust), ``cert_file``/``key_file`` (mutual TLS: this client's certificate)."""
+        options = [
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.max_receive_message_length", 64 << 20),
+        ]
+        if channel is None:
+            if ca_file or cert_file or key_file:
+                credentials = client_channel_credentials(ca_file, cert_file, key_file)
+                channel = grpc.secure_channel(target, credentials, options=options)
+            else:
+                channel = grpc.insecure_channel(target, options=options)
+        self._raw_channel = channel
+        if token:
+            channel = grpc.intercept_channel(channel, BearerTokenInterceptor(token))
+        self.channel = channel
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -118,7 +134,7 @@ class Client:
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:
-        self.channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> Client:
         return self

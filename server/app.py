@@ -13,26 +13,31 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nudge.kernels.warmup import warm_up_all
+from nudge.server.auth import AuthInterceptor, TokenStore
 from nudge.server.campaign import load_campaigns
 from nudge.server.clock import Clock, SystemClock
-from nudge.server.config import Config
+from nudge.server.config import Config, ConfigError
 from nudge.server.decision_engine import DecisionEngine
 from nudge.server.decision_service import DecisionServicer
 from nudge.server.delivery_service import DeliveryServicer
 from nudge.server.diagnostics_service import DiagnosticsServicer
 from nudge.server.ingest import EventWriter
 from nudge.server.learner import Learner
+from nudge.server.metrics import Metrics, start_metrics_server
+from nudge.server.overload import ConcurrencyLimiter, recommended_grpc_cap
 from nudge.server.readiness import Readiness
 from nudge.server.risk_engine import RiskEngine
 from nudge.server.risk_service import RiskServicer
 from nudge.server.status import StatusInterceptor
 from nudge.server.store import Store
+from nudge.server.tls import TlsSettings, check_plaintext_allowed, server_credentials
 from nudge.v1 import (
     decision_service_pb2,
     decision_service_pb2_grpc,
@@ -56,6 +61,14 @@ SERVICE_NAMES = tuple(
     )
 )
 MAX_MESSAGE_BYTES = 64 << 20
+# Neither counted nor refused by the overload limiter: health checks must answer under
+# load, and delivery adapters hold their stream open for hours. Echo is counted, so the
+# floor pays what every RPC pays.
+LIMITER_EXEMPT = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    "/nudge.v1.DeliveryService/StreamDeliveries",
+)
 
 
 @dataclass
@@ -72,6 +85,10 @@ class NudgeServer:
     learner: Learner
     health: health.HealthServicer
     readiness: Readiness
+    metrics: Metrics | None = None
+    limiter: ConcurrencyLimiter | None = None
+    metrics_port: int | None = None
+    _metrics_http: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _closed: threading.Event = field(default_factory=threading.Event)
 
@@ -80,11 +97,28 @@ class NudgeServer:
         self.grpc_server.start()
         self.warm_up_and_serve()
 
+    def _start_metrics(self, metrics: Metrics) -> None:
+        store, limiter = self.store, self.limiter
+        metrics.lmdb_map_size_bytes.set_function(store.map_size)
+        metrics.lmdb_size_bytes.set_function(store.used_bytes)
+        metrics.lmdb_map_used_ratio.set_function(lambda: store.used_bytes() / store.map_size())
+        metrics.queue_depth.set_function(lambda: self.writer.queue_depth)
+        metrics.learner_lag_seconds.set_function(self.learner.lag_seconds)
+        if limiter is not None:
+            metrics.rpcs_in_flight.set_function(lambda: limiter.in_flight)
+            metrics.rpcs_waiting.set_function(lambda: limiter.waiting)
+        self._metrics_http, self.metrics_port = start_metrics_server(
+            metrics.registry, self.config.metrics_host, self.config.metrics_port or 0
+        )
+        log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
+
     def warm_up_and_serve(self) -> None:
         """Compile and call every kernel once, then report SERVING and take work."""
         spent = warm_up_all()
         log.info("kernels warm in %.2fs", sum(spent.values()))
         self.learner.start()
+        if self.metrics is not None:
+            self._start_metrics(self.metrics)
         self.readiness.set_ready()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -104,6 +138,9 @@ class NudgeServer:
         self.risk.close()
         self.writer.close()
         self.store.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         self._closed.set()
         log.info("stopped; store closed")
 
@@ -120,9 +157,26 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     store = Store(config.data_dir, map_size=config.map_size)
     writer = EventWriter(store, config.half_life_seconds, config.max_batch_events)
     readiness = Readiness()
+    credentials = _transport(config)
+    metrics = Metrics() if config.metrics_port is not None else None
+    limiter = ConcurrencyLimiter(
+        config.max_concurrent, config.max_queue, config.queue_timeout_seconds,
+        exempt=LIMITER_EXEMPT,
+    )
+    # Order: metrics sees every outcome (refusals included), auth refuses before a slot is
+    # taken, the limiter holds a slot for the handler, status maps the handler's errors.
+    interceptors: list[grpc.ServerInterceptor] = []
+    if metrics is not None:
+        interceptors.append(metrics.interceptor())
+    if config.auth_tokens_file is not None:
+        interceptors.append(AuthInterceptor(TokenStore(config.auth_tokens_file)))
+    interceptors += [limiter, StatusInterceptor()]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="nudge-rpc"),
-        interceptors=[StatusInterceptor()],
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=recommended_grpc_cap(
+            config.max_concurrent, config.max_queue, config.max_workers
+        ),
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -154,8 +208,12 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(f"{config.host}:{config.port}")
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         decisions.close()
         risk_engine.close()
@@ -164,8 +222,24 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
     return NudgeServer(
         config, server, port, store, writer, risk_engine, decisions, learner, health_servicer,
-        readiness,
+        readiness, metrics, limiter,
     )
+
+
+def _transport(config: Config) -> grpc.ServerCredentials | None:
+    """TLS credentials when configured; otherwise check plain text is allowed here."""
+    try:
+        if config.tls_cert_file is not None and config.tls_key_file is not None:
+            return server_credentials(
+                TlsSettings(
+                    config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file,
+                    config.tls_require_client_cert,
+                )
+            )
+        check_plaintext_allowed(config.host, config.allow_insecure)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return None
 
 
 def serve(server: NudgeServer) -> None:

@@ -39,6 +39,23 @@ class Config:
     # Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    # Transport security: TLS when a certificate and key are given; mutual TLS when client
+    # certificates are required. Plain text is refused off loopback unless allowed.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_require_client_cert: bool = False
+    allow_insecure: bool = False
+    # Per-client scoped tokens (``nudge token create``); None turns authentication off.
+    auth_tokens_file: Path | None = None
+    # Overload: RPCs at work at once, and waiting for a slot; the excess is answered
+    # RESOURCE_EXHAUSTED at once. Keep max_concurrent + max_queue < max_workers.
+    max_concurrent: int = 10
+    max_queue: int = 4
+    queue_timeout_seconds: float = 0.05
+    # Prometheus metrics on a separate port (None: off; 0: any free port).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65_535:
@@ -53,6 +70,19 @@ class Config:
             raise ConfigError("max_batch_events: must be at least 1")
         if self.grace_seconds < 0:
             raise ConfigError("grace_seconds: must not be negative")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("tls_cert_file, tls_key_file: give both for TLS")
+        if self.tls_require_client_cert and self.tls_client_ca_file is None:
+            raise ConfigError("tls_client_ca_file: required when tls_require_client_cert")
+        if self.max_concurrent < 1 or self.max_queue < 0:
+            raise ConfigError("max_concurrent: must be >= 1; max_queue: must be >= 0")
+        if self.max_concurrent + self.max_queue >= self.max_workers:
+            raise ConfigError(
+                "max_concurrent + max_queue: must stay below max_workers, so spare threads "
+                "can turn a burst away"
+            )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65_535:
+            raise ConfigError(f"metrics_port: must be in [0, 65535], got {self.metrics_port}")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -62,16 +92,20 @@ _FALSE = {"false", "0", "no", "off"}
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     kind = str(_FIELDS[name].type)
+    optional = "None" in kind
+    base = kind.split("|")[0].strip()
     try:
-        if "Path" in kind:
-            return None if value in (None, "") else Path(value)
-        if kind == "int":
+        if optional and value in (None, ""):
+            return None
+        if base == "Path":
+            return Path(value)
+        if base == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
-        if kind == "float":
+        if base == "float":
             return float(value)
-        if kind == "bool":
+        if base == "bool":
             if isinstance(value, bool):
                 return value
             text = str(value).strip().lower()

@@ -114,6 +114,11 @@ class EventWriter:
         self._enqueue(_Submission(future, job=job))
         return future
 
+    @property
+    def queue_depth(self) -> int:
+        """Submissions waiting for the next group commit (for a gauge)."""
+        return len(self._queue)
+
     def add_event_hook(self, hook: EventHook) -> None:
         self._event_hooks.append(hook)
 

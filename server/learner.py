@@ -80,6 +80,7 @@ class Learner:
         self.learned_seq = 0
         self.learned = 0
         self._dirty = False
+        self._caught_up_at = clock.now()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._load()
@@ -127,6 +128,7 @@ class Learner:
             n = self._learn_batch()
             total += n
             if n < self.batch:
+                self._caught_up_at = self.clock.now()
                 return total
 
     def expire(self, now: float) -> int:
@@ -197,6 +199,15 @@ class Learner:
         self.learned += len(records)
         self._dirty = True
         return len(records)
+
+    def lag_seconds(self) -> float:
+        """How long settled outcomes have been waiting for the learner (0: caught up)."""
+        with self.store.read() as txn:
+            cursor = txn.cursor(db=self.store.dbs["rewards"])
+            newest = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+        if newest <= self.learned_seq:
+            return 0.0
+        return max(0.0, self.clock.now() - self._caught_up_at)
 
     def persist(self) -> None:
         """Store every model with the log position it has learned up to."""

@@ -268,6 +268,10 @@ class Store:
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
 
+    def used_bytes(self) -> int:
+        """Bytes of the map in use (last page number × page size)."""
+        return int((self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
+
     # -- writing -------------------------------------------------------------------------
 
     @contextlib.contextmanager
