@@ -8,6 +8,7 @@
     nudge score --user U --amount 120.5 [--country BR] [--merchant-category 5411] ...
     nudge label TRANSACTION_ID fraud|genuine
     nudge health
+    nudge demo
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("label", choices=("fraud", "genuine"))
 
     sub.add_parser("health", help="print the server's health status")
+    sub.add_parser("demo", help="the loan-abandonment story end to end, in simulated time")
 
     token = sub.add_parser("token", help="manage scoped client tokens (server side)")
     token.add_argument("--config", help="server TOML file naming auth_tokens_file")
@@ -195,6 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "token":
         return _token(args)
+    if args.command == "demo":
+        from nudge.clients.demo import run_demo
+
+        run_demo()
+        return 0
     client = Client(args.target, timeout=args.timeout, token=args.token, ca_file=args.ca_file,
                     cert_file=args.cert_file, key_file=args.key_file)
     try:

@@ -29,8 +29,10 @@ from nudge.server.decision_service import DecisionServicer
 from nudge.server.delivery_service import DeliveryServicer
 from nudge.server.diagnostics_service import DiagnosticsServicer
 from nudge.server.ingest import EventWriter
+from nudge.server.journeys import Journeys, load_triggers
 from nudge.server.learner import Learner
 from nudge.server.metrics import Metrics, start_metrics_server
+from nudge.server.outbox import Outbox
 from nudge.server.overload import ConcurrencyLimiter, recommended_grpc_cap
 from nudge.server.readiness import Readiness
 from nudge.server.risk_engine import RiskEngine
@@ -85,6 +87,8 @@ class NudgeServer:
     learner: Learner
     health: health.HealthServicer
     readiness: Readiness
+    outbox: Outbox
+    journeys: Journeys
     metrics: Metrics | None = None
     limiter: ConcurrencyLimiter | None = None
     metrics_port: int | None = None
@@ -104,6 +108,7 @@ class NudgeServer:
         metrics.lmdb_map_used_ratio.set_function(lambda: store.used_bytes() / store.map_size())
         metrics.queue_depth.set_function(lambda: self.writer.queue_depth)
         metrics.learner_lag_seconds.set_function(self.learner.lag_seconds)
+        metrics.outbox_depth.set_function(self.outbox.depth)
         if limiter is not None:
             metrics.rpcs_in_flight.set_function(lambda: limiter.in_flight)
             metrics.rpcs_waiting.set_function(lambda: limiter.waiting)
@@ -117,6 +122,7 @@ class NudgeServer:
         spent = warm_up_all()
         log.info("kernels warm in %.2fs", sum(spent.values()))
         self.learner.start()
+        self.journeys.start()
         if self.metrics is not None:
             self._start_metrics(self.metrics)
         self.readiness.set_ready()
@@ -133,6 +139,7 @@ class NudgeServer:
         self.health.enter_graceful_shutdown()
         grace = self.config.grace_seconds if grace is None else grace
         self.grpc_server.stop(grace).wait()
+        self.journeys.close()
         self.learner.close()
         self.decisions.close()
         self.risk.close()
@@ -197,7 +204,11 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     risk_service_pb2_grpc.add_RiskServiceServicer_to_server(
         RiskServicer(risk_engine, clock, readiness), server
     )
-    delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(DeliveryServicer(), server)
+    outbox = Outbox(store, writer, config.lease_seconds, config.cross_channel_gap_seconds)
+    journeys = Journeys(store, writer, decisions, outbox, load_triggers(campaigns), clock)
+    delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
+        DeliveryServicer(outbox, clock, readiness), server
+    )
     diagnostics_service_pb2_grpc.add_DiagnosticsServiceServicer_to_server(
         DiagnosticsServicer(), server
     )
@@ -222,7 +233,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
     return NudgeServer(
         config, server, port, store, writer, risk_engine, decisions, learner, health_servicer,
-        readiness, metrics, limiter,
+        readiness, outbox, journeys, metrics, limiter,
     )
 
 

@@ -53,6 +53,10 @@ class Config:
     max_concurrent: int = 10
     max_queue: int = 4
     queue_timeout_seconds: float = 0.05
+    # Outbox: how long an adapter holds a delivery before it is streamed again, and the
+    # least time between two messages to one user across every channel and campaign.
+    lease_seconds: float = 30.0
+    cross_channel_gap_seconds: float = 3_600.0
     # Prometheus metrics on a separate port (None: off; 0: any free port).
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"

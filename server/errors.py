@@ -55,3 +55,7 @@ class SchemaMismatch(StoreError):
 
 class DeadlineExceeded(NudgeError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class FailedPrecondition(NudgeError):
+    code = grpc.StatusCode.FAILED_PRECONDITION

@@ -80,6 +80,7 @@ class Learner:
         self.learned_seq = 0
         self.learned = 0
         self._dirty = False
+        self._step_lock = threading.Lock()
         self._caught_up_at = clock.now()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -121,7 +122,14 @@ class Learner:
                 log.exception("learner step failed")
 
     def step(self) -> int:
-        """Expire what is due, then learn what is settled; returns outcomes learned."""
+        """Expire what is due, then learn what is settled; returns outcomes learned.
+
+        One step at a time: the learner thread and a caller driving simulated time (tests,
+        the demo) must never learn the same outcomes twice."""
+        with self._step_lock:
+            return self._step()
+
+    def _step(self) -> int:
         self.expire(self.clock.now())
         total = 0
         while True:
@@ -211,8 +219,9 @@ class Learner:
 
     def persist(self) -> None:
         """Store every model with the log position it has learned up to."""
-        models = dict(self.engine.models)
-        seq = self.learned_seq
+        with self._step_lock:  # a consistent pair: models and the position they learned to
+            models = dict(self.engine.models)
+            seq = self.learned_seq
 
         def job(txn: lmdb.Transaction) -> None:
             for name, model in models.items():

@@ -20,6 +20,12 @@ Databases:
   consumes it from the sequence stored with its model, so nothing is learned twice.
 - ``models``: campaign -> the learned policy snapshot and context statistics.
 - ``contacts``: user id -> recent contacts (time, channel, campaign) for frequency caps.
+- ``deliveries``: delivery id -> JSON (the outbox's records: scheduled, leased, sent,
+  failed, cancelled); ``outbox``: 8-byte due time (ms) + delivery id -> empty, what is
+  due or whose lease expires, in time order; ``user_deliveries``: user id + NUL +
+  delivery id -> empty, for cancellation and cross-channel coordination.
+- ``triggered``: event id -> JSON of a trigger that fired, until its decision is made
+  and scheduled (so a crash between the two loses no journey).
 
 Every write transaction commits with fsync before anything is acknowledged (``sync=True``).
 The map grows by doubling when a write hits MDB_MAP_FULL; LMDB only allows resizing when
@@ -48,8 +54,9 @@ TYPE_PREFIX = b"type/"
 DATABASES = (
     "meta", "users", "profiles", "seen", "events", "risk", "transactions",
     "decisions", "open", "deadlines", "rewards", "models", "contacts",
+    "deliveries", "outbox", "user_deliveries", "triggered",
 )
-MAX_DBS = 16
+MAX_DBS = 32
 
 
 class _ReadGate:

@@ -63,8 +63,9 @@ def loan_user(client: Client, user: str, clock: ManualClock, **strings: str) -> 
                    strings={"tz": "America/Sao_Paulo", **ALL_CONSENTS, **strings}),
         make_event(user, "loan_simulated", time=clock.now() - 30,
                    numbers={"amount": 5000.0}, strings={"currency": "USD"}),
+        # Another step than the shipped journey's trigger: these tests call Decide directly.
         make_event(user, "flow_abandoned", time=clock.now() - 10,
-                   strings={"flow": "personal_loan", "step": "documentation"}),
+                   strings={"flow": "personal_loan", "step": "identity"}),
     ])
 
 

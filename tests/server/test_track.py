@@ -91,13 +91,3 @@ def test_concurrent_calls_share_group_commits(server: NudgeServer, client: Clien
     assert all(client.get_user(f"c{k}").event_count == 10 for k in range(8))
     # 80 acknowledged calls, each durable on reply, needed fewer commits than calls.
     assert server.writer.commits - commits_before < 80
-
-
-def test_unbuilt_rpcs_say_what_is_missing(client: Client) -> None:
-    from nudge.v1 import delivery_service_pb2, delivery_service_pb2_grpc
-
-    stub = delivery_service_pb2_grpc.DeliveryServiceStub(client.channel)
-    with pytest.raises(grpc.RpcError) as err:
-        stub.AckDelivery(delivery_service_pb2.AckDeliveryRequest(delivery_id="d"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "outbox" in err.value.details()
