@@ -158,7 +158,13 @@ class Journeys:
         if not in_window:
             return []
         first = in_window[0]
-        alternatives = [a.__dict__ for a in in_window[1:]]
+        # Fallbacks after a failed send: the best remaining action on each other channel.
+        alternatives: list[dict] = []
+        channels = {first.channel}
+        for a in in_window[1:]:
+            if a.channel not in channels:
+                channels.add(a.channel)
+                alternatives.append(dict(a.__dict__))
         campaign = self.decisions.campaigns[trigger.campaign]
         frequency = next(f for f in campaign.frequencies if f.name == first.frequency)
         out = []

@@ -33,10 +33,10 @@ def tuesday_22h(zone: str) -> float:
 
 
 class Running:
-    def __init__(self, tmp: Path, clock: ManualClock, **config) -> None:
+    def __init__(self, tmp: Path, clock: ManualClock, toml: str = TOML, **config) -> None:
         campaigns = tmp / "campaigns"
         campaigns.mkdir(exist_ok=True)
-        (campaigns / "loan.toml").write_text(TOML)
+        (campaigns / "loan.toml").write_text(toml)
         self.clock = clock
         self.server: NudgeServer = create_server(
             Config(port=0, data_dir=tmp / "data", campaigns_dir=campaigns, **config), clock=clock
@@ -187,7 +187,24 @@ def test_cancellation_racing_a_leased_delivery_is_never_both(run: Running) -> No
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_failed_delivery_falls_back_to_another_channel(run: Running) -> None:
+SMALL_TOML = TOML.replace(
+    "[frequencies]\nonce = { count = 1 }\ntwice = { count = 2, gap_hours = 24 }",
+    "[frequencies]\nonce = { count = 1 }",
+).replace(
+    'none = {}\nrate_discount = { credit = true }\nfee_waiver = { credit = true }', 'none = {}'
+)
+
+
+def test_failed_delivery_falls_back_to_another_channel(tmp_path: Path) -> None:
+    # A small campaign: the decision's top actions then span several channels.
+    run = Running(tmp_path, ManualClock(tuesday_22h(SAO_PAULO)), toml=SMALL_TOML)
+    try:
+        _fall_back(run)
+    finally:
+        run.close()
+
+
+def _fall_back(run: Running) -> None:
     run.abandon("carla", **CONSENTS)
     due = min(d.due_at for d in scheduled(run, "carla"))
     run.listen()
