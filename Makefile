@@ -27,7 +27,7 @@ buf-lint:
 	scripts/buf lint
 
 bench: venv
-	$(BIN)/python -m nudge.bench.rpc_floor
+	$(BIN)/nudge bench all
 
 clean:
 	rm -rf .venv build *.egg-info nudge-data

@@ -1,6 +1,10 @@
 """RPC benchmark: the echo floor against GetUser and ScoreTransaction, and durable
 TrackStream throughput.
 
+With ``--durable-calls``, ``--throughput-seconds`` and ``--open-loop`` it also times Track
+and TrackStream, concurrent throughput and open-loop load (``nudge bench rpc`` turns them
+on; see ``nudge.bench.cli``). Budgets come from ``bench/budgets.toml``.
+
 The server runs in its own process (the client must not share its GIL). Each measured
 call is interleaved with an Echo call, so machine noise hits both alike, and each RPC is
 reported as a ratio to the echo floor of the same run; absolute times drift on a shared
@@ -17,17 +21,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
+
+from nudge.bench.budgets import Budgets, judge
+from nudge.bench.budgets import load as load_budgets
+from nudge.bench.load import Throughput, interleaved_throughput
+from nudge.bench.open_loop import OpenLoopConfig, sweep
 from nudge.bench.server_process import ServerProcess
 from nudge.bench.stats import Latency
 from nudge.clients import Client, make_event, make_transaction
+from nudge.v1 import decision_service_pb2, diagnostics_service_pb2, risk_service_pb2
 
-# Targets from the issues "Service foundation", "RiskService" and "Decide" (ratios to the
-# floor of the same run).
-P50_RATIO_BUDGETS = {"GetUser": 1.2, "ScoreTransaction": 1.2, "Decide": 1.3}
-P99_RATIO_BUDGETS = {"Decide": 1.5}
-TRACK_STREAM_EVENTS_PER_S = 30_000
+# Targets (ratios to the floor of the same run, TrackStream events/s) live in
+# bench/budgets.toml with every other budget.
 PERCENTILES = ("p50", "p90", "p99", "p999")
 
 
@@ -93,17 +103,110 @@ def measure_track_stream(client: Client, events: int, batch: int, users: int) ->
     return reply.accepted / elapsed
 
 
+@dataclass(frozen=True)
+class RpcConfig:
+    """What ``run_config`` measures. The extras (durable sequential latency, concurrent
+    throughput, open loop) are off by default so :func:`run` stays as quick as before."""
+
+    target: str | None = None
+    calls: int = 3_000
+    events: int = 200_000
+    batch: int = 1_000
+    users: int = 1_000
+    durable_calls: int = 0  # Track and TrackStream sequential calls (each waits an fsync)
+    stream_events: int = 100  # events in the one message of a sequential TrackStream call
+    concurrency: int = 8
+    throughput_seconds: float = 0.0  # per RPC, split in alternating slices with the floor
+    open_loop: OpenLoopConfig | None = None
+    budgets: Budgets | None = None  # None: the shipped bench/budgets.toml
+    serving_timeout: float = 60.0  # how long to wait for the target to say SERVING
+
+
 def run(target: str | None, calls: int, events: int, batch: int, users: int) -> dict:
-    run_id = time.time_ns()
+    """Echo floor vs GetUser / ScoreTransaction / Decide, and TrackStream throughput."""
+    return run_config(RpcConfig(target=target, calls=calls, events=events, batch=batch,
+                                users=users))
+
+
+class _Rpcs:
+    """Requests for every measured RPC, as ``prepare(i) -> call`` (blocking) and
+    ``issue(i) -> future`` (open loop). ``i`` picks the user and makes ids unique."""
+
+    def __init__(self, client: Client, users: int, stream_events: int) -> None:
+        self.client = client
+        self.users = users
+        self.stream_events = stream_events
+        self.run_id = time.time_ns()
+
+    def requests(self) -> dict[str, Callable[[int], tuple[Callable[..., Any], Any]]]:
+        c, users, run_id = self.client, self.users, self.run_id
+
+        def user(i: int) -> str:
+            return f"bench-{i % users}"
+
+        def tx(i: int) -> Any:
+            return risk_service_pb2.ScoreTransactionRequest(transaction=make_transaction(
+                user(i), 20.0 + i % 50, transaction_id=f"{run_id}-tx-{i}", country="BR",
+                merchant_category="5411", device_id="d1"))
+
+        def event(i: int, k: int = 0, kind: str = "track") -> Any:
+            return make_event(user(i + k), "app_opened", event_id=f"{run_id}-{kind}-{i}-{k}")
+
+        def stream(i: int) -> Any:
+            return iter([decision_service_pb2.TrackStreamRequest(
+                events=[event(i, k, "stream") for k in range(self.stream_events)])])
+
+        return {
+            "Echo": lambda i: (c.diagnostics.Echo, diagnostics_service_pb2.EchoRequest()),
+            "GetUser": lambda i: (c.decisions.GetUser,
+                                  decision_service_pb2.GetUserRequest(user_id=user(i))),
+            "ScoreTransaction": lambda i: (c.risk.ScoreTransaction, tx(i)),
+            "Decide": lambda i: (c.decisions.Decide,
+                                 decision_service_pb2.DecideRequest(user_id=user(i), top_k=3)),
+            "Track": lambda i: (c.decisions.Track,
+                                decision_service_pb2.TrackRequest(events=[event(i)])),
+            "TrackStream": lambda i: (c.decisions.TrackStream, stream(i)),
+        }
+
+    def prepare(self, name: str) -> Callable[[int], Callable[[], object]]:
+        make = self.requests()[name]
+
+        def prepare(i: int) -> Callable[[], object]:
+            method, request = make(i)
+            return lambda: method(request, timeout=60)
+
+        return prepare
+
+    def issue(self, name: str) -> Callable[[int], grpc.Future]:
+        make = self.requests()[name]
+
+        def issue(i: int) -> grpc.Future:
+            method, request = make(i)
+            return method.future(request, timeout=60)
+
+        return issue
+
+
+def run_config(config: RpcConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Everything ``nudge bench rpc`` measures, against ``config.target`` or a fresh server."""
+    budgets = config.budgets or load_budgets()
+    users = config.users
+    extras: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         proc = None
+        target = config.target
         if target is None:
+            progress("rpc: starting a server")
             proc = ServerProcess(Path(tmp) / "data", Path(tmp) / "server.log")
             target = proc.target
         try:
             with Client(target, timeout=60) as client:
-                client.wait_until_serving()
+                progress(f"rpc: waiting for {target} to be SERVING")
+                client.wait_until_serving(config.serving_timeout)
+                progress("rpc: giving users a history")
                 mature_profiles(client, users)
+                rpcs = _Rpcs(client, users, config.stream_events)
+                run_id = rpcs.run_id
 
                 def get_user(i: int) -> Callable[[], object]:
                     user = f"bench-{i % users}"
@@ -120,34 +223,88 @@ def run(target: str | None, calls: int, events: int, batch: int, users: int) -> 
                     return lambda: client.decide(user, top_k=3)
 
                 operations = {"GetUser": get_user, "ScoreTransaction": score, "Decide": decide}
-                interleaved(client, min(calls, 300), operations)  # warm connection, state
-                throughput = measure_track_stream(client, events, batch, users)
-                latency = interleaved(client, calls, operations)
+                progress("rpc: warming the connection")
+                interleaved(client, min(config.calls, 300), operations)  # warm connection, state
+                progress("rpc: TrackStream durable throughput")
+                throughput = measure_track_stream(client, config.events, config.batch, users)
+                progress(f"rpc: sequential latency, {config.calls:,} calls each")
+                latency = interleaved(client, config.calls, operations)
+                if config.durable_calls:
+                    progress(f"rpc: Track and TrackStream latency, {config.durable_calls} calls")
+                    durable = {n: rpcs.prepare(n) for n in ("Track", "TrackStream")}
+                    extras["durable"] = interleaved(client, config.durable_calls, durable)
+                if config.throughput_seconds > 0:
+                    names = ("GetUser", "ScoreTransaction", "Decide", "Track")
+                    extras["throughput"] = interleaved_throughput(
+                        rpcs.prepare("Echo"), {n: rpcs.prepare(n) for n in names},
+                        config.concurrency, config.throughput_seconds, progress=progress)
+                if config.open_loop is not None:
+                    extras["open_loop"] = [
+                        sweep(name, rpcs.issue(name), config.open_loop, progress)
+                        for name in config.open_loop.rpcs
+                    ]
         finally:
             if proc is not None:
+                progress("rpc: stopping the server")
                 proc.terminate()
+    return _result(latency, throughput, extras, budgets, config)
+
+
+def _result(latency: dict[str, Latency], throughput: float, extras: dict[str, Any],
+            budgets: Budgets, config: RpcConfig) -> dict:
     floor = latency["Echo"]
     ratios = {name: lat.ratio_to(floor) for name, lat in latency.items() if name != "Echo"}
-    budgets = {
-        f"{name} p50 / floor": {"target": target_ratio, "value": ratios[name]["p50"],
-                                "met": ratios[name]["p50"] <= target_ratio}
-        for name, target_ratio in P50_RATIO_BUDGETS.items()
-    }
-    budgets.update({
-        f"{name} p99 / floor": {"target": target_ratio, "value": ratios[name]["p99"],
-                                "met": ratios[name]["p99"] <= target_ratio}
-        for name, target_ratio in P99_RATIO_BUDGETS.items()
-    })
-    budgets["TrackStream events/s"] = {
-        "target": TRACK_STREAM_EVENTS_PER_S, "value": throughput,
-        "met": throughput >= TRACK_STREAM_EVENTS_PER_S,
-    }
-    return {
+    metrics: dict[str, float] = {"rpc.TrackStream.events_per_s": throughput}
+    for name, lat in latency.items():
+        for p in PERCENTILES:
+            metrics[f"rpc.{name}.{p}_us"] = getattr(lat, p)
+    for name, ratio in ratios.items():
+        for p in PERCENTILES:
+            metrics[f"rpc.{name}.{p}_ratio"] = ratio[p]
+    result: dict[str, Any] = {
+        "target": config.target or "a fresh server in a child process",
         "latency_us": {name: lat.to_dict() for name, lat in latency.items()},
         "ratio_to_echo": ratios,
         "track_stream_events_per_s": throughput,
-        "budgets": budgets,
     }
+    if "durable" in extras:
+        durable: dict[str, Latency] = extras["durable"]
+        result["durable_latency_us"] = {n: lat.to_dict() for n, lat in durable.items()}
+        result["durable_ratio_to_echo"] = {n: lat.ratio_to(durable["Echo"])
+                                           for n, lat in durable.items() if n != "Echo"}
+        result["stream_events"] = config.stream_events
+        for name, lat in durable.items():
+            if name != "Echo":
+                for p in PERCENTILES:
+                    metrics[f"rpc.{name}.{p}_us"] = getattr(lat, p)
+                    metrics[f"rpc.{name}.{p}_ratio"] = getattr(lat, p) / getattr(
+                        durable["Echo"], p)
+    if "throughput" in extras:
+        tp: dict[str, Throughput] = extras["throughput"]
+        result["throughput"] = {
+            "concurrency": config.concurrency,
+            "per_s": {n: t.per_s for n, t in tp.items()},
+            "ratio_to_echo": {n: t.per_s / max(tp["Echo"].per_s, 1e-9)
+                              for n, t in tp.items() if n != "Echo"},
+            "errors": {n: t.errors for n, t in tp.items()},
+        }
+        for n, t in tp.items():
+            metrics[f"rpc.{n}.throughput_per_s"] = t.per_s
+            if n != "Echo":
+                metrics[f"rpc.{n}.throughput_ratio"] = result["throughput"]["ratio_to_echo"][n]
+    if "open_loop" in extras:
+        result["open_loop"] = [s.to_dict() for s in extras["open_loop"]]
+        for s in extras["open_loop"]:
+            metrics[f"rpc.open_loop.{s.rpc}.max_rate_per_s"] = s.max_rate_within_budget
+    result["metrics"] = metrics
+    # Budgets of the RPC section, keyed by name (what this module's report prints).
+    result["budgets"] = {
+        v.budget.name: {"target": v.budget.max if v.budget.max is not None else v.budget.min,
+                        "value": v.value, "met": v.status == "met"}
+        for v in judge(budgets, metrics) if v.budget.metric.startswith("rpc.")
+        and v.value is not None
+    }
+    return result
 
 
 def report(result: dict) -> str:
@@ -157,7 +314,17 @@ def report(result: dict) -> str:
         lines.append(f"{label:24}" + "".join(f"{lat[p]:11.0f}" for p in PERCENTILES))
     for name, ratio in result["ratio_to_echo"].items():
         lines.append(f"{name + ' / floor':24}" + "".join(f"{ratio[p]:11.2f}" for p in PERCENTILES))
+    for name, lat in result.get("durable_latency_us", {}).items():
+        label = "Echo (durable pass)" if name == "Echo" else name
+        lines.append(f"{label:24}" + "".join(f"{lat[p]:11.0f}" for p in PERCENTILES))
     lines.append(f"TrackStream durable: {result['track_stream_events_per_s']:,.0f} events/s")
+    if "throughput" in result:
+        tp = result["throughput"]
+        lines.append(f"concurrent throughput (×{tp['concurrency']} threads), calls/s: " + ", ".join(
+            f"{n} {v:,.0f}" for n, v in tp["per_s"].items()))
+    for s in result.get("open_loop", []):
+        lines.append(f"open loop {s['rpc']}: p99 ≤ {s['p99_budget_ms']} ms up to "
+                     f"{s['max_rate_within_budget_per_s']:,.0f}/s")
     for name, b in result["budgets"].items():
         verdict = "met" if b["met"] else "MISSED"
         lines.append(f"budget {name}: {b['value']:,.2f} (target {b['target']:,}) {verdict}")
@@ -171,9 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1_000, help="events per stream message")
     parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--durable-calls", type=int, default=0,
+                        help="also time Track and TrackStream (each call waits an fsync)")
+    parser.add_argument("--throughput-seconds", type=float, default=0.0,
+                        help="also measure concurrent throughput for this long per RPC")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--open-loop", action="store_true", help="also sweep open-loop rates")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    result = run(args.target, args.calls, args.events, args.batch, args.users)
+    budgets = load_budgets()
+    result = run_config(RpcConfig(
+        target=args.target, calls=args.calls, events=args.events, batch=args.batch,
+        users=args.users, durable_calls=args.durable_calls, concurrency=args.concurrency,
+        throughput_seconds=args.throughput_seconds, budgets=budgets,
+        open_loop=OpenLoopConfig(p99_ms=budgets.open_loop_p99_ms) if args.open_loop else None))
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -9,6 +9,7 @@
     nudge label TRANSACTION_ID fraud|genuine
     nudge health
     nudge demo
+    nudge bench {kernels,quality,rpc,peers,startup,all} [...]
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("health", help="print the server's health status")
     sub.add_parser("demo", help="the loan-abandonment story end to end, in simulated time")
+    # Its own options (nudge bench --help) are parsed by nudge.bench.cli.
+    sub.add_parser("bench", help="latency budgets, peers side by side (see --help)",
+                   add_help=False)
 
     token = sub.add_parser("token", help="manage scoped client tokens (server side)")
     token.add_argument("--config", help="server TOML file naming auth_tokens_file")
@@ -192,11 +196,18 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "bench" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "serve":
         return _serve(args)
     if args.command == "token":
         return _token(args)
+    if args.command == "bench":
+        from nudge.bench.cli import main as bench_main
+
+        return bench_main(rest)
     if args.command == "demo":
         from nudge.clients.demo import run_demo
 

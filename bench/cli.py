@@ -1,0 +1,237 @@
+"""``nudge bench``: prove on your own hardware that nudge fits your latency budget.
+
+The command line only parses options into a :class:`BenchConfig`; :func:`run` does the work
+and returns a plain dict, which :mod:`nudge.bench.report` prints and writes. Sections:
+
+- ``kernels``  micro-benchmarks of every kernel, sizes as parameters
+- ``quality``  risk scoring's average precision on the shipped synthetic stream
+- ``rpc``      a server in a child process (or ``--target``): sequential latency against the
+               Echo floor, concurrent throughput, open-loop load, durable TrackStream rate
+- ``peers``    Vowpal Wabbit, MABWiser, River (optional ``bench`` extra) beside nudge
+- ``startup``  process start → SERVING with a cold and a warm Numba cache
+- ``all``      every section above
+
+Exit status: 0 when every measured budget in ``bench/budgets.toml`` is met, 1 when one is
+missed or a section failed, 130 on Ctrl-C (servers the bench started are always stopped).
+
+    python -m nudge.bench.cli all [--out bench/reports]
+    python -m nudge.bench.cli rpc --target 10.0.0.5:50051
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nudge.bench import budgets as budgets_mod
+from nudge.bench.kernels_bench import KernelsConfig
+from nudge.bench.open_loop import OpenLoopConfig
+from nudge.bench.peers import PeersConfig
+from nudge.bench.quality import QualityConfig
+from nudge.bench.rpc_floor import RpcConfig
+from nudge.bench.startup import StartupConfig
+
+SECTIONS = ("kernels", "quality", "rpc", "peers", "startup")
+DEFAULT_OUT = Path("bench/reports")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    sections: tuple[str, ...]
+    out: Path = DEFAULT_OUT
+    budgets_path: Path | None = None
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    rpc: RpcConfig = field(default_factory=RpcConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
+    startup: StartupConfig = field(default_factory=StartupConfig)
+    write_reports: bool = True
+    command: str = "nudge bench"
+
+
+def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Run the chosen sections; a failing section is recorded and the others still run."""
+    from nudge.bench import kernels_bench, peers, quality, rpc_floor, startup
+    from nudge.bench.report import machine
+
+    runners = {
+        "kernels": lambda: kernels_bench.run(config.kernels, progress),
+        "quality": lambda: quality.run(config.quality, progress),
+        "rpc": lambda: rpc_floor.run_config(config.rpc, progress),
+        "peers": lambda: peers.run(config.peers, progress),
+        "startup": lambda: startup.run(config.startup, progress),
+    }
+    budgets = budgets_mod.load(config.budgets_path)
+    started = datetime.now(UTC).astimezone()
+    meta = {"started": started.isoformat(timespec="seconds"), "command": config.command,
+            "machine": machine()}
+    t0 = time.perf_counter()
+    sections: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    for name in config.sections:
+        try:
+            sections[name] = runners[name]()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            progress(f"{name}: failed: {errors[name]}")
+            traceback.print_exc(file=sys.stderr)
+    meta["elapsed_s"] = time.perf_counter() - t0
+    metrics = {k: v for s in sections.values() for k, v in s.get("metrics", {}).items()}
+    verdicts = budgets_mod.judge(budgets, metrics)
+    return {"meta": meta, "sections": sections, "errors": errors, "metrics": metrics,
+            "budgets": [v.to_dict() for v in verdicts],
+            "ok": budgets_mod.all_met(verdicts) and not errors}
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="folder for the JSON, Markdown and PNG reports (default %(default)s)")
+    g.add_argument("--budgets", type=Path, help="budgets file (default: bench/budgets.toml)")
+    g.add_argument("--no-report", action="store_true", help="print only; write no files")
+    g.add_argument("--quick", action="store_true",
+                   help="tiny sizes: a smoke run in well under a minute (figures are noisy)")
+    k = common.add_argument_group("kernels")
+    k.add_argument("--ingest-batch", type=int, nargs="+", metavar="N")
+    k.add_argument("--policy-combos", type=int, nargs="+", metavar="N",
+                   help="combinations to score (20, 200, 3600 use campaign-like layouts)")
+    k.add_argument("--policy-modes", nargs="+", choices=("squarecb", "thompson"))
+    k.add_argument("--features", type=int)
+    k.add_argument("--learner-batch", type=int)
+    k.add_argument("--risk-batch", type=int)
+    k.add_argument("--kernel-seconds", type=float, help="timing per kernel case")
+    r = common.add_argument_group("rpc")
+    r.add_argument("--target", help="HOST:PORT of a running server (default: start one)")
+    r.add_argument("--serving-timeout", type=float, help="seconds to wait for SERVING")
+    r.add_argument("--calls", type=int, help="sequential calls per RPC")
+    r.add_argument("--events", type=int, help="events in the TrackStream throughput run")
+    r.add_argument("--batch", type=int, help="events per TrackStream message")
+    r.add_argument("--users", type=int, help="users given a history before measuring")
+    r.add_argument("--durable-calls", type=int, help="sequential Track / TrackStream calls")
+    r.add_argument("--stream-events", type=int, help="events per sequential TrackStream call")
+    r.add_argument("--concurrency", type=int, help="client threads for throughput")
+    r.add_argument("--throughput-seconds", type=float, help="per RPC (0 skips)")
+    r.add_argument("--open-loop-rpcs", nargs="+", metavar="RPC",
+                   choices=("Echo", "GetUser", "ScoreTransaction", "Decide", "Track"))
+    r.add_argument("--open-loop-start", type=float, help="first rate, calls/s")
+    r.add_argument("--open-loop-steps", type=int, help="rates to try (0 skips open loop)")
+    r.add_argument("--open-loop-seconds", type=float, help="seconds per rate")
+    p = common.add_argument_group("peers")
+    p.add_argument("--peer-decisions", type=int)
+    p.add_argument("--peer-seconds", type=float, help="time box per peer")
+    p.add_argument("--risk-users", type=int, help="users in the River comparison stream")
+    s = common.add_argument_group("startup")
+    s.add_argument("--no-cold", action="store_true", help="skip the cold-cache start (~15 s)")
+    s.add_argument("--warm-runs", type=int)
+
+    parser = argparse.ArgumentParser(prog="nudge bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="section", required=True, metavar="SECTION")
+    helps = {"kernels": "micro-benchmarks of every kernel",
+             "quality": "risk average precision on the shipped synthetic stream",
+             "rpc": "RPC latency vs the Echo floor, throughput, open loop",
+             "peers": "Vowpal Wabbit, MABWiser, River beside nudge (optional extra)",
+             "startup": "process start to SERVING, cold and warm Numba cache",
+             "all": "every section (under 5 minutes on the 2-core reference box)"}
+    for name, text in helps.items():
+        sub.add_parser(name, parents=[common], help=text, description=text)
+    return parser
+
+
+def _set(obj, **values):
+    """``dataclasses.replace`` for the options the user gave (None = keep the default)."""
+    return replace(obj, **{k: v for k, v in values.items() if v is not None})
+
+
+def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> BenchConfig:
+    """Options → config. ``--quick`` shrinks every default; explicit options still win."""
+    q = args.quick
+    kernels = KernelsConfig(ingest_batches=(1, 100), policy_combos=(20, 3600),
+                            policy_modes=("squarecb",), learner_batch=50, risk_batch=2_000,
+                            max_time=0.05) if q else KernelsConfig()
+    kernels = _set(kernels, ingest_batches=_tuple(args.ingest_batch),
+                   policy_combos=_tuple(args.policy_combos),
+                   policy_modes=_tuple(args.policy_modes), features=args.features,
+                   learner_batch=args.learner_batch, risk_batch=args.risk_batch,
+                   max_time=args.kernel_seconds)
+    open_loop = OpenLoopConfig(p99_ms=budgets.open_loop_p99_ms)
+    if q:
+        open_loop = _set(open_loop, max_steps=2, step_seconds=0.3, rpcs=("Echo", "Decide"))
+    open_loop = _set(open_loop, rpcs=_tuple(args.open_loop_rpcs), start_rate=args.open_loop_start,
+                     max_steps=args.open_loop_steps, step_seconds=args.open_loop_seconds)
+    rpc = (RpcConfig(calls=100, events=5_000, batch=500, users=50, durable_calls=10,
+                     stream_events=20, concurrency=4, throughput_seconds=0.4)
+           if q else RpcConfig(durable_calls=300, throughput_seconds=2.0))
+    rpc = _set(rpc, target=args.target, calls=args.calls, events=args.events, batch=args.batch,
+               users=args.users, durable_calls=args.durable_calls,
+               stream_events=args.stream_events, concurrency=args.concurrency,
+               throughput_seconds=args.throughput_seconds, budgets=budgets,
+               serving_timeout=args.serving_timeout)
+    rpc = replace(rpc, open_loop=open_loop if open_loop.max_steps > 0 else None)
+    peers = PeersConfig(decisions=200, seconds=2.0, risk_users=40) if q else PeersConfig()
+    peers = _set(peers, decisions=args.peer_decisions, seconds=args.peer_seconds,
+                 risk_users=args.risk_users)
+    quality = QualityConfig(users=300, days=30.0) if q else QualityConfig()
+    startup = StartupConfig(cold=not (q or args.no_cold), warm_runs=1 if q else 2)
+    startup = _set(startup, warm_runs=args.warm_runs)
+    sections = SECTIONS if args.section == "all" else (args.section,)
+    return BenchConfig(sections=sections, out=args.out, budgets_path=args.budgets,
+                       kernels=kernels, quality=quality, rpc=rpc, peers=peers, startup=startup,
+                       write_reports=not args.no_report,
+                       command="nudge bench " + " ".join(args.argv))
+
+
+def _tuple(v: list | None) -> tuple | None:
+    return None if v is None else tuple(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``nudge bench SECTION [options]``; returns the exit status."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from nudge.bench import report
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    args.argv = argv
+    try:
+        budgets = budgets_mod.load(args.budgets)
+    except (OSError, ValueError) as exc:
+        print(f"nudge bench: --budgets: {exc}", file=sys.stderr)
+        return 2
+    config = config_from_args(args, budgets)
+    # Piped output (CI logs, tee) gets a wide table instead of rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("starting", total=None)
+            result = run(config, lambda msg: bar.update(task, description=msg))
+    except KeyboardInterrupt:
+        print("nudge bench: interrupted; servers it started were stopped", file=sys.stderr)
+        return 130
+    report.print_console(result, console)
+    for name, err in result["errors"].items():
+        console.print(f"[bold red]{name} failed:[/] {err}")
+    if config.write_reports:
+        paths = report.write(result, config.out)
+        console.print("reports: " + ", ".join(str(p) for k, p in paths.items()
+                                              if not k.startswith("latest")))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

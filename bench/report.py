@@ -1,0 +1,338 @@
+"""Reports of a ``nudge bench`` run: a rich table on the terminal, JSON, Markdown and a PNG.
+
+Every format is built from the same plain tables (:func:`tables`), so the terminal, the
+Markdown report and the README's Performance section never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+PCT = ("p50", "p90", "p99", "p999")
+PCT_LABEL = {"p50": "p50", "p90": "p90", "p99": "p99", "p999": "p99.9"}
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    note: str = ""
+
+
+def machine() -> dict:
+    """What the numbers were measured on (CPU, cores, memory, OS, Python, key libraries)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    mem_gib = float("nan")
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+        with open("/proc/meminfo") as f:
+            kib = next(int(ln.split()[1]) for ln in f if ln.startswith("MemTotal"))
+            mem_gib = kib / 2**20
+    except (OSError, StopIteration, ValueError):
+        pass
+    libs = {}
+    for lib in ("grpcio", "numba", "numpy", "lmdb"):
+        try:
+            libs[lib] = version(lib)
+        except PackageNotFoundError:
+            libs[lib] = "-"
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1),
+            "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "libraries": libs,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else []}
+
+
+def describe_machine(m: dict) -> str:
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
+    load = ", ".join(f"{x:.2f}" for x in m.get("load_average", []))
+    return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']:g} GiB, {m['os']}, "
+            f"Python {m['python']} ({libs}); load average at start {load}")
+
+
+def _f(v: float | None, digits: int = 0) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def _rpc_tables(rpc: dict) -> list[Table]:
+    lat: dict = dict(rpc["latency_us"])
+    ratio: dict = dict(rpc["ratio_to_echo"])
+    lat.update({k: v for k, v in rpc.get("durable_latency_us", {}).items() if k != "Echo"})
+    ratio.update(rpc.get("durable_ratio_to_echo", {}))
+    headers = ("RPC", *(f"{PCT_LABEL[p]} µs" for p in PCT), *(f"×{PCT_LABEL[p]}" for p in PCT))
+    rows = []
+    for name, values in lat.items():
+        label = "Echo (floor)" if name == "Echo" else name
+        if name == "TrackStream":
+            label = f"TrackStream ({rpc.get('stream_events', '?')} events)"
+        r = ratio.get(name, {p: 1.0 for p in PCT} if name == "Echo" else {})
+        rows.append((label, *(_f(values[p]) for p in PCT), *(_f(r.get(p), 2) for p in PCT)))
+    note = ("Each call right after an Echo on the same connection; ×pNN is the ratio to the "
+            f"Echo floor's pNN. TrackStream durable throughput "
+            f"{rpc['track_stream_events_per_s']:,.0f} events/s.")
+    if "durable_latency_us" in rpc:
+        note += (" Track and TrackStream wait for their fsync'd commit and are timed in a "
+                 "shorter pass against their own Echo floor.")
+    tables = [Table("RPC sequential latency (ratios to the Echo floor of the same run)",
+                    headers, rows, note)]
+    tp = rpc.get("throughput", {})
+    if tp:
+        rows = [("Echo (floor)" if n == "Echo" else n, _f(v),
+                 "1.00" if n == "Echo" else _f(tp["ratio_to_echo"][n], 2),
+                 _f(tp["errors"].get(n, 0))) for n, v in tp["per_s"].items()]
+        tables.append(Table(f"RPC concurrent throughput ({tp['concurrency']} client threads, "
+                            "closed loop)", ("RPC", "calls/s", "×floor", "errors"), rows,
+                            "Slices alternate the Echo floor and the RPC; one client process "
+                            "on the same 2 cores, so the client's own CPU is part of the "
+                            "figure."))
+    if rpc.get("open_loop"):
+        budget = rpc["open_loop"][0]["p99_budget_ms"]
+        rows = []
+        for s in rpc["open_loop"]:
+            steps = "; ".join(f"{st['offered_per_s']:,.0f}/s → {st['latency_us']['p99'] / 1000:.1f}"
+                              + (f" ({st['errors']} err)" if st["errors"] else "")
+                              for st in s["steps"])
+            rows.append((s["rpc"], _f(s["max_rate_within_budget_per_s"]), steps))
+        tables.append(Table("Open loop (fixed request rate; latency from each call's due time)",
+                            ("RPC", f"max rate with p99 ≤ {budget:g} ms", "rate → p99 ms"),
+                            rows, "One client process; the sweep stops at the first rate "
+                            "whose p99 leaves the budget (or whose schedule the client "
+                            "could not keep)."))
+    return tables
+
+
+def tables(result: dict) -> list[Table]:
+    """Every table of a run, in the order the sections ran."""
+    out: list[Table] = []
+    sec = result["sections"]
+    if "rpc" in sec:
+        out += _rpc_tables(sec["rpc"])
+    if "kernels" in sec:
+        rows = [(c["name"], _f(c["p50_us"], 2), _f(c["p99_us"], 2), _f(c["items_per_s"]),
+                 _f(c["rounds"]), c["note"]) for c in sec["kernels"]["cases"]]
+        out.append(Table("Kernels (one core; per call)",
+                         ("kernel", "p50 µs", "p99 µs", "items/s", "rounds", "what"), rows,
+                         "Per-call statistics as pytest-benchmark computes them (calibrated "
+                         "rounds); items are events, rewards or transactions."))
+    if "quality" in sec:
+        q = sec["quality"]["risk"]
+        out.append(Table("Risk quality (shipped synthetic stream)",
+                         ("transactions", "fraud", "average precision", "ROC-AUC"),
+                         [(_f(q["evaluated"]), _f(q["fraud"]), _f(q["average_precision"], 3),
+                           _f(q["roc_auc"], 3))]))
+    if "peers" in sec:
+        p = sec["peers"]
+        rows = [(d["name"], _f(d["decisions"]), _f(d["decide_us"]["p50"]),
+                 _f(d["decide_us"]["p99"]), _f(d["learn_per_s"]), _f(d["reward_vs_oracle"], 3),
+                 _f(d["nudge_same_decisions"], 3), _f(d["random_vs_oracle"], 3))
+                for d in p["decisions"]]
+        rows += [(name, "-", "-", "-", "-", reason, "-", "-")
+                 for name, reason in p["skipped"].items() if name != "River"]
+        prob = p["problem"]
+        out.append(Table(
+            f"Peers: {prob['combinations']:,} combinations × {prob['features']} features",
+            ("system", "decisions", "decide p50 µs", "p99 µs", "learns/s", "reward/oracle",
+             "nudge, same decisions", "random/oracle"), rows,
+            f"Rewards learned in batches of {prob['batch']}; peers time-boxed to "
+            f"{prob['time_box_s']:g} s."))
+        if "risk" in p:
+            r = p["risk"]
+            rows = [(name, _f(v["average_precision"], 3), _f(v["roc_auc"], 3),
+                     _f(v["us_per_tx"], 1)) for name, v in (("nudge per-user risk", r["nudge"]),
+                                                            ("River HalfSpaceTrees",
+                                                             r["HalfSpaceTrees"]))]
+            out.append(Table(f"Peers: risk on {r['transactions']:,} transactions "
+                             f"({r['fraud']} fraud)",
+                             ("system", "average precision", "ROC-AUC", "µs/tx"), rows,
+                             "Same stream, scored then learned in time order."))
+        elif "River" in p["skipped"]:
+            out.append(Table("Peers: risk", ("system", "status"),
+                             [("River HalfSpaceTrees", p["skipped"]["River"])]))
+    if "startup" in sec:
+        s = sec["startup"]
+        out.append(Table("Startup (process start → health SERVING)",
+                         ("Numba cache", "seconds"),
+                         ([("cold", _f(s["cold_s"], 1))] if "cold_s" in s else [])
+                         + [("warm", _f(s["warm_s"], 2))]))
+    rows = [(v["name"], ("≤ " + _g(v["max"])) if v["max"] is not None else "≥ " + _g(v["min"]),
+             _g(v["value"]) if v["value"] is not None else "-", v["status"], v["issue"])
+            for v in result["budgets"]]
+    out.append(Table("Budgets (bench/budgets.toml)", ("budget", "target", "measured", "status",
+                                                      "issue"), rows))
+    return out
+
+
+def _g(v: float) -> str:
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def print_console(result: dict, console=None) -> None:
+    """The tables on the terminal (rich), missed budgets in red."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = console or Console()
+    for t in tables(result):
+        rt = RichTable(title=t.title, caption=t.note or None, box=box.SIMPLE_HEAD,
+                       title_justify="left", caption_justify="left")
+        for i, h in enumerate(t.headers):
+            rt.add_column(h, justify="left" if i == 0 or h in ("what", "issue", "rate → p99 ms")
+                          else "right", overflow="fold")
+        for row in t.rows:
+            style = "bold red" if "MISSED" in row else None
+            rt.add_row(*row, style=style)
+        console.print(rt)
+    missed = [v["name"] for v in result["budgets"] if v["status"] == "MISSED"]
+    verdict = ("[bold green]every measured budget met[/]" if not missed
+               else f"[bold red]{len(missed)} budget(s) missed:[/] " + ", ".join(missed))
+    console.print(f"{verdict}  ({result['meta']['elapsed_s']:.0f} s)")
+
+
+def markdown(result: dict) -> str:
+    """The whole report as Markdown (the README's Performance section reuses its tables)."""
+    meta = result["meta"]
+    lines = [f"# nudge bench — {meta['started']}", "",
+             f"Command: `{meta['command']}`; {meta['elapsed_s']:.0f} s.", "",
+             f"Machine: {describe_machine(meta['machine'])}.", ""]
+    for t in tables(result):
+        lines += [f"## {t.title}", "", markdown_table(t), ""]
+        if t.note:
+            lines += [t.note, ""]
+    return "\n".join(lines)
+
+
+def markdown_table(t: Table) -> str:
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    left = {"what", "issue", "status", "rate → p99 ms", "system"}
+    out = ["| " + " | ".join(cell(h) for h in t.headers) + " |",
+           "|" + "|".join("---" if i == 0 or h in left else "---:"
+                          for i, h in enumerate(t.headers)) + "|"]
+    out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in t.rows]
+    return "\n".join(out)
+
+
+def plot(result: dict, path: Path) -> bool:
+    """A PNG: RPC latency percentiles, open-loop p99 by rate, kernel p50s. False when there
+    is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sec = result["sections"]
+    panels = [k for k in ("rpc", "kernels") if k in sec]
+    if sec.get("rpc", {}).get("open_loop"):
+        panels.insert(1, "open_loop")
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        if panel == "rpc":
+            rpc = sec["rpc"]
+            lat = {**rpc["latency_us"],
+                   **{k: v for k, v in rpc.get("durable_latency_us", {}).items() if k != "Echo"}}
+            names = list(lat)
+            width = 0.8 / len(PCT)
+            for j, p in enumerate(PCT):
+                ax.bar([i + j * width for i in range(len(names))], [lat[n][p] for n in names],
+                       width, label=PCT_LABEL[p])
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=30,
+                          ha="right")
+            ax.set_yscale("log")
+            ax.set_ylabel("µs")
+            ax.set_title("Sequential latency")
+            ax.legend(fontsize=8)
+        elif panel == "open_loop":
+            budget = None
+            for s in sec["rpc"]["open_loop"]:
+                budget = s["p99_budget_ms"]
+                ax.plot([st["offered_per_s"] for st in s["steps"]],
+                        [st["latency_us"]["p99"] / 1000 for st in s["steps"]], "o-",
+                        label=s["rpc"])
+            if budget is not None:
+                ax.axhline(budget, color="red", linestyle="--", label=f"budget {budget:g} ms")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("offered calls/s")
+            ax.set_ylabel("p99 ms (from due time)")
+            ax.set_title("Open loop")
+            ax.legend(fontsize=8)
+        else:
+            cases = sec["kernels"]["cases"]
+            ax.barh([c["name"] for c in cases], [c["p50_us"] for c in cases])
+            ax.set_xscale("log")
+            ax.set_xlabel("p50 µs per call")
+            ax.set_title("Kernels")
+            ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(f"nudge bench — {result['meta']['started']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(result: dict, out: Path) -> dict[str, Path]:
+    """JSON, Markdown and PNG into ``out``: a timestamped copy and a ``latest`` copy."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = result["meta"]["started"].replace(":", "").replace("-", "")
+    paths = {"json": out / f"bench-{stamp}.json", "markdown": out / f"bench-{stamp}.md",
+             "png": out / f"bench-{stamp}.png"}
+    paths["json"].write_text(json.dumps(result, indent=2, default=str))
+    paths["markdown"].write_text(markdown(result))
+    if not plot(result, paths["png"]):
+        del paths["png"]
+    for kind, p in list(paths.items()):
+        latest = out / f"latest{p.suffix}"
+        latest.write_bytes(p.read_bytes())
+        paths[f"latest_{kind}"] = latest
+    return paths
+
+
+def readme_section(result: dict) -> str:
+    """The body of README's "## Performance": how to reproduce, the machine, every table."""
+    meta = result["meta"]
+    lines = [
+        "`nudge bench` proves on your own hardware that nudge fits a latency budget, and shows "
+        "where the time goes. One command runs everything (about 2½ minutes here) and writes "
+        "JSON, Markdown and a PNG latency plot to `bench/reports/`; it exits non-zero when a "
+        "budget in `bench/budgets.toml` is missed:",
+        "",
+        "```sh",
+        ".venv/bin/python -m nudge.bench.cli all        # or: nudge bench all",
+        ".venv/bin/python -m nudge.bench.cli rpc --target HOST:PORT   # a server you started",
+        "```",
+        "",
+        "Sections: `kernels` (every kernel, sizes as options; the same cases run under "
+        "pytest-benchmark in `tests/bench/test_kernels_benchmark.py`), `quality`, `rpc` "
+        "(sequential latency against an empty Echo on the same server stack, interleaved call "
+        "by call; concurrent throughput; open-loop load at fixed rates; durable TrackStream), "
+        "`peers` (Vowpal Wabbit, MABWiser, River from the optional `bench` extra, skipped with "
+        "a message when missing), `startup`. RPC budgets are ratios to the floor of the same "
+        "run, because absolute times drift on a shared box.",
+        "",
+        f"Latest run ({meta['started'][:10]}, `{meta['command']}`, {meta['elapsed_s']:.0f} s) "
+        f"on this box: {describe_machine(meta['machine'])}. The box is shared: "
+        "re-run before trusting a single figure near its budget.",
+        "",
+    ]
+    for t in tables(result):
+        lines += [f"**{t.title}**", "", markdown_table(t), ""]
+        if t.note:
+            lines += [t.note, ""]
+    return "\n".join(lines).rstrip() + "\n"

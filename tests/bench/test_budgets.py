@@ -1,0 +1,61 @@
+"""The budgets file holds every target the issues name, and judging is strict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nudge.bench import budgets
+
+# Metric, bound and value of every target named by the other issues.
+ISSUE_TARGETS = {
+    "rpc.TrackStream.events_per_s": ("min", 30_000),
+    "rpc.GetUser.p50_ratio": ("max", 1.2),
+    "kernels.risk_score_single.p50_us": ("max", 5.0),
+    "kernels.risk_score_batch.items_per_s": ("min", 500_000),
+    "rpc.ScoreTransaction.p50_ratio": ("max", 1.2),
+    "kernels.policy_kernel_3600.p50_us": ("max", 25.0),
+    "kernels.learner_update.items_per_s": ("min", 50_000),
+    "rpc.Decide.p50_ratio": ("max", 1.3),
+    "rpc.Decide.p99_ratio": ("max", 1.5),
+    "quality.risk.average_precision": ("min", 0.6),
+}
+
+
+def test_shipped_file_has_every_issue_target() -> None:
+    shipped = budgets.load()
+    for metric, (bound, value) in ISSUE_TARGETS.items():
+        b = shipped.by_metric(metric)
+        assert b is not None, metric
+        assert getattr(b, bound) == value, metric
+    assert shipped.open_loop_p99_ms > 0
+
+
+def test_judge_met_missed_and_not_measured() -> None:
+    shipped = budgets.load()
+    verdicts = {v.budget.metric: v for v in budgets.judge(shipped, {
+        "rpc.GetUser.p50_ratio": 1.1, "rpc.TrackStream.events_per_s": 10.0,
+        "rpc.Decide.p50_ratio": float("nan")})}
+    assert verdicts["rpc.GetUser.p50_ratio"].status == "met"
+    assert verdicts["rpc.TrackStream.events_per_s"].status == "MISSED"
+    assert verdicts["rpc.Decide.p50_ratio"].status == "MISSED"  # NaN never passes
+    assert verdicts["kernels.policy_kernel_3600.p50_us"].status == "not measured"
+    assert not budgets.all_met(list(verdicts.values()))
+    assert budgets.all_met([verdicts["rpc.GetUser.p50_ratio"],
+                            verdicts["kernels.policy_kernel_3600.p50_us"]])
+
+
+@pytest.mark.parametrize("body, error", [
+    ("schema = 2\n", "schema must be 1"),
+    ('schema = 1\n[[budget]]\nname = "x"\nmetric = "m"\nkind = "ratio"\n', "missing issue"),
+    ('schema = 1\n[[budget]]\nname = "x"\nmetric = "m"\nkind = "fast"\nissue = "i"\nmax = 1\n',
+     "kind must be"),
+    ('schema = 1\n[[budget]]\nname = "x"\nmetric = "m"\nkind = "ratio"\nissue = "i"\n',
+     "exactly one of max or min"),
+])
+def test_bad_files_name_the_rule(tmp_path: Path, body: str, error: str) -> None:
+    path = tmp_path / "b.toml"
+    path.write_text(body)
+    with pytest.raises(ValueError, match=error):
+        budgets.load(path)
