@@ -29,6 +29,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numba import njit, types
@@ -163,6 +164,16 @@ class ContextLayout:
     def log1p_mask(self) -> np.ndarray:
         return np.array([n in self.log1p for n in self.numeric], dtype=np.uint8)
 
+    @cached_property
+    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(offsets, log1p_mask, n_buckets)`` as read-only arrays, built once: the
+        per-request path (:func:`build_context_trusted`) must not rebuild them."""
+        arrays = (self.offsets(), self.log1p_mask(),
+                  np.array([k for _, k in self.strings], dtype=np.int64))
+        for a in arrays:
+            a.flags.writeable = False
+        return arrays
+
     def feature_names(self) -> list[str]:
         """Names of the ``d`` entries of ``x`` (``"bias"``, numeric names, ``"name#bucket"``)."""
         out = ["bias", *self.numeric]
@@ -226,8 +237,17 @@ class ContextParams:
         if not (0.0 < self.min_rate <= 1.0):
             raise ValueError(f"min_rate: must be in (0, 1], got {self.min_rate!r}")
 
+        # Built once: the kernel's parameter array (read-only, shared by every call).
+        array = np.array([self.clip, self.var_floor])
+        array.flags.writeable = False
+        object.__setattr__(self, "_array", array)
+
     def as_array(self) -> np.ndarray:
-        return np.array([self.clip, self.var_floor])
+        """``[clip, var_floor]`` (indices ``C_*``), as the kernels take it (read-only)."""
+        return self._array  # type: ignore[attr-defined, no-any-return]
+
+
+_DEFAULT_PARAMS = ContextParams()
 
 
 def initial_stats(layout: ContextLayout) -> ContextStats:
@@ -242,10 +262,10 @@ def update_stats(
     params: ContextParams | None = None,
 ) -> ContextStats:
     """New statistics with the rows of ``raw[n, m]`` folded in (``stats`` is untouched)."""
-    params = params or ContextParams()
+    params = params or _DEFAULT_PARAMS
     r = _raw_rows(raw, layout.n_numeric)
     mean, var, count = stats.mean.copy(), stats.var.copy(), stats.count.copy()
-    _update_stats(r, layout.log1p_mask(), params.min_rate, mean, var, count)
+    _update_stats(r, layout.kernel_arrays[1], params.min_rate, mean, var, count)
     return ContextStats(mean=mean, var=var, count=count)
 
 
@@ -258,7 +278,7 @@ def build_contexts(
 ) -> np.ndarray:
     """Context matrix ``[n, d]`` from raw numeric rows ``[n, m]`` (NaN = missing) and string
     buckets ``[n, s]`` (int, -1 = missing; see :meth:`ContextLayout.string_buckets`)."""
-    params = params or ContextParams()
+    params = params or _DEFAULT_PARAMS
     r = _raw_rows(raw, layout.n_numeric)
     n = r.shape[0]
     s = len(layout.strings)
@@ -273,12 +293,13 @@ def build_contexts(
             raise ValueError(f"buckets: must be integers of shape ({n}, {s}), got {b.dtype} "
                              f"{b.shape}")
         b = np.ascontiguousarray(b, dtype=np.int64)
-        sizes = np.array([k for _, k in layout.strings], dtype=np.int64)
+        sizes = layout.kernel_arrays[2]
         if s and ((b < -1).any() or (b >= sizes).any()):
             raise ValueError("buckets: each must be -1 (missing) or in [0, n_buckets)")
     out = np.empty((n, layout.n_features))
-    _build_contexts(r, b, layout.offsets(), layout.log1p_mask(), stats.mean, stats.var,
-                    stats.count, params.as_array(), out)
+    offsets, log1p, _ = layout.kernel_arrays
+    _build_contexts(r, b, offsets, log1p, stats.mean, stats.var, stats.count, params.as_array(),
+                    out)
     return out
 
 
@@ -295,6 +316,25 @@ def build_context(
         raise ValueError(f"raw: must have shape ({layout.n_numeric},), got {r.shape}")
     b = None if buckets is None else np.asarray(buckets)[None, :]
     return build_contexts(layout, stats, r[None, :], b, params)[0]
+
+
+def build_context_trusted(
+    layout: ContextLayout,
+    stats: ContextStats,
+    raw: np.ndarray,
+    buckets: np.ndarray,
+    params: ContextParams | None = None,
+) -> np.ndarray:
+    """:func:`build_context` without its checks, for callers that built the inputs
+    themselves (Decide, where every checked call shows in the latency): ``raw`` float64
+    C-contiguous ``[m]`` without inf, ``buckets`` int64 C-contiguous ``[s]``, each -1 or in
+    ``[0, n_buckets)``, ``stats`` built for this layout. Anything else is undefined."""
+    params = params or _DEFAULT_PARAMS
+    offsets, log1p, _ = layout.kernel_arrays
+    out = np.empty((1, layout.n_features))
+    _build_contexts(raw.reshape(1, -1), buckets.reshape(1, -1), offsets, log1p, stats.mean,
+                    stats.var, stats.count, params.as_array(), out)
+    return out[0]
 
 
 def _raw_rows(raw: object, m: int) -> np.ndarray:

@@ -75,6 +75,7 @@ _i64_1 = types.Array(types.int64, 1, "C")
 _f64_1_ro = types.Array(types.float64, 1, "C", readonly=True)
 _f64_2_ro = types.Array(types.float64, 2, "C", readonly=True)
 _u32_2_ro = types.Array(types.uint32, 2, "C", readonly=True)
+_i32_1_ro = types.Array(types.int32, 1, "C", readonly=True)
 _u8_1_ro = types.Array(types.uint8, 1, "C", readonly=True)
 _u64_1 = types.Array(types.uint64, 1, "C")
 
@@ -508,6 +509,45 @@ def _squarecb_kernel(
     return n_allowed
 
 
+@njit(
+    types.int64(_f64_2_ro, _f64_1_ro, _f64_1_ro, _i32_1_ro, _i64_1, _i64_1, _f64_1),
+    **_KERNEL,
+)
+def _top_feature_terms(mean_t, x, weight, row, out_component, out_feature, out_score):
+    """The ``len(out_score)`` largest terms ``(μ_c[j]·x[j])·w_c`` by absolute value over the
+    components ``c`` of one combination (``row``, -1 padded) and features ``j``, largest
+    first (ties: earlier component in the row, then lower feature). Returns how many were
+    filled (fewer only when the combination has fewer terms)."""
+    d = mean_t.shape[0]
+    top = out_score.shape[0]
+    best = np.empty(top)
+    filled = 0
+    for r in range(row.shape[0]):
+        c = row[r]
+        if c < 0:
+            break
+        wc = weight[c]
+        for j in range(d):
+            term = (mean_t[j, c] * x[j]) * wc
+            size = abs(term)
+            if filled == top and not size > best[top - 1]:
+                continue
+            pos = filled if filled < top else top - 1
+            while pos > 0 and size > best[pos - 1]:
+                best[pos] = best[pos - 1]
+                out_component[pos] = out_component[pos - 1]
+                out_feature[pos] = out_feature[pos - 1]
+                out_score[pos] = out_score[pos - 1]
+                pos -= 1
+            best[pos] = size
+            out_component[pos] = c
+            out_feature[pos] = j
+            out_score[pos] = term
+            if filled < top:
+                filled += 1
+    return filled
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -752,6 +792,38 @@ def decide(
     x, cmask, kmask, seed = _request(snapshot, space, context, seed, component_mask, combo_mask)
     if not 1 <= top_k <= MAX_TOP_K:
         raise ValueError(f"top_k: must be in [1, {MAX_TOP_K}], got {top_k}")
+    return _decide(snapshot, space, x, cmask, kmask, seed, top_k, params, propensity)
+
+
+def decide_trusted(
+    snapshot: PolicySnapshot,
+    space: ActionSpace,
+    context: np.ndarray,
+    seed: int,
+    component_mask: np.ndarray,
+    top_k: int,
+    params: PolicyParams,
+) -> PolicyChoice:
+    """:func:`decide` (with its propensity, the campaign's combo mask) without the checks,
+    for callers that built every input themselves — Decide, where each checked call shows
+    in the latency: ``snapshot`` and ``space`` from one campaign, ``context`` finite float64
+    C-contiguous ``[d]``, ``seed`` in int64 range, ``component_mask`` uint8 C-contiguous
+    ``[C]``, ``1 <= top_k <= MAX_TOP_K``. Anything else is undefined."""
+    return _decide(snapshot, space, context, space.combo_mask, component_mask, seed, top_k,
+                   params, True)
+
+
+def _decide(
+    snapshot: PolicySnapshot,
+    space: ActionSpace,
+    x: np.ndarray,
+    cmask: np.ndarray,
+    kmask: np.ndarray,
+    seed: int,
+    top_k: int,
+    params: PolicyParams,
+    propensity: bool,
+) -> PolicyChoice:
     out_index = np.empty(top_k, dtype=np.int64)
     out_score = np.empty((2, top_k))
     kparams = params.as_array()
@@ -916,6 +988,38 @@ def explain(
                        feature=np.array(ff, dtype=np.int64), feature_score=np.array(fs))
 
 
+def top_feature_terms(
+    snapshot: PolicySnapshot,
+    space: ActionSpace,
+    context: np.ndarray,
+    combo: int,
+    top: int = 3,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``top`` terms ``w_c · μ_c[j] · x[j]`` of ``combo``'s components with the largest
+    absolute value, largest first: ``(component, feature, term)`` arrays (ties: earlier
+    component of the combination, then lower feature). What pushed a choice, in one pass."""
+    x = _vector(context, "context", snapshot.n_features)
+    if not 0 <= combo < space.n_combos:
+        raise ValueError(f"combo: must be in [0, {space.n_combos}), got {combo}")
+    if top < 1:
+        raise ValueError(f"top: must be >= 1, got {top}")
+    return top_feature_terms_trusted(snapshot, space, x, combo, top)
+
+
+def top_feature_terms_trusted(
+    snapshot: PolicySnapshot, space: ActionSpace, context: np.ndarray, combo: int, top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`top_feature_terms` without the checks, for callers that built the inputs
+    themselves (Decide): ``context`` finite float64 C-contiguous ``[d]``, ``combo`` a valid
+    index, ``top >= 1``. Anything else is undefined."""
+    component = np.empty(top, dtype=np.int64)
+    feature = np.empty(top, dtype=np.int64)
+    term = np.empty(top)
+    n = _top_feature_terms(snapshot.mean_t, context, space.component_weight,
+                           space.combo_components[combo], component, feature, term)
+    return component[:n], feature[:n], term[:n]
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -1027,5 +1131,6 @@ def warm_up() -> None:
                                                                    mc_max_samples=4))
     thompson_from_draws(snap, space, x, np.zeros(space.n_components))
     squarecb_probabilities(snap, space, x)
+    top_feature_terms(snap, space, x, 0, 2)
     standard_normals(1, 3)
 

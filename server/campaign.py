@@ -14,6 +14,7 @@ import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -156,11 +157,34 @@ class Campaign:
 
     def combo_values(self, combo: int) -> tuple[int, int, int, int, int] | None:
         """(message, channel, send_time, frequency, offer) indices; None for nothing."""
-        return self.space.combo_values(combo)  # type: ignore[return-value]
+        if combo == self.space.nothing_combo:
+            return None
+        return self._combo_values[combo]
+
+    @cached_property
+    def _combo_values(self) -> list[tuple[int, int, int, int, int]]:
+        # Built once: np.unravel_index per call costs microseconds inside every Decide.
+        n = self.space.n_combos - (1 if self.space.nothing_combo >= 0 else 0)
+        columns = np.unravel_index(np.arange(n), self.space.dim_sizes)
+        return [tuple(v) for v in np.stack(columns, axis=1).tolist()]  # type: ignore[misc]
 
     def component_ids(self, dim: str) -> np.ndarray:
-        """Component id of each value of a dimension (for guardrail masks)."""
-        return self.space.components_of_dim(DIMENSIONS.index(dim))
+        """Component id of each value of a dimension (for guardrail masks; read-only)."""
+        return self._component_ids[dim]
+
+    @cached_property
+    def _component_ids(self) -> dict[str, np.ndarray]:
+        out = {}
+        for index, dim in enumerate(DIMENSIONS):
+            ids = self.space.components_of_dim(index)
+            ids.flags.writeable = False
+            out[dim] = ids
+        return out
+
+    @cached_property
+    def dimension_ids(self) -> dict[str, tuple[int, ...]]:
+        """``component_ids`` of every dimension as plain ints (cheap to index per request)."""
+        return {dim: tuple(ids.tolist()) for dim, ids in self._component_ids.items()}
 
     def dimension_names(self, dim: str) -> tuple[str, ...]:
         values = {

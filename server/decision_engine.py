@@ -7,7 +7,7 @@ draw count stated), model version, seed, features and guardrail trace — enough
 and to evaluate any other policy offline.
 
 No fsync on this path: the decision is answered from memory and its record rides a flush
-into the next group commit, 1 ms later (the README states this crash window). Goal events
+into the next group commit, 1 ms after the reply (the README states this crash window). Goal events
 arriving through Track settle open decisions inside their own commit (pending decisions
 are written into that commit first, so none is missed); ReportOutcome settles one
 explicitly; the learner (server/learner.py) settles expired ones with reward 0 and learns
@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -35,8 +34,8 @@ import orjson
 from nudge.kernels import context as ctx
 from nudge.kernels import learner as lrn
 from nudge.kernels import policy
-from nudge.server.campaign import Campaign
-from nudge.server.decision_features import context_layout, raw_features
+from nudge.server.campaign import Campaign, Message
+from nudge.server.decision_features import FeaturePlan, context_layout, raw_features
 from nudge.server.errors import InvalidArgument, NotFound
 from nudge.server.events import ValidEvent
 from nudge.server.guardrails import (
@@ -44,11 +43,13 @@ from nudge.server.guardrails import (
     SUPPRESS_NOTHING_BEST,
     SUPPRESS_PROPERTIES,
     Contact,
+    GuardrailPlan,
     apply_guardrails,
+    local_now,
 )
-from nudge.server.ingest import EventWriter, local_hour
+from nudge.server.ingest import EventWriter
 from nudge.server.risk_engine import RiskEngine
-from nudge.server.store import Store
+from nudge.server.store import Store, UserProfile
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,9 @@ class CampaignModel:
     # Last rewards-log sequence this model has learned from.
     learned_seq: int = 0
 
-    @property
+    @cached_property
     def version(self) -> str:
         return f"{self.campaign.name}/v{self.snapshot.version}"
-
-    @cached_property
-    def names(self) -> tuple[list[str], list[str]]:
-        """(component names, feature names), for explanations."""
-        return self.campaign.component_names(), self.layout.feature_names()
 
     @cached_property
     def policy_params(self) -> policy.PolicyParams:
@@ -96,6 +92,49 @@ class CampaignModel:
             campaign.n_components, layout.n_features, campaign.exploration.prior_precision
         )
         return cls(campaign, layout, snapshot, ctx.initial_stats(layout))
+
+
+class CampaignPlan:
+    """What Decide derives from a campaign once, not per request: guardrail and feature
+    positions, and the explanation texts (built the first time each is needed)."""
+
+    def __init__(self, model: CampaignModel) -> None:
+        self.guard = GuardrailPlan(model.campaign)
+        self.features = FeaturePlan(model.campaign, model.layout)
+        self.component_names = model.campaign.component_names()
+        self.feature_names = model.layout.feature_names()
+        self._reason_texts: dict[tuple[int, int, bool], str] = {}
+        c = model.campaign
+        # The properties each message's template needs.
+        self.message_needs = [frozenset(m.properties) for m in c.messages]
+        # Per combination (the nothing arm excluded): message, channel name, send-time slot,
+        # frequency name, offer name.
+        self.combos: list[tuple[Message, str, int, str, str]] = []
+        for i in range(c.space.n_combos):  # "nothing" is last: indices stay combo indices
+            values = c.combo_values(i)
+            if values is not None:
+                m, ch, st, fr, off = values
+                self.combos.append((c.messages[m], c.channels[ch], st,
+                                    c.frequencies[fr].name, c.offers[off].name))
+
+    def reason_text(self, feature: int, component: int, positive: bool) -> str:
+        key = (feature, component, positive)
+        text = self._reason_texts.get(key)
+        if text is None:
+            direction = "for" if positive else "against"
+            text = (f"{self.feature_names[feature]} counted {direction} "
+                    f"{self.component_names[component]}")
+            self._reason_texts[key] = text
+        return text
+
+
+def _new_ids() -> tuple[str, int]:
+    """A decision id (a random UUID4's hex) and a 63-bit policy seed from one urandom read
+    (``uuid4`` and ``secrets.randbits`` cost a system call and object work each)."""
+    b = bytearray(os.urandom(24))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return b[:16].hex(), int.from_bytes(b[16:], "big") >> 1
 
 
 @dataclass
@@ -142,8 +181,10 @@ class DecisionRecord:
     time: float
     model_version: str
     seed: int
-    x: list[float]
-    raw: list[float | None]
+    # Arrays while pending (NaN = missing in raw), lists once loaded: converting them is
+    # left to serialisation, which runs in the writer thread, not in the request.
+    x: list[float] | np.ndarray
+    raw: list[float | None] | np.ndarray
     choice: int
     top: list[int]
     propensity: float
@@ -160,7 +201,8 @@ class DecisionRecord:
     actions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.__dict__)
+        # Arrays serialise as lists, NaN as null (a missing raw feature).
+        return orjson.dumps(self.__dict__, option=orjson.OPT_SERIALIZE_NUMPY)
 
     @classmethod
     def from_bytes(cls, raw: bytes | memoryview) -> DecisionRecord:
@@ -198,6 +240,7 @@ class DecisionEngine:
         self.models: dict[str, CampaignModel] = {
             name: CampaignModel.initial(c) for name, c in campaigns.items()
         }
+        self._plans = {name: CampaignPlan(model) for name, model in self.models.items()}
         self._goal_types = {t for c in campaigns.values() for t in c.goal.events}
         self._lock = threading.Lock()
         self._pending: dict[str, DecisionRecord] = {}
@@ -221,24 +264,39 @@ class DecisionEngine:
             raise InvalidArgument("campaign", f"unknown campaign {name!r} (loaded: {known})")
         return model
 
-    def decide(self, request: DecideInput) -> DecisionOutcome:
+    def decide(
+        self,
+        request: DecideInput,
+        after_reply: Callable[[Callable[[], None]], bool] | None = None,
+    ) -> DecisionOutcome:
+        """Decide for one user now. Every step runs between gRPC calls that evict the CPU
+        caches, so campaign-derived work lives in CampaignPlan, kernels are called through
+        their trusted entries (this code built their inputs), and the audit record's
+        conversions are left to the writer thread that stores it.
+
+        ``after_reply(fn)`` runs ``fn`` once the reply has been sent, or returns False if it
+        cannot (the servicer passes grpc's ``context.add_callback``): the flusher is woken
+        then, not mid-request, where it would take the GIL from the reply."""
         model = self.campaign_model(request.campaign)
         campaign = model.campaign
+        plan = self._plans[campaign.name]
         now = request.time
         top_k = max(1, request.top_k)
         if top_k > MAX_TOP_K:
             raise InvalidArgument("top_k", f"must be at most {MAX_TOP_K}")
-        view = self.store.get_user(request.user_id)
-        profile = view.profile if view is not None else None
+        user_id = request.user_id
+        state, profile, contacts = self._read_user(user_id, now)
         tz = profile.tz if profile is not None else "UTC"
         properties: dict[str, Any] = profile.properties() if profile is not None else {}
         properties.update(request.numbers)
         properties.update(request.strings)
-        renderable = [all(p in properties for p in m.properties) for m in campaign.messages]
+        known = properties.keys()
+        renderable = [known >= needs for needs in plan.message_needs]
         consents = {c: g for c, (g, _) in profile.consents.items()} if profile else {}
+        when = local_now(now, tz)
         guard = apply_guardrails(
-            campaign, request.user_id, now, tz, consents, self._contacts(request.user_id, now),
-            renderable, self.risk.recently_anomalous(request.user_id, now),
+            plan.guard, user_id, when, consents, contacts, renderable,
+            self.risk.recently_anomalous(user_id, now),
         )
         if guard.suppressed == SUPPRESS_PROPERTIES:
             needs = "; ".join(
@@ -250,18 +308,16 @@ class DecisionEngine:
                 f"campaign {campaign.name}: no message can be filled from the request or the "
                 f"user's events ({needs})",
             )
-        decision_id = uuid.uuid4().hex
-        hour = local_hour(now, tz)
+        decision_id, seed = _new_ids()
         raw, buckets = raw_features(
-            campaign, model.layout, view, self.store.type_slots, now, hour, request.numbers,
+            plan.features, state, self.store.type_slots, now, when.hour, request.numbers,
             request.strings, self.half_life_seconds,
         )
-        x = ctx.build_context(model.layout, model.stats, raw, buckets)
+        x = ctx.build_context_trusted(model.layout, model.stats, raw, buckets)
         reasons: list[tuple[str, str, float]] = [(c, d, 0.0) for c, d in guard.trace]
         record = DecisionRecord(
-            decision_id=decision_id, user_id=request.user_id, campaign=campaign.name, time=now,
-            model_version=model.version, seed=0, x=x.tolist(),
-            raw=[None if math.isnan(v) else v for v in raw.tolist()],
+            decision_id=decision_id, user_id=user_id, campaign=campaign.name, time=now,
+            model_version=model.version, seed=0, x=x, raw=raw,
             choice=campaign.nothing_combo, top=[], propensity=1.0, propensity_samples=0,
             holdout=guard.suppressed == SUPPRESS_HOLDOUT, suppressed=guard.suppressed,
             trace=guard.trace, window_end=now + campaign.goal.window_seconds,
@@ -274,14 +330,13 @@ class DecisionEngine:
             if not record.holdout:
                 record.status = "final"
         else:
-            seed = secrets.randbits(63)
-            choice = policy.decide(
-                model.snapshot, campaign.space, x, seed, component_mask=guard.component_mask,
-                top_k=top_k + 1, params=model.policy_params,
+            choice = policy.decide_trusted(
+                model.snapshot, campaign.space, x, seed, guard.component_mask, top_k + 1,
+                model.policy_params,
             )
             record.seed = seed
             record.choice = choice.choice
-            record.top = [int(c) for c in choice.top_k]
+            record.top = choice.top_k.tolist()
             record.propensity = float(choice.propensity)
             record.propensity_samples = int(choice.propensity_samples)
             if choice.choice == campaign.nothing_combo:
@@ -293,19 +348,22 @@ class DecisionEngine:
                                         strict=True):
                     if combo != campaign.nothing_combo and len(actions) < top_k:
                         actions.append(
-                            self._action(campaign, combo, score, guard.send_at, properties)
+                            self._action(plan, combo, score, guard.send_at, properties)
                         )
-                reasons = self._feature_reasons(model, x, choice.choice) + reasons
+                reasons = self._feature_reasons(model, plan, x, choice.choice) + reasons
             record.actions = [a.__dict__ for a in actions]
         if not request.dry_run:
             with self._lock:
                 self._pending[decision_id] = record
                 if actions:
                     first = actions[0]
-                    self._pending_contacts.setdefault(request.user_id, []).append(
+                    self._pending_contacts.setdefault(user_id, []).append(
                         Contact(first.send_at, first.channel, campaign.name, decision_id)
                     )
-                self._request_flush()
+                wake = self._flush_future is None
+                self._request_flush(wake=after_reply is None)
+            if wake and after_reply is not None and not after_reply(self._wake.set):
+                self._wake.set()
         return DecisionOutcome(
             decision_id=decision_id,
             actions=actions,
@@ -317,63 +375,69 @@ class DecisionEngine:
             model_version=model.version,
         )
 
+    def _read_user(
+        self, user_id: str, now: float
+    ) -> tuple[memoryview | None, UserProfile | None, list[Contact]]:
+        """The user's state record (as float64s; None if no event was ever stored), profile
+        and recent contacts, in one read transaction."""
+        # Pending before stored: a flush committing between the two reads then shows in
+        # both (counted once), never in neither.
+        with self._lock:
+            pending = self._pending_contacts.get(user_id)
+            pending = list(pending) if pending else []
+        key = user_id.encode()
+        dbs = self.store.dbs
+        with self.store.read() as txn:
+            raw = txn.get(key, db=dbs["users"])
+            state = profile = None
+            if raw is not None:
+                state = memoryview(bytes(raw)).cast("d")
+                profile = UserProfile.from_bytes(txn.get(key, db=dbs["profiles"]))
+            raw_contacts = txn.get(key, db=dbs["contacts"])
+            stored = ([Contact(*c) for c in orjson.loads(raw_contacts)]
+                      if raw_contacts is not None else [])
+        if not pending and not stored:
+            return state, profile, []
+        # Count each decision's contact once.
+        unique = {c.decision_id: c for c in [*stored, *pending]}
+        return state, profile, [c for c in unique.values() if now - c.time < CONTACT_MEMORY]
+
+    @staticmethod
     def _action(
-        self,
-        campaign: Campaign,
+        plan: CampaignPlan,
         combo: int,
         score: float,
         send_at: list[float],
         properties: dict[str, Any],
     ) -> ActionOut:
-        values = campaign.combo_values(combo)
-        assert values is not None
-        m, ch, st, fr, off = values
-        message = campaign.messages[m]
+        message, channel, slot, frequency, offer = plan.combos[combo]
         return ActionOut(
             message=message.name,
-            channel=campaign.channels[ch],
-            send_at=send_at[st],
-            frequency=campaign.frequencies[fr].name,
-            offer=campaign.offers[off].name,
+            channel=channel,
+            send_at=send_at[slot],
+            frequency=frequency,
+            offer=offer,
             text=message.render(properties),
             score=score,
         )
 
     def _feature_reasons(
-        self, model: CampaignModel, x: np.ndarray, combo: int
+        self, model: CampaignModel, plan: CampaignPlan, x: np.ndarray, combo: int
     ) -> list[tuple[str, str, float]]:
         """The features that pushed the chosen combination's components most (weighted
-        posterior mean × feature value), strongest first. Same terms as policy.explain,
-        computed lean: this runs inside every Decide."""
-        space = model.campaign.space
-        row = space.combo_components[combo]
-        comps = row[row >= 0]
-        terms = model.snapshot.mean_t[:, comps].T * x * space.component_weight[comps, None]
-        flat = np.abs(terms).ravel()
-        k = min(TOP_FEATURE_REASONS, flat.size)
-        top = np.argpartition(-flat, k - 1)[:k]
-        names, features = model.names
+        posterior mean × feature value), strongest first (ties: the combination's earlier
+        component, then the lower feature). Same terms as policy.explain, in one kernel
+        call: this runs inside every Decide."""
+        components, features, terms = policy.top_feature_terms_trusted(
+            model.snapshot, model.campaign.space, x, combo, TOP_FEATURE_REASONS
+        )
         out = []
-        for index in top[np.argsort(-flat[top])].tolist():
-            c, j = divmod(index, terms.shape[1])
-            score = float(terms[c, j])
+        for c, j, score in zip(components.tolist(), features.tolist(), terms.tolist(),
+                               strict=True):
             if score == 0.0:
                 continue
-            direction = "for" if score > 0 else "against"
-            out.append(("FEATURE", f"{features[j]} counted {direction} {names[comps[c]]}", score))
+            out.append(("FEATURE", plan.reason_text(j, c, score > 0), score))
         return out
-
-    # -- contacts (for frequency caps) ---------------------------------------------------
-
-    def _contacts(self, user_id: str, now: float) -> list[Contact]:
-        with self.store.read() as txn:
-            raw = txn.get(user_id.encode(), db=self.store.dbs["contacts"])
-            stored = [Contact(*c) for c in orjson.loads(raw)] if raw is not None else []
-        with self._lock:
-            pending = list(self._pending_contacts.get(user_id, []))
-        # A flush may commit between the two reads: count each decision's contact once.
-        unique = {c.decision_id: c for c in [*stored, *pending]}
-        return [c for c in unique.values() if now - c.time < CONTACT_MEMORY]
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -486,21 +550,25 @@ class DecisionEngine:
 
     # -- storing decisions ---------------------------------------------------------------
 
-    def _request_flush(self) -> Future[None]:
+    def _request_flush(self, wake: bool = True) -> Future[None]:
+        """(Inside the lock.) The future of the next flush; ``wake=False`` leaves waking
+        the flusher to the caller (Decide wakes it after its reply)."""
         if self._flush_future is None:
             self._flush_future = Future()
-            self._wake.set()
+            if wake:
+                self._wake.set()
         return self._flush_future
 
     def _run_flusher(self) -> None:
-        """Store pending decisions FLUSH_DELAY after the first one (not inside the request,
-        where waking the writer would hand it the GIL mid-reply)."""
+        """Store pending decisions FLUSH_DELAY after the wake-up (not inside the request,
+        where waking the writer would hand it the GIL mid-reply). A flush requested without
+        a wake-up (its waker never ran) is found by the periodic check."""
         while True:
             self._wake.wait(timeout=0.1)
             if self._closing.is_set():
                 self._flush_now()
                 return
-            if self._wake.is_set():
+            if self._wake.is_set() or self._flush_future is not None:
                 time.sleep(FLUSH_DELAY)
                 self._flush_now()
 

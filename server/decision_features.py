@@ -1,17 +1,20 @@
 """The policy's view of a user right now: raw features from the stored state and the
-Decide request, laid out for kernels/context.py (which standardises them)."""
+Decide request, laid out for kernels/context.py (which standardises them).
+
+This runs inside every Decide, so the layout's positions are resolved once per campaign
+(:class:`FeaturePlan`) and the row is filled by index, not through a dict of names.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from nudge.kernels import user_state as u
-from nudge.kernels.context import ContextLayout
+from nudge.kernels.context import ContextLayout, hash_bucket
 from nudge.server.campaign import Campaign
-from nudge.server.store import UserView
 
 BASE_FEATURES = (
     "events_total",
@@ -23,6 +26,8 @@ BASE_FEATURES = (
     "amount_last",
 )
 HEAVY_TAILED = ("events_total", "recency_hours", "tenure_days", "amount_mean", "amount_last")
+_NO_BUCKETS = np.zeros(0, dtype=np.int64)
+_NO_BUCKETS.flags.writeable = False
 
 
 def context_layout(campaign: Campaign) -> ContextLayout:
@@ -36,10 +41,24 @@ def context_layout(campaign: Campaign) -> ContextLayout:
     )
 
 
+class FeaturePlan:
+    """Where each raw feature of one campaign goes in the layout's numeric row."""
+
+    def __init__(self, campaign: Campaign, layout: ContextLayout) -> None:
+        index = {name: i for i, name in enumerate(layout.numeric)}
+        self.n_numeric = layout.n_numeric
+        self.base = tuple(index[name] for name in BASE_FEATURES)
+        # (event type, position) of each decayed count feature.
+        self.counts = tuple((t, index[f"count.{t}"]) for t in campaign.context.event_types)
+        # (request number name, position).
+        self.numbers = tuple((n, index[f"request.{n}"]) for n in campaign.context.numbers)
+        # (request string name, layout name, buckets), in layout order.
+        self.strings = tuple((name[len("request."):], name, k) for name, k in layout.strings)
+
+
 def raw_features(
-    campaign: Campaign,
-    layout: ContextLayout,
-    view: UserView | None,
+    plan: FeaturePlan,
+    record: Sequence[float] | None,
     type_slots: Mapping[str, int],
     now: float,
     local_hour: float,
@@ -47,27 +66,39 @@ def raw_features(
     strings: Mapping[str, str],
     half_life_seconds: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(numeric row with NaN for missing, string buckets with -1 for missing)."""
-    values: dict[str, float] = {
-        "local_hour_sin": math.sin(2 * math.pi * local_hour / 24.0),
-        "local_hour_cos": math.cos(2 * math.pi * local_hour / 24.0),
-    }
-    if view is not None:
-        s = view.scalars
-        values["events_total"] = float(s[u.S_EVENT_COUNT])
-        values["recency_hours"] = max(0.0, (now - float(s[u.S_LAST_SEEN])) / 3600.0)
-        values["tenure_days"] = max(0.0, (now - float(s[u.S_FIRST_SEEN])) / 86400.0)
-        if s[u.S_AMOUNT_COUNT] > 0:
-            values["amount_mean"] = float(s[u.S_AMOUNT_MEAN])
-            values["amount_last"] = float(s[u.S_AMOUNT_LAST])
+    """(numeric row with NaN for missing, string buckets with -1 for missing).
+
+    ``record`` is the user's stored record (kernels/user_state.py layout; any sequence of
+    floats), None for a user with no events. Raises ValueError on an infinite value, as
+    the context builder's public entry would."""
+    nan = math.nan
+    values = [nan] * plan.n_numeric
+    (i_events, i_recency, i_tenure, i_sin, i_cos, i_amount_mean, i_amount_last) = plan.base
+    values[i_sin] = math.sin(2 * math.pi * local_hour / 24.0)
+    values[i_cos] = math.cos(2 * math.pi * local_hour / 24.0)
+    if record is not None:
+        values[i_events] = float(record[u.S_EVENT_COUNT])
+        values[i_recency] = max(0.0, (now - float(record[u.S_LAST_SEEN])) / 3600.0)
+        values[i_tenure] = max(0.0, (now - float(record[u.S_FIRST_SEEN])) / 86400.0)
+        if record[u.S_AMOUNT_COUNT] > 0:
+            values[i_amount_mean] = float(record[u.S_AMOUNT_MEAN])
+            values[i_amount_last] = float(record[u.S_AMOUNT_LAST])
         # Stored counts are as of the user's latest event; decay them to now.
-        decay = 2.0 ** (-max(0.0, now - float(s[u.S_REF_TIME])) / half_life_seconds)
-        for t in campaign.context.event_types:
+        decay = 2.0 ** (-max(0.0, now - float(record[u.S_REF_TIME])) / half_life_seconds)
+        for t, i in plan.counts:
             slot = type_slots.get(t)
-            values[f"count.{t}"] = 0.0 if slot is None else float(view.counts[slot]) * decay
-    for name in campaign.context.numbers:
+            values[i] = 0.0 if slot is None else float(record[u.COUNTS + slot]) * decay
+    for name, i in plan.numbers:
         if name in numbers:
-            values[f"request.{name}"] = float(numbers[name])
-    raw = layout.numeric_vector(values)
-    request_strings = {f"request.{k}": v for k, v in strings.items()}
-    return raw, layout.string_buckets(request_strings)
+            values[i] = float(numbers[name])
+    if math.inf in values or -math.inf in values:
+        raise ValueError("raw: must not contain inf (use NaN for a missing value)")
+    raw = np.array(values)
+    if not plan.strings:
+        return raw, _NO_BUCKETS
+    buckets = np.array(
+        [hash_bucket(full, strings[name], k) if name in strings else -1
+         for name, full, k in plan.strings],
+        dtype=np.int64,
+    )
+    return raw, buckets

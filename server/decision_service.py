@@ -19,7 +19,6 @@ from nudge.server.ingest import EventWriter, TrackResult
 from nudge.server.readiness import Readiness
 from nudge.server.store import Store
 from nudge.server.user_report import user_state_message
-from nudge.v1 import common_pb2
 from nudge.v1 import decision_service_pb2 as pb
 from nudge.v1 import decision_service_pb2_grpc as pb_grpc
 
@@ -115,8 +114,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         when = timestamp_seconds(request.time, "time", now, True) if has_time else now
         outcome = self.decisions.decide(
             DecideInput(request.user_id, request.campaign, when, request.top_k or 1, numbers,
-                        dict(request.strings), request.dry_run)
+                        dict(request.strings), request.dry_run),
+            after_reply=context.add_callback,
         )
+        # Filled in place: no intermediate Reason messages to copy, no Python-level
+        # Timestamp helpers (send times derive from a validated request time, so in range).
         reply = pb.DecideResponse(
             decision_id=outcome.decision_id,
             propensity=outcome.propensity,
@@ -124,14 +126,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             holdout=outcome.holdout,
             suppressed_reason=outcome.suppressed_reason,
             model_version=outcome.model_version,
-            reasons=[common_pb2.Reason(code=c, detail=d, weight=w) for c, d, w in outcome.reasons],
         )
+        reasons = reply.reasons
+        for c, d, w in outcome.reasons:
+            reasons.add(code=c, detail=d, weight=w)
+        actions = reply.actions
         for a in outcome.actions:
-            action = reply.actions.add(
+            action = actions.add(
                 message=a.message, channel=a.channel, frequency=a.frequency, offer=a.offer,
                 text=a.text, score=a.score,
             )
-            action.send_at.FromNanoseconds(round(a.send_at * 1e9))
+            send_at = action.send_at
+            send_at.seconds, send_at.nanos = divmod(round(a.send_at * 1e9), 1_000_000_000)
         return reply
 
     def ReportOutcome(

@@ -3,13 +3,21 @@
 Each guardrail masks model components (a channel, a send-time slot, a message, an offer)
 or suppresses the decision outright; the trace says which rule did what, so a decision
 can be explained and audited. Each guardrail can be turned off in the campaign file.
+
+This runs inside every Decide, between gRPC calls that evict the caches, where each Python
+or NumPy call costs several times its warm price. So everything that depends only on the
+campaign (component ids, static quiet slots, trace texts) is derived once in a
+:class:`GuardrailPlan`, the user's local clock is read once per request (:func:`local_now`),
+and send-time slots are converted to epoch seconds once per (zone, local date).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,6 +28,8 @@ DAY = 86_400.0
 WEEK = 7 * DAY
 # In-app messages are shown inside the app the user opened: no marketing consent needed.
 CONSENT_EXEMPT = frozenset({"in_app"})
+# Send-time conversions remembered per plan ((zone, local date, fold) keys); cleared when full.
+SLOT_DAY_CACHE = 4096
 
 SUPPRESS_HOLDOUT = "holdout"
 SUPPRESS_CONSENT = "no_consent"
@@ -47,6 +57,30 @@ class GuardrailResult:
     suppressed: str = ""
 
 
+class LocalNow(NamedTuple):
+    """One instant on the user's wall clock, read once per request (zoneinfo is slow)."""
+
+    time: float
+    tz: str
+    local: datetime
+    # Hour of day in [0, 24), fractional (as ingest.local_hour computes it).
+    hour: float
+    # Minute of day with seconds as a fraction, without microseconds (quiet hours).
+    minute: float
+
+
+def local_now(now: float, tz: str) -> LocalNow:
+    """The user's local clock at ``now`` (``tz`` an IANA name; raises if unknown)."""
+    local = datetime.fromtimestamp(now, time_zone(tz))
+    offset = 0.0
+    if tz != "UTC":
+        delta = local.utcoffset()
+        offset = delta.total_seconds() if delta is not None else 0.0
+    hour = ((now + offset) % 86_400.0) / 3_600.0
+    minute = local.hour * 60 + local.minute + local.second / 60.0
+    return LocalNow(now, tz, local, hour, minute)
+
+
 def in_holdout(campaign: str, user_id: str, share: float) -> bool:
     """Stable per (campaign, user): the same users stay held out across restarts."""
     if share <= 0:
@@ -56,7 +90,10 @@ def in_holdout(campaign: str, user_id: str, share: float) -> bool:
 
 
 def slot_times(campaign: Campaign, now: float, tz: str) -> list[float]:
-    """Next occurrence of each send-time slot in the user's local time (now for "now")."""
+    """Next occurrence of each send-time slot in the user's local time (now for "now").
+
+    The reference definition; Decide uses :meth:`GuardrailPlan.send_times`, which gives the
+    same instants (DST gaps and folds included) with one conversion per local date."""
     zone = time_zone(tz)
     local_now = datetime.fromtimestamp(now, zone)
     out = []
@@ -74,98 +111,170 @@ def slot_times(campaign: Campaign, now: float, tz: str) -> list[float]:
     return out
 
 
-def local_minute(t: float, tz: str) -> float:
-    local = datetime.fromtimestamp(t, time_zone(tz))
-    return local.hour * 60 + local.minute + local.second / 60.0
+class GuardrailPlan:
+    """Everything :func:`apply_guardrails` needs from one campaign, derived once."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        g = campaign.guardrails
+        ids = campaign.dimension_ids
+        self.campaign = campaign
+        self.all_allowed = b"\x01" * campaign.n_components
+        self.holdout_trace = (
+            "HOLDOUT", f"user is in the {g.holdout:.0%} holdout of {campaign.name}"
+        )
+        # A dimension's components are consecutive ids: whether any channel is still open
+        # is one slice of the mask.
+        channels = ids["channel"]
+        assert channels == tuple(range(channels[0], channels[0] + len(channels)))
+        self.channel_slice = slice(channels[0], channels[0] + len(channels))
+        # (channel, component id, trace) of every channel that needs consent.
+        self.consent = [
+            (channel, ids["channel"][i], ("NO_CONSENT", f"{channel}: no consent on record"))
+            for i, channel in enumerate(campaign.channels)
+            if channel not in CONSENT_EXEMPT
+        ]
+        self.channels = list(zip(campaign.channels, ids["channel"], strict=True))
+        self.slot_minutes = tuple(s.minute_of_day for s in campaign.send_times)
+        # (component id, minute of day or None for "now", quiet if fixed, trace).
+        self.slots = [
+            (
+                ids["send_time"][i],
+                s.minute_of_day,
+                s.minute_of_day is not None and g.is_quiet(s.minute_of_day),
+                ("QUIET_HOURS", f"{s.name}: inside quiet hours"),
+            )
+            for i, s in enumerate(campaign.send_times)
+        ]
+        self.messages = [
+            (ids["message"][i], ("MISSING_PROPERTY", f"{m.name}: template properties "
+                                 f"{list(m.properties)} not all known"))
+            for i, m in enumerate(campaign.messages)
+        ]
+        self.credit_offers = [
+            (ids["offer"][i], ("RISK", f"{o.name}: no credit offer while recent activity "
+                               "looks anomalous"))
+            for i, o in enumerate(campaign.offers)
+            if o.credit
+        ]
+        self._slot_days: dict[tuple[str, int, int], tuple[list[float], list[float]]] = {}
+
+    def send_times(self, now: LocalNow) -> list[float]:
+        """Exactly :func:`slot_times`: a slot later today (by the wall clock) is today's
+        occurrence, else tomorrow's (whose wall-clock date arithmetic resets ``fold``)."""
+        local = now.local
+        second_of_day = local.hour * 3600 + local.minute * 60 + local.second
+        key = (now.tz, local.toordinal(), local.fold)
+        days = self._slot_days.get(key)
+        if days is None:
+            days = self._slot_days_of(key)
+        today, tomorrow = days
+        return [
+            now.time if minute is None else today[i] if minute * 60 > second_of_day
+            else tomorrow[i]
+            for i, minute in enumerate(self.slot_minutes)
+        ]
+
+    def _slot_days_of(self, key: tuple[str, int, int]) -> tuple[list[float], list[float]]:
+        """Epoch seconds of every fixed slot on a local date (fold as given) and on the next
+        date (fold 0); NaN for "now" slots."""
+        tz, ordinal, fold = key
+        zone = time_zone(tz)
+
+        def on(day: date, fold: int) -> list[float]:
+            return [
+                math.nan if m is None else datetime(
+                    day.year, day.month, day.day, m // 60, m % 60, tzinfo=zone, fold=fold
+                ).timestamp()
+                for m in self.slot_minutes
+            ]
+
+        days = (on(date.fromordinal(ordinal), fold), on(date.fromordinal(ordinal + 1), 0))
+        if len(self._slot_days) >= SLOT_DAY_CACHE:
+            self._slot_days.clear()
+        self._slot_days[key] = days
+        return days
 
 
 def apply_guardrails(
-    campaign: Campaign,
+    plan: GuardrailPlan,
     user_id: str,
-    now: float,
-    tz: str,
+    now: LocalNow,
     consents: dict[str, bool],
     contacts: list[Contact],
     renderable: list[bool],
     credit_blocked: bool,
 ) -> GuardrailResult:
+    campaign = plan.campaign
     g = campaign.guardrails
-    mask = np.ones(campaign.n_components, dtype=np.uint8)
-    send_at = slot_times(campaign, now, tz)
-    result = GuardrailResult(mask, send_at)
+    mask = bytearray(plan.all_allowed)
+    result = GuardrailResult(np.frombuffer(mask, dtype=np.uint8), plan.send_times(now), [])
     trace = result.trace
     if in_holdout(campaign.name, user_id, g.holdout):
         result.suppressed = SUPPRESS_HOLDOUT
-        trace.append(("HOLDOUT", f"user is in the {g.holdout:.0%} holdout of {campaign.name}"))
+        trace.append(plan.holdout_trace)
         return result
 
-    channel_ids = campaign.component_ids("channel")
-    slot_ids = campaign.component_ids("send_time")
-    message_ids = campaign.component_ids("message")
-    offer_ids = campaign.component_ids("offer")
-    open_channels = set(campaign.channels)
-
     if g.consent:
-        for i, channel in enumerate(campaign.channels):
-            if channel not in CONSENT_EXEMPT and not consents.get(channel, False):
-                mask[channel_ids[i]] = 0
-                open_channels.discard(channel)
-                trace.append(("NO_CONSENT", f"{channel}: no consent on record"))
-        if not open_channels:
+        for channel, component, why in plan.consent:
+            if not consents.get(channel, False):
+                mask[component] = 0
+                trace.append(why)
+        if 1 not in mask[plan.channel_slice]:
             result.suppressed = SUPPRESS_CONSENT
             return result
 
     if g.quiet_hours is not None:
-        now_minute = local_minute(now, tz)
-        quiet = [
-            g.is_quiet(now_minute if slot.minute_of_day is None else slot.minute_of_day)
-            for slot in campaign.send_times
-        ]
-        for i, is_quiet in enumerate(quiet):
-            if is_quiet:
-                mask[slot_ids[i]] = 0
-                trace.append(("QUIET_HOURS", f"{campaign.send_times[i].name}: inside quiet hours"))
-        if all(quiet):
+        all_quiet = True
+        for component, minute, quiet, why in plan.slots:
+            if quiet or (minute is None and g.is_quiet(now.minute)):
+                mask[component] = 0
+                trace.append(why)
+            else:
+                all_quiet = False
+        if all_quiet:
             result.suppressed = SUPPRESS_QUIET
             return result
 
     if g.caps is not None:
         caps = g.caps
-        day = [c for c in contacts if now - c.time < DAY]
-        week = [c for c in contacts if now - c.time < WEEK]
-        if (caps.all_channels_day is not None and len(day) >= caps.all_channels_day) or (
-            caps.all_channels_week is not None and len(week) >= caps.all_channels_week
+        t = now.time
+        day: dict[str, int] = {}
+        week: dict[str, int] = {}
+        for c in contacts:
+            age = t - c.time
+            if age < DAY:
+                day[c.channel] = day.get(c.channel, 0) + 1
+            if age < WEEK:
+                week[c.channel] = week.get(c.channel, 0) + 1
+        n_day, n_week = sum(day.values()), sum(week.values())
+        if (caps.all_channels_day is not None and n_day >= caps.all_channels_day) or (
+            caps.all_channels_week is not None and n_week >= caps.all_channels_week
         ):
             result.suppressed = SUPPRESS_CAP
-            trace.append(("FREQUENCY_CAP", f"{len(day)} contacts today, {len(week)} this week"))
+            trace.append(("FREQUENCY_CAP", f"{n_day} contacts today, {n_week} this week"))
             return result
-        for i, channel in enumerate(campaign.channels):
-            n_day = sum(c.channel == channel for c in day)
-            n_week = sum(c.channel == channel for c in week)
-            capped = (caps.per_channel_day is not None and n_day >= caps.per_channel_day) or (
-                caps.per_channel_week is not None and n_week >= caps.per_channel_week
+        for channel, component in plan.channels:
+            c_day, c_week = day.get(channel, 0), week.get(channel, 0)
+            capped = (caps.per_channel_day is not None and c_day >= caps.per_channel_day) or (
+                caps.per_channel_week is not None and c_week >= caps.per_channel_week
             )
-            if capped and mask[channel_ids[i]]:
-                mask[channel_ids[i]] = 0
-                open_channels.discard(channel)
-                trace.append(("FREQUENCY_CAP", f"{channel}: {n_day} today, {n_week} this week"))
-        if not open_channels:
+            if capped and mask[component]:
+                mask[component] = 0
+                trace.append(("FREQUENCY_CAP", f"{channel}: {c_day} today, {c_week} this week"))
+        if 1 not in mask[plan.channel_slice]:
             result.suppressed = SUPPRESS_CAP
             return result
 
-    for i, ok in enumerate(renderable):
+    for ok, (component, why) in zip(renderable, plan.messages, strict=True):
         if not ok:
-            mask[message_ids[i]] = 0
-            trace.append(("MISSING_PROPERTY", f"{campaign.messages[i].name}: template properties "
-                          f"{list(campaign.messages[i].properties)} not all known"))
+            mask[component] = 0
+            trace.append(why)
     if not any(renderable):
         result.suppressed = SUPPRESS_PROPERTIES
         return result
 
     if credit_blocked:
-        for i, offer in enumerate(campaign.offers):
-            if offer.credit:
-                mask[offer_ids[i]] = 0
-                trace.append(("RISK", f"{offer.name}: no credit offer while recent activity "
-                              "looks anomalous"))
+        for component, why in plan.credit_offers:
+            mask[component] = 0
+            trace.append(why)
     return result
