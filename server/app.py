@@ -192,7 +192,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     )
     risk_engine = RiskEngine(store, writer)
     decisions = DecisionEngine(
-        store, writer, risk_engine, campaigns, config.half_life_seconds, config.default_campaign
+        store, writer, risk_engine, campaigns, config.half_life_seconds, config.default_campaign,
+        config.random_seed,
     )
     learner = Learner(store, writer, decisions, clock)
     decision_service_pb2_grpc.add_DecisionServiceServicer_to_server(

@@ -28,6 +28,8 @@ class Config:
     campaigns_dir: Path | None = None
     # Campaign a Decide without one uses (default: the first campaign by name).
     default_campaign: str | None = None
+    # Reproducible decision ids and policy seeds (simulations, demos); None: random.
+    random_seed: int | None = None
     # Initial LMDB map size; the map doubles by itself when full.
     map_size: int = 64 << 20
     # Worker threads of the sync gRPC server (see README "Server stack" for why sync).

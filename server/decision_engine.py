@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -228,8 +229,13 @@ class DecisionEngine:
         campaigns: dict[str, Campaign],
         half_life_seconds: float,
         default_campaign: str | None = None,
+        random_seed: int | None = None,
     ) -> None:
+        """``random_seed`` makes decision ids and policy seeds reproducible (simulations,
+        the demo); None draws them from the operating system."""
         self.store = store
+        self._random = random.Random(random_seed) if random_seed is not None else None
+        self._random_lock = threading.Lock()
         self.writer = writer
         self.risk = risk
         self.half_life_seconds = half_life_seconds
@@ -255,6 +261,12 @@ class DecisionEngine:
         self._flusher.start()
 
     # -- Decide --------------------------------------------------------------------------
+
+    def _new_ids(self) -> tuple[str, int]:
+        if self._random is None:
+            return _new_ids()
+        with self._random_lock:
+            return f"{self._random.getrandbits(128):032x}", self._random.getrandbits(63)
 
     def campaign_model(self, name: str) -> CampaignModel:
         name = name or self.default_campaign
@@ -308,7 +320,7 @@ class DecisionEngine:
                 f"campaign {campaign.name}: no message can be filled from the request or the "
                 f"user's events ({needs})",
             )
-        decision_id, seed = _new_ids()
+        decision_id, seed = self._new_ids()
         raw, buckets = raw_features(
             plan.features, state, self.store.type_slots, now, when.hour, request.numbers,
             request.strings, self.half_life_seconds,
