@@ -39,6 +39,10 @@ T = TypeVar("T")
 
 # Event types whose latest properties a user's profile keeps (for message templates).
 MAX_PROPERTY_TYPES = 16
+# Card transactions are the firehose and feed the risk baseline, not message templates:
+# their properties are not copied into the profile (the event log keeps them).
+NO_PROFILE_PROPERTIES = frozenset({"transaction"})
+PROFILE_CACHE = 200_000
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,9 @@ class EventWriter:
         self._closing = False
         self.commits = 0
         self._event_hooks: list[EventHook] = []
+        # Parsed profiles, written through: this thread is the only writer of profiles, so
+        # the cache cannot go stale (it is dropped if a batch fails).
+        self._profiles: dict[str, UserProfile] = {}
         self._thread = threading.Thread(target=self._run, name="nudge-event-writer", daemon=True)
         self._thread.start()
 
@@ -162,6 +169,7 @@ class EventWriter:
                 log.info("store map full; grown to %d bytes, retrying", self.store.map_size())
             except Exception as exc:  # the batch fails as a whole; callers may retry
                 log.exception("write batch failed to commit")
+                self._profiles.clear()  # they may hold updates that were not stored
                 error = Unavailable(f"store write failed ({type(exc).__name__}); retry later")
                 for sub in batch:
                     sub.future.set_exception(error)
@@ -223,7 +231,13 @@ class EventWriter:
             raw = txn.get(key, db=dbs["users"])
             if raw is not None:
                 state[row] = np.frombuffer(raw, dtype=np.float64)
-            profiles.append(UserProfile.from_bytes(txn.get(key, db=dbs["profiles"])))
+            profile = self._profiles.get(user_id)
+            if profile is None:
+                profile = UserProfile.from_bytes(txn.get(key, db=dbs["profiles"]))
+                if len(self._profiles) >= PROFILE_CACHE:
+                    self._profiles.clear()
+                self._profiles[user_id] = profile
+            profiles.append(profile)
         changed = _apply_profile_updates(fresh, rows, profiles)
 
         n = len(fresh)
@@ -308,11 +322,13 @@ def _apply_profile_updates(
     """Fold time zones and consents into profiles, last write (by event time) wins."""
     changed: set[int] = set()
     for ev in events:
-        if ev.tz is None and not ev.consents and not ev.numbers and not ev.strings:
+        if ev.tz is None and not ev.consents and (
+            ev.type in NO_PROFILE_PROPERTIES or (not ev.numbers and not ev.strings)
+        ):
             continue
         row = rows[ev.user_id]
         profile = profiles[row]
-        if ev.numbers or ev.strings:
+        if (ev.numbers or ev.strings) and ev.type not in NO_PROFILE_PROPERTIES:
             previous = profile.last_properties.get(ev.type)
             if previous is None or ev.time >= previous[0]:
                 profile.last_properties[ev.type] = (ev.time, ev.numbers, ev.strings)
