@@ -9,6 +9,7 @@
     nudge label TRANSACTION_ID fraud|genuine
     nudge health
     nudge demo
+    nudge explain DECISION_ID [--data-dir DIR]
     nudge bench {kernels,quality,rpc,peers,startup,all} [...]
 """
 
@@ -108,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("health", help="print the server's health status")
     sub.add_parser("demo", help="the loan-abandonment story end to end, in simulated time")
+    explain = sub.add_parser("explain", help="why a decision chose what it chose")
+    explain.add_argument("decision_id")
+    explain.add_argument("--data-dir", default=os.environ.get("NUDGE_DATA_DIR", "nudge-data"),
+                         help="the server's data folder (read-only; default ./nudge-data)")
+    explain.add_argument("--campaigns", default=os.environ.get("NUDGE_CAMPAIGNS_DIR"),
+                         help="campaign folder (default: the shipped campaigns)")
     # Its own options (nudge bench --help) are parsed by nudge.bench.cli.
     sub.add_parser("bench", help="latency budgets, peers side by side (see --help)",
                    add_help=False)
@@ -208,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nudge.bench.cli import main as bench_main
 
         return bench_main(rest)
+    if args.command == "explain":
+        from nudge.clients.explain import main as explain_main
+
+        return explain_main(args.data_dir, args.decision_id, args.campaigns)
     if args.command == "demo":
         from nudge.clients.demo import run_demo
 
