@@ -161,7 +161,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     """Open the store and wire the services; binds the port (0 picks a free one)."""
     clock = clock or SystemClock()
     campaigns = load_campaigns(config.campaigns_dir)  # fail on a bad file before opening
-    store = Store(config.data_dir, map_size=config.map_size)
+    store = Store(config.data_dir, map_size=config.map_size, max_map_size=config.max_map_size)
     writer = EventWriter(store, config.half_life_seconds, config.max_batch_events)
     readiness = Readiness()
     credentials = _transport(config)

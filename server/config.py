@@ -30,8 +30,9 @@ class Config:
     default_campaign: str | None = None
     # Reproducible decision ids and policy seeds (simulations, demos); None: random.
     random_seed: int | None = None
-    # Initial LMDB map size; the map doubles by itself when full.
+    # Initial LMDB map size; the map doubles by itself when full, up to max_map_size.
     map_size: int = 64 << 20
+    max_map_size: int = 1 << 40
     # Worker threads of the sync gRPC server (see README "Server stack" for why sync).
     max_workers: int = 16
     # Half-life of decayed per-user counts, in seconds (event time).

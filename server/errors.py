@@ -59,3 +59,9 @@ class DeadlineExceeded(NudgeError):
 
 class FailedPrecondition(NudgeError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class StoreFull(NudgeError):
+    """The LMDB map cannot grow any more: writes are refused, reads go on."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

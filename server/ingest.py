@@ -23,7 +23,7 @@ import lmdb
 import numpy as np
 
 from nudge.kernels import user_state
-from nudge.server.errors import Unavailable
+from nudge.server.errors import NudgeError, Unavailable
 from nudge.server.events import (
     AMOUNT_KEY,
     CONSENT_PREFIX,
@@ -168,9 +168,13 @@ class EventWriter:
             except lmdb.MapFullError:
                 log.info("store map full; grown to %d bytes, retrying", self.store.map_size())
             except Exception as exc:  # the batch fails as a whole; callers may retry
-                log.exception("write batch failed to commit")
                 self._profiles.clear()  # they may hold updates that were not stored
-                error = Unavailable(f"store write failed ({type(exc).__name__}); retry later")
+                if isinstance(exc, NudgeError):
+                    log.error("write batch refused: %s", exc.message)
+                    error: NudgeError = exc
+                else:
+                    log.exception("write batch failed to commit")
+                    error = Unavailable(f"store write failed ({type(exc).__name__}); retry later")
                 for sub in batch:
                     sub.future.set_exception(error)
                 return

@@ -46,7 +46,7 @@ import numpy as np
 import orjson
 
 from nudge.kernels import user_state
-from nudge.server.errors import SchemaMismatch, StoreError
+from nudge.server.errors import SchemaMismatch, StoreError, StoreFull
 
 SCHEMA_VERSION = 1
 SCHEMA_KEY = b"schema_version"
@@ -176,8 +176,11 @@ class UserView:
 class Store:
     """One LMDB environment with nudge's named databases."""
 
-    def __init__(self, path: Path | str, map_size: int = 64 << 20) -> None:
+    def __init__(
+        self, path: Path | str, map_size: int = 64 << 20, max_map_size: int = 1 << 40
+    ) -> None:
         self.path = Path(path)
+        self.max_map_size = max_map_size
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self.env = lmdb.open(
@@ -297,9 +300,16 @@ class Store:
                 raise
 
     def grow(self) -> None:
-        """Double the map size (LMDB needs no open transaction in this process)."""
+        """Double the map size (LMDB needs no open transaction in this process), up to
+        max_map_size; past it, writes fail with StoreFull and reads go on."""
+        current = self.map_size()
+        if current >= self.max_map_size:
+            raise StoreFull(
+                f"the store is full: its map reached max_map_size ({self.max_map_size} "
+                "bytes); reads still work — free disk space and raise max_map_size"
+            )
         with self._gate.exclusive():
-            self.env.set_mapsize(self.map_size() * 2)
+            self.env.set_mapsize(min(current * 2, self.max_map_size))
 
     def close(self) -> None:
         with self._gate.exclusive():

@@ -159,3 +159,20 @@ def test_token_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "revoked" in capsys.readouterr().out
     assert main(["token", "--tokens-file", path, "create", "--name", "x",
                  "--scopes", "everything"]) == 1
+
+
+def test_full_store_is_resource_exhausted_and_reads_go_on(tmp_path: Path) -> None:
+    srv = create_server(Config(port=0, data_dir=tmp_path / "data", map_size=1 << 16,
+                               max_map_size=1 << 17))
+    srv.start()
+    try:
+        with Client(f"127.0.0.1:{srv.port}", retries=0) as c:
+            c.track([make_event("u1", "app_opened")])
+            big = [make_event(f"user-{i}", "app_opened") for i in range(5_000)]
+            with pytest.raises(grpc.RpcError) as err:
+                c.track(big)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "the store is full" in err.value.details()
+            assert c.get_user("u1").event_count == 1
+    finally:
+        srv.stop()

@@ -196,3 +196,22 @@ def test_jobs_and_event_hooks_commit_with_the_events(tmp_path: Path) -> None:
     with store.read() as txn:
         assert bytes(txn.get(b"job-39", db=store.dbs["meta"])) == big
     store.close()
+
+
+def test_a_map_that_cannot_grow_refuses_writes_and_keeps_reads(tmp_path: Path) -> None:
+    from nudge.server.errors import StoreFull
+
+    store = Store(tmp_path, map_size=1 << 16, max_map_size=1 << 17)
+    assert write(store, [ev("first")]) == (1, 0)
+    writer = EventWriter(store, HALF_LIFE)
+    try:
+        big = [ev(f"e{i}", user=f"user-{i}") for i in range(5_000)]
+        with pytest.raises(StoreFull, match="max_map_size"):
+            writer.submit(big).result(timeout=30)
+        assert writer.submit([ev("small")]).result(timeout=30).accepted == 1
+    finally:
+        writer.close()
+    view = store.get_user("u1")
+    assert view is not None and view.scalars[u.S_EVENT_COUNT] == 2
+    assert store.map_size() == 1 << 17
+    store.close()
