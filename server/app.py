@@ -34,6 +34,7 @@ from nudge.server.learner import Learner
 from nudge.server.metrics import Metrics, start_metrics_server
 from nudge.server.outbox import Outbox
 from nudge.server.overload import ConcurrencyLimiter, recommended_grpc_cap
+from nudge.server.privacy import Pseudonyms
 from nudge.server.readiness import Readiness
 from nudge.server.risk_engine import RiskEngine
 from nudge.server.risk_service import RiskServicer
@@ -191,6 +192,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         ],
     )
     risk_engine = RiskEngine(store, writer)
+    pseudonyms = Pseudonyms(config.pseudonymize_key)
     decisions = DecisionEngine(
         store, writer, risk_engine, campaigns, config.half_life_seconds, config.default_campaign,
         config.random_seed,
@@ -198,12 +200,12 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     learner = Learner(store, writer, decisions, clock)
     decision_service_pb2_grpc.add_DecisionServiceServicer_to_server(
         DecisionServicer(
-            store, writer, clock, readiness, config.half_life_seconds, decisions
+            store, writer, clock, readiness, config.half_life_seconds, decisions, pseudonyms
         ),
         server,
     )
     risk_service_pb2_grpc.add_RiskServiceServicer_to_server(
-        RiskServicer(risk_engine, clock, readiness), server
+        RiskServicer(risk_engine, clock, readiness, pseudonyms), server
     )
     outbox = Outbox(store, writer, config.lease_seconds, config.cross_channel_gap_seconds)
     journeys = Journeys(store, writer, decisions, outbox, load_triggers(campaigns), clock)

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
+    """Server settings; ``repr`` hides the pseudonymisation key."""
+
     host: str = "127.0.0.1"
     port: int = 50051
     data_dir: Path = Path("nudge-data")
@@ -49,6 +51,8 @@ class Config:
     tls_client_ca_file: Path | None = None
     tls_require_client_cert: bool = False
     allow_insecure: bool = False
+    # Keyed hash for user ids (a secret; NUDGE_PSEUDONYMIZE_KEY): raw ids are never stored.
+    pseudonymize_key: str | None = field(default=None, repr=False)
     # Per-client scoped tokens (``nudge token create``); None turns authentication off.
     auth_tokens_file: Path | None = None
     # Overload: RPCs at work at once, and waiting for a slot; the excess is answered

@@ -14,8 +14,9 @@ from nudge.server.clock import Clock
 from nudge.server.deadlines import wait_within_deadline
 from nudge.server.decision_engine import DecideInput, DecisionEngine
 from nudge.server.errors import InvalidArgument, NotFound
-from nudge.server.events import check_id, timestamp_seconds, validate_events
+from nudge.server.events import ValidEvent, check_id, timestamp_seconds, validate_events
 from nudge.server.ingest import EventWriter, TrackResult
+from nudge.server.privacy import Pseudonyms
 from nudge.server.readiness import Readiness
 from nudge.server.store import Store
 from nudge.server.user_report import user_state_message
@@ -43,7 +44,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         readiness: Readiness,
         half_life_seconds: float,
         decisions: DecisionEngine,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
+        self.pseudonyms = pseudonyms or Pseudonyms(None)
         self.store = store
         self.writer = writer
         self.clock = clock
@@ -51,9 +54,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.half_life_seconds = half_life_seconds
         self.decisions = decisions
 
+    def _pseudonymous(self, events: list[ValidEvent]) -> list[ValidEvent]:
+        """Replace user ids by their pseudonyms, in the stored event too (if configured)."""
+        if self.pseudonyms.enabled:
+            for ev in events:
+                ev.user_id = self.pseudonyms(ev.user_id)
+                if ev.proto is not None:
+                    ev.proto.user_id = ev.user_id
+        return events
+
     def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
         self.readiness.check()
-        events = validate_events(request.events, self.clock.now())
+        events = self._pseudonymous(validate_events(request.events, self.clock.now()))
         result = _wait(self.writer.submit(events), context)
         return pb.TrackResponse(accepted=result.accepted, duplicates=result.duplicates)
 
@@ -74,6 +86,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             for index, message in enumerate(request_iterator):
                 try:
                     events = validate_events(message.events, self.clock.now())
+                    events = self._pseudonymous(events)
                 except InvalidArgument as exc:
                     raise InvalidArgument(f"messages[{index}].{exc.field}", exc.rule) from None
                 pending.append(self.writer.submit(events))
@@ -92,7 +105,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     ) -> pb.GetUserResponse:
         self.readiness.check()
         check_id(request.user_id, "user_id")
-        view = self.store.get_user(request.user_id)
+        view = self.store.get_user(self.pseudonyms(request.user_id))
         if view is None:
             raise NotFound(f"user_id: no events stored for user {request.user_id!r}")
         user = user_state_message(view, self.store.type_names(), self.half_life_seconds)
@@ -113,8 +126,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         now = self.clock.now()
         when = timestamp_seconds(request.time, "time", now, True) if has_time else now
         outcome = self.decisions.decide(
-            DecideInput(request.user_id, request.campaign, when, request.top_k or 1, numbers,
-                        dict(request.strings), request.dry_run),
+            DecideInput(self.pseudonyms(request.user_id), request.campaign, when,
+                        request.top_k or 1, numbers, dict(request.strings), request.dry_run),
             after_reply=context.add_callback,
         )
         # Filled in place: no intermediate Reason messages to copy, no Python-level

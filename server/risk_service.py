@@ -8,6 +8,7 @@ from nudge.server.clock import Clock
 from nudge.server.deadlines import wait_within_deadline
 from nudge.server.errors import InvalidArgument
 from nudge.server.events import check_id
+from nudge.server.privacy import Pseudonyms
 from nudge.server.readiness import Readiness
 from nudge.server.risk_engine import RiskEngine, TransactionRecord
 from nudge.server.transactions import validate_transaction, validate_transactions
@@ -26,7 +27,14 @@ def _reasons(record: TransactionRecord) -> list[common_pb2.Reason]:
 
 
 class RiskServicer(pb_grpc.RiskServiceServicer):
-    def __init__(self, engine: RiskEngine, clock: Clock, readiness: Readiness) -> None:
+    def __init__(
+        self,
+        engine: RiskEngine,
+        clock: Clock,
+        readiness: Readiness,
+        pseudonyms: Pseudonyms | None = None,
+    ) -> None:
+        self.pseudonyms = pseudonyms or Pseudonyms(None)
         self.engine = engine
         self.clock = clock
         self.readiness = readiness
@@ -38,6 +46,7 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
         if not request.HasField("transaction"):
             raise InvalidArgument("transaction", "is required")
         tx = validate_transaction(request.transaction, "transaction", self.clock.now())
+        tx.user_id = self.pseudonyms(tx.user_id)
         (record,) = self.engine.score([tx])
         return pb.ScoreTransactionResponse(
             score=record.score,
@@ -51,6 +60,8 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
     ) -> pb.ScoreTransactionsResponse:
         self.readiness.check()
         txs = validate_transactions(list(request.transactions), self.clock.now())
+        for tx in txs:
+            tx.user_id = self.pseudonyms(tx.user_id)
         records = self.engine.score(txs)
         return pb.ScoreTransactionsResponse(
             scores=[
