@@ -50,7 +50,9 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         channels = set(request.channels)
         adapter = request.adapter_id or context.peer()
         lease = float(request.lease_seconds or self.outbox.default_lease_seconds)
-        while context.is_active():
+        # Ends when the server begins shutting down: the adapter reconnects elsewhere
+        # instead of holding the drain for the whole grace period.
+        while context.is_active() and self.readiness.ready:
             leased = self.outbox.lease(self.clock.now(), channels, adapter, lease)
             for d in leased:
                 yield pb.StreamDeliveriesResponse(delivery=delivery_message(d))

@@ -269,3 +269,15 @@ def test_bad_adapter_requests(run: Running) -> None:
         with pytest.raises(grpc.RpcError) as err:
             run.stub.AckDelivery(request)
         assert err.value.code() == code
+
+
+def test_shutdown_ends_adapter_streams_instead_of_waiting_out_the_grace(tmp_path: Path) -> None:
+    import time
+
+    r = Running(tmp_path, ManualClock(tuesday_22h(SAO_PAULO)), grace_seconds=20)
+    r.listen()
+    time.sleep(0.3)  # the stream is open and idle
+    start = time.monotonic()
+    r.server.stop()
+    assert time.monotonic() - start < 10
+    r.client.close()
