@@ -10,6 +10,8 @@
     nudge health
     nudge demo
     nudge explain DECISION_ID [--data-dir DIR]
+    nudge simulate [--decisions 50000] [--seed 0] [--out DIR]
+    nudge evaluate --data-dir DIR --policy rulebook,uniform,logged
     nudge bench {kernels,quality,rpc,peers,startup,all} [...]
 """
 
@@ -109,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("health", help="print the server's health status")
     sub.add_parser("demo", help="the loan-abandonment story end to end, in simulated time")
+    # Their own options (--help) are parsed by nudge.bench.bank_sim / nudge.bench.evaluate.
+    sub.add_parser("simulate", help="a bank population: nudge vs rulebook, random, oracle",
+                   add_help=False)
+    sub.add_parser("evaluate", help="estimate another policy's value from the decision log",
+                   add_help=False)
     explain = sub.add_parser("explain", help="why a decision chose what it chose")
     explain.add_argument("decision_id")
     explain.add_argument("--data-dir", default=os.environ.get("NUDGE_DATA_DIR", "nudge-data"),
@@ -205,7 +212,7 @@ def _token(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command != "bench" and rest:
+    if args.command not in ("bench", "simulate", "evaluate") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "serve":
         return _serve(args)
@@ -215,6 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nudge.bench.cli import main as bench_main
 
         return bench_main(rest)
+    if args.command == "simulate":
+        from nudge.bench.bank_sim import main as simulate_main
+
+        return simulate_main(rest)
+    if args.command == "evaluate":
+        from nudge.bench.evaluate import main as evaluate_main
+
+        return evaluate_main(rest)
     if args.command == "explain":
         from nudge.clients.explain import main as explain_main
 

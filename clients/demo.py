@@ -85,7 +85,8 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="nudge-demo-") as tmp:
         # Seeded: the same story every run (the learning phase included).
         server = create_server(
-            Config(port=0, data_dir=Path(tmp) / "data", random_seed=seed), clock=clock
+            Config(port=0, data_dir=Path(tmp) / "data", random_seed=seed, learner_thread=False),
+            clock=clock,
         )
         server.start()
         client = Client(f"127.0.0.1:{server.port}")

@@ -122,7 +122,8 @@ class NudgeServer:
         """Compile and call every kernel once, then report SERVING and take work."""
         spent = warm_up_all()
         log.info("kernels warm in %.2fs", sum(spent.values()))
-        self.learner.start()
+        if self.config.learner_thread:
+            self.learner.start()
         self.journeys.start()
         if self.metrics is not None:
             self._start_metrics(self.metrics)

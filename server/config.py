@@ -32,6 +32,8 @@ class Config:
     default_campaign: str | None = None
     # Reproducible decision ids and policy seeds (simulations, demos); None: random.
     random_seed: int | None = None
+    # False: the learner runs only when stepped (simulations drive it with their clock).
+    learner_thread: bool = True
     # Initial LMDB map size; the map doubles by itself when full, up to max_map_size.
     map_size: int = 64 << 20
     max_map_size: int = 1 << 40
