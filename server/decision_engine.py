@@ -248,6 +248,7 @@ class DecisionEngine:
         }
         self._plans = {name: CampaignPlan(model) for name, model in self.models.items()}
         self._goal_types = {t for c in campaigns.values() for t in c.goal.events}
+        self._opt_out_costs = any(c.goal.opt_out_cost for c in campaigns.values())
         self._lock = threading.Lock()
         self._pending: dict[str, DecisionRecord] = {}
         self._pending_contacts: dict[str, list[Contact]] = {}
@@ -525,8 +526,12 @@ class DecisionEngine:
     def _on_events(
         self, txn: lmdb.Transaction, events: list[ValidEvent]
     ) -> Callable[[], None] | None:
-        """Goal events settle the user's open decisions of campaigns with that goal."""
-        goals = [ev for ev in events if ev.type in self._goal_types]
+        """Goal events settle the user's open decisions of campaigns with that goal; a
+        consent revoked for a decision's channel settles it with the campaign's
+        opt-out cost (when it has one)."""
+        goals = [ev for ev in events
+                 if ev.type in self._goal_types or (self._opt_out_costs and ev.consents
+                                                    and not all(ev.consents.values()))]
         if not goals:
             return None
         written = self._write_pending(txn)
@@ -540,16 +545,22 @@ class DecisionEngine:
                     if not bytes(key).startswith(prefix):
                         break
                     ids.append(bytes(key)[len(prefix):].decode())
+            revoked = {c for c, granted in ev.consents.items() if not granted}
             for decision_id in ids:
                 record = self._load(txn, decision_id)
                 if record is None:
                     continue
                 campaign = self.campaigns.get(record.campaign)
-                if campaign is None or ev.type not in campaign.goal.events:
+                if campaign is None or not record.time <= ev.time <= record.window_end:
                     continue
-                if record.time <= ev.time <= record.window_end and self._settle(
-                    txn, record, campaign.goal.value
-                ):
+                if ev.type in campaign.goal.events:
+                    reward = campaign.goal.value
+                elif (campaign.goal.opt_out_cost and record.actions
+                      and record.actions[0]["channel"] in revoked):
+                    reward = -campaign.goal.opt_out_cost
+                else:
+                    continue
+                if self._settle(txn, record, reward):
                     settled.append(record)
 
         def after() -> None:

@@ -359,3 +359,22 @@ def test_models_and_open_decisions_survive_a_restart(start: Start, tmp_path: Pat
         assert srv2.decisions.decisions([second.decision_id]) == [None]
     finally:
         srv2.stop()
+
+
+def test_opting_out_of_the_decisions_channel_is_learned_as_a_cost(start: Start) -> None:
+    srv, client, clock = start()
+    loan_user(client, "o1", clock)
+    reply = client.decide("o1")
+    channel = reply.actions[0].channel
+    other = next(c for c in ("push", "whatsapp", "sms", "email") if c != channel)
+    clock.advance(600)
+    client.track([make_event("o1", "profile", time=clock.now(),
+                             strings={f"consent.{other}": "revoked"})])
+    srv.decisions.flush()
+    (record,) = srv.decisions.decisions([reply.decision_id])
+    assert record.status == "open"  # another channel's consent: not this decision's doing
+    if channel != "in_app":
+        client.track([make_event("o1", "profile", time=clock.now() + 1,
+                                 strings={f"consent.{channel}": "revoked"})])
+        (record,) = srv.decisions.decisions([reply.decision_id])
+        assert record.status == "settled" and record.reward == -1.0
