@@ -57,6 +57,7 @@ import argparse
 import heapq
 import json
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -166,17 +167,22 @@ RULEBOOK: dict[str, tuple[str, str, str, str, str]] = {
 # -- the campaign ----------------------------------------------------------------------------
 
 
-def campaign_text(gamma_scale: float = GAMMA_SCALE) -> str:
-    """The shipped loan_abandonment.toml, its [exploration] replaced by the simulator's."""
+def campaign_text(gamma_scale: float = GAMMA_SCALE, opt_out_cost: float | None = None) -> str:
+    """The shipped loan_abandonment.toml, its [exploration] replaced by the simulator's;
+    ``opt_out_cost`` replaces the goal's (None keeps the shipped one)."""
     shipped = (shipped_campaigns_dir() / "loan_abandonment.toml").read_text()
     head = shipped.split("\n[exploration]")[0]
+    if opt_out_cost is not None:
+        head = re.sub(r"(?m)^opt_out_cost = .*$", "", head)
+        head = head.replace("[goal]\n", f"[goal]\nopt_out_cost = {opt_out_cost}\n", 1)
     return head.rstrip() + "\n" + EXPLORATION.format(gamma_scale=gamma_scale)
 
 
-def write_campaign(folder: Path, gamma_scale: float = GAMMA_SCALE) -> Path:
+def write_campaign(folder: Path, gamma_scale: float = GAMMA_SCALE,
+                   opt_out_cost: float | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{CAMPAIGN}.toml"
-    path.write_text(campaign_text(gamma_scale))
+    path.write_text(campaign_text(gamma_scale, opt_out_cost))
     return path
 
 
@@ -426,13 +432,14 @@ Chooser = Callable[[User, float, Allowed, np.ndarray, np.random.Generator], int 
 class NudgeDriver:
     """A real nudge server in this process, driven through the public gRPC API."""
 
-    def __init__(self, seed: int, folder: Path, gamma_scale: float) -> None:
+    def __init__(self, seed: int, folder: Path, gamma_scale: float,
+                 opt_out_cost: float | None = None) -> None:
         from nudge.clients.client import Client
         from nudge.server.app import create_server
         from nudge.server.clock import ManualClock
         from nudge.server.config import Config
 
-        write_campaign(folder / "campaigns", gamma_scale)
+        write_campaign(folder / "campaigns", gamma_scale, opt_out_cost)
         self.clock = ManualClock(START.timestamp())
         self.server = create_server(
             Config(port=0, data_dir=folder / "data", campaigns_dir=folder / "campaigns",
@@ -471,6 +478,7 @@ def run_policy(
     data_dir: Path | None = None,
     gamma_scale: float = GAMMA_SCALE,
     progress: Callable[[str], None] | None = None,
+    opt_out_cost: float | None = None,
 ) -> Result:
     """Simulate ``decisions`` drop-offs under ``policy``; ``data_dir`` keeps nudge's store."""
     if policy not in POLICIES:
@@ -483,9 +491,10 @@ def run_policy(
             if {c.name for c in folder.iterdir()} - {"data", "campaigns"}:
                 raise ValueError(f"data_dir: {folder} exists and is not a simulation store")
             shutil.rmtree(folder)
-        campaign = parse_campaign(campaign_text(gamma_scale), "bank_sim")
+        campaign = parse_campaign(campaign_text(gamma_scale, opt_out_cost), "bank_sim")
         space = Space(campaign)
-        driver = NudgeDriver(seed, folder, gamma_scale) if policy == "nudge" else None
+        driver = (NudgeDriver(seed, folder, gamma_scale, opt_out_cost) if policy == "nudge"
+                  else None)
         try:
             result = _simulate(policy, decisions, seed, users, space, driver, progress)
         finally:

@@ -221,7 +221,10 @@ def validate(decisions: int, seed: int = 0, users: int | None = None,
     rate when it is actually run in the simulator on the same seed."""
     with tempfile.TemporaryDirectory(prefix="nudge-eval-") as tmp:
         folder = Path(tmp) / "sim"
-        nudge = run_policy("nudge", decisions, seed, users, folder, gamma_scale)
+        # Rewards are conversions only here (no opt-out cost): the truth compared against
+        # is the evaluated policy's conversion value.
+        nudge = run_policy("nudge", decisions, seed, users, folder, gamma_scale,
+                           opt_out_cost=0.0)
         estimates = evaluate_store(folder / "data", folder / "campaigns",
                                    ["uniform", "rulebook"])
     summary = nudge.summary()
