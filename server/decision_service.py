@@ -105,10 +105,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     ) -> pb.GetUserResponse:
         self.readiness.check()
         check_id(request.user_id, "user_id")
-        view = self.store.get_user(self.pseudonyms(request.user_id))
-        if view is None:
+        user_id = self.pseudonyms(request.user_id)
+        found = self.store.get_user_values(user_id)
+        if found is None:
             raise NotFound(f"user_id: no events stored for user {request.user_id!r}")
-        user = user_state_message(view, self.store.type_names(), self.half_life_seconds)
+        values, profile = found
+        user = user_state_message(
+            user_id, values, profile, self.store.type_names(), self.half_life_seconds
+        )
         return pb.GetUserResponse(user=user)
 
     def Decide(

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,39 +64,68 @@ class _ReadGate:
     """Lets many readers in at once, and a resize in alone.
 
     LMDB's ``mdb_env_set_mapsize`` must not run while this process has a transaction open.
+    Readers pay one uncontended lock per entry and exit (every RPC reads): a resize, rare,
+    waits for them by polling rather than making every reader signal a condition.
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._readers = 0
         self._resizing = False
 
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._cond:
-            while self._resizing:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
+    def enter(self) -> None:
+        while True:
+            with self._lock:
+                if not self._resizing:
+                    self._readers += 1
+                    return
+            time.sleep(0.0002)
+
+    def leave(self) -> None:
+        with self._lock:
+            self._readers -= 1
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        with self._cond:
+        with self._lock:
             self._resizing = True
-            while self._readers:
-                self._cond.wait()
         try:
+            while True:
+                with self._lock:
+                    if not self._readers:
+                        break
+                time.sleep(0.0002)
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._resizing = False
-                self._cond.notify_all()
+
+
+class _ReadTxn:
+    """A short read transaction as a plain context manager (no generator: it runs on
+    every RPC)."""
+
+    __slots__ = ("_store", "_txn")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._txn: lmdb.Transaction | None = None
+
+    def __enter__(self) -> lmdb.Transaction:
+        self._store._gate.enter()
+        try:
+            self._txn = self._store.env.begin(buffers=True)
+        except BaseException:
+            self._store._gate.leave()
+            raise
+        return self._txn
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._txn is not None:
+                self._txn.abort()
+        finally:
+            self._store._gate.leave()
 
 
 @dataclass
@@ -246,11 +276,22 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
+    def read(self) -> _ReadTxn:
         """A short read transaction; values are zero-copy buffers valid inside it."""
-        with self._gate.reading(), self.env.begin(buffers=True) as txn:
-            yield txn
+        return _ReadTxn(self)
+
+    def get_user_values(self, user_id: str) -> tuple[list[float], UserProfile] | None:
+        """The user's record as one plain list (RECORD_LEN floats, the layout of
+        kernels/user_state.py) and the profile; None if no event was ever stored. For
+        readers that need Python values, not arrays (GetUser): one C call, no NumPy."""
+        key = user_id.encode()
+        with self.read() as txn:
+            raw = txn.get(key, db=self.dbs["users"])
+            if raw is None:
+                return None
+            values = raw.cast("d").tolist()
+            profile = UserProfile.from_bytes(txn.get(key, db=self.dbs["profiles"]))
+        return values, profile
 
     def get_user(self, user_id: str) -> UserView | None:
         """The user's record as plain arrays, or None if no event was ever stored."""

@@ -12,7 +12,7 @@ import math
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nudge.kernels import user_state as u
-from nudge.server.store import UserView
+from nudge.server.store import UserProfile
 from nudge.v1 import decision_service_pb2 as pb
 
 
@@ -22,12 +22,17 @@ def _timestamp(seconds: float) -> Timestamp:
 
 
 def user_state_message(
-    view: UserView, type_names: dict[int, str], half_life_seconds: float
+    user_id: str,
+    values: list[float],
+    profile: UserProfile,
+    type_names: dict[int, str],
+    half_life_seconds: float,
 ) -> pb.UserState:
-    s = view.scalars.tolist()
-    totals = view.totals.tolist()
-    last = view.type_last.tolist()
-    counts = view.counts.tolist()
+    """``values``: the stored record as one list (Store.get_user_values)."""
+    s = values
+    totals = values[u.TOTALS : u.TOTALS + u.N_TYPES]
+    last = values[u.TYPE_LAST : u.TYPE_LAST + u.N_TYPES]
+    counts = values[u.COUNTS : u.COUNTS + u.N_TYPES]
     used = sorted((slot for slot, total in enumerate(totals) if total), key=lambda k: -last[k])
     n = s[u.S_AMOUNT_COUNT]
     amounts = None
@@ -38,7 +43,7 @@ def user_state_message(
             min=s[u.S_AMOUNT_MIN], max=s[u.S_AMOUNT_MAX], last=s[u.S_AMOUNT_LAST],
         )
     return pb.UserState(
-        user_id=view.user_id,
+        user_id=user_id,
         first_seen=_timestamp(s[u.S_FIRST_SEEN]),
         last_seen=_timestamp(s[u.S_LAST_SEEN]),
         event_count=int(s[u.S_EVENT_COUNT]),
@@ -50,8 +55,8 @@ def user_state_message(
             for slot in used
         ],
         amounts=amounts,
-        local_hour_profile=view.hours.tolist(),
-        time_zone=view.profile.tz,
-        consents={c: granted for c, (granted, _) in view.profile.consents.items()},
+        local_hour_profile=values[u.HOURS : u.HOURS + u.N_HOURS],
+        time_zone=profile.tz,
+        consents={c: granted for c, (granted, _) in profile.consents.items()},
         half_life_seconds=half_life_seconds,
     )
