@@ -50,15 +50,20 @@ def _batch(rng: random.Random, round_: int, k: int, size: int) -> list[event_pb2
     ]
 
 
-def _counts(client: Client) -> Counter[str]:
+def stored_counts(client: Client, user_ids: list[str]) -> Counter[str]:
+    """Events the server holds per user (users it never saw are absent)."""
     out: Counter[str] = Counter()
-    for u in range(USERS):
+    for user_id in user_ids:
         try:
-            out[f"f{u}"] = client.get_user(f"f{u}").event_count
+            out[user_id] = client.get_user(user_id).event_count
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
     return out
+
+
+def _counts(client: Client) -> Counter[str]:
+    return stored_counts(client, [f"f{u}" for u in range(USERS)])
 
 
 def run(rounds: int, data_dir: Path, log_path: Path, seed: int = 1) -> FaultReport:

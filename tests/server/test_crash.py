@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from nudge.bench import faults
 from nudge.clients import Client, make_event
 from nudge.v1 import event_pb2
 
@@ -32,13 +33,7 @@ def expected_counts(all_batches: list[list[event_pb2.Event]]) -> Counter[str]:
 
 
 def stored_counts(client: Client) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for u in range(USERS):
-        try:
-            counts[f"u{u}"] = client.get_user(f"u{u}").event_count
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.NOT_FOUND
-    return counts
+    return faults.stored_counts(client, [f"u{u}" for u in range(USERS)])
 
 
 def killing(
