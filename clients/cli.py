@@ -1,6 +1,6 @@
 """The ``nudge`` command: parses options and hands them to the server or the client.
 
-    nudge serve [--port N] [--data-dir DIR] [--config FILE]
+    nudge serve [--port N] [--data-dir DIR] [--config FILE] [--workers N]
     nudge track --user U --type T [--num amount=5000] [--str step=documentation]
     nudge user U
     nudge decide U [--campaign C] [--top-k 3] [--num balance=1200] [--dry-run]
@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--campaigns", dest="campaigns_dir", help="folder of campaign TOML files")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    serve.add_argument("--workers", type=int,
+                       help="server processes sharing the port and the store (default 1)")
     serve.add_argument("--tokens-file", dest="auth_tokens_file",
                        help="require scoped tokens from this file")
 
@@ -157,6 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "log_level": args.log_level,
                 "metrics_port": args.metrics_port,
                 "auth_tokens_file": args.auth_tokens_file,
+                "workers": args.workers,
             },
         )
     except ConfigError as exc:
@@ -166,6 +169,16 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if config.workers > 1:
+        from nudge.server.campaign import load_campaigns
+        from nudge.server.workers import serve_workers
+
+        try:  # the workers would each fail on a bad campaign: say it once, here
+            load_campaigns(config.campaigns_dir)
+        except CampaignError as exc:
+            print(f"nudge serve: {exc}", file=sys.stderr)
+            return 2
+        return serve_workers(config)
     try:
         server = create_server(config)
     except (ConfigError, StoreError, CampaignError, OSError) as exc:

@@ -243,6 +243,13 @@ class Client:
         request = diagnostics_service_pb2.EchoRequest(payload=payload)
         return self._call(self.diagnostics.Echo, request, timeout).payload
 
+    def server_info(
+        self, timeout: float | None = None
+    ) -> diagnostics_service_pb2.GetServerInfoResponse:
+        """Which server process answered (pid, worker index, whether it leads)."""
+        request = diagnostics_service_pb2.GetServerInfoRequest()
+        return self._call(self.diagnostics.GetServerInfo, request, timeout)
+
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The health status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN."""
         request = health_pb2.HealthCheckRequest(service=service)

@@ -27,9 +27,10 @@ from nudge.server.config import Config, ConfigError
 from nudge.server.decision_engine import DecisionEngine
 from nudge.server.decision_service import DecisionServicer
 from nudge.server.delivery_service import DeliveryServicer
-from nudge.server.diagnostics_service import DiagnosticsServicer
+from nudge.server.diagnostics_service import DiagnosticsServicer, ServerInfo
 from nudge.server.ingest import EventWriter
 from nudge.server.journeys import Journeys, load_triggers
+from nudge.server.leadership import Leadership
 from nudge.server.learner import Learner
 from nudge.server.metrics import Metrics, start_metrics_server
 from nudge.server.outbox import Outbox
@@ -41,6 +42,7 @@ from nudge.server.risk_service import RiskServicer
 from nudge.server.status import StatusInterceptor
 from nudge.server.store import Store
 from nudge.server.tls import TlsSettings, check_plaintext_allowed, server_credentials
+from nudge.server.worker_role import WorkerRole
 from nudge.v1 import (
     decision_service_pb2,
     decision_service_pb2_grpc,
@@ -64,6 +66,7 @@ SERVICE_NAMES = tuple(
     )
 )
 MAX_MESSAGE_BYTES = 64 << 20
+SHARED_PERSIST_SECONDS = 1.0
 # Neither counted nor refused by the overload limiter: health checks must answer under
 # load, and delivery adapters hold their stream open for hours. Echo is counted, so the
 # floor pays what every RPC pays.
@@ -92,6 +95,7 @@ class NudgeServer:
     journeys: Journeys
     metrics: Metrics | None = None
     limiter: ConcurrencyLimiter | None = None
+    role: WorkerRole | None = None
     metrics_port: int | None = None
     _metrics_http: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -114,7 +118,10 @@ class NudgeServer:
             metrics.rpcs_in_flight.set_function(lambda: limiter.in_flight)
             metrics.rpcs_waiting.set_function(lambda: limiter.waiting)
         self._metrics_http, self.metrics_port = start_metrics_server(
-            metrics.registry, self.config.metrics_host, self.config.metrics_port or 0
+            metrics.registry, self.config.metrics_host,
+            # Workers each serve their own metrics: metrics_port + worker index.
+            self.config.metrics_port + self.config.worker_index if self.config.metrics_port
+            else 0,
         )
         log.info("metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
 
@@ -122,15 +129,22 @@ class NudgeServer:
         """Compile and call every kernel once, then report SERVING and take work."""
         spent = warm_up_all()
         log.info("kernels warm in %.2fs", sum(spent.values()))
-        if self.config.learner_thread:
-            self.learner.start()
-        self.journeys.start()
+        if self.role is not None:
+            self.role.start()  # leads (and starts what the leader runs) when the lead is free
+        else:
+            self.start_leading()
         if self.metrics is not None:
             self._start_metrics(self.metrics)
         self.readiness.set_ready()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s:%d, data in %s", self.config.host, self.port, self.store.path)
+
+    def start_leading(self) -> None:
+        """What runs once per store: the learner (with expiry) and the journey worker."""
+        if self.config.learner_thread:
+            self.learner.start()
+        self.journeys.start()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight calls finish, commit what is queued, close LMDB."""
@@ -141,12 +155,16 @@ class NudgeServer:
         self.health.enter_graceful_shutdown()
         grace = self.config.grace_seconds if grace is None else grace
         self.grpc_server.stop(grace).wait()
+        if self.role is not None:
+            self.role.close()
         self.journeys.close()
         self.learner.close()
         self.decisions.close()
         self.risk.close()
         self.writer.close()
         self.store.close()
+        if self.role is not None:
+            self.role.leadership.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -163,7 +181,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     """Open the store and wire the services; binds the port (0 picks a free one)."""
     clock = clock or SystemClock()
     campaigns = load_campaigns(config.campaigns_dir)  # fail on a bad file before opening
-    store = Store(config.data_dir, map_size=config.map_size, max_map_size=config.max_map_size)
+    store = Store(config.data_dir, map_size=config.map_size, max_map_size=config.max_map_size,
+                  shared=config.shared_store)
     writer = EventWriter(store, config.half_life_seconds, config.max_batch_events)
     readiness = Readiness()
     credentials = _transport(config)
@@ -187,7 +206,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
             config.max_concurrent, config.max_queue, config.max_workers
         ),
         options=[
-            ("grpc.so_reuseport", 0),
+            # Workers share the port; a lone server must fail on a port already taken.
+            ("grpc.so_reuseport", 1 if config.shared_store else 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
@@ -198,7 +218,9 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         store, writer, risk_engine, campaigns, config.half_life_seconds, config.default_campaign,
         config.random_seed,
     )
-    learner = Learner(store, writer, decisions, clock)
+    # Followers adopt the models the leader stores, so a shared store's leader stores often.
+    learner = Learner(store, writer, decisions, clock,
+                      persist_every=SHARED_PERSIST_SECONDS if config.shared_store else 5.0)
     decision_service_pb2_grpc.add_DecisionServiceServicer_to_server(
         DecisionServicer(
             store, writer, clock, readiness, config.half_life_seconds, decisions, pseudonyms
@@ -213,8 +235,15 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(outbox, clock, readiness), server
     )
+    built: list[NudgeServer] = []  # the servicer reports the role the server gets below
+    info = ServerInfo(
+        worker=config.worker_index,
+        workers=config.workers,
+        leader=lambda: built[0].role is None or built[0].role.leading,
+        models=lambda: {n: (m.version, m.learned_seq) for n, m in decisions.models.items()},
+    )
     diagnostics_service_pb2_grpc.add_DiagnosticsServiceServicer_to_server(
-        DiagnosticsServicer(), server
+        DiagnosticsServicer(info), server
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     for name in ("", *SERVICE_NAMES):
@@ -235,10 +264,16 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         writer.close()
         store.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
-    return NudgeServer(
+    nudge_server = NudgeServer(
         config, server, port, store, writer, risk_engine, decisions, learner, health_servicer,
         readiness, outbox, journeys, metrics, limiter,
     )
+    if config.shared_store:
+        nudge_server.role = WorkerRole(
+            store, learner, Leadership(config.data_dir), nudge_server.start_leading
+        )
+    built.append(nudge_server)
+    return nudge_server
 
 
 def _transport(config: Config) -> grpc.ServerCredentials | None:

@@ -39,6 +39,10 @@ class Config:
     max_map_size: int = 1 << 40
     # Worker threads of the sync gRPC server (see README "Server stack" for why sync).
     max_workers: int = 16
+    # Server processes sharing the port (SO_REUSEPORT) and the LMDB store; one leads.
+    workers: int = 1
+    # This process's index among them (set by the supervisor, not by hand).
+    worker_index: int = 0
     # Half-life of decayed per-user counts, in seconds (event time).
     half_life_seconds: float = 7 * 86_400.0
     # Largest number of events one group commit takes from the queue.
@@ -77,6 +81,10 @@ class Config:
             raise ConfigError("map_size: must be at least 65536 bytes")
         if self.max_workers < 1:
             raise ConfigError("max_workers: must be at least 1")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"workers: must be in [1, 64], got {self.workers}")
+        if not 0 <= self.worker_index < self.workers:
+            raise ConfigError(f"worker_index: must be in [0, workers), got {self.worker_index}")
         if not self.half_life_seconds > 0:
             raise ConfigError("half_life_seconds: must be positive")
         if self.max_batch_events < 1:
@@ -96,6 +104,13 @@ class Config:
             )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65_535:
             raise ConfigError(f"metrics_port: must be in [0, 65535], got {self.metrics_port}")
+        if self.metrics_port and self.metrics_port + self.workers - 1 > 65_535:
+            raise ConfigError("metrics_port: each worker takes metrics_port + its index")
+
+    @property
+    def shared_store(self) -> bool:
+        """Several processes open the store (``--workers`` > 1)."""
+        return self.workers > 1
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -55,6 +55,9 @@ from nudge.server.store import Store, UserProfile
 log = logging.getLogger(__name__)
 
 FLUSH_DELAY = 0.001
+# How long ReportOutcome looks for a decision another worker of a shared store has made
+# but not yet stored (its flush follows the reply by milliseconds).
+OTHER_WORKER_FLUSH_GRACE = 0.25
 CONTACT_MEMORY = 7 * 86_400.0
 MAX_TOP_K = 16
 TOP_FEATURE_REASONS = 3
@@ -487,12 +490,24 @@ class DecisionEngine:
         with self._lock:
             known = decision_id in self._pending
         if not known:
-            with self.store.read() as txn:
-                known = txn.get(decision_id.encode(), db=self.store.dbs["decisions"]) is not None
+            known = self._stored(decision_id)
         if not known:
             raise NotFound(f"decision_id: {decision_id!r} is unknown")
         self.writer.submit_job(job).add_done_callback(done)
         return future
+
+    def _stored(self, decision_id: str) -> bool:
+        """Whether the decision is stored. On a shared store the decision may have been
+        made by another worker a moment ago and still await its flush (milliseconds):
+        look again for a short while before calling it unknown."""
+        deadline = time.monotonic() + (OTHER_WORKER_FLUSH_GRACE if self.store.shared else 0.0)
+        while True:
+            with self.store.read() as txn:
+                if txn.get(decision_id.encode(), db=self.store.dbs["decisions"]) is not None:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
     def _load(self, txn: lmdb.Transaction, decision_id: str) -> DecisionRecord | None:
         raw = txn.get(decision_id.encode(), db=self.store.dbs["decisions"])

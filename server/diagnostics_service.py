@@ -1,6 +1,11 @@
-"""DiagnosticsService.Echo: the latency floor every benchmark compares against."""
+"""DiagnosticsService: the latency floor (Echo) and which process answered (GetServerInfo)."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 import grpc
 
@@ -8,6 +13,41 @@ from nudge.v1 import diagnostics_service_pb2 as pb
 from nudge.v1 import diagnostics_service_pb2_grpc as pb_grpc
 
 
+def package_version() -> str:
+    try:
+        return version("nudge")
+    except PackageNotFoundError:  # running from a source tree without an install
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What GetServerInfo reports; ``leader`` and ``models`` are read per call."""
+
+    worker: int
+    workers: int
+    leader: Callable[[], bool]
+    # Campaign -> (model version, rewards log position learned up to).
+    models: Callable[[], dict[str, tuple[str, int]]]
+
+
 class DiagnosticsServicer(pb_grpc.DiagnosticsServiceServicer):
+    def __init__(self, info: ServerInfo | None = None) -> None:
+        self.info = info
+        self._version = package_version()
+
     def Echo(self, request: pb.EchoRequest, context: grpc.ServicerContext) -> pb.EchoResponse:
         return pb.EchoResponse(payload=request.payload)
+
+    def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        reply = pb.GetServerInfoResponse(pid=os.getpid(), version=self._version)
+        if self.info is not None:
+            reply.worker = self.info.worker
+            reply.workers = self.info.workers
+            reply.leader = self.info.leader()
+            for name, (version, position) in self.info.models().items():
+                reply.model_versions[name] = version
+                reply.learned_positions[name] = position
+        return reply

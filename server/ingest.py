@@ -97,7 +97,8 @@ class EventWriter:
         self.commits = 0
         self._event_hooks: list[EventHook] = []
         # Parsed profiles, written through: this thread is the only writer of profiles, so
-        # the cache cannot go stale (it is dropped if a batch fails).
+        # the cache cannot go stale (it is dropped if a batch fails). Not for a shared
+        # store, whose other processes write profiles too.
         self._profiles: dict[str, UserProfile] = {}
         self._thread = threading.Thread(target=self._run, name="nudge-event-writer", daemon=True)
         self._thread.start()
@@ -235,12 +236,14 @@ class EventWriter:
             raw = txn.get(key, db=dbs["users"])
             if raw is not None:
                 state[row] = np.frombuffer(raw, dtype=np.float64)
-            profile = self._profiles.get(user_id)
+            # A shared store's profiles are also written by other processes: read them.
+            profile = None if store.shared else self._profiles.get(user_id)
             if profile is None:
                 profile = UserProfile.from_bytes(txn.get(key, db=dbs["profiles"]))
-                if len(self._profiles) >= PROFILE_CACHE:
-                    self._profiles.clear()
-                self._profiles[user_id] = profile
+                if not store.shared:
+                    if len(self._profiles) >= PROFILE_CACHE:
+                        self._profiles.clear()
+                    self._profiles[user_id] = profile
             profiles.append(profile)
         changed = _apply_profile_updates(fresh, rows, profiles)
 

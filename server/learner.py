@@ -106,6 +106,18 @@ class Learner:
                     continue
                 self.engine.models[name] = model
 
+    def follow(self) -> bool:
+        """In a process that does not lead a shared store: adopt the models the leader
+        stored, when it stored newer ones. Returns whether anything changed."""
+        with self.store.read() as txn:
+            raw_seq = txn.get(LEARNED_SEQ_KEY, db=self.store.dbs["meta"])
+            seq = int(bytes(raw_seq)) if raw_seq is not None else 0
+        if seq == self.learned_seq:
+            return False
+        with self._step_lock:
+            self._load()
+        return True
+
     # -- the learner thread --------------------------------------------------------------
 
     def _run(self) -> None:

@@ -8,6 +8,12 @@ next group commit of the shared writer; once durable, overlay entries that were 
 changed again are dropped. The crash window — a score that was answered but whose
 baseline update had not yet committed — is a few milliseconds (README, "Risk").
 
+On a store shared by several server processes (``--workers``) another process may score
+the same user at the same moment, so the overlay cannot be trusted across calls: each
+call then scores inside a write transaction of the group commit — reading the baseline,
+scoring, learning and storing under LMDB's single-writer lock — and replies after the
+commit. No update is lost and there is no crash window, at the price of the commit.
+
 A transaction scoring at or above the guard threshold is held out of the baseline with
 the features needed to learn it later: LabelTransaction GENUINE folds it in, FRAUD never
 does. Events of type ``transaction`` sent through Track update the same baselines inside
@@ -111,7 +117,10 @@ class RiskEngine:
 
     def score(self, transactions: list[ValidTransaction]) -> list[TransactionRecord]:
         """Score (then learn) each transaction in order; replies without waiting for the
-        commit. A transaction id seen before returns its first answer unchanged."""
+        commit (on a shared store: after it). A transaction id seen before returns its
+        first answer unchanged."""
+        if self.store.shared:
+            return self._score_committed(transactions)
         with self._lock, self.store.read() as txn:
             self._check_owners(transactions, txn)
             records = [self._score_one(tx, txn) for tx in transactions]
@@ -126,20 +135,10 @@ class RiskEngine:
         """
         if label not in LABELS:
             raise InvalidArgument("label", "must be TRANSACTION_LABEL_FRAUD or _GENUINE")
+        if self.store.shared:
+            return self._label_committed(transaction_id, label)
         with self._lock, self.store.read() as txn:
-            record = self._record(transaction_id, txn)
-            if record is None:
-                raise NotFound(f"transaction_id: {transaction_id!r} was never scored")
-            record = record.copy()
-            record.label = label
-            if label == "GENUINE" and not record.in_baseline:
-                features = np.asarray(record.features, dtype=np.float64)
-                state = self._state(record.user_id, txn)
-                self._states[record.user_id] = risk.learn_transaction(state, features, self.params)
-                self._learn_population(features)
-                record.in_baseline = True
-                self._held_at[record.user_id] = -math.inf
-            self._records[transaction_id] = record
+            record = self._label_one(transaction_id, label, txn)
             in_baseline = record.in_baseline
             flushed = self._mark_dirty([record.user_id], [transaction_id])
         future: Future[bool] = Future()
@@ -158,7 +157,7 @@ class RiskEngine:
         """A transaction of this user was held as anomalous within ANOMALY_MEMORY and not
         labelled genuine since: the decision side withholds credit offers then."""
         with self._lock:
-            held = self._held_at.get(user_id)
+            held = None if self.store.shared else self._held_at.get(user_id)
             if held is None:
                 with self.store.read() as txn:
                     raw = txn.get(HELD_PREFIX + user_id.encode(), db=self.store.dbs["meta"])
@@ -174,7 +173,91 @@ class RiskEngine:
             raw = txn.get(user_id.encode(), db=self.store.dbs["risk"])
             return None if raw is None else np.frombuffer(raw, np.float64).copy()
 
+    # -- on a shared store: inside the write transaction ---------------------------------
+
+    def _score_committed(self, transactions: list[ValidTransaction]) -> list[TransactionRecord]:
+        users = {tx.user_id for tx in transactions}
+        ids = [tx.transaction_id for tx in transactions]
+
+        def job(txn: lmdb.Transaction) -> tuple[list[TransactionRecord], tuple]:
+            with self._lock:
+                self._reload(txn, users, ids)
+                self._check_owners(transactions, txn)
+                records = [self._score_one(tx, txn) for tx in transactions]
+            return records, self._write(txn, users, ids)
+
+        records, written = self.writer.submit_job(job).result()
+        self._forget(*written)
+        return records
+
+    def _label_committed(self, transaction_id: str, label: str) -> Future[bool]:
+        def job(txn: lmdb.Transaction) -> tuple[bool, tuple]:
+            with self._lock:
+                self._reload(txn, (), [transaction_id])
+                owner = self._record(transaction_id, txn)
+                if owner is not None:
+                    self._reload(txn, [owner.user_id], ())
+                record = self._label_one(transaction_id, label, txn)
+            return record.in_baseline, self._write(txn, [record.user_id], [transaction_id])
+
+        future: Future[bool] = Future()
+
+        def settle(committed: Future[tuple[bool, tuple]]) -> None:
+            error = committed.exception()
+            if error is not None:
+                future.set_exception(error)
+                return
+            in_baseline, written = committed.result()
+            self._forget(*written)
+            future.set_result(in_baseline)
+
+        self.writer.submit_job(job).add_done_callback(settle)
+        return future
+
+    def _reload(
+        self, txn: lmdb.Transaction, users: Iterable[str], transaction_ids: Iterable[str]
+    ) -> None:
+        """(Inside the lock.) Drop what this process remembers of these users and
+        transactions, and re-read the population: the write transaction holds LMDB's
+        writer lock, so what it reads now is what every process last committed."""
+        dbs = self.store.dbs
+        for user_id in users:
+            self._states.pop(user_id, None)
+            self._time_zones.pop(user_id, None)
+            raw = txn.get(HELD_PREFIX + user_id.encode(), db=dbs["meta"])
+            if raw is None:
+                self._held_at.pop(user_id, None)
+            else:
+                self._held_at[user_id] = float(orjson.loads(raw))
+        for transaction_id in transaction_ids:
+            self._records.pop(transaction_id, None)
+        raw = txn.get(POPULATION_KEY, db=dbs["meta"])
+        if raw is not None:
+            population = np.frombuffer(raw, np.float64).copy()
+            population.flags.writeable = False
+            self._population = population
+
     # -- inside the lock -----------------------------------------------------------------
+
+    def _label_one(
+        self, transaction_id: str, label: str, txn: lmdb.Transaction
+    ) -> TransactionRecord:
+        """The labelled copy of a scored transaction (now in the overlay); GENUINE folds a
+        held one into the user's and the population's baselines."""
+        record = self._record(transaction_id, txn)
+        if record is None:
+            raise NotFound(f"transaction_id: {transaction_id!r} was never scored")
+        record = record.copy()
+        record.label = label
+        if label == "GENUINE" and not record.in_baseline:
+            features = np.asarray(record.features, dtype=np.float64)
+            state = self._state(record.user_id, txn)
+            self._states[record.user_id] = risk.learn_transaction(state, features, self.params)
+            self._learn_population(features)
+            record.in_baseline = True
+            self._held_at[record.user_id] = -math.inf
+        self._records[transaction_id] = record
+        return record
 
     def _record(self, transaction_id: str, txn: lmdb.Transaction) -> TransactionRecord | None:
         record = self._records.get(transaction_id)
@@ -372,6 +455,9 @@ class RiskEngine:
         if not candidates:
             return None
         with self._lock:
+            if self.store.shared:
+                self._reload(txn, {tx.user_id for tx in candidates},
+                             [tx.transaction_id for tx in candidates])
             fresh: dict[str, ValidTransaction] = {}
             for tx in candidates:
                 if tx.transaction_id not in fresh and self._record(tx.transaction_id, txn) is None:

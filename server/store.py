@@ -30,6 +30,12 @@ Databases:
 Every write transaction commits with fsync before anything is acknowledged (``sync=True``).
 The map grows by doubling when a write hits MDB_MAP_FULL; LMDB only allows resizing when
 no transaction of this process is open, so reads pass through ``_ReadGate``.
+
+A ``shared`` store is opened by several server processes at once (``nudge serve
+--workers N``): LMDB lets their readers run in parallel and serialises their writers on
+its own lock. What this process caches from the store (the type registry, the next event
+sequence) is then re-read inside every write transaction, and a map grown by another
+process is adopted when a transaction reports MDB_MAP_RESIZED.
 """
 
 from __future__ import annotations
@@ -112,13 +118,17 @@ class _ReadTxn:
         self._txn: lmdb.Transaction | None = None
 
     def __enter__(self) -> lmdb.Transaction:
-        self._store._gate.enter()
-        try:
-            self._txn = self._store.env.begin(buffers=True)
-        except BaseException:
-            self._store._gate.leave()
-            raise
-        return self._txn
+        while True:
+            self._store._gate.enter()
+            try:
+                self._txn = self._store.env.begin(buffers=True)
+                return self._txn
+            except lmdb.MapResizedError:
+                self._store._gate.leave()
+                self._store.adopt_map_size()
+            except BaseException:
+                self._store._gate.leave()
+                raise
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -207,10 +217,15 @@ class Store:
     """One LMDB environment with nudge's named databases."""
 
     def __init__(
-        self, path: Path | str, map_size: int = 64 << 20, max_map_size: int = 1 << 40
+        self,
+        path: Path | str,
+        map_size: int = 64 << 20,
+        max_map_size: int = 1 << 40,
+        shared: bool = False,
     ) -> None:
         self.path = Path(path)
         self.max_map_size = max_map_size
+        self.shared = shared
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self.env = lmdb.open(
@@ -256,23 +271,41 @@ class Store:
     def _has_data(self, txn: lmdb.Transaction) -> bool:
         return any(txn.stat(self.dbs[name])["entries"] for name in ("users", "events"))
 
-    def _load_type_registry(self) -> dict[str, int]:
+    def _load_type_registry(self, txn: lmdb.Transaction | None = None) -> dict[str, int]:
+        if txn is None:
+            with self.env.begin() as own:
+                return self._load_type_registry(own)
         slots: dict[str, int] = {}
-        with self.env.begin(db=self.dbs["meta"]) as txn:
-            cursor = txn.cursor()
-            if cursor.set_range(TYPE_PREFIX):
-                for key, value in cursor:
-                    if not key.startswith(TYPE_PREFIX):
-                        break
-                    slots[key[len(TYPE_PREFIX) :].decode()] = int(bytes(value))
+        cursor = txn.cursor(db=self.dbs["meta"])
+        if cursor.set_range(TYPE_PREFIX):
+            for key, value in cursor:
+                key = bytes(key)
+                if not key.startswith(TYPE_PREFIX):
+                    break
+                slots[key[len(TYPE_PREFIX) :].decode()] = int(bytes(value))
         return slots
 
-    def _last_sequence(self) -> int:
-        with self.env.begin(db=self.dbs["events"]) as txn:
-            cursor = txn.cursor()
-            if cursor.last():
-                return int.from_bytes(cursor.key(), "big")
+    def _last_sequence(self, txn: lmdb.Transaction | None = None) -> int:
+        if txn is None:
+            with self.env.begin() as own:
+                return self._last_sequence(own)
+        cursor = txn.cursor(db=self.dbs["events"])
+        if cursor.last():
+            return int.from_bytes(bytes(cursor.key()), "big")
         return 0
+
+    def refresh_types(self, txn: lmdb.Transaction | None = None) -> None:
+        """Re-read the event type registry (a shared store's other processes add types).
+
+        Replaces the dict rather than mutating it: readers iterating the old one are safe.
+        """
+        if txn is None:
+            with self.read() as own:
+                slots = self._load_type_registry(own)
+        else:
+            slots = self._load_type_registry(txn)
+        if slots != self.type_slots:
+            self.type_slots = slots
 
     # -- reading -------------------------------------------------------------------------
 
@@ -333,12 +366,26 @@ class Store:
         retries its whole batch in a fresh transaction.
         """
         with self._write_lock:
+            while True:
+                try:
+                    txn = self.env.begin(write=True)
+                    break
+                except lmdb.MapResizedError:
+                    self.adopt_map_size()
             try:
-                with self.env.begin(write=True) as txn:
+                with txn:
+                    if self.shared:  # another process may have written since our last look
+                        self.refresh_types(txn)
+                        self.next_sequence = self._last_sequence(txn) + 1
                     yield txn
             except lmdb.MapFullError:
                 self.grow()
                 raise
+
+    def adopt_map_size(self) -> None:
+        """Take the map size another process of a shared store grew the map to."""
+        with self._gate.exclusive():
+            self.env.set_mapsize(0)
 
     def grow(self) -> None:
         """Double the map size (LMDB needs no open transaction in this process), up to

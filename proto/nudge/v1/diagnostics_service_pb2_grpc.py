@@ -40,6 +40,11 @@ class DiagnosticsServiceStub:
                 request_serializer=nudge_dot_v1_dot_diagnostics__service__pb2.EchoRequest.SerializeToString,
                 response_deserializer=nudge_dot_v1_dot_diagnostics__service__pb2.EchoResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/nudge.v1.DiagnosticsService/GetServerInfo',
+                request_serializer=nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class DiagnosticsServiceServicer:
@@ -55,6 +60,16 @@ class DiagnosticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """GetServerInfo says which server process answered and what it does: with
+        `nudge serve --workers N`, N processes share the port and one store, and exactly one
+        of them leads (runs the learner, outcome expiry and journeys) at a time.
+        Errors: PERMISSION_DENIED without the admin scope (when tokens are on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DiagnosticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +77,11 @@ def add_DiagnosticsServiceServicer_to_server(servicer, server):
                     servicer.Echo,
                     request_deserializer=nudge_dot_v1_dot_diagnostics__service__pb2.EchoRequest.FromString,
                     response_serializer=nudge_dot_v1_dot_diagnostics__service__pb2.EchoResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +112,33 @@ class DiagnosticsService:
             '/nudge.v1.DiagnosticsService/Echo',
             nudge_dot_v1_dot_diagnostics__service__pb2.EchoRequest.SerializeToString,
             nudge_dot_v1_dot_diagnostics__service__pb2.EchoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.v1.DiagnosticsService/GetServerInfo',
+            nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoRequest.SerializeToString,
+            nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
