@@ -37,6 +37,7 @@ from nudge.kernels import learner as lrn
 from nudge.kernels import policy
 from nudge.server.campaign import Campaign, Message
 from nudge.server.decision_features import FeaturePlan, context_layout, raw_features
+from nudge.server.delayed_flush import DelayedFlusher
 from nudge.server.errors import InvalidArgument, NotFound
 from nudge.server.events import ValidEvent
 from nudge.server.guardrails import (
@@ -256,13 +257,12 @@ class DecisionEngine:
         self._pending: dict[str, DecisionRecord] = {}
         self._pending_contacts: dict[str, list[Contact]] = {}
         self._flush_future: Future[None] | None = None
-        self._wake = threading.Event()
-        self._closing = threading.Event()
         self.on_settled: Callable[[], None] = lambda: None
         writer.add_event_hook(self._on_events)
-        self._flusher = threading.Thread(target=self._run_flusher, name="nudge-decision-flusher",
-                                         daemon=True)
-        self._flusher.start()
+        self._flusher = DelayedFlusher(
+            "nudge-decision-flusher", self._flush_now, FLUSH_DELAY,
+            pending=lambda: self._flush_future is not None,
+        )
 
     # -- Decide --------------------------------------------------------------------------
 
@@ -378,8 +378,8 @@ class DecisionEngine:
                     )
                 wake = self._flush_future is None
                 self._request_flush(wake=after_reply is None)
-            if wake and after_reply is not None and not after_reply(self._wake.set):
-                self._wake.set()
+            if wake and after_reply is not None and not after_reply(self._flusher.wake):
+                self._flusher.wake()
         return DecisionOutcome(
             decision_id=decision_id,
             actions=actions,
@@ -594,25 +594,12 @@ class DecisionEngine:
         if self._flush_future is None:
             self._flush_future = Future()
             if wake:
-                self._wake.set()
+                self._flusher.wake()
         return self._flush_future
-
-    def _run_flusher(self) -> None:
-        """Store pending decisions FLUSH_DELAY after the wake-up (not inside the request,
-        where waking the writer would hand it the GIL mid-reply). A flush requested without
-        a wake-up (its waker never ran) is found by the periodic check."""
-        while True:
-            self._wake.wait(timeout=0.1)
-            if self._closing.is_set():
-                self._flush_now()
-                return
-            if self._wake.is_set() or self._flush_future is not None:
-                time.sleep(FLUSH_DELAY)
-                self._flush_now()
 
     def _flush_now(self) -> None:
         with self._lock:
-            self._wake.clear()
+            self._flusher.taken()
             future, self._flush_future = self._flush_future, None
         if future is None:
             return
@@ -674,9 +661,7 @@ class DecisionEngine:
         future.result()
 
     def close(self) -> None:
-        self._closing.set()
-        self._wake.set()
-        self._flusher.join()
+        self._flusher.close()
 
     def decisions(self, ids: Iterable[str]) -> list[DecisionRecord | None]:
         with self.store.read() as txn:

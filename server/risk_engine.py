@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -35,6 +34,7 @@ import orjson
 
 from nudge.kernels import risk
 from nudge.kernels.risk_reasons import explain
+from nudge.server.delayed_flush import DelayedFlusher
 from nudge.server.errors import InvalidArgument, NotFound
 from nudge.server.events import ValidEvent
 from nudge.server.ingest import EventWriter, local_hour
@@ -47,7 +47,7 @@ HELD_PREFIX = b"risk/held/"
 ANOMALY_MEMORY = 86_400.0
 MAX_REASONS = 5
 TIME_ZONE_CACHE = 100_000
-# Delay between the first unsaved change and its flush (see _run_flusher).
+# Delay between the first unsaved change and its flush (see DelayedFlusher).
 FLUSH_DELAY = 0.001
 LABELS = ("FRAUD", "GENUINE")
 
@@ -99,12 +99,7 @@ class RiskEngine:
         self._dirty_users: set[str] = set()
         self._dirty_records: set[str] = set()
         self._pending: Future[None] | None = None
-        self._wake = threading.Event()
-        self._closing = threading.Event()
-        self._flusher = threading.Thread(
-            target=self._run_flusher, name="nudge-risk-flusher", daemon=True
-        )
-        self._flusher.start()
+        self._flusher = DelayedFlusher("nudge-risk-flusher", self._flush_now, FLUSH_DELAY)
         with store.read() as txn:
             raw = txn.get(POPULATION_KEY, db=store.dbs["meta"])
             self._population = (
@@ -364,28 +359,12 @@ class RiskEngine:
         self._dirty_records.update(transaction_ids)
         if self._pending is None:
             self._pending = Future()
-            self._wake.set()
+            self._flusher.wake()
         return self._pending
-
-    def _run_flusher(self) -> None:
-        """Store dirty overlay entries, one flush job in the writer at a time.
-
-        The flush starts FLUSH_DELAY after the first change, not inside the request: waking
-        the writer there hands it the GIL when the scoring kernel releases it, and the
-        reply then waits for the writer's Python work.
-        """
-        while True:
-            self._wake.wait(timeout=0.1)
-            if self._closing.is_set():
-                self._flush_now()
-                return
-            if self._wake.is_set():
-                time.sleep(FLUSH_DELAY)
-                self._flush_now()
 
     def _flush_now(self) -> None:
         with self._lock:
-            self._wake.clear()
+            self._flusher.taken()
             pending, self._pending = self._pending, None
             users, self._dirty_users = self._dirty_users, set()
             records, self._dirty_records = self._dirty_records, set()
@@ -406,9 +385,7 @@ class RiskEngine:
 
     def close(self) -> None:
         """Store what is still dirty and stop the flusher (before the writer closes)."""
-        self._closing.set()
-        self._wake.set()
-        self._flusher.join()
+        self._flusher.close()
 
     def _write(
         self, txn: lmdb.Transaction, users: Iterable[str], transaction_ids: Iterable[str]
