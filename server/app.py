@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +22,14 @@ from grpc_reflection.v1alpha import reflection
 
 from nudge.kernels.warmup import warm_up_all
 from nudge.server.auth import AuthInterceptor, TokenStore
-from nudge.server.campaign import load_campaigns
+from nudge.server.campaign import CampaignError, load_campaigns
 from nudge.server.clock import Clock, SystemClock
 from nudge.server.config import Config, ConfigError
 from nudge.server.decision_engine import DecisionEngine
 from nudge.server.decision_service import DecisionServicer
 from nudge.server.delivery_service import DeliveryServicer
 from nudge.server.diagnostics_service import DiagnosticsServicer, ServerInfo
+from nudge.server.errors import NudgeError
 from nudge.server.ingest import EventWriter
 from nudge.server.journeys import Journeys, load_triggers
 from nudge.server.leadership import Leadership
@@ -139,6 +141,21 @@ class NudgeServer:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s:%d, data in %s", self.config.host, self.port, self.store.path)
+
+    def reload_campaigns(self) -> bool:
+        """Re-read the campaigns folder and decide with it from now on, without a restart
+        (SIGHUP). All or nothing: a bad file is logged and the running campaigns stay."""
+        try:
+            campaigns = load_campaigns(self.config.campaigns_dir)
+            triggers = load_triggers(campaigns)
+            with self.learner.paused():
+                self.decisions.replace_campaigns(campaigns)
+        except (CampaignError, NudgeError) as exc:
+            log.error("campaigns not reloaded, the running ones stay: %s", exc)
+            return False
+        self.journeys.replace_triggers(triggers)
+        log.info("campaigns reloaded: %s", ", ".join(sorted(campaigns)))
+        return True
 
     def start_leading(self) -> None:
         """What runs once per store: the learner (with expiry) and the journey worker."""
@@ -292,14 +309,21 @@ def _transport(config: Config) -> grpc.ServerCredentials | None:
     return None
 
 
-def serve(server: NudgeServer) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+def serve(server: NudgeServer, on_ready: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads the
+    campaigns. ``on_ready`` runs once the server is SERVING."""
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("received %s; draining", signal.Signals(signum).name)
         threading.Thread(target=server.stop, name="nudge-shutdown").start()
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        threading.Thread(target=server.reload_campaigns, name="nudge-reload").start()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     server.start()
+    if on_ready is not None:
+        on_ready()
     server.wait()

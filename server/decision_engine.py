@@ -104,6 +104,7 @@ class CampaignPlan:
     positions, and the explanation texts (built the first time each is needed)."""
 
     def __init__(self, model: CampaignModel) -> None:
+        self.campaign = model.campaign
         self.guard = GuardrailPlan(model.campaign)
         self.features = FeaturePlan(model.campaign, model.layout)
         self.component_names = model.campaign.component_names()
@@ -243,16 +244,9 @@ class DecisionEngine:
         self.writer = writer
         self.risk = risk
         self.half_life_seconds = half_life_seconds
-        self.campaigns = campaigns
-        self.default_campaign = default_campaign or sorted(campaigns)[0]
-        if self.default_campaign not in campaigns:
-            raise InvalidArgument("default_campaign", f"{self.default_campaign!r} is not loaded")
-        self.models: dict[str, CampaignModel] = {
-            name: CampaignModel.initial(c) for name, c in campaigns.items()
-        }
-        self._plans = {name: CampaignPlan(model) for name, model in self.models.items()}
-        self._goal_types = {t for c in campaigns.values() for t in c.goal.events}
-        self._opt_out_costs = any(c.goal.opt_out_cost for c in campaigns.values())
+        self._configured_default = default_campaign
+        self.models: dict[str, CampaignModel] = {}
+        self.replace_campaigns(campaigns)
         self._lock = threading.Lock()
         self._pending: dict[str, DecisionRecord] = {}
         self._pending_contacts: dict[str, list[Contact]] = {}
@@ -271,6 +265,34 @@ class DecisionEngine:
             return _new_ids()
         with self._random_lock:
             return f"{self._random.getrandbits(128):032x}", self._random.getrandbits(63)
+
+    def replace_campaigns(self, campaigns: dict[str, Campaign]) -> None:
+        """Decide with these campaigns from now on (start, and reloads without restart).
+
+        A campaign whose dimension values and context features are unchanged keeps its
+        learned model (texts, guardrails, goal and exploration settings may all change);
+        one whose shape changed starts from the prior, and a new one too. Decisions already
+        made keep their campaign's name and are settled as before. The caller holds the
+        learner still (``Learner.paused``) so it cannot write back a model of the old
+        campaign."""
+        default = self._configured_default or sorted(campaigns)[0]
+        if default not in campaigns:
+            raise InvalidArgument("default_campaign", f"{default!r} is not loaded")
+        models: dict[str, CampaignModel] = {}
+        for name, campaign in campaigns.items():
+            fresh = CampaignModel.initial(campaign)
+            old = self.models.get(name)
+            if (old is not None and old.layout == fresh.layout
+                    and old.campaign.component_names() == campaign.component_names()):
+                fresh = CampaignModel(campaign, old.layout, old.snapshot, old.stats,
+                                      old.learned_seq)
+            models[name] = fresh
+        self._plans = {name: CampaignPlan(model) for name, model in models.items()}
+        self.models = models
+        self.campaigns = campaigns
+        self.default_campaign = default
+        self._goal_types = {t for c in campaigns.values() for t in c.goal.events}
+        self._opt_out_costs = any(c.goal.opt_out_cost for c in campaigns.values())
 
     def campaign_model(self, name: str) -> CampaignModel:
         name = name or self.default_campaign
@@ -295,7 +317,11 @@ class DecisionEngine:
         then, not mid-request, where it would take the GIL from the reply."""
         model = self.campaign_model(request.campaign)
         campaign = model.campaign
-        plan = self._plans[campaign.name]
+        plan = self._plans.get(campaign.name)
+        if plan is None or plan.campaign is not campaign:  # a reload swapped them meanwhile
+            model = self.campaign_model(request.campaign)
+            campaign = model.campaign
+            plan = CampaignPlan(model)
         now = request.time
         top_k = max(1, request.top_k)
         if top_k > MAX_TOP_K:

@@ -61,17 +61,33 @@ class Journeys:
         self.decisions = decisions
         self.outbox = outbox
         self.clock = clock
-        self.triggers = triggers
-        self._by_event: dict[str, list[Trigger]] = defaultdict(list)
-        for t in triggers:
-            self._by_event[t.event].append(t)
-        self._cancel_types = {e for t in triggers for e in t.cancel_on}
+        self._set_triggers(triggers)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._process_lock = threading.Lock()
         self.processed = 0
         writer.add_event_hook(self._on_events)
         self._thread = threading.Thread(target=self._run, name="nudge-journeys", daemon=True)
+
+    def _set_triggers(self, triggers: list[Trigger]) -> None:
+        by_event: dict[str, list[Trigger]] = defaultdict(list)
+        for t in triggers:
+            by_event[t.event].append(t)
+        # One tuple, swapped whole: the Track hook reads it without a lock.
+        self._index = (
+            list(triggers), dict(by_event), {e for t in triggers for e in t.cancel_on},
+            {t.key: t for t in triggers},
+        )
+
+    @property
+    def triggers(self) -> list[Trigger]:
+        return self._index[0]
+
+    def replace_triggers(self, triggers: list[Trigger]) -> None:
+        """Use the triggers of reloaded campaigns. Recorded triggers are looked up by
+        campaign and position when decided, so the ones waiting keep their meaning."""
+        with self._process_lock:
+            self._set_triggers(triggers)
 
     def start(self) -> None:
         self._wake.set()  # leftovers from before a restart
@@ -89,13 +105,14 @@ class Journeys:
         self, txn: lmdb.Transaction, events: list[ValidEvent]
     ) -> Callable[[], None] | None:
         fired = cancelled = 0
+        _, by_event, cancel_types, _ = self._index
         for ev in events:
-            if ev.type in self._cancel_types:
+            if ev.type in cancel_types:
                 cancelled += self.outbox.cancel_for_event(txn, ev.user_id, ev.type)
-            for i, trigger in enumerate(self._by_event.get(ev.type, ())):
+            for i, trigger in enumerate(by_event.get(ev.type, ())):
                 if trigger.matches(ev.type, ev.numbers, ev.strings):
-                    record = {"trigger": self.triggers.index(trigger), "user": ev.user_id,
-                              "time": ev.time, "event": ev.event_id}
+                    record = {"campaign": trigger.campaign, "index": trigger.index,
+                              "user": ev.user_id, "time": ev.time, "event": ev.event_id}
                     key = f"{ev.event_id}\x00{i}".encode()
                     txn.put(key, orjson.dumps(record), db=self.store.dbs["triggered"])
                     fired += 1
@@ -127,8 +144,8 @@ class Journeys:
             pending = [(bytes(k), orjson.loads(v))
                        for k, v in txn.cursor(db=self.store.dbs["triggered"])]
         for key, record in pending:
-            trigger = self.triggers[record["trigger"]]
-            deliveries = self._plan(trigger, record)
+            trigger = self._trigger_of(record)
+            deliveries = [] if trigger is None else self._plan(trigger, record)
 
             def job(txn: lmdb.Transaction, key: bytes = key,
                     deliveries: list[Delivery] = deliveries) -> None:
@@ -140,6 +157,20 @@ class Journeys:
         if pending:
             self.outbox.notify()
         return len(pending)
+
+    def _trigger_of(self, record: dict) -> Trigger | None:
+        """The trigger a record was made by; None when its campaign (or that trigger) was
+        removed by a reload since: the record is then dropped, with a warning."""
+        triggers, _, _, by_key = self._index
+        if "campaign" in record:
+            trigger = by_key.get((record["campaign"], int(record["index"])))
+        else:  # recorded by an earlier version: a position in the list of all triggers
+            position = int(record["trigger"])
+            trigger = triggers[position] if position < len(triggers) else None
+        if trigger is None:
+            log.warning("a recorded trigger of %s no longer exists; dropped",
+                        record.get("campaign", "a removed campaign"))
+        return trigger
 
     def _plan(self, trigger: Trigger, record: dict) -> list[Delivery]:
         user_id, at = record["user"], float(record["time"])

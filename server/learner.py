@@ -11,10 +11,12 @@ is learned exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 
 import lmdb
 import numpy as np
@@ -105,6 +107,12 @@ class Learner:
                                 name)
                     continue
                 self.engine.models[name] = model
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold learning still (no step runs inside): campaigns are replaced here."""
+        with self._step_lock:
+            yield
 
     def follow(self) -> bool:
         """In a process that does not lead a shared store: adopt the models the leader
@@ -206,6 +214,13 @@ class Learner:
             chosen = np.array([r.choice for r in usable], dtype=np.int64)
             contexts = np.array([r.x for r in usable], dtype=np.float64)
             rewards = np.array([r.reward or 0.0 for r in usable], dtype=np.float64)
+            if model.campaign.goal.message_cost:
+                # Each message the decision sent costs message_cost: known, so not left to
+                # be learned from rare opt-outs alone.
+                sends = {f.name: f.count for f in model.campaign.frequencies}
+                rewards -= model.campaign.goal.message_cost * np.array(
+                    [sends.get(r.actions[0]["frequency"], 1) if r.actions else 0
+                     for r in usable], dtype=np.float64)
             raw = np.array([[np.nan if v is None else v for v in r.raw] for r in usable])
             snapshot = lrn.update_posteriors(
                 model.snapshot, model.campaign.space.combo_components, chosen, contexts, rewards,

@@ -18,11 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nudge.server.campaign import CampaignError
+
 EVENT_TYPE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 
 
-class TriggerError(ValueError):
-    pass
+class TriggerError(CampaignError):
+    """A bad ``[[triggers]]`` table: a campaign file error like any other."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,13 @@ class Trigger:
     window_seconds: float
     conditions: tuple[Condition, ...] = ()
     cancel_on: tuple[str, ...] = field(default_factory=tuple)
+    # Position among its campaign's [[triggers]]: with the campaign, what a recorded trigger
+    # is looked up by (stable when other campaigns are added or removed by a reload).
+    index: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.campaign, self.index
 
     def matches(self, event_type: str, numbers: Mapping[str, float],
                 strings: Mapping[str, str]) -> bool:
@@ -121,6 +130,7 @@ def parse_triggers(
                     _condition(k, v, f"{where}.where", source) for k, v in conditions.items()
                 ),
                 cancel_on=tuple(dict.fromkeys([*goal_events, *cancel_on])),
+                index=i,
             )
         )
     return tuple(out)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -38,26 +39,13 @@ READY_TIMEOUT_SECONDS = 300.0  # a cold Numba cache compiles every kernel first
 
 def _worker_main(config: Config, ready: ProcessEvent) -> None:
     """One worker process: a whole server on the shared port and store."""
-    from nudge.server.app import create_server
+    from nudge.server.app import create_server, serve
 
     logging.basicConfig(
         level=config.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s[w{config.worker_index}] %(message)s",
     )
-    server = create_server(config)
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("received %s; draining", signal.Signals(signum).name)
-            threading.Thread(target=server.stop, name="nudge-shutdown").start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    server.start()
-    ready.set()
-    server.wait()
+    serve(create_server(config), on_ready=ready.set)
 
 
 class Supervisor:
@@ -134,6 +122,12 @@ class Supervisor:
                 self.restarts += 1
         return 0
 
+    def signal_all(self, signum: int) -> None:
+        """Send a signal to every running worker (SIGHUP: reload the campaigns)."""
+        for process in self._processes:
+            if process is not None and process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
     def stop(self, timeout: float | None = None) -> None:
         """SIGTERM every worker (each drains and commits), then wait for them."""
         self._stopping.set()
@@ -175,6 +169,7 @@ def serve_workers(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda *_: supervisor.signal_all(signal.SIGHUP))
     try:
         supervisor.start()
     except RuntimeError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,18 +23,22 @@ import pytest
 
 from nudge.bench.server_process import ServerProcess
 from nudge.clients.client import Client, make_event, make_transaction
+from nudge.server.campaign import shipped_campaigns_dir
 
 pytestmark = pytest.mark.timeout(300)
 
+SHIPPED = (shipped_campaigns_dir() / "loan_abandonment.toml").read_text()
 _READY = re.compile(rb"2 workers serving on [^ ]+:(\d+)")
 T0 = time.time() - 3 * 86_400.0  # event times in the past, as the server requires
 
 
 class Workers:
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, campaigns: Path) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
-        self.proc = ServerProcess(data_dir, log_path, "--workers", "2")
+        self.campaigns = campaigns
+        self.proc = ServerProcess(data_dir, log_path, "--workers", "2",
+                                  "--campaigns", str(campaigns))
         deadline = time.monotonic() + 240
         while not _READY.search(log_path.read_bytes()):
             assert self.proc.running, log_path.read_text()
@@ -65,10 +70,13 @@ class Workers:
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     root = tmp_path_factory.mktemp("workers")
+    campaigns = root / "campaigns"
+    campaigns.mkdir()
+    (campaigns / "loan.toml").write_text(SHIPPED)
     saved = os.environ.get("NUDGE_MAP_SIZE")
     os.environ["NUDGE_MAP_SIZE"] = str(64 << 10)  # grown across processes by the tests
     try:
-        running = Workers(root / "data", root / "serve.log")
+        running = Workers(root / "data", root / "serve.log", campaigns)
     finally:
         if saved is None:
             del os.environ["NUDGE_MAP_SIZE"]
@@ -253,3 +261,31 @@ def _rewards_logged(workers: Workers) -> int:
             return int(txn.stat(rewards)["entries"])
     finally:
         env.close()
+
+
+def test_sighup_reloads_the_campaigns_of_every_worker(
+    workers: Workers, pair: dict[int, Client]
+) -> None:
+    """The supervisor passes SIGHUP on: each worker reloads the campaigns folder."""
+    user = "reload-user"
+    pair[0].track([make_event(user, "loan_simulated", numbers={"amount": 5000.0},
+                              strings={"currency": "USD", "tz": "UTC",
+                                       "consent.email": "granted"})])
+    head, rest = SHIPPED.split("[messages]\n", 1)
+    messages, rest = rest.split("\n\n", 1)
+    messages = re.sub(r'(?m)^(\w+ = ")', r"\1[v2] ", messages)
+    (workers.campaigns / "loan.toml").write_text(
+        f"{head}[messages]\n{messages}\n\n{rest}".replace(
+            'algorithm = "squarecb"', 'algorithm = "squarecb"\nnothing_arm = false'))
+    workers.proc.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    for worker in (0, 1):
+        while True:
+            actions = pair[worker].decide(user, top_k=16, dry_run=True).actions
+            # Without the "nothing" arm every reply has actions, each with a new text.
+            if actions and all(a.text.startswith("[v2] ") for a in actions):
+                break
+            assert not any(a.text.startswith("[v2] ") for a in actions), "half reloaded"
+            assert time.monotonic() < deadline, workers.log_path.read_text()
+            time.sleep(0.1)
+    assert workers.log_path.read_text().count("campaigns reloaded") == 2
