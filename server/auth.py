@@ -36,6 +36,8 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from nudge.server.handlers import wrap_behaviour
+
 log = logging.getLogger(__name__)
 
 SCOPES = ("track", "decide", "risk", "deliveries", "admin")
@@ -305,13 +307,7 @@ def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: st
         context.abort(code, message)
         yield  # pragma: no cover - makes this a generator, as a streaming handler must be
 
-    if handler.unary_unary:
-        return handler._replace(unary_unary=refuse)
-    if handler.stream_unary:
-        return handler._replace(stream_unary=refuse)
-    if handler.unary_stream:
-        return handler._replace(unary_stream=refuse_stream)
-    return handler._replace(stream_stream=refuse_stream)
+    return wrap_behaviour(handler, lambda _: refuse, lambda _: refuse_stream)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

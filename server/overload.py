@@ -38,6 +38,8 @@ from typing import Any
 
 import grpc
 
+from nudge.server.handlers import wrap_behaviour
+
 # Health and reflection must answer even (especially) under overload, so orchestrators
 # do not kill a server that is merely busy; Echo is the latency floor benchmarks compare
 # against. StreamDeliveries is a long-lived stream held by each delivery adapter: counting
@@ -202,12 +204,6 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(self.exempt):
             return handler
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._wrap_unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._wrap_unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method))
-        return handler
+        return wrap_behaviour(
+            handler, lambda b: self._wrap_unary(b, method), lambda b: self._wrap_stream(b, method)
+        )

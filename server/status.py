@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from nudge.server.errors import NudgeError
+from nudge.server.handlers import wrap_behaviour
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,6 @@ class StatusInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))
-        return handler
+        return wrap_behaviour(
+            handler, lambda b: _wrap_unary(b, method), lambda b: _wrap_stream(b, method)
+        )

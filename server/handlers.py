@@ -1,0 +1,34 @@
+"""Wrapping a grpc method handler's behaviour, whatever kind of RPC it serves.
+
+Every server interceptor here (status mapping, auth, overload, metrics) replaces the
+behaviour of the handler grpc found, with a wrapper that must match the RPC's kind: a
+plain function for unary responses, a generator for streamed ones. This is that dispatch,
+once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+Behaviour = Callable[..., Any]
+
+
+def wrap_behaviour(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Behaviour], Behaviour],
+    streaming: Callable[[Behaviour], Behaviour],
+) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour passed through ``unary`` (unary response: unary-unary
+    and stream-unary) or ``streaming`` (streamed response: a generator must come back)."""
+    if handler.unary_unary:
+        return handler._replace(unary_unary=unary(handler.unary_unary))
+    if handler.stream_unary:
+        return handler._replace(stream_unary=unary(handler.stream_unary))
+    if handler.unary_stream:
+        return handler._replace(unary_stream=streaming(handler.unary_stream))
+    if handler.stream_stream:
+        return handler._replace(stream_stream=streaming(handler.stream_stream))
+    return handler
