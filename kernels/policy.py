@@ -1109,16 +1109,6 @@ def _win_counts(
     return wins, int(draws)
 
 
-def combo_names(space: ActionSpace, names: Sequence[Sequence[str]]) -> list[str]:
-    """Human-readable labels of every combination (``names[dim][value]``), for debugging."""
-    out = []
-    for i in range(space.n_combos):
-        vals = space.combo_values(i)
-        out.append("nothing" if vals is None else
-                   " / ".join(names[d][v] for d, v in enumerate(vals)))
-    return out
-
-
 def warm_up() -> None:
     """Call every kernel once on tiny inputs (load from cache before SERVING)."""
     from nudge.kernels.learner import initial_snapshot
