@@ -214,13 +214,6 @@ class Learner:
             chosen = np.array([r.choice for r in usable], dtype=np.int64)
             contexts = np.array([r.x for r in usable], dtype=np.float64)
             rewards = np.array([r.reward or 0.0 for r in usable], dtype=np.float64)
-            if model.campaign.goal.message_cost:
-                # Each message the decision sent costs message_cost: known, so not left to
-                # be learned from rare opt-outs alone.
-                sends = {f.name: f.count for f in model.campaign.frequencies}
-                rewards -= model.campaign.goal.message_cost * np.array(
-                    [sends.get(r.actions[0]["frequency"], 1) if r.actions else 0
-                     for r in usable], dtype=np.float64)
             raw = np.array([[np.nan if v is None else v for v in r.raw] for r in usable])
             snapshot = lrn.update_posteriors(
                 model.snapshot, model.campaign.space.combo_components, chosen, contexts, rewards,
