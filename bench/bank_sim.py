@@ -15,6 +15,9 @@ offer), or nothing. The simulated users answer by a hidden truth that no policy 
   ``0.2% + 3% inside the persona's annoyance hours + 1% per other contact in 7 days``
   (+1% for a second message); an opt-out is a Track ``profile`` event with
   ``consent.<channel>=revoked``; a quarter of opt-outs churn (the user never comes back).
+  The summary splits the expected opt-outs by these terms (``opt_out_risk``).
+- **Journeys.** A conversion before the second message of "twice" cancels it (the goal
+  cancels the rest of a journey, as the server's journeys do), for every policy.
 - **Conversions** arrive hours or days later (exponential, mean 10 h after the message;
   organic ones anywhere in the 72 h goal window), as ``loan_completed`` goal events.
 
@@ -95,6 +98,12 @@ FATIGUE = 0.7
 TWICE_LIFT = 1.15
 ORGANIC = 0.02
 CHURN_SHARE = 0.25
+# Annoyance: each contact's opt-out probability is the sum of these terms.
+OPT_OUT_BASE = 0.002
+OPT_OUT_ANNOYED = 0.03  # sent inside the persona's annoyance hours
+OPT_OUT_PER_RECENT = 0.01  # per other contact in the last 7 days
+OPT_OUT_SECOND = 0.01  # the second message of "twice"
+OPT_OUT_CAUSES = ("baseline", "annoy_hours", "recent_contacts", "second_message")
 # SquareCB exploration scale of the simulated campaign (shipped file: 10); 40 reached ~81%
 # of the oracle after 50,000 decisions on seed 0, 100 ~92%.
 GAMMA_SCALE = 100.0
@@ -392,6 +401,12 @@ class Result:
     # the simulator's own guardrails (which the baselines obey) would have.
     guardrail_mismatches: int = 0
     random_ips_noise_free: list[float] = field(default_factory=list)
+    # Opt-out risk by cause: the sum over contacts of each term of the annoyance model (an
+    # unbiased split of the expected opt-outs), and the contacts that carried each term.
+    opt_out_risk: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(OPT_OUT_CAUSES, 0.0))
+    risky_contacts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(OPT_OUT_CAUSES, 0))
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -422,6 +437,8 @@ class Result:
             "guardrail_mismatches": self.guardrail_mismatches,
             "random_ips_noise_free": float(np.mean(self.random_ips_noise_free))
             if self.random_ips_noise_free else None,
+            "opt_out_risk": {k: round(v, 1) for k, v in self.opt_out_risk.items()},
+            "risky_contacts": dict(self.risky_contacts),
             "seconds": round(self.seconds, 1),
         }
 
@@ -636,12 +653,22 @@ def _decide(policy: str, user: User, now: float, space: Space, driver: NudgeDriv
         times = [send_at, send_at + DAY] if space.twice[choice] else [send_at]
         user.contacts.append((send_at, channel))
         recent = sum(1 for t, _ in user.contacts if now - t < WEEK) - 1
+        delay = -10 * HOUR * math.log(max(1.0 - u_delay, 1e-12))
+        at = min(send_at + delay, now + WINDOW - 60.0)
         for k, t in enumerate(times):
+            if k and converted and at <= t:
+                break  # the goal cancels the rest of the journey, as the server does
             result.contacts += 1
             p = user.persona
             h = local_hour(t)
             annoyed = p.annoy_hours is not None and p.annoy_hours[0] <= h < p.annoy_hours[1]
-            p_opt = 0.002 + 0.03 * annoyed + 0.01 * max(recent, 0) + 0.01 * k
+            terms = {"baseline": OPT_OUT_BASE, "annoy_hours": OPT_OUT_ANNOYED * annoyed,
+                     "recent_contacts": OPT_OUT_PER_RECENT * max(recent, 0),
+                     "second_message": OPT_OUT_SECOND * k}
+            for cause, term in terms.items():
+                result.opt_out_risk[cause] += term
+                result.risky_contacts[cause] += term > 0
+            p_opt = sum(terms.values())
             if u_opt[k] < p_opt:
                 result.opt_outs += 1
                 order += 1
@@ -649,8 +676,6 @@ def _decide(policy: str, user: User, now: float, space: Space, driver: NudgeDriv
                 if u_opt[2] < CHURN_SHARE:
                     user.churned = True
                 break
-        delay = -10 * HOUR * math.log(max(1.0 - u_delay, 1e-12))
-        at = min(send_at + delay, now + WINDOW - 60.0)
     else:
         at = now + u_delay * (WINDOW - 60.0)
     if converted:
@@ -738,6 +763,9 @@ def format_report(report: dict[str, Any]) -> str:
             f"{name:<9} {s['decisions']:>9} {s['conversion_rate']:>7.4f} "
             f"{s['conversion_rate_last_fifth']:>13.4f} {s['opt_outs']:>8} {s['churned']:>7} "
             f"{s['contacts_per_user']:>13.2f} {s['regret']:>8.1f} {s['seconds']:>6.1f}")
+    for name, s in report["policies"].items():
+        risk = ", ".join(f"{k} {v:.0f}" for k, v in s["opt_out_risk"].items())
+        lines.append(f"{name} expected opt-outs by cause: {risk}")
     for key, value in report.items():
         if key != "policies":
             lines.append(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

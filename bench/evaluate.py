@@ -4,7 +4,10 @@ Reads the decision log of a store (the LMDB data folder, opened read-only: recor
 in the ``decisions`` db with the context ``x``, the ``choice``, its exact ``propensity``, the
 ``reward`` once settled and the guardrail ``trace``) and estimates the value (conversions
 per decision the policy made) of a target policy with IPS, SNIPS and DR
-(:mod:`nudge.bench.ope`), each with a 95% confidence interval.
+(:mod:`nudge.bench.ope`), each with a 95% confidence interval: empirical Bernstein by
+default (sound with heavy importance weights; the target policies here are far from the
+logging policy, so a few rarely logged actions carry most of the estimate and the normal
+approximation under-covers), or the normal approximation (``--interval normal``, as obp).
 
 Only decisions the policy made are evaluated: settled, learnable ones (guardrail
 suppressions such as the holdout, consent or caps are no policy's choice). Target policies:
@@ -172,7 +175,8 @@ def reward_model(log: Log, space: Space, ridge: float = 1.0) -> np.ndarray:
 
 
 def evaluate(log: Log, space: Space, policy: str, confidence: float = 0.95,
-             max_weight: float | None = None) -> dict[str, Any]:
+             max_weight: float | None = None, interval: str = "bernstein",
+             reward_range: tuple[float, float] | None = None) -> dict[str, Any]:
     """IPS, SNIPS and DR estimates of ``policy``'s value on ``log``."""
     if len(log) < 2:
         raise ValueError("the decision log holds fewer than 2 settled decisions")
@@ -190,7 +194,8 @@ def evaluate(log: Log, space: Space, policy: str, confidence: float = 0.95,
         # The logging policy's full distribution is not logged, only its propensity of the
         # logged action: that is its target propensity (every weight is 1).
         target, q_target = log.propensity, q_logged
-    kw = {"confidence": confidence, "max_weight": max_weight}
+    kw = {"confidence": confidence, "max_weight": max_weight, "interval": interval,
+          "reward_range": reward_range}
     ips = ope.ips(log.reward, log.propensity, target, **kw).to_dict()
     return {
         "policy": policy,
@@ -198,6 +203,8 @@ def evaluate(log: Log, space: Space, policy: str, confidence: float = 0.95,
         # A deterministic target over hundreds of combinations rarely takes the logged
         # action: with few effective samples the intervals are not to be trusted.
         "low_overlap": ips["effective_sample_size"] < MIN_EFFECTIVE_N,
+        "interval": interval,
+        "largest_weight": float((target / log.propensity).max()),
         "logged_value": float(log.reward.mean()),
         "ips": ips,
         "snips": ope.snips(log.reward, log.propensity, target, **kw).to_dict(),
@@ -206,15 +213,19 @@ def evaluate(log: Log, space: Space, policy: str, confidence: float = 0.95,
 
 
 def evaluate_store(data_dir: Path, campaigns_dir: Path | None, policies: list[str],
-                   campaign: str = CAMPAIGN) -> list[dict[str, Any]]:
+                   campaign: str = CAMPAIGN, interval: str = "bernstein") -> list[dict[str, Any]]:
     campaigns = load_campaigns(campaigns_dir)
     space = Space(campaigns[campaign])
     log = read_log(data_dir, space, campaign)
-    return [evaluate(log, space, p) for p in policies]
+    # Every reward the server settles lies between an opt-out's cost and the goal's value.
+    goal = campaigns[campaign].goal
+    reward_range = (min(-goal.opt_out_cost, 0.0), max(goal.value, 0.0))
+    return [evaluate(log, space, p, interval=interval, reward_range=reward_range)
+            for p in policies]
 
 
 def validate(decisions: int, seed: int = 0, users: int | None = None,
-             gamma_scale: float = GAMMA_SCALE) -> dict[str, Any]:
+             gamma_scale: float = GAMMA_SCALE, interval: str = "bernstein") -> dict[str, Any]:
     """Run nudge in the simulator, estimate the uniform random policy and the rulebook from
     its log, and compare each with its truth: (a) its exact expected value on the same logged
     decisions (the simulator knows the truth; the estimand of IPS) and (b) its conversion
@@ -226,7 +237,7 @@ def validate(decisions: int, seed: int = 0, users: int | None = None,
         nudge = run_policy("nudge", decisions, seed, users, folder, gamma_scale,
                            opt_out_cost=0.0)
         estimates = evaluate_store(folder / "data", folder / "campaigns",
-                                   ["uniform", "rulebook"])
+                                   ["uniform", "rulebook"], interval=interval)
     summary = nudge.summary()
     out: dict[str, Any] = {"decisions": decisions, "seed": seed, "targets": {}}
     for estimate, sim_policy in zip(estimates, ("random", "rulebook"), strict=True):
@@ -250,13 +261,16 @@ def validate(decisions: int, seed: int = 0, users: int | None = None,
 
 def _format(result: dict[str, Any]) -> str:
     lines = [f"policy {result['policy']}: {result['n']} logged decisions, logged policy's "
-             f"value {result['logged_value']:.4f}"]
+             f"value {result['logged_value']:.4f}, largest importance weight "
+             f"{result['largest_weight']:.1f}"]
+    label = {"bernstein": "empirical-Bernstein", "normal": "normal-approximation"}[
+        result["interval"]]
     if result["low_overlap"]:
         lines.append(f"  WARNING: effective sample size below {MIN_EFFECTIVE_N}: the target "
                      "rarely takes the logged actions; do not trust these intervals")
     for name in ("ips", "snips", "dr"):
         e = result[name]
-        lines.append(f"  {name:<5} {e['value']:.4f}  95% CI [{e['ci_low']:.4f}, "
+        lines.append(f"  {name:<5} {e['value']:.4f}  95% {label} CI [{e['ci_low']:.4f}, "
                      f"{e['ci_high']:.4f}]  effective n {e['effective_sample_size']:.0f}")
     return "\n".join(lines)
 
@@ -272,10 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validate", type=int, metavar="DECISIONS", default=None,
                         help="check the estimators against the simulator's truth")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--interval", choices=ope.INTERVALS, default="bernstein",
+                        help="confidence intervals: empirical Bernstein (default; sound with "
+                             "heavy importance weights) or the normal approximation (as obp)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.validate is not None:
-        result = validate(args.validate, args.seed)
+        result = validate(args.validate, args.seed, interval=args.interval)
         if args.json:
             print(json.dumps(result, indent=2))
             return 0
@@ -295,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if campaigns is None and (args.data_dir.parent / "campaigns").is_dir():
         campaigns = args.data_dir.parent / "campaigns"
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
-    results = evaluate_store(args.data_dir, campaigns, policies)
+    results = evaluate_store(args.data_dir, campaigns, policies, interval=args.interval)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

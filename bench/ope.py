@@ -26,6 +26,18 @@ Each returns an :class:`Estimate` with a normal-approximation confidence interva
   ``se**2 = sum(w_i**2 * (r_i - V)**2) / sum(w)**2 * n / (n - 1)`` (the ``n / (n - 1)`` makes it
   match the ``ddof=1`` used for IPS/DR). It is deterministic — no bootstrap and no seed.
 
+With heavy importance weights (a target far from the logging policy, a few rare logged
+actions carrying most of the estimate) the terms are right-skewed and the normal interval
+under-covers: most samples miss the rare large terms, so the estimate and its standard error
+both come out low. ``interval="bernstein"`` gives an empirical-Bernstein interval instead
+(Maurer & Pontil 2009, Theorem 4, each side at level ``(1 - confidence) / 2``): for terms in a
+range of width ``b``, the half-width is ``sqrt(2 var ln(4/a) / n) + 7 b ln(4/a) / (3 (n - 1))``
+with ``a = 1 - confidence``. It holds for any distribution of the terms within that range, so it
+is sound however skewed they are, at the price of width. ``b`` comes from the rewards' range
+(``reward_range``, default the observed one) and the largest importance weight observed (the
+logged propensities bound the weights only loosely). SNIPS divides two such intervals (the
+numerator's and the weights' mean, each at half the error level).
+
 Optional weight clipping (``max_weight``) caps each importance weight ``w = target / logged``;
 it trades a (downward, for non-negative rewards) bias for lower variance. Obp's estimators do
 not clip, so the agreement check (:mod:`nudge.bench.ope_obp_check`) runs unclipped.
@@ -39,12 +51,14 @@ Everything is vectorised NumPy: a million logged decisions take milliseconds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
 import numpy as np
 
 __all__ = [
+    "INTERVALS",
     "Estimate",
     "dr",
     "effective_sample_size",
@@ -57,6 +71,7 @@ __all__ = [
 
 # Action distributions built by counting (Monte Carlo) or softmax sum to 1 up to rounding.
 _SUM_TOLERANCE = 1e-6
+INTERVALS = ("normal", "bernstein")
 
 
 @dataclass(frozen=True)
@@ -75,8 +90,11 @@ class Estimate:
     ci_high: float
     n: int
     effective_sample_size: float
+    # How the interval was made: "normal" (the normal approximation, as obp does) or
+    # "bernstein" (empirical Bernstein: sound for heavy weights, wider).
+    interval: str = "normal"
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
 
@@ -199,13 +217,47 @@ def effective_sample_size(weights: np.ndarray) -> float:
     return float(w.sum()) ** 2 / sq if sq > 0.0 else 0.0
 
 
-def _mean_estimate(terms: np.ndarray, weights: np.ndarray, confidence: float) -> Estimate:
-    """An estimate that is the mean of independent per-decision ``terms``."""
+def _check_interval(interval: str) -> None:
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+
+
+def _reward_span(r: np.ndarray, reward_range: tuple[float, float] | None) -> tuple[float, float]:
+    """The rewards' range, including 0 (a weight of 0 makes any term 0)."""
+    lo, hi = (float(r.min()), float(r.max())) if reward_range is None else reward_range
+    if not lo <= hi:
+        raise ValueError(f"reward_range must be (low, high) with low <= high, got {reward_range}")
+    if reward_range is not None and (r.min() < lo or r.max() > hi):
+        raise ValueError(f"rewards must lie inside reward_range {reward_range}")
+    return min(lo, 0.0), max(hi, 0.0)
+
+
+def _bernstein_half(terms: np.ndarray, width: float, error: float) -> float:
+    """Empirical-Bernstein half-width of the mean of ``terms`` (in a range of ``width``) for a
+    two-sided interval with total error probability ``error``."""
+    n = terms.shape[0]
+    log_term = math.log(4.0 / error)
+    var = float(terms.var(ddof=1))
+    return math.sqrt(2.0 * var * log_term / n) + 7.0 * width * log_term / (3.0 * (n - 1))
+
+
+def _mean_estimate(terms: np.ndarray, weights: np.ndarray, confidence: float,
+                   interval: str = "normal", width: float = 0.0,
+                   bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
+    """An estimate that is the mean of independent per-decision ``terms`` (in a range of
+    ``width``, used by the Bernstein interval, which is also kept within the rewards'
+    ``bounds``: a policy's value lies within them)."""
     n = terms.shape[0]
     value = float(terms.mean())
     stderr = float(terms.std(ddof=1)) / np.sqrt(n)
-    half = _z(confidence) * stderr
-    return Estimate(value, stderr, value - half, value + half, n, effective_sample_size(weights))
+    if interval == "bernstein":
+        _z(confidence)  # validates it
+        half = _bernstein_half(terms, width, 1.0 - confidence)
+        low, high = max(value - half, bounds[0]), min(value + half, bounds[1])
+    else:
+        half = _z(confidence) * stderr
+        low, high = value - half, value + half
+    return Estimate(value, stderr, low, high, n, effective_sample_size(weights), interval)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,14 +272,19 @@ def ips(
     *,
     max_weight: float | None = None,
     confidence: float = 0.95,
+    interval: str = "normal",
+    reward_range: tuple[float, float] | None = None,
 ) -> Estimate:
     """Inverse propensity scoring: ``mean(w * r)`` with ``w = target / logged``.
 
     Unbiased (unclipped) whenever the target policy only takes actions the logging policy could
-    take; the interval is the normal approximation on the per-decision terms ``w * r``.
+    take; the interval is the normal approximation on the per-decision terms ``w * r``, or the
+    empirical-Bernstein one (``interval="bernstein"``, see the module docstring).
     """
+    _check_interval(interval)
     r, w = _validated(rewards, logged_propensity, target_propensity, max_weight)
-    return _mean_estimate(w * r, w, confidence)
+    lo, hi = _reward_span(r, reward_range)
+    return _mean_estimate(w * r, w, confidence, interval, float(w.max()) * (hi - lo), (lo, hi))
 
 
 def snips(
@@ -237,6 +294,8 @@ def snips(
     *,
     max_weight: float | None = None,
     confidence: float = 0.95,
+    interval: str = "normal",
+    reward_range: tuple[float, float] | None = None,
 ) -> Estimate:
     """Self-normalised IPS: ``sum(w * r) / sum(w)``, interval from the delta method.
 
@@ -245,6 +304,7 @@ def snips(
     weights are large. Raises ``ValueError`` when every weight is 0 (the target never takes any
     logged action: there is no overlap and nothing to estimate from).
     """
+    _check_interval(interval)
     r, w = _validated(rewards, logged_propensity, target_propensity, max_weight)
     n = r.shape[0]
     total = float(w.sum())
@@ -257,7 +317,23 @@ def snips(
     resid = w * (r - value)
     stderr = float(np.sqrt(np.dot(resid, resid) * n / (n - 1))) / total
     half = _z(confidence) * stderr
-    return Estimate(value, stderr, value - half, value + half, n, effective_sample_size(w))
+    low, high = value - half, value + half
+    if interval == "bernstein":
+        # mean(w r) / mean(w), each mean within its own interval (half the error each).
+        lo, hi = _reward_span(r, reward_range)
+        error = (1.0 - confidence) / 2.0
+        w_max = float(w.max())
+        top = float(np.dot(w, r)) / n
+        top_half = _bernstein_half(w * r, w_max * (hi - lo), error)
+        bottom = total / n
+        bottom_low = bottom - _bernstein_half(w, w_max, error)
+        bottom_high = bottom + _bernstein_half(w, w_max, error)
+        ratios = [(top + s * top_half) / d for s in (-1.0, 1.0)
+                  for d in (bottom_low, bottom_high) if d > 0.0]
+        # A weights' mean that may be 0: the ratio is unbounded; the rewards still bound it.
+        low = max(min(ratios), lo) if bottom_low > 0.0 else lo
+        high = min(max(ratios), hi) if bottom_low > 0.0 else hi
+    return Estimate(value, stderr, low, high, n, effective_sample_size(w), interval)
 
 
 def dr(
@@ -269,6 +345,8 @@ def dr(
     *,
     max_weight: float | None = None,
     confidence: float = 0.95,
+    interval: str = "normal",
+    reward_range: tuple[float, float] | None = None,
 ) -> Estimate:
     """Doubly robust: ``mean(q_target + w * (r - q_logged))``.
 
@@ -277,11 +355,18 @@ def dr(
     reward under the target policy. With a perfect model the importance term is exactly 0 and
     only the (usually small) spread of ``q_target`` is left in the interval.
     """
+    _check_interval(interval)
     r, w = _validated(rewards, logged_propensity, target_propensity, max_weight)
     n = r.shape[0]
     q_logged = _as_1d("reward_model_logged", reward_model_logged, n)
     q_target = _as_1d("reward_model_target", reward_model_target, n)
-    return _mean_estimate(q_target + w * (r - q_logged), w, confidence)
+    # The model's predictions count in the range too (a model is not bound to the rewards').
+    qs = np.concatenate([q_logged, q_target])
+    r_lo, r_hi = _reward_span(r, reward_range)
+    lo, hi = min(r_lo, float(qs.min())), max(r_hi, float(qs.max()))
+    width = (hi - lo) * (1.0 + 2.0 * float(w.max()))
+    return _mean_estimate(q_target + w * (r - q_logged), w, confidence, interval, width,
+                          (r_lo, r_hi))
 
 
 # ---------------------------------------------------------------------------------------------

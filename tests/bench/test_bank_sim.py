@@ -81,3 +81,16 @@ def test_cli_writes_summary_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "nudge_vs_oracle_last_fifth" in report and "uplift_vs_holdout" in report
     assert (out / "regret.png").stat().st_size > 10_000
     assert "nudge_vs_rulebook_last_fifth" in capsys.readouterr().out
+
+
+def test_opt_out_risk_by_cause_explains_the_opt_outs() -> None:
+    # The per-cause risks are the annoyance model's terms summed over contacts: their total
+    # is the expected number of opt-outs.
+    runs = {p: _summary(p, 4000, seed=5) for p in ("random", "rulebook")}
+    for s in runs.values():
+        risk = sum(s["opt_out_risk"].values())
+        assert abs(s["opt_outs"] - risk) < 4 * risk**0.5 + 1, s
+        assert s["risky_contacts"]["baseline"] == round(s["contacts_per_user"] * s["users"])
+    # Random sends inside annoyance hours; the rulebook's slots never do.
+    assert runs["random"]["opt_out_risk"]["annoy_hours"] > 0
+    assert runs["rulebook"]["opt_out_risk"]["annoy_hours"] == 0

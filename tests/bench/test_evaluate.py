@@ -46,3 +46,16 @@ def test_cli_on_a_kept_store(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert logged["ips"]["value"] == pytest.approx(logged["logged_value"])
     assert logged["snips"]["value"] == pytest.approx(logged["logged_value"])
     assert uniform["n"] == logged["n"] > 300
+
+
+def test_bernstein_intervals_are_the_default_and_contain_the_normal_ones(tmp_path: Path) -> None:
+    run_policy("nudge", 400, seed=4, data_dir=tmp_path / "sim")
+    data, campaigns = tmp_path / "sim" / "data", tmp_path / "sim" / "campaigns"
+    sound = evaluate.evaluate_store(data, campaigns, ["uniform"])[0]
+    normal = evaluate.evaluate_store(data, campaigns, ["uniform"], interval="normal")[0]
+    assert sound["interval"] == "bernstein" and normal["interval"] == "normal"
+    assert sound["largest_weight"] > 1.0
+    for name in ("ips", "dr"):
+        s, n = sound[name], normal[name]
+        assert s["value"] == n["value"]
+        assert s["ci_low"] <= n["ci_low"] and n["ci_high"] <= s["ci_high"], (s, n)

@@ -137,6 +137,55 @@ def test_confidence_intervals_cover_the_true_value_of_a_synthetic_bandit() -> No
     assert min(covered.values()) >= 90, covered
 
 
+def test_bernstein_interval_hand_computed() -> None:
+    # Weights 1 and rewards in [0, 1]: the terms are the rewards, in a range of width 1.
+    r = np.random.default_rng(7).random(1000)
+    p = np.full(1000, 0.5)
+    est = ips(r, p, p, interval="bernstein", reward_range=(0.0, 1.0))
+    log_term = np.log(4.0 / 0.05)
+    half = np.sqrt(2.0 * r.var(ddof=1) * log_term / 1000) + 7.0 * log_term / (3.0 * 999)
+    assert (est.value, est.interval) == (pytest.approx(r.mean()), "bernstein")
+    assert est.ci_high - est.value == pytest.approx(half)
+    assert est.value - est.ci_low == pytest.approx(half)
+    # A wider a-priori reward range widens it.
+    wider = ips(r, p, p, interval="bernstein", reward_range=(-1.0, 1.0))
+    assert wider.ci_high - wider.value == pytest.approx(half + 7.0 * log_term / (3.0 * 999))
+    # Heavy weights on 6 decisions: the interval is clamped to the rewards' range.
+    tiny = ips(REWARDS, LOGGED, TARGET, interval="bernstein")
+    assert (tiny.ci_low, tiny.ci_high) == (0.0, 1.0)
+    sn = snips(REWARDS, LOGGED, TARGET, interval="bernstein")
+    assert 0.0 <= sn.ci_low <= sn.value <= sn.ci_high <= 1.0
+    with pytest.raises(ValueError, match="interval must be one of"):
+        ips(REWARDS, LOGGED, TARGET, interval="bootstrap")
+    with pytest.raises(ValueError, match="rewards must lie inside reward_range"):
+        ips(REWARDS, LOGGED, TARGET, interval="bernstein", reward_range=(0.0, 0.5))
+
+
+def test_bernstein_covers_where_heavy_weights_break_the_normal_interval() -> None:
+    """A logger that almost never takes the action the target likes: weights of 250 on a
+    handful of decisions. The normal interval misses the truth far more often than 5%; the
+    empirical-Bernstein one does not."""
+    n, logging, target = 2000, np.array([0.998, 0.002]), np.array([0.5, 0.5])
+    click = np.array([0.1, 0.5])
+    truth = float(target @ click)
+    covered = {"normal": 0, "bernstein": 0}
+    covered_dr = {"normal": 0, "bernstein": 0}
+    runs = 200
+    for seed in range(runs):
+        rng = np.random.default_rng(seed)
+        a = (rng.random(n) < logging[1]).astype(int)
+        r = (rng.random(n) < click[a]).astype(float)
+        model = np.full(2, 0.1)  # a model that knows nothing of the rare action
+        for interval in covered:
+            e = ips(r, logging[a], target[a], interval=interval, reward_range=(0.0, 1.0))
+            covered[interval] += int(e.ci_low <= truth <= e.ci_high)
+            d = dr(r, logging[a], target[a], model[a], np.full(n, float(target @ model)),
+                   interval=interval, reward_range=(0.0, 1.0))
+            covered_dr[interval] += int(d.ci_low <= truth <= d.ci_high)
+    assert covered["normal"] < 0.9 * runs and covered_dr["normal"] < 0.9 * runs
+    assert covered["bernstein"] >= 0.95 * runs and covered_dr["bernstein"] >= 0.95 * runs
+
+
 def test_action_dist_helpers_match_a_loop() -> None:
     rng = np.random.default_rng(3)
     n, n_actions, n_positions = 50, 7, 3
