@@ -131,6 +131,15 @@ def tables(result: dict) -> list[Table]:
                          ("transactions", "fraud", "average precision", "ROC-AUC"),
                          [(_f(q["evaluated"]), _f(q["fraud"]), _f(q["average_precision"], 3),
                            _f(q["roc_auc"], 3))]))
+        policies = sec["quality"].get("policy", {})
+        if policies:
+            out.append(Table(
+                "Policy quality (bench/policy_sim.py: known best combination per user type)",
+                ("exploration", "policy, last fifth", "oracle", "random", "policy / oracle"),
+                [(mode, _f(r["policy_last_fifth"], 4), _f(r["oracle_last_fifth"], 4),
+                  _f(r["random_last_fifth"], 4), _f(r["ratio_to_oracle"], 3))
+                 for mode, r in policies.items()],
+                "Mean expected reward of the choices in the last fifth of the decisions."))
     if "peers" in sec:
         p = sec["peers"]
         rows = [(d["name"], _f(d["decisions"]), _f(d["decide_us"]["p50"]),
