@@ -7,7 +7,12 @@ stack and the caller gets INTERNAL with a reference, never UNKNOWN or a stack tr
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 import grpc
+import lmdb
 
 
 class NudgeError(Exception):
@@ -65,3 +70,39 @@ class StoreFull(NudgeError):
     """The LMDB map cannot grow any more: writes are refused, reads go on."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DiskFull(NudgeError):
+    """The disk holding the store has no space left: writes are refused, reads go on."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# LMDB reports a write cut short by a full disk as EIO, not ENOSPC: an EIO counts as a full
+# disk when the disk has less than this left (a real I/O error stays UNAVAILABLE).
+NEARLY_FULL_BYTES = 8 << 20
+
+
+def disk_full(exc: BaseException, path: Path) -> DiskFull | None:
+    """The DiskFull a failed store write amounts to, or None when the disk is not the cause."""
+    text = str(exc)
+    try:
+        free: int | None = shutil.disk_usage(path).free
+    except OSError:
+        free = None
+    no_space = (
+        isinstance(exc, lmdb.DiskError)
+        or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+        or "No space left on device" in text
+        or "Disk quota exceeded" in text
+    )
+    short_write = (isinstance(exc, lmdb.Error) and "Input/output error" in text
+                   and free is not None and free < NEARLY_FULL_BYTES)
+    if not (no_space or short_write):
+        return None
+    left = "" if free is None else f" ({free:,} bytes free)"
+    return DiskFull(
+        f"the disk is full: no space left on the device holding the store at {path}{left}; "
+        "writes are refused, reads still work — free disk space, then retry with the same "
+        "event_ids"
+    )

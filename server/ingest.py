@@ -23,7 +23,7 @@ import lmdb
 import numpy as np
 
 from nudge.kernels import user_state
-from nudge.server.errors import NudgeError, Unavailable
+from nudge.server.errors import NudgeError, Unavailable, disk_full
 from nudge.server.events import (
     AMOUNT_KEY,
     CONSENT_PREFIX,
@@ -173,6 +173,9 @@ class EventWriter:
                 if isinstance(exc, NudgeError):
                     log.error("write batch refused: %s", exc.message)
                     error: NudgeError = exc
+                elif (full := disk_full(exc, self.store.path)) is not None:
+                    log.error("write batch refused: %s", full.message)
+                    error = full
                 else:
                     log.exception("write batch failed to commit")
                     error = Unavailable(f"store write failed ({type(exc).__name__}); retry later")

@@ -41,6 +41,8 @@ process is adopted when a transaction reports MDB_MAP_RESIZED.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -213,6 +215,22 @@ class UserView:
         )
 
 
+# LMDB maps its lock file (sparse) and writes reader slots into it: on a full disk, a write
+# to a page not yet allocated kills the process with SIGBUS. Allocate the pages up front.
+LOCK_FILE_BYTES = 64 << 10
+
+
+def _reserve_lock_file(path: Path) -> None:
+    fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, LOCK_FILE_BYTES)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OSError(exc.errno, f"no space left on the disk ({exc.strerror})") from exc
+    finally:
+        os.close(fd)
+
+
 class Store:
     """One LMDB environment with nudge's named databases."""
 
@@ -228,6 +246,7 @@ class Store:
         self.shared = shared
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            _reserve_lock_file(self.path)
             self.env = lmdb.open(
                 str(self.path),
                 map_size=map_size,
@@ -240,10 +259,14 @@ class Store:
             )
         except (OSError, lmdb.Error) as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
-        self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
         self._gate = _ReadGate()
         self._write_lock = threading.Lock()
-        self._check_schema()
+        try:
+            self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
+            self._check_schema()
+        except lmdb.Error as exc:  # e.g. a new store on a full disk
+            self.env.close()
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
         self.type_slots: dict[str, int] = self._load_type_registry()
         self._type_names: dict[int, str] = {}
         self.next_sequence = self._last_sequence() + 1
