@@ -491,7 +491,7 @@ class DecisionEngine:
         result: dict[str, Any] = {}
 
         def job(txn: lmdb.Transaction) -> None:
-            self._write_pending(txn)
+            result["written"] = self._write_pending(txn)
             record = self._load(txn, decision_id)
             if record is None:
                 result["missing"] = True
@@ -505,7 +505,9 @@ class DecisionEngine:
             error = committed.exception()
             if error is not None:
                 future.set_exception(error)
-            elif result.get("missing"):
+                return
+            self._forget(result["written"])  # stored: the next flush need not repeat it
+            if result.get("missing"):
                 future.set_exception(NotFound(f"decision_id: {decision_id!r} is unknown"))
             else:
                 if result.get("attributed"):
@@ -654,7 +656,14 @@ class DecisionEngine:
             contacts = {u: list(c) for u, c in self._pending_contacts.items()}
         dbs = self.store.dbs
         for decision_id, record in records.items():
-            txn.put(decision_id.encode(), record.to_bytes(), db=dbs["decisions"])
+            key = decision_id.encode()
+            if record.status == "open":
+                # Settled since this copy was taken (maybe earlier in this very commit, by a
+                # goal event or ReportOutcome): a stale open copy must never reopen it.
+                current = txn.get(key, db=dbs["decisions"])
+                if current is not None and DecisionRecord.from_bytes(current).status != "open":
+                    continue
+            txn.put(key, record.to_bytes(), db=dbs["decisions"])
             if record.status == "open":
                 txn.put(open_key(record.user_id, decision_id), b"", db=dbs["open"])
                 txn.put(deadline_key(record.window_end, decision_id), b"", db=dbs["deadlines"])
@@ -663,7 +672,9 @@ class DecisionEngine:
             stored = orjson.loads(raw) if raw is not None else []
             horizon = max(c.time for c in new) - CONTACT_MEMORY
             merged = [c for c in stored if c[0] >= horizon]
-            merged += [[c.time, c.channel, c.campaign, c.decision_id] for c in new]
+            known = {(c[0], c[3]) for c in merged}  # written earlier in this commit
+            merged += [[c.time, c.channel, c.campaign, c.decision_id] for c in new
+                       if (c.time, c.decision_id) not in known]
             txn.put(user_id.encode(), orjson.dumps(merged), db=dbs["contacts"])
         return records, contacts
 
@@ -676,7 +687,10 @@ class DecisionEngine:
             for user_id, stored in contacts.items():
                 current = self._pending_contacts.get(user_id)
                 if current is not None:
-                    del current[: len(stored)]
+                    # Exactly the contacts written (two commits may have stored the same
+                    # ones; newer ones, not yet written, stay pending).
+                    written_ids = {id(c) for c in stored}
+                    current[:] = [c for c in current if id(c) not in written_ids]
                     if not current:
                         del self._pending_contacts[user_id]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -9,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import numpy as np
+import orjson
 import pytest
 
 from nudge.clients import Client, make_event, make_transaction
@@ -378,3 +381,33 @@ def test_opting_out_of_the_decisions_channel_is_learned_as_a_cost(start: Start) 
                                  strings={f"consent.{channel}": "revoked"})])
         (record,) = srv.decisions.decisions([reply.decision_id])
         assert record.status == "settled" and record.reward == -1.0
+
+
+def test_a_flush_in_the_same_commit_never_reopens_a_settled_decision(start: Start) -> None:
+    """A goal event settles a decision in the group commit that also carries a flush of
+    the decision's earlier, still-open copy: the decision stays settled, is in the rewards
+    log once, and its contact is stored once (found by the kill -9 loop)."""
+    srv, client, clock = start()
+    loan_user(client, "u20", clock)
+    gate = threading.Event()
+    srv.writer.submit_job(lambda txn: gate.wait())  # hold the writer: the next jobs batch
+    try:
+        reply = client.decide("u20")
+        goal = threading.Thread(target=lambda: client.track(
+            [make_event("u20", "loan_completed", time=clock.now())]))
+        goal.start()
+        time.sleep(0.2)  # the goal event is queued behind the held job
+        with srv.decisions._lock:
+            flushed = srv.decisions._request_flush()  # queued after the goal event
+        time.sleep(0.2)
+    finally:
+        gate.set()
+    goal.join()
+    flushed.result(timeout=10)
+    srv.decisions.flush()
+    (record,) = srv.decisions.decisions([reply.decision_id])
+    assert record.status == "settled" and record.reward == 1.0
+    with srv.store.read() as txn:
+        assert txn.stat(srv.store.dbs["rewards"])["entries"] == 1
+        contacts = orjson.loads(bytes(txn.get(b"u20", db=srv.store.dbs["contacts"])))
+    assert [c[3] for c in contacts] == [reply.decision_id]
