@@ -4,12 +4,14 @@ The command line only parses options into a :class:`BenchConfig`; :func:`run` do
 and returns a plain dict, which :mod:`nudge.bench.report` prints and writes. Sections:
 
 - ``kernels``  micro-benchmarks of every kernel, sizes as parameters
-- ``quality``  risk scoring's average precision on the shipped synthetic stream
+- ``quality``  risk scoring's average precision on the shipped synthetic stream, and the
+               policy's reward against the oracle on bench/policy_sim.py's world
 - ``rpc``      a server in a child process (or ``--target``): sequential latency against the
                Echo floor, concurrent throughput, open-loop load, durable TrackStream rate
 - ``peers``    Vowpal Wabbit, MABWiser, River (optional ``bench`` extra) beside nudge
 - ``startup``  process start → SERVING with a cold and a warm Numba cache
 - ``all``      every section above
+- ``faults``   kill -9 in a loop, 100 rounds (not part of ``all``; see bench/faults.py)
 
 Exit status: 0 when every measured budget in ``bench/budgets.toml`` is met, 1 when one is
 missed or a section failed, 130 on Ctrl-C (servers the bench started are always stopped).
@@ -140,13 +142,17 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="section", required=True, metavar="SECTION")
     helps = {"kernels": "micro-benchmarks of every kernel",
-             "quality": "risk average precision on the shipped synthetic stream",
+             "quality": "risk average precision; policy reward vs the oracle",
              "rpc": "RPC latency vs the Echo floor, throughput, open loop",
              "peers": "Vowpal Wabbit, MABWiser, River beside nudge (optional extra)",
              "startup": "process start to SERVING, cold and warm Numba cache",
              "all": "every section (under 5 minutes on the 2-core reference box)"}
     for name, text in helps.items():
         sub.add_parser(name, parents=[common], help=text, description=text)
+    text = "kill -9 in a loop: nothing acknowledged lost, doubled or resent (minutes)"
+    faults = sub.add_parser("faults", help=text, description=text)
+    faults.add_argument("--rounds", type=int, default=100)
+    faults.add_argument("--seed", type=int, default=1)
     return parser
 
 
@@ -183,7 +189,8 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     peers = PeersConfig(decisions=200, seconds=2.0, risk_users=40) if q else PeersConfig()
     peers = _set(peers, decisions=args.peer_decisions, seconds=args.peer_seconds,
                  risk_users=args.risk_users)
-    quality = QualityConfig(users=300, days=30.0) if q else QualityConfig()
+    quality = (QualityConfig(users=300, days=30.0, policy_decisions=5_000) if q
+               else QualityConfig())
     startup = StartupConfig(cold=not (q or args.no_cold), warm_runs=1 if q else 2)
     startup = _set(startup, warm_runs=args.warm_runs)
     sections = SECTIONS if args.section == "all" else (args.section,)
@@ -207,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
+    if args.section == "faults":  # pass or fail, with its own summary: no budgets, no report
+        from nudge.bench import faults
+
+        return faults.main(["--rounds", str(args.rounds), "--seed", str(args.seed)])
     try:
         budgets = budgets_mod.load(args.budgets)
     except (OSError, ValueError) as exc:

@@ -12,7 +12,7 @@
     nudge explain DECISION_ID [--data-dir DIR]
     nudge simulate [--decisions 50000] [--seed 0] [--out DIR]
     nudge evaluate --data-dir DIR --policy rulebook,uniform,logged
-    nudge bench {kernels,quality,rpc,peers,startup,all} [...]
+    nudge bench {kernels,quality,rpc,peers,startup,all,faults} [...]
 """
 
 from __future__ import annotations
