@@ -6,6 +6,8 @@ and returns a plain dict, which :mod:`nudge.bench.report` prints and writes. Sec
 - ``kernels``  micro-benchmarks of every kernel, sizes as parameters
 - ``quality``  risk scoring's average precision on the shipped synthetic stream, and the
                policy's reward against the oracle on bench/policy_sim.py's world
+- ``learning`` the bank simulator: nudge against the rulebook and the oracle (conversions,
+               opt-outs); ``nudge evaluate`` against obp on the Open Bandit Dataset sample
 - ``rpc``      a server in a child process (or ``--target``): sequential latency against the
                Echo floor, concurrent throughput, open-loop load, durable TrackStream rate
 - ``peers``    Vowpal Wabbit, MABWiser, River (optional ``bench`` extra) beside nudge
@@ -33,13 +35,14 @@ from pathlib import Path
 
 from nudge.bench import budgets as budgets_mod
 from nudge.bench.kernels_bench import KernelsConfig
+from nudge.bench.learning import LearningConfig
 from nudge.bench.open_loop import OpenLoopConfig
 from nudge.bench.peers import PeersConfig
 from nudge.bench.quality import QualityConfig
 from nudge.bench.rpc_floor import RpcConfig
 from nudge.bench.startup import StartupConfig
 
-SECTIONS = ("kernels", "quality", "rpc", "peers", "startup")
+SECTIONS = ("kernels", "quality", "learning", "rpc", "peers", "startup")
 DEFAULT_OUT = Path("bench/reports")
 
 
@@ -50,6 +53,7 @@ class BenchConfig:
     budgets_path: Path | None = None
     kernels: KernelsConfig = field(default_factory=KernelsConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
     startup: StartupConfig = field(default_factory=StartupConfig)
@@ -59,12 +63,13 @@ class BenchConfig:
 
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
     """Run the chosen sections; a failing section is recorded and the others still run."""
-    from nudge.bench import kernels_bench, peers, quality, rpc_floor, startup
+    from nudge.bench import kernels_bench, learning, peers, quality, rpc_floor, startup
     from nudge.bench.report import machine
 
     runners = {
         "kernels": lambda: kernels_bench.run(config.kernels, progress),
         "quality": lambda: quality.run(config.quality, progress),
+        "learning": lambda: learning.run(config.learning, progress),
         "rpc": lambda: rpc_floor.run_config(config.rpc, progress),
         "peers": lambda: peers.run(config.peers, progress),
         "startup": lambda: startup.run(config.startup, progress),
@@ -143,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="section", required=True, metavar="SECTION")
     helps = {"kernels": "micro-benchmarks of every kernel",
              "quality": "risk average precision; policy reward vs the oracle",
+             "learning": "the bank simulator (nudge vs rulebook and oracle); evaluate vs obp",
              "rpc": "RPC latency vs the Echo floor, throughput, open loop",
              "peers": "Vowpal Wabbit, MABWiser, River beside nudge (optional extra)",
              "startup": "process start to SERVING, cold and warm Numba cache",
@@ -189,13 +195,15 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     peers = PeersConfig(decisions=200, seconds=2.0, risk_users=40) if q else PeersConfig()
     peers = _set(peers, decisions=args.peer_decisions, seconds=args.peer_seconds,
                  risk_users=args.risk_users)
-    quality = (QualityConfig(users=300, days=30.0, policy_decisions=5_000) if q
-               else QualityConfig())
+    quality = (QualityConfig(users=300, days=30.0, policy_decisions=5_000, with_river=False)
+               if q else QualityConfig())
+    learning = LearningConfig(decisions=1_500, obp_draws=1_000) if q else LearningConfig()
     startup = StartupConfig(cold=not (q or args.no_cold), warm_runs=1 if q else 2)
     startup = _set(startup, warm_runs=args.warm_runs)
     sections = SECTIONS if args.section == "all" else (args.section,)
     return BenchConfig(sections=sections, out=args.out, budgets_path=args.budgets,
-                       kernels=kernels, quality=quality, rpc=rpc, peers=peers, startup=startup,
+                       kernels=kernels, quality=quality, learning=learning, rpc=rpc, peers=peers,
+                       startup=startup,
                        write_reports=not args.no_report,
                        command="nudge bench " + " ".join(args.argv))
 

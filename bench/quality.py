@@ -21,6 +21,7 @@ class QualityConfig:
     days: float = 60.0
     seed: int = 0
     policy_decisions: int = 50_000
+    with_river: bool = True  # River HalfSpaceTrees on the same stream, when installed
 
 
 def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
@@ -31,9 +32,14 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
 
     progress(f"quality: risk stream, {config.users:,} users × {config.days:g} days")
     stream = generate_stream(n_users=config.users, days=config.days, seed=config.seed)
-    r = evaluate(stream, with_river=False, with_ablation=False)
+    r = evaluate(stream, with_river=config.with_river, with_ablation=False)
     metrics = {"quality.risk.average_precision": r["nudge"].average_precision,
                "quality.risk.roc_auc": r["nudge"].roc_auc}
+    hst = r.get("hst")
+    if hst is not None and hst.average_precision > 0:  # None: River is not installed
+        metrics["quality.risk.half_space_trees_average_precision"] = hst.average_precision
+        metrics["quality.risk.ap_vs_half_space_trees"] = (
+            r["nudge"].average_precision / hst.average_precision)
     policies = {}
     for mode in (policy.MODE_SQUARECB, policy.MODE_THOMPSON):
         progress(f"quality: policy simulation, {mode}, {config.policy_decisions:,} decisions")
@@ -46,7 +52,9 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
         metrics[f"quality.policy_{mode}.ratio_to_oracle"] = sim.ratio
     return {
         "risk": {"transactions": len(stream), "evaluated": r["n"], "fraud": r["n_fraud"],
-                 "bursts": r["n_bursts"], **asdict(r["nudge"])},
+                 "bursts": r["n_bursts"], **asdict(r["nudge"]),
+                 "half_space_trees_average_precision":
+                     None if hst is None else hst.average_precision},
         "policy": policies,
         "metrics": metrics,
     }

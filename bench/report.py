@@ -127,10 +127,14 @@ def tables(result: dict) -> list[Table]:
                          "rounds); items are events, rewards or transactions."))
     if "quality" in sec:
         q = sec["quality"]["risk"]
+        hst = q.get("half_space_trees_average_precision")
         out.append(Table("Risk quality (shipped synthetic stream)",
-                         ("transactions", "fraud", "average precision", "ROC-AUC"),
+                         ("transactions", "fraud", "average precision", "ROC-AUC",
+                          "HalfSpaceTrees AP"),
                          [(_f(q["evaluated"]), _f(q["fraud"]), _f(q["average_precision"], 3),
-                           _f(q["roc_auc"], 3))]))
+                           _f(q["roc_auc"], 3), "-" if hst is None else _f(hst, 3))],
+                         "HalfSpaceTrees: one global River model on the same stream (the "
+                         "optional bench extra)."))
         policies = sec["quality"].get("policy", {})
         if policies:
             out.append(Table(
@@ -140,6 +144,8 @@ def tables(result: dict) -> list[Table]:
                   _f(r["random_last_fifth"], 4), _f(r["ratio_to_oracle"], 3))
                  for mode, r in policies.items()],
                 "Mean expected reward of the choices in the last fifth of the decisions."))
+    if "learning" in sec:
+        out += _learning_tables(sec["learning"])
     if "peers" in sec:
         p = sec["peers"]
         rows = [(d["name"], _f(d["decisions"]), _f(d["decide_us"]["p50"]),
@@ -311,6 +317,27 @@ def write(result: dict, out: Path) -> dict[str, Path]:
         latest.write_bytes(p.read_bytes())
         paths[f"latest_{kind}"] = latest
     return paths
+
+
+def _learning_tables(sec: dict) -> list[Table]:
+    report = sec["bank_sim"]
+    rows = [(name, _f(s["decisions"]), _f(s["conversion_rate_last_fifth"], 4),
+             _f(s["opt_outs"]), _f(s["contacts_per_user"], 2))
+            for name, s in report["policies"].items()]
+    out = [Table(
+        "Bank simulator (bench/bank_sim.py, as `nudge simulate`)",
+        ("policy", "decisions", "conversion, last fifth", "opt-outs", "contacts / user"), rows,
+        f"nudge / oracle {report['nudge_vs_oracle_last_fifth']:.3f}, nudge / rulebook "
+        f"{report['nudge_vs_rulebook_last_fifth']:.2f}×, opt-outs vs the rulebook "
+        f"{report['opt_outs_vs_rulebook']:+d}.")]
+    obp = sec.get("obp", {})
+    if "rows" in obp:
+        out.append(Table(
+            "nudge evaluate vs obp (Open Bandit Dataset sample)",
+            ("policy", "estimator", "nudge", "obp", "relative difference"),
+            [(r["policy"], r["estimator"], _f(r["nudge"], 6), _f(r["obp"], 6),
+              f"{r['relative_difference']:.1e}") for r in obp["rows"]]))
+    return out
 
 
 def readme_section(result: dict) -> str:

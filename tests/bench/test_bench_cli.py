@@ -80,3 +80,23 @@ def test_module_entry_point_help() -> None:
                          capture_output=True, text=True, check=True).stdout
     for section in ("kernels", "rpc", "peers", "startup", "all"):
         assert section in out
+
+
+def test_learning_section_reports_the_bank_simulator_against_its_budgets(
+        tmp_path: Path) -> None:
+    from nudge.bench.learning import LearningConfig
+
+    config = cli.BenchConfig(sections=("learning",), out=tmp_path, write_reports=False,
+                             learning=LearningConfig(decisions=600, obp_draws=500))
+    result = cli.run(config)
+    assert not result["errors"]
+    sim = result["sections"]["learning"]["bank_sim"]
+    assert set(sim["policies"]) == {"random", "rulebook", "nudge", "oracle"}
+    assert all(p["decisions"] == 600 for p in sim["policies"].values())
+    metrics = result["metrics"]
+    assert metrics["learning.opt_outs_vs_rulebook"] == (
+        sim["policies"]["nudge"]["opt_outs"] - sim["policies"]["rulebook"]["opt_outs"])
+    statuses = {v["metric"]: v["status"] for v in result["budgets"]}
+    assert statuses["learning.nudge_vs_oracle_last_fifth"] in ("met", "MISSED")
+    titles = [t.title for t in report.tables(result)]
+    assert any(t.startswith("Bank simulator") for t in titles)

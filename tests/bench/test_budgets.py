@@ -20,6 +20,12 @@ ISSUE_TARGETS = {
     "rpc.Decide.p50_ratio": ("max", 1.3),
     "rpc.Decide.p99_ratio": ("max", 1.5),
     "quality.risk.average_precision": ("min", 0.6),
+    "quality.risk.ap_vs_half_space_trees": ("min", 10.0),
+    "quality.policy_squarecb.ratio_to_oracle": ("min", 0.85),
+    "learning.nudge_vs_oracle_last_fifth": ("min", 0.85),
+    "learning.nudge_vs_rulebook_last_fifth": ("min", 1.3),
+    "learning.opt_outs_vs_rulebook": ("max", 0),
+    "learning.ope_max_relative_difference_vs_obp": ("max", 0.01),
 }
 
 
