@@ -345,7 +345,7 @@ def readme_section(result: dict) -> str:
     meta = result["meta"]
     lines = [
         "`nudge bench` proves on your own hardware that nudge fits a latency budget, and shows "
-        "where the time goes. One command runs everything (about 2½ minutes here) and writes "
+        "where the time goes. One command runs everything (about 4 minutes here) and writes "
         "JSON, Markdown and a PNG latency plot to `bench/reports/`; it exits non-zero when a "
         "budget in `bench/budgets.toml` is missed:",
         "",
@@ -355,7 +355,9 @@ def readme_section(result: dict) -> str:
         "```",
         "",
         "Sections: `kernels` (every kernel, sizes as options; the same cases run under "
-        "pytest-benchmark in `tests/bench/test_kernels_benchmark.py`), `quality`, `rpc` "
+        "pytest-benchmark in `tests/bench/test_kernels_benchmark.py`), `quality` (risk "
+        "average precision, the policy against the oracle), `learning` (the bank simulator's "
+        "50,000 decisions, `nudge evaluate` against obp), `rpc` "
         "(sequential latency against an empty Echo on the same server stack, interleaved call "
         "by call; concurrent throughput; open-loop load at fixed rates; durable TrackStream), "
         "`peers` (Vowpal Wabbit, MABWiser, River from the optional `bench` extra, skipped with "
