@@ -625,12 +625,13 @@ class DecisionEngine:
                 self._flusher.wake()
         return self._flush_future
 
-    def _flush_now(self) -> None:
+    def _flush_now(self) -> bool:
+        """Store the pending decisions and contacts; False when the store refused them."""
         with self._lock:
             self._flusher.taken()
             future, self._flush_future = self._flush_future, None
         if future is None:
-            return
+            return True
         job = self.writer.submit_job(self._write_pending)
 
         def done(committed: Future[tuple[dict, dict]]) -> None:
@@ -647,7 +648,7 @@ class DecisionEngine:
             future.set_result(None)
 
         job.add_done_callback(done)
-        future.exception()  # wait: one flush in the writer at a time
+        return future.exception() is None  # wait: one flush in the writer at a time
 
     def _write_pending(self, txn: lmdb.Transaction) -> tuple[dict, dict]:
         """Write every pending decision and contact into ``txn``; returns what was written."""

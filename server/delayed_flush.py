@@ -15,24 +15,30 @@ from collections.abc import Callable
 
 # How often an idle flusher checks for work whose wake-up never came.
 POLL_SECONDS = 0.1
+# After failed flushes (a full disk, say) the wait before the next try doubles up to this:
+# what is pending stays pending, without a retry and an error line every millisecond.
+MAX_BACKOFF_SECONDS = 1.0
 
 
 class DelayedFlusher:
     """Runs ``flush()`` ``delay`` seconds after ``wake()``, and once more on ``close()``.
 
     ``flush`` calls ``taken()`` (inside its own lock, once it has swapped out what is
-    pending) so a wake-up arriving after that swap is not lost. ``pending()`` lets the
-    periodic check find work whose wake-up was left to a callback that never ran.
+    pending) so a wake-up arriving after that swap is not lost, and returns False when the
+    store refused the flush (what it held is pending again): the next try then waits
+    twice as long as the last, up to MAX_BACKOFF_SECONDS. ``pending()`` lets the periodic
+    check find work whose wake-up was left to a callback that never ran.
     """
 
     def __init__(
         self,
         name: str,
-        flush: Callable[[], None],
+        flush: Callable[[], bool | None],
         delay: float,
         pending: Callable[[], bool] = lambda: False,
     ) -> None:
         self.delay = delay
+        self.failures = 0
         self._flush = flush
         self._pending = pending
         self._wake = threading.Event()
@@ -53,8 +59,15 @@ class DelayedFlusher:
                 self._flush()
                 return
             if self._wake.is_set() or self._pending():
-                time.sleep(self.delay)
-                self._flush()
+                time.sleep(self.wait_before_flush())
+                stored = self._flush() is not False
+                self.failures = 0 if stored else self.failures + 1
+
+    def wait_before_flush(self) -> float:
+        """``delay``, doubled for each failed flush in a row (up to the maximum)."""
+        if not self.failures:
+            return self.delay
+        return min(MAX_BACKOFF_SECONDS, self.delay * 2.0 ** self.failures)
 
     def close(self) -> None:
         """Flush what is left and stop the thread."""

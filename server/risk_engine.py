@@ -362,14 +362,15 @@ class RiskEngine:
             self._flusher.wake()
         return self._pending
 
-    def _flush_now(self) -> None:
+    def _flush_now(self) -> bool:
+        """Store the dirty overlay entries; False when the store refused them."""
         with self._lock:
             self._flusher.taken()
             pending, self._pending = self._pending, None
             users, self._dirty_users = self._dirty_users, set()
             records, self._dirty_records = self._dirty_records, set()
         if pending is None:
-            return
+            return True
         try:
             written = self.writer.submit_job(
                 lambda txn: self._write(txn, users, records)
@@ -379,9 +380,10 @@ class RiskEngine:
                 self._dirty_users |= users
                 self._dirty_records |= records
             pending.set_exception(exc)
-            return
+            return False
         self._forget(*written)
         pending.set_result(None)
+        return True
 
     def close(self) -> None:
         """Store what is still dirty and stop the flusher (before the writer closes)."""
