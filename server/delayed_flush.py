@@ -9,9 +9,12 @@ writer's Python work. The delay also lets a burst of calls share one flush.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 # How often an idle flusher checks for work whose wake-up never came.
 POLL_SECONDS = 0.1
@@ -56,11 +59,18 @@ class DelayedFlusher:
         while True:
             self._wake.wait(timeout=POLL_SECONDS)
             if self._closing.is_set():
-                self._flush()
+                try:
+                    self._flush()
+                except Exception:
+                    log.exception("%s: the last flush failed", self._thread.name)
                 return
             if self._wake.is_set() or self._pending():
                 time.sleep(self.wait_before_flush())
-                stored = self._flush() is not False
+                try:
+                    stored = self._flush() is not False
+                except Exception:  # keep flushing: a dead flusher would store nothing again
+                    log.exception("%s: flush failed; will retry", self._thread.name)
+                    stored = False
                 self.failures = 0 if stored else self.failures + 1
 
     def wait_before_flush(self) -> float:

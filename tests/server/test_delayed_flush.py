@@ -61,3 +61,20 @@ def test_one_stored_flush_ends_the_backoff() -> None:
     time.sleep(0.02)
     assert flusher.failures == 0 and flusher.wait_before_flush() == 0.001
     flusher.close()
+
+
+def test_a_flush_that_raises_does_not_stop_the_flusher() -> None:
+    outcomes = iter([RuntimeError("store closed"), True])
+    done = threading.Event()
+
+    def flush() -> bool:
+        outcome = next(outcomes, True)
+        if isinstance(outcome, Exception):
+            raise outcome
+        done.set()
+        return outcome
+
+    flusher = DelayedFlusher("test-flusher", flush, delay=0.001, pending=lambda: not done.is_set())
+    flusher.wake()
+    assert done.wait(5)  # tried again after the failure
+    flusher.close()
