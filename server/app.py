@@ -313,7 +313,12 @@ def serve(server: NudgeServer, on_ready: Callable[[], None] | None = None) -> No
     """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads the
     campaigns. ``on_ready`` runs once the server is SERVING."""
 
+    stopping = threading.Event()
+
     def on_signal(signum: int, _frame: object) -> None:
+        if stopping.is_set():  # Ctrl-C reaches a worker twice: from the terminal and the
+            return             # supervisor
+        stopping.set()
         log.info("received %s; draining", signal.Signals(signum).name)
         threading.Thread(target=server.stop, name="nudge-shutdown").start()
 
