@@ -132,6 +132,9 @@ class ContextSpec:
     numbers: tuple[str, ...] = ()
     # Decide request strings one-hot encoded by hash: name -> number of buckets.
     strings: tuple[tuple[str, int], ...] = ()
+    # Contact pressure as features: the user's messages from any campaign in the last 7
+    # days and the hours since the last one (fatigue and opt-out risk grow with them).
+    contact_pressure: bool = False
 
 
 @dataclass(frozen=True)
@@ -454,7 +457,7 @@ def _context(data: dict[str, Any], source: str, goal: Goal) -> ContextSpec:
     c = data.get("context", {})
     if not isinstance(c, dict):
         raise _fail(source, "context", "must be a table")
-    _known(c, {"event_types", "numbers", "strings"}, "context", source)
+    _known(c, {"event_types", "numbers", "strings", "contact_pressure"}, "context", source)
     default = ContextSpec()
     event_types = c.get("event_types", list(default.event_types))
     if not isinstance(event_types, list) or not all(
@@ -469,8 +472,11 @@ def _context(data: dict[str, Any], source: str, goal: Goal) -> ContextSpec:
         raise _fail(source, "context.strings", "must be a table of name = buckets")
     for name, buckets in strings.items():
         _count(buckets, f"context.strings.{name}", source)
+    pressure = c.get("contact_pressure", False)
+    if not isinstance(pressure, bool):
+        raise _fail(source, "context.contact_pressure", "must be true or false")
     types = tuple(dict.fromkeys([*event_types, *goal.events]))
-    return ContextSpec(types, tuple(numbers), tuple(strings.items()))
+    return ContextSpec(types, tuple(numbers), tuple(strings.items()), pressure)
 
 
 def parse_campaign(text: str, source: str) -> Campaign:

@@ -26,6 +26,10 @@ BASE_FEATURES = (
     "amount_last",
 )
 HEAVY_TAILED = ("events_total", "recency_hours", "tenure_days", "amount_mean", "amount_last")
+# With ``[context] contact_pressure = true``: messages to the user from any campaign in the
+# last 7 days (scheduled ones included), and hours since the last one sent.
+CONTACT_FEATURES = ("contacts_7d", "contact_recency_hours")
+CONTACT_WINDOW_SECONDS = 7 * 86_400.0
 _NO_BUCKETS = np.zeros(0, dtype=np.int64)
 _NO_BUCKETS.flags.writeable = False
 
@@ -34,10 +38,11 @@ def context_layout(campaign: Campaign) -> ContextLayout:
     spec = campaign.context
     counts = tuple(f"count.{t}" for t in spec.event_types)
     numbers = tuple(f"request.{n}" for n in spec.numbers)
+    contacts = CONTACT_FEATURES if spec.contact_pressure else ()
     return ContextLayout(
-        numeric=(*BASE_FEATURES, *counts, *numbers),
+        numeric=(*BASE_FEATURES, *contacts, *counts, *numbers),
         strings=tuple((f"request.{name}", k) for name, k in spec.strings),
-        log1p=(*HEAVY_TAILED, *counts),
+        log1p=(*HEAVY_TAILED, *contacts, *counts),
     )
 
 
@@ -48,6 +53,9 @@ class FeaturePlan:
         index = {name: i for i, name in enumerate(layout.numeric)}
         self.n_numeric = layout.n_numeric
         self.base = tuple(index[name] for name in BASE_FEATURES)
+        # (contacts in 7 days, hours since the last contact) positions, when configured.
+        self.contacts = (tuple(index[name] for name in CONTACT_FEATURES)
+                         if campaign.context.contact_pressure else None)
         # (event type, position) of each decayed count feature.
         self.counts = tuple((t, index[f"count.{t}"]) for t in campaign.context.event_types)
         # (request number name, position).
@@ -65,17 +73,26 @@ def raw_features(
     numbers: Mapping[str, float],
     strings: Mapping[str, str],
     half_life_seconds: float,
+    contact_times: Sequence[float] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """(numeric row with NaN for missing, string buckets with -1 for missing).
 
     ``record`` is the user's stored record (kernels/user_state.py layout; any sequence of
-    floats), None for a user with no events. Raises ValueError on an infinite value, as
+    floats), None for a user with no events. ``contact_times`` are the send times of the
+    user's recent messages from any campaign. Raises ValueError on an infinite value, as
     the context builder's public entry would."""
     nan = math.nan
     values = [nan] * plan.n_numeric
     (i_events, i_recency, i_tenure, i_sin, i_cos, i_amount_mean, i_amount_last) = plan.base
     values[i_sin] = math.sin(2 * math.pi * local_hour / 24.0)
     values[i_cos] = math.cos(2 * math.pi * local_hour / 24.0)
+    if plan.contacts is not None:
+        i_contacts, i_contact_recency = plan.contacts
+        values[i_contacts] = float(sum(1 for t in contact_times
+                                       if now - t < CONTACT_WINDOW_SECONDS))
+        past = [t for t in contact_times if t <= now]
+        if past:
+            values[i_contact_recency] = (now - max(past)) / 3600.0
     if record is not None:
         values[i_events] = float(record[u.S_EVENT_COUNT])
         values[i_recency] = max(0.0, (now - float(record[u.S_LAST_SEEN])) / 3600.0)
