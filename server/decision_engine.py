@@ -353,7 +353,8 @@ class DecisionEngine:
         decision_id, seed = self._new_ids()
         raw, buckets = raw_features(
             plan.features, state, self.store.type_slots, now, when.hour, request.numbers,
-            request.strings, self.half_life_seconds, [c.time for c in contacts],
+            request.strings, self.half_life_seconds,
+            [c.time for c in contacts] if plan.features.contacts is not None else (),
         )
         x = ctx.build_context_trusted(model.layout, model.stats, raw, buckets)
         reasons: list[tuple[str, str, float]] = [(c, d, 0.0) for c, d in guard.trace]
