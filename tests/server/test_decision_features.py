@@ -45,5 +45,5 @@ def test_no_contacts_is_zero_pressure_and_unknown_recency() -> None:
 
 def test_off_by_default_and_validated() -> None:
     assert "contacts_7d" not in _row([NOW - HOUR], pressure=False)
-    with pytest.raises(CampaignError, match="context.contact_pressure: must be true or false"):
+    with pytest.raises(CampaignError, match=r"context\.contact_pressure: must be true or false"):
         _campaign('"yes"')
