@@ -326,8 +326,8 @@ def snips(
         top = float(np.dot(w, r)) / n
         top_half = _bernstein_half(w * r, w_max * (hi - lo), error)
         bottom = total / n
-        bottom_low = bottom - _bernstein_half(w, w_max, error)
-        bottom_high = bottom + _bernstein_half(w, w_max, error)
+        bottom_half = _bernstein_half(w, w_max, error)
+        bottom_low, bottom_high = bottom - bottom_half, bottom + bottom_half
         ratios = [(top + s * top_half) / d for s in (-1.0, 1.0)
                   for d in (bottom_low, bottom_high) if d > 0.0]
         # A weights' mean that may be 0: the ratio is unbounded; the rewards still bound it.
