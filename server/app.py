@@ -252,11 +252,11 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(outbox, clock, readiness), server
     )
-    built: list[NudgeServer] = []  # the servicer reports the role the server gets below
+    leadership = Leadership(config.data_dir) if config.shared_store else None
     info = ServerInfo(
         worker=config.worker_index,
         workers=config.workers,
-        leader=lambda: built[0].role is None or built[0].role.leading,
+        leader=lambda: leadership is None or leadership.leading,
         models=lambda: {n: (m.version, m.learned_seq) for n, m in decisions.models.items()},
     )
     diagnostics_service_pb2_grpc.add_DiagnosticsServiceServicer_to_server(
@@ -280,16 +280,15 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         risk_engine.close()
         writer.close()
         store.close()
+        if leadership is not None:
+            leadership.close()
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
     nudge_server = NudgeServer(
         config, server, port, store, writer, risk_engine, decisions, learner, health_servicer,
         readiness, outbox, journeys, metrics, limiter,
     )
-    if config.shared_store:
-        nudge_server.role = WorkerRole(
-            store, learner, Leadership(config.data_dir), nudge_server.start_leading
-        )
-    built.append(nudge_server)
+    if leadership is not None:
+        nudge_server.role = WorkerRole(store, learner, leadership, nudge_server.start_leading)
     return nudge_server
 
 
