@@ -129,11 +129,19 @@ def hash_bucket(name: str, value: str, n_buckets: int) -> int:
 class ContextLayout:
     """Which raw features make up ``x``: ``numeric`` names (user state and request
     numbers, in order), ``strings`` as ``(name, n_buckets)``, ``log1p`` the numeric names to
-    pass through a signed log1p before standardising."""
+    pass through a signed log1p before standardising.
+
+    ``vocabularies`` names the string features whose values are known in advance, as
+    ``(name, values)``: value ``i`` gets bucket ``i`` and any other value the last one
+    (``n_buckets == len(values) + 1``). Hashing a handful of known values into a few buckets
+    collides (CRC-32 puts three of five customer segments into one of 16 buckets), and the
+    policy then cannot tell those segments apart; a vocabulary never collides and names its
+    features by value."""
 
     numeric: tuple[str, ...] = ()
     strings: tuple[tuple[str, int], ...] = ()
     log1p: tuple[str, ...] = ()
+    vocabularies: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         names = list(self.numeric) + [s for s, _ in self.strings]
@@ -145,6 +153,26 @@ class ContextLayout:
         unknown = set(self.log1p) - set(self.numeric)
         if unknown:
             raise ValueError(f"log1p: names must be numeric features, unknown {sorted(unknown)}")
+        buckets = dict(self.strings)
+        for s, values in self.vocabularies:
+            if s not in buckets:
+                raise ValueError(f"vocabularies: {s!r} is not a string feature")
+            if len(set(values)) != len(values) or buckets[s] != len(values) + 1:
+                raise ValueError(f"vocabularies: {s!r} needs distinct values and "
+                                 f"n_buckets == len(values) + 1, got {len(values)} values "
+                                 f"for {buckets[s]} buckets")
+
+    @cached_property
+    def value_buckets(self) -> dict[str, dict[str, int]]:
+        """Per vocabulary feature: value -> bucket (a value not listed takes the last)."""
+        return {s: {v: i for i, v in enumerate(values)} for s, values in self.vocabularies}
+
+    def bucket(self, name: str, value: str, n_buckets: int) -> int:
+        """The bucket of one string feature's value: its vocabulary position, else its hash."""
+        vocab = self.value_buckets.get(name)
+        if vocab is None:
+            return hash_bucket(name, value, n_buckets)
+        return vocab.get(value, n_buckets - 1)
 
     @property
     def n_numeric(self) -> int:
@@ -175,10 +203,15 @@ class ContextLayout:
         return arrays
 
     def feature_names(self) -> list[str]:
-        """Names of the ``d`` entries of ``x`` (``"bias"``, numeric names, ``"name#bucket"``)."""
+        """Names of the ``d`` entries of ``x`` (``"bias"``, numeric names, ``"name#bucket"``
+        for hashed strings, ``"name=value"`` and ``"name=(other)"`` for vocabularies)."""
         out = ["bias", *self.numeric]
+        vocab = dict(self.vocabularies)
         for s, k in self.strings:
-            out.extend(f"{s}#{b}" for b in range(k))
+            if s in vocab:
+                out.extend([*(f"{s}={v}" for v in vocab[s]), f"{s}=(other)"])
+            else:
+                out.extend(f"{s}#{b}" for b in range(k))
         return out
 
     def numeric_vector(self, numbers: Mapping[str, float]) -> np.ndarray:
@@ -186,9 +219,9 @@ class ContextLayout:
         return np.array([float(numbers.get(n, np.nan)) for n in self.numeric])
 
     def string_buckets(self, strings: Mapping[str, str]) -> np.ndarray:
-        """Hash bucket per string feature, -1 where absent."""
+        """Bucket per string feature (:meth:`bucket`), -1 where absent."""
         return np.array(
-            [hash_bucket(s, strings[s], k) if s in strings else -1 for s, k in self.strings],
+            [self.bucket(s, strings[s], k) if s in strings else -1 for s, k in self.strings],
             dtype=np.int64,
         )
 

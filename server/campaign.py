@@ -130,8 +130,9 @@ class ContextSpec:
     event_types: tuple[str, ...] = ("app_opened", "loan_simulated", "flow_abandoned")
     # Decide request numbers used as features, by name (others are ignored).
     numbers: tuple[str, ...] = ()
-    # Decide request strings one-hot encoded by hash: name -> number of buckets.
-    strings: tuple[tuple[str, int], ...] = ()
+    # Decide request strings one-hot encoded: name -> number of hash buckets, or the list of
+    # known values (one feature each, plus one for any other value; never collides).
+    strings: tuple[tuple[str, int | tuple[str, ...]], ...] = ()
     # Contact pressure as features: the user's messages from any campaign in the last 7
     # days and the hours since the last one (fatigue and opt-out risk grow with them).
     contact_pressure: bool = False
@@ -469,14 +470,24 @@ def _context(data: dict[str, Any], source: str, goal: Goal) -> ContextSpec:
         raise _fail(source, "context.numbers", "must be a list of request number names")
     strings = c.get("strings", {})
     if not isinstance(strings, dict):
-        raise _fail(source, "context.strings", "must be a table of name = buckets")
-    for name, buckets in strings.items():
-        _count(buckets, f"context.strings.{name}", source)
+        raise _fail(source, "context.strings",
+                    "must be a table of name = buckets or name = [known values]")
+    encodings: list[tuple[str, int | tuple[str, ...]]] = []
+    for name, spec in strings.items():
+        key = f"context.strings.{name}"
+        if isinstance(spec, list):
+            if not spec or not all(isinstance(v, str) and v for v in spec):
+                raise _fail(source, key, "must list at least one non-empty string value")
+            if len(set(spec)) != len(spec):
+                raise _fail(source, key, "must not list a value twice")
+            encodings.append((name, tuple(spec)))
+        else:
+            encodings.append((name, _count(spec, key, source)))
     pressure = c.get("contact_pressure", False)
     if not isinstance(pressure, bool):
         raise _fail(source, "context.contact_pressure", "must be true or false")
     types = tuple(dict.fromkeys([*event_types, *goal.events]))
-    return ContextSpec(types, tuple(numbers), tuple(strings.items()), pressure)
+    return ContextSpec(types, tuple(numbers), tuple(encodings), pressure)
 
 
 def parse_campaign(text: str, source: str) -> Campaign:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from nudge.kernels import user_state as u
-from nudge.kernels.context import ContextLayout, hash_bucket
+from nudge.kernels.context import ContextLayout
 from nudge.server.campaign import Campaign
 
 BASE_FEATURES = (
@@ -41,8 +41,11 @@ def context_layout(campaign: Campaign) -> ContextLayout:
     contacts = CONTACT_FEATURES if spec.contact_pressure else ()
     return ContextLayout(
         numeric=(*BASE_FEATURES, *contacts, *counts, *numbers),
-        strings=tuple((f"request.{name}", k) for name, k in spec.strings),
+        strings=tuple((f"request.{name}", k if isinstance(k, int) else len(k) + 1)
+                      for name, k in spec.strings),
         log1p=(*HEAVY_TAILED, *contacts, *counts),
+        vocabularies=tuple((f"request.{name}", k) for name, k in spec.strings
+                           if not isinstance(k, int)),
     )
 
 
@@ -62,6 +65,7 @@ class FeaturePlan:
         self.numbers = tuple((n, index[f"request.{n}"]) for n in campaign.context.numbers)
         # (request string name, layout name, buckets), in layout order.
         self.strings = tuple((name[len("request."):], name, k) for name, k in layout.strings)
+        self.bucket = layout.bucket
 
 
 def raw_features(
@@ -114,7 +118,7 @@ def raw_features(
     if not plan.strings:
         return raw, _NO_BUCKETS
     buckets = np.array(
-        [hash_bucket(full, strings[name], k) if name in strings else -1
+        [plan.bucket(full, strings[name], k) if name in strings else -1
          for name, full, k in plan.strings],
         dtype=np.int64,
     )

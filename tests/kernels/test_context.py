@@ -36,6 +36,27 @@ def test_layout() -> None:
         ContextLayout(numeric=("a",), log1p=("b",))
 
 
+def test_vocabulary_buckets_never_collide_and_name_their_values() -> None:
+    segments = ("borrower", "saver", "traveller", "salaried", "gig")
+    hashed = {hash_bucket("segment", v, 16) for v in segments}
+    assert len(hashed) < len(segments)  # why vocabularies exist: CRC-32 collides here
+    layout = ContextLayout(numeric=("a",), strings=(("segment", 6), ("device", 3)),
+                           vocabularies=(("segment", segments),))
+    assert [layout.string_buckets({"segment": v})[0] for v in segments] == [0, 1, 2, 3, 4]
+    assert layout.string_buckets({"segment": "student", "device": "ios"}).tolist() == [
+        5, hash_bucket("device", "ios", 3)]
+    assert layout.feature_names()[2:8] == [
+        "segment=borrower", "segment=saver", "segment=traveller", "segment=salaried",
+        "segment=gig", "segment=(other)"]
+    assert layout.feature_names()[-1] == "device#2"
+    with pytest.raises(ValueError, match=r"len\(values\) \+ 1"):
+        ContextLayout(strings=(("segment", 5),), vocabularies=(("segment", segments),))
+    with pytest.raises(ValueError, match="not a string feature"):
+        ContextLayout(strings=(("s", 2),), vocabularies=(("t", ("x",)),))
+    with pytest.raises(ValueError, match="distinct"):
+        ContextLayout(strings=(("s", 3),), vocabularies=(("s", ("x", "x")),))
+
+
 def test_hash_bucket_is_stable() -> None:
     assert hash_bucket("country", "UY", 1000) == zlib.crc32(b"country\x1fUY") % 1000
     assert all(0 <= hash_bucket("x", str(i), 7) < 7 for i in range(100))

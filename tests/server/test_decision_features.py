@@ -1,4 +1,5 @@
-"""The context row Decide builds: contact pressure features, when a campaign asks."""
+"""The context row Decide builds: contact pressure features, when a campaign asks, and
+request strings hashed or by a known vocabulary."""
 
 from __future__ import annotations
 
@@ -47,3 +48,38 @@ def test_off_by_default_and_validated() -> None:
     assert "contacts_7d" not in _row([NOW - HOUR], pressure=False)
     with pytest.raises(CampaignError, match=r"context\.contact_pressure: must be true or false"):
         _campaign('"yes"')
+
+
+def _with_strings(strings: str):
+    return parse_campaign(SHIPPED.replace("strings = {}", f"strings = {strings}"), "c.toml")
+
+
+def test_a_known_vocabulary_gives_each_value_its_own_feature() -> None:
+    campaign = _with_strings('{ segment = ["borrower", "saver", "gig"], device = 4 }')
+    layout = context_layout(campaign)
+    plan = FeaturePlan(campaign, layout)
+    names = layout.feature_names()
+    assert names[-8:-4] == ["request.segment=borrower", "request.segment=saver",
+                            "request.segment=gig", "request.segment=(other)"]
+    assert names[-1] == "request.device#3"
+
+    def buckets(strings: dict[str, str]) -> list[int]:
+        return raw_features(plan, None, {}, NOW, 10.0, {}, strings, 86_400.0)[1].tolist()
+
+    assert buckets({"segment": "gig"})[0] == 2
+    assert buckets({"segment": "student"})[0] == 3  # not listed: "(other)"
+    assert buckets({})[0] == -1  # absent: no feature set
+    assert buckets({"segment": "saver", "device": "ios"}) == [
+        1, layout.bucket("request.device", "ios", 4)]
+
+
+@pytest.mark.parametrize(("strings", "message"), [
+    ("{ segment = [] }", "must list at least one non-empty string value"),
+    ('{ segment = ["a", ""] }', "must list at least one non-empty string value"),
+    ('{ segment = ["a", "a"] }', "must not list a value twice"),
+    ('{ segment = "a" }', "must be a whole number"),
+    ("[1]", "must be a table of name = buckets or name = \\[known values\\]"),
+])
+def test_string_features_are_validated(strings: str, message: str) -> None:
+    with pytest.raises(CampaignError, match=rf"context\.strings.*{message}"):
+        _with_strings(strings)
