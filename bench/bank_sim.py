@@ -10,9 +10,10 @@ offer), or nothing. The simulated users answer by a hidden truth that no policy 
   per persona (``PERSONAS``): e.g. borrowers answer "loan ready" pushes in the morning,
   savers "rate locked" e-mails in the evening, gig workers "advisor" WhatsApps in the
   evening with a fee waiver. "twice" lifts the response by 15% but is a second contact.
-- **Fatigue.** Every contact in the last 7 days multiplies the response by 0.7.
+- **Fatigue.** Every message received in the last 7 days multiplies the response by 0.7
+  (both messages of "twice"; a second message cancelled by the goal is not received).
 - **Annoyance.** Each message sent makes the user opt out of that channel with
-  ``0.2% + 3% inside the persona's annoyance hours + 1% per other contact in 7 days``
+  ``0.2% + 3% inside the persona's annoyance hours + 1% per other message received in 7 days``
   (+1% for a second message); an opt-out is a Track ``profile`` event with
   ``consent.<channel>=revoked``; a quarter of opt-outs churn (the user never comes back).
   The summary splits the expected opt-outs by these terms (``opt_out_risk``).
@@ -41,7 +42,8 @@ Policies, on the same seeds (same users, same arrivals, common random numbers):
   conversion (including fatigue).
 
 Every policy obeys the same guardrails (consent, quiet hours 21:00–08:00 on the actual send
-time, the campaign's caps, the 5% stable-hash holdout); for the baselines the simulator
+time, the campaign's caps counting every message a decision schedules, the 5% stable-hash
+holdout); for the baselines the simulator
 applies them, for nudge the server does. The campaign is the shipped
 ``loan_abandonment.toml`` with a ``[context]`` table (segment, behavioural event counts)
 and the exploration options of this module, written to a temporary folder.
@@ -344,7 +346,10 @@ class User:
     persona: Persona
     consent: dict[str, bool]
     amount: float
+    # (time, channel) of every message scheduled (what the caps count) and of every
+    # message received (what fatigue and annoyance count: a cancelled one is not).
     contacts: list[tuple[float, str]] = field(default_factory=list)
+    received: list[tuple[float, str]] = field(default_factory=list)
     churned: bool = False
     visits: int = 0
 
@@ -367,7 +372,7 @@ def expected_response(space: Space, user: User, now: float, send: list[float]) -
     """Hidden truth: conversion probability (in the window) of every combination."""
     p = user.persona
     hours = np.array([local_hour(t) for t in send])[space.slot]
-    recent = sum(1 for t, _ in user.contacts if now - t < WEEK)
+    recent = sum(1 for t, _ in user.received if now - t < WEEK)
     msg = space.static[p.name] * hour_affinity(p.best_hour, hours) * FATIGUE**recent
     msg = np.minimum(msg, 0.95)
     return 1.0 - (1.0 - ORGANIC) * (1.0 - msg)
@@ -654,14 +659,18 @@ def _decide(policy: str, user: User, now: float, space: Space, driver: NudgeDriv
     if choice is not None:
         channel = CHANNELS[space.ch[choice]]
         times = [send_at, send_at + DAY] if space.twice[choice] else [send_at]
-        user.contacts.append((send_at, channel))
-        recent = sum(1 for t, _ in user.contacts if now - t < WEEK) - 1
+        # The caps count every message the decision schedules within the goal window, as
+        # the server does; fatigue and annoyance count the messages actually received.
+        user.contacts.extend((t, channel) for k, t in enumerate(times)
+                             if not k or t <= now + WINDOW)
+        recent = sum(1 for t, _ in user.received if now - t < WEEK)
         delay = -10 * HOUR * math.log(max(1.0 - u_delay, 1e-12))
         at = min(send_at + delay, now + WINDOW - 60.0)
         for k, t in enumerate(times):
             if k and converted and at <= t:
                 break  # the goal cancels the rest of the journey, as the server does
             result.contacts += 1
+            user.received.append((t, channel))
             p = user.persona
             h = local_hour(t)
             annoyed = p.annoy_hours is not None and p.annoy_hours[0] <= h < p.annoy_hours[1]

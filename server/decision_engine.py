@@ -113,6 +113,8 @@ class CampaignPlan:
         c = model.campaign
         # The properties each message's template needs.
         self.message_needs = [frozenset(m.properties) for m in c.messages]
+        # Per frequency: (messages, seconds between them). Every message is a contact.
+        self.frequencies = {f.name: (f.count, f.gap_hours * 3600.0) for f in c.frequencies}
         # Per combination (the nothing arm excluded): message, channel name, send-time slot,
         # frequency name, offer name.
         self.combos: list[tuple[Message, str, int, str, str]] = []
@@ -399,10 +401,17 @@ class DecisionEngine:
             with self._lock:
                 self._pending[decision_id] = record
                 if actions:
+                    # Every message the frequency sends within the goal window counts
+                    # against caps and contact pressure, not only the first: a "twice" on
+                    # e-mail is two e-mails.
                     first = actions[0]
-                    self._pending_contacts.setdefault(user_id, []).append(
-                        Contact(first.send_at, first.channel, campaign.name, decision_id)
-                    )
+                    count, gap = plan.frequencies[first.frequency]
+                    pending = self._pending_contacts.setdefault(user_id, [])
+                    for k in range(count):
+                        at = first.send_at + k * gap
+                        if k and at > record.window_end:
+                            break
+                        pending.append(Contact(at, first.channel, campaign.name, decision_id))
                 wake = self._flush_future is None
                 self._request_flush(wake=after_reply is None)
             if wake and after_reply is not None and not after_reply(self._flusher.wake):
@@ -441,8 +450,8 @@ class DecisionEngine:
                       if raw_contacts is not None else [])
         if not pending and not stored:
             return state, profile, []
-        # Count each decision's contact once.
-        unique = {c.decision_id: c for c in [*stored, *pending]}
+        # Count each of a decision's messages once (stored and pending may both hold it).
+        unique = {(c.decision_id, c.time): c for c in [*stored, *pending]}
         return state, profile, [c for c in unique.values() if now - c.time < CONTACT_MEMORY]
 
     @staticmethod

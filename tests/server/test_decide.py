@@ -172,7 +172,9 @@ def test_quiet_hours_everywhere_suppress(start: Start) -> None:
 
 
 def test_caps_mask_channels_then_suppress(start: Start) -> None:
-    toml = DEFAULT_TOML.replace("all_channels_day = 2", "all_channels_day = 3")
+    # One message per decision ("twice" would count two contacts: see the next test).
+    toml = (DEFAULT_TOML.replace("all_channels_day = 2", "all_channels_day = 3")
+            .replace("twice = { count = 2, gap_hours = 24 }\n", ""))
     _, client, clock = start(toml)
     loan_user(client, "u5", clock)
     used = []
@@ -186,6 +188,34 @@ def test_caps_mask_channels_then_suppress(start: Start) -> None:
     assert not capped.actions and capped.suppressed_reason == "frequency_cap"
     clock.advance(2 * 86_400)
     assert client.decide("u5").actions  # a day later the daily caps have reset
+
+
+def test_every_message_of_a_frequency_counts_against_the_caps(start: Start) -> None:
+    # Only "twice" (24 h apart, inside the 72 h goal window), at most two messages per
+    # channel a week and no daily caps: one decision then uses up its channel's week.
+    toml = (DEFAULT_TOML
+            .replace("once = { count = 1 }\n", "")
+            .replace("per_channel_day = 1", "per_channel_day = 9")
+            .replace("per_channel_week = 3", "per_channel_week = 2")
+            .replace("all_channels_day = 2", "all_channels_day = 9")
+            .replace("all_channels_week = 5", "all_channels_week = 9"))
+    srv, client, clock = start(toml)
+    loan_user(client, "u5b", clock)
+    first = client.decide("u5b")
+    assert first.actions[0].frequency == "twice"
+    channel = first.actions[0].channel
+    clock.advance(60)
+    for flushed in (False, True):  # pending, then stored: each message counted once
+        if flushed:
+            srv.decisions.flush()
+        again = client.decide("u5b", dry_run=True, top_k=16)
+        assert again.actions and channel not in {a.channel for a in again.actions}
+        assert any(r.code == "FREQUENCY_CAP" and r.detail.startswith(f"{channel}:")
+                   and r.detail.endswith(" 2 this week") for r in again.reasons), again.reasons
+    with srv.store.read() as txn:
+        stored = orjson.loads(txn.get(b"u5b", db=srv.store.dbs["contacts"]))
+    times = sorted(c[0] for c in stored)
+    assert len(stored) == 2 and times[1] - times[0] == 24 * 3600.0
 
 
 def test_holdout_is_stable_and_suppresses(start: Start) -> None:
