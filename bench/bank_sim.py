@@ -43,10 +43,10 @@ Policies, on the same seeds (same users, same arrivals, common random numbers):
 
 Every policy obeys the same guardrails (consent, quiet hours 21:00–08:00 on the actual send
 time, the campaign's caps counting every message a decision schedules, the 5% stable-hash
-holdout); for the baselines the simulator
-applies them, for nudge the server does. The campaign is the shipped
-``loan_abandonment.toml`` with a ``[context]`` table (segment, behavioural event counts)
-and the exploration options of this module, written to a temporary folder.
+holdout); for the baselines the simulator applies them, for nudge the server does. The
+campaign is the shipped ``loan_abandonment.toml`` with a ``[context]`` table (the CRM
+segment by its known values, behavioural event counts, contact pressure) and the
+exploration options of this module, written to a temporary folder.
 
 The same seed gives the same summary: decision ids and policy seeds come from
 ``Config(random_seed=seed)``, the simulator draws from seeded NumPy generators, and only
@@ -119,7 +119,8 @@ forgetting = 0.99995
 [context]
 event_types = ["app_opened", "loan_simulated", "salary_received", "savings_deposit",
                "card_used_abroad", "gig_payout"]
-strings = {{ segment = 16 }}
+strings = {{ segment = ["borrower", "saver", "traveller", "salaried", "gig"] }}
+contact_pressure = true
 """
 
 
