@@ -188,7 +188,7 @@ def test_one_learner_and_the_lead_passes_on_when_the_leader_dies(
     the leader; followers decide with the leader's model; killing the leader hands the
     lead to the other worker, the supervisor replaces the dead one, and learning goes on
     from where it stopped."""
-    for u in range(30):
+    for u in range(60):  # one user per decision: the caps never suppress one
         pair[u % 2].track([make_event(
             f"learn-{u}", "loan_simulated", numbers={"amount": 5000.0},
             strings={"step": "documentation", "tz": "UTC", "consent.push": "granted",
@@ -198,7 +198,7 @@ def test_one_learner_and_the_lead_passes_on_when_the_leader_dies(
     def decide_and_reward(start: int, stop: int) -> int:
         attributed = 0
         for u in range(start, stop):
-            decision = pair[u % 2].decide(f"learn-{u % 30}", top_k=1)
+            decision = pair[u % 2].decide(f"learn-{u}", top_k=1)
             attributed += pair[(u + 1) % 2].report_outcome(decision.decision_id, 1.0)
         return attributed
 
