@@ -94,3 +94,26 @@ def test_opt_out_risk_by_cause_explains_the_opt_outs() -> None:
     # Random sends inside annoyance hours; the rulebook's slots never do.
     assert runs["random"]["opt_out_risk"]["annoy_hours"] > 0
     assert runs["rulebook"]["opt_out_risk"]["annoy_hours"] == 0
+
+
+def test_twice_is_two_contacts_for_the_caps_and_a_cancelled_one_is_not_received(
+        space: Space) -> None:
+    # The rulebook sends gig workers "one_step" by SMS, twice: both messages count against
+    # the caps (as the server counts them); a conversion before the second cancels it, so
+    # the user never receives it and it adds no fatigue.
+    gig = bank_sim.PERSONA_BY_NAME["gig"]
+    now = bank_sim.START.timestamp() + 10 * bank_sim.HOUR
+    received = {1: 0, 2: 0}
+    for index in range(40):
+        user = bank_sim.User(f"g{index}", index, gig, dict.fromkeys(CHANNELS, True), 5000.0)
+        result = bank_sim.Result("rulebook")
+        bank_sim._decide("rulebook", user, now, space, None, result, [], 0, seed=7)
+        if not result.contacts:
+            continue  # held out
+        times = [t for t, _ in user.contacts]
+        assert len(times) == 2 and times[1] - times[0] == bank_sim.DAY
+        assert {c for _, c in user.contacts} == {"sms"}
+        assert user.received == user.contacts[:result.contacts]
+        received[result.contacts] += 1  # 1: cancelled by the goal (or opted out first)
+        assert "sms" not in bank_sim.guardrails(user, now + 60).channels
+    assert received[1] > 0 and received[2] > 0
