@@ -154,6 +154,9 @@ class DecideInput:
     numbers: dict[str, float]
     strings: dict[str, str]
     dry_run: bool
+    # The latest time a message of this decision may go out (a journey's trigger window);
+    # None: the goal window. Caps count only the messages that can be sent.
+    send_until: float | None = None
 
 
 @dataclass
@@ -406,10 +409,13 @@ class DecisionEngine:
                     # e-mail is two e-mails.
                     first = actions[0]
                     count, gap = plan.frequencies[first.frequency]
+                    until = record.window_end
+                    if request.send_until is not None:
+                        until = min(until, request.send_until)
                     pending = self._pending_contacts.setdefault(user_id, [])
                     for k in range(count):
                         at = first.send_at + k * gap
-                        if k and at > record.window_end:
+                        if k and at > until:
                             break
                         pending.append(Contact(at, first.channel, campaign.name, decision_id))
                 wake = self._flush_future is None

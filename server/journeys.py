@@ -179,7 +179,8 @@ class Journeys:
             return []
         try:
             outcome = self.decisions.decide(
-                DecideInput(user_id, trigger.campaign, at, ALTERNATIVES, {}, {}, False)
+                DecideInput(user_id, trigger.campaign, at, ALTERNATIVES, {}, {}, False,
+                            send_until=window_end)
             )
         except NudgeError as exc:
             log.warning("journey of %s in %s not decided: %s", "a user", trigger.campaign,

@@ -10,6 +10,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import grpc
+import orjson
 import pytest
 
 from nudge.clients import Client, make_event
@@ -281,3 +282,23 @@ def test_shutdown_ends_adapter_streams_instead_of_waiting_out_the_grace(tmp_path
     r.server.stop()
     assert time.monotonic() - start < 10
     r.client.close()
+
+
+@pytest.mark.parametrize("window_hours", [24, 72])
+def test_caps_count_exactly_the_messages_a_journey_will_send(tmp_path: Path,
+                                                             window_hours: int) -> None:
+    # Only "twice" (24 h apart): inside a 24 h trigger window the second message never
+    # goes out, so it must not count against the caps either; inside 72 h it does.
+    toml = (TOML.replace("once = { count = 1 }\n", "")
+            .replace("window_hours = 24", f"window_hours = {window_hours}", 1))
+    r = Running(tmp_path, ManualClock(tuesday_22h(SAO_PAULO)), toml=toml)
+    try:
+        r.abandon("tw", **CONSENTS)
+        deliveries = scheduled(r, "tw")
+        assert len(deliveries) == (1 if window_hours == 24 else 2)
+        r.server.decisions.flush()
+        with r.server.store.read() as txn:
+            contacts = orjson.loads(txn.get(b"tw", db=r.server.store.dbs["contacts"]))
+        assert sorted(c[0] for c in contacts) == sorted(d.due_at for d in deliveries)
+    finally:
+        r.close()
