@@ -343,7 +343,7 @@ class DecisionEngine:
         when = local_now(now, tz)
         guard = apply_guardrails(
             plan.guard, user_id, when, consents, contacts, renderable,
-            self.risk.recently_anomalous(user_id, now),
+            self.risk.recently_anomalous(user_id, now), request.send_until,
         )
         if guard.suppressed == SUPPRESS_PROPERTIES:
             needs = "; ".join(

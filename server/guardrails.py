@@ -37,6 +37,7 @@ SUPPRESS_QUIET = "quiet_hours"
 SUPPRESS_CAP = "frequency_cap"
 SUPPRESS_NOTHING_BEST = "nothing_is_best"
 SUPPRESS_PROPERTIES = "missing_properties"
+SUPPRESS_WINDOW = "send_window"
 
 
 @dataclass
@@ -203,6 +204,7 @@ def apply_guardrails(
     contacts: list[Contact],
     renderable: list[bool],
     credit_blocked: bool,
+    send_until: float | None = None,
 ) -> GuardrailResult:
     campaign = plan.campaign
     g = campaign.guardrails
@@ -233,6 +235,22 @@ def apply_guardrails(
                 all_quiet = False
         if all_quiet:
             result.suppressed = SUPPRESS_QUIET
+            return result
+
+    if send_until is not None:
+        # A journey's window: a slot whose next occurrence falls after it could never be
+        # sent, so the policy must not choose it (its logged propensity would be wrong).
+        any_open = False
+        for (component, _, _, _), slot, at in zip(
+                plan.slots, campaign.send_times, result.send_at, strict=True):
+            if at > send_until:
+                if mask[component]:
+                    mask[component] = 0
+                    trace.append(("SEND_WINDOW", f"{slot.name}: after the journey's window"))
+            elif mask[component]:
+                any_open = True
+        if not any_open:
+            result.suppressed = SUPPRESS_WINDOW
             return result
 
     if g.caps is not None:

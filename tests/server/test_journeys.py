@@ -18,6 +18,7 @@ from nudge.server.app import NudgeServer, create_server
 from nudge.server.campaign import shipped_campaigns_dir
 from nudge.server.clock import ManualClock
 from nudge.server.config import Config
+from nudge.server.guardrails import in_holdout
 from nudge.server.outbox import Delivery, new_delivery_id
 from nudge.v1 import delivery_service_pb2 as dpb
 from nudge.v1 import delivery_service_pb2_grpc as dgrpc
@@ -300,5 +301,32 @@ def test_caps_count_exactly_the_messages_a_journey_will_send(tmp_path: Path,
         with r.server.store.read() as txn:
             contacts = orjson.loads(txn.get(b"tw", db=r.server.store.dbs["contacts"]))
         assert sorted(c[0] for c in contacts) == sorted(d.due_at for d in deliveries)
+    finally:
+        r.close()
+
+
+def test_the_policy_chooses_only_send_times_inside_the_journey_window(tmp_path: Path) -> None:
+    # A 2-hour window: at 10:00 only "now" can go out (lunch is 12:30); at 22:00, inside
+    # quiet hours, nothing can. What is delivered is what the decision logged as chosen.
+    toml = TOML.replace("window_hours = 24", "window_hours = 2", 1)
+    morning = datetime(2026, 11, 24, 10, 0, tzinfo=ZoneInfo(SAO_PAULO)).timestamp()
+    r = Running(tmp_path, ManualClock(morning), toml=toml)
+    try:
+        users = [u for u in (f"w{k}" for k in range(12))
+                 if not in_holdout("loan_abandonment", u, 0.05)][:6]
+        for user in users:
+            r.abandon(user, **CONSENTS)
+            (delivery, *_) = scheduled(r, user)
+            assert delivery.due_at == morning
+            r.server.decisions.flush()
+            (record,) = r.server.decisions.decisions([delivery.decision_id])
+            chosen = record.actions[0]
+            assert (chosen["channel"], chosen["message"]) == (delivery.channel,
+                                                              delivery.message)
+            assert any(code == "SEND_WINDOW" and detail.startswith("lunch")
+                       for code, detail in record.trace)
+        r.clock.set(tuesday_22h(SAO_PAULO))
+        r.abandon("late", **CONSENTS)
+        assert scheduled(r, "late") == []
     finally:
         r.close()
