@@ -78,6 +78,9 @@ class Goal:
     # Reward (negative) when the user revokes consent for the decision's channel within
     # the window: opting out is a cost the policy learns to avoid. 0 turns it off.
     opt_out_cost: float = 0.0
+    # Learned cost of each message a decision sends (channel fees, the customer's
+    # attention): a certain cost, so unlike opt-outs it adds no noise to what is learned.
+    contact_cost: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -331,7 +334,8 @@ def _offers(data: dict[str, Any], source: str) -> tuple[Offer, ...]:
 
 def _goal(data: dict[str, Any], source: str) -> Goal:
     goal = _table(data, "goal", source)
-    _known(goal, {"events", "value", "window_hours", "opt_out_cost"}, "goal", source)
+    _known(goal, {"events", "value", "window_hours", "opt_out_cost", "contact_cost"}, "goal",
+           source)
     events = goal.get("events")
     if not isinstance(events, list) or not events:
         raise _fail(source, "goal.events", "must be a non-empty list of event types")
@@ -341,7 +345,8 @@ def _goal(data: dict[str, Any], source: str) -> Goal:
     value = _number(goal.get("value", 1.0), "goal.value", source, 0, 1e9)
     window = _number(goal.get("window_hours"), "goal.window_hours", source, 1 / 60, 24 * 90)
     cost = _number(goal.get("opt_out_cost", 0.0), "goal.opt_out_cost", source, 0, 1e9)
-    return Goal(tuple(events), value, window * 3600.0, cost)
+    contact = _number(goal.get("contact_cost", 0.0), "goal.contact_cost", source, 0, 1e9)
+    return Goal(tuple(events), value, window * 3600.0, cost, contact)
 
 
 def _guardrails(data: dict[str, Any], source: str) -> Guardrails:

@@ -210,6 +210,9 @@ class DecisionRecord:
     reward: float | None = None
     learn: bool = True
     actions: list[dict[str, Any]] = field(default_factory=list)
+    # Messages the decision sends (as the caps count them): the campaign's contact cost
+    # is learned per message.
+    messages: int = 0
 
     def to_bytes(self) -> bytes:
         # Arrays serialise as lists, NaN as null (a missing raw feature).
@@ -418,6 +421,7 @@ class DecisionEngine:
                         if k and at > until:
                             break
                         pending.append(Contact(at, first.channel, campaign.name, decision_id))
+                        record.messages += 1
                 wake = self._flush_future is None
                 self._request_flush(wake=after_reply is None)
             if wake and after_reply is not None and not after_reply(self._flusher.wake):

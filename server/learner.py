@@ -213,7 +213,10 @@ class Learner:
                 continue
             chosen = np.array([r.choice for r in usable], dtype=np.int64)
             contexts = np.array([r.x for r in usable], dtype=np.float64)
-            rewards = np.array([r.reward or 0.0 for r in usable], dtype=np.float64)
+            # The outcome, less the campaign's cost of the messages sent.
+            contact_cost = model.campaign.goal.contact_cost
+            rewards = np.array([(r.reward or 0.0) - contact_cost * r.messages for r in usable],
+                               dtype=np.float64)
             raw = np.array([[np.nan if v is None else v for v in r.raw] for r in usable])
             snapshot = lrn.update_posteriors(
                 model.snapshot, model.campaign.space.combo_components, chosen, contexts, rewards,

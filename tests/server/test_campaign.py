@@ -93,6 +93,8 @@ def test_guardrails_can_be_turned_off() -> None:
          "exclude[0].message: 'nope' is not one of"),
         ('events = ["loan_completed"]', "events = []", "goal.events: must be a non-empty list"),
         ("window_hours = 72", "window_hours = 0", "goal.window_hours: must be in"),
+        ("window_hours = 72", "window_hours = 72\ncontact_cost = -0.1",
+         "goal.contact_cost: must be in"),
         ("holdout = 0.05", "holdout = 0.9", "guardrails.holdout: must be in [0, 0.5]"),
         ('start = "21:00", end = "08:00"', 'start = "21:00", end = "21:00"',
          "guardrails.quiet_hours: start and end must differ"),

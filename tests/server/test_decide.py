@@ -99,6 +99,27 @@ def test_decide_returns_ranked_rendered_actions_and_logs_them(start: Start) -> N
     assert len(record.x) == srv.decisions.models["loan_abandonment"].layout.n_features
 
 
+def test_the_contact_cost_is_learned_per_message_sent(start: Start) -> None:
+    # Only "twice": two messages per decision. b starts at 0, so after one outcome each
+    # chosen component's b is (reward - cost × 2) · x: the log keeps the outcome, the
+    # learner pays the cost.
+    toml = (DEFAULT_TOML.replace("[goal]\n", "[goal]\ncontact_cost = 0.25\n", 1)
+            .replace("once = { count = 1 }\n", "").replace("holdout = 0.05", "holdout = 0.0"))
+    srv, client, clock = start(toml)
+    loan_user(client, "c1", clock)
+    reply = client.decide("c1")
+    assert reply.actions[0].frequency == "twice"
+    assert client.report_outcome(reply.decision_id, 1.0)
+    srv.decisions.flush()
+    (record,) = srv.decisions.decisions([reply.decision_id])
+    assert record.messages == 2 and record.reward == 1.0
+    srv.learner.step()
+    model = srv.decisions.models["loan_abandonment"]
+    chosen = model.campaign.space.combo_components[record.choice]
+    for component in chosen[chosen >= 0]:
+        assert np.allclose(model.snapshot.b[component], 0.5 * np.asarray(record.x))
+
+
 def test_nothing_is_an_arm_of_the_shipped_campaign(start: Start) -> None:
     assert load_campaigns()["loan_abandonment"].nothing_combo >= 0
     # Thompson sampling explores "nothing" visibly on a cold model (about 1 in 5).
