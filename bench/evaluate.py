@@ -62,6 +62,10 @@ from nudge.server.campaign import load_campaigns
 TARGETS = ("rulebook", "uniform", "logged")
 SEGMENTS = tuple(p.name for p in PERSONAS)
 MIN_EFFECTIVE_N = 30
+# Under the logging policy the importance weights average 1 for any target policy; a mean
+# far from it means the target's actions were rarely possible in the log (missing support),
+# whatever the effective sample size says.
+MEAN_WEIGHT_BAND = (0.5, 2.0)
 
 
 @dataclass
@@ -197,14 +201,19 @@ def evaluate(log: Log, space: Space, policy: str, confidence: float = 0.95,
     kw = {"confidence": confidence, "max_weight": max_weight, "interval": interval,
           "reward_range": reward_range}
     ips = ope.ips(log.reward, log.propensity, target, **kw).to_dict()
+    weights = target / log.propensity
+    mean_weight = float(weights.mean())
     return {
         "policy": policy,
         "n": len(log),
         # A deterministic target over hundreds of combinations rarely takes the logged
-        # action: with few effective samples the intervals are not to be trusted.
-        "low_overlap": ips["effective_sample_size"] < MIN_EFFECTIVE_N,
+        # action: with few effective samples, or weights that do not average about 1, the
+        # intervals are not to be trusted.
+        "low_overlap": bool(ips["effective_sample_size"] < MIN_EFFECTIVE_N
+                            or not MEAN_WEIGHT_BAND[0] <= mean_weight <= MEAN_WEIGHT_BAND[1]),
         "interval": interval,
-        "largest_weight": float((target / log.propensity).max()),
+        "largest_weight": float(weights.max()),
+        "mean_weight": mean_weight,
         "logged_value": float(log.reward.mean()),
         "ips": ips,
         "snips": ope.snips(log.reward, log.propensity, target, **kw).to_dict(),
@@ -266,8 +275,11 @@ def _format(result: dict[str, Any]) -> str:
     label = {"bernstein": "empirical-Bernstein", "normal": "normal-approximation"}[
         result["interval"]]
     if result["low_overlap"]:
-        lines.append(f"  WARNING: effective sample size below {MIN_EFFECTIVE_N}: the target "
-                     "rarely takes the logged actions; do not trust these intervals")
+        ess = result["ips"]["effective_sample_size"]
+        lines.append(f"  WARNING: effective sample size {ess:.0f} (below {MIN_EFFECTIVE_N} is "
+                     f"too few) and mean importance weight "
+                     f"{result['mean_weight']:.2f} (should be near 1): the target rarely takes "
+                     "the logged actions; do not trust these intervals")
     for name in ("ips", "snips", "dr"):
         e = result[name]
         lines.append(f"  {name:<5} {e['value']:.4f}  95% {label} CI [{e['ci_low']:.4f}, "

@@ -33,6 +33,10 @@ def test_rulebook_is_flagged_low_overlap_and_dr_holds(validation: dict) -> None:
     # rest on a handful of decisions (flagged); DR's reward model still finds the truth.
     target = validation["targets"]["rulebook"]
     assert target["estimate"]["low_overlap"]
+    # Its weights average far below 1 (the log rarely took its actions); uniform's near 1.
+    assert target["estimate"]["mean_weight"] < 0.5
+    uniform = validation["targets"]["uniform"]["estimate"]
+    assert not uniform["low_overlap"] and 0.5 <= uniform["mean_weight"] <= 2.0
     assert target["within_ci"]["dr"]["logged_decisions"], target
 
 
