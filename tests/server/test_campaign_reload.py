@@ -25,13 +25,15 @@ OLD_TEXT = "Questions about your loan documents? An advisor can help you finish 
 
 def _one_message(toml: str) -> str:
     """The shipped campaign with only its advisor message, and every decision an action
-    (no "nothing" arm): any action of a reply shows the current text."""
+    (no "nothing" arm, cross-channel caps out of the way: a "twice" is two contacts): any
+    action of a reply shows the current text."""
     head, rest = toml.split("[messages]\n", 1)
     _, rest = rest.split("\n\n", 1)
     rest = rest.replace('[[exclude]]\nchannel = "sms"\nmessage = "rate_locked"\n\n', "")
     assert "rate_locked" not in rest
     text = f'{head}[messages]\nadvisor = "{OLD_TEXT}"\n\n{rest}'
-    return text.replace('algorithm = "squarecb"', 'algorithm = "squarecb"\nnothing_arm = false')
+    return (text.replace('algorithm = "squarecb"', 'algorithm = "squarecb"\nnothing_arm = false')
+            .replace("all_channels_day = 2", "all_channels_day = 9"))
 
 
 BASE = _one_message(SHIPPED)

@@ -103,7 +103,7 @@ def test_the_contact_cost_is_learned_per_message_sent(start: Start) -> None:
     # Only "twice": two messages per decision. b starts at 0, so after one outcome each
     # chosen component's b is (reward - cost × 2) · x: the log keeps the outcome, the
     # learner pays the cost.
-    toml = (DEFAULT_TOML.replace("[goal]\n", "[goal]\ncontact_cost = 0.25\n", 1)
+    toml = (DEFAULT_TOML.replace("contact_cost = 0.02", "contact_cost = 0.25")
             .replace("once = { count = 1 }\n", "").replace("holdout = 0.05", "holdout = 0.0"))
     srv, client, clock = start(toml)
     loan_user(client, "c1", clock)
