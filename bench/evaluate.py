@@ -275,11 +275,14 @@ def _format(result: dict[str, Any]) -> str:
     label = {"bernstein": "empirical-Bernstein", "normal": "normal-approximation"}[
         result["interval"]]
     if result["low_overlap"]:
-        ess = result["ips"]["effective_sample_size"]
-        lines.append(f"  WARNING: effective sample size {ess:.0f} (below {MIN_EFFECTIVE_N} is "
-                     f"too few) and mean importance weight "
-                     f"{result['mean_weight']:.2f} (should be near 1): the target rarely takes "
-                     "the logged actions; do not trust these intervals")
+        ess, mean_weight = result["ips"]["effective_sample_size"], result["mean_weight"]
+        why = []
+        if ess < MIN_EFFECTIVE_N:
+            why.append(f"effective sample size {ess:.0f} (below {MIN_EFFECTIVE_N})")
+        if not MEAN_WEIGHT_BAND[0] <= mean_weight <= MEAN_WEIGHT_BAND[1]:
+            why.append(f"mean importance weight {mean_weight:.2f} (not near 1)")
+        lines.append(f"  WARNING: {' and '.join(why)}: the target rarely takes the logged "
+                     "actions; do not trust these intervals")
     for name in ("ips", "snips", "dr"):
         e = result[name]
         lines.append(f"  {name:<5} {e['value']:.4f}  95% {label} CI [{e['ci_low']:.4f}, "

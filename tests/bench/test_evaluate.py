@@ -63,3 +63,16 @@ def test_bernstein_intervals_are_the_default_and_contain_the_normal_ones(tmp_pat
         s, n = sound[name], normal[name]
         assert s["value"] == n["value"]
         assert s["ci_low"] <= n["ci_low"] and n["ci_high"] <= s["ci_high"], (s, n)
+
+
+def test_the_low_overlap_warning_names_what_failed() -> None:
+    estimate = {"value": 0.1, "ci_low": 0.0, "ci_high": 1.0, "effective_sample_size": 80.0}
+    result = {"policy": "rulebook", "n": 1000, "logged_value": 0.2, "largest_weight": 9.0,
+              "interval": "bernstein", "low_overlap": True, "mean_weight": 0.02,
+              "ips": estimate, "snips": estimate, "dr": estimate}
+    text = evaluate._format(result)
+    assert "mean importance weight 0.02 (not near 1)" in text
+    assert "effective sample size" not in text.split("WARNING")[1].split(":")[0]
+    few = {**estimate, "effective_sample_size": 10.0}
+    text = evaluate._format({**result, "mean_weight": 1.1, "ips": few})
+    assert "WARNING: effective sample size 10 (below 30): the target" in text
