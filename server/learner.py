@@ -41,15 +41,24 @@ def encode_model(model: CampaignModel) -> bytes:
         buffer, mean_t=s.mean_t, factor_t=s.factor_t, precision=s.precision, b=s.b,
         n_eff=s.n_eff, prior=np.array([s.prior_precision]), version=np.array([s.version]),
         stats_mean=st.mean, stats_var=st.var, stats_count=st.count,
+        features=np.array(model.layout.feature_names()),
+        components=np.array(model.campaign.component_names()),
     )
     return buffer.getvalue()
 
 
 def decode_model(raw: bytes, initial: CampaignModel, learned_seq: int) -> CampaignModel | None:
-    """The stored model, or None when it no longer fits the campaign's shape."""
+    """The stored model, or None when it no longer fits the campaign: another shape, or the
+    same shape with features or components that mean something else (event types or a
+    string's known values reordered, a value renamed)."""
     with np.load(io.BytesIO(raw), allow_pickle=False) as data:
         if data["mean_t"].shape != initial.snapshot.mean_t.shape:
             return None
+        names = {"features": initial.layout.feature_names(),
+                 "components": initial.campaign.component_names()}
+        for key, expected in names.items():
+            if key in data.files and data[key].tolist() != expected:
+                return None
         snapshot = lrn.PolicySnapshot(
             mean_t=data["mean_t"], factor_t=data["factor_t"], precision=data["precision"],
             b=data["b"], n_eff=data["n_eff"], prior_precision=float(data["prior"][0]),

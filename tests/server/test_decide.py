@@ -415,6 +415,36 @@ def test_models_and_open_decisions_survive_a_restart(start: Start, tmp_path: Pat
         srv2.stop()
 
 
+def test_a_stored_model_whose_features_mean_something_else_is_not_adopted(
+        start: Start, tmp_path: Path) -> None:
+    # Same shape, other meaning: a string's known values reordered. The model learned for
+    # "gold" must not be read as "basic"'s after a restart; the same campaign keeps it.
+    def toml(values: str) -> str:
+        return DEFAULT_TOML.replace("strings = {}", f"strings = {{ tier = {values} }}")
+
+    srv, client, clock = start(toml('["gold", "basic"]'))
+    loan_user(client, "t1", clock)
+    reply = client.decide("t1", strings={"tier": "gold"})
+    assert client.report_outcome(reply.decision_id, 1.0)
+    settle_and_learn(srv)
+    version = srv.decisions.models["loan_abandonment"].snapshot.version
+    assert version > 0
+    client.close()
+    srv.stop()
+    for values, kept in (('["basic", "gold"]', False), ('["gold", "basic"]', True)):
+        campaigns = tmp_path / f"restart-{kept}"
+        campaigns.mkdir()
+        (campaigns / "c.toml").write_text(toml(values))
+        again = create_server(Config(port=0, data_dir=tmp_path / "data",
+                                     campaigns_dir=campaigns), clock=clock)
+        again.start()
+        try:
+            model = again.decisions.models["loan_abandonment"]
+            assert model.snapshot.version == (version if kept else 0), values
+        finally:
+            again.stop()
+
+
 def test_opting_out_of_the_decisions_channel_is_learned_as_a_cost(start: Start) -> None:
     srv, client, clock = start()
     loan_user(client, "o1", clock)
