@@ -25,6 +25,7 @@ from typing import Any
 import lmdb
 import orjson
 
+from nudge.server import contacts
 from nudge.server.errors import FailedPrecondition, NotFound
 from nudge.server.ingest import EventWriter
 from nudge.server.store import Store
@@ -135,6 +136,7 @@ class Outbox:
             key = d.index_key()
             if d.status == SCHEDULED:
                 d.status, d.detail = CANCELLED, f"cancelled: {event_type} came first"
+                self._never_sent(txn, d)
             else:
                 d.cancel_requested = True
             self._put(txn, d, key)
@@ -177,11 +179,13 @@ class Outbox:
             if d.status == LEASED and d.cancel_requested:
                 d.status, d.detail = CANCELLED, "cancelled: the goal came first (lease expired)"
                 self._put(txn, d, key)
+                self._never_sent(txn, d)
                 continue
             wait_until = self._coordination(txn, d, now)
             if wait_until is None:  # the same message already went out on another channel
                 d.status, d.detail = CANCELLED, "cancelled: already sent on another channel"
                 self._put(txn, d, key)
+                self._never_sent(txn, d)
                 continue
             if wait_until > now:  # inside the cross-channel gap: later
                 d.status, d.due_at = SCHEDULED, wait_until
@@ -245,6 +249,12 @@ class Outbox:
             if fallback is not None:
                 self.schedule(txn, [fallback])
                 result["fallback"] = fallback
+                # The caps count the fallback's message instead of the failed one.
+                contacts.replace(txn, self.store.dbs["contacts"], d.user_id, d.decision_id,
+                                 d.campaign, d.channel, d.due_at, fallback.channel,
+                                 fallback.due_at)
+            else:
+                self._never_sent(txn, d)
 
         self.writer.submit_job(job).result()
         if "error" in result:
@@ -252,6 +262,11 @@ class Outbox:
         if "fallback" in result:
             self.notify()
         return result.get("fallback")
+
+    def _never_sent(self, txn: lmdb.Transaction, d: Delivery) -> None:
+        """A delivery that will not reach the user stops counting against the caps."""
+        contacts.forget(txn, self.store.dbs["contacts"], d.user_id, d.decision_id, d.channel,
+                        d.due_at)
 
     def _fallback(self, txn: lmdb.Transaction, failed: Delivery, now: float) -> Delivery | None:
         tried = {d.channel for d in self.user_deliveries(txn, failed.user_id)

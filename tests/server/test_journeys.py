@@ -158,11 +158,21 @@ def test_unacknowledged_lease_expires_and_is_redelivered(run: Running) -> None:
     assert again is not None and again.delivery_id == first.delivery_id and again.attempt == 2
 
 
+def stored_contacts(r: Running, user: str) -> list[tuple[float, str]]:
+    r.server.decisions.flush()
+    with r.server.store.read() as txn:
+        raw = txn.get(user.encode(), db=r.server.store.dbs["contacts"])
+    return sorted((c[0], c[1]) for c in orjson.loads(raw)) if raw is not None else []
+
+
 def test_goal_first_cancels_and_nothing_is_ever_streamed(run: Running) -> None:
     run.abandon("bruno", **CONSENTS)
+    planned = sorted((d.due_at, d.channel) for d in scheduled(run, "bruno"))
+    assert stored_contacts(run, "bruno") == planned  # the caps count what is planned
     run.clock.advance(1800)
     run.client.track([make_event("bruno", "loan_completed", time=run.clock.now())])
     assert {d.status for d in scheduled(run, "bruno")} == {"cancelled"}
+    assert stored_contacts(run, "bruno") == []  # … and stop counting what will not go out
     run.listen()
     run.advance(24 * 3600)
     assert run.take(0.5) is None
@@ -217,6 +227,15 @@ def _fall_back(run: Running) -> None:
     second = run.take()
     assert second is not None and second.delivery_id == fallback
     assert second.channel != first.channel
+    # The caps count the fallback's message, not the failed one.
+    channels = [c for _, c in stored_contacts(run, "carla")]
+    assert second.channel in channels and first.channel not in channels
+    # Every channel failing in turn: nothing reached the user, nothing counts.
+    current = second
+    while next_id := run.ack(current.delivery_id, sent=False).fallback_delivery_id:
+        current = run.take()
+        assert current is not None and current.delivery_id == next_id
+    assert stored_contacts(run, "carla") == []
 
 
 def test_cross_channel_gap_holds_across_channels(run: Running) -> None:
