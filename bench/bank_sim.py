@@ -103,7 +103,7 @@ CHURN_SHARE = 0.25
 # Annoyance: each contact's opt-out probability is the sum of these terms.
 OPT_OUT_BASE = 0.002
 OPT_OUT_ANNOYED = 0.03  # sent inside the persona's annoyance hours
-OPT_OUT_PER_RECENT = 0.01  # per other contact in the last 7 days
+OPT_OUT_PER_RECENT = 0.01  # per other message received in the last 7 days
 OPT_OUT_SECOND = 0.01  # the second message of "twice"
 OPT_OUT_CAUSES = ("baseline", "annoy_hours", "recent_contacts", "second_message")
 # SquareCB exploration scale of the simulated campaign (shipped file: 10); 40 reached ~81%

@@ -63,6 +63,12 @@ class Frequency:
     count: int
     gap_hours: float
 
+    def send_times(self, first: float, until: float) -> list[float]:
+        """When its messages go out: from ``first``, every ``gap_hours``, those due by
+        ``until`` (the caps count exactly these; a journey delivers exactly these)."""
+        gap = self.gap_hours * 3600.0
+        return [first + k * gap for k in range(self.count) if first + k * gap <= until]
+
 
 @dataclass(frozen=True)
 class Offer:

@@ -113,8 +113,8 @@ class CampaignPlan:
         c = model.campaign
         # The properties each message's template needs.
         self.message_needs = [frozenset(m.properties) for m in c.messages]
-        # Per frequency: (messages, seconds between them). Every message is a contact.
-        self.frequencies = {f.name: (f.count, f.gap_hours * 3600.0) for f in c.frequencies}
+        # Per frequency name: its messages' schedule. Every message is a contact.
+        self.frequencies = {f.name: f for f in c.frequencies}
         # Per combination (the nothing arm excluded): message, channel name, send-time slot,
         # frequency name, offer name.
         self.combos: list[tuple[Message, str, int, str, str]] = []
@@ -411,17 +411,15 @@ class DecisionEngine:
                     # against caps and contact pressure, not only the first: a "twice" on
                     # e-mail is two e-mails.
                     first = actions[0]
-                    count, gap = plan.frequencies[first.frequency]
                     until = record.window_end
                     if request.send_until is not None:
                         until = min(until, request.send_until)
-                    pending = self._pending_contacts.setdefault(user_id, [])
-                    for k in range(count):
-                        at = first.send_at + k * gap
-                        if k and at > until:
-                            break
-                        pending.append(Contact(at, first.channel, campaign.name, decision_id))
-                        record.messages += 1
+                    # The first message goes out even past the goal window (a late slot).
+                    times = plan.frequencies[first.frequency].send_times(
+                        first.send_at, max(until, first.send_at))
+                    self._pending_contacts.setdefault(user_id, []).extend(
+                        Contact(at, first.channel, campaign.name, decision_id) for at in times)
+                    record.messages = len(times)
                 wake = self._flush_future is None
                 self._request_flush(wake=after_reply is None)
             if wake and after_reply is not None and not after_reply(self._flusher.wake):

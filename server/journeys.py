@@ -199,18 +199,15 @@ class Journeys:
                 alternatives.append(dict(a.__dict__))
         campaign = self.decisions.campaigns[trigger.campaign]
         frequency = next(f for f in campaign.frequencies if f.name == first.frequency)
-        out = []
-        for k in range(frequency.count):
-            due = max(first.send_at, self.clock.now()) + k * frequency.gap_hours * 3600.0
-            if due > window_end:
-                break
-            out.append(Delivery(
+        return [
+            Delivery(
                 delivery_id=new_delivery_id(), decision_id=outcome.decision_id, user_id=user_id,
                 campaign=trigger.campaign, channel=first.channel, message=first.message,
                 text=first.text, offer=first.offer, due_at=due, alternatives=alternatives,
                 cancel_on=list(trigger.cancel_on),
-            ))
-        return out
+            )
+            for due in frequency.send_times(max(first.send_at, self.clock.now()), window_end)
+        ]
 
     def _already_done(self, user_id: str, trigger: Trigger, at: float) -> bool:
         """The goal (or a cancelling event) already happened after the trigger."""

@@ -10,6 +10,7 @@ import pytest
 from nudge.server.campaign import (
     DIMENSIONS,
     CampaignError,
+    Frequency,
     load_campaigns,
     parse_campaign,
     shipped_campaigns_dir,
@@ -130,3 +131,10 @@ def test_folder_with_duplicate_names_is_refused(tmp_path: Path) -> None:
         load_campaigns(empty)
     with pytest.raises(CampaignError, match="does not exist"):
         load_campaigns(tmp_path / "missing")
+
+
+def test_a_frequency_sends_the_messages_due_by_the_end_of_its_window() -> None:
+    twice = Frequency("twice", 2, 24.0)
+    assert twice.send_times(100.0, 100.0 + 24 * 3600) == [100.0, 100.0 + 24 * 3600]
+    assert twice.send_times(100.0, 100.0 + 24 * 3600 - 1) == [100.0]
+    assert twice.send_times(100.0, 99.0) == []
