@@ -75,8 +75,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from nudge.server.campaign import Campaign, parse_campaign, shipped_campaigns_dir
-from nudge.server.guardrails import in_holdout
+from nudge.server.decisions.campaign import Campaign, parse_campaign, shipped_campaigns_dir
+from nudge.server.decisions.guardrails import in_holdout
 
 TZ_NAME = "America/Sao_Paulo"
 ZONE = ZoneInfo(TZ_NAME)

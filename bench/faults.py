@@ -95,7 +95,7 @@ nothing_arm = false
 """
 GOAL_VALUE = 1.0
 LEASE_SECONDS = 1
-# The learner stores its models every 5 s (server/learner.py): a longer round lets it.
+# The learner stores its models every 5 s (server/decisions/learner.py): a longer round lets it.
 LONG_ROUND_EVERY = 4
 LONG_ROUND_SECONDS = (5.5, 7.0)
 SHORT_ROUND_SECONDS = (0.05, 1.2)
@@ -293,7 +293,7 @@ def read_store(data_dir: Path, decision_ids: Iterable[str] = ()) -> _Stored:
     """Open the store as the server would (a failure to open is the finding) and read
     what the checks need: the decisions in the rewards log and ``decision_ids``."""
     from nudge.kernels import user_state
-    from nudge.server.store import Store
+    from nudge.server.storage.store import Store
 
     store = Store(data_dir)
     try:
@@ -352,7 +352,7 @@ def _check_outcomes(s: _Stored, ledger: _Ledger, where: str) -> None:
 
 
 def _combo_components() -> np.ndarray:
-    from nudge.server.campaign import parse_campaign
+    from nudge.server.decisions.campaign import parse_campaign
 
     return np.asarray(parse_campaign(CAMPAIGN_TOML, CAMPAIGN).space.combo_components)
 

@@ -2,7 +2,7 @@
 
 Run: ``python -m nudge.bench.ope_obp_check [--n-sim N] [--seed S] [--tolerance T]``.
 
-Why: :mod:`nudge.bench.ope` is what gates a new policy before it goes live, so its numbers
+Why: :mod:`nudge.server.offline.ope` is what gates a new policy before it goes live, so its numbers
 must match an independent, widely used implementation on real logged data. obp (Open Bandit
 Pipeline) ships a ~10,000-row sample of the Open Bandit Dataset (ZOZOTOWN fashion
 recommendations: 80 actions, 3 positions, logged by a uniform-random policy with known
@@ -17,10 +17,11 @@ Two target policies are evaluated on the random-policy log:
   probability 0.9, else uniform: large importance weights (up to ~72), a harder test.
 
 The reward model for DR is a smoothed per-(action, position) mean click rate, and the same
-array is handed to nudge's :func:`~nudge.bench.ope.dr` and obp's ``DoublyRobust``. IPS, SNIPS
-and DR point estimates must agree within ``--tolerance`` (relative, default 1%); the process
-exits 1 otherwise. nudge's normal/delta-method intervals are printed beside obp's bootstrap
-intervals for information only (different methods; not asserted).
+array is handed to nudge's :func:`~nudge.server.offline.ope.dr` and obp's
+``DoublyRobust``. IPS, SNIPS and DR point estimates must agree within ``--tolerance``
+(relative, default 1%); the process exits 1 otherwise. nudge's normal/delta-method intervals
+are printed beside obp's bootstrap intervals for information only (different methods; not
+asserted).
 
 obp is optional and never a dependency of nudge: without it this prints a message and exits 0.
 obp 0.4.1 needs torch (imported by its estimators) and was written for pandas < 2; see
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge.bench.ope import (
+from nudge.server.offline.ope import (
     dr,
     ips,
     reward_model_from_action_dist,

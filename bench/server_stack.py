@@ -19,7 +19,7 @@ from concurrent import futures
 import grpc
 
 from nudge.bench.stats import Latency
-from nudge.server.diagnostics_service import DiagnosticsServicer
+from nudge.server.rpc.diagnostics_service import DiagnosticsServicer
 from nudge.v1 import diagnostics_service_pb2 as pb
 from nudge.v1 import diagnostics_service_pb2_grpc as pb_grpc
 

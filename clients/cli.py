@@ -1,4 +1,4 @@
-"""The ``nudge`` command: parses options and hands them to the server or the client.
+"""The ``nudge`` command: client commands here; the server and bench add theirs (COMMANDS_GROUP).
 
     nudge serve [--port N] [--data-dir DIR] [--config FILE] [--workers N]
     nudge track --user U --type T [--num amount=5000] [--str step=documentation]
@@ -18,10 +18,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 import grpc
 from google.protobuf.json_format import MessageToJson
@@ -29,6 +29,10 @@ from google.protobuf.json_format import MessageToJson
 from nudge.clients.client import Client, make_event, make_transaction
 
 DEFAULT_TARGET = "localhost:50051"
+# Packages add subcommands here (pyproject.toml): each entry point names a function that
+# adds its parsers and sets ``run(args, rest) -> int`` (``passthrough`` when the command
+# parses its own options). The client side needs nothing from them.
+COMMANDS_GROUP = "nudge.commands"
 
 
 def _key_values(items: Sequence[str], convert: type, flag: str) -> dict:
@@ -61,19 +65,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--key-file", default=os.environ.get("NUDGE_KEY_FILE"),
                         help="client key for mutual TLS (env NUDGE_KEY_FILE)")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="run the server")
-    serve.add_argument("--config", help="TOML file with a [server] table (env NUDGE_CONFIG)")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 50051; 0 = any)")
-    serve.add_argument("--data-dir", help="LMDB folder (default ./nudge-data)")
-    serve.add_argument("--campaigns", dest="campaigns_dir", help="folder of campaign TOML files")
-    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
-    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
-    serve.add_argument("--workers", type=int,
-                       help="server processes sharing the port and the store (default 1)")
-    serve.add_argument("--tokens-file", dest="auth_tokens_file",
-                       help="require scoped tokens from this file")
 
     track = sub.add_parser("track", help="send one event")
     track.add_argument("--user", required=True)
@@ -112,146 +103,19 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("label", choices=("fraud", "genuine"))
 
     sub.add_parser("health", help="print the server's health status")
-    sub.add_parser("demo", help="the loan-abandonment story end to end, in simulated time")
-    # Their own options (--help) are parsed by nudge.bench.bank_sim / nudge.bench.evaluate.
-    sub.add_parser("simulate", help="a bank population: nudge vs rulebook, random, oracle",
-                   add_help=False)
-    sub.add_parser("evaluate", help="estimate another policy's value from the decision log",
-                   add_help=False)
-    explain = sub.add_parser("explain", help="why a decision chose what it chose")
-    explain.add_argument("decision_id")
-    explain.add_argument("--data-dir", default=os.environ.get("NUDGE_DATA_DIR", "nudge-data"),
-                         help="the server's data folder (read-only; default ./nudge-data)")
-    explain.add_argument("--campaigns", default=os.environ.get("NUDGE_CAMPAIGNS_DIR"),
-                         help="campaign folder (default: the shipped campaigns)")
-    # Its own options (nudge bench --help) are parsed by nudge.bench.cli.
-    sub.add_parser("bench", help="latency budgets, peers side by side (see --help)",
-                   add_help=False)
-
-    token = sub.add_parser("token", help="manage scoped client tokens (server side)")
-    token.add_argument("--config", help="server TOML file naming auth_tokens_file")
-    token.add_argument("--tokens-file", help="token file (default: auth_tokens_file)")
-    token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="create a token and print it once")
-    create.add_argument("--name", required=True, help="who holds it, e.g. fraud-engine")
-    create.add_argument("--scopes", required=True,
-                        help="comma-separated: track, decide, risk, deliveries, admin")
-    revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
-    revoke.add_argument("token_id")
-    token_sub.add_parser("list", help="list tokens (never their secrets)")
+    for entry in entry_points(group=COMMANDS_GROUP):
+        entry.load()(sub)
     return parser
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from nudge.server.app import create_server, serve
-    from nudge.server.campaign import CampaignError
-    from nudge.server.config import ConfigError, load_config
-    from nudge.server.errors import StoreError
-
-    try:
-        config = load_config(
-            args.config,
-            overrides={
-                "host": args.host,
-                "port": args.port,
-                "data_dir": args.data_dir,
-                "campaigns_dir": args.campaigns_dir,
-                "log_level": args.log_level,
-                "metrics_port": args.metrics_port,
-                "auth_tokens_file": args.auth_tokens_file,
-                "workers": args.workers,
-            },
-        )
-    except ConfigError as exc:
-        print(f"nudge serve: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    if config.workers > 1:
-        from nudge.server.campaign import load_campaigns
-        from nudge.server.workers import serve_workers
-
-        try:  # the workers would each fail on a bad campaign: say it once, here
-            load_campaigns(config.campaigns_dir)
-        except CampaignError as exc:
-            print(f"nudge serve: {exc}", file=sys.stderr)
-            return 2
-        return serve_workers(config)
-    try:
-        server = create_server(config)
-    except (ConfigError, StoreError, CampaignError, OSError) as exc:
-        print(f"nudge serve: {exc}", file=sys.stderr)
-        return 2
-    serve(server)
-    return 0
-
-
-def _token(args: argparse.Namespace) -> int:
-    from nudge.server.auth import TokenStore, check_scopes
-    from nudge.server.config import ConfigError, load_config
-
-    path = args.tokens_file
-    if path is None:
-        try:
-            path = load_config(args.config).auth_tokens_file
-        except ConfigError as exc:
-            print(f"nudge token: {exc}", file=sys.stderr)
-            return 2
-    if path is None:
-        print("nudge token: no token file: give --tokens-file or set auth_tokens_file",
-              file=sys.stderr)
-        return 2
-    store = TokenStore(path)
-    try:
-        if args.token_command == "create":
-            scopes = check_scopes(s.strip() for s in args.scopes.split(",") if s.strip())
-            print(store.create(args.name, scopes))
-            print("store it now: it cannot be shown again", file=sys.stderr)
-        elif args.token_command == "revoke":
-            store.revoke(args.token_id)
-            print(f"revoked {args.token_id}")
-        else:
-            for info in store.tokens():
-                state = "revoked" if info.revoked else "active"
-                print(f"{info.token_id}\t{info.name}\t{','.join(info.scopes)}\t{state}")
-    except (KeyError, ValueError) as exc:
-        print(f"nudge token: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command not in ("bench", "simulate", "evaluate") and rest:
+    run = getattr(args, "run", None)
+    if not getattr(args, "passthrough", False) and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "token":
-        return _token(args)
-    if args.command == "bench":
-        from nudge.bench.cli import main as bench_main
-
-        return bench_main(rest)
-    if args.command == "simulate":
-        from nudge.bench.bank_sim import main as simulate_main
-
-        return simulate_main(rest)
-    if args.command == "evaluate":
-        from nudge.bench.evaluate import main as evaluate_main
-
-        return evaluate_main(rest)
-    if args.command == "explain":
-        from nudge.clients.explain import main as explain_main
-
-        return explain_main(args.data_dir, args.decision_id, args.campaigns)
-    if args.command == "demo":
-        from nudge.clients.demo import run_demo
-
-        run_demo()
-        return 0
+    if run is not None:  # a command another package added (see COMMANDS_GROUP)
+        return int(run(args, rest))
     client = Client(args.target, timeout=args.timeout, token=args.token, ca_file=args.ca_file,
                     cert_file=args.cert_file, key_file=args.key_file)
     try:

@@ -16,8 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from nudge.server.auth import BearerTokenInterceptor
-from nudge.server.tls import client_channel_credentials
+from nudge.clients.credentials import BearerTokenInterceptor, client_channel_credentials
 from nudge.v1 import (
     decision_service_pb2,
     decision_service_pb2_grpc,

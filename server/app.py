@@ -21,30 +21,30 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nudge.kernels.warmup import warm_up_all
-from nudge.server.auth import AuthInterceptor, TokenStore
-from nudge.server.campaign import CampaignError, load_campaigns
 from nudge.server.clock import Clock, SystemClock
+from nudge.server.cluster.leadership import Leadership
+from nudge.server.cluster.worker_role import WorkerRole
 from nudge.server.config import Config, ConfigError
-from nudge.server.decision_engine import DecisionEngine
-from nudge.server.decision_service import DecisionServicer
-from nudge.server.delivery_service import DeliveryServicer
-from nudge.server.diagnostics_service import DiagnosticsServicer, ServerInfo
+from nudge.server.decisions.campaign import CampaignError, load_campaigns
+from nudge.server.decisions.engine import DecisionEngine
+from nudge.server.decisions.journeys import Journeys, load_triggers
+from nudge.server.decisions.learner import Learner
+from nudge.server.decisions.outbox import Outbox
 from nudge.server.errors import NudgeError
-from nudge.server.ingest import EventWriter
-from nudge.server.journeys import Journeys, load_triggers
-from nudge.server.leadership import Leadership
-from nudge.server.learner import Learner
-from nudge.server.metrics import Metrics, start_metrics_server
-from nudge.server.outbox import Outbox
-from nudge.server.overload import ConcurrencyLimiter, recommended_grpc_cap
-from nudge.server.privacy import Pseudonyms
-from nudge.server.readiness import Readiness
-from nudge.server.risk_engine import RiskEngine
-from nudge.server.risk_service import RiskServicer
-from nudge.server.status import StatusInterceptor
-from nudge.server.store import Store
-from nudge.server.tls import TlsSettings, check_plaintext_allowed, server_credentials
-from nudge.server.worker_role import WorkerRole
+from nudge.server.risk.engine import RiskEngine
+from nudge.server.rpc.auth import AuthInterceptor, TokenStore
+from nudge.server.rpc.decision_service import DecisionServicer
+from nudge.server.rpc.delivery_service import DeliveryServicer
+from nudge.server.rpc.diagnostics_service import DiagnosticsServicer, ServerInfo
+from nudge.server.rpc.metrics import Metrics, start_metrics_server
+from nudge.server.rpc.overload import ConcurrencyLimiter, recommended_grpc_cap
+from nudge.server.rpc.privacy import Pseudonyms
+from nudge.server.rpc.readiness import Readiness
+from nudge.server.rpc.risk_service import RiskServicer
+from nudge.server.rpc.status import StatusInterceptor
+from nudge.server.rpc.tls import TlsSettings, check_plaintext_allowed, server_credentials
+from nudge.server.storage.ingest import EventWriter
+from nudge.server.storage.store import Store
 from nudge.v1 import (
     decision_service_pb2,
     decision_service_pb2_grpc,

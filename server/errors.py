@@ -1,6 +1,6 @@
 """Errors the service raises, and the one place that maps them to gRPC status codes.
 
-Handlers and the objects behind them raise these; ``StatusInterceptor`` (server/status.py)
+Handlers and the objects behind them raise these; ``StatusInterceptor`` (server/rpc/status.py)
 turns them into a status code and message. Anything else is a bug: it is logged with its
 stack and the caller gets INTERNAL with a reference, never UNKNOWN or a stack trace.
 """

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from nudge.clients import Client, make_event
 from nudge.server.app import SERVICE_NAMES, NudgeServer, create_server
 from nudge.server.config import Config, ConfigError, load_config
-from nudge.server.store import Store
+from nudge.server.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,7 +150,7 @@ def test_stop_is_idempotent_and_fast_when_idle(data_dir: Path) -> None:
 def test_a_method_nobody_implemented_is_unimplemented_not_internal() -> None:
     from concurrent import futures
 
-    from nudge.server.status import StatusInterceptor
+    from nudge.server.rpc.status import StatusInterceptor
     from nudge.v1 import diagnostics_service_pb2 as dpb
     from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
 

@@ -1,0 +1,125 @@
+"""The policy's view of a user right now: raw features from the stored state and the
+Decide request, laid out for kernels/context.py (which standardises them).
+
+This runs inside every Decide, so the layout's positions are resolved once per campaign
+(:class:`FeaturePlan`) and the row is filled by index, not through a dict of names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from nudge.kernels import user_state as u
+from nudge.kernels.context import ContextLayout
+from nudge.server.decisions.campaign import Campaign
+
+BASE_FEATURES = (
+    "events_total",
+    "recency_hours",
+    "tenure_days",
+    "local_hour_sin",
+    "local_hour_cos",
+    "amount_mean",
+    "amount_last",
+)
+HEAVY_TAILED = ("events_total", "recency_hours", "tenure_days", "amount_mean", "amount_last")
+# With ``[context] contact_pressure = true``: messages to the user from any campaign in the
+# last 7 days (scheduled ones included), and hours since the last one sent.
+CONTACT_FEATURES = ("contacts_7d", "contact_recency_hours")
+CONTACT_WINDOW_SECONDS = 7 * 86_400.0
+_NO_BUCKETS = np.zeros(0, dtype=np.int64)
+_NO_BUCKETS.flags.writeable = False
+
+
+def context_layout(campaign: Campaign) -> ContextLayout:
+    spec = campaign.context
+    counts = tuple(f"count.{t}" for t in spec.event_types)
+    numbers = tuple(f"request.{n}" for n in spec.numbers)
+    contacts = CONTACT_FEATURES if spec.contact_pressure else ()
+    return ContextLayout(
+        numeric=(*BASE_FEATURES, *contacts, *counts, *numbers),
+        strings=tuple((f"request.{name}", k if isinstance(k, int) else len(k) + 1)
+                      for name, k in spec.strings),
+        log1p=(*HEAVY_TAILED, *contacts, *counts),
+        vocabularies=tuple((f"request.{name}", k) for name, k in spec.strings
+                           if not isinstance(k, int)),
+    )
+
+
+class FeaturePlan:
+    """Where each raw feature of one campaign goes in the layout's numeric row."""
+
+    def __init__(self, campaign: Campaign, layout: ContextLayout) -> None:
+        index = {name: i for i, name in enumerate(layout.numeric)}
+        self.n_numeric = layout.n_numeric
+        self.base = tuple(index[name] for name in BASE_FEATURES)
+        # (contacts in 7 days, hours since the last contact) positions, when configured.
+        self.contacts = (tuple(index[name] for name in CONTACT_FEATURES)
+                         if campaign.context.contact_pressure else None)
+        # (event type, position) of each decayed count feature.
+        self.counts = tuple((t, index[f"count.{t}"]) for t in campaign.context.event_types)
+        # (request number name, position).
+        self.numbers = tuple((n, index[f"request.{n}"]) for n in campaign.context.numbers)
+        # (request string name, layout name, buckets), in layout order.
+        self.strings = tuple((name[len("request."):], name, k) for name, k in layout.strings)
+        self.bucket = layout.bucket
+
+
+def raw_features(
+    plan: FeaturePlan,
+    record: Sequence[float] | None,
+    type_slots: Mapping[str, int],
+    now: float,
+    local_hour: float,
+    numbers: Mapping[str, float],
+    strings: Mapping[str, str],
+    half_life_seconds: float,
+    contact_times: Sequence[float] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """(numeric row with NaN for missing, string buckets with -1 for missing).
+
+    ``record`` is the user's stored record (kernels/user_state.py layout; any sequence of
+    floats), None for a user with no events. ``contact_times`` are the send times of the
+    user's recent messages from any campaign. Raises ValueError on an infinite value, as
+    the context builder's public entry would."""
+    nan = math.nan
+    values = [nan] * plan.n_numeric
+    (i_events, i_recency, i_tenure, i_sin, i_cos, i_amount_mean, i_amount_last) = plan.base
+    values[i_sin] = math.sin(2 * math.pi * local_hour / 24.0)
+    values[i_cos] = math.cos(2 * math.pi * local_hour / 24.0)
+    if plan.contacts is not None:
+        i_contacts, i_contact_recency = plan.contacts
+        values[i_contacts] = float(sum(1 for t in contact_times
+                                       if now - t < CONTACT_WINDOW_SECONDS))
+        past = [t for t in contact_times if t <= now]
+        if past:
+            values[i_contact_recency] = (now - max(past)) / 3600.0
+    if record is not None:
+        values[i_events] = float(record[u.S_EVENT_COUNT])
+        values[i_recency] = max(0.0, (now - float(record[u.S_LAST_SEEN])) / 3600.0)
+        values[i_tenure] = max(0.0, (now - float(record[u.S_FIRST_SEEN])) / 86400.0)
+        if record[u.S_AMOUNT_COUNT] > 0:
+            values[i_amount_mean] = float(record[u.S_AMOUNT_MEAN])
+            values[i_amount_last] = float(record[u.S_AMOUNT_LAST])
+        # Stored counts are as of the user's latest event; decay them to now.
+        decay = 2.0 ** (-max(0.0, now - float(record[u.S_REF_TIME])) / half_life_seconds)
+        for t, i in plan.counts:
+            slot = type_slots.get(t)
+            values[i] = 0.0 if slot is None else float(record[u.COUNTS + slot]) * decay
+    for name, i in plan.numbers:
+        if name in numbers:
+            values[i] = float(numbers[name])
+    if math.inf in values or -math.inf in values:
+        raise ValueError("raw: must not contain inf (use NaN for a missing value)")
+    raw = np.array(values)
+    if not plan.strings:
+        return raw, _NO_BUCKETS
+    buckets = np.array(
+        [plan.bucket(full, strings[name], k) if name in strings else -1
+         for name, full, k in plan.strings],
+        dtype=np.int64,
+    )
+    return raw, buckets

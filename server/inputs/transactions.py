@@ -1,0 +1,88 @@
+"""Validation of transactions for RiskService, and their extraction from Track events."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from nudge.server.errors import InvalidArgument
+from nudge.server.inputs.events import AMOUNT_KEY, ValidEvent, check_id, timestamp_seconds
+from nudge.v1 import risk_service_pb2 as pb
+
+CURRENCY = re.compile(r"[A-Z]{3}")
+COUNTRY = re.compile(r"[A-Z]{2}")
+MAX_ATTRIBUTE_BYTES = 128
+TRANSACTION_EVENT = "transaction"
+
+
+@dataclass(slots=True)  # not frozen: frozen construction is slow, and this is per call
+class ValidTransaction:
+    transaction_id: str
+    user_id: str
+    amount: float
+    currency: str
+    merchant_category: str
+    country: str
+    channel: str
+    device_id: str
+    time: float
+    # Local hour known from Track (the writer resolved the time zone); None: look it up.
+    local_hour: float | None = None
+
+
+def validate_transaction(tx: pb.Transaction, where: str, now: float) -> ValidTransaction:
+    transaction_id, user_id, amount = tx.transaction_id, tx.user_id, tx.amount
+    currency, country = tx.currency, tx.country
+    merchant_category, channel, device_id = tx.merchant_category, tx.channel, tx.device_id
+    check_id(transaction_id, f"{where}.transaction_id")
+    check_id(user_id, f"{where}.user_id")
+    if not math.isfinite(amount):
+        raise InvalidArgument(f"{where}.amount", "must be finite")
+    if amount < 0:
+        raise InvalidArgument(f"{where}.amount", "must not be negative")
+    if currency and not CURRENCY.fullmatch(currency):
+        raise InvalidArgument(f"{where}.currency", "must be an ISO 4217 code such as USD")
+    if country and not COUNTRY.fullmatch(country):
+        raise InvalidArgument(f"{where}.country", "must be an ISO 3166-1 alpha-2 code such as BR")
+    for name, value in (
+        ("merchant_category", merchant_category), ("channel", channel), ("device_id", device_id)
+    ):
+        if len(value) > MAX_ATTRIBUTE_BYTES // 4 and len(value.encode()) > MAX_ATTRIBUTE_BYTES:
+            raise InvalidArgument(f"{where}.{name}", f"must be at most {MAX_ATTRIBUTE_BYTES} bytes")
+    has_time = tx.HasField("time")
+    t = timestamp_seconds(tx.time, f"{where}.time", now, True) if has_time else now
+    return ValidTransaction(
+        transaction_id, user_id, amount, currency, merchant_category, country, channel,
+        device_id, t,
+    )
+
+
+def validate_transactions(txs: list[pb.Transaction], now: float) -> list[ValidTransaction]:
+    """Validate a batch; the first invalid transaction rejects the whole batch."""
+    if not txs:
+        raise InvalidArgument("transactions", "must not be empty")
+    return [validate_transaction(tx, f"transactions[{i}]", now) for i, tx in enumerate(txs)]
+
+
+def transaction_from_event(ev: ValidEvent) -> ValidTransaction | None:
+    """A ``transaction`` event seen through Track, as a transaction for the risk baseline.
+
+    The transaction id is the event's ``transaction_id`` string, else its event_id; events
+    without a non-negative amount do not describe a scoreable transaction.
+    """
+    if ev.type != TRANSACTION_EVENT or math.isnan(ev.amount) or ev.amount < 0:
+        return None
+    s = ev.strings
+    return ValidTransaction(
+        transaction_id=s.get("transaction_id") or ev.event_id,
+        user_id=ev.user_id,
+        amount=ev.numbers.get(AMOUNT_KEY, ev.amount),
+        currency=s.get("currency", ""),
+        merchant_category=s.get("merchant_category", ""),
+        country=s.get("country", ""),
+        channel=s.get("channel", ""),
+        device_id=s.get("device_id", ""),
+        time=ev.time,
+        local_hour=ev.local_hour,
+    )

@@ -1,0 +1,491 @@
+"""Per-user risk scoring: score first, then learn, durably and idempotently.
+
+ScoreTransaction sits inside a card authorisation, so its reply cannot wait for an fsync
+(milliseconds). The engine keeps an in-memory overlay of every baseline and transaction
+record it changed but has not yet seen committed; scoring reads the overlay first, so the
+next transaction of the same user sees the previous one at once. The changes ride the
+next group commit of the shared writer; once durable, overlay entries that were not
+changed again are dropped. The crash window — a score that was answered but whose
+baseline update had not yet committed — is a few milliseconds (README, "Risk").
+
+On a store shared by several server processes (``--workers``) another process may score
+the same user at the same moment, so the overlay cannot be trusted across calls: each
+call then scores inside a write transaction of the group commit — reading the baseline,
+scoring, learning and storing under LMDB's single-writer lock — and replies after the
+commit. No update is lost and there is no crash window, at the price of the commit.
+
+A transaction scoring at or above the guard threshold is held out of the baseline with
+the features needed to learn it later: LabelTransaction GENUINE folds it in, FRAUD never
+does. Events of type ``transaction`` sent through Track update the same baselines inside
+their own commit (and are idempotent with ScoreTransaction by transaction id).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+
+import lmdb
+import numpy as np
+import orjson
+
+from nudge.kernels import risk
+from nudge.kernels.risk_reasons import explain
+from nudge.server.errors import InvalidArgument, NotFound
+from nudge.server.inputs.events import ValidEvent
+from nudge.server.inputs.transactions import ValidTransaction, transaction_from_event
+from nudge.server.storage.ingest import EventWriter, local_hour
+from nudge.server.storage.store import Store, UserProfile
+from nudge.server.storage.write_behind import DelayedFlusher
+
+POPULATION_KEY = b"risk/population"
+HELD_PREFIX = b"risk/held/"
+# How long a held (anomalous) transaction keeps credit offers away from the user.
+ANOMALY_MEMORY = 86_400.0
+MAX_REASONS = 5
+TIME_ZONE_CACHE = 100_000
+# Delay between the first unsaved change and its flush (see DelayedFlusher).
+FLUSH_DELAY = 0.001
+LABELS = ("FRAUD", "GENUINE")
+
+
+@dataclass
+class TransactionRecord:
+    """What was answered for a transaction (returned again on a retry) and its label."""
+
+    user_id: str
+    score: float
+    reasons: list[tuple[str, str, float]]
+    baseline_count: int
+    held: bool
+    in_baseline: bool
+    features: list[float] = field(default_factory=list)
+    label: str = ""
+
+    def to_bytes(self) -> bytes:
+        # A plain list, not dataclasses.asdict: this runs per transaction on the hot path.
+        fields = [
+            self.user_id, self.score, self.reasons, self.baseline_count, self.held,
+            self.in_baseline, self.features, self.label,
+        ]
+        return orjson.dumps(fields)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | memoryview) -> TransactionRecord:
+        user_id, score, reasons, count, held, in_baseline, features, label = orjson.loads(raw)
+        reasons = [(str(c), str(d), float(w)) for c, d, w in reasons]
+        return cls(user_id, score, reasons, count, held, in_baseline, features, label)
+
+    def copy(self) -> TransactionRecord:
+        return replace(self, reasons=list(self.reasons), features=list(self.features))
+
+
+class RiskEngine:
+    def __init__(
+        self, store: Store, writer: EventWriter, params: risk.RiskParams = risk.DEFAULT_PARAMS
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.params = params
+        self.population_params = params.for_population()
+        self._lock = threading.Lock()
+        self._states: dict[str, np.ndarray] = {}
+        self._records: dict[str, TransactionRecord] = {}
+        self._time_zones: dict[str, str] = {}
+        self._held_at: dict[str, float] = {}
+        self._dirty_users: set[str] = set()
+        self._dirty_records: set[str] = set()
+        self._pending: Future[None] | None = None
+        self._flusher = DelayedFlusher("nudge-risk-flusher", self._flush_now, FLUSH_DELAY)
+        with store.read() as txn:
+            raw = txn.get(POPULATION_KEY, db=store.dbs["meta"])
+            self._population = (
+                risk.new_risk_state() if raw is None else np.frombuffer(raw, np.float64).copy()
+            )
+        self._population.flags.writeable = False
+        writer.add_event_hook(self._on_events)
+
+    # -- public operations ---------------------------------------------------------------
+
+    def score(self, transactions: list[ValidTransaction]) -> list[TransactionRecord]:
+        """Score (then learn) each transaction in order; replies without waiting for the
+        commit (on a shared store: after it). A transaction id seen before returns its
+        first answer unchanged."""
+        if self.store.shared:
+            return self._score_committed(transactions)
+        with self._lock, self.store.read() as txn:
+            self._check_owners(transactions, txn)
+            records = [self._score_one(tx, txn) for tx in transactions]
+            self._mark_dirty((tx.user_id for tx in transactions),
+                             (tx.transaction_id for tx in transactions))
+        return records
+
+    def label(self, transaction_id: str, label: str) -> Future[bool]:
+        """Record an investigated label; GENUINE folds a held transaction into the baseline.
+
+        Returns a future of ``in_baseline`` resolving once the label is durable.
+        """
+        if label not in LABELS:
+            raise InvalidArgument("label", "must be TRANSACTION_LABEL_FRAUD or _GENUINE")
+        if self.store.shared:
+            return self._label_committed(transaction_id, label)
+        with self._lock, self.store.read() as txn:
+            record = self._label_one(transaction_id, label, txn)
+            in_baseline = record.in_baseline
+            flushed = self._mark_dirty([record.user_id], [transaction_id])
+        future: Future[bool] = Future()
+
+        def settle(committed: Future[None]) -> None:
+            error = committed.exception()
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(in_baseline)
+
+        flushed.add_done_callback(settle)
+        return future
+
+    def recently_anomalous(self, user_id: str, now: float) -> bool:
+        """A transaction of this user was held as anomalous within ANOMALY_MEMORY and not
+        labelled genuine since: the decision side withholds credit offers then."""
+        with self._lock:
+            held = None if self.store.shared else self._held_at.get(user_id)
+            if held is None:
+                with self.store.read() as txn:
+                    raw = txn.get(HELD_PREFIX + user_id.encode(), db=self.store.dbs["meta"])
+                held = float(orjson.loads(raw)) if raw is not None else -math.inf
+                self._held_at[user_id] = held
+        return now - held < ANOMALY_MEMORY
+
+    def baseline(self, user_id: str) -> np.ndarray | None:
+        """The user's current risk baseline (overlay first), or None if never scored."""
+        with self._lock, self.store.read() as txn:
+            if user_id in self._states:
+                return self._states[user_id].copy()
+            raw = txn.get(user_id.encode(), db=self.store.dbs["risk"])
+            return None if raw is None else np.frombuffer(raw, np.float64).copy()
+
+    # -- on a shared store: inside the write transaction ---------------------------------
+
+    def _score_committed(self, transactions: list[ValidTransaction]) -> list[TransactionRecord]:
+        users = {tx.user_id for tx in transactions}
+        ids = [tx.transaction_id for tx in transactions]
+
+        def job(txn: lmdb.Transaction) -> tuple[list[TransactionRecord], tuple]:
+            with self._lock:
+                self._reload(txn, users, ids)
+                self._check_owners(transactions, txn)
+                records = [self._score_one(tx, txn) for tx in transactions]
+            return records, self._write(txn, users, ids)
+
+        records, written = self.writer.submit_job(job).result()
+        self._forget(*written)
+        return records
+
+    def _label_committed(self, transaction_id: str, label: str) -> Future[bool]:
+        def job(txn: lmdb.Transaction) -> tuple[bool, tuple]:
+            with self._lock:
+                self._reload(txn, (), [transaction_id])
+                owner = self._record(transaction_id, txn)
+                if owner is not None:
+                    self._reload(txn, [owner.user_id], ())
+                record = self._label_one(transaction_id, label, txn)
+            return record.in_baseline, self._write(txn, [record.user_id], [transaction_id])
+
+        future: Future[bool] = Future()
+
+        def settle(committed: Future[tuple[bool, tuple]]) -> None:
+            error = committed.exception()
+            if error is not None:
+                future.set_exception(error)
+                return
+            in_baseline, written = committed.result()
+            self._forget(*written)
+            future.set_result(in_baseline)
+
+        self.writer.submit_job(job).add_done_callback(settle)
+        return future
+
+    def _reload(
+        self, txn: lmdb.Transaction, users: Iterable[str], transaction_ids: Iterable[str]
+    ) -> None:
+        """(Inside the lock.) Drop what this process remembers of these users and
+        transactions, and re-read the population: the write transaction holds LMDB's
+        writer lock, so what it reads now is what every process last committed."""
+        dbs = self.store.dbs
+        for user_id in users:
+            self._states.pop(user_id, None)
+            self._time_zones.pop(user_id, None)
+            raw = txn.get(HELD_PREFIX + user_id.encode(), db=dbs["meta"])
+            if raw is None:
+                self._held_at.pop(user_id, None)
+            else:
+                self._held_at[user_id] = float(orjson.loads(raw))
+        for transaction_id in transaction_ids:
+            self._records.pop(transaction_id, None)
+        raw = txn.get(POPULATION_KEY, db=dbs["meta"])
+        if raw is not None:
+            population = np.frombuffer(raw, np.float64).copy()
+            population.flags.writeable = False
+            self._population = population
+
+    # -- inside the lock -----------------------------------------------------------------
+
+    def _label_one(
+        self, transaction_id: str, label: str, txn: lmdb.Transaction
+    ) -> TransactionRecord:
+        """The labelled copy of a scored transaction (now in the overlay); GENUINE folds a
+        held one into the user's and the population's baselines."""
+        record = self._record(transaction_id, txn)
+        if record is None:
+            raise NotFound(f"transaction_id: {transaction_id!r} was never scored")
+        record = record.copy()
+        record.label = label
+        if label == "GENUINE" and not record.in_baseline:
+            features = np.asarray(record.features, dtype=np.float64)
+            state = self._state(record.user_id, txn)
+            self._states[record.user_id] = risk.learn_transaction(state, features, self.params)
+            self._learn_population(features)
+            record.in_baseline = True
+            self._held_at[record.user_id] = -math.inf
+        self._records[transaction_id] = record
+        return record
+
+    def _record(self, transaction_id: str, txn: lmdb.Transaction) -> TransactionRecord | None:
+        record = self._records.get(transaction_id)
+        if record is not None:
+            return record
+        raw = txn.get(transaction_id.encode(), db=self.store.dbs["transactions"])
+        return None if raw is None else TransactionRecord.from_bytes(raw)
+
+    def _state(self, user_id: str, txn: lmdb.Transaction) -> np.ndarray:
+        state = self._states.get(user_id)
+        if state is not None:
+            return state
+        raw = txn.get(user_id.encode(), db=self.store.dbs["risk"])
+        return risk.new_risk_state() if raw is None else np.frombuffer(raw, np.float64)
+
+    def _check_owners(self, transactions: list[ValidTransaction], txn: lmdb.Transaction) -> None:
+        """A transaction id belongs to one user: reject the request before changing anything."""
+        owners: dict[str, str] = {}
+        for i, tx in enumerate(transactions):
+            previous = self._record(tx.transaction_id, txn)
+            owner = owners.setdefault(
+                tx.transaction_id, previous.user_id if previous else tx.user_id
+            )
+            if owner != tx.user_id:
+                where = "transaction" if len(transactions) == 1 else f"transactions[{i}]"
+                raise InvalidArgument(
+                    f"{where}.transaction_id",
+                    f"{tx.transaction_id!r} was already scored for another user",
+                )
+
+    def _score_one(self, tx: ValidTransaction, txn: lmdb.Transaction) -> TransactionRecord:
+        previous = self._record(tx.transaction_id, txn)
+        if previous is not None:
+            return previous
+        hour = self._local_hour(tx, txn)
+        vector = risk.encode_transaction(
+            tx.amount, tx.time, hour, tx.country, tx.merchant_category, tx.device_id, tx.channel
+        )
+        result = risk.score_transaction(
+            self._state(tx.user_id, txn), self._population, vector, self.params
+        )
+        reasons = explain(
+            result.details,
+            country=tx.country,
+            merchant_category=tx.merchant_category,
+            local_hour=hour,
+            params=self.params,
+            max_reasons=MAX_REASONS,
+        )
+        record = TransactionRecord(
+            user_id=tx.user_id,
+            score=result.score,
+            reasons=[(r.code, r.detail, r.weight) for r in reasons],
+            baseline_count=result.baseline_count,
+            held=not result.learned,
+            in_baseline=result.learned,
+            features=[] if result.learned else result.features.tolist(),
+        )
+        self._states[tx.user_id] = result.state
+        self._records[tx.transaction_id] = record
+        if result.learned:
+            self._learn_population(result.features)
+        else:
+            self._held_at[tx.user_id] = max(self._held_at.get(tx.user_id, -math.inf), tx.time)
+        return record
+
+    def _local_hour(self, tx: ValidTransaction, txn: lmdb.Transaction) -> float:
+        if tx.local_hour is not None:
+            return tx.local_hour
+        return local_hour(tx.time, self._time_zone(tx.user_id, txn))
+
+    def _time_zone(self, user_id: str, txn: lmdb.Transaction) -> str:
+        """The user's time zone, cached: parsing the profile costs more than scoring."""
+        tz = self._time_zones.get(user_id)
+        if tz is None:
+            raw = txn.get(user_id.encode(), db=self.store.dbs["profiles"])
+            tz = UserProfile.from_bytes(raw).tz
+            if len(self._time_zones) >= TIME_ZONE_CACHE:
+                self._time_zones.clear()
+            self._time_zones[user_id] = tz
+        return tz
+
+    def _learn_population(self, features: np.ndarray) -> None:
+        """Fold genuine features into the population baseline, in order, synchronously:
+        scores must not depend on when a background job happened to run."""
+        if features.ndim == 1:
+            population = risk.learn_transaction(
+                self._population, features, self.population_params
+            )
+        else:
+            population = risk.learn_transactions(
+                self._population[None, :].copy(), np.zeros(features.shape[0], np.int64),
+                features, self.population_params, inplace=True,
+            )[0]
+        population.flags.writeable = False
+        self._population = population
+
+    # -- commits -------------------------------------------------------------------------
+
+    def _mark_dirty(self, users: Iterable[str], transaction_ids: Iterable[str]) -> Future[None]:
+        """Note overlay entries to store (inside the lock); returns the future of the flush
+        that will store them durably."""
+        self._dirty_users.update(users)
+        self._dirty_records.update(transaction_ids)
+        if self._pending is None:
+            self._pending = Future()
+            self._flusher.wake()
+        return self._pending
+
+    def _flush_now(self) -> bool:
+        """Store the dirty overlay entries; False when the store refused them."""
+        with self._lock:
+            self._flusher.taken()
+            pending, self._pending = self._pending, None
+            users, self._dirty_users = self._dirty_users, set()
+            records, self._dirty_records = self._dirty_records, set()
+        if pending is None:
+            return True
+        try:
+            written = self.writer.submit_job(
+                lambda txn: self._write(txn, users, records)
+            ).result()
+        except Exception as exc:
+            with self._lock:  # not stored: keep the entries dirty for the next flush
+                self._dirty_users |= users
+                self._dirty_records |= records
+            pending.set_exception(exc)
+            return False
+        self._forget(*written)
+        pending.set_result(None)
+        return True
+
+    def close(self) -> None:
+        """Store what is still dirty and stop the flusher (before the writer closes)."""
+        self._flusher.close()
+
+    def _write(
+        self, txn: lmdb.Transaction, users: Iterable[str], transaction_ids: Iterable[str]
+    ) -> tuple[dict[str, np.ndarray], dict[str, TransactionRecord]]:
+        dbs = self.store.dbs
+        with self._lock:
+            states = {u: self._states[u] for u in users if u in self._states}
+            records = {t: self._records[t] for t in transaction_ids if t in self._records}
+            population = self._population
+        for user_id, state in states.items():
+            txn.put(user_id.encode(), state.tobytes(), db=dbs["risk"])
+        for transaction_id, record in records.items():
+            txn.put(transaction_id.encode(), record.to_bytes(), db=dbs["transactions"])
+        for user_id in states:
+            held = self._held_at.get(user_id)
+            if held is not None and held > -math.inf:
+                txn.put(HELD_PREFIX + user_id.encode(), orjson.dumps(held), db=dbs["meta"])
+            elif held is not None:
+                txn.delete(HELD_PREFIX + user_id.encode(), db=dbs["meta"])
+        txn.put(POPULATION_KEY, population.tobytes(), db=dbs["meta"])
+        return states, records
+
+    def _forget(
+        self, states: dict[str, np.ndarray], records: dict[str, TransactionRecord]
+    ) -> None:
+        with self._lock:
+            for user_id, state in states.items():
+                if self._states.get(user_id) is state:
+                    del self._states[user_id]
+            for transaction_id, record in records.items():
+                if self._records.get(transaction_id) is record:
+                    del self._records[transaction_id]
+
+    def _on_events(
+        self, txn: lmdb.Transaction, events: list[ValidEvent]
+    ) -> Callable[[], None] | None:
+        """Track's transaction events update the same baselines, in the events' commit,
+        through the batch kernel (Track carries bulk history)."""
+        with self._lock:
+            for ev in events:
+                if ev.tz is not None and ev.user_id in self._time_zones:
+                    self._time_zones[ev.user_id] = ev.tz
+        candidates = [t for t in map(transaction_from_event, events) if t is not None]
+        if not candidates:
+            return None
+        with self._lock:
+            if self.store.shared:
+                self._reload(txn, {tx.user_id for tx in candidates},
+                             [tx.transaction_id for tx in candidates])
+            fresh: dict[str, ValidTransaction] = {}
+            for tx in candidates:
+                if tx.transaction_id not in fresh and self._record(tx.transaction_id, txn) is None:
+                    fresh[tx.transaction_id] = tx
+            if fresh:
+                self._score_batch(list(fresh.values()), txn)
+        written = self._write(
+            txn, {tx.user_id for tx in candidates}, [tx.transaction_id for tx in candidates]
+        )
+        return lambda: self._forget(*written)
+
+    def _score_batch(self, txs: list[ValidTransaction], txn: lmdb.Transaction) -> None:
+        rows: dict[str, int] = {}
+        for tx in txs:
+            rows.setdefault(tx.user_id, len(rows))
+        states = np.empty((len(rows), risk.RISK_STATE_LEN), dtype=np.float64)
+        for user_id, row in rows.items():
+            states[row] = self._state(user_id, txn)
+        hours = [self._local_hour(tx, txn) for tx in txs]
+        vectors = risk.encode_transactions(
+            [tx.amount for tx in txs], [tx.time for tx in txs], hours,
+            [tx.country for tx in txs], [tx.merchant_category for tx in txs],
+            [tx.device_id for tx in txs], [tx.channel for tx in txs],
+        )
+        user_rows = np.array([rows[tx.user_id] for tx in txs], dtype=np.int64)
+        batch = risk.score_transactions(
+            states, user_rows, self._population, vectors, self.params, inplace=True
+        )
+        for i, tx in enumerate(txs):
+            learned = bool(batch.learned[i])
+            reasons = [] if learned else explain(
+                batch.details[i], country=tx.country, merchant_category=tx.merchant_category,
+                local_hour=hours[i], params=self.params, max_reasons=MAX_REASONS,
+            )
+            self._records[tx.transaction_id] = TransactionRecord(
+                user_id=tx.user_id,
+                score=float(batch.scores[i]),
+                reasons=[(r.code, r.detail, r.weight) for r in reasons],
+                baseline_count=int(batch.details[i, risk.DETAIL_BASELINE_COUNT]),
+                held=not learned,
+                in_baseline=learned,
+                features=[] if learned else batch.features[i].tolist(),
+            )
+        for i, tx in enumerate(txs):
+            if not batch.learned[i]:
+                self._held_at[tx.user_id] = max(self._held_at.get(tx.user_id, -math.inf), tx.time)
+        for user_id, row in rows.items():
+            self._states[user_id] = batch.states[row].copy()
+        learned = batch.features[batch.learned]
+        if learned.shape[0]:
+            self._learn_population(learned)
+

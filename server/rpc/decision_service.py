@@ -1,0 +1,170 @@
+"""DecisionService: Track, TrackStream, GetUser, Decide, ReportOutcome. Thin: validate,
+hand to the writer, the store or the decision engine, reply."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import grpc
+
+from nudge.server.clock import Clock
+from nudge.server.decisions.engine import DecideInput, DecisionEngine
+from nudge.server.errors import InvalidArgument, NotFound
+from nudge.server.inputs.events import ValidEvent, check_id, timestamp_seconds, validate_events
+from nudge.server.rpc.deadlines import wait_within_deadline
+from nudge.server.rpc.privacy import Pseudonyms
+from nudge.server.rpc.readiness import Readiness
+from nudge.server.rpc.user_report import user_state_message
+from nudge.server.storage.ingest import EventWriter, TrackResult
+from nudge.server.storage.store import Store
+from nudge.v1 import decision_service_pb2 as pb
+from nudge.v1 import decision_service_pb2_grpc as pb_grpc
+
+# Stream messages a TrackStream may have queued for commit at once (back-pressure).
+STREAM_IN_FLIGHT = 8
+
+
+def _wait(future: Future[TrackResult], context: grpc.ServicerContext) -> TrackResult:
+    return wait_within_deadline(
+        future,
+        context,
+        "the events may still be stored — retry with the same event_ids (replays count once)",
+    )
+
+
+class DecisionServicer(pb_grpc.DecisionServiceServicer):
+    def __init__(
+        self,
+        store: Store,
+        writer: EventWriter,
+        clock: Clock,
+        readiness: Readiness,
+        half_life_seconds: float,
+        decisions: DecisionEngine,
+        pseudonyms: Pseudonyms | None = None,
+    ) -> None:
+        self.pseudonyms = pseudonyms or Pseudonyms(None)
+        self.store = store
+        self.writer = writer
+        self.clock = clock
+        self.readiness = readiness
+        self.half_life_seconds = half_life_seconds
+        self.decisions = decisions
+
+    def _pseudonymous(self, events: list[ValidEvent]) -> list[ValidEvent]:
+        """Replace user ids by their pseudonyms, in the stored event too (if configured)."""
+        if self.pseudonyms.enabled:
+            for ev in events:
+                ev.user_id = self.pseudonyms(ev.user_id)
+                if ev.proto is not None:
+                    ev.proto.user_id = ev.user_id
+        return events
+
+    def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
+        self.readiness.check()
+        events = self._pseudonymous(validate_events(request.events, self.clock.now()))
+        result = _wait(self.writer.submit(events), context)
+        return pb.TrackResponse(accepted=result.accepted, duplicates=result.duplicates)
+
+    def TrackStream(
+        self, request_iterator: Iterator[pb.TrackStreamRequest], context: grpc.ServicerContext
+    ) -> pb.TrackStreamResponse:
+        self.readiness.check()
+        pending: deque[Future[TrackResult]] = deque()
+        accepted = duplicates = 0
+
+        def settle(future: Future[TrackResult]) -> None:
+            nonlocal accepted, duplicates
+            result = _wait(future, context)
+            accepted += result.accepted
+            duplicates += result.duplicates
+
+        try:
+            for index, message in enumerate(request_iterator):
+                try:
+                    events = validate_events(message.events, self.clock.now())
+                    events = self._pseudonymous(events)
+                except InvalidArgument as exc:
+                    raise InvalidArgument(f"messages[{index}].{exc.field}", exc.rule) from None
+                pending.append(self.writer.submit(events))
+                while len(pending) > STREAM_IN_FLIGHT or (pending and pending[0].done()):
+                    settle(pending.popleft())
+        finally:
+            # Whatever was queued commits anyway; wait so the reply (or error) follows it.
+            while pending:
+                future = pending.popleft()
+                if context.is_active():
+                    settle(future)
+        return pb.TrackStreamResponse(accepted=accepted, duplicates=duplicates)
+
+    def GetUser(
+        self, request: pb.GetUserRequest, context: grpc.ServicerContext
+    ) -> pb.GetUserResponse:
+        self.readiness.check()
+        check_id(request.user_id, "user_id")
+        user_id = self.pseudonyms(request.user_id)
+        found = self.store.get_user_values(user_id)
+        if found is None:
+            raise NotFound(f"user_id: no events stored for user {request.user_id!r}")
+        values, profile = found
+        user = user_state_message(
+            user_id, values, profile, self.store.type_names(), self.half_life_seconds
+        )
+        return pb.GetUserResponse(user=user)
+
+    def Decide(
+        self, request: pb.DecideRequest, context: grpc.ServicerContext
+    ) -> pb.DecideResponse:
+        self.readiness.check()
+        check_id(request.user_id, "user_id")
+        if request.top_k < 0:
+            raise InvalidArgument("top_k", "must not be negative")
+        numbers = dict(request.numbers)
+        for key, value in numbers.items():
+            if not math.isfinite(value):
+                raise InvalidArgument(f'numbers["{key}"]', "must be finite")
+        has_time = request.HasField("time")
+        now = self.clock.now()
+        when = timestamp_seconds(request.time, "time", now, True) if has_time else now
+        outcome = self.decisions.decide(
+            DecideInput(self.pseudonyms(request.user_id), request.campaign, when,
+                        request.top_k or 1, numbers, dict(request.strings), request.dry_run),
+            after_reply=context.add_callback,
+        )
+        # Filled in place: no intermediate Reason messages to copy, no Python-level
+        # Timestamp helpers (send times derive from a validated request time, so in range).
+        reply = pb.DecideResponse(
+            decision_id=outcome.decision_id,
+            propensity=outcome.propensity,
+            propensity_samples=outcome.propensity_samples,
+            holdout=outcome.holdout,
+            suppressed_reason=outcome.suppressed_reason,
+            model_version=outcome.model_version,
+        )
+        reasons = reply.reasons
+        for c, d, w in outcome.reasons:
+            reasons.add(code=c, detail=d, weight=w)
+        actions = reply.actions
+        for a in outcome.actions:
+            action = actions.add(
+                message=a.message, channel=a.channel, frequency=a.frequency, offer=a.offer,
+                text=a.text, score=a.score,
+            )
+            send_at = action.send_at
+            send_at.seconds, send_at.nanos = divmod(round(a.send_at * 1e9), 1_000_000_000)
+        return reply
+
+    def ReportOutcome(
+        self, request: pb.ReportOutcomeRequest, context: grpc.ServicerContext
+    ) -> pb.ReportOutcomeResponse:
+        self.readiness.check()
+        check_id(request.decision_id, "decision_id")
+        now = self.clock.now()
+        has_time = request.HasField("time")
+        when = timestamp_seconds(request.time, "time", now, True) if has_time else now
+        future = self.decisions.report_outcome(request.decision_id, request.reward, when)
+        attributed = wait_within_deadline(future, context, "the outcome may still be stored")
+        return pb.ReportOutcomeResponse(attributed=attributed)

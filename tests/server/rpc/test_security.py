@@ -1,0 +1,178 @@
+"""The server as a bank deploys it: scoped tokens, mutual TLS, overload, metrics."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from nudge.clients import Client, make_event, make_transaction
+from nudge.clients.cli import main
+from nudge.server.app import NudgeServer, create_server
+from nudge.server.config import Config, ConfigError
+from nudge.server.rpc.auth import TokenStore
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    path = tmp_path / "tokens.json"
+    store = TokenStore(path)
+    made = {
+        "risk": store.create("fraud-engine", ("risk",)),
+        "track": store.create("core-banking", ("track", "decide")),
+        "admin": store.create("support", ("admin",)),
+    }
+    return path, made
+
+
+@pytest.fixture
+def secured(tmp_path: Path, tokens: tuple[Path, dict[str, str]]) -> Iterator[NudgeServer]:
+    srv = create_server(Config(port=0, data_dir=tmp_path / "data", auth_tokens_file=tokens[0],
+                               metrics_port=0))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code()
+
+
+def test_risk_token_scores_but_cannot_decide_or_read_profiles(
+    secured: NudgeServer, tokens: tuple[Path, dict[str, str]]
+) -> None:
+    target = f"127.0.0.1:{secured.port}"
+    with Client(target, token=tokens[1]["track"]) as core:
+        core.track([make_event("u1", "app_opened")])
+    with Client(target, token=tokens[1]["risk"], retries=0) as fraud:
+        assert fraud.score_transaction(make_transaction("u1", 10.0)).baseline_count == 0
+        assert code_of(lambda: fraud.decide("u1")) == grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(lambda: fraud.get_user("u1")) == grpc.StatusCode.PERMISSION_DENIED
+        assert fraud.health() == "SERVING"
+    with Client(target, retries=0) as anonymous:
+        assert code_of(lambda: anonymous.track([make_event("u1", "x")])) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert anonymous.echo(b"ping") == b"ping"
+    with Client(target, token=tokens[1]["admin"]) as support:
+        assert support.get_user("u1").event_count == 1
+
+
+def test_metrics_port_shows_rpc_histograms(
+    secured: NudgeServer, tokens: tuple[Path, dict[str, str]]
+) -> None:
+    with Client(f"127.0.0.1:{secured.port}", token=tokens[1]["track"]) as c:
+        c.track([make_event("u1", "app_opened")])
+    assert secured.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{secured.metrics_port}/metrics") as reply:
+        text = reply.read().decode()
+    assert 'grpc_server_handling_seconds_bucket{grpc_method="Track"' in text
+    assert 'grpc_service="nudge.v1.DecisionService"' in text
+    assert "nudge_lmdb_map_size_bytes" in text
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path: Path) -> None:
+    pytest.importorskip("cryptography.x509", reason="cryptography makes the test certificates")
+    from pki import make_pki
+
+    pki = make_pki(tmp_path)
+    srv = create_server(Config(
+        port=0, data_dir=tmp_path / "data", tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key, tls_client_ca_file=pki.ca, tls_require_client_cert=True,
+    ))
+    srv.start()
+    try:
+        target = f"localhost:{srv.port}"
+        with Client(target, ca_file=pki.ca, cert_file=pki.client_cert,
+                    key_file=pki.client_key) as ok:
+            assert ok.track([make_event("u1", "app_opened")]).accepted == 1
+        with Client(target, ca_file=pki.ca, retries=0, timeout=5) as no_cert:
+            assert code_of(lambda: no_cert.echo()) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        srv.stop()
+
+
+def test_plaintext_off_loopback_needs_an_explicit_allowance(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"0\.0\.0\.0"):
+        create_server(Config(host="0.0.0.0", port=0, data_dir=tmp_path / "a"))
+    srv = create_server(Config(host="0.0.0.0", port=0, data_dir=tmp_path / "b",
+                               allow_insecure=True))
+    srv.stop()
+
+
+def test_overload_is_refused_quickly(tmp_path: Path) -> None:
+    srv = create_server(Config(port=0, data_dir=tmp_path / "data", max_concurrent=1,
+                               max_queue=0, max_workers=4))
+    srv.start()
+    release = threading.Event()
+    try:
+        target = f"127.0.0.1:{srv.port}"
+        holder = Client(target, timeout=30)
+
+        def slow() -> Iterator[list]:
+            yield [make_event("u1", "app_opened", event_id="held")]
+            release.wait(10)
+
+        done = threading.Thread(target=lambda: holder.track_stream(slow()))
+        done.start()
+        with Client(target, retries=0) as other:
+            deadline_ok = False
+            for _ in range(100):  # wait until the stream holds the only slot
+                try:
+                    other.echo()
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "overloaded" in exc.details()
+                    deadline_ok = True
+                    break
+                threading.Event().wait(0.02)
+            assert deadline_ok
+        release.set()
+        done.join(10)
+        with Client(target) as after:
+            assert after.get_user("u1").event_count == 1
+        holder.close()
+    finally:
+        release.set()
+        srv.stop()
+
+
+def test_token_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "t.json")
+    assert main(["token", "--tokens-file", path, "create", "--name", "fraud",
+                 "--scopes", "risk"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith("nudge_") and token not in Path(path).read_text()
+    assert main(["token", "--tokens-file", path, "list"]) == 0
+    listed = capsys.readouterr().out
+    token_id = listed.split("\t")[0]
+    assert "fraud\trisk\tactive" in listed
+    assert main(["token", "--tokens-file", path, "revoke", token_id]) == 0
+    capsys.readouterr()
+    assert main(["token", "--tokens-file", path, "list"]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert main(["token", "--tokens-file", path, "create", "--name", "x",
+                 "--scopes", "everything"]) == 1
+
+
+def test_full_store_is_resource_exhausted_and_reads_go_on(tmp_path: Path) -> None:
+    srv = create_server(Config(port=0, data_dir=tmp_path / "data", map_size=1 << 16,
+                               max_map_size=1 << 17))
+    srv.start()
+    try:
+        with Client(f"127.0.0.1:{srv.port}", retries=0) as c:
+            c.track([make_event("u1", "app_opened")])
+            big = [make_event(f"user-{i}", "app_opened") for i in range(5_000)]
+            with pytest.raises(grpc.RpcError) as err:
+                c.track(big)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "the store is full" in err.value.details()
+            assert c.get_user("u1").event_count == 1
+    finally:
+        srv.stop()

@@ -1,0 +1,217 @@
+"""The LMDB store and the group-committing writer, without gRPC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+
+from nudge.kernels import user_state as u
+from nudge.server.errors import SchemaMismatch
+from nudge.server.inputs.events import ValidEvent
+from nudge.server.storage.ingest import MAX_PROPERTY_TYPES, EventWriter
+from nudge.server.storage.store import SCHEMA_KEY, Store
+
+HALF_LIFE = 86_400.0
+
+
+def ev(event_id: str, user: str = "u1", type: str = "app_opened", t: float = 1.7e9,
+       amount: float = float("nan"), tz: str | None = None,
+       consents: dict[str, bool] | None = None) -> ValidEvent:
+    return ValidEvent(event_id, user, type, t, amount, tz, consents or {})
+
+
+def write(store: Store, events: list[ValidEvent]) -> tuple[int, int]:
+    writer = EventWriter(store, HALF_LIFE)
+    try:
+        result = writer.submit(events).result(timeout=30)
+    finally:
+        writer.close()
+    return result.accepted, result.duplicates
+
+
+def test_reopen_after_close_keeps_users_types_and_sequence(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert write(store, [ev("a"), ev("b", type="loan_simulated", amount=5000.0)]) == (2, 0)
+    store.close()
+
+    store = Store(tmp_path)
+    view = store.get_user("u1")
+    assert view is not None
+    assert view.scalars[u.S_EVENT_COUNT] == 2
+    assert set(store.type_slots) == {"app_opened", "loan_simulated"}
+    assert view.totals[store.type_slots["loan_simulated"]] == 1
+    assert view.scalars[u.S_AMOUNT_MEAN] == 5000.0
+    assert store.next_sequence == 3
+    assert write(store, [ev("a"), ev("c")]) == (1, 1)
+    assert store.counts()["events"] == 3
+    store.close()
+
+
+def test_replayed_event_ids_change_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    write(store, [ev("a", amount=10.0), ev("b")])
+    before = store.get_user("u1")
+    assert write(store, [ev("a", amount=99.0), ev("b"), ev("a")]) == (0, 3)
+    after = store.get_user("u1")
+    assert before is not None and after is not None
+    np.testing.assert_array_equal(before.scalars, after.scalars)
+    assert store.counts()["events"] == 2
+    store.close()
+
+
+def test_duplicate_within_one_batch_is_counted_once(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert write(store, [ev("a"), ev("a")]) == (1, 1)
+    view = store.get_user("u1")
+    assert view is not None and view.scalars[u.S_EVENT_COUNT] == 1
+    store.close()
+
+
+def test_map_grows_by_itself_when_full(tmp_path: Path) -> None:
+    store = Store(tmp_path, map_size=1 << 16)
+    events = [ev(f"e{i}", user=f"user-{i % 500}") for i in range(5_000)]
+    assert write(store, events) == (5_000, 0)
+    assert store.map_size() > 1 << 16
+    assert store.counts()["users"] == 500
+    assert store.counts()["seen"] == 5_000
+    store.close()
+
+
+def test_other_schema_version_is_refused(tmp_path: Path) -> None:
+    Store(tmp_path).close()
+    env = lmdb.open(str(tmp_path), max_dbs=16)
+    with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+        txn.put(SCHEMA_KEY, b"99")
+    env.close()
+    with pytest.raises(SchemaMismatch, match="schema version 99"):
+        Store(tmp_path)
+
+
+def test_data_without_schema_version_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    write(store, [ev("a")])
+    store.close()
+    env = lmdb.open(str(tmp_path), max_dbs=16)
+    with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+        txn.delete(SCHEMA_KEY)
+    env.close()
+    with pytest.raises(SchemaMismatch, match="no schema version"):
+        Store(tmp_path)
+
+
+def test_profile_is_last_write_wins_by_event_time(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    write(store, [
+        ev("late", t=2_000.0, tz="Europe/Paris", consents={"push": False}),
+        ev("early", t=1_000.0, tz="Asia/Tokyo", consents={"push": True, "sms": True}),
+    ])
+    view = store.get_user("u1")
+    assert view is not None
+    assert view.profile.tz == "Europe/Paris"
+    assert view.profile.consents["push"] == (False, 2_000.0)
+    assert view.profile.consents["sms"] == (True, 1_000.0)
+    store.close()
+
+
+def test_types_beyond_capacity_share_the_other_slot(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    events = [ev(f"e{i}", type=f"type_{i}") for i in range(u.N_TYPES + 5)]
+    write(store, events)
+    view = store.get_user("u1")
+    assert view is not None
+    assert len(store.type_slots) == u.OTHER_TYPE_SLOT
+    assert view.totals[u.OTHER_TYPE_SLOT] == 6
+    assert store.type_names()[u.OTHER_TYPE_SLOT] == "(other)"
+    store.close()
+
+
+def test_local_hour_uses_the_users_time_zone(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    # 2026-11-24 01:00 UTC is Monday 22:00 in São Paulo (UTC-3).
+    t = 1_795_482_000.0
+    write(store, [ev("tz", t=t - 60, tz="America/Sao_Paulo"), ev("a", t=t)])
+    view = store.get_user("u1")
+    assert view is not None
+    assert view.hours[22] > 0 and view.hours[21] > 0
+    assert view.hours[1] == 0
+    store.close()
+
+
+def test_profile_keeps_the_latest_properties_per_event_type(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    first = ev("a", type="loan_simulated", t=1_000.0)
+    first.numbers, first.strings = {"amount": 5000.0}, {"currency": "USD"}
+    older = ev("b", type="loan_simulated", t=500.0)
+    older.numbers, older.strings = {"amount": 1.0}, {"currency": "EUR", "step": "x"}
+    other = ev("c", type="flow_abandoned", t=2_000.0)
+    other.strings = {"step": "documentation"}
+    write(store, [first, older, other])
+    view = store.get_user("u1")
+    assert view is not None
+    props = view.profile.properties()
+    assert props == {"amount": 5000.0, "currency": "USD", "step": "documentation"}
+    assert view.profile.properties(("loan_simulated",)) == {"amount": 5000.0, "currency": "USD"}
+    store.close()
+
+
+def test_profile_forgets_the_oldest_event_types_beyond_its_bound(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    events = []
+    for i in range(MAX_PROPERTY_TYPES + 4):
+        e = ev(f"e{i}", type=f"type_{i}", t=1_000.0 + i)
+        e.numbers = {"i": float(i)}
+        events.append(e)
+    write(store, events)
+    view = store.get_user("u1")
+    assert view is not None
+    kept = view.profile.last_properties
+    assert len(kept) == MAX_PROPERTY_TYPES
+    assert "type_0" not in kept and f"type_{MAX_PROPERTY_TYPES + 3}" in kept
+    store.close()
+
+
+def test_jobs_and_event_hooks_commit_with_the_events(tmp_path: Path) -> None:
+    store = Store(tmp_path, map_size=1 << 16)
+    writer = EventWriter(store, HALF_LIFE)
+    hooked: list[list[str]] = []
+    writer.add_event_hook(lambda txn, events: hooked.append([e.event_id for e in events]))
+    big = b"x" * 3_000
+
+    def job(txn) -> int:
+        for i in range(40):  # overflows the 64 KiB map: the batch is retried after growing
+            txn.put(f"job-{i}".encode(), big, db=store.dbs["meta"])
+        return 7
+
+    try:
+        events = writer.submit([ev("a"), ev("b")])
+        result = writer.submit_job(job)
+        assert events.result(timeout=30).accepted == 2
+        assert result.result(timeout=30) == 7
+    finally:
+        writer.close()
+    assert hooked[-1] == ["a", "b"]
+    with store.read() as txn:
+        assert bytes(txn.get(b"job-39", db=store.dbs["meta"])) == big
+    store.close()
+
+
+def test_a_map_that_cannot_grow_refuses_writes_and_keeps_reads(tmp_path: Path) -> None:
+    from nudge.server.errors import StoreFull
+
+    store = Store(tmp_path, map_size=1 << 16, max_map_size=1 << 17)
+    assert write(store, [ev("first")]) == (1, 0)
+    writer = EventWriter(store, HALF_LIFE)
+    try:
+        big = [ev(f"e{i}", user=f"user-{i}") for i in range(5_000)]
+        with pytest.raises(StoreFull, match="max_map_size"):
+            writer.submit(big).result(timeout=30)
+        assert writer.submit([ev("small")]).result(timeout=30).accepted == 1
+    finally:
+        writer.close()
+    view = store.get_user("u1")
+    assert view is not None and view.scalars[u.S_EVENT_COUNT] == 2
+    assert store.map_size() == 1 << 17
+    store.close()
