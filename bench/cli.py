@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from nudge.bench import budgets as budgets_mod
 from nudge.bench.kernels_bench import KernelsConfig
@@ -76,8 +77,8 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
     }
     budgets = budgets_mod.load(config.budgets_path)
     started = datetime.now(UTC).astimezone()
-    meta = {"started": started.isoformat(timespec="seconds"), "command": config.command,
-            "machine": machine()}
+    meta: dict[str, Any] = {"started": started.isoformat(timespec="seconds"),
+                            "command": config.command, "machine": machine()}
     t0 = time.perf_counter()
     sections: dict[str, dict] = {}
     errors: dict[str, str] = {}
@@ -214,8 +215,12 @@ def _tuple(v: list | None) -> tuple | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``nudge bench SECTION [options]``; returns the exit status."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    try:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    except ImportError:
+        print("nudge bench needs the bench extra: pip install 'nudge[bench]'", file=sys.stderr)
+        return 2
 
     from nudge.bench import report
 

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -139,11 +140,11 @@ def run_demo(
                     client.track([make_event("bruno", "loan_completed", time=now.timestamp())])
                     say(now, "bruno", "completed the loan: his pending message is cancelled")
                 clock.set(now.timestamp())
-                due = _due_count(server, now.timestamp())
+                n_due = _due_count(server, now.timestamp())
                 server.outbox.notify()
                 with arrived:
                     # Wait only for what the outbox holds due now (simulated time runs fast).
-                    arrived.wait_for(lambda n=seen + due: len(received) >= n, timeout=5)
+                    arrived.wait_for(partial(_reached, received, seen + n_due), timeout=5)
                     fresh, seen = received[seen:], len(received)
                 for d in fresh:
                     timeline.deliveries.setdefault(d.user_id, []).append(d)
@@ -158,6 +159,10 @@ def run_demo(
             client.close()
             server.stop()
     return timeline
+
+
+def _reached(received: list, n: int) -> bool:
+    return len(received) >= n
 
 
 def _due_count(server, now: float) -> int:

@@ -8,7 +8,7 @@ nothing", 32 context features, rewards delivered to each learner in batches. Eve
 the same contexts in the same order. Peers are slow at this size, so each gets a time box;
 reward quality is compared over the same number of decisions (nudge's figure over a peer's
 count is given beside it). The peers come from the optional ``bench`` extra
-(``pip install 'nudge[bench]'``); a missing one is skipped with the reason.
+(``pip install 'nudge[peers]'``); a missing one is skipped with the reason.
 
     python -m nudge.bench.cli peers [--seconds 20] [--decisions 3000]
 """
@@ -25,7 +25,7 @@ from nudge.bench.policy_sim import DIMS, PAIRS, make_world
 from nudge.bench.stats import Latency
 
 PEER_PACKAGES = {"Vowpal Wabbit": "vowpalwabbit", "MABWiser": "mabwiser", "River": "river"}
-INSTALL_HINT = "pip install 'nudge[bench]'"
+INSTALL_HINT = "pip install 'nudge[peers]'"
 
 
 @dataclass(frozen=True)

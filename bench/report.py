@@ -10,8 +10,10 @@ import json
 import math
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PCT = ("p50", "p90", "p99", "p999")
 PCT_LABEL = {"p50": "p50", "p90": "p90", "p99": "p99", "p999": "p99.9"}
@@ -21,7 +23,7 @@ PCT_LABEL = {"p50": "p50", "p90": "p90", "p99": "p99", "p999": "p99.9"}
 class Table:
     title: str
     headers: tuple[str, ...]
-    rows: list[tuple[str, ...]]
+    rows: Sequence[Sequence[Any]]
     note: str = ""
 
 
@@ -119,8 +121,9 @@ def tables(result: dict) -> list[Table]:
     if "rpc" in sec:
         out += _rpc_tables(sec["rpc"])
     if "kernels" in sec:
-        rows = [(c["name"], _f(c["p50_us"], 2), _f(c["p99_us"], 2), _f(c["items_per_s"]),
-                 _f(c["rounds"]), c["note"]) for c in sec["kernels"]["cases"]]
+        rows: list[tuple[Any, ...]] = [
+            (c["name"], _f(c["p50_us"], 2), _f(c["p99_us"], 2), _f(c["items_per_s"]),
+             _f(c["rounds"]), c["note"]) for c in sec["kernels"]["cases"]]
         out.append(Table("Kernels (one core; per call)",
                          ("kernel", "p50 µs", "p99 µs", "items/s", "rounds", "what"), rows,
                          "Per-call statistics as pytest-benchmark computes them (calibrated "
@@ -134,7 +137,7 @@ def tables(result: dict) -> list[Table]:
                          [(_f(q["evaluated"]), _f(q["fraud"]), _f(q["average_precision"], 3),
                            _f(q["roc_auc"], 3), "-" if hst is None else _f(hst, 3))],
                          "HalfSpaceTrees: one global River model on the same stream (the "
-                         "optional bench extra)."))
+                         "optional peers extra)."))
         policies = sec["quality"].get("policy", {})
         if policies:
             out.append(Table(

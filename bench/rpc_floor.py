@@ -20,7 +20,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ PERCENTILES = ("p50", "p90", "p99", "p999")
 
 
 def interleaved(
-    client: Client, calls: int, operations: dict[str, Callable[[int], Callable[[], object]]]
+    client: Client, calls: int, operations: Mapping[str, Callable[[int], Callable[[], object]]]
 ) -> dict[str, Latency]:
     """Time each operation right after an Echo, call by call; Echo is the floor.
 
@@ -138,7 +138,7 @@ class _Rpcs:
         self.stream_events = stream_events
         self.run_id = time.time_ns()
 
-    def requests(self) -> dict[str, Callable[[int], tuple[Callable[..., Any], Any]]]:
+    def requests(self) -> dict[str, Callable[[int], tuple[Any, Any]]]:
         c, users, run_id = self.client, self.users, self.run_id
 
         def user(i: int) -> str:

@@ -1,7 +1,9 @@
-"""Errors the service raises, and the one place that maps them to gRPC status codes.
+"""Errors the service raises, each naming the gRPC status code it stands for.
 
-Handlers and the objects behind them raise these; ``StatusInterceptor`` (server/rpc/status.py)
-turns them into a status code and message. Anything else is a bug: it is logged with its
+Handlers and the objects behind them raise these; ``StatusInterceptor`` (server/rpc/status.py),
+the one place that knows gRPC, turns them into a status code and message. The code is a
+name of ``grpc.StatusCode`` rather than the enum, so the domains and storage that raise
+these errors do not depend on gRPC. Anything else is a bug: it is logged with its
 stack and the caller gets INTERNAL with a reference, never UNKNOWN or a stack trace.
 """
 
@@ -11,14 +13,13 @@ import errno
 import shutil
 from pathlib import Path
 
-import grpc
 import lmdb
 
 
 class NudgeError(Exception):
     """Base class: an error with a gRPC status code and a message for the caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: str = "INTERNAL"  # a grpc.StatusCode name
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -28,7 +29,7 @@ class NudgeError(Exception):
 class InvalidArgument(NudgeError):
     """Bad input: names the field and the rule. Nothing was changed."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, rule: str) -> None:
         super().__init__(f"{field}: {rule}")
@@ -37,17 +38,17 @@ class InvalidArgument(NudgeError):
 
 
 class NotFound(NudgeError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = "NOT_FOUND"
 
 
 class Unavailable(NudgeError):
     """Transient: warming up, shutting down, or the store cannot write right now."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = "UNAVAILABLE"
 
 
 class Unimplemented(NudgeError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = "UNIMPLEMENTED"
 
 
 class StoreError(Exception):
@@ -59,23 +60,23 @@ class SchemaMismatch(StoreError):
 
 
 class DeadlineExceeded(NudgeError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = "DEADLINE_EXCEEDED"
 
 
 class FailedPrecondition(NudgeError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = "FAILED_PRECONDITION"
 
 
 class StoreFull(NudgeError):
     """The LMDB map cannot grow any more: writes are refused, reads go on."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "RESOURCE_EXHAUSTED"
 
 
 class DiskFull(NudgeError):
     """The disk holding the store has no space left: writes are refused, reads go on."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "RESOURCE_EXHAUSTED"
 
 
 # LMDB reports a write cut short by a full disk as EIO, not ENOSPC: an EIO counts as a full

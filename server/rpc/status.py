@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, NudgeError):
-        context.abort(exc.code, exc.message)
+        context.abort(grpc.StatusCode[exc.code], exc.message)
     if isinstance(exc, NotImplementedError):  # a generated base method nobody overrode
         context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
     ref = uuid.uuid4().hex[:12]
