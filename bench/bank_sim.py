@@ -54,6 +54,9 @@ this simulation drives the learner (its background thread is stopped, so learnin
 at the same simulated instants every run).
 
     python -m nudge.bench.bank_sim --decisions 50000 --out sim-report
+
+``--validate-ope N`` checks ``nudge evaluate``'s estimators against the simulator's truth
+instead (:mod:`nudge.bench.ope_validation`).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -77,6 +80,8 @@ import numpy as np
 
 from nudge.server.decisions.campaign import Campaign, parse_campaign, shipped_campaigns_dir
 from nudge.server.decisions.guardrails import in_holdout
+from nudge.server.offline.evaluate import LogEntry, allowed_components
+from nudge.server.offline.evaluate import Space as CampaignSpace
 
 TZ_NAME = "America/Sao_Paulo"
 ZONE = ZoneInfo(TZ_NAME)
@@ -198,33 +203,19 @@ def write_campaign(folder: Path, gamma_scale: float = GAMMA_SCALE,
     return path
 
 
-class Space:
-    """The campaign's combinations as name tuples and index arrays (the simulator's view)."""
+class Space(CampaignSpace):
+    """The campaign's combinations (nudge evaluate's :class:`CampaignSpace`) with the
+    simulator's view: each dimension's value indices and the hidden response factors."""
 
     def __init__(self, campaign: Campaign) -> None:
-        self.campaign = campaign
-        names = {d: campaign.dimension_names(d) for d in
-                 ("message", "channel", "send_time", "frequency", "offer")}
+        super().__init__(campaign)
+        names = self.dimensions
         assert names["message"] == MESSAGES and names["channel"] == CHANNELS
         assert names["send_time"] == SLOT_NAMES
         self.frequencies = names["frequency"]
         self.offers = names["offer"]
-        mask = np.asarray(campaign.space.combo_mask, dtype=bool)
-        self.combos: list[int] = []
-        rows = []
-        for i in range(campaign.space.n_combos):
-            values = campaign.combo_values(i)
-            if values is None or not mask[i]:
-                continue
-            self.combos.append(i)
-            rows.append(values)
-        v = np.array(rows, dtype=np.int64)
-        self.index = {c: k for k, c in enumerate(self.combos)}
-        self.msg, self.ch, self.slot, self.freq, self.offer = (v[:, j] for j in range(5))
-        self.by_names = {
-            (MESSAGES[m], CHANNELS[c], SLOT_NAMES[s], self.frequencies[f], self.offers[o]): k
-            for k, (m, c, s, f, o) in enumerate(rows)
-        }
+        self.msg, self.ch, self.slot, self.freq, self.offer = (
+            self.values[:, j] for j in range(5))
         self.twice = np.array([self.frequencies[f] == "twice" for f in self.freq])
         # Per persona: the response factor of every combination except hour and fatigue.
         self.static: dict[str, np.ndarray] = {}
@@ -233,10 +224,6 @@ class Space:
             c = np.array([p.channel[x] for x in CHANNELS])[self.ch]
             o = np.array([p.offer[x] for x in self.offers])[self.offer]
             self.static[p.name] = p.base * m * c * o * np.where(self.twice, TWICE_LIFT, 1.0)
-
-    def names(self, k: int) -> tuple[str, str, str, str, str]:
-        return (MESSAGES[self.msg[k]], CHANNELS[self.ch[k]], SLOT_NAMES[self.slot[k]],
-                self.frequencies[self.freq[k]], self.offers[self.offer[k]])
 
 
 def hour_affinity(best: float, hour: np.ndarray | float) -> np.ndarray:
@@ -304,21 +291,16 @@ def guardrails(user: User, now: float) -> Allowed:
     return Allowed("", channels, slots)
 
 
-def allowed_from_trace(trace: Sequence[Sequence[str]], suppressed: str) -> Allowed:
-    """The allowed channels and slots of a logged decision, from its guardrail trace."""
-    if suppressed and suppressed != "nothing_is_best":
-        return Allowed(suppressed, set(), set())
-    channels, slots = set(CHANNELS), set(SLOT_NAMES)
-    for code, detail in trace:
-        name = detail.split(":", 1)[0]
-        if code in ("NO_CONSENT", "FREQUENCY_CAP"):
-            channels.discard(name)
-        elif code == "QUIET_HOURS":
-            slots.discard(name)
-    return Allowed("", channels, slots)
+def allowed_from_components(space: CampaignSpace, components: np.ndarray) -> Allowed:
+    """The allowed channels and slots of a logged decision, from the components its
+    guardrails left open (nudge evaluate's ``allowed_components`` of its trace)."""
+    if not space.allowed(components).any():
+        return Allowed("suppressed", set(), set())
+    return Allowed("", space.open_values(components, "channel"),
+                   space.open_values(components, "send_time"))
 
 
-def rulebook_choice(space: Space, segment: str, allowed: Allowed) -> int | None:
+def rulebook_choice(space: CampaignSpace, segment: str, allowed: Allowed) -> int | None:
     """The rulebook's combination (index into ``space``) for a segment, or None (nothing)."""
     if allowed.suppressed or segment not in RULEBOOK:
         return None
@@ -335,6 +317,25 @@ def rulebook_choice(space: Space, segment: str, allowed: Allowed) -> int | None:
     if channel == "in_app" and slot == "morning":
         slot = "lunch"
     return space.by_names[(message, channel, slot, frequency, offer)]
+
+
+class RulebookPolicy:
+    """The rulebook as a target policy of ``nudge evaluate`` (registered as ``rulebook`` in
+    the ``nudge.policies`` entry points): the segment from the decision's context (the
+    ``segment`` string sent with Decide), the allowed channels and slots from its trace."""
+
+    name = "rulebook"
+
+    def __init__(self, space: CampaignSpace) -> None:
+        self.space = space
+
+    def distribution(self, entry: LogEntry, allowed: np.ndarray) -> np.ndarray:
+        k = len(self.space)
+        dist = np.zeros(k + 1)
+        choice = rulebook_choice(self.space, entry.context_value("segment") or "",
+                                 allowed_from_components(self.space, entry.components))
+        dist[k if choice is None or not allowed[choice] else choice] = 1.0
+        return dist
 
 
 # -- the population ---------------------------------------------------------------------------
@@ -624,8 +625,10 @@ def _decide(policy: str, user: User, now: float, space: Space, driver: NudgeDriv
         if acted:
             # The other policies at this decision, under the server's guardrails (its trace):
             # exactly what an off-policy estimate on nudge's log estimates.
-            served = allowed_from_trace([(r.code, r.detail) for r in reply.reasons], "")
-            served_mask = served.mask(space)
+            open_components = allowed_components(
+                space, [(r.code, r.detail) for r in reply.reasons], "")
+            served = allowed_from_components(space, open_components)
+            served_mask = space.allowed(open_components)
             rb = rulebook_choice(space, user.persona.name, served)
             result.rulebook_counterfactual.append(
                 float(truth[rb]) if rb is not None else ORGANIC)
@@ -797,7 +800,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for summary.json and regret.png")
     parser.add_argument("--keep-data", type=Path, default=None,
                         help="keep nudge's store (data/, campaigns/) here for nudge evaluate")
+    parser.add_argument("--validate-ope", type=int, metavar="DECISIONS", default=None,
+                        help="instead: check nudge evaluate's estimators against the "
+                             "simulator's truth on nudge's log of DECISIONS decisions")
+    parser.add_argument("--interval", choices=("bernstein", "normal"), default="bernstein",
+                        help="with --validate-ope: nudge evaluate's confidence intervals")
+    parser.add_argument("--json", action="store_true", help="with --validate-ope: as JSON")
     args = parser.parse_args(argv)
+    if args.validate_ope is not None:
+        from nudge.bench.ope_validation import format_validation, validate
+
+        result = validate(args.validate_ope, args.seed, args.users, args.gamma_scale,
+                          args.interval)
+        print(json.dumps(result, indent=2) if args.json else format_validation(result))
+        return 0
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     results = {}
     for p in policies:

@@ -11,7 +11,7 @@
     nudge demo
     nudge explain DECISION_ID [--data-dir DIR]
     nudge simulate [--decisions 50000] [--seed 0] [--out DIR]
-    nudge evaluate --data-dir DIR --policy rulebook,uniform,logged
+    nudge evaluate --data-dir DIR [--campaign NAME] [--policy uniform,logged,...]
     nudge bench {kernels,quality,rpc,peers,startup,all,faults} [...]
 """
 

@@ -2,7 +2,10 @@
 
 Each guardrail masks model components (a channel, a send-time slot, a message, an offer)
 or suppresses the decision outright; the trace says which rule did what, so a decision
-can be explained and audited. Each guardrail can be turned off in the campaign file.
+can be explained and audited: a stable code (``TRACE_*``) and a plain-language detail per
+entry, and a last ``MASKED`` entry listing the masked components machine-readably (offline
+evaluation rebuilds the allowed combinations from it). Each guardrail can be turned off in
+the campaign file.
 
 This runs inside every Decide, between gRPC calls that evict the caches, where each Python
 or NumPy call costs several times its warm price. So everything that depends only on the
@@ -38,6 +41,26 @@ SUPPRESS_CAP = "frequency_cap"
 SUPPRESS_NOTHING_BEST = "nothing_is_best"
 SUPPRESS_PROPERTIES = "missing_properties"
 SUPPRESS_WINDOW = "send_window"
+
+# Trace codes (Reason.code of Decide's guardrail reasons): stable, for machines; the detail
+# beside each is plain text for people and may change.
+TRACE_HOLDOUT = "HOLDOUT"
+TRACE_CONSENT = "NO_CONSENT"  # a channel without consent
+TRACE_QUIET = "QUIET_HOURS"  # a send-time slot inside quiet hours
+TRACE_WINDOW = "SEND_WINDOW"  # a send-time slot after the journey's window
+TRACE_CAP = "FREQUENCY_CAP"  # a capped channel, or every channel (then suppressed)
+TRACE_PROPERTIES = "MISSING_PROPERTY"  # a message whose template cannot be filled
+TRACE_RISK = "RISK"  # a credit offer while recent activity looks anomalous
+# The codes that mask single components (the dimension each one masks).
+MASKING_CODES = {
+    TRACE_CONSENT: "channel", TRACE_QUIET: "send_time", TRACE_WINDOW: "send_time",
+    TRACE_CAP: "channel", TRACE_PROPERTIES: "message", TRACE_RISK: "offer",
+}
+# The last entry of a trace whose guardrails masked components and let the policy decide:
+# its detail lists every masked component, machine-readable, as ``Campaign.component_names``
+# spells them, space-separated ("channel=push send_time=now"). Offline evaluation rebuilds
+# the allowed combinations from it (nudge.server.offline.evaluate), never from the texts.
+TRACE_MASKED = "MASKED"
 
 
 @dataclass
@@ -121,7 +144,7 @@ class GuardrailPlan:
         self.campaign = campaign
         self.all_allowed = b"\x01" * campaign.n_components
         self.holdout_trace = (
-            "HOLDOUT", f"user is in the {g.holdout:.0%} holdout of {campaign.name}"
+            TRACE_HOLDOUT, f"user is in the {g.holdout:.0%} holdout of {campaign.name}"
         )
         # A dimension's components are consecutive ids: whether any channel is still open
         # is one slice of the mask.
@@ -130,7 +153,7 @@ class GuardrailPlan:
         self.channel_slice = slice(channels[0], channels[0] + len(channels))
         # (channel, component id, trace) of every channel that needs consent.
         self.consent = [
-            (channel, ids["channel"][i], ("NO_CONSENT", f"{channel}: no consent on record"))
+            (channel, ids["channel"][i], (TRACE_CONSENT, f"{channel}: no consent on record"))
             for i, channel in enumerate(campaign.channels)
             if channel not in CONSENT_EXEMPT
         ]
@@ -142,20 +165,26 @@ class GuardrailPlan:
                 ids["send_time"][i],
                 s.minute_of_day,
                 s.minute_of_day is not None and g.is_quiet(s.minute_of_day),
-                ("QUIET_HOURS", f"{s.name}: inside quiet hours"),
+                (TRACE_QUIET, f"{s.name}: inside quiet hours"),
             )
             for i, s in enumerate(campaign.send_times)
         ]
         self.messages = [
-            (ids["message"][i], ("MISSING_PROPERTY", f"{m.name}: template properties "
+            (ids["message"][i], (TRACE_PROPERTIES, f"{m.name}: template properties "
                                  f"{list(m.properties)} not all known"))
             for i, m in enumerate(campaign.messages)
         ]
         self.credit_offers = [
-            (ids["offer"][i], ("RISK", f"{o.name}: no credit offer while recent activity "
+            (ids["offer"][i], (TRACE_RISK, f"{o.name}: no credit offer while recent activity "
                                "looks anomalous"))
             for i, o in enumerate(campaign.offers)
             if o.credit
+        ]
+        # (component id, machine name) of every component a guardrail can mask.
+        names = campaign.component_names()
+        self.maskable = [
+            (i, names[i]) for dim in ("message", "channel", "send_time", "offer")
+            for i in ids[dim]
         ]
         self._slot_days: dict[tuple[str, int, int], tuple[list[float], list[float]]] = {}
 
@@ -246,7 +275,7 @@ def apply_guardrails(
             if at > send_until:
                 if mask[component]:
                     mask[component] = 0
-                    trace.append(("SEND_WINDOW", f"{slot.name}: after the journey's window"))
+                    trace.append((TRACE_WINDOW, f"{slot.name}: after the journey's window"))
             elif mask[component]:
                 any_open = True
         if not any_open:
@@ -269,7 +298,7 @@ def apply_guardrails(
             caps.all_channels_week is not None and n_week >= caps.all_channels_week
         ):
             result.suppressed = SUPPRESS_CAP
-            trace.append(("FREQUENCY_CAP", f"{n_day} contacts today, {n_week} this week"))
+            trace.append((TRACE_CAP, f"{n_day} contacts today, {n_week} this week"))
             return result
         for channel, component in plan.channels:
             c_day, c_week = day.get(channel, 0), week.get(channel, 0)
@@ -278,7 +307,7 @@ def apply_guardrails(
             )
             if capped and mask[component]:
                 mask[component] = 0
-                trace.append(("FREQUENCY_CAP", f"{channel}: {c_day} today, {c_week} this week"))
+                trace.append((TRACE_CAP, f"{channel}: {c_day} today, {c_week} this week"))
         if 1 not in mask[plan.channel_slice]:
             result.suppressed = SUPPRESS_CAP
             return result
@@ -295,4 +324,7 @@ def apply_guardrails(
         for component, why in plan.credit_offers:
             mask[component] = 0
             trace.append(why)
+    if trace:
+        trace.append((TRACE_MASKED, " ".join(
+            name for component, name in plan.maskable if not mask[component])))
     return result
