@@ -12,10 +12,12 @@ serve: venv
 
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: venv buf-lint
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 proto: venv
 	$(BIN)/python scripts/generate_proto.py
