@@ -82,10 +82,11 @@ def _ingest(batch: int) -> Prepared:
 
 def _trained(n_combos: int, features: int, n_updates: int = 2_000):
     """A space and a snapshot that has learned from random outcomes (not the prior)."""
-    from nudge.kernels import learner, policy
+    from nudge.kernels import learner
+    from nudge.kernels.action_space import build_action_space
 
     dims, pairs = layout_for(n_combos)
-    space = policy.build_action_space(dims, pairs)
+    space = build_action_space(dims, pairs)
     rng = np.random.default_rng(1)
     xs = rng.normal(size=(n_updates, features))
     xs[:, 0] = 1.0

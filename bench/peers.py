@@ -76,10 +76,10 @@ class PeerResult:
 
 def make_problem(config: PeersConfig) -> Problem:
     """policy_sim's world, one context per decision (a noisy user-type one-hot + noise)."""
-    from nudge.kernels import policy
+    from nudge.kernels.action_space import build_action_space
 
     rng = np.random.default_rng(config.seed)
-    space = policy.build_action_space(DIMS, PAIRS)
+    space = build_action_space(DIMS, PAIRS)
     world = make_world(space, config.user_types, 0.02, rng)
     n, d = config.decisions, config.features
     types = rng.integers(0, config.user_types, n)
@@ -135,10 +135,11 @@ def _quality(problem: Problem, choices: np.ndarray) -> tuple[float, float]:
 def run_nudge(problem: Problem, config: PeersConfig) -> tuple[PeerResult, np.ndarray]:
     """nudge's policy and learner kernels, SquareCB as the shipped campaign uses."""
     from nudge.kernels import learner, policy
+    from nudge.kernels.action_space import build_action_space
 
     policy.warm_up()
     learner.warm_up()
-    space = policy.build_action_space(DIMS, PAIRS)
+    space = build_action_space(DIMS, PAIRS)
     params = policy.PolicyParams(mode="squarecb")
     state = {"snap": learner.initial_snapshot(space.n_components, config.features)}
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from nudge.kernels import context as ctx
 from nudge.kernels import learner, policy
+from nudge.kernels.action_space import ActionSpace, build_action_space
 
 DIMS = (6, 5, 6, 4, 5)  # message, channel, send-time slot, frequency, offer
 PAIRS = ((1, 2), (0, 4))  # channel × send time, message × offer
@@ -90,7 +91,7 @@ class World:
         return self.prob.argmax(axis=1)
 
 
-def make_world(space: policy.ActionSpace, n_types: int, nothing_rate: float,
+def make_world(space: ActionSpace, n_types: int, nothing_rate: float,
                rng: np.random.Generator) -> World:
     values = np.array([space.combo_values(i) for i in range(space.n_combos - 1)])
     logit = np.full((n_types, space.n_combos - 1), -3.2)
@@ -118,7 +119,7 @@ def run(cfg: SimConfig | None = None) -> SimResult:
     cfg = cfg or SimConfig()
     started = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    space = policy.build_action_space(DIMS, PAIRS)
+    space = build_action_space(DIMS, PAIRS)
     world = make_world(space, cfg.n_user_types, cfg.nothing_rate, rng)
     n_raw = cfg.n_features - 1
     if n_raw < cfg.n_user_types:

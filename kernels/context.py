@@ -32,25 +32,17 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from numba import njit, types
+from numba import njit
+
+from nudge.kernels import jit
+from nudge.kernels.jit import readonly
 
 # Layout of the context parameter array.
 C_CLIP = 0
 C_VAR_FLOOR = 1
 N_CONTEXT_PARAMS = 2
 
-_f64_1 = types.Array(types.float64, 1, "C")
-_f64_2 = types.Array(types.float64, 2, "C")
-_f64_1_ro = types.Array(types.float64, 1, "C", readonly=True)
-_f64_2_ro = types.Array(types.float64, 2, "C", readonly=True)
-_i64_1_ro = types.Array(types.int64, 1, "C", readonly=True)
-_i64_2_ro = types.Array(types.int64, 2, "C", readonly=True)
-_u8_1_ro = types.Array(types.uint8, 1, "C", readonly=True)
-
-_KERNEL = {"cache": True, "nogil": True}
-
-
-@njit(types.float64(types.float64, types.uint8), **_KERNEL)
+@njit(jit.f8(jit.f8, jit.u1), **jit.NOGIL)
 def _transform(v, log1p):
     if log1p != 0:
         return np.log1p(v) if v >= 0.0 else -np.log1p(-v)
@@ -58,11 +50,11 @@ def _transform(v, log1p):
 
 
 @njit(
-    types.void(
-        _f64_2_ro, _i64_2_ro, _i64_1_ro, _u8_1_ro, _f64_1_ro, _f64_1_ro, _f64_1_ro, _f64_1_ro,
-        _f64_2,
+    jit.void(
+        jit.f8_2d_ro, jit.i8_2d_ro, jit.i8_1d_ro, jit.u1_1d_ro, jit.f8_1d_ro, jit.f8_1d_ro,
+        jit.f8_1d_ro, jit.f8_1d_ro, jit.f8_2d,
     ),
-    **_KERNEL,
+    **jit.NOGIL,
 )
 def _build_contexts(raw, buckets, offsets, log1p, mean, var, count, params, out):
     """``out[n, d]`` context vectors from ``raw[n, m]`` numbers (NaN = missing) and
@@ -94,8 +86,8 @@ def _build_contexts(raw, buckets, offsets, log1p, mean, var, count, params, out)
 
 
 @njit(
-    types.void(_f64_2_ro, _u8_1_ro, types.float64, _f64_1, _f64_1, _f64_1),
-    **_KERNEL,
+    jit.void(jit.f8_2d_ro, jit.u1_1d_ro, jit.f8, jit.f8_1d, jit.f8_1d, jit.f8_1d),
+    **jit.NOGIL,
 )
 def _update_stats(raw, log1p, min_rate, mean, var, count):
     """Fold ``raw[n, m]`` (NaN = missing) into the running statistics, row by row."""
@@ -243,11 +235,7 @@ class ContextStats:
                 raise ValueError(f"{name}: must be float64 of shape {m}, got {a.dtype} {a.shape}")
             if not np.isfinite(a).all():
                 raise ValueError(f"{name}: must be finite")
-            a = np.ascontiguousarray(a)
-            if a.flags.writeable:
-                a = a.view()
-                a.flags.writeable = False
-            object.__setattr__(self, name, a)
+            object.__setattr__(self, name, readonly(a))
         if (self.var < 0).any() or (self.count < 0).any():
             raise ValueError("var, count: must be >= 0")
 

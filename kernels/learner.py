@@ -42,28 +42,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, types
+from numba import njit
+
+from nudge.kernels import jit
+from nudge.kernels.jit import typed_array
+from nudge.kernels.snapshot import PolicySnapshot
 
 # Layout of the learner parameter array handed to the kernel.
 L_FORGETTING = 0
 L_PRIOR_PRECISION = 1
 N_LEARNER_PARAMS = 2
 
-_f64_1 = types.Array(types.float64, 1, "C")
-_f64_2 = types.Array(types.float64, 2, "C")
-_f64_3 = types.Array(types.float64, 3, "C")
-_f64_1_ro = types.Array(types.float64, 1, "C", readonly=True)
-_f64_2_ro = types.Array(types.float64, 2, "C", readonly=True)
-_i32_2_ro = types.Array(types.int32, 2, "C", readonly=True)
-_i64_1_ro = types.Array(types.int64, 1, "C", readonly=True)
-
-_KERNEL = {"cache": True, "nogil": True}
-
-
 # --------------------------------------------------------------------------- kernels
 
 
-@njit(types.boolean(_f64_2, _f64_2, _f64_2), **_KERNEL)
+@njit(jit.b1(jit.f8_2d, jit.f8_2d, jit.f8_2d), **jit.NOGIL)
 def _inverse_factor(a, out, work):
     """Upper-triangular ``out = F`` with ``a⁻¹ = F Fᵀ``, for symmetric positive definite
     ``a``; False if ``a`` is not SPD. Only the lower triangle of ``a`` is read.
@@ -99,11 +92,11 @@ def _inverse_factor(a, out, work):
 
 
 @njit(
-    types.int64(
-        _f64_3, _f64_2, _f64_2, _f64_2, _f64_1,
-        _i32_2_ro, _i64_1_ro, _f64_2_ro, _f64_1_ro, _f64_1_ro,
+    jit.i8(
+        jit.f8_3d, jit.f8_2d, jit.f8_2d, jit.f8_2d, jit.f8_1d,
+        jit.i4_2d_ro, jit.i8_1d_ro, jit.f8_2d_ro, jit.f8_1d_ro, jit.f8_1d_ro,
     ),
-    **_KERNEL,
+    **jit.NOGIL,
 )
 def _update_kernel(precision, b, mean_t, factor_t, n_eff, combo_components, chosen, xs, rewards,
                    params):
@@ -177,87 +170,6 @@ class LearnerParams:
             )
 
 
-@dataclass(frozen=True)
-class PolicySnapshot:
-    """One consistent, read-only version of every component's posterior.
-
-    All float64, C-contiguous, read-only (C components, d features, P = d(d+1)/2):
-
-    - ``mean_t[d, C]``: posterior means μ_c, feature-major, so the policy computes all
-      ``μ_c·x`` in one vectorised pass;
-    - ``factor_t[P, C]``: for each component the upper-triangular ``F_c`` with
-      ``A_c⁻¹ = F_c F_cᵀ`` (the covariance up to the noise variance v²), packed row by row
-      (``(j, i)`` for ``j <= i``), component innermost. A sampled score's variance is
-      ``v²·|F_cᵀx|²``: products, no triangular solves;
-    - ``precision[C, d, d]`` = A_c, ``b[C, d]``, ``n_eff[C]`` effective observation counts
-      (the learner's state; the policy reads only ``mean_t`` and ``factor_t``).
-    """
-
-    mean_t: np.ndarray
-    factor_t: np.ndarray
-    precision: np.ndarray
-    b: np.ndarray
-    n_eff: np.ndarray
-    prior_precision: float
-    version: int = 0
-
-    def __post_init__(self) -> None:
-        if not (np.isfinite(self.prior_precision) and self.prior_precision > 0.0):
-            raise ValueError(
-                f"prior_precision: must be finite and > 0, got {self.prior_precision!r}"
-            )
-        mean_t = _frozen(self.mean_t, "mean_t", np.float64, 2)
-        d, n_comp = mean_t.shape
-        if n_comp < 1 or d < 1:
-            raise ValueError(f"mean_t: needs at least one feature and one component, "
-                             f"got {mean_t.shape}")
-        shapes = {"factor_t": (d * (d + 1) // 2, n_comp), "precision": (n_comp, d, d),
-                  "b": (n_comp, d), "n_eff": (n_comp,)}
-        object.__setattr__(self, "mean_t", mean_t)
-        for name, shape in shapes.items():
-            arr = _frozen(getattr(self, name), name, np.float64, len(shape))
-            if arr.shape != shape:
-                raise ValueError(f"{name}: shape must be {shape} to match mean_t "
-                                 f"{mean_t.shape}, got {arr.shape}")
-            object.__setattr__(self, name, arr)
-
-    @property
-    def n_components(self) -> int:
-        return int(self.mean_t.shape[1])
-
-    @property
-    def n_features(self) -> int:
-        return int(self.mean_t.shape[0])
-
-    @property
-    def mu(self) -> np.ndarray:
-        """Posterior means ``[C, d]`` (a view)."""
-        return self.mean_t.T
-
-    def cov_factor(self, component: int) -> np.ndarray:
-        """``F_c`` unpacked to ``[d, d]`` (upper-triangular, ``A_c⁻¹ = F_c F_cᵀ``)."""
-        d = self.n_features
-        out = np.zeros((d, d))
-        out[np.triu_indices(d)] = self.factor_t[:, component]
-        return out
-
-
-def _frozen(arr: object, name: str, dtype: type, ndim: int) -> np.ndarray:
-    """A read-only, C-contiguous, finite view (copied only when dtype/layout demand it)."""
-    a = np.asarray(arr)
-    if a.dtype != dtype:
-        raise ValueError(f"{name}: dtype must be {np.dtype(dtype).name}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: must be {ndim}-D, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name}: must be finite (no NaN or inf)")
-    a = np.ascontiguousarray(a)
-    if a.flags.writeable:
-        a = a.view()
-        a.flags.writeable = False
-    return a
-
-
 def initial_snapshot(
     n_components: int, n_features: int, prior_precision: float = 1.0
 ) -> PolicySnapshot:
@@ -299,12 +211,12 @@ def update_posteriors(
     """
     params = params or LearnerParams()
     n_comp, d = snapshot.n_components, snapshot.n_features
-    combos = _as_array(combo_components, "combo_components", np.int32, 2)
+    combos = typed_array(combo_components, "combo_components", np.int32, 2)
     if combos.size and (combos.min() < -1 or combos.max() >= n_comp):
         raise ValueError(f"combo_components: ids must be -1 (padding) or in [0, {n_comp})")
-    chosen_a = _as_array(chosen, "chosen", np.int64, 1, cast_int=True)
-    xs = _as_array(contexts, "contexts", np.float64, 2)
-    r = _as_array(rewards, "rewards", np.float64, 1)
+    chosen_a = typed_array(chosen, "chosen", np.int64, 1, cast_int=True)
+    xs = typed_array(contexts, "contexts", np.float64, 2)
+    r = typed_array(rewards, "rewards", np.float64, 1)
     n = chosen_a.shape[0]
     if xs.shape != (n, d):
         raise ValueError(f"contexts: shape must be ({n}, {d}) (len(chosen), n_features), "
@@ -326,19 +238,6 @@ def update_posteriors(
     return PolicySnapshot(mean_t=mean_t, factor_t=factor_t, precision=precision, b=b, n_eff=n_eff,
                           prior_precision=snapshot.prior_precision,
                           version=snapshot.version + 1)
-
-
-def _as_array(
-    arr: object, name: str, dtype: type, ndim: int, cast_int: bool = False
-) -> np.ndarray:
-    a = np.asarray(arr)
-    if cast_int and a.dtype.kind in "iu" and a.dtype != dtype:
-        a = a.astype(dtype)
-    if a.dtype != dtype:
-        raise ValueError(f"{name}: dtype must be {np.dtype(dtype).name}, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: must be {ndim}-D, got shape {a.shape}")
-    return np.ascontiguousarray(a)
 
 
 def warm_up() -> None:

@@ -1,12 +1,7 @@
 """The decision policy: score every allowed combination, explore, choose, rank, log propensity.
 
-Action space. A campaign's combinations are rows of an int32 matrix
-``combo_components[n_combos, k]`` of *component* ids, -1 padded at the end of a row. A
-component is one dimension value (message 3, channel "sms", …), one pairwise cell
-(channel × send time, message × offer) or the "send nothing" arm, which is a combination of
-its own (one component, the rest padding). The kernels never know what a component means, so
-they are generic over dimensions and pairs; :func:`build_action_space` builds the standard
-layout.
+Action space. Combinations are rows of component ids (see ``nudge.kernels.action_space``):
+a component is one dimension value, one pairwise cell or the "send nothing" arm.
 
 Scores. Component ``c`` is a Bayesian linear regression on the context ``x`` (see
 ``nudge.kernels.learner``) with mean ``μ_c·x`` and variance ``v²·xᵀΣ_c x = v²·|F_cᵀx|²``.
@@ -29,11 +24,11 @@ Masks. ``combo_mask[n_combos]`` (uint8 or bool, 1 = allowed) is what the campaig
 one of its components is (no consent for SMS → mask the SMS component; quiet hours → mask
 the slot).
 
-Randomness is a 64-bit ``seed`` per call (xoshiro256** seeded by splitmix64, no global
-state, so threads calling the nogil kernels never share a generator): the same inputs and
-seed give the same choice, and logging the seed makes a decision replayable.
+Randomness is a 64-bit ``seed`` per call (``nudge.kernels.rng``: no global state, so threads
+calling the nogil kernels never share a generator): the same inputs and seed give the same
+choice, and logging the seed makes a decision replayable.
 
-Model. Deciders read one :class:`~nudge.kernels.learner.PolicySnapshot` (read-only arrays,
+Model. Deciders read one :class:`~nudge.kernels.snapshot.PolicySnapshot` (read-only arrays,
 validated once when built); the learner publishes a new snapshot instead of writing into the
 one being read, so a decision never sees a half-applied update. Per request only the context
 and masks are validated.
@@ -45,13 +40,17 @@ re-draws (rare choices under a confident posterior). Raise ``mc_max_samples`` wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 
-from nudge.kernels.learner import PolicySnapshot
+from nudge.kernels import jit
+from nudge.kernels.action_space import ActionSpace, build_action_space
+from nudge.kernels.jit import float_vector, mask_array, readonly
+from nudge.kernels.learner import initial_snapshot
+from nudge.kernels.rng import as_seed, fill_normals, rng_state, uniform
+from nudge.kernels.snapshot import PolicySnapshot
 
 MODE_THOMPSON = "thompson"
 MODE_SQUARECB = "squarecb"
@@ -67,91 +66,22 @@ MC_MAX_DRAWS = 1  # stop after this many draws …
 MC_MIN_WINS = 2  # … or as soon as the chosen combination has won this often
 N_MC_PARAMS = 3
 
-MAX_TOP_K = 64
+# The most ranked combinations one decision returns (DecideRequest.top_k is capped here).
+MAX_TOP_K = 16
 
-_f64_1 = types.Array(types.float64, 1, "C")
-_f64_2 = types.Array(types.float64, 2, "C")
-_i64_1 = types.Array(types.int64, 1, "C")
-_f64_1_ro = types.Array(types.float64, 1, "C", readonly=True)
-_f64_2_ro = types.Array(types.float64, 2, "C", readonly=True)
-_u32_2_ro = types.Array(types.uint32, 2, "C", readonly=True)
-_i32_1_ro = types.Array(types.int32, 1, "C", readonly=True)
-_u8_1_ro = types.Array(types.uint8, 1, "C", readonly=True)
-_u64_1 = types.Array(types.uint64, 1, "C")
-
-_KERNEL = {"cache": True, "nogil": True}
-
-# --------------------------------------------------------------------------- RNG
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-@njit(_u64_1(types.int64), **_KERNEL)
-def _rng_state(seed):
-    """xoshiro256** state from a 64-bit seed via splitmix64."""
-    state = np.empty(4, dtype=np.uint64)
-    z = np.uint64(seed)
-    for i in range(4):
-        z = z + _GOLDEN
-        y = z
-        y = (y ^ (y >> np.uint64(30))) * _MIX1
-        y = (y ^ (y >> np.uint64(27))) * _MIX2
-        state[i] = y ^ (y >> np.uint64(31))
-    return state
-
-
-@njit(types.uint64(_u64_1), **_KERNEL)
-def _next_u64(s):
-    s1 = s[1]
-    r = s1 * np.uint64(5)
-    r = ((r << np.uint64(7)) | (r >> np.uint64(57))) * np.uint64(9)
-    t = s1 << np.uint64(17)
-    s[2] ^= s[0]
-    s[3] ^= s1
-    s[1] ^= s[2]
-    s[0] ^= s[3]
-    s[2] ^= t
-    s[3] = (s[3] << np.uint64(45)) | (s[3] >> np.uint64(19))
-    return r
-
-
-@njit(types.float64(_u64_1), **_KERNEL)
-def _uniform(s):
-    """Uniform on [0, 1) with 53 random bits."""
-    return float(_next_u64(s) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-
-
-@njit(types.void(_u64_1, _f64_1), **_KERNEL)
-def _fill_normals(s, out):
-    """Standard normals by the Marsaglia polar method, in pairs."""
-    n = out.shape[0]
-    i = 0
-    while i < n:
-        u = 2.0 * _uniform(s) - 1.0
-        v = 2.0 * _uniform(s) - 1.0
-        q = u * u + v * v
-        if q >= 1.0 or q == 0.0:
-            continue
-        f = np.sqrt(-2.0 * np.log(q) / q)
-        out[i] = u * f
-        if i + 1 < n:
-            out[i + 1] = v * f
-        i += 2
-
-
-@njit(_f64_1(types.int64, types.int64), **_KERNEL)
-def _standard_normals(seed, n):
-    out = np.empty(n)
-    _fill_normals(_rng_state(seed), out)
-    return out
+# What every scoring kernel reads first: the snapshot's ``mean_t`` and ``factor_t``, the
+# context, the space's ``component_weight`` and ``kernel_components``, the combo mask, the
+# request's component mask and the policy parameters.
+_SCORING = (jit.f8_2d_ro, jit.f8_2d_ro, jit.f8_1d_ro, jit.f8_1d_ro, jit.u4_2d_ro, jit.u1_1d_ro,
+            jit.u1_1d_ro, jit.f8_1d_ro)
+# The same without ``factor_t``: SquareCB reads only the means.
+_MEAN_SCORING = _SCORING[:1] + _SCORING[2:]
 
 
 # --------------------------------------------------------------------------- kernels
 
 
-@njit(types.void(_f64_2_ro, _f64_1_ro, _f64_1), **_KERNEL)
+@njit(jit.void(jit.f8_2d_ro, jit.f8_1d_ro, jit.f8_1d), **jit.NOGIL)
 def _component_means(mean_t, x, out_mean):
     """``out_mean[c] = μ_c·x`` for every component (``mean_t`` is feature-major)."""
     d, n_comp = mean_t.shape
@@ -163,7 +93,7 @@ def _component_means(mean_t, x, out_mean):
             out_mean[c] += mean_t[j, c] * xj
 
 
-@njit(types.void(_f64_2_ro, _f64_2_ro, _f64_1_ro, _f64_1, _f64_1), **_KERNEL)
+@njit(jit.void(jit.f8_2d_ro, jit.f8_2d_ro, jit.f8_1d_ro, jit.f8_1d, jit.f8_1d), **jit.NOGIL)
 def _component_moments(mean_t, factor_t, x, out_mean, out_quad):
     """``out_mean[c] = μ_c·x`` and ``out_quad[c] = xᵀΣ_c x = |F_cᵀx|²`` for every component.
 
@@ -187,7 +117,22 @@ def _component_moments(mean_t, factor_t, x, out_mean, out_quad):
             out_quad[c] += y[i, c] * y[i, c]
 
 
-@njit(types.void(_f64_1_ro, _u8_1_ro, _f64_1), **_KERNEL)
+@njit(
+    jit.void(jit.f8_2d_ro, jit.f8_2d_ro, jit.f8_1d_ro, jit.f8_1d_ro, jit.f8_1d_ro, jit.f8_1d,
+             jit.f8_1d),
+    **jit.NOGIL,
+)
+def _weighted_moments(mean_t, factor_t, x, weight, params, out_mean, out_sd):
+    """Each component's weighted score distribution: ``out_mean[c] = w_c·μ_c·x`` and
+    ``out_sd[c] = w_c·sqrt(v²·xᵀΣ_c x)`` (a Thompson draw is ``out_mean + out_sd·z``)."""
+    _component_moments(mean_t, factor_t, x, out_mean, out_sd)
+    v2 = params[P_NOISE_VARIANCE]
+    for c in range(mean_t.shape[1]):
+        out_mean[c] *= weight[c]
+        out_sd[c] = weight[c] * np.sqrt(v2 * out_sd[c])
+
+
+@njit(jit.void(jit.f8_1d_ro, jit.u1_1d_ro, jit.f8_1d), **jit.NOGIL)
 def _padded_scores(comp_score, component_mask, out):
     """``out[:C]`` = component scores with -inf where the request masks the component,
     ``out[C]`` = 0.0 (the slot padding ids point at): summing a combination's entries then
@@ -198,7 +143,7 @@ def _padded_scores(comp_score, component_mask, out):
     out[n_comp] = 0.0
 
 
-@njit(types.float64(_f64_1_ro, _u32_2_ro, types.int64), **_KERNEL)
+@njit(jit.f8(jit.f8_1d_ro, jit.u4_2d_ro, jit.i8), **jit.NOGIL)
 def _combo_score(padded, combos, i):
     total = 0.0
     for j in range(combos.shape[1]):
@@ -206,7 +151,26 @@ def _combo_score(padded, combos, i):
     return total
 
 
-@njit(types.int64(_f64_1_ro, _u32_2_ro, _u8_1_ro, _i64_1, _f64_1), **_KERNEL)
+@njit(jit.i8(jit.f8_1d, jit.i8_1d, jit.i8, jit.f8, jit.i8), **jit.NOGIL)
+def insert_ranked(keys, items, filled, key, item):
+    """Insert ``item`` with ``key`` into ``keys[:filled]`` (descending) and ``items`` if it
+    ranks among the best ``len(keys)``; equal keys keep the earlier item first. Returns the
+    new fill (a top-k scan by insertion, which kernels here and in
+    ``nudge.kernels.contributions`` share)."""
+    top = keys.shape[0]
+    if filled == top and not key > keys[top - 1]:
+        return filled
+    pos = filled if filled < top else top - 1
+    while pos > 0 and key > keys[pos - 1]:
+        keys[pos] = keys[pos - 1]
+        items[pos] = items[pos - 1]
+        pos -= 1
+    keys[pos] = key
+    items[pos] = item
+    return filled + 1 if filled < top else filled
+
+
+@njit(jit.i8(jit.f8_1d_ro, jit.u4_2d_ro, jit.u1_1d_ro, jit.i8_1d, jit.f8_1d), **jit.NOGIL)
 def _top_k_combos(padded, combos, combo_mask, out_index, out_score):
     """Score every combination as the sum of its components' (padded) scores and keep the
     ``len(out_index)`` best allowed ones, descending (ties: lower index first). Returns the
@@ -227,27 +191,12 @@ def _top_k_combos(padded, combos, combo_mask, out_index, out_score):
         if total == -np.inf:
             continue
         n_allowed += 1
-        if filled == top and not total > out_score[top - 1]:
-            continue
-        pos = filled if filled < top else top - 1
-        while pos > 0 and total > out_score[pos - 1]:
-            out_score[pos] = out_score[pos - 1]
-            out_index[pos] = out_index[pos - 1]
-            pos -= 1
-        out_score[pos] = total
-        out_index[pos] = i
-        if filled < top:
-            filled += 1
+        if filled < top or total > out_score[top - 1]:
+            filled = insert_ranked(out_score, out_index, filled, total, i)
     return n_allowed
 
 
-@njit(
-    types.int64(
-        _f64_2_ro, _f64_2_ro, _f64_1_ro, _f64_1_ro, _u32_2_ro, _u8_1_ro, _u8_1_ro,
-        _f64_1_ro, _f64_1_ro, _i64_1, _f64_2,
-    ),
-    **_KERNEL,
-)
+@njit(jit.i8(*_SCORING, jit.f8_1d_ro, jit.i8_1d, jit.f8_2d), **jit.NOGIL)
 def _thompson_from_draws(
     mean_t, factor_t, x, weight, combos, combo_mask, component_mask, params, z, out_index,
     out_score,
@@ -257,13 +206,11 @@ def _thompson_from_draws(
     scores. Returns the number of allowed combinations (0 = nothing allowed)."""
     n_comp = mean_t.shape[1]
     mean = np.empty(n_comp)
-    quad = np.empty(n_comp)
-    _component_moments(mean_t, factor_t, x, mean, quad)
-    v2 = params[P_NOISE_VARIANCE]
+    sd = np.empty(n_comp)
+    _weighted_moments(mean_t, factor_t, x, weight, params, mean, sd)
     sampled = np.empty(n_comp)
     for c in range(n_comp):
-        mean[c] *= weight[c]
-        sampled[c] = mean[c] + weight[c] * np.sqrt(v2 * quad[c]) * z[c]
+        sampled[c] = mean[c] + sd[c] * z[c]
     padded = np.empty(n_comp + 1)
     _padded_scores(sampled, component_mask, padded)
     top_score = np.empty(out_index.shape[0])
@@ -275,33 +222,21 @@ def _thompson_from_draws(
     return n_allowed
 
 
-@njit(
-    types.int64(
-        _f64_2_ro, _f64_2_ro, _f64_1_ro, _f64_1_ro, _u32_2_ro, _u8_1_ro, _u8_1_ro,
-        _f64_1_ro, types.int64, _i64_1, _f64_2,
-    ),
-    **_KERNEL,
-)
+@njit(jit.i8(*_SCORING, jit.i8, jit.i8_1d, jit.f8_2d), **jit.NOGIL)
 def _thompson_kernel(
     mean_t, factor_t, x, weight, combos, combo_mask, component_mask, params, seed, out_index,
     out_score,
 ):
     """Thompson step drawing its normals from ``seed`` (see :func:`_thompson_from_draws`)."""
     z = np.empty(mean_t.shape[1])
-    _fill_normals(_rng_state(seed), z)
+    fill_normals(rng_state(seed), z)
     return _thompson_from_draws(
         mean_t, factor_t, x, weight, combos, combo_mask, component_mask, params, z, out_index,
         out_score,
     )
 
 
-@njit(
-    types.int64(
-        _f64_2_ro, _f64_2_ro, _f64_1_ro, _f64_1_ro, _u32_2_ro, _u8_1_ro, _u8_1_ro,
-        _f64_1_ro, types.int64, types.int64, _f64_1_ro, _i64_1,
-    ),
-    **_KERNEL,
-)
+@njit(jit.i8(*_SCORING, jit.i8, jit.i8, jit.f8_1d_ro, jit.i8_1d), **jit.NOGIL)
 def _thompson_win_counts(
     mean_t, factor_t, x, weight, combos, combo_mask, component_mask, params, seed, chosen, mc,
     out_wins,
@@ -321,13 +256,8 @@ def _thompson_win_counts(
     for i in range(n):
         out_wins[i] = 0
     mean = np.empty(n_comp)
-    quad = np.empty(n_comp)
-    _component_moments(mean_t, factor_t, x, mean, quad)
-    v2 = params[P_NOISE_VARIANCE]
     sd = np.empty(n_comp)
-    for c in range(n_comp):
-        mean[c] *= weight[c]
-        sd[c] = weight[c] * np.sqrt(v2 * quad[c])
+    _weighted_moments(mean_t, factor_t, x, weight, params, mean, sd)
     padded_mean = np.empty(n_comp + 1)
     _padded_scores(mean, component_mask, padded_mean)
     spread = np.empty(n_comp + 1)
@@ -353,7 +283,7 @@ def _thompson_win_counts(
     per_round = max(int(mc[MC_ROUND]), 1)
     max_draws = max(int(mc[MC_MAX_DRAWS]), per_round)
     min_wins = int(mc[MC_MIN_WINS])
-    rng = _rng_state(seed)
+    rng = rng_state(seed)
     z = np.empty(per_round * n_comp)
     cand = np.empty(n_allowed, dtype=np.int64)
     sampled = np.empty(n_comp + 1)
@@ -362,7 +292,7 @@ def _thompson_win_counts(
     while draws < max_draws:
         this_round = min(per_round, max_draws - draws)
         zr = z[: this_round * n_comp]
-        _fill_normals(rng, zr)
+        fill_normals(rng, zr)
         zmax = 0.0
         for t in range(zr.shape[0]):
             if abs(zr[t]) > zmax:
@@ -395,13 +325,7 @@ def _thompson_win_counts(
     return draws
 
 
-@njit(
-    types.int64(
-        _f64_2_ro, _f64_1_ro, _f64_1_ro, _u32_2_ro, _u8_1_ro, _u8_1_ro, _f64_1_ro, _f64_1,
-        _f64_1,
-    ),
-    **_KERNEL,
-)
+@njit(jit.i8(*_MEAN_SCORING, jit.f8_1d, jit.f8_1d), **jit.NOGIL)
 def _squarecb_probabilities(
     mean_t, x, weight, combos, combo_mask, component_mask, params, out_mean, out_prob
 ):
@@ -450,13 +374,7 @@ def _squarecb_probabilities(
     return best
 
 
-@njit(
-    types.int64(
-        _f64_2_ro, _f64_1_ro, _f64_1_ro, _u32_2_ro, _u8_1_ro, _u8_1_ro, _f64_1_ro,
-        types.int64, _i64_1, _f64_2,
-    ),
-    **_KERNEL,
-)
+@njit(jit.i8(*_MEAN_SCORING, jit.i8, jit.i8_1d, jit.f8_2d), **jit.NOGIL)
 def _squarecb_kernel(
     mean_t, x, weight, combos, combo_mask, component_mask, params, seed, out_index, out_score
 ):
@@ -471,7 +389,7 @@ def _squarecb_kernel(
     )
     if best < 0:
         return 0
-    u = _uniform(_rng_state(seed))
+    u = uniform(rng_state(seed))
     choice = -1
     acc = 0.0
     n_allowed = 0
@@ -507,45 +425,6 @@ def _squarecb_kernel(
     for t in range(1, filled):
         out_score[0, t] = prob[out_index[t]]
     return n_allowed
-
-
-@njit(
-    types.int64(_f64_2_ro, _f64_1_ro, _f64_1_ro, _i32_1_ro, _i64_1, _i64_1, _f64_1),
-    **_KERNEL,
-)
-def _top_feature_terms(mean_t, x, weight, row, out_component, out_feature, out_score):
-    """The ``len(out_score)`` largest terms ``(μ_c[j]·x[j])·w_c`` by absolute value over the
-    components ``c`` of one combination (``row``, -1 padded) and features ``j``, largest
-    first (ties: earlier component in the row, then lower feature). Returns how many were
-    filled (fewer only when the combination has fewer terms)."""
-    d = mean_t.shape[0]
-    top = out_score.shape[0]
-    best = np.empty(top)
-    filled = 0
-    for r in range(row.shape[0]):
-        c = row[r]
-        if c < 0:
-            break
-        wc = weight[c]
-        for j in range(d):
-            term = (mean_t[j, c] * x[j]) * wc
-            size = abs(term)
-            if filled == top and not size > best[top - 1]:
-                continue
-            pos = filled if filled < top else top - 1
-            while pos > 0 and size > best[pos - 1]:
-                best[pos] = best[pos - 1]
-                out_component[pos] = out_component[pos - 1]
-                out_feature[pos] = out_feature[pos - 1]
-                out_score[pos] = out_score[pos - 1]
-                pos -= 1
-            best[pos] = size
-            out_component[pos] = c
-            out_feature[pos] = j
-            out_score[pos] = term
-            if filled < top:
-                filled += 1
-    return filled
 
 
 # --------------------------------------------------------------------------- public API
@@ -586,9 +465,9 @@ class PolicyParams:
         if self.mc_min_wins < 0:
             raise ValueError(f"mc_min_wins: must be >= 0, got {self.mc_min_wins}")
         # Built once: the kernels' parameter arrays (read-only, shared by every call).
-        object.__setattr__(self, "_array", _readonly(np.array([self.noise_variance,
+        object.__setattr__(self, "_array", readonly(np.array([self.noise_variance,
                                                                self.gamma_scale])))
-        object.__setattr__(self, "_mc_array", _readonly(np.array(
+        object.__setattr__(self, "_mc_array", readonly(np.array(
             [self.mc_samples, self.mc_max_samples, self.mc_min_wins], dtype=np.float64)))
 
     def as_array(self) -> np.ndarray:
@@ -598,139 +477,6 @@ class PolicyParams:
     def mc_array(self) -> np.ndarray:
         """``[mc_samples, mc_max_samples, mc_min_wins]`` (indices ``MC_*``)."""
         return self._mc_array  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class ActionSpace:
-    """A campaign's combinations, as arrays the kernels read (validated once, read-only).
-
-    ``combo_components`` int32 ``[n_combos, k]`` component ids, -1 padded at row ends;
-    ``combo_mask`` uint8 ``[n_combos]`` (1 = the campaign allows it); ``component_weight``
-    float64 ``[n_components]``; ``kernel_components`` (derived) the same ids as uint32 with
-    padding set to ``n_components``, which is what the policy kernels read.
-    ``dim_sizes``/``pairs`` describe the standard layout built by
-    :func:`build_action_space` (empty for a hand-built space); ``nothing_combo`` is the
-    "send nothing" combination's index or -1.
-    """
-
-    combo_components: np.ndarray
-    combo_mask: np.ndarray
-    component_weight: np.ndarray
-    n_components: int
-    nothing_combo: int = -1
-    dim_sizes: tuple[int, ...] = ()
-    pairs: tuple[tuple[int, int], ...] = ()
-    kernel_components: np.ndarray = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        combos = np.asarray(self.combo_components)
-        if combos.dtype != np.int32 or combos.ndim != 2 or combos.shape[0] < 1:
-            raise ValueError("combo_components: must be a non-empty 2-D int32 array, got "
-                             f"{combos.dtype} {combos.shape}")
-        if self.n_components < 1:
-            raise ValueError(f"n_components: must be >= 1, got {self.n_components}")
-        if combos.min() < -1 or combos.max() >= self.n_components:
-            raise ValueError(
-                f"combo_components: ids must be -1 (padding) or in [0, {self.n_components})"
-            )
-        pad = combos < 0
-        if (pad[:, :-1] & ~pad[:, 1:]).any():
-            raise ValueError("combo_components: -1 padding must come after a row's components")
-        if pad[:, 0].any():
-            raise ValueError("combo_components: every combination needs at least one component")
-        object.__setattr__(self, "combo_components", _readonly(combos))
-        # What the policy kernels read: unsigned ids, padding pointing at slot C (a 0.0).
-        ids = np.where(pad, self.n_components, combos).astype(np.uint32)
-        object.__setattr__(self, "kernel_components", _readonly(ids))
-        mask = _mask(self.combo_mask, "combo_mask", combos.shape[0])
-        if not mask.any():
-            raise ValueError("combo_mask: the campaign must allow at least one combination")
-        object.__setattr__(self, "combo_mask", _readonly(mask))
-        w = np.asarray(self.component_weight)
-        if w.dtype != np.float64 or w.shape != (self.n_components,) or not np.isfinite(w).all():
-            raise ValueError(f"component_weight: must be finite float64 of shape "
-                             f"({self.n_components},), got {w.dtype} {w.shape}")
-        object.__setattr__(self, "component_weight", _readonly(w))
-        if not -1 <= self.nothing_combo < combos.shape[0]:
-            raise ValueError(f"nothing_combo: must be -1 or a combination index, "
-                             f"got {self.nothing_combo}")
-
-    @property
-    def n_combos(self) -> int:
-        return int(self.combo_components.shape[0])
-
-    def combo_values(self, combo: int) -> tuple[int, ...] | None:
-        """Each dimension's value index for a standard-layout combination; None = nothing."""
-        if combo == self.nothing_combo:
-            return None
-        return tuple(int(v) for v in np.unravel_index(combo, self.dim_sizes))
-
-    def combo_index(self, values: Sequence[int]) -> int:
-        """Inverse of :meth:`combo_values`."""
-        return int(np.ravel_multi_index(tuple(values), self.dim_sizes))
-
-    def component_of(self, dim: int, value: int) -> int:
-        """Component id of one dimension value (standard layout)."""
-        if not (0 <= dim < len(self.dim_sizes) and 0 <= value < self.dim_sizes[dim]):
-            raise ValueError(f"dim, value: out of range for dim_sizes {self.dim_sizes}")
-        return int(sum(self.dim_sizes[:dim]) + value)
-
-    def components_of_dim(self, dim: int) -> np.ndarray:
-        """Component ids of every value of one dimension (for guardrail component masks)."""
-        start = self.component_of(dim, 0)
-        return np.arange(start, start + self.dim_sizes[dim])
-
-
-def build_action_space(
-    dim_sizes: Sequence[int],
-    pairs: Sequence[tuple[int, int]] = (),
-    include_nothing: bool = True,
-    allowed: np.ndarray | None = None,
-) -> ActionSpace:
-    """The standard layout: every combination of the dimensions (C order, so
-    ``combo = np.ravel_multi_index(values, dim_sizes)``) plus, last, "send nothing".
-
-    Components: each dimension's values (dimension 0 first), then each pair's cells
-    (``pair_offset + v_a * dim_sizes[b] + v_b``), then the nothing arm. Weights: ``1/k`` for
-    the ``k`` components of a combination, 1 for nothing. ``allowed`` (bool or uint8 over the
-    dimension combinations, C order) excludes combinations; nothing is always allowed.
-    """
-    sizes = tuple(int(s) for s in dim_sizes)
-    if not sizes or min(sizes) < 1:
-        raise ValueError(f"dim_sizes: needs at least one dimension, each >= 1, got {sizes}")
-    pair_list = tuple((int(a), int(b)) for a, b in pairs)
-    for a, b in pair_list:
-        if not (0 <= a < len(sizes) and 0 <= b < len(sizes) and a != b):
-            raise ValueError(f"pairs: ({a}, {b}) must name two different dimensions")
-    dim_offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    n_comp = int(sum(sizes))
-    pair_offsets = []
-    for a, b in pair_list:
-        pair_offsets.append(n_comp)
-        n_comp += sizes[a] * sizes[b]
-    values = np.indices(sizes).reshape(len(sizes), -1).T  # [n, n_dims], C order
-    n_dim_combos = values.shape[0]
-    k = len(sizes) + len(pair_list)
-    cols = [values[:, j] + dim_offsets[j] for j in range(len(sizes))]
-    for (a, b), off in zip(pair_list, pair_offsets, strict=True):
-        cols.append(off + values[:, a] * sizes[b] + values[:, b])
-    combos = np.stack(cols, axis=1).astype(np.int32)
-    weight = np.full(n_comp + (1 if include_nothing else 0), 1.0 / k)
-    mask = np.ones(n_dim_combos, dtype=np.uint8)
-    if allowed is not None:
-        mask = _mask(allowed, "allowed", n_dim_combos).copy()
-    nothing_combo = -1
-    if include_nothing:
-        nothing = np.full((1, k), -1, dtype=np.int32)
-        nothing[0, 0] = n_comp
-        weight[n_comp] = 1.0
-        combos = np.concatenate([combos, nothing])
-        mask = np.concatenate([mask, np.ones(1, dtype=np.uint8)])
-        nothing_combo = n_dim_combos
-        n_comp += 1
-    return ActionSpace(combo_components=combos, combo_mask=mask, component_weight=weight,
-                       n_components=n_comp, nothing_combo=nothing_combo, dim_sizes=sizes,
-                       pairs=pair_list)
 
 
 @dataclass(frozen=True)
@@ -749,23 +495,6 @@ class PolicyChoice:
     propensity_samples: int
     n_allowed: int
     seed: int
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """Why a combination scored as it did. ``components``/``component_scores``: every
-    component of the combination with its weighted mean score, largest |score| first (they
-    sum to the combination's mean score). ``feature_component``/``feature``/``feature_score``:
-    for the top components, the features that pushed them, ``w_c · μ_c[j] · x[j]``, largest
-    |value| first."""
-
-    combo: int
-    mean_score: float
-    components: np.ndarray
-    component_scores: np.ndarray
-    feature_component: np.ndarray
-    feature: np.ndarray
-    feature_score: np.ndarray
 
 
 def decide(
@@ -865,198 +594,12 @@ def thompson_propensity(
 ) -> tuple[float, int]:
     """Monte Carlo propensity of ``choice`` under Thompson sampling: ``(wins / draws,
     draws)``, re-drawing from a stream derived from the decision's ``seed``."""
-    wins, draws = thompson_win_counts(snapshot, space, context, seed, choice,
-                                      component_mask=component_mask, combo_mask=combo_mask,
-                                      params=params)
+    wins, draws = _checked_win_counts(snapshot, space, context, seed, choice, component_mask,
+                                      combo_mask, params)
     return wins[choice] / draws, draws
 
 
-def thompson_win_counts(
-    snapshot: PolicySnapshot,
-    space: ActionSpace,
-    context: np.ndarray,
-    seed: int,
-    choice: int = -1,
-    *,
-    component_mask: np.ndarray | None = None,
-    combo_mask: np.ndarray | None = None,
-    params: PolicyParams | None = None,
-) -> tuple[np.ndarray, int]:
-    """Debug/test entry: win counts of every combination over the Monte Carlo draws (they
-    sum to the number of draws, over allowed combinations only) and the number of draws.
-    ``choice = -1`` disables early stopping."""
-    params = params or PolicyParams()
-    x, cmask, kmask, seed = _request(snapshot, space, context, seed, component_mask, combo_mask)
-    if not -1 <= choice < space.n_combos:
-        raise ValueError(f"choice: must be a combination index, got {choice}")
-    if params.mc_samples < 1:
-        raise ValueError("params.mc_samples: must be >= 1 to estimate a propensity")
-    wins, draws = _win_counts(snapshot, space, x, cmask, kmask, params.as_array(),
-                              _mc_seed(seed), choice, params)
-    if draws == 0:
-        raise ValueError("combo_mask, component_mask: no combination is allowed")
-    return wins, draws
-
-
-def squarecb_probabilities(
-    snapshot: PolicySnapshot,
-    space: ActionSpace,
-    context: np.ndarray,
-    *,
-    component_mask: np.ndarray | None = None,
-    combo_mask: np.ndarray | None = None,
-    params: PolicyParams | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Debug/test entry: SquareCB's full distribution ``(probabilities, mean_scores)`` over
-    combinations (masked: probability 0, mean score -inf)."""
-    params = params or PolicyParams()
-    x, cmask, kmask, _ = _request(snapshot, space, context, 0, component_mask, combo_mask)
-    mean = np.empty(space.n_combos)
-    prob = np.empty(space.n_combos)
-    best = _squarecb_probabilities(snapshot.mean_t, x, space.component_weight,
-                                   space.kernel_components, cmask, kmask, params.as_array(),
-                                   mean, prob)
-    if best < 0:
-        raise ValueError("combo_mask, component_mask: no combination is allowed")
-    return prob, mean
-
-
-def thompson_from_draws(
-    snapshot: PolicySnapshot,
-    space: ActionSpace,
-    context: np.ndarray,
-    draws: np.ndarray,
-    *,
-    component_mask: np.ndarray | None = None,
-    combo_mask: np.ndarray | None = None,
-    top_k: int = 3,
-    params: PolicyParams | None = None,
-) -> PolicyChoice:
-    """Test entry: a Thompson decision from explicit standard-normal ``draws[C]`` (what
-    :func:`decide` does after drawing ``standard_normals(seed, C)``); no propensity."""
-    params = params or PolicyParams()
-    x, cmask, kmask, _ = _request(snapshot, space, context, 0, component_mask, combo_mask)
-    z = _vector(draws, "draws", space.n_components)
-    out_index = np.empty(top_k, dtype=np.int64)
-    out_score = np.empty((2, top_k))
-    n_allowed = _thompson_from_draws(snapshot.mean_t, snapshot.factor_t, x, space.component_weight,
-                                     space.kernel_components, cmask, kmask, params.as_array(),
-                                     z, out_index, out_score)
-    if n_allowed == 0:
-        raise ValueError("combo_mask, component_mask: no combination is allowed")
-    filled = min(n_allowed, top_k)
-    return PolicyChoice(choice=int(out_index[0]), top_k=out_index[:filled],
-                        scores=out_score[0, :filled], mean_scores=out_score[1, :filled],
-                        propensity=float("nan"), propensity_samples=0,
-                        n_allowed=int(n_allowed), seed=0)
-
-
-def standard_normals(seed: int, n: int) -> np.ndarray:
-    """The standard normals the kernels draw from ``seed`` (for tests and replay)."""
-    return _standard_normals(_seed(seed), int(n))
-
-
-def explain(
-    snapshot: PolicySnapshot,
-    space: ActionSpace,
-    context: np.ndarray,
-    combo: int,
-    *,
-    top_components: int = 3,
-    top_features: int = 3,
-) -> Explanation:
-    """Per-component mean contributions of ``combo`` and, for its ``top_components`` largest
-    ones, the ``top_features`` features that pushed each (``w_c · μ_c[j] · x[j]``)."""
-    x = _vector(context, "context", snapshot.n_features)
-    if not 0 <= combo < space.n_combos:
-        raise ValueError(f"combo: must be in [0, {space.n_combos}), got {combo}")
-    row = space.combo_components[combo]
-    comps = row[row >= 0].astype(np.int64)
-    w = space.component_weight[comps]
-    per_feature = (snapshot.mu[comps] * x) * w[:, None]  # [k, d]
-    scores = per_feature.sum(axis=1)
-    order = np.argsort(-np.abs(scores), kind="stable")
-    comps, scores, per_feature = comps[order], scores[order], per_feature[order]
-    fc, ff, fs = [], [], []
-    for i in range(min(top_components, len(comps))):
-        idx = np.argsort(-np.abs(per_feature[i]), kind="stable")[:top_features]
-        fc.extend([comps[i]] * len(idx))
-        ff.extend(idx.tolist())
-        fs.extend(per_feature[i, idx].tolist())
-    return Explanation(combo=int(combo), mean_score=float(scores.sum()), components=comps,
-                       component_scores=scores, feature_component=np.array(fc, dtype=np.int64),
-                       feature=np.array(ff, dtype=np.int64), feature_score=np.array(fs))
-
-
-def top_feature_terms(
-    snapshot: PolicySnapshot,
-    space: ActionSpace,
-    context: np.ndarray,
-    combo: int,
-    top: int = 3,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``top`` terms ``w_c · μ_c[j] · x[j]`` of ``combo``'s components with the largest
-    absolute value, largest first: ``(component, feature, term)`` arrays (ties: earlier
-    component of the combination, then lower feature). What pushed a choice, in one pass."""
-    x = _vector(context, "context", snapshot.n_features)
-    if not 0 <= combo < space.n_combos:
-        raise ValueError(f"combo: must be in [0, {space.n_combos}), got {combo}")
-    if top < 1:
-        raise ValueError(f"top: must be >= 1, got {top}")
-    return top_feature_terms_trusted(snapshot, space, x, combo, top)
-
-
-def top_feature_terms_trusted(
-    snapshot: PolicySnapshot, space: ActionSpace, context: np.ndarray, combo: int, top: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`top_feature_terms` without the checks, for callers that built the inputs
-    themselves (Decide): ``context`` finite float64 C-contiguous ``[d]``, ``combo`` a valid
-    index, ``top >= 1``. Anything else is undefined."""
-    component = np.empty(top, dtype=np.int64)
-    feature = np.empty(top, dtype=np.int64)
-    term = np.empty(top)
-    n = _top_feature_terms(snapshot.mean_t, context, space.component_weight,
-                           space.combo_components[combo], component, feature, term)
-    return component[:n], feature[:n], term[:n]
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    if a.flags.writeable:
-        a = a.view()
-        a.flags.writeable = False
-    return a
-
-
-def _mask(mask: object, name: str, n: int) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.dtype == np.bool_:
-        m = m.view(np.uint8)
-    if m.dtype != np.uint8 or m.shape != (n,):
-        raise ValueError(f"{name}: must be bool or uint8 of shape ({n},), got {m.dtype} "
-                         f"{m.shape}")
-    return np.ascontiguousarray(m)
-
-
-def _vector(v: object, name: str, n: int) -> np.ndarray:
-    a = np.asarray(v)
-    if a.dtype != np.float64 or a.shape != (n,):
-        raise ValueError(f"{name}: must be float64 of shape ({n},), got {a.dtype} {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name}: must be finite (no NaN or inf)")
-    return np.ascontiguousarray(a)
-
-
-def _seed(seed: object) -> int:
-    if not isinstance(seed, int | np.integer):
-        raise ValueError(f"seed: must be an integer, got {type(seed).__name__}")
-    s = int(seed)
-    if not -(2**63) <= s < 2**64:
-        raise ValueError(f"seed: must fit in 64 bits, got {s}")
-    return s - 2**64 if s >= 2**63 else s  # the kernels see the same 64 bits as int64
 
 
 def _mc_seed(seed: int) -> int:
@@ -1075,20 +618,46 @@ def _request(
     if snapshot.n_components != space.n_components:
         raise ValueError(f"snapshot: has {snapshot.n_components} components, the action space "
                          f"{space.n_components}; build both from the same campaign")
-    x = _vector(context, "context", snapshot.n_features)
-    cmask = space.combo_mask if combo_mask is None else _mask(combo_mask, "combo_mask",
-                                                              space.n_combos)
+    x = float_vector(context, "context", snapshot.n_features)
+    cmask = space.combo_mask if combo_mask is None else mask_array(combo_mask, "combo_mask",
+                                                                   space.n_combos)
     if component_mask is None:
         kmask = _ALL_ALLOWED.get(space.n_components)
         if kmask is None:
-            kmask = _readonly(np.ones(space.n_components, dtype=np.uint8))
+            kmask = readonly(np.ones(space.n_components, dtype=np.uint8))
             _ALL_ALLOWED[space.n_components] = kmask
     else:
-        kmask = _mask(component_mask, "component_mask", space.n_components)
-    return x, cmask, kmask, _seed(seed)
+        kmask = mask_array(component_mask, "component_mask", space.n_components)
+    return x, cmask, kmask, as_seed(seed)
 
 
 _ALL_ALLOWED: dict[int, np.ndarray] = {}
+
+
+def _checked_win_counts(
+    snapshot: PolicySnapshot,
+    space: ActionSpace,
+    context: object,
+    seed: object,
+    choice: int,
+    component_mask: object,
+    combo_mask: object,
+    params: PolicyParams | None,
+) -> tuple[np.ndarray, int]:
+    """Win counts of every combination over the Monte Carlo re-draws (they sum to the number
+    of draws, over allowed combinations only) and the number of draws, after checking the
+    inputs; ``choice = -1`` disables early stopping."""
+    params = params or PolicyParams()
+    x, cmask, kmask, seed = _request(snapshot, space, context, seed, component_mask, combo_mask)
+    if not -1 <= choice < space.n_combos:
+        raise ValueError(f"choice: must be a combination index, got {choice}")
+    if params.mc_samples < 1:
+        raise ValueError("params.mc_samples: must be >= 1 to estimate a propensity")
+    wins, draws = _win_counts(snapshot, space, x, cmask, kmask, params.as_array(),
+                              _mc_seed(seed), choice, params)
+    if draws == 0:
+        raise ValueError("combo_mask, component_mask: no combination is allowed")
+    return wins, draws
 
 
 def _win_counts(
@@ -1110,17 +679,12 @@ def _win_counts(
 
 
 def warm_up() -> None:
-    """Call every kernel once on tiny inputs (load from cache before SERVING)."""
-    from nudge.kernels.learner import initial_snapshot
-
+    """Call every kernel once on tiny inputs (load from cache before SERVING): both modes of
+    :func:`decide`, with a Monte Carlo propensity, reach every kernel here."""
     space = build_action_space((2, 2), pairs=((0, 1),))
     snap = initial_snapshot(space.n_components, 2)
     x = np.array([1.0, 0.5])
     for mode in (MODE_THOMPSON, MODE_SQUARECB):
         decide(snap, space, x, 1, top_k=2, params=PolicyParams(mode=mode, mc_samples=4,
                                                                    mc_max_samples=4))
-    thompson_from_draws(snap, space, x, np.zeros(space.n_components))
-    squarecb_probabilities(snap, space, x)
-    top_feature_terms(snap, space, x, 0, 2)
-    standard_normals(1, 3)
 

@@ -86,7 +86,10 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 
 import numpy as np
-from numba import njit, types
+from numba import njit
+
+from nudge.kernels import jit
+from nudge.kernels.jit import float_array
 
 # ---------------------------------------------------------------------------------------
 # State layout
@@ -294,30 +297,13 @@ DEFAULT_PARAMS = RiskParams()
 # ---------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------
-_F8 = types.float64
+# A state, population, transaction or features vector comes writable or read-only (an LMDB
+# view); the kernels take either.
+_RO_RW = (jit.f8_1d_ro, jit.f8_1d)
 
 
-def _arr(ndim: int, readonly: bool, dtype: types.Type = _F8) -> types.Array:
-    return types.Array(dtype, ndim, "C", readonly=readonly)
-
-
-_RW1 = _arr(1, False)
-_RO1 = _arr(1, True)
-_RW2 = _arr(2, False)
-_RO2 = _arr(2, True)
-_I8_RW1 = _arr(1, False, types.int64)
-_I8_RO1 = _arr(1, True, types.int64)
-_RO_RW = (_RO1, _RW1)
-
-_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
-# The one-transaction kernels keep the GIL: they run for about a microsecond, and releasing
-# the GIL inside a gRPC handler invites another thread (the commit writer, grpc's poller)
-# to take it, so the reply then waits tens of microseconds to get it back (measured with
-# bench/rpc_floor.py). The batch kernels release it: they run long enough to pay off.
-_JIT_SHORT = {"cache": True, "nogil": False, "error_model": "numpy"}
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit([jit.f8_pair(jit.f8_1d, p, jit.i8, jit.i8, jit.i8, jit.i8, jit.f8, jit.f8) for p in _RO_RW],
+      **jit.NOGIL_NUMPY_ERRORS)
 def _categorical(state, pop, total_off, bins_off, n_bins, b, w, alpha):
     """(log(p_max / p_b), user's count in bin b) under the blended smoothed distribution."""
     fu = w / (state[total_off] + alpha * n_bins)
@@ -331,7 +317,8 @@ def _categorical(state, pop, total_off, bins_off, n_bins, b, w, alpha):
     return np.log(p_max / p_b), state[bins_off + b]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit([jit.f8_pair(jit.f8_1d, p, jit.i8, jit.f8, jit.f8) for p in _RO_RW],
+      **jit.NOGIL_NUMPY_ERRORS)
 def _hour(state, pop, b, w, alpha):
     """(log(p_max / p_b), p_b) for the circularly smoothed (1/4, 1/2, 1/4) hour profile."""
     n = HOUR_BINS
@@ -353,7 +340,7 @@ def _hour(state, pop, b, w, alpha):
     return np.log(p_max / p_b), p_b
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(jit.void(jit.f8_1d, jit.f8_1d, jit.f8_1d_ro), **jit.NOGIL_NUMPY_ERRORS)
 def _learn_into(state, feat, params):
     """Fold one transaction's features into a writable state (amount, profiles, expected
     velocity, baseline_count). Velocity counters are not touched: scoring counted it."""
@@ -410,7 +397,9 @@ def _learn_into(state, feat, params):
     state[BASELINE_COUNT] = n + 1.0
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit([jit.void(jit.f8_1d, p, jit.f8_1d, jit.f8_1d_ro, jit.b1, jit.f8_1d, jit.f8_1d)
+       for p in _RO_RW],
+      **jit.NOGIL_NUMPY_ERRORS)
 def _score_into(state, pop, tx, params, learn, out, feat):
     """Score one transaction against a writable state, observe it, learn it unless guarded.
 
@@ -512,12 +501,9 @@ def _score_into(state, pop, tx, params, learn, out, feat):
         out[DETAIL_LEARNED] = 1.0
 
 
-def _sigs_score_one() -> list:
-    return [types.void(s, p, _RW1, _RO1, types.boolean, _RW1, _RW1, _RW1)
-            for s in _RO_RW for p in _RO_RW]
-
-
-@njit(_sigs_score_one(), **_JIT_SHORT)
+@njit([jit.void(s, p, jit.f8_1d, jit.f8_1d_ro, jit.b1, jit.f8_1d, jit.f8_1d, jit.f8_1d)
+       for s in _RO_RW for p in _RO_RW],
+      **jit.GIL_NUMPY_ERRORS)
 def _score_one_kernel(state, pop, tx, params, learn, new_state, out, feat):
     """new_state <- state, then score/observe/learn into new_state (inputs never written)."""
     for j in range(RISK_STATE_LEN):
@@ -525,8 +511,9 @@ def _score_one_kernel(state, pop, tx, params, learn, new_state, out, feat):
     _score_into(new_state, pop, tx, params, learn, out, feat)
 
 
-@njit([types.void(_RW2, _I8_RW1, _RW2, p, _RO1, types.boolean, _RW2, _RW2) for p in _RO_RW],
-      **_JIT)
+@njit([jit.void(jit.f8_2d, jit.i8_1d, jit.f8_2d, p, jit.f8_1d_ro, jit.b1, jit.f8_2d, jit.f8_2d)
+       for p in _RO_RW],
+      **jit.NOGIL_NUMPY_ERRORS)
 def _score_batch_kernel(states, rows, txs, pop, params, learn, out, feats):
     """Transactions in order, each scored against (and then folded into) its user's row, so
     the result equals calling the single kernel transaction by transaction."""
@@ -534,7 +521,7 @@ def _score_batch_kernel(states, rows, txs, pop, params, learn, out, feats):
         _score_into(states[rows[i]], pop, txs[i], params, learn, out[i], feats[i])
 
 
-@njit([types.void(s, _RW1, _RO1, _RW1) for s in _RO_RW], **_JIT_SHORT)
+@njit([jit.void(s, jit.f8_1d, jit.f8_1d_ro, jit.f8_1d) for s in _RO_RW], **jit.GIL_NUMPY_ERRORS)
 def _learn_one_kernel(state, feat, params, new_state):
     """new_state <- state with one held-then-labelled-genuine transaction folded in."""
     for j in range(RISK_STATE_LEN):
@@ -542,7 +529,7 @@ def _learn_one_kernel(state, feat, params, new_state):
     _learn_into(new_state, feat, params)
 
 
-@njit(types.void(_RW2, _I8_RW1, _RW2, _RO1), **_JIT)
+@njit(jit.void(jit.f8_2d, jit.i8_1d, jit.f8_2d, jit.f8_1d_ro), **jit.NOGIL_NUMPY_ERRORS)
 def _learn_batch_kernel(states, rows, feats, params):
     """Fold features into rows in order (labels arriving in bulk, population updates)."""
     for i in range(feats.shape[0]):
@@ -834,20 +821,8 @@ def _check_features(feats: np.ndarray) -> None:
         raise ValueError("features velocity counts must be >= 0; pass RiskScore.features")
 
 
-def _check_array(name: str, a: np.ndarray, ndim: int) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if a.dtype != np.float64:
-        raise ValueError(f"{name} must be float64, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
-    return a
-
-
 def _check_state(name: str, state: np.ndarray) -> np.ndarray:
-    s = _check_array(name, state, 1)
+    s = float_array(state, name, 1)
     if s.shape[0] != RISK_STATE_LEN:
         raise ValueError(f"{name} must have RISK_STATE_LEN={RISK_STATE_LEN} values, "
                          f"got {s.shape[0]}")
@@ -858,7 +833,7 @@ def _check_state(name: str, state: np.ndarray) -> np.ndarray:
 
 
 def _check_states(name: str, states: np.ndarray, inplace: bool) -> np.ndarray:
-    s = _check_array(name, states, 2)
+    s = float_array(states, name, 2)
     if s.shape[1] != RISK_STATE_LEN:
         raise ValueError(f"{name} must have RISK_STATE_LEN={RISK_STATE_LEN} columns, "
                          f"got {s.shape[1]}")
@@ -873,14 +848,14 @@ def _check_states(name: str, states: np.ndarray, inplace: bool) -> np.ndarray:
 
 
 def _check_vector(name: str, v: np.ndarray, length: int) -> np.ndarray:
-    a = _check_array(name, v, 1)
+    a = float_array(v, name, 1)
     if a.shape[0] != length:
         raise ValueError(f"{name} must have {length} values, got {a.shape[0]}")
     return a if a.flags.writeable else a.copy()
 
 
 def _check_matrix(name: str, m: np.ndarray, width: int) -> np.ndarray:
-    a = _check_array(name, m, 2)
+    a = float_array(m, name, 2)
     if a.shape[1] != width:
         raise ValueError(f"{name} must have {width} columns, got {a.shape[1]}")
     return a if a.flags.writeable else a.copy()

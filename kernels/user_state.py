@@ -23,7 +23,9 @@ every type beyond the first ``N_TYPES - 1``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit
+
+from nudge.kernels import jit
 
 N_TYPES = 64
 OTHER_TYPE_SLOT = N_TYPES - 1
@@ -49,14 +51,19 @@ HOURS = TYPE_LAST + N_TYPES
 RECORD_LEN = HOURS + N_HOURS
 RECORD_BYTES = RECORD_LEN * 8
 
-_state_2d = types.Array(types.float64, 2, "C")
-_i64_ro = types.Array(types.int64, 1, "C", readonly=True)
-_f64_ro = types.Array(types.float64, 1, "C", readonly=True)
-_i64 = types.Array(types.int64, 1, "C")
-_f64 = types.Array(types.float64, 1, "C")
 
-
-def _apply_events_impl(state, rows, type_slots, times, amounts, local_hours, half_life):
+# Event columns come writable (built per batch) or read-only; the kernel takes either.
+@njit(
+    [
+        jit.void(jit.f8_2d, rows, slots, times, amounts, hours, jit.f8)
+        for rows, slots, times, amounts, hours in (
+            (jit.i8_1d, jit.i8_1d, jit.f8_1d, jit.f8_1d, jit.f8_1d),
+            (jit.i8_1d_ro, jit.i8_1d_ro, jit.f8_1d_ro, jit.f8_1d_ro, jit.f8_1d_ro),
+        )
+    ],
+    **jit.NOGIL,
+)
+def _apply_events(state, rows, type_slots, times, amounts, local_hours, half_life):
     n = rows.shape[0]
     for i in range(n):
         r = rows[i]
@@ -103,19 +110,6 @@ def _apply_events_impl(state, rows, type_slots, times, amounts, local_hours, hal
             if c == 1.0 or t >= state[r, S_AMOUNT_LAST_TIME]:
                 state[r, S_AMOUNT_LAST] = a
                 state[r, S_AMOUNT_LAST_TIME] = t
-
-
-_apply_events = njit(
-    [
-        types.void(_state_2d, a, b, c, d, e, types.float64)
-        for a, b, c, d, e in (
-            (_i64, _i64, _f64, _f64, _f64),
-            (_i64_ro, _i64_ro, _f64_ro, _f64_ro, _f64_ro),
-        )
-    ],
-    cache=True,
-    nogil=True,
-)(_apply_events_impl)
 
 
 def new_records(n: int) -> np.ndarray:

@@ -11,7 +11,9 @@ KERNEL_MODULES = (
     "nudge.kernels.risk",
     "nudge.kernels.context",
     "nudge.kernels.learner",
+    "nudge.kernels.rng",
     "nudge.kernels.policy",
+    "nudge.kernels.contributions",
 )
 
 

@@ -1,7 +1,7 @@
 """Campaigns: TOML files declaring the decision space, the goal and the guardrails.
 
 Loaded and validated at start-up; every error names the file, the key and the rule. A
-campaign compiles into the policy's ActionSpace (kernels/policy.py): every combination of
+campaign compiles into the policy's ActionSpace (kernels/action_space.py): every combination of
 (message, channel, send time, frequency, offer) in C order, the ones its exclusions rule
 out masked, each made of one component per dimension value plus the pairwise cells
 channel × send time and message × offer; "send nothing" is the last combination.
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from nudge.kernels.policy import ActionSpace, build_action_space
+from nudge.kernels.action_space import ActionSpace, build_action_space
 
 CHANNELS = ("push", "whatsapp", "sms", "email", "in_app")
 DIMENSIONS = ("message", "channel", "send_time", "frequency", "offer")

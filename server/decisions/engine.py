@@ -33,8 +33,10 @@ import numpy as np
 import orjson
 
 from nudge.kernels import context as ctx
+from nudge.kernels import contributions, policy
 from nudge.kernels import learner as lrn
-from nudge.kernels import policy
+from nudge.kernels.policy import MAX_TOP_K
+from nudge.kernels.snapshot import PolicySnapshot
 from nudge.server.decisions.campaign import Campaign, Message
 from nudge.server.decisions.features import FeaturePlan, context_layout, raw_features
 from nudge.server.decisions.guardrails import (
@@ -60,7 +62,6 @@ FLUSH_DELAY = 0.001
 # but not yet stored (its flush follows the reply by milliseconds).
 OTHER_WORKER_FLUSH_GRACE = 0.25
 CONTACT_MEMORY = 7 * 86_400.0
-MAX_TOP_K = 16
 TOP_FEATURE_REASONS = 3
 
 
@@ -70,7 +71,7 @@ class CampaignModel:
 
     campaign: Campaign
     layout: ctx.ContextLayout
-    snapshot: lrn.PolicySnapshot
+    snapshot: PolicySnapshot
     stats: ctx.ContextStats
     # Last rewards-log sequence this model has learned from.
     learned_seq: int = 0
@@ -486,9 +487,9 @@ class DecisionEngine:
     ) -> list[tuple[str, str, float]]:
         """The features that pushed the chosen combination's components most (weighted
         posterior mean × feature value), strongest first (ties: the combination's earlier
-        component, then the lower feature). Same terms as policy.explain, in one kernel
-        call: this runs inside every Decide."""
-        components, features, terms = policy.top_feature_terms_trusted(
+        component, then the lower feature). Same terms as contributions.explain, in one
+        kernel call: this runs inside every Decide."""
+        components, features, terms = contributions.top_feature_terms_trusted(
             model.snapshot, model.campaign.space, x, combo, TOP_FEATURE_REASONS
         )
         out = []

@@ -23,6 +23,7 @@ import numpy as np
 
 from nudge.kernels import context as ctx
 from nudge.kernels import learner as lrn
+from nudge.kernels.snapshot import PolicySnapshot
 from nudge.server.clock import Clock
 from nudge.server.decisions.engine import CampaignModel, DecisionEngine, DecisionRecord
 from nudge.server.storage.ingest import EventWriter
@@ -59,7 +60,7 @@ def decode_model(raw: bytes, initial: CampaignModel, learned_seq: int) -> Campai
         for key, expected in names.items():
             if key in data.files and data[key].tolist() != expected:
                 return None
-        snapshot = lrn.PolicySnapshot(
+        snapshot = PolicySnapshot(
             mean_t=data["mean_t"], factor_t=data["factor_t"], precision=data["precision"],
             b=data["b"], n_eff=data["n_eff"], prior_precision=float(data["prior"][0]),
             version=int(data["version"][0]),

@@ -14,6 +14,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
+from nudge.kernels.contributions import explain as explain_combo
 from nudge.server.decisions.campaign import load_campaigns
 from nudge.server.decisions.engine import CampaignModel, DecisionRecord
 from nudge.server.decisions.learner import LEARNED_SEQ_KEY, decode_model
@@ -74,15 +75,11 @@ def render(record: DecisionRecord, model: CampaignModel) -> str:
     named = [(features[j + 1], v) for j, v in enumerate(record.raw) if v is not None]
     if named:
         lines.append("features: " + ", ".join(f"{n}={v:.4g}" for n, v in named))
-    space = campaign.space
-    mu = model.snapshot.mean_t.T  # [C, d]
 
     def parts(combo: int) -> dict[str, float]:
-        row = space.combo_components[combo]
-        comps = row[row >= 0]
-        weights = space.component_weight[comps]
-        return {components[c]: float(w * mu[c] @ x) for c, w in zip(comps, weights,
-                                                                        strict=True)}
+        why = explain_combo(model.snapshot, campaign.space, x, combo, top_features=0)
+        return {components[c]: s for c, s in zip(why.components.tolist(),
+                                                 why.component_scores.tolist(), strict=True)}
 
     ranked = [c for c in record.top if c >= 0]
     if not ranked:

@@ -6,21 +6,18 @@ import math
 
 import numpy as np
 import pytest
-
-from nudge.kernels import policy
-from nudge.kernels.learner import PolicySnapshot, initial_snapshot, update_posteriors
-from nudge.kernels.policy import (
-    ActionSpace,
-    PolicyParams,
-    build_action_space,
-    decide,
-    explain,
+from policy_entries import (
     squarecb_probabilities,
     standard_normals,
     thompson_from_draws,
-    thompson_propensity,
     thompson_win_counts,
 )
+
+from nudge.kernels import policy
+from nudge.kernels.action_space import ActionSpace, build_action_space
+from nudge.kernels.learner import initial_snapshot, update_posteriors
+from nudge.kernels.policy import MAX_TOP_K, PolicyParams, decide, thompson_propensity
+from nudge.kernels.snapshot import PolicySnapshot
 
 D = 6
 
@@ -74,24 +71,6 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def space() -> ActionSpace:
     return build_action_space((3, 4, 2), pairs=((1, 2),))
-
-
-def test_build_action_space_layout() -> None:
-    space = build_action_space((3, 4, 2), pairs=((0, 2),))
-    assert space.n_combos == 3 * 4 * 2 + 1
-    assert space.n_components == 3 + 4 + 2 + 3 * 2 + 1
-    assert space.combo_components.shape == (space.n_combos, 4)
-    for combo in range(space.n_combos - 1):
-        values = space.combo_values(combo)
-        assert space.combo_index(values) == combo
-        m, c, s = values
-        expected = [m, 3 + c, 7 + s, 9 + m * 2 + s]
-        assert space.combo_components[combo].tolist() == expected
-    assert space.combo_values(space.nothing_combo) is None
-    assert space.combo_components[space.nothing_combo].tolist() == [15, -1, -1, -1]
-    assert space.component_weight[15] == 1.0
-    assert np.allclose(space.component_weight[:15], 0.25)
-    assert space.components_of_dim(1).tolist() == [3, 4, 5, 6]
 
 
 def test_thompson_matches_reference(rng: np.random.Generator, space: ActionSpace) -> None:
@@ -325,36 +304,10 @@ def test_validation_errors(rng: np.random.Generator, space: ActionSpace) -> None
         decide(snap, space, x, 1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="snapshot: has"):
         decide(initial_snapshot(3, D), space, x, 1)
+    with pytest.raises(ValueError, match="top_k"):
+        decide(snap, space, x, 1, top_k=MAX_TOP_K + 1)
     with pytest.raises(ValueError, match="mode"):
         PolicyParams(mode="greedy")
-    with pytest.raises(ValueError, match="combo_mask: the campaign must allow"):
-        build_action_space((2, 2), include_nothing=False, allowed=np.zeros(4, bool))
-    with pytest.raises(ValueError, match="padding"):
-        ActionSpace(combo_components=np.array([[-1, 0]], dtype=np.int32),
-                    combo_mask=np.ones(1, np.uint8), component_weight=np.ones(1),
-                    n_components=1)
-
-
-def test_explain_contributions(rng: np.random.Generator, space: ActionSpace) -> None:
-    snap = _trained(space, rng)
-    x = _context(rng)
-    got = decide(snap, space, x, 3, propensity=False)
-    exp = explain(snap, space, x, got.choice, top_components=2, top_features=3)
-    assert exp.mean_score == pytest.approx(got.mean_scores[0])
-    assert exp.component_scores.sum() == pytest.approx(got.mean_scores[0])
-    assert np.all(np.diff(np.abs(exp.component_scores)) <= 0)
-    row = space.combo_components[got.choice]
-    assert sorted(exp.components.tolist()) == sorted(row[row >= 0].tolist())
-    assert len(exp.feature) == 6
-    for c, j, v in zip(exp.feature_component, exp.feature, exp.feature_score, strict=True):
-        assert v == pytest.approx(space.component_weight[c] * snap.mu[c, j] * x[j])
-
-
-def test_standard_normals_look_normal() -> None:
-    z = standard_normals(2024, 200_001)
-    assert abs(z.mean()) < 0.01 and abs(z.std() - 1.0) < 0.01
-    assert np.array_equal(z[:10], standard_normals(2024, 10))
-    assert standard_normals(2**64 - 1, 3).shape == (3,)
 
 
 def test_warm_up_runs() -> None:
