@@ -546,7 +546,7 @@ def _simulate(policy: str, n_decisions: int, seed: int, n_users: int | None, spa
     since_learn = 0
     while result.decisions < n_decisions and arrivals:
         tick_t = arrivals[0][0]
-        batch = []
+        batch: list[User] = []
         while arrivals and arrivals[0][0] == tick_t and \
                 result.decisions + len(batch) < n_decisions:
             batch.append(population[heapq.heappop(arrivals)[1]])

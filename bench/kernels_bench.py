@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -116,16 +117,16 @@ def _policy(n_combos: int, mode: str, features: int, raw: bool) -> Prepared:
         kparams = params.as_array()
         w, combos = space.component_weight, space.kernel_components
 
-        if mode == "thompson":
-            def call() -> None:
-                policy._thompson_kernel(snap.mean_t, snap.factor_t, x, w, combos, cmask, kmask,
-                                        kparams, next(counter), out_index, out_score)
-        else:
-            def call() -> None:
-                policy._squarecb_kernel(snap.mean_t, x, w, combos, cmask, kmask, kparams,
-                                        next(counter), out_index, out_score)
+        def thompson() -> None:
+            policy._thompson_kernel(snap.mean_t, snap.factor_t, x, w, combos, cmask, kmask,
+                                    kparams, next(counter), out_index, out_score)
 
-        return Prepared(call, note=f"{what}; @njit kernel")
+        def squarecb() -> None:
+            policy._squarecb_kernel(snap.mean_t, x, w, combos, cmask, kmask, kparams,
+                                    next(counter), out_index, out_score)
+
+        return Prepared(thompson if mode == "thompson" else squarecb,
+                        note=f"{what}; @njit kernel")
 
     def call() -> None:
         i = next(counter)
@@ -221,14 +222,14 @@ def _risk_batch(n: int) -> Prepared:
 def cases(config: KernelsConfig) -> Iterator[KernelCase]:
     """Every case for these sizes; names are the metric prefixes budgets refer to."""
     for b in config.ingest_batches:
-        yield KernelCase(f"ingest_apply_events_{b}", "ingest", lambda b=b: _ingest(b))
+        yield KernelCase(f"ingest_apply_events_{b}", "ingest", partial(_ingest, b))
     for mode in config.policy_modes:
         prefix = "policy" if mode == SHIPPED_MODE else f"policy_{mode}"
         for n in config.policy_combos:
             for raw in (True, False):
                 name = f"{prefix}_kernel_{n}" if raw else f"{prefix}_decide_{n}"
-                yield KernelCase(name, f"policy-{mode}", lambda n=n, mode=mode, raw=raw:
-                                 _policy(n, mode, config.features, raw))
+                yield KernelCase(name, f"policy-{mode}",
+                                 partial(_policy, n, mode, config.features, raw))
     big = max(config.policy_combos)
     yield KernelCase("learner_update", "learner",
                      lambda: _learner(big, config.features, config.learner_batch))

@@ -250,7 +250,7 @@ def generate_stream(n_users: int = 1500, days: float = 60.0, warmup_days: float 
             local = _hours(rng, profiles[u][0], m)
             ts = np.floor(t0 / DAY) * DAY + (local - tz[home]) * HOUR + np.arange(m) * 900.0
             amount = np.exp(mus[u] + rng.normal(0.4, 0.4, m))
-            tag = "ato_stealth"
+            kind = "ato_stealth"
         else:
             where = home
             if rng.random() < 0.75:
@@ -263,7 +263,7 @@ def generate_stream(n_users: int = 1500, days: float = 60.0, warmup_days: float 
             amount = np.exp(mus[u] + rng.normal(np.log(4.0), 0.6, m))
             if rng.random() < 0.3:
                 amount[0] = np.exp(mus[u]) * 0.3  # a small test charge first
-            tag = "ato_cold" if cold else "ato"
+            kind = "ato_cold" if cold else "ato"
         mcc = np.where(rng.random(m) < 0.7,
                        rng.choice(np.array(FRAUD_MCC, dtype=object), m),
                        rng.choice(np.array(EVERYDAY_MCC, dtype=object), m))
@@ -274,5 +274,5 @@ def generate_stream(n_users: int = 1500, days: float = 60.0, warmup_days: float 
                  local_hour=np.mod(local, 24.0),
                  country=np.full(m, codes[where], dtype=object), merchant_category=mcc,
                  device_id=device, channel=np.array(CHANNELS, dtype=object)[ch],
-                 label=np.ones(m, np.int8), burst=np.full(m, b), tag=np.full(m, tag, object))
+                 label=np.ones(m, np.int8), burst=np.full(m, b), tag=np.full(m, kind, object))
     return cols.build(n_users, warmup)

@@ -81,7 +81,7 @@ class BearerTokenInterceptor(
 
     def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
         metadata = [*(details.metadata or ()), *self._metadata]
-        return _Details(  # type: ignore[return-value]
+        return _Details(
             details.method,
             details.timeout,
             metadata,

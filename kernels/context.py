@@ -265,7 +265,7 @@ class ContextParams:
 
     def as_array(self) -> np.ndarray:
         """``[clip, var_floor]`` (indices ``C_*``), as the kernels take it (read-only)."""
-        return self._array  # type: ignore[attr-defined, no-any-return]
+        return self._array  # type: ignore[attr-defined]
 
 
 _DEFAULT_PARAMS = ContextParams()

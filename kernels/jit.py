@@ -14,21 +14,32 @@ private kernels can assume their declared types.
 
 from __future__ import annotations
 
+from typing import Literal, TypedDict
+
 import numpy as np
 from numba import types
+
+
+class JitOptions(TypedDict, total=False):
+    """The ``njit`` keywords a preset sets (typed, so ``**preset`` type-checks)."""
+
+    cache: bool
+    nogil: bool
+    error_model: Literal["python", "numpy"]
+
 
 # --------------------------------------------------------------------------- JIT presets
 
 # Compiled once, loaded from the on-disk cache afterwards; the GIL is released, so threads
 # can run kernels side by side.
-NOGIL = {"cache": True, "nogil": True}
+NOGIL: JitOptions = {"cache": True, "nogil": True}
 # As NOGIL, with NumPy's floating-point error model (x / 0 is inf or nan, not an exception,
 # and no per-division check).
-NOGIL_NUMPY_ERRORS = {**NOGIL, "error_model": "numpy"}
+NOGIL_NUMPY_ERRORS: JitOptions = {"cache": True, "nogil": True, "error_model": "numpy"}
 # Kernels that run for about a microsecond inside a gRPC handler keep the GIL: releasing it
 # invites another thread (the commit writer, grpc's poller) to take it, and the reply then
 # waits tens of microseconds to get it back (measured with bench/rpc_floor.py).
-GIL_NUMPY_ERRORS = {**NOGIL_NUMPY_ERRORS, "nogil": False}
+GIL_NUMPY_ERRORS: JitOptions = {"cache": True, "nogil": False, "error_model": "numpy"}
 
 # --------------------------------------------------------------------------- Numba types
 

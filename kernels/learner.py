@@ -230,7 +230,8 @@ def update_posteriors(
     state = [a.copy() for a in (snapshot.precision, snapshot.b, snapshot.mean_t,
                                 snapshot.factor_t, snapshot.n_eff)]
     kparams = np.array([params.forgetting, snapshot.prior_precision])
-    status = _update_kernel(*state, combos, chosen_a, xs, r, kparams)
+    status = _update_kernel(state[0], state[1], state[2], state[3], state[4], combos, chosen_a, xs,
+                            r, kparams)
     if status < 0:  # only reachable if the state was corrupted outside this module
         raise ValueError(f"snapshot: precision of component {-1 - status} is not positive "
                          "definite")

@@ -590,9 +590,11 @@ def encode_transaction(amount: float, time: float, local_hour: float, country: s
 
 
 def encode_transactions(amount: np.ndarray | Sequence[float], time: np.ndarray | Sequence[float],
-                        local_hour: np.ndarray | Sequence[float], country: Sequence[str],
-                        merchant_category: Sequence[str], device_id: Sequence[str],
-                        channel: Sequence[str]) -> np.ndarray:
+                        local_hour: np.ndarray | Sequence[float],
+                        country: np.ndarray | Sequence[str],
+                        merchant_category: np.ndarray | Sequence[str],
+                        device_id: np.ndarray | Sequence[str],
+                        channel: np.ndarray | Sequence[str]) -> np.ndarray:
     """Column-wise :func:`encode_transaction`: an (n, TX_LEN) matrix for the batch kernel."""
     amount = _column("amount", amount)
     n = amount.shape[0]

@@ -159,7 +159,7 @@ def apply_events(
     if not half_life_seconds > 0:
         raise ValueError("half_life_seconds must be positive")
     arrs = [np.ascontiguousarray(a) for a, _ in arrays.values()]
-    _apply_events(state, *arrs, float(half_life_seconds))
+    _apply_events(state, arrs[0], arrs[1], arrs[2], arrs[3], arrs[4], float(half_life_seconds))
 
 
 def warm_up() -> None:
@@ -175,4 +175,4 @@ def warm_up() -> None:
         ]
         for a in arrs:
             a.flags.writeable = writeable
-        apply_events(state, *arrs, 3600.0)
+        apply_events(state, arrs[0], arrs[1], arrs[2], arrs[3], arrs[4], 3600.0)

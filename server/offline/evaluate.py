@@ -115,7 +115,7 @@ class Space:
 
     def allowed(self, components: np.ndarray) -> np.ndarray:
         """The combinations whose every component ``components`` leaves open."""
-        return components[self.components].all(axis=1)
+        return np.asarray(components[self.components].all(axis=1))
 
 
 def allowed_components(space: Space, trace: Sequence[Sequence[str]],
@@ -333,7 +333,7 @@ def read_log(data_dir: Path, space: Space) -> Log:
         choice=np.array(choices, dtype=np.int64),
         propensity=np.array([r["propensity"] for r in rows], dtype=np.float64),
         reward=np.array([r["reward"] for r in rows], dtype=np.float64),
-        allowed=components[:, space.components].all(axis=2),
+        allowed=np.asarray(components[:, space.components].all(axis=2)),
     )
 
 
@@ -418,9 +418,10 @@ def evaluate(log: Log, space: Space, policy: TargetPolicy, confidence: float = 0
         dist = target_distribution(log, space, policy)
         target = dist[rows, actions]
         q_target = (dist * q).sum(axis=1)
-    kw = {"confidence": confidence, "max_weight": max_weight, "interval": interval,
-          "reward_range": reward_range}
-    ips = ope.ips(log.reward, log.propensity, target, **kw).to_dict()
+    kw: dict[str, Any] = {"confidence": confidence, "max_weight": max_weight,
+                          "interval": interval, "reward_range": reward_range}
+    ips_estimate = ope.ips(log.reward, log.propensity, target, **kw)
+    ips = ips_estimate.to_dict()
     weights = target / log.propensity
     mean_weight = float(weights.mean())
     return {
@@ -429,7 +430,7 @@ def evaluate(log: Log, space: Space, policy: TargetPolicy, confidence: float = 0
         # A deterministic target over hundreds of combinations rarely takes the logged
         # action: with few effective samples, or weights that do not average about 1, the
         # intervals are not to be trusted.
-        "low_overlap": bool(ips["effective_sample_size"] < MIN_EFFECTIVE_N
+        "low_overlap": bool(ips_estimate.effective_sample_size < MIN_EFFECTIVE_N
                             or not MEAN_WEIGHT_BAND[0] <= mean_weight <= MEAN_WEIGHT_BAND[1]),
         "interval": interval,
         "largest_weight": float(weights.max()),

@@ -423,14 +423,12 @@ def target_propensity_from_action_dist(
         raise ValueError("action_dist must be in [0, 1]")
     sums = dist.sum(axis=1)
     if not np.allclose(sums, 1.0, rtol=0.0, atol=_SUM_TOLERANCE):
-        i, k = np.unravel_index(int(np.argmax(np.abs(sums - 1.0))), sums.shape)
-        raise ValueError(
-            f"action_dist must sum to 1 over actions: row {i}, position {k} sums to {sums[i, k]}"
-        )
+        row, pos = np.unravel_index(int(np.argmax(np.abs(sums - 1.0))), sums.shape)
+        raise ValueError(f"action_dist must sum to 1 over actions: row {row}, position {pos} "
+                         f"sums to {sums[row, pos]}")
     a = _indices("actions", actions, n, n_actions)
     k = _indices("positions", positions, n, n_positions, required_if_above_one=True)
-    rows = np.arange(n)
-    return dist[rows, a, k]
+    return dist[np.arange(n), a, k]
 
 
 def reward_model_from_action_dist(
