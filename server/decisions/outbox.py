@@ -19,55 +19,26 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
-import orjson
 
 from nudge.server.errors import FailedPrecondition, NotFound
-from nudge.server.storage import contacts
 from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.store import Store
+from nudge.server.storage.tables import contacts, deliveries
+from nudge.server.storage.tables.deliveries import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    LEASED,
+    SCHEDULED,
+    SENT,
+    Delivery,
+)
 
-SCHEDULED, LEASED, SENT, FAILED, CANCELLED = "scheduled", "leased", "sent", "failed", "cancelled"
-ACTIVE = (SCHEDULED, LEASED)
 # The same message of a campaign is not sent again on another channel within this window.
 DUPLICATE_WINDOW = 7 * 86_400.0
-
-
-@dataclass
-class Delivery:
-    delivery_id: str
-    decision_id: str
-    user_id: str
-    campaign: str
-    channel: str
-    message: str
-    text: str
-    offer: str
-    due_at: float
-    status: str = SCHEDULED
-    attempt: int = 0
-    lease_expires: float = 0.0
-    adapter: str = ""
-    # The decision's other actions, best first, for a fallback after a failure.
-    alternatives: list[dict[str, Any]] = field(default_factory=list)
-    cancel_on: list[str] = field(default_factory=list)
-    cancel_requested: bool = False
-    detail: str = ""
-    sent_at: float | None = None
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.__dict__)
-
-    @classmethod
-    def from_bytes(cls, raw: bytes | memoryview) -> Delivery:
-        return cls(**orjson.loads(raw))
-
-    def index_key(self) -> bytes:
-        at = self.due_at if self.status == SCHEDULED else self.lease_expires
-        return int(at * 1000).to_bytes(8, "big") + self.delivery_id.encode()
 
 
 def new_delivery_id() -> str:
@@ -96,35 +67,22 @@ class Outbox:
     # -- inside a write transaction -------------------------------------------------------
 
     def _get(self, txn: lmdb.Transaction, delivery_id: str) -> Delivery | None:
-        raw = txn.get(delivery_id.encode(), db=self.store.dbs["deliveries"])
-        return None if raw is None else Delivery.from_bytes(raw)
+        return deliveries.get(txn, self.store.dbs, delivery_id)
 
     def _put(self, txn: lmdb.Transaction, d: Delivery, old_key: bytes | None = None) -> None:
-        dbs = self.store.dbs
-        if old_key is not None:
-            txn.delete(old_key, db=dbs["outbox"])
-        txn.put(d.delivery_id.encode(), d.to_bytes(), db=dbs["deliveries"])
-        if d.status in ACTIVE:
-            txn.put(d.index_key(), b"", db=dbs["outbox"])
+        deliveries.put(txn, self.store.dbs, d, old_key)
 
-    def schedule(self, txn: lmdb.Transaction, deliveries: Iterable[Delivery]) -> None:
-        for d in deliveries:
+    def schedule(self, txn: lmdb.Transaction, scheduled: Iterable[Delivery]) -> None:
+        for d in scheduled:
             self._put(txn, d)
-            txn.put(f"{d.user_id}\x00{d.delivery_id}".encode(), b"",
-                    db=self.store.dbs["user_deliveries"])
+            deliveries.add_to_user(txn, self.store.dbs, d)
 
     def user_deliveries(self, txn: lmdb.Transaction, user_id: str) -> list[Delivery]:
-        prefix = f"{user_id}\x00".encode()
-        cursor = txn.cursor(db=self.store.dbs["user_deliveries"])
         out = []
-        if cursor.set_range(prefix):
-            for key in cursor.iternext(values=False):
-                key = bytes(key)
-                if not key.startswith(prefix):
-                    break
-                d = self._get(txn, key[len(prefix):].decode())
-                if d is not None:
-                    out.append(d)
+        for delivery_id in deliveries.ids_of_user(txn, self.store.dbs, user_id):
+            d = self._get(txn, delivery_id)
+            if d is not None:
+                out.append(d)
         return out
 
     def cancel_for_event(self, txn: lmdb.Transaction, user_id: str, event_type: str) -> int:
@@ -157,22 +115,14 @@ class Outbox:
         self, txn: lmdb.Transaction, now: float, channels: set[str], adapter: str,
         lease_seconds: float, limit: int,
     ) -> list[Delivery]:
-        limit_key = int(now * 1000).to_bytes(8, "big") + b"\xff"
-        due = []
-        cursor = txn.cursor(db=self.store.dbs["outbox"])
-        if cursor.first():
-            for key in cursor.iternext(values=False):
-                key = bytes(key)
-                if key > limit_key:
-                    break
-                due.append(key)
+        due = deliveries.due(txn, self.store.dbs, now)
         leased: list[Delivery] = []
         for key in due:
             if len(leased) >= limit:
                 break
-            d = self._get(txn, key[8:].decode())
+            d = self._get(txn, deliveries.delivery_id(key))
             if d is None or d.status not in ACTIVE:
-                txn.delete(key, db=self.store.dbs["outbox"])
+                deliveries.unindex(txn, self.store.dbs, key)
                 continue
             if channels and d.channel not in channels:
                 continue
@@ -250,7 +200,7 @@ class Outbox:
                 self.schedule(txn, [fallback])
                 result["fallback"] = fallback
                 # The caps count the fallback's message instead of the failed one.
-                contacts.replace(txn, self.store.dbs["contacts"], d.user_id, d.decision_id,
+                contacts.replace(txn, self.store.dbs, d.user_id, d.decision_id,
                                  d.campaign, d.channel, d.due_at, fallback.channel,
                                  fallback.due_at)
             else:
@@ -265,7 +215,7 @@ class Outbox:
 
     def _never_sent(self, txn: lmdb.Transaction, d: Delivery) -> None:
         """A delivery that will not reach the user stops counting against the caps."""
-        contacts.forget(txn, self.store.dbs["contacts"], d.user_id, d.decision_id, d.channel,
+        contacts.forget(txn, self.store.dbs, d.user_id, d.decision_id, d.channel,
                         d.due_at)
 
     def _fallback(self, txn: lmdb.Transaction, failed: Delivery, now: float) -> Delivery | None:
@@ -290,4 +240,4 @@ class Outbox:
     def depth(self) -> int:
         """Active deliveries (for a gauge)."""
         with self.store.read() as txn:
-            return int(txn.stat(self.store.dbs["outbox"])["entries"])
+            return deliveries.active_count(txn, self.store.dbs)

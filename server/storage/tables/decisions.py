@@ -1,0 +1,85 @@
+"""``decisions``: decision id -> JSON record (context, choice, propensity, model version,
+seed, guardrail trace, outcome): the audit trail and the learner's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+import numpy as np
+import orjson
+
+NAME = "decisions"
+
+Dbs = Mapping[str, Any]
+
+
+@dataclass
+class DecisionRecord:
+    """The audit record and learner input of one decision (stored as JSON)."""
+
+    decision_id: str
+    user_id: str
+    campaign: str
+    time: float
+    model_version: str
+    seed: int
+    # Arrays while pending (NaN = missing in raw), lists once loaded: converting them is
+    # left to serialisation, which runs in the writer thread, not in the request.
+    x: list[float] | np.ndarray
+    raw: list[float | None] | np.ndarray
+    choice: int
+    top: list[int]
+    propensity: float
+    propensity_samples: int
+    holdout: bool
+    suppressed: str
+    trace: list[tuple[str, str]]
+    window_end: float
+    # "open" (awaiting its goal), "settled" (rewarded or expired) or "final" (a guardrail
+    # decided: nothing to attribute or learn).
+    status: str = "open"
+    reward: float | None = None
+    learn: bool = True
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    # Messages the decision sends (as the caps count them): the campaign's contact cost
+    # is learned per message.
+    messages: int = 0
+
+    def to_bytes(self) -> bytes:
+        # Arrays serialise as lists, NaN as null (a missing raw feature).
+        return orjson.dumps(self.__dict__, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | memoryview) -> DecisionRecord:
+        data = orjson.loads(raw)
+        data["trace"] = [tuple(t) for t in data["trace"]]
+        return cls(**data)
+
+
+def get(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> DecisionRecord | None:
+    raw = txn.get(decision_id.encode(), db=dbs[NAME])
+    return None if raw is None else DecisionRecord.from_bytes(raw)
+
+
+def exists(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> bool:
+    return txn.get(decision_id.encode(), db=dbs[NAME]) is not None
+
+
+def put(txn: lmdb.Transaction, dbs: Dbs, record: DecisionRecord) -> None:
+    txn.put(record.decision_id.encode(), record.to_bytes(), db=dbs[NAME])
+
+
+def stored_fields(txn: lmdb.Transaction, dbs: Dbs) -> Iterator[dict[str, Any]]:
+    """Every stored record as its JSON fields (readers that want no dataclass)."""
+    for _, raw in txn.cursor(db=dbs[NAME]):
+        yield orjson.loads(raw)
+
+
+def get_fields(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> dict[str, Any] | None:
+    """One stored record as its JSON fields, or None."""
+    raw = txn.get(decision_id.encode(), db=dbs[NAME])
+    return None if raw is None else orjson.loads(bytes(raw))

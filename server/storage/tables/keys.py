@@ -1,0 +1,31 @@
+"""Key layouts more than one table uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lmdb
+
+
+def millis(t: float) -> bytes:
+    """Epoch seconds as 8-byte big-endian milliseconds: keys that sort in time order."""
+    return int(t * 1000).to_bytes(8, "big")
+
+
+def pair(owner: str, item: str) -> bytes:
+    """``owner`` + NUL + ``item``: an index of items by owner (ids contain no NUL)."""
+    return f"{owner}\x00{item}".encode()
+
+
+def items_of(txn: lmdb.Transaction, db: Any, owner: str) -> list[str]:
+    """The items paired with ``owner`` in an index of ``pair`` keys, in key order."""
+    prefix = f"{owner}\x00".encode()
+    out = []
+    cursor = txn.cursor(db=db)
+    if cursor.set_range(prefix):
+        for raw in cursor.iternext(values=False):
+            raw = bytes(raw)
+            if not raw.startswith(prefix):
+                break
+            out.append(raw[len(prefix):].decode())
+    return out

@@ -1,0 +1,67 @@
+"""``meta``: the schema version and the event type registry (``type/<name>`` -> slot).
+
+Other tables keep a few single keys in ``meta`` too, each owned by its table module: the
+learner's rewards position (``models``), the risk population baseline and held times
+(``risk_baselines``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from nudge.server.errors import SchemaMismatch
+
+NAME = "meta"
+SCHEMA_VERSION = 1
+SCHEMA_KEY = b"schema_version"
+TYPE_PREFIX = b"type/"
+
+Dbs = Mapping[str, Any]
+
+
+def schema_version(txn: lmdb.Transaction, dbs: Dbs) -> int | None:
+    raw = txn.get(SCHEMA_KEY, db=dbs[NAME])
+    return None if raw is None else int(bytes(raw))
+
+
+def put_schema_version(txn: lmdb.Transaction, dbs: Dbs) -> None:
+    txn.put(SCHEMA_KEY, str(SCHEMA_VERSION).encode(), db=dbs[NAME])
+
+
+def check_schema(txn: lmdb.Transaction, dbs: Dbs, path: Path, has_data: bool) -> bool:
+    """Raise SchemaMismatch unless the store's layout is the one this nudge reads; True
+    when the store carries no version yet (a new, empty store)."""
+    found = schema_version(txn, dbs)
+    if found is None:
+        if has_data:
+            raise SchemaMismatch(
+                f"store at {path} has data but no schema version; refusing to guess its layout"
+            )
+        return True
+    if found != SCHEMA_VERSION:
+        raise SchemaMismatch(
+            f"store at {path} has schema version {found}, this nudge reads version "
+            f"{SCHEMA_VERSION}; migrate it or point --data-dir elsewhere"
+        )
+    return False
+
+
+def type_slots(txn: lmdb.Transaction, dbs: Dbs) -> dict[str, int]:
+    """The event type registry: type name -> slot in the user state record."""
+    slots: dict[str, int] = {}
+    cursor = txn.cursor(db=dbs[NAME])
+    if cursor.set_range(TYPE_PREFIX):
+        for key, value in cursor:
+            key = bytes(key)
+            if not key.startswith(TYPE_PREFIX):
+                break
+            slots[key[len(TYPE_PREFIX) :].decode()] = int(bytes(value))
+    return slots
+
+
+def put_type_slot(txn: lmdb.Transaction, dbs: Dbs, type_name: str, slot: int) -> None:
+    txn.put(TYPE_PREFIX + type_name.encode(), str(slot).encode(), db=dbs[NAME])

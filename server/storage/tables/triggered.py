@@ -1,0 +1,31 @@
+"""``triggered``: event id + NUL + the trigger's position among those the event fired ->
+JSON ``{campaign, index, user, time, event}`` of a trigger that fired, until its decision
+is made and scheduled (so a crash between the two loses no journey)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lmdb
+import orjson
+
+from nudge.server.storage.tables import keys
+
+NAME = "triggered"
+
+Dbs = Mapping[str, Any]
+
+
+def put(txn: lmdb.Transaction, dbs: Dbs, event_id: str, position: int,
+        record: dict[str, Any]) -> None:
+    txn.put(keys.pair(event_id, str(position)), orjson.dumps(record), db=dbs[NAME])
+
+
+def pending(txn: lmdb.Transaction, dbs: Dbs) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every recorded trigger as (its key, its record)."""
+    return [(bytes(k), orjson.loads(v)) for k, v in txn.cursor(db=dbs[NAME])]
+
+
+def delete(txn: lmdb.Transaction, dbs: Dbs, key: bytes) -> None:
+    txn.delete(key, db=dbs[NAME])

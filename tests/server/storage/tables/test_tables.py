@@ -1,0 +1,67 @@
+"""The table modules own the bytes: the layouts stay what stores already hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nudge.kernels import context as ctx
+from nudge.kernels import learner as lrn
+from nudge.server.storage.store import Store
+from nudge.server.storage.tables import (
+    contacts,
+    deadlines,
+    deliveries,
+    models,
+    open_decisions,
+    rewards,
+    triggered,
+)
+
+
+def test_key_layouts() -> None:
+    assert open_decisions.key("u1", "d1") == b"u1\x00d1"
+    key = deadlines.key(1.5, "d1")
+    assert key == (1500).to_bytes(8, "big") + b"d1"
+    assert deadlines.decision_id(key) == "d1"
+    d = deliveries.Delivery("x1", "d1", "u1", "c", "sms", "m", "t", "o", due_at=2.0)
+    assert d.index_key() == (2000).to_bytes(8, "big") + b"x1"
+    assert deliveries.delivery_id(d.index_key()) == "x1"
+
+
+def test_tables_round_trip_in_a_store(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    dbs = store.dbs
+    try:
+        with store.write() as txn:
+            open_decisions.add(txn, dbs, "u1", "d1")
+            open_decisions.add(txn, dbs, "u10", "d2")
+            deadlines.add(txn, dbs, 10.0, "d1")
+            deadlines.add(txn, dbs, 30.0, "d2")
+            assert rewards.append(txn, dbs, "d1") == 1
+            assert rewards.append(txn, dbs, "d2") == 2
+            contacts.add(txn, dbs, "u1", [(100.0, "sms", "c", "d1")], memory=50.0)
+            contacts.add(txn, dbs, "u1", [(100.0, "sms", "c", "d1"), (200.0, "push", "c", "d2")],
+                         memory=150.0)
+            triggered.put(txn, dbs, "e1", 0, {"campaign": "c"})
+        with store.read() as txn:
+            assert open_decisions.of_user(txn, dbs, "u1") == ["d1"]
+            assert deadlines.due(txn, dbs, 20.0, 10) == [deadlines.key(10.0, "d1")]
+            assert list(rewards.since(txn, dbs, 2)) == [(2, "d2")]
+            assert rewards.last(txn, dbs) == 2
+            assert contacts.rows(txn, dbs, "u1") == [[100.0, "sms", "c", "d1"],
+                                                     [200.0, "push", "c", "d2"]]
+            assert triggered.pending(txn, dbs) == [(b"e1\x000", {"campaign": "c"})]
+    finally:
+        store.close()
+
+
+def test_model_codec_round_trips() -> None:
+    snapshot = lrn.initial_snapshot(3, 2, 1.0)
+    stats = ctx.ContextStats(mean=np.zeros(2), var=np.ones(2), count=np.zeros(2))
+    stored = models.decode(models.encode(snapshot, stats, ["bias", "f"], ["a", "b", "c"]))
+    assert stored.features == ["bias", "f"] and stored.components == ["a", "b", "c"]
+    np.testing.assert_array_equal(stored.snapshot.mean_t, snapshot.mean_t)
+    np.testing.assert_array_equal(stored.stats.var, stats.var)
+    assert stored.snapshot.version == snapshot.version
