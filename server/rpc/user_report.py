@@ -12,7 +12,7 @@ import math
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nudge.kernels import user_state as u
-from nudge.server.storage.store import UserProfile
+from nudge.server.storage.tables.users import UserProfile
 from nudge.v1 import decision_service_pb2 as pb
 
 

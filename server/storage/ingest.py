@@ -1,29 +1,26 @@
-"""Group-committed, durable event ingestion.
+"""Event ingestion: Track's validated events applied to the store in group commits.
 
-One fsync'd LMDB commit costs milliseconds, so one commit per event is far too slow.
-Every Track call and every TrackStream message is queued to a single writer thread, which
-takes everything queued so far into one write transaction, updates the users' state with
-the ingestion kernel, commits (fsync), and only then answers each caller. Concurrent
-callers therefore share commits, and nothing is acknowledged before it is on disk.
+Every Track call and every TrackStream message is submitted to the group commit
+(``group_commit.GroupCommitWriter``); all the events of one commit are applied together:
+duplicates dropped (``seen``), the users' state updated with the ingestion kernel, profiles
+folded, the events appended to the log, and the event hooks (risk baselines, goal
+attribution, journeys) run in the same transaction. Nothing is acknowledged before the
+commit is on disk.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import lmdb
 import numpy as np
 
 from nudge.kernels import user_state
-from nudge.server.errors import NudgeError, Unavailable, disk_full
 from nudge.server.inputs.events import (
     AMOUNT_KEY,
     CONSENT_PREFIX,
@@ -31,11 +28,12 @@ from nudge.server.inputs.events import (
     ValidEvent,
     time_zone,
 )
-from nudge.server.storage.store import TYPE_PREFIX, Store, UserProfile
+from nudge.server.storage.group_commit import GroupCommitWriter, Submission
+from nudge.server.storage.store import Store
+from nudge.server.storage.tables import events as event_table
+from nudge.server.storage.tables import meta, users
+from nudge.server.storage.tables.users import UserProfile
 from nudge.v1 import event_pb2
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Event types whose latest properties a user's profile keeps (for message templates).
 MAX_PROPERTY_TYPES = 16
@@ -49,19 +47,6 @@ PROFILE_CACHE = 200_000
 class TrackResult:
     accepted: int
     duplicates: int
-
-
-@dataclass
-class _Submission:
-    """Either events to ingest or a job to run inside the next group commit."""
-
-    future: Future[Any]
-    events: list[ValidEvent] = field(default_factory=list)
-    job: Callable[[lmdb.Transaction], Any] | None = None
-
-    @property
-    def size(self) -> int:
-        return max(1, len(self.events))
 
 
 # Called inside the commit with the newly stored events (after user state is updated), so
@@ -82,26 +67,23 @@ def local_hour(t: float, tz: str) -> float:
     return ((t + offset) % 86_400.0) / 3_600.0
 
 
-class EventWriter:
-    """The single writer: batches submissions into durable group commits."""
+class EventWriter(GroupCommitWriter):
+    """The store's single writer: Track's events and every other write, group-committed."""
 
     def __init__(
         self, store: Store, half_life_seconds: float, max_batch_events: int = 50_000
     ) -> None:
-        self.store = store
         self.half_life_seconds = half_life_seconds
-        self.max_batch_events = max_batch_events
-        self._queue: deque[_Submission] = deque()
-        self._cond = threading.Condition()
-        self._closing = False
-        self.commits = 0
         self._event_hooks: list[EventHook] = []
         # Parsed profiles, written through: this thread is the only writer of profiles, so
         # the cache cannot go stale (it is dropped if a batch fails). Not for a shared
         # store, whose other processes write profiles too.
         self._profiles: dict[str, UserProfile] = {}
-        self._thread = threading.Thread(target=self._run, name="nudge-event-writer", daemon=True)
-        self._thread.start()
+        super().__init__(store, max_batch_events, name="nudge-event-writer")
+
+    @property
+    def max_batch_events(self) -> int:
+        return self.max_batch_size
 
     def submit(self, events: list[ValidEvent]) -> Future[TrackResult]:
         """Queue validated events; the future resolves after their commit."""
@@ -109,103 +91,33 @@ class EventWriter:
         if not events:
             future.set_result(TrackResult(0, 0))
             return future
-        self._enqueue(_Submission(future, events=events))
+        self._enqueue(Submission(future, payload=events, size=len(events)))
         return future
-
-    def submit_job(self, job: Callable[[lmdb.Transaction], T]) -> Future[T]:
-        """Run ``job(txn)`` inside the next group commit; the future resolves after it.
-
-        The job may run more than once (a batch is retried after the map grows), so it
-        must only write through ``txn`` and keep in-memory effects for after the commit.
-        """
-        future: Future[T] = Future()
-        self._enqueue(_Submission(future, job=job))
-        return future
-
-    @property
-    def queue_depth(self) -> int:
-        """Submissions waiting for the next group commit (for a gauge)."""
-        return len(self._queue)
 
     def add_event_hook(self, hook: EventHook) -> None:
         self._event_hooks.append(hook)
 
-    def _enqueue(self, submission: _Submission) -> None:
-        with self._cond:
-            if self._closing:
-                raise Unavailable("server is shutting down; retry with the same event_ids")
-            self._queue.append(submission)
-            self._cond.notify()
+    def _batch_failed(self) -> None:
+        self._profiles.clear()  # they may hold updates that were not stored
 
-    def close(self) -> None:
-        """Stop accepting, commit everything queued, stop the thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._thread.join()
-
-    # -- the writer thread ---------------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                batch = [self._queue.popleft()]
-                size = batch[0].size
-                while self._queue and size + self._queue[0].size <= self.max_batch_events:
-                    sub = self._queue.popleft()
-                    size += sub.size
-                    batch.append(sub)
-            self._commit_batch(batch)
-
-    def _commit_batch(self, batch: list[_Submission]) -> None:
-        while True:
-            try:
-                results, new_types, next_sequence, after_commit = self._write(batch)
-                break
-            except lmdb.MapFullError:
-                log.info("store map full; grown to %d bytes, retrying", self.store.map_size())
-            except Exception as exc:  # the batch fails as a whole; callers may retry
-                self._profiles.clear()  # they may hold updates that were not stored
-                if isinstance(exc, NudgeError):
-                    log.error("write batch refused: %s", exc.message)
-                    error: NudgeError = exc
-                elif (full := disk_full(exc, self.store.path)) is not None:
-                    log.error("write batch refused: %s", full.message)
-                    error = full
-                else:
-                    log.exception("write batch failed to commit")
-                    error = Unavailable(f"store write failed ({type(exc).__name__}); retry later")
-                for sub in batch:
-                    sub.future.set_exception(error)
-                return
-        self.store.type_slots.update(new_types)
-        self.store.next_sequence = next_sequence
-        self.commits += 1
-        for callback in after_commit:
-            callback()
-        for sub, result in zip(batch, results, strict=True):
-            sub.future.set_result(result)
-
-    def _write(
-        self, batch: list[_Submission]
-    ) -> tuple[list[Any], dict[str, int], int, list[Callable[[], None]]]:
+    def _write_batched(
+        self, txn: lmdb.Transaction, payloads: list[list[ValidEvent]]
+    ) -> tuple[list[Any], list[Callable[[], None]]]:
         new_types: dict[str, int] = {}
         after_commit: list[Callable[[], None]] = []
-        with self.store.write() as txn:
-            results, sequence = self._write_events(txn, batch, new_types, after_commit)
-            for i, sub in enumerate(batch):
-                if sub.job is not None:
-                    results[i] = sub.job(txn)
-        return results, new_types, sequence, after_commit
+        results, sequence = self._write_events(txn, payloads, new_types, after_commit)
+        store = self.store
+
+        def stored() -> None:
+            store.type_slots.update(new_types)
+            store.next_sequence = sequence
+
+        return results, [stored, *after_commit]
 
     def _write_events(
         self,
         txn: lmdb.Transaction,
-        batch: list[_Submission],
+        batch: list[list[ValidEvent]],
         new_types: dict[str, int],
         after_commit: list[Callable[[], None]],
     ) -> tuple[list[Any], int]:
@@ -215,17 +127,15 @@ class EventWriter:
         fresh: list[ValidEvent] = []
         sequence = store.next_sequence
         seen_in_batch: set[str] = set()
-        for sub in batch:
+        for submitted in batch:
             duplicates = 0
-            for ev in sub.events:
-                if ev.event_id in seen_in_batch or txn.get(
-                    ev.event_id.encode(), db=dbs["seen"]
-                ) is not None:
+            for ev in submitted:
+                if ev.event_id in seen_in_batch or event_table.seen(txn, dbs, ev.event_id):
                     duplicates += 1
                     continue
                 seen_in_batch.add(ev.event_id)
                 fresh.append(ev)
-            results.append(TrackResult(len(sub.events) - duplicates, duplicates))
+            results.append(TrackResult(len(submitted) - duplicates, duplicates))
         if not fresh:
             return results, sequence
 
@@ -235,14 +145,13 @@ class EventWriter:
         state = user_state.new_records(len(rows))
         profiles: list[UserProfile] = []
         for user_id, row in rows.items():
-            key = user_id.encode()
-            raw = txn.get(key, db=dbs["users"])
+            raw = users.record(txn, dbs, user_id)
             if raw is not None:
                 state[row] = np.frombuffer(raw, dtype=np.float64)
             # A shared store's profiles are also written by other processes: read them.
             profile = None if store.shared else self._profiles.get(user_id)
             if profile is None:
-                profile = UserProfile.from_bytes(txn.get(key, db=dbs["profiles"]))
+                profile = users.profile(txn, dbs, user_id)
                 if not store.shared:
                     if len(self._profiles) >= PROFILE_CACHE:
                         self._profiles.clear()
@@ -268,20 +177,12 @@ class EventWriter:
         )
 
         for user_id, row in rows.items():
-            key = user_id.encode()
-            txn.put(key, state[row].tobytes(), db=dbs["users"])
+            users.put_record(txn, dbs, user_id, state[row])
             if row in changed:
-                txn.put(key, profiles[row].to_bytes(), db=dbs["profiles"])
-        log_cursor = txn.cursor(db=dbs["events"])
-        seen = dbs["seen"]
-        for ev in fresh:
-            seq = sequence.to_bytes(8, "big")
-            proto = ev.proto if ev.proto is not None else _event_proto(ev)
-            if not proto.HasField("time"):
-                proto.time.FromNanoseconds(round(ev.time * 1e9))
-            log_cursor.put(seq, proto.SerializeToString(), append=True)
-            txn.put(ev.event_id.encode(), seq, db=seen)
-            sequence += 1
+                users.put_profile(txn, dbs, user_id, profiles[row])
+        sequence = event_table.append(
+            txn, dbs, sequence, ((ev.event_id, _serialized(ev)) for ev in fresh)
+        )
         for hook in self._event_hooks:
             callback = hook(txn, fresh)
             if callback is not None:
@@ -298,8 +199,16 @@ class EventWriter:
         if used >= user_state.OTHER_TYPE_SLOT:
             return user_state.OTHER_TYPE_SLOT
         new_types[type_name] = used
-        txn.put(TYPE_PREFIX + type_name.encode(), str(used).encode(), db=self.store.dbs["meta"])
+        meta.put_type_slot(txn, self.store.dbs, type_name, used)
         return used
+
+
+def _serialized(ev: ValidEvent) -> bytes:
+    """The event log record of an event (its protobuf message, with the time set)."""
+    proto = ev.proto if ev.proto is not None else _event_proto(ev)
+    if not proto.HasField("time"):
+        proto.time.FromNanoseconds(round(ev.time * 1e9))
+    return proto.SerializeToString()
 
 
 def _event_proto(ev: ValidEvent) -> event_pb2.Event:

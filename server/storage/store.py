@@ -1,31 +1,22 @@
 """The LMDB store: one environment, named databases, durable group-committed writes.
 
-Databases:
+Databases, each with the module that owns its keys and values (``server/storage/tables/``):
 
-- ``meta``: schema version, event type registry (``type/<name>`` -> slot).
-- ``users``: user id -> fixed-layout record (kernels/user_state.py), raw float64 bytes.
-- ``profiles``: user id -> JSON with time zone and consents (strings, last write wins by
-  event time).
-- ``seen``: event id -> event log sequence number (idempotency).
-- ``events``: 8-byte big-endian sequence -> serialized Event (replay and insights).
-- ``risk``: user id -> risk baseline (kernels/risk.py layout), raw float64 bytes; the
-  population baseline lives in ``meta`` under ``risk/population``.
-- ``transactions``: transaction id -> JSON of its score, reasons, hold and label
-  (idempotency of ScoreTransaction, and the features a GENUINE label folds in).
-- ``decisions``: decision id -> JSON record (context, choice, propensity, model version,
-  seed, guardrail trace, outcome): the audit trail and the learner's input.
-- ``open``: user id + NUL + decision id -> empty, decisions awaiting their goal.
-- ``deadlines``: 8-byte window end (ms) + decision id -> empty, for expiry with reward 0.
-- ``rewards``: 8-byte sequence -> decision id, settled decisions in order; the learner
-  consumes it from the sequence stored with its model, so nothing is learned twice.
-- ``models``: campaign -> the learned policy snapshot and context statistics.
-- ``contacts``: user id -> recent contacts (time, channel, campaign) for frequency caps.
-- ``deliveries``: delivery id -> JSON (the outbox's records: scheduled, leased, sent,
-  failed, cancelled); ``outbox``: 8-byte due time (ms) + delivery id -> empty, what is
-  due or whose lease expires, in time order; ``user_deliveries``: user id + NUL +
-  delivery id -> empty, for cancellation and cross-channel coordination.
-- ``triggered``: event id -> JSON of a trigger that fired, until its decision is made
-  and scheduled (so a crash between the two loses no journey).
+- ``meta``: schema version and event type registry (``tables.meta``); single keys of
+  other tables live here too, named by their owners (``tables.models``,
+  ``tables.risk_baselines``).
+- ``users``, ``profiles``: per-user state records and profiles (``tables.users``).
+- ``events``, ``seen``: the event log and the event ids it holds (``tables.events``).
+- ``risk``: per-user risk baselines (``tables.risk_baselines``).
+- ``transactions``: scored transactions and their labels (``tables.transactions``).
+- ``decisions``: decision records, the audit trail and learner input (``tables.decisions``).
+- ``open``: decisions awaiting their goal, by user (``tables.open_decisions``).
+- ``deadlines``: decisions by goal window end, for expiry (``tables.deadlines``).
+- ``rewards``: settled decisions in order, the learner's log (``tables.rewards``).
+- ``models``: learned policy snapshots (``tables.models``).
+- ``contacts``: recent contacts per user, for frequency caps (``tables.contacts``).
+- ``deliveries``, ``outbox``, ``user_deliveries``: the outbox (``tables.deliveries``).
+- ``triggered``: journey triggers awaiting their decision (``tables.triggered``).
 
 Every write transaction commits with fsync before anything is acknowledged (``sync=True``).
 The map grows by doubling when a write hits MDB_MAP_FULL; LMDB only allows resizing when
@@ -46,20 +37,18 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import numpy as np
-import orjson
 
 from nudge.kernels import user_state
-from nudge.server.errors import SchemaMismatch, StoreError, StoreFull
+from nudge.server.errors import StoreError, StoreFull
+from nudge.server.storage.tables import events, meta, users
+from nudge.server.storage.tables.users import UserProfile
 
-SCHEMA_VERSION = 1
-SCHEMA_KEY = b"schema_version"
-TYPE_PREFIX = b"type/"
 DATABASES = (
     "meta", "users", "profiles", "seen", "events", "risk", "transactions",
     "decisions", "open", "deadlines", "rewards", "models", "contacts",
@@ -140,55 +129,6 @@ class _ReadTxn:
             self._store._gate.leave()
 
 
-@dataclass
-class UserProfile:
-    """The string side of a user's state, each part with the event time that set it:
-    time zone, consents, and the properties of the latest event of each recent type
-    (message templates are filled from these)."""
-
-    tz: str = "UTC"
-    tz_time: float = float("-inf")
-    consents: dict[str, tuple[bool, float]] = field(default_factory=dict)
-    # event type -> (time, numbers, strings) of the latest event of that type.
-    last_properties: dict[str, tuple[float, dict[str, float], dict[str, str]]] = field(
-        default_factory=dict
-    )
-
-    def to_bytes(self) -> bytes:
-        # orjson: profiles are rewritten for every user in every commit, so JSON speed
-        # shows in ingestion throughput. It writes -inf as null, hence the mapping.
-        return orjson.dumps(
-            {
-                "tz": self.tz,
-                "tz_time": None if self.tz_time == float("-inf") else self.tz_time,
-                "consents": self.consents,
-                "props": self.last_properties,
-            }
-        )
-
-    @classmethod
-    def from_bytes(cls, raw: bytes | memoryview | None) -> UserProfile:
-        if raw is None:
-            return cls()
-        data: dict[str, Any] = orjson.loads(raw)
-        consents = {k: (bool(v[0]), float(v[1])) for k, v in data["consents"].items()}
-        props = {k: (float(v[0]), v[1], v[2]) for k, v in data["props"].items()}
-        tz_time = float("-inf") if data["tz_time"] is None else float(data["tz_time"])
-        return cls(data["tz"], tz_time, consents, props)
-
-    def properties(self, types: tuple[str, ...] | None = None) -> dict[str, float | str]:
-        """Latest value of every property across the given event types (all when None);
-        a newer event's value wins."""
-        chosen = [
-            v for k, v in self.last_properties.items() if types is None or k in types
-        ]
-        merged: dict[str, float | str] = {}
-        for _, numbers, strings in sorted(chosen, key=lambda v: v[0]):
-            merged.update(numbers)
-            merged.update(strings)
-        return merged
-
-
 @dataclass(frozen=True)
 class UserView:
     """A user's record as plain arrays, one per field (copies: safe after the txn ends)."""
@@ -213,6 +153,12 @@ class UserView:
             hours=record[u.HOURS : u.HOURS + u.N_HOURS],
             profile=profile,
         )
+
+
+def has_data(txn: lmdb.Transaction, dbs: dict[str, Any]) -> bool:
+    """Whether a store holds users or events (one without a schema version is refused)."""
+    return any(txn.stat(dbs[name])["entries"] for name in (users.USERS, events.EVENTS)
+               if name in dbs)
 
 
 # LMDB maps its lock file (sparse) and writes reader slots into it: on a full disk, a write
@@ -274,48 +220,21 @@ class Store:
     # -- opening -------------------------------------------------------------------------
 
     def _check_schema(self) -> None:
-        with self.env.begin(db=self.dbs["meta"], write=True) as txn:
-            raw = txn.get(SCHEMA_KEY)
-            if raw is None:
-                if self._has_data(txn):
-                    raise SchemaMismatch(
-                        f"store at {self.path} has data but no schema version; refusing to "
-                        "guess its layout"
-                    )
-                txn.put(SCHEMA_KEY, str(SCHEMA_VERSION).encode())
-                return
-        found = int(bytes(raw))
-        if found != SCHEMA_VERSION:
-            raise SchemaMismatch(
-                f"store at {self.path} has schema version {found}, this nudge reads version "
-                f"{SCHEMA_VERSION}; migrate it or point --data-dir elsewhere"
-            )
-
-    def _has_data(self, txn: lmdb.Transaction) -> bool:
-        return any(txn.stat(self.dbs[name])["entries"] for name in ("users", "events"))
+        with self.env.begin(write=True) as txn:
+            if meta.check_schema(txn, self.dbs, self.path, has_data(txn, self.dbs)):
+                meta.put_schema_version(txn, self.dbs)
 
     def _load_type_registry(self, txn: lmdb.Transaction | None = None) -> dict[str, int]:
         if txn is None:
             with self.env.begin() as own:
                 return self._load_type_registry(own)
-        slots: dict[str, int] = {}
-        cursor = txn.cursor(db=self.dbs["meta"])
-        if cursor.set_range(TYPE_PREFIX):
-            for key, value in cursor:
-                key = bytes(key)
-                if not key.startswith(TYPE_PREFIX):
-                    break
-                slots[key[len(TYPE_PREFIX) :].decode()] = int(bytes(value))
-        return slots
+        return meta.type_slots(txn, self.dbs)
 
     def _last_sequence(self, txn: lmdb.Transaction | None = None) -> int:
         if txn is None:
             with self.env.begin() as own:
                 return self._last_sequence(own)
-        cursor = txn.cursor(db=self.dbs["events"])
-        if cursor.last():
-            return int.from_bytes(bytes(cursor.key()), "big")
-        return 0
+        return events.last_sequence(txn, self.dbs)
 
     def refresh_types(self, txn: lmdb.Transaction | None = None) -> None:
         """Re-read the event type registry (a shared store's other processes add types).
@@ -340,24 +259,22 @@ class Store:
         """The user's record as one plain list (RECORD_LEN floats, the layout of
         kernels/user_state.py) and the profile; None if no event was ever stored. For
         readers that need Python values, not arrays (GetUser): one C call, no NumPy."""
-        key = user_id.encode()
         with self.read() as txn:
-            raw = txn.get(key, db=self.dbs["users"])
+            raw = users.record(txn, self.dbs, user_id)
             if raw is None:
                 return None
             values = raw.cast("d").tolist()
-            profile = UserProfile.from_bytes(txn.get(key, db=self.dbs["profiles"]))
+            profile = users.profile(txn, self.dbs, user_id)
         return values, profile
 
     def get_user(self, user_id: str) -> UserView | None:
         """The user's record as plain arrays, or None if no event was ever stored."""
-        key = user_id.encode()
         with self.read() as txn:
-            raw = txn.get(key, db=self.dbs["users"])
+            raw = users.record(txn, self.dbs, user_id)
             if raw is None:
                 return None
             record = np.frombuffer(raw, dtype=np.float64).copy()
-            profile = UserProfile.from_bytes(txn.get(key, db=self.dbs["profiles"]))
+            profile = users.profile(txn, self.dbs, user_id)
         return UserView.from_record(user_id, record, profile)
 
     def type_names(self) -> dict[int, str]:

@@ -12,7 +12,8 @@ from nudge.kernels import user_state as u
 from nudge.server.errors import SchemaMismatch
 from nudge.server.inputs.events import ValidEvent
 from nudge.server.storage.ingest import MAX_PROPERTY_TYPES, EventWriter
-from nudge.server.storage.store import SCHEMA_KEY, Store
+from nudge.server.storage.store import Store
+from nudge.server.storage.tables.meta import SCHEMA_KEY
 
 HALF_LIFE = 86_400.0
 
