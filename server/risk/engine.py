@@ -26,11 +26,9 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
 
 import lmdb
 import numpy as np
-import orjson
 
 from nudge.kernels import risk
 from nudge.kernels.risk_reasons import explain
@@ -38,11 +36,12 @@ from nudge.server.errors import InvalidArgument, NotFound
 from nudge.server.inputs.events import ValidEvent
 from nudge.server.inputs.transactions import ValidTransaction, transaction_from_event
 from nudge.server.storage.ingest import EventWriter, local_hour
-from nudge.server.storage.store import Store, UserProfile
-from nudge.server.storage.write_behind import DelayedFlusher
+from nudge.server.storage.store import Store
+from nudge.server.storage.tables import risk_baselines, users
+from nudge.server.storage.tables import transactions as transaction_table
+from nudge.server.storage.tables.transactions import TransactionRecord
+from nudge.server.storage.write_behind import WriteBehind
 
-POPULATION_KEY = b"risk/population"
-HELD_PREFIX = b"risk/held/"
 # How long a held (anomalous) transaction keeps credit offers away from the user.
 ANOMALY_MEMORY = 86_400.0
 MAX_REASONS = 5
@@ -50,37 +49,6 @@ TIME_ZONE_CACHE = 100_000
 # Delay between the first unsaved change and its flush (see DelayedFlusher).
 FLUSH_DELAY = 0.001
 LABELS = ("FRAUD", "GENUINE")
-
-
-@dataclass
-class TransactionRecord:
-    """What was answered for a transaction (returned again on a retry) and its label."""
-
-    user_id: str
-    score: float
-    reasons: list[tuple[str, str, float]]
-    baseline_count: int
-    held: bool
-    in_baseline: bool
-    features: list[float] = field(default_factory=list)
-    label: str = ""
-
-    def to_bytes(self) -> bytes:
-        # A plain list, not dataclasses.asdict: this runs per transaction on the hot path.
-        fields = [
-            self.user_id, self.score, self.reasons, self.baseline_count, self.held,
-            self.in_baseline, self.features, self.label,
-        ]
-        return orjson.dumps(fields)
-
-    @classmethod
-    def from_bytes(cls, raw: bytes | memoryview) -> TransactionRecord:
-        user_id, score, reasons, count, held, in_baseline, features, label = orjson.loads(raw)
-        reasons = [(str(c), str(d), float(w)) for c, d, w in reasons]
-        return cls(user_id, score, reasons, count, held, in_baseline, features, label)
-
-    def copy(self) -> TransactionRecord:
-        return replace(self, reasons=list(self.reasons), features=list(self.features))
 
 
 class RiskEngine:
@@ -96,15 +64,14 @@ class RiskEngine:
         self._records: dict[str, TransactionRecord] = {}
         self._time_zones: dict[str, str] = {}
         self._held_at: dict[str, float] = {}
-        self._dirty_users: set[str] = set()
-        self._dirty_records: set[str] = set()
-        self._pending: Future[None] | None = None
-        self._flusher = DelayedFlusher("nudge-risk-flusher", self._flush_now, FLUSH_DELAY)
+        # The overlay is what is pending: a flush stores all of it.
+        self._write_behind = WriteBehind(
+            "nudge-risk-flusher", writer, self._lock, lambda txn: self._write(txn),
+            lambda written: self._forget(*written), FLUSH_DELAY,
+        )
         with store.read() as txn:
-            raw = txn.get(POPULATION_KEY, db=store.dbs["meta"])
-            self._population = (
-                risk.new_risk_state() if raw is None else np.frombuffer(raw, np.float64).copy()
-            )
+            stored = risk_baselines.population(txn, store.dbs)
+            self._population = risk.new_risk_state() if stored is None else stored.copy()
         self._population.flags.writeable = False
         writer.add_event_hook(self._on_events)
 
@@ -119,8 +86,7 @@ class RiskEngine:
         with self._lock, self.store.read() as txn:
             self._check_owners(transactions, txn)
             records = [self._score_one(tx, txn) for tx in transactions]
-            self._mark_dirty((tx.user_id for tx in transactions),
-                             (tx.transaction_id for tx in transactions))
+            self._write_behind.request()
         return records
 
     def label(self, transaction_id: str, label: str) -> Future[bool]:
@@ -135,7 +101,7 @@ class RiskEngine:
         with self._lock, self.store.read() as txn:
             record = self._label_one(transaction_id, label, txn)
             in_baseline = record.in_baseline
-            flushed = self._mark_dirty([record.user_id], [transaction_id])
+            flushed = self._write_behind.request()
         future: Future[bool] = Future()
 
         def settle(committed: Future[None]) -> None:
@@ -155,8 +121,8 @@ class RiskEngine:
             held = None if self.store.shared else self._held_at.get(user_id)
             if held is None:
                 with self.store.read() as txn:
-                    raw = txn.get(HELD_PREFIX + user_id.encode(), db=self.store.dbs["meta"])
-                held = float(orjson.loads(raw)) if raw is not None else -math.inf
+                    stored = risk_baselines.held_at(txn, self.store.dbs, user_id)
+                held = stored if stored is not None else -math.inf
                 self._held_at[user_id] = held
         return now - held < ANOMALY_MEMORY
 
@@ -165,8 +131,8 @@ class RiskEngine:
         with self._lock, self.store.read() as txn:
             if user_id in self._states:
                 return self._states[user_id].copy()
-            raw = txn.get(user_id.encode(), db=self.store.dbs["risk"])
-            return None if raw is None else np.frombuffer(raw, np.float64).copy()
+            stored = risk_baselines.baseline(txn, self.store.dbs, user_id)
+            return None if stored is None else stored.copy()
 
     # -- on a shared store: inside the write transaction ---------------------------------
 
@@ -219,16 +185,16 @@ class RiskEngine:
         for user_id in users:
             self._states.pop(user_id, None)
             self._time_zones.pop(user_id, None)
-            raw = txn.get(HELD_PREFIX + user_id.encode(), db=dbs["meta"])
-            if raw is None:
+            held = risk_baselines.held_at(txn, dbs, user_id)
+            if held is None:
                 self._held_at.pop(user_id, None)
             else:
-                self._held_at[user_id] = float(orjson.loads(raw))
+                self._held_at[user_id] = held
         for transaction_id in transaction_ids:
             self._records.pop(transaction_id, None)
-        raw = txn.get(POPULATION_KEY, db=dbs["meta"])
-        if raw is not None:
-            population = np.frombuffer(raw, np.float64).copy()
+        stored = risk_baselines.population(txn, dbs)
+        if stored is not None:
+            population = stored.copy()
             population.flags.writeable = False
             self._population = population
 
@@ -258,15 +224,14 @@ class RiskEngine:
         record = self._records.get(transaction_id)
         if record is not None:
             return record
-        raw = txn.get(transaction_id.encode(), db=self.store.dbs["transactions"])
-        return None if raw is None else TransactionRecord.from_bytes(raw)
+        return transaction_table.get(txn, self.store.dbs, transaction_id)
 
     def _state(self, user_id: str, txn: lmdb.Transaction) -> np.ndarray:
         state = self._states.get(user_id)
         if state is not None:
             return state
-        raw = txn.get(user_id.encode(), db=self.store.dbs["risk"])
-        return risk.new_risk_state() if raw is None else np.frombuffer(raw, np.float64)
+        stored = risk_baselines.baseline(txn, self.store.dbs, user_id)
+        return risk.new_risk_state() if stored is None else stored
 
     def _check_owners(self, transactions: list[ValidTransaction], txn: lmdb.Transaction) -> None:
         """A transaction id belongs to one user: reject the request before changing anything."""
@@ -328,8 +293,7 @@ class RiskEngine:
         """The user's time zone, cached: parsing the profile costs more than scoring."""
         tz = self._time_zones.get(user_id)
         if tz is None:
-            raw = txn.get(user_id.encode(), db=self.store.dbs["profiles"])
-            tz = UserProfile.from_bytes(raw).tz
+            tz = users.profile(txn, self.store.dbs, user_id).tz
             if len(self._time_zones) >= TIME_ZONE_CACHE:
                 self._time_zones.clear()
             self._time_zones[user_id] = tz
@@ -352,62 +316,36 @@ class RiskEngine:
 
     # -- commits -------------------------------------------------------------------------
 
-    def _mark_dirty(self, users: Iterable[str], transaction_ids: Iterable[str]) -> Future[None]:
-        """Note overlay entries to store (inside the lock); returns the future of the flush
-        that will store them durably."""
-        self._dirty_users.update(users)
-        self._dirty_records.update(transaction_ids)
-        if self._pending is None:
-            self._pending = Future()
-            self._flusher.wake()
-        return self._pending
-
-    def _flush_now(self) -> bool:
-        """Store the dirty overlay entries; False when the store refused them."""
-        with self._lock:
-            self._flusher.taken()
-            pending, self._pending = self._pending, None
-            users, self._dirty_users = self._dirty_users, set()
-            records, self._dirty_records = self._dirty_records, set()
-        if pending is None:
-            return True
-        try:
-            written = self.writer.submit_job(
-                lambda txn: self._write(txn, users, records)
-            ).result()
-        except Exception as exc:
-            with self._lock:  # not stored: keep the entries dirty for the next flush
-                self._dirty_users |= users
-                self._dirty_records |= records
-            pending.set_exception(exc)
-            return False
-        self._forget(*written)
-        pending.set_result(None)
-        return True
-
     def close(self) -> None:
-        """Store what is still dirty and stop the flusher (before the writer closes)."""
-        self._flusher.close()
+        """Store what is still unsaved and stop the flusher (before the writer closes)."""
+        self._write_behind.close()
 
     def _write(
-        self, txn: lmdb.Transaction, users: Iterable[str], transaction_ids: Iterable[str]
+        self, txn: lmdb.Transaction, user_ids: Iterable[str] | None = None,
+        transaction_ids: Iterable[str] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, TransactionRecord]]:
+        """Store the overlay's entries of these users and transactions (all of the overlay
+        when None) and the population; returns what was stored."""
         dbs = self.store.dbs
         with self._lock:
-            states = {u: self._states[u] for u in users if u in self._states}
+            if user_ids is None:
+                user_ids = list(self._states)
+            if transaction_ids is None:
+                transaction_ids = list(self._records)
+            states = {u: self._states[u] for u in user_ids if u in self._states}
             records = {t: self._records[t] for t in transaction_ids if t in self._records}
             population = self._population
         for user_id, state in states.items():
-            txn.put(user_id.encode(), state.tobytes(), db=dbs["risk"])
+            risk_baselines.put_baseline(txn, dbs, user_id, state)
         for transaction_id, record in records.items():
-            txn.put(transaction_id.encode(), record.to_bytes(), db=dbs["transactions"])
+            transaction_table.put(txn, dbs, transaction_id, record)
         for user_id in states:
             held = self._held_at.get(user_id)
             if held is not None and held > -math.inf:
-                txn.put(HELD_PREFIX + user_id.encode(), orjson.dumps(held), db=dbs["meta"])
+                risk_baselines.put_held_at(txn, dbs, user_id, held)
             elif held is not None:
-                txn.delete(HELD_PREFIX + user_id.encode(), db=dbs["meta"])
-        txn.put(POPULATION_KEY, population.tobytes(), db=dbs["meta"])
+                risk_baselines.clear_held(txn, dbs, user_id)
+        risk_baselines.put_population(txn, dbs, population)
         return states, records
 
     def _forget(

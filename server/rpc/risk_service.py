@@ -8,10 +8,11 @@ from nudge.server.clock import Clock
 from nudge.server.errors import InvalidArgument
 from nudge.server.inputs.events import check_id
 from nudge.server.inputs.transactions import validate_transaction, validate_transactions
-from nudge.server.risk.engine import RiskEngine, TransactionRecord
+from nudge.server.risk.engine import RiskEngine
 from nudge.server.rpc.deadlines import wait_within_deadline
 from nudge.server.rpc.privacy import Pseudonyms
 from nudge.server.rpc.readiness import Readiness
+from nudge.server.storage.tables.transactions import TransactionRecord
 from nudge.v1 import common_pb2
 from nudge.v1 import risk_service_pb2 as pb
 from nudge.v1 import risk_service_pb2_grpc as pb_grpc
