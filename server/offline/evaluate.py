@@ -55,13 +55,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import lmdb
 import numpy as np
-import orjson
 
 from nudge.kernels.context import ContextLayout
 from nudge.server.decisions.campaign import DIMENSIONS, Campaign, CampaignError, load_campaigns
 from nudge.server.decisions.features import context_layout
 from nudge.server.decisions.guardrails import MASKING_CODES, SUPPRESS_NOTHING_BEST, TRACE_MASKED
+from nudge.server.errors import StoreError
 from nudge.server.offline import ope
+from nudge.server.storage.readonly import open_readonly
+from nudge.server.storage.tables import decisions as decision_table
 
 BUILTIN_POLICIES = ("uniform", "logged")
 POLICY_ENTRY_POINTS = "nudge.policies"
@@ -290,26 +292,16 @@ class Log:
         return int(self.reward.shape[0])
 
 
-def _open(data_dir: Path) -> lmdb.Environment:
-    return lmdb.open(str(data_dir), readonly=True, lock=False, max_dbs=32, subdir=True)
-
-
 def read_log(data_dir: Path, space: Space) -> Log:
     """Settled, learnable decisions of ``space``'s campaign in the store at ``data_dir``."""
     campaign = space.campaign.name
-    env = _open(data_dir)
-    try:
-        decisions = env.open_db(b"decisions", create=False)
-        rows: list[dict[str, Any]] = []
-        with env.begin() as txn:
-            for _, raw in txn.cursor(db=decisions):
-                r = orjson.loads(raw)
-                if (r["campaign"] != campaign or r["status"] != "settled" or not r["learn"]
-                        or r["reward"] is None):
-                    continue
-                rows.append(r)
-    finally:
-        env.close()
+    rows: list[dict[str, Any]] = []
+    with open_readonly(data_dir) as store, store.read() as txn:
+        for r in decision_table.stored_fields(txn, store.dbs):
+            if (r["campaign"] != campaign or r["status"] != "settled" or not r["learn"]
+                    or r["reward"] is None):
+                continue
+            rows.append(r)
     rows.sort(key=lambda r: (r["time"], r["decision_id"]))
     layout = context_layout(space.campaign)
     k = len(space)
@@ -519,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = evaluate_store(args.data_dir, campaigns, policies, args.campaign,
                                  interval=args.interval, dr_context=args.dr_context)
-    except (ValueError, CampaignError, lmdb.Error) as exc:
+    except (ValueError, CampaignError, lmdb.Error, StoreError, FileNotFoundError) as exc:
         parser.exit(2, f"nudge evaluate: error: {exc}\n")
     if args.json:
         print(json.dumps(results, indent=2))
