@@ -167,12 +167,11 @@ def _reached(received: list, n: int) -> bool:
 
 def _due_count(server, now: float) -> int:
     """Scheduled deliveries due by ``now`` (what the adapter should receive next)."""
-    from nudge.server.decisions.outbox import SCHEDULED, Delivery
+    from nudge.server.storage.tables import deliveries
 
     with server.store.read() as txn:
-        records = (Delivery.from_bytes(raw) for _, raw in txn.cursor(
-            db=server.store.dbs["deliveries"]))
-        return sum(d.status == SCHEDULED and d.due_at <= now for d in records)
+        return sum(d.status == deliveries.SCHEDULED and d.due_at <= now
+                   for d in deliveries.every(txn, server.store.dbs))
 
 
 def _scheduled(server, user: str) -> list:

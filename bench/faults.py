@@ -28,7 +28,6 @@ learner, caught up, must have applied the whole rewards log exactly once.
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import sys
 import tempfile
@@ -42,7 +41,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import orjson
 
 from nudge.bench.server_process import ServerProcess
 from nudge.clients import Client, make_event
@@ -99,7 +97,6 @@ LEASE_SECONDS = 1
 LONG_ROUND_EVERY = 4
 LONG_ROUND_SECONDS = (5.5, 7.0)
 SHORT_ROUND_SECONDS = (0.05, 1.2)
-LEARNED_SEQ_KEY = b"learner/learned_seq"
 
 
 @dataclass
@@ -294,31 +291,32 @@ def read_store(data_dir: Path, decision_ids: Iterable[str] = ()) -> _Stored:
     what the checks need: the decisions in the rewards log and ``decision_ids``."""
     from nudge.kernels import user_state
     from nudge.server.storage.store import Store
+    from nudge.server.storage.tables import decisions as decision_table
+    from nudge.server.storage.tables import deliveries as delivery_table
+    from nudge.server.storage.tables import models as model_table
+    from nudge.server.storage.tables import rewards as reward_log
+    from nudge.server.storage.tables import users
 
     store = Store(data_dir)
     try:
         dbs = store.dbs
         with store.read() as txn:
             counts = Counter({
-                bytes(k).decode(): int(np.frombuffer(v, np.float64)[user_state.S_EVENT_COUNT])
-                for k, v in txn.cursor(db=dbs["users"])
+                user_id: int(np.frombuffer(v, np.float64)[user_state.S_EVENT_COUNT])
+                for user_id, v in users.records(txn, dbs)
             })
-            rewards = [(int.from_bytes(bytes(k), "big"), bytes(v).decode())
-                       for k, v in txn.cursor(db=dbs["rewards"])]
+            rewards = list(reward_log.since(txn, dbs, 0))
             decisions = {}
             for decision_id in {d for _, d in rewards}.union(decision_ids):
-                raw = txn.get(decision_id.encode(), db=dbs["decisions"])
-                if raw is not None:
-                    decisions[decision_id] = orjson.loads(bytes(raw))
-            raw_seq = txn.get(LEARNED_SEQ_KEY, db=dbs["meta"])
-            learned_seq = int(bytes(raw_seq)) if raw_seq is not None else 0
-            raw_model = txn.get(CAMPAIGN.encode(), db=dbs["models"])
+                fields = decision_table.get_fields(txn, dbs, decision_id)
+                if fields is not None:
+                    decisions[decision_id] = fields
+            learned_seq = model_table.learned_seq(txn, dbs)
+            stored = model_table.get(txn, dbs, CAMPAIGN)
             model = None
-            if raw_model is not None:
-                with np.load(io.BytesIO(bytes(raw_model)), allow_pickle=False) as data:
-                    model = {"n_eff": data["n_eff"], "b": data["b"]}
-            deliveries = {bytes(k).decode(): orjson.loads(bytes(v))["status"]
-                          for k, v in txn.cursor(db=dbs["deliveries"])}
+            if stored is not None:
+                model = {"n_eff": stored.snapshot.n_eff, "b": stored.snapshot.b}
+            deliveries = {d.delivery_id: d.status for d in delivery_table.every(txn, dbs)}
     finally:
         store.close()
     return _Stored(counts, rewards, decisions, learned_seq, model, deliveries)

@@ -12,7 +12,6 @@ is learned exactly once.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import threading
 from collections import defaultdict
@@ -23,52 +22,21 @@ import numpy as np
 
 from nudge.kernels import context as ctx
 from nudge.kernels import learner as lrn
-from nudge.kernels.snapshot import PolicySnapshot
 from nudge.server.clock import Clock
-from nudge.server.decisions.engine import CampaignModel, DecisionEngine, DecisionRecord
+from nudge.server.decisions.engine import DecisionEngine
+from nudge.server.decisions.models import CampaignModel, encode_model, fit_stored
+from nudge.server.decisions.outcomes import settle
 from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.store import Store
+from nudge.server.storage.tables import deadlines
+from nudge.server.storage.tables import decisions as decision_table
+from nudge.server.storage.tables import models as model_table
+from nudge.server.storage.tables import rewards as reward_log
+from nudge.server.storage.tables.decisions import DecisionRecord
 
 log = logging.getLogger(__name__)
 
-LEARNED_SEQ_KEY = b"learner/learned_seq"
 EXPIRE_BATCH = 1_000
-
-
-def encode_model(model: CampaignModel) -> bytes:
-    s, st = model.snapshot, model.stats
-    buffer = io.BytesIO()
-    np.savez(
-        buffer, mean_t=s.mean_t, factor_t=s.factor_t, precision=s.precision, b=s.b,
-        n_eff=s.n_eff, prior=np.array([s.prior_precision]), version=np.array([s.version]),
-        stats_mean=st.mean, stats_var=st.var, stats_count=st.count,
-        features=np.array(model.layout.feature_names()),
-        components=np.array(model.campaign.component_names()),
-    )
-    return buffer.getvalue()
-
-
-def decode_model(raw: bytes, initial: CampaignModel, learned_seq: int) -> CampaignModel | None:
-    """The stored model, or None when it no longer fits the campaign: another shape, or the
-    same shape with features or components that mean something else (event types or a
-    string's known values reordered, a value renamed)."""
-    with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-        if data["mean_t"].shape != initial.snapshot.mean_t.shape:
-            return None
-        names = {"features": initial.layout.feature_names(),
-                 "components": initial.campaign.component_names()}
-        for key, expected in names.items():
-            if key in data.files and data[key].tolist() != expected:
-                return None
-        snapshot = PolicySnapshot(
-            mean_t=data["mean_t"], factor_t=data["factor_t"], precision=data["precision"],
-            b=data["b"], n_eff=data["n_eff"], prior_precision=float(data["prior"][0]),
-            version=int(data["version"][0]),
-        )
-        stats = ctx.ContextStats(
-            mean=data["stats_mean"], var=data["stats_var"], count=data["stats_count"]
-        )
-    return CampaignModel(initial.campaign, initial.layout, snapshot, stats, learned_seq)
 
 
 class Learner:
@@ -97,21 +65,21 @@ class Learner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._load()
-        engine.on_settled = self._wake.set
+        engine.outcomes.on_settled = self._wake.set
         self._thread = threading.Thread(target=self._run, name="nudge-learner", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def _load(self) -> None:
+        dbs = self.store.dbs
         with self.store.read() as txn:
-            raw_seq = txn.get(LEARNED_SEQ_KEY, db=self.store.dbs["meta"])
-            self.learned_seq = int(bytes(raw_seq)) if raw_seq is not None else 0
+            self.learned_seq = model_table.learned_seq(txn, dbs)
             for name, initial in list(self.engine.models.items()):
-                raw = txn.get(name.encode(), db=self.store.dbs["models"])
-                if raw is None:
+                stored = model_table.get(txn, dbs, name)
+                if stored is None:
                     continue
-                model = decode_model(bytes(raw), initial, self.learned_seq)
+                model = fit_stored(stored, initial, self.learned_seq)
                 if model is None:
                     log.warning("stored model of %s does not fit the campaign; starting fresh",
                                 name)
@@ -128,8 +96,7 @@ class Learner:
         """In a process that does not lead a shared store: adopt the models the leader
         stored, when it stored newer ones. Returns whether anything changed."""
         with self.store.read() as txn:
-            raw_seq = txn.get(LEARNED_SEQ_KEY, db=self.store.dbs["meta"])
-            seq = int(bytes(raw_seq)) if raw_seq is not None else 0
+            seq = model_table.learned_seq(txn, self.store.dbs)
         if seq == self.learned_seq:
             return False
         with self._step_lock:
@@ -171,44 +138,34 @@ class Learner:
 
     def expire(self, now: float) -> int:
         """Settle decisions whose goal window has passed with reward 0 (durably)."""
-        limit = int(now * 1000).to_bytes(8, "big")
-        with self.store.read() as txn:
-            cursor = txn.cursor(db=self.store.dbs["deadlines"])
-            due = []
-            if cursor.first():
-                for key in cursor.iternext(values=False):
-                    key = bytes(key)
-                    if key[:8] > limit or len(due) >= EXPIRE_BATCH:
-                        break
-                    due.append(key)
+        store = self.store
+        with store.read() as txn:
+            due = deadlines.due(txn, store.dbs, now, EXPIRE_BATCH)
         if not due:
             return 0
-        engine = self.engine
 
         def job(txn: lmdb.Transaction) -> int:
             settled = 0
             for key in due:
-                record = engine._load(txn, key[8:].decode())
+                record = decision_table.get(txn, store.dbs, deadlines.decision_id(key))
                 if record is not None and record.status == "open":
-                    settled += engine._settle(txn, record, 0.0)
+                    settled += settle(txn, store, record, 0.0)
                 else:  # settled meanwhile, or lost: the deadline has nothing left to do
-                    txn.delete(key, db=self.store.dbs["deadlines"])
+                    deadlines.delete(txn, store.dbs, key)
             return settled
 
         return self.writer.submit_job(job).result()
 
     def _learn_batch(self) -> int:
-        start = (self.learned_seq + 1).to_bytes(8, "big")
         records: list[tuple[int, DecisionRecord]] = []
+        dbs = self.store.dbs
         with self.store.read() as txn:
-            cursor = txn.cursor(db=self.store.dbs["rewards"])
-            if cursor.set_range(start):
-                for key, value in cursor:
-                    record = self.engine._load(txn, bytes(value).decode())
-                    if record is not None:
-                        records.append((int.from_bytes(bytes(key), "big"), record))
-                    if len(records) >= self.batch:
-                        break
+            for seq, decision_id in reward_log.since(txn, dbs, self.learned_seq + 1):
+                record = decision_table.get(txn, dbs, decision_id)
+                if record is not None:
+                    records.append((seq, record))
+                if len(records) >= self.batch:
+                    break
         if not records:
             return 0
         by_campaign: dict[str, list[DecisionRecord]] = defaultdict(list)
@@ -244,8 +201,7 @@ class Learner:
     def lag_seconds(self) -> float:
         """How long settled outcomes have been waiting for the learner (0: caught up)."""
         with self.store.read() as txn:
-            cursor = txn.cursor(db=self.store.dbs["rewards"])
-            newest = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+            newest = reward_log.last(txn, self.store.dbs)
         if newest <= self.learned_seq:
             return 0.0
         return max(0.0, self.clock.now() - self._caught_up_at)
@@ -258,8 +214,8 @@ class Learner:
 
         def job(txn: lmdb.Transaction) -> None:
             for name, model in models.items():
-                txn.put(name.encode(), encode_model(model), db=self.store.dbs["models"])
-            txn.put(LEARNED_SEQ_KEY, str(seq).encode(), db=self.store.dbs["meta"])
+                model_table.put(txn, self.store.dbs, name, encode_model(model))
+            model_table.put_learned_seq(txn, self.store.dbs, seq)
 
         self.writer.submit_job(job).result()
         self._dirty = False

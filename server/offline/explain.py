@@ -11,41 +11,28 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import lmdb
 import numpy as np
 
 from nudge.kernels.contributions import explain as explain_combo
 from nudge.server.decisions.campaign import load_campaigns
-from nudge.server.decisions.engine import CampaignModel, DecisionRecord
-from nudge.server.decisions.learner import LEARNED_SEQ_KEY, decode_model
-from nudge.server.storage.store import MAX_DBS
-
-
-def _open(data_dir: Path) -> lmdb.Environment:
-    if not (data_dir / "data.mdb").exists():
-        raise FileNotFoundError(f"{data_dir}: no nudge store here (data.mdb missing)")
-    return lmdb.open(str(data_dir), readonly=True, max_dbs=MAX_DBS, lock=True)
+from nudge.server.decisions.models import CampaignModel, fit_stored
+from nudge.server.storage.readonly import open_readonly
+from nudge.server.storage.tables import decisions as decision_table
+from nudge.server.storage.tables import models as model_table
+from nudge.server.storage.tables.decisions import DecisionRecord
 
 
 def explain(data_dir: Path, decision_id: str, campaigns_dir: Path | None = None) -> str:
-    env = _open(data_dir)
-    try:
-        with env.begin() as txn:
-            raw = txn.get(decision_id.encode(), db=env.open_db(b"decisions", txn=txn,
-                                                               create=False))
-            if raw is None:
-                raise KeyError(f"decision_id: {decision_id!r} is not in {data_dir}")
-            record = DecisionRecord.from_bytes(raw)
-            campaign = load_campaigns(campaigns_dir)[record.campaign]
-            initial = CampaignModel.initial(campaign)
-            stored = txn.get(record.campaign.encode(), db=env.open_db(b"models", txn=txn,
-                                                                     create=False))
-            seq = txn.get(LEARNED_SEQ_KEY, db=env.open_db(b"meta", txn=txn, create=False))
-            model = initial
-            if stored is not None:
-                model = decode_model(bytes(stored), initial, int(seq or 0)) or initial
-    finally:
-        env.close()
+    with open_readonly(data_dir) as store, store.read() as txn:
+        record = decision_table.get(txn, store.dbs, decision_id)
+        if record is None:
+            raise KeyError(f"decision_id: {decision_id!r} is not in {data_dir}")
+        campaign = load_campaigns(campaigns_dir)[record.campaign]
+        initial = CampaignModel.initial(campaign)
+        stored = model_table.get(txn, store.dbs, record.campaign)
+        model = initial
+        if stored is not None:
+            model = fit_stored(stored, initial, model_table.learned_seq(txn, store.dbs)) or initial
     return render(record, model)
 
 

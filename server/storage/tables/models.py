@@ -13,7 +13,7 @@ import lmdb
 import numpy as np
 
 from nudge.kernels import context as ctx
-from nudge.kernels import learner as lrn
+from nudge.kernels.snapshot import PolicySnapshot
 
 NAME = "models"
 META = "meta"
@@ -24,7 +24,7 @@ Dbs = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class StoredModel:
-    snapshot: lrn.PolicySnapshot
+    snapshot: PolicySnapshot
     stats: ctx.ContextStats
     # None in models stored before the names were.
     features: list[str] | None
@@ -32,7 +32,7 @@ class StoredModel:
 
 
 def encode(
-    snapshot: lrn.PolicySnapshot, stats: ctx.ContextStats, features: Sequence[str],
+    snapshot: PolicySnapshot, stats: ctx.ContextStats, features: Sequence[str],
     components: Sequence[str],
 ) -> bytes:
     s, st = snapshot, stats
@@ -48,7 +48,7 @@ def encode(
 
 def decode(raw: bytes) -> StoredModel:
     with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-        snapshot = lrn.PolicySnapshot(
+        snapshot = PolicySnapshot(
             mean_t=data["mean_t"], factor_t=data["factor_t"], precision=data["precision"],
             b=data["b"], n_eff=data["n_eff"], prior_precision=float(data["prior"][0]),
             version=int(data["version"][0]),

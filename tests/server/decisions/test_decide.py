@@ -479,8 +479,7 @@ def test_a_flush_in_the_same_commit_never_reopens_a_settled_decision(start: Star
             [make_event("u20", "loan_completed", time=clock.now())]))
         goal.start()
         time.sleep(0.2)  # the goal event is queued behind the held job
-        with srv.decisions._lock:
-            flushed = srv.decisions._request_flush()  # queued after the goal event
+        flushed = srv.decisions.pending.flush_soon()  # queued after the goal event
         time.sleep(0.2)
     finally:
         gate.set()
