@@ -27,7 +27,7 @@ from nudge.server.cluster.worker_role import WorkerRole
 from nudge.server.config import Config, ConfigError
 from nudge.server.decisions.campaign import CampaignError, load_campaigns
 from nudge.server.decisions.engine import DecisionEngine
-from nudge.server.decisions.journeys import Journeys, load_triggers
+from nudge.server.decisions.journeys import Journeys, campaign_triggers
 from nudge.server.decisions.learner import Learner
 from nudge.server.decisions.outbox import Outbox
 from nudge.server.errors import NudgeError
@@ -147,13 +147,12 @@ class NudgeServer:
         (SIGHUP). All or nothing: a bad file is logged and the running campaigns stay."""
         try:
             campaigns = load_campaigns(self.config.campaigns_dir)
-            triggers = load_triggers(campaigns)
             with self.learner.paused():
                 self.decisions.replace_campaigns(campaigns)
         except (CampaignError, NudgeError) as exc:
             log.error("campaigns not reloaded, the running ones stay: %s", exc)
             return False
-        self.journeys.replace_triggers(triggers)
+        self.journeys.replace_triggers(campaign_triggers(campaigns))
         log.info("campaigns reloaded: %s", ", ".join(sorted(campaigns)))
         return True
 
@@ -248,7 +247,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         RiskServicer(risk_engine, clock, readiness, pseudonyms), server
     )
     outbox = Outbox(store, writer, config.lease_seconds, config.cross_channel_gap_seconds)
-    journeys = Journeys(store, writer, decisions, outbox, load_triggers(campaigns), clock)
+    journeys = Journeys(store, writer, decisions, outbox, campaign_triggers(campaigns), clock)
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(outbox, clock, readiness), server
     )

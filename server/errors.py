@@ -51,6 +51,10 @@ class Unimplemented(NudgeError):
     code = "UNIMPLEMENTED"
 
 
+class CampaignError(ValueError):
+    """A campaign file breaks a rule; the message names the file, the key and the rule."""
+
+
 class StoreError(Exception):
     """The store cannot be opened as asked (wrong schema, unreadable folder)."""
 

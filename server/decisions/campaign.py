@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from nudge.kernels.action_space import ActionSpace, build_action_space
+from nudge.server.decisions.triggers import Trigger, parse_triggers
+from nudge.server.errors import CampaignError
 
 CHANNELS = ("push", "whatsapp", "sms", "email", "in_app")
 DIMENSIONS = ("message", "channel", "send_time", "frequency", "offer")
@@ -30,10 +32,6 @@ PAIRS = ((1, 2), (0, 4))
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 ALGORITHMS = ("thompson", "squarecb")
-
-
-class CampaignError(ValueError):
-    """A campaign file breaks a rule; the message names the file, the key and the rule."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +160,9 @@ class Campaign:
     exploration: Exploration
     context: ContextSpec
     space: ActionSpace = field(repr=False)
+    # Its [[triggers]], parsed from the same read of the file: a reload never pairs a
+    # campaign with another version's triggers.
+    triggers: tuple[Trigger, ...] = ()
 
     @property
     def n_components(self) -> int:
@@ -554,6 +555,7 @@ def parse_campaign(text: str, source: str) -> Campaign:
         exploration=exploration,
         context=_context(data, source, goal),
         space=space,
+        triggers=parse_triggers(data, source, name, goal.events),
     )
 
 

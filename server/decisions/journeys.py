@@ -13,37 +13,30 @@ from __future__ import annotations
 
 import logging
 import threading
-import tomllib
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 import lmdb
-import orjson
 
 from nudge.server.clock import Clock
 from nudge.server.decisions.campaign import Campaign
 from nudge.server.decisions.engine import DecideInput, DecisionEngine
 from nudge.server.decisions.outbox import Delivery, Outbox, new_delivery_id
-from nudge.server.decisions.triggers import Trigger, parse_triggers
+from nudge.server.decisions.triggers import Trigger
 from nudge.server.errors import NudgeError
 from nudge.server.inputs.events import ValidEvent
 from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.store import Store
+from nudge.server.storage.tables import triggered
 
 log = logging.getLogger(__name__)
 ALTERNATIVES = 16
 
 
-def load_triggers(campaigns: dict[str, Campaign]) -> list[Trigger]:
-    """The ``[[triggers]]`` of each campaign file."""
-    out: list[Trigger] = []
-    for campaign in campaigns.values():
-        path = Path(campaign.source)
-        if path.is_file():
-            data = tomllib.loads(path.read_text())
-            out += parse_triggers(data, campaign.source, campaign.name, campaign.goal.events)
-    return out
+def campaign_triggers(campaigns: dict[str, Campaign]) -> list[Trigger]:
+    """The triggers of these campaigns (parsed with each campaign, from the same file
+    read)."""
+    return [t for campaign in campaigns.values() for t in campaign.triggers]
 
 
 class Journeys:
@@ -113,8 +106,7 @@ class Journeys:
                 if trigger.matches(ev.type, ev.numbers, ev.strings):
                     record = {"campaign": trigger.campaign, "index": trigger.index,
                               "user": ev.user_id, "time": ev.time, "event": ev.event_id}
-                    key = f"{ev.event_id}\x00{i}".encode()
-                    txn.put(key, orjson.dumps(record), db=self.store.dbs["triggered"])
+                    triggered.put(txn, self.store.dbs, ev.event_id, i, record)
                     fired += 1
         if not fired and not cancelled:
             return None
@@ -141,8 +133,7 @@ class Journeys:
 
     def _process(self) -> int:
         with self.store.read() as txn:
-            pending = [(bytes(k), orjson.loads(v))
-                       for k, v in txn.cursor(db=self.store.dbs["triggered"])]
+            pending = triggered.pending(txn, self.store.dbs)
         for key, record in pending:
             trigger = self._trigger_of(record)
             deliveries = [] if trigger is None else self._plan(trigger, record)
@@ -150,7 +141,7 @@ class Journeys:
             def job(txn: lmdb.Transaction, key: bytes = key,
                     deliveries: list[Delivery] = deliveries) -> None:
                 self.outbox.schedule(txn, deliveries)
-                txn.delete(key, db=self.store.dbs["triggered"])
+                triggered.delete(txn, self.store.dbs, key)
 
             self.writer.submit_job(job).result()
             self.processed += 1

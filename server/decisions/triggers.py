@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nudge.server.decisions.campaign import CampaignError
+from nudge.server.errors import CampaignError
 
 EVENT_TYPE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 

@@ -15,6 +15,7 @@ from nudge.server.decisions.campaign import (
     parse_campaign,
     shipped_campaigns_dir,
 )
+from nudge.server.decisions.journeys import campaign_triggers
 
 DEFAULT = (shipped_campaigns_dir() / "loan_abandonment.toml").read_text()
 
@@ -138,3 +139,16 @@ def test_a_frequency_sends_the_messages_due_by_the_end_of_its_window() -> None:
     assert twice.send_times(100.0, 100.0 + 24 * 3600) == [100.0, 100.0 + 24 * 3600]
     assert twice.send_times(100.0, 100.0 + 24 * 3600 - 1) == [100.0]
     assert twice.send_times(100.0, 99.0) == []
+
+
+def test_triggers_come_from_the_same_read_as_their_campaign(tmp_path: Path) -> None:
+    """A campaign carries its [[triggers]]: journeys take them from it and never read the
+    file again, so an edit after loading cannot pair it with another version's triggers."""
+    path = tmp_path / "loan.toml"
+    path.write_text(DEFAULT)
+    campaigns = load_campaigns(tmp_path)
+    triggers = campaigns["loan_abandonment"].triggers
+    assert triggers and all(t.campaign == "loan_abandonment" for t in triggers)
+    assert [t.index for t in triggers] == list(range(len(triggers)))
+    path.unlink()
+    assert campaign_triggers(campaigns) == list(triggers)
