@@ -13,11 +13,13 @@ serve: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy -p nudge.v1 -p nudge.server -p nudge.kernels -p nudge.clients -p nudge.bench
 	$(BIN)/python -m pytest -q
 
 lint: venv buf-lint
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy -p nudge.v1 -p nudge.server -p nudge.kernels -p nudge.clients -p nudge.bench
 
 proto: venv
 	$(BIN)/python scripts/generate_proto.py

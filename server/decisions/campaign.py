@@ -183,7 +183,7 @@ class Campaign:
         # Built once: np.unravel_index per call costs microseconds inside every Decide.
         n = self.space.n_combos - (1 if self.space.nothing_combo >= 0 else 0)
         columns = np.unravel_index(np.arange(n), self.space.dim_sizes)
-        return [tuple(v) for v in np.stack(columns, axis=1).tolist()]  # type: ignore[misc]
+        return [tuple(v) for v in np.stack(columns, axis=1).tolist()]
 
     def component_ids(self, dim: str) -> np.ndarray:
         """Component id of each value of a dimension (for guardrail masks; read-only)."""
@@ -204,7 +204,7 @@ class Campaign:
         return {dim: tuple(ids.tolist()) for dim, ids in self._component_ids.items()}
 
     def dimension_names(self, dim: str) -> tuple[str, ...]:
-        values = {
+        values: tuple[Any, ...] = {
             "message": self.messages,
             "channel": self.channels,
             "send_time": self.send_times,

@@ -321,7 +321,7 @@ class DecisionEngine:
 
     def _read_user(
         self, user_id: str, now: float
-    ) -> tuple[memoryview | None, UserProfile | None, list[Contact]]:
+    ) -> tuple[memoryview[float] | None, UserProfile | None, list[Contact]]:
         """The user's state record (as float64s; None if no event was ever stored), profile
         and recent contacts, in one read transaction."""
         # Pending before stored: a flush committing between the two reads then shows in

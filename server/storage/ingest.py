@@ -257,8 +257,8 @@ def _apply_profile_updates(
             profile.tz, profile.tz_time = ev.tz, ev.time
             changed.add(row)
         for channel, granted in ev.consents.items():
-            previous = profile.consents.get(channel)
-            if previous is None or ev.time >= previous[1]:
+            consent = profile.consents.get(channel)
+            if consent is None or ev.time >= consent[1]:
                 profile.consents[channel] = (granted, ev.time)
                 changed.add(row)
     return changed

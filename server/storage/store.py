@@ -263,7 +263,7 @@ class Store:
             raw = users.record(txn, self.dbs, user_id)
             if raw is None:
                 return None
-            values = raw.cast("d").tolist()
+            values: list[float] = memoryview(raw).cast("d").tolist()  # type: ignore[assignment]
             profile = users.profile(txn, self.dbs, user_id)
         return values, profile
 

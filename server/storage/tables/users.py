@@ -70,7 +70,7 @@ class UserProfile:
         return merged
 
 
-def record(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> memoryview | None:
+def record(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> memoryview | bytes | None:
     """The user's state record as a buffer valid inside ``txn``; None if never stored."""
     return txn.get(user_id.encode(), db=dbs[USERS])
 
@@ -88,7 +88,7 @@ def put_profile(txn: lmdb.Transaction, dbs: Dbs, user_id: str, value: UserProfil
     txn.put(user_id.encode(), value.to_bytes(), db=dbs[PROFILES])
 
 
-def records(txn: lmdb.Transaction, dbs: Dbs) -> Iterator[tuple[str, memoryview]]:
+def records(txn: lmdb.Transaction, dbs: Dbs) -> Iterator[tuple[str, memoryview | bytes]]:
     """Every user's id and state record (buffers valid inside ``txn``)."""
     for key, value in txn.cursor(db=dbs[USERS]):
         yield bytes(key).decode(), value
