@@ -202,7 +202,8 @@ D_K = D_HISTORY + 1
 D_HELD = D_K + 1
 D_NEW = D_HELD + 1  # N_CAT flags: value new to the customer (-1 missing)
 D_NOVELTY = D_NEW + N_CAT  # nu_f(n) used (genuine chance of a new value)
-DETAIL_LEN = D_NOVELTY + N_CAT
+D_AMOUNT_RATIO = D_NOVELTY + N_CAT  # (1 + amount) / exp(the customer's predictive location)
+DETAIL_LEN = D_AMOUNT_RATIO + 1
 
 # --- params ---
 (K_PRIOR, K_HOLD, K_CLIP, K_HOUR_PRIOR, K_NOV_PSEUDO, K_VAR_PSEUDO, K_T_DOF, K_FR_SHIFT,
@@ -250,7 +251,7 @@ class ModelParams:
     fraud_amount_shift: float = 0.7
     fraud_amount_sd: float = 1.0
     fraud_pseudo: float = 20.0
-    learning_rate: float = 0.05
+    learning_rate: float = 0.02
     l2: float = 0.01
     count_cap: float = 400.0
     amount_memory: float = 100.0
@@ -486,6 +487,7 @@ def _evidence(user, pop, tx, params, k, ev, det):
     # amount
     x = math.log1p(tx[TX_AMOUNT])
     m, var = _amount_posterior(user, pop, params)
+    det[D_AMOUNT_RATIO] = math.exp(x - m)
     scale = math.sqrt(var)
     lg = _student_t_logpdf((x - m) / scale, scale, params[K_T_DOF])
     an = pop[P_FR_AMT_N]
