@@ -240,7 +240,16 @@ def generate_world(name: str, seed: int, spec: WorldSpec | None = None) -> World
     # fraud: one incident per attacked customer, after the warm-up
     n_attacks = round(spec.attacked_share * n_users)
     kinds = rng.choice(len(FRAUD_KINDS), n_attacks, p=np.array(spec.kinds) / sum(spec.kinds))
-    victims = rng.choice(n_users, n_attacks, replace=False)
+    # a cold attack needs an account with (almost) no history: one that opened after the
+    # warm-up (in a launch, everyone); the other kinds hit anyone
+    fresh = joins >= warmup
+    order = rng.permutation(n_users)
+    pools = [list(order[fresh[order]]), list(order[~fresh[order]])]
+    victims = np.empty(n_attacks, np.int64)
+    for b, k in enumerate(kinds):
+        first = 0 if FRAUD_KINDS[k] == "cold" or not pools[1] else 1
+        pool = pools[first] or pools[1 - first]
+        victims[b] = pool.pop()
     for b, (u, k) in enumerate(zip(victims, kinds, strict=True)):
         kname = FRAUD_KINDS[k]
         home = int(homes[u])
