@@ -33,7 +33,8 @@ Chinese-restaurant prior). nu_f(0) = 1: a first value is never evidence.
     takeover: p_t(b) = rho_f(n) * u_f(b)              if new,  (1 - rho_f(n)) c(b)/n_f if seen
 
 q_pop(b) is the population's distribution of values *at the moment they are new to a
-customer* (first countries are home countries; later new ones are travel destinations).
+customer*, kept in two histograms: first values (n = 0: home countries) and later new ones
+(travel destinations).
 rho_f(n) = rho_f + (1 - rho_f) nu_f(n) is the chance an attacker's value is new to this
 customer (an empty profile makes everything new); rho_f and the attacker's value
 distribution u_f (uniform over bins a priori) are updated by FRAUD labels (Beta/Dirichlet
@@ -185,7 +186,16 @@ P_JOINT = P_CC + CC_RING * N_EVIDENCE
 P_HOUR_NEWC_TOTAL = P_JOINT + N_HIST * 6
 P_HOUR_NEWC = P_HOUR_NEWC_TOTAL + 1  # home-time hours of genuine transactions in a new country
 P_FR_NODEV = P_HOUR_NEWC + HOURS  # FRAUD labels without a device id
-POP_LEN = P_FR_NODEV + 1
+# first values: the population's distribution of a customer's *first* value (home
+# countries, first merchants), kept apart from later new values (travel destinations)
+P_FIRST_TOTAL = []
+P_FIRST_OFF = []
+_o = P_FR_NODEV + 1
+for _b in CAT_BINS:
+    P_FIRST_TOTAL.append(_o)
+    P_FIRST_OFF.append(_o + 1)
+    _o += 1 + _b
+POP_LEN = _o
 del _o, _b
 
 # --- features: what a held transaction needs to be learned or trained on later ---
@@ -338,6 +348,8 @@ _CAT_BINS = np.array(CAT_BINS, dtype=np.int64)
 _U_CAT_TOTAL = np.array(U_CAT_TOTAL, dtype=np.int64)
 _U_CAT_OFF = np.array(U_CAT_OFF, dtype=np.int64)
 _P_NEWHIST_TOTAL = np.array(P_NEWHIST_TOTAL, dtype=np.int64)
+_P_FIRST_OFF = np.array(P_FIRST_OFF, dtype=np.int64)
+_P_FIRST_TOTAL = np.array(P_FIRST_TOTAL, dtype=np.int64)
 _P_NEWHIST_OFF = np.array(P_NEWHIST_OFF, dtype=np.int64)
 _P_FR_HIST_TOTAL = np.array(P_FR_HIST_TOTAL, dtype=np.int64)
 _P_FR_HIST_OFF = np.array(P_FR_HIST_OFF, dtype=np.int64)
@@ -414,6 +426,14 @@ def _novelty(pop, f, n, params):
 
 
 @njit(**_JIT)
+def _new_value_prob(pop, f, b, n, nbins):
+    """q_pop(b): how often genuine customers' new value is b (first values apart)."""
+    if n == 0.0:
+        return (pop[_P_FIRST_OFF[f] + b] + 0.5) / (pop[_P_FIRST_TOTAL[f]] + 0.5 * nbins)
+    return (pop[_P_NEWHIST_OFF[f] + b] + 0.5) / (pop[_P_NEWHIST_TOTAL[f]] + 0.5 * nbins)
+
+
+@njit(**_JIT)
 def _evidence(user, pop, tx, params, k, ev, det):
     """Per-feature log likelihood ratios (clipped) into ev; bookkeeping into det."""
     clip = params[K_CLIP]
@@ -437,7 +457,7 @@ def _evidence(user, pop, tx, params, k, ev, det):
             e = math.log((1.0 - rho) / (1.0 - nu)) if nu < 1.0 else 0.0
             det[D_NEW + f] = 0.0
         else:
-            q = (pop[_P_NEWHIST_OFF[f] + b] + 0.5) / (pop[_P_NEWHIST_TOTAL[f]] + 0.5 * nbins)
+            q = _new_value_prob(pop, f, b, n, nbins)
             u = ((pop[_P_FR_HIST_OFF[f] + b] + fp / nbins)
                  / (pop[_P_FR_HIST_TOTAL[f]] + fp))
             e = math.log(rho * u / (nu * q))
@@ -462,8 +482,7 @@ def _evidence(user, pop, tx, params, k, ev, det):
             e = math.log((1.0 - m) * (1.0 - rho) / pg)
         else:
             b = int(tx[TX_DEVICE])
-            q = ((pop[_P_NEWHIST_OFF[2] + b] + 0.5)
-                 / (pop[_P_NEWHIST_TOTAL[2]] + 0.5 * DEVICE_BINS))
+            q = _new_value_prob(pop, 2, b, user[_U_CAT_TOTAL[2]], DEVICE_BINS)
             u = ((pop[_P_FR_HIST_OFF[2] + b] + fp / DEVICE_BINS)
                  / (pop[_P_FR_HIST_TOTAL[2]] + fp))
             e = math.log((1.0 - m) * rho * u / (pg * q))
@@ -576,8 +595,12 @@ def _learn(user, pop, feat, params):
         pop[base] += 1.0
         if user[_U_CAT_OFF[f] + b] == 0.0:
             pop[base + 1] += 1.0
-            pop[_P_NEWHIST_OFF[f] + b] += 1.0
-            pop[_P_NEWHIST_TOTAL[f]] += 1.0
+            if n == 0.0:
+                pop[_P_FIRST_OFF[f] + b] += 1.0
+                pop[_P_FIRST_TOTAL[f]] += 1.0
+            else:
+                pop[_P_NEWHIST_OFF[f] + b] += 1.0
+                pop[_P_NEWHIST_TOTAL[f]] += 1.0
         user[_U_CAT_OFF[f] + b] += 1.0
         user[_U_CAT_TOTAL[f]] += 1.0
         if user[_U_CAT_TOTAL[f]] > params[K_CAP]:

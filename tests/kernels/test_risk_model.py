@@ -52,6 +52,12 @@ def random_states(seed: int, n_users: int = 4, n: int = 300):
 # --- the reference: the docstring's maths, one line at a time ------------------------------
 
 
+def ref_q(pop, f, b, n):
+    off, tot = (M.P_FIRST_OFF, M.P_FIRST_TOTAL) if n == 0 else (M.P_NEWHIST_OFF,
+                                                                  M.P_NEWHIST_TOTAL)
+    return (pop[off[f] + b] + 0.5) / (pop[tot[f]] + 0.5 * BINS[f])
+
+
 def ref_evidence(user, pop, tx, p: M.ModelParams):
     clip, fp = p.evidence_clip, p.fraud_pseudo
     fr_total = pop[M.P_FR_HOUR:M.P_FR_HOUR + 24].sum()
@@ -75,8 +81,7 @@ def ref_evidence(user, pop, tx, p: M.ModelParams):
             e = math.log((1 - rho) / (1 - nu)) if nu < 1 else 0.0
             new[f] = 0.0
         else:
-            q = ((pop[M.P_NEWHIST_OFF[f] + b] + 0.5)
-                 / (pop[M.P_NEWHIST_TOTAL[f]] + 0.5 * BINS[f]))
+            q = ref_q(pop, f, b, n)
             u = (pop[M.P_FR_HIST_OFF[f] + b] + fp / BINS[f]) / (pop[M.P_FR_HIST_TOTAL[f]] + fp)
             e = math.log(rho * u / (nu * q))
             new[f] = 1.0
@@ -98,8 +103,7 @@ def ref_evidence(user, pop, tx, p: M.ModelParams):
             e = math.log((1 - m) * (1 - rho) / pg)
         else:
             b = int(tx[M.CAT_TX[2]])
-            q = ((pop[M.P_NEWHIST_OFF[2] + b] + 0.5)
-                 / (pop[M.P_NEWHIST_TOTAL[2]] + 0.5 * DEVICE_BINS))
+            q = ref_q(pop, 2, b, nd)
             u = ((pop[M.P_FR_HIST_OFF[2] + b] + fp / DEVICE_BINS)
                  / (pop[M.P_FR_HIST_TOTAL[2]] + fp))
             e = math.log((1 - m) * rho * u / (pg * q))
@@ -192,8 +196,10 @@ def test_learn_matches_reference(seed: int) -> None:
             rp[M.P_NOV + (f * M.N_HIST + k) * 2] += 1
             if u[M.U_CAT_OFF[f] + b] == 0:
                 rp[M.P_NOV + (f * M.N_HIST + k) * 2 + 1] += 1
-                rp[M.P_NEWHIST_OFF[f] + b] += 1
-                rp[M.P_NEWHIST_TOTAL[f]] += 1
+                off, tot = (M.P_FIRST_OFF, M.P_FIRST_TOTAL) if n == 0 else (
+                    M.P_NEWHIST_OFF, M.P_NEWHIST_TOTAL)
+                rp[off[f] + b] += 1
+                rp[tot[f]] += 1
             ru[M.U_CAT_OFF[f] + b] += 1
             ru[M.U_CAT_TOTAL[f]] += 1
         an = u[M.U_AMT_N]
@@ -206,6 +212,7 @@ def test_learn_matches_reference(seed: int) -> None:
             sl = slice(M.U_CAT_TOTAL[f], M.U_CAT_OFF[f] + BINS[f])
             np.testing.assert_array_equal(u2[0, sl], ru[sl])
         np.testing.assert_array_equal(p2[M.P_NOV:M.P_HOUR_TOTAL], rp[M.P_NOV:M.P_HOUR_TOTAL])
+        np.testing.assert_array_equal(p2[M.P_FIRST_TOTAL[0]:], rp[M.P_FIRST_TOTAL[0]:])
         assert p2[M.P_WITHIN_S] == pytest.approx(rp[M.P_WITHIN_S])
         assert p2[M.P_AMT_N] == pop[M.P_AMT_N] + 1
         if an < PARAMS.amount_memory:
