@@ -123,7 +123,7 @@ def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[tuple[floa
 
 
 def evaluate_world(world: World, params: ModelParams | None = None, alert_rate: float = 0.005,
-                   threshold: float = 0.5, with_river: bool = False,
+                   thresholds: tuple[float, ...] = (0.5, 0.05), with_river: bool = False,
                    with_surprisal: bool = True) -> dict:
     """Every number of the report for one world, as a dict."""
     params = params or ModelParams()
@@ -147,8 +147,9 @@ def evaluate_world(world: World, params: ModelParams | None = None, alert_rate: 
     # genuine alert rate per week at a fixed threshold (whole stream, warm-up included)
     g = world.label == 0
     week = (world.time // (7 * DAY)).astype(np.int64)
-    r["weekly_genuine_alert"] = [float((run.scores[g & (week == k)] >= threshold).mean())
-                                 for k in range(week.max() + 1) if (g & (week == k)).any()]
+    weeks = [k for k in range(week.max() + 1) if (g & (week == k)).any()]
+    r["weekly_genuine_alert"] = {th: [float((run.scores[g & (week == k)] >= th).mean())
+                                      for k in weeks] for th in thresholds}
     r["held_genuine"] = float(run.details[m & (world.label == 0), D_HELD].mean())
     r["weights"] = run.population[P_W:P_W + N_EVIDENCE].round(2).tolist()
     if with_surprisal:
@@ -166,13 +167,13 @@ def evaluate_world(world: World, params: ModelParams | None = None, alert_rate: 
 def format_row(r: dict) -> str:
     river = r.get("ap_river")
     ratio = f"{r['ap'] / river:6.1f}x" if river else "    n/a"
-    weeks = r["weekly_genuine_alert"]
+    weekly = "  ".join(f"gen.alert>={th:g} by week " + " ".join(f"{x:.2%}" for x in v)
+                       for th, v in r["weekly_genuine_alert"].items())
     return (f"{r['world']:<15}{r['seed']:>3}{r['n_fraud']:>6}  AP {r['ap']:.3f}  "
             f"rec@0.5% {r['recall']:.3f}  AP<5 {r['ap_0_4']:.3f} ({r['fraud_0_4']:>3})  "
             f"AP5-19 {r['ap_5_19']:.3f}  AP20+ {r['ap_20_up']:.3f}  "
             f"top10% pred {r['top_decile_pred']:.4f} obs {r['top_decile_obs']:.4f}  "
-            f"old AP {r.get('ap_surprisal', float('nan')):.3f}  river {ratio}  "
-            f"gen.alert wk1 {weeks[0]:.4f} last {weeks[-1]:.4f}")
+            f"old AP {r.get('ap_surprisal', float('nan')):.3f}  river {ratio}\n   {weekly}")
 
 
 def main(argv: list[str] | None = None) -> int:
