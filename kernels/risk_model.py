@@ -66,7 +66,17 @@ by FRAUD labels.
 
 Posterior and supervised layer: with prior rate pi (``prior``),
 
-    logit P(fraud | x) = logit(pi) + sum_f w_f e_f,   w_f = 1 initially (pure Bayes).
+    logit P(fraud | x, not A) = logit(pi) + sum_f w_f e_f,   w_f = 1 initially (pure Bayes).
+
+Attacker-run accounts (A): when the attacker opened the account, or took it over before the
+customer used it, the "customer's history" *is* the attacker's and every later value looks
+seen. The account-level evidence a_u sums, over the customer's first values (n_f = 0),
+clip(log u_f(b) / q_first(b)): how much likelier such first values are for an attacker than
+for a genuine new customer (a first country nobody has as a home country). Attacker-run
+accounts burn out fast, so their prior halves with every ``account_half_life_tx`` learned
+transactions: logit P(A | history) = logit(pi) + a_u - n ln 2 / half_life, and
+
+    score = 1 - (1 - P(A | history)) (1 - P(fraud | x, not A)).
 
 Labels train w by online logistic regression (SGD, L2 pull towards 1, w_f >= 0). A FRAUD
 label is paired with one recently learned (presumed genuine) transaction from a ring in
@@ -81,16 +91,27 @@ Velocity counts every scored transaction (a burst stays a burst while held).
 
 State layouts (float64 vectors; offsets are module constants)
 -------------------------------------------------------------
-Customer (``USER_LEN`` = 339 values, 2,712 bytes): ``U_VERSION``, ``U_N`` (learned
-transactions), ``U_SEEN`` (scored), ``U_FIRST`` (time of first learned), ``U_AMT_N``,
-``U_AMT_MEAN``, ``U_AMT_S`` (Welford sum of squares; the count saturates at
+Customer (``USER_LEN`` = 309 values, 2,472 bytes: one LMDB page): ``U_VERSION``, ``U_N``
+(learned transactions), ``U_SEEN`` (scored), ``U_FIRST`` (time of first learned),
+``U_AMT_N``, ``U_AMT_MEAN``, ``U_AMT_S`` (Welford sum of squares; the count saturates at
 ``amount_memory`` so old habits fade), ``U_RING_POS`` and ``U_RING`` (times of the last 8
 scored transactions), then per categorical a total and bin counts (``U_CAT_TOTAL[f]``,
-``U_CAT_OFF[f]``; counts halve when the total passes ``count_cap``), then ``U_HOUR`` (24).
+``U_CAT_OFF[f]``; country 96, merchant category 128, device 32, channel 8 bins, hashed by
+``nudge.kernels.risk.category_bin``; counts halve when the total passes ``count_cap``), then
+``U_HOUR`` (24) and ``U_ACCOUNT`` (a_u).
 
-Population (``POP_LEN``, see ``P_*`` offsets): novelty tables (per categorical and history
-bucket: total, new), new-value histograms, hour histogram, amount moments, the velocity
-table, the fraud model's label counts, the supervised weights and the case-control ring.
+Population (``POP_LEN`` = 1,380 values, 11,040 bytes; see the ``P_*`` offsets): novelty
+tables (per categorical and history bucket: total, new), later-new-value histograms, the
+hour histogram, amount moments and pooled within-customer variance, the velocity table
+(activity row x k), the takeover model's FRAUD-label counts (novelty, values, hours, k,
+amount moments, no-device), the supervised weights ``P_W`` (7), the case-control ring
+(32 x 7 evidence vectors), the (n_device bucket x country state x device state) table, the
+new-country hour histogram, and the first-value histograms.
+
+Known limits: features are hashed (a new value colliding with a usual one is missed); an
+account whose first transactions are the attacker's and look ordinary to the population is
+learned as the customer; quiet fraud at home, at usual hours and amounts, on the
+customer's own device (first-party fraud) leaves almost no evidence.
 """
 
 from __future__ import annotations
@@ -144,7 +165,8 @@ for _b in CAT_BINS:
     U_CAT_OFF.append(_o + 1)
     _o += 1 + _b
 U_HOUR = _o
-USER_LEN = U_HOUR + HOURS
+U_ACCOUNT = U_HOUR + HOURS  # evidence (nats) that the account was the attacker's from the start
+USER_LEN = U_ACCOUNT + 1
 
 # --- population layout ---
 P_VERSION = 0
@@ -213,7 +235,8 @@ D_HELD = D_K + 1
 D_NEW = D_HELD + 1  # N_CAT flags: value new to the customer (-1 missing)
 D_NOVELTY = D_NEW + N_CAT  # nu_f(n) used (genuine chance of a new value)
 D_AMOUNT_RATIO = D_NOVELTY + N_CAT  # (1 + amount) / exp(the customer's predictive location)
-DETAIL_LEN = D_AMOUNT_RATIO + 1
+D_ACCOUNT = D_AMOUNT_RATIO + 1  # P(account attacker-run from the start | its history)
+DETAIL_LEN = D_ACCOUNT + 1
 
 # --- params ---
 (K_PRIOR, K_HOLD, K_CLIP, K_HOUR_PRIOR, K_NOV_PSEUDO, K_VAR_PSEUDO, K_T_DOF, K_FR_SHIFT,
@@ -221,7 +244,8 @@ DETAIL_LEN = D_AMOUNT_RATIO + 1
 K_RHO = 15  # N_CAT attacker novelty rates
 K_FR_VEL = K_RHO + N_CAT  # VEL_K prior distribution of k under takeover
 K_NODEV = K_FR_VEL + VEL_K
-PARAM_LEN = K_NODEV + 1
+K_ACCOUNT_HALF = K_NODEV + 1
+PARAM_LEN = K_ACCOUNT_HALF + 1
 
 
 @dataclass(frozen=True)
@@ -269,6 +293,7 @@ class ModelParams:
     attacker_novelty: tuple[float, float, float, float] = (0.7, 0.6, 0.85, 0.3)
     attacker_velocity: tuple[float, ...] = (0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.05)
     attacker_no_device: float = 0.2
+    account_half_life_tx: float = 5.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -307,6 +332,7 @@ class ModelParams:
         v = np.asarray(self.attacker_velocity, dtype=np.float64)
         a[K_FR_VEL:K_FR_VEL + VEL_K] = v / v.sum()
         a[K_NODEV] = self.attacker_no_device
+        a[K_ACCOUNT_HALF] = self.account_half_life_tx
         a.flags.writeable = False
         return a
 
@@ -549,8 +575,16 @@ def _score(user, pop, tx, params, out, feat):
         llr += ev[f]
         z += pop[P_W + f] * ev[f]
     pi = params[K_PRIOR]
-    z += math.log(pi / (1.0 - pi))
-    out[D_SCORE] = 1.0 / (1.0 + math.exp(-z))
+    lp = math.log(pi / (1.0 - pi))
+    z += lp
+    p_tx = 1.0 / (1.0 + math.exp(-z))
+    p_acct = 0.0
+    half = params[K_ACCOUNT_HALF]
+    if half > 0.0:
+        za = lp + user[U_ACCOUNT] - user[U_N] * math.log(2.0) / half
+        p_acct = 1.0 / (1.0 + math.exp(-za))
+    out[D_ACCOUNT] = p_acct
+    out[D_SCORE] = 1.0 - (1.0 - p_acct) * (1.0 - p_tx)
     out[D_LOGIT] = z
     out[D_LOG_LR] = llr
     out[D_HISTORY] = user[U_N]
@@ -578,6 +612,18 @@ def _observe(user, t):
 def _learn(user, pop, feat, params):
     """Fold one genuine (or presumed genuine) transaction into the customer and population."""
     # population first: it learns how customers *with this history* behave
+    # account evidence: how rare this customer's *first* values are among genuine
+    # customers' first values (an account the attacker opened or took over at once)
+    clip = params[K_CLIP]
+    fp = params[K_FR_PSEUDO]
+    for f in range(N_CAT):
+        b = int(feat[_CAT_TX[f]])
+        if b >= 0 and user[_U_CAT_TOTAL[f]] == 0.0:
+            nbins = _CAT_BINS[f]
+            u = ((pop[_P_FR_HIST_OFF[f] + b] + fp / nbins)
+                 / (pop[_P_FR_HIST_TOTAL[f]] + fp))
+            e = math.log(u / _new_value_prob(pop, f, b, 0.0, nbins))
+            user[U_ACCOUNT] += min(max(e, -clip), clip)
     bc = int(feat[TX_COUNTRY])
     cs = 1 if bc >= 0 and user[_U_CAT_OFF[0] + bc] == 0.0 else 0
     bd = int(feat[TX_DEVICE])

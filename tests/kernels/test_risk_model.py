@@ -159,8 +159,11 @@ def ref_evidence(user, pop, tx, p: M.ModelParams):
     fv = np.asarray(p.attacker_velocity) / sum(p.attacker_velocity)
     pt = (pop[M.P_FR_VEL + kv] + fp * fv[kv]) / (fr_total + fp)
     ev[M.E_VELOCITY] = np.clip(math.log(pt / pg), -clip, clip)
-    z = math.log(p.prior / (1 - p.prior)) + (pop[M.P_W:M.P_W + 7] * ev).sum()
-    return ev, 1 / (1 + math.exp(-z)), kv
+    lp = math.log(p.prior / (1 - p.prior))
+    p_tx = 1 / (1 + math.exp(-(lp + (pop[M.P_W:M.P_W + 7] * ev).sum())))
+    za = lp + user[M.U_ACCOUNT] - user[M.U_N] * math.log(2) / p.account_half_life_tx
+    p_acct = 1 / (1 + math.exp(-za))
+    return ev, 1 - (1 - p_acct) * (1 - p_tx), kv
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -202,6 +205,14 @@ def test_learn_matches_reference(seed: int) -> None:
                 rp[tot[f]] += 1
             ru[M.U_CAT_OFF[f] + b] += 1
             ru[M.U_CAT_TOTAL[f]] += 1
+        acct = u[M.U_ACCOUNT]
+        for f in range(4):
+            b = int(tx[M.CAT_TX[f]])
+            if b >= 0 and u[M.U_CAT_TOTAL[f]] == 0:
+                fu = ((pop[M.P_FR_HIST_OFF[f] + b] + PARAMS.fraud_pseudo / BINS[f])
+                      / (pop[M.P_FR_HIST_TOTAL[f]] + PARAMS.fraud_pseudo))
+                acct += np.clip(math.log(fu / ref_q(pop, f, b, 0)), -6, 6)
+        assert u2[0, M.U_ACCOUNT] == pytest.approx(acct, rel=1e-12, abs=1e-12)
         an = u[M.U_AMT_N]
         if an >= 1:
             rp[M.P_WITHIN_S] += (x - u[M.U_AMT_MEAN]) ** 2 * an / (an + 1)
