@@ -176,6 +176,49 @@ def format_row(r: dict) -> str:
             f"old AP {r.get('ap_surprisal', float('nan')):.3f}  river {ratio}\n   {weekly}")
 
 
+def measure_speed(repeats: int = 5) -> dict[str, float]:
+    """Kernel speed on this machine, best of ``repeats``: the single-score kernel on
+    read-only state views and through :func:`score_one` (µs), the single score+observe+learn
+    kernel (µs), and batch :func:`score_and_learn` over a launch world (tx/s)."""
+    from nudge.kernels import risk_model as M
+
+    M.warm_up()
+    w = generate_world("launch", 9)
+    txs = encode_transactions(w.amount, w.time, w.local_hour, w.country, w.merchant_category,
+                              w.device_id, w.channel)
+    best = np.inf
+    for _ in range(repeats):
+        users = np.tile(new_user_state(), (w.n_users, 1))
+        pop = new_population_state()
+        t = time.perf_counter()
+        score_and_learn(users, w.user, pop, txs)
+        best = min(best, time.perf_counter() - t)
+    result = {"batch_tx_per_s": len(w) / best}
+    one = users[int(w.user[-1])].copy()
+    one.flags.writeable = False  # as an LMDB view
+    ro_pop = pop.copy()
+    ro_pop.flags.writeable = False
+    tx = txs[-1].copy()
+    p = ModelParams().to_array()
+    out = np.empty(DETAIL_LEN)
+    feat = np.empty(FEAT_LEN)
+    k = 20_000
+    for name, call in (
+        ("single_kernel_us", lambda: M._score_one_kernel(one, ro_pop, tx, p, out, feat)),
+        ("single_wrapper_us", lambda: M.score_one(one, ro_pop, tx)),
+        ("single_learn_kernel_us",
+         lambda: M._score_learn_one_kernel(users[0], pop, tx, p, True, out, feat)),
+    ):
+        best = np.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for _ in range(k):
+                call()
+            best = min(best, (time.perf_counter() - t) / k)
+        result[name] = best * 1e6
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run every (world, seed), print one row each."""
     ap = argparse.ArgumentParser(prog="python -m nudge.bench.risk_worlds_eval",
@@ -185,7 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3])
     ap.add_argument("--river", action="store_true", help="also run River HalfSpaceTrees")
     ap.add_argument("--reliability", action="store_true", help="print the decile tables")
+    ap.add_argument("--speed", action="store_true", help="only measure kernel speed")
     args = ap.parse_args(argv)
+    if args.speed:
+        sp = measure_speed()
+        print(f"single score kernel {sp['single_kernel_us']:.2f} µs (budget 5); score_one "
+              f"{sp['single_wrapper_us']:.2f} µs; single score+learn kernel "
+              f"{sp['single_learn_kernel_us']:.2f} µs; batch score+learn "
+              f"{sp['batch_tx_per_s']:,.0f} tx/s (target 500,000)")
+        return 0
     for name in args.worlds:
         for seed in args.seeds:
             t = time.perf_counter()
