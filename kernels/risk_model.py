@@ -32,6 +32,13 @@ Chinese-restaurant prior). nu_f(0) = 1: a first value is never evidence.
     genuine:  p_g(b) = nu_f(n) * q_pop(b)            if new,  (1 - nu_f(n)) c(b)/n_f  if seen
     takeover: p_t(b) = rho_f(n) * u_f(b)              if new,  (1 - rho_f(n)) c(b)/n_f if seen
 
+A seen value carries one more factor: was it new only *recently* (within
+``recent_window_s``: the customer's latest new value)? A takeover whose first transaction
+slipped through and was learned reuses what it brought, with probability
+``attacker_recent``; genuine customers repeat a recent new value at the rate r_f(n) the
+population shows (learned per history bucket). So seen-recent adds log(rr / r_f(n)) and
+seen-long-ago adds log((1 - rr) / (1 - r_f(n))).
+
 q_pop(b) is the population's distribution of values *at the moment they are new to a
 customer*, kept in two histograms: first values (n = 0: home countries) and later new ones
 (travel destinations).
@@ -98,7 +105,8 @@ Customer (``USER_LEN`` = 309 values, 2,472 bytes: one LMDB page): ``U_VERSION``,
 scored transactions), then per categorical a total and bin counts (``U_CAT_TOTAL[f]``,
 ``U_CAT_OFF[f]``; country 96, merchant category 128, device 32, channel 8 bins, hashed by
 ``nudge.kernels.risk.category_bin``; counts halve when the total passes ``count_cap``), then
-``U_HOUR`` (24) and ``U_ACCOUNT`` (a_u).
+``U_HOUR`` (24), ``U_ACCOUNT`` (a_u), ``U_RECENT_BIN`` and ``U_RECENT_TIME`` (per
+categorical: the latest value that was new when learned, and when).
 
 Population (``POP_LEN`` = 1,380 values, 11,040 bytes; see the ``P_*`` offsets): novelty
 tables (per categorical and history bucket: total, new), later-new-value histograms, the
@@ -106,7 +114,8 @@ hour histogram, amount moments and pooled within-customer variance, the velocity
 (activity row x k), the takeover model's FRAUD-label counts (novelty, values, hours, k,
 amount moments, no-device), the supervised weights ``P_W`` (7), the case-control ring
 (32 x 7 evidence vectors), the (n_device bucket x country state x device state) table, the
-new-country hour histogram, and the first-value histograms.
+new-country hour histogram, the first-value histograms and the recent-repeat table
+(per categorical and history bucket: seen, seen-recent).
 
 Known limits: features are hashed (a new value colliding with a usual one is missed); an
 account whose first transactions are the attacker's and look ordinary to the population is
@@ -166,7 +175,9 @@ for _b in CAT_BINS:
     _o += 1 + _b
 U_HOUR = _o
 U_ACCOUNT = U_HOUR + HOURS  # evidence (nats) that the account was the attacker's from the start
-USER_LEN = U_ACCOUNT + 1
+U_RECENT_BIN = U_ACCOUNT + 1  # N_CAT: bin of the latest value that was new when learned
+U_RECENT_TIME = U_RECENT_BIN + N_CAT  # N_CAT: when it was learned
+USER_LEN = U_RECENT_TIME + N_CAT
 
 # --- population layout ---
 P_VERSION = 0
@@ -217,7 +228,8 @@ for _b in CAT_BINS:
     P_FIRST_TOTAL.append(_o)
     P_FIRST_OFF.append(_o + 1)
     _o += 1 + _b
-POP_LEN = _o
+P_RECENT = _o  # [f][bucket][seen, recent]: seen values that were new within recent_window_s
+POP_LEN = P_RECENT + N_CAT * N_HIST * 2
 del _o, _b
 
 # --- features: what a held transaction needs to be learned or trained on later ---
@@ -245,7 +257,9 @@ K_RHO = 15  # N_CAT attacker novelty rates
 K_FR_VEL = K_RHO + N_CAT  # VEL_K prior distribution of k under takeover
 K_NODEV = K_FR_VEL + VEL_K
 K_ACCOUNT_HALF = K_NODEV + 1
-PARAM_LEN = K_ACCOUNT_HALF + 1
+K_RECENT_WINDOW = K_ACCOUNT_HALF + 1
+K_ATTACKER_RECENT = K_RECENT_WINDOW + 1
+PARAM_LEN = K_ATTACKER_RECENT + 1
 
 
 @dataclass(frozen=True)
@@ -294,6 +308,8 @@ class ModelParams:
     attacker_velocity: tuple[float, ...] = (0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.05)
     attacker_no_device: float = 0.2
     account_half_life_tx: float = 5.0
+    recent_window_s: float = 21600.0
+    attacker_recent: float = 0.15
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -333,6 +349,8 @@ class ModelParams:
         a[K_FR_VEL:K_FR_VEL + VEL_K] = v / v.sum()
         a[K_NODEV] = self.attacker_no_device
         a[K_ACCOUNT_HALF] = self.account_half_life_tx
+        a[K_RECENT_WINDOW] = self.recent_window_s
+        a[K_ATTACKER_RECENT] = self.attacker_recent
         a.flags.writeable = False
         return a
 
@@ -345,6 +363,7 @@ def new_user_state() -> np.ndarray:
     s = np.zeros(USER_LEN)
     s[U_VERSION] = MODEL_VERSION
     s[U_RING:U_RING + RING] = -np.inf
+    s[U_RECENT_BIN:U_RECENT_BIN + N_CAT] = -1.0
     return s
 
 
@@ -460,6 +479,24 @@ def _new_value_prob(pop, f, b, n, nbins):
 
 
 @njit(**_JIT)
+def _is_recent(user, f, b, t, window):
+    return user[U_RECENT_BIN + f] == b and 0.0 <= t - user[U_RECENT_TIME + f] <= window
+
+
+@njit(**_JIT)
+def _recent_evidence(user, pop, tx, f, b, n, params):
+    """Extra log ratio for a seen value: was it new only recently? An attacker whose
+    first transaction was learned reuses what they brought (``attacker_recent``); genuine
+    customers repeat a recent new value at the rate the population shows."""
+    base = P_RECENT + (f * N_HIST + int(_hist_bucket(n))) * 2
+    r = (pop[base + 1] + 0.1) / (pop[base] + 1.0)
+    rr = params[K_ATTACKER_RECENT]
+    if _is_recent(user, f, b, tx[TX_TIME], params[K_RECENT_WINDOW]):
+        return math.log(rr / r)
+    return math.log((1.0 - rr) / (1.0 - r))
+
+
+@njit(**_JIT)
 def _evidence(user, pop, tx, params, k, ev, det):
     """Per-feature log likelihood ratios (clipped) into ev; bookkeeping into det."""
     clip = params[K_CLIP]
@@ -481,6 +518,7 @@ def _evidence(user, pop, tx, params, k, ev, det):
         det[D_NOVELTY + f] = nu
         if c > 0.0:
             e = math.log((1.0 - rho) / (1.0 - nu)) if nu < 1.0 else 0.0
+            e += _recent_evidence(user, pop, tx, f, b, n, params)
             det[D_NEW + f] = 0.0
         else:
             q = _new_value_prob(pop, f, b, n, nbins)
@@ -506,6 +544,8 @@ def _evidence(user, pop, tx, params, k, ev, det):
         rho = rho0 + (1.0 - rho0) * nu
         if ds == 1:
             e = math.log((1.0 - m) * (1.0 - rho) / pg)
+            e += _recent_evidence(user, pop, tx, 2, int(tx[TX_DEVICE]),
+                                  user[_U_CAT_TOTAL[2]], params)
         else:
             b = int(tx[TX_DEVICE])
             q = _new_value_prob(pop, 2, b, user[_U_CAT_TOTAL[2]], DEVICE_BINS)
@@ -639,7 +679,14 @@ def _learn(user, pop, feat, params):
         n = user[_U_CAT_TOTAL[f]]
         base = P_NOV + (f * N_HIST + int(_hist_bucket(n))) * 2
         pop[base] += 1.0
-        if user[_U_CAT_OFF[f] + b] == 0.0:
+        if user[_U_CAT_OFF[f] + b] > 0.0:
+            rb = P_RECENT + (f * N_HIST + int(_hist_bucket(n))) * 2
+            pop[rb] += 1.0
+            if _is_recent(user, f, b, feat[TX_TIME], params[K_RECENT_WINDOW]):
+                pop[rb + 1] += 1.0
+        else:
+            user[U_RECENT_BIN + f] = b
+            user[U_RECENT_TIME + f] = feat[TX_TIME]
             pop[base + 1] += 1.0
             if n == 0.0:
                 pop[_P_FIRST_OFF[f] + b] += 1.0

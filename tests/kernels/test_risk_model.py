@@ -58,6 +58,16 @@ def ref_q(pop, f, b, n):
     return (pop[off[f] + b] + 0.5) / (pop[tot[f]] + 0.5 * BINS[f])
 
 
+def ref_recent(user, pop, tx, f, b, n, p: M.ModelParams):
+    k = max(j for j, e in enumerate(M.HIST_EDGES) if n >= e)
+    seen, recent = pop[M.P_RECENT + (f * M.N_HIST + k) * 2:][:2]
+    r = (recent + 0.1) / (seen + 1)
+    rr = p.attacker_recent
+    is_recent = (user[M.U_RECENT_BIN + f] == b
+                 and 0 <= tx[TX_TIME] - user[M.U_RECENT_TIME + f] <= p.recent_window_s)
+    return math.log(rr / r) if is_recent else math.log((1 - rr) / (1 - r))
+
+
 def ref_evidence(user, pop, tx, p: M.ModelParams):
     clip, fp = p.evidence_clip, p.fraud_pseudo
     fr_total = pop[M.P_FR_HOUR:M.P_FR_HOUR + 24].sum()
@@ -79,6 +89,7 @@ def ref_evidence(user, pop, tx, p: M.ModelParams):
         nus[f] = nu
         if c > 0:
             e = math.log((1 - rho) / (1 - nu)) if nu < 1 else 0.0
+            e += ref_recent(user, pop, tx, f, b, n, p)
             new[f] = 0.0
         else:
             q = ref_q(pop, f, b, n)
@@ -101,6 +112,7 @@ def ref_evidence(user, pop, tx, p: M.ModelParams):
         rho = rho0 + (1 - rho0) * nus[2]
         if ds == 1:
             e = math.log((1 - m) * (1 - rho) / pg)
+            e += ref_recent(user, pop, tx, 2, int(tx[M.CAT_TX[2]]), nd, p)
         else:
             b = int(tx[M.CAT_TX[2]])
             q = ref_q(pop, 2, b, nd)
@@ -197,7 +209,14 @@ def test_learn_matches_reference(seed: int) -> None:
             n = ru[M.U_CAT_TOTAL[f]]
             k = max(j for j, e in enumerate(M.HIST_EDGES) if n >= e)
             rp[M.P_NOV + (f * M.N_HIST + k) * 2] += 1
-            if u[M.U_CAT_OFF[f] + b] == 0:
+            if u[M.U_CAT_OFF[f] + b] > 0:
+                rp[M.P_RECENT + (f * M.N_HIST + k) * 2] += 1
+                if (u[M.U_RECENT_BIN + f] == b
+                        and 0 <= tx[TX_TIME] - u[M.U_RECENT_TIME + f] <= PARAMS.recent_window_s):
+                    rp[M.P_RECENT + (f * M.N_HIST + k) * 2 + 1] += 1
+            else:
+                ru[M.U_RECENT_BIN + f] = b
+                ru[M.U_RECENT_TIME + f] = tx[TX_TIME]
                 rp[M.P_NOV + (f * M.N_HIST + k) * 2 + 1] += 1
                 off, tot = (M.P_FIRST_OFF, M.P_FIRST_TOTAL) if n == 0 else (
                     M.P_NEWHIST_OFF, M.P_NEWHIST_TOTAL)
@@ -224,6 +243,7 @@ def test_learn_matches_reference(seed: int) -> None:
             np.testing.assert_array_equal(u2[0, sl], ru[sl])
         np.testing.assert_array_equal(p2[M.P_NOV:M.P_HOUR_TOTAL], rp[M.P_NOV:M.P_HOUR_TOTAL])
         np.testing.assert_array_equal(p2[M.P_FIRST_TOTAL[0]:], rp[M.P_FIRST_TOTAL[0]:])
+        np.testing.assert_array_equal(u2[0, M.U_RECENT_BIN:], ru[M.U_RECENT_BIN:])
         assert p2[M.P_WITHIN_S] == pytest.approx(rp[M.P_WITHIN_S])
         assert p2[M.P_AMT_N] == pop[M.P_AMT_N] + 1
         if an < PARAMS.amount_memory:
