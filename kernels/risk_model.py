@@ -863,6 +863,7 @@ def score_and_learn(users: np.ndarray, rows: np.ndarray, population: np.ndarray,
     txs = np.ascontiguousarray(transactions, dtype=np.float64)
     if txs.ndim != 2 or txs.shape[1] != TX_LEN:
         raise ValueError(f"transactions must be (n, {TX_LEN}) from encode_transactions")
+    _check_values(txs, "transactions")
     rows_ = _check_rows(rows, txs.shape[0], users.shape[0])
     n = txs.shape[0]
     out = np.empty((n, DETAIL_LEN))
@@ -880,7 +881,7 @@ def learn_held(users: np.ndarray, rows: np.ndarray, population: np.ndarray,
     one labelled FRAUD."""
     _check2(users, "users", USER_LEN)
     _check(population, "population", POP_LEN, writable=True)
-    f = np.ascontiguousarray(features, dtype=np.float64).reshape(-1, FEAT_LEN)
+    f = _check_features(features)
     _learn_batch_kernel(users, _check_rows(rows, f.shape[0], users.shape[0]), f, population,
                         params.to_array())
 
@@ -890,7 +891,7 @@ def apply_labels(population: np.ndarray, features: np.ndarray, labels: np.ndarra
     """Train the takeover model and the supervised weights on labelled transactions
     (``labels`` 1 FRAUD, 0 GENUINE; ``features`` as returned when they were scored)."""
     _check(population, "population", POP_LEN, writable=True)
-    f = np.ascontiguousarray(features, dtype=np.float64).reshape(-1, FEAT_LEN)
+    f = _check_features(features)
     y = np.ascontiguousarray(labels, dtype=np.float64).reshape(-1)
     if y.shape[0] != f.shape[0] or not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("labels must be 0 (GENUINE) or 1 (FRAUD), one per features row")
@@ -938,6 +939,41 @@ def _check_tx(tx: np.ndarray) -> None:
     if not isinstance(tx, np.ndarray) or tx.dtype != np.float64 or tx.shape != (TX_LEN,):
         raise ValueError(f"transaction must be the float64 ({TX_LEN},) vector from "
                          "encode_transaction")
+    v = tx.tolist()  # plain floats: ~1 µs, where the NumPy checks cost ~15 per call
+    if not all(map(math.isfinite, v)) or v[TX_AMOUNT] < 0 or not 0.0 <= v[TX_HOUR] < 24.0 \
+            or not all(-1 <= v[c] < b and v[c] == int(v[c])
+                       for c, b in zip(CAT_TX, CAT_BINS, strict=True)):
+        _check_values(tx.reshape(1, -1), "transaction")  # raises with the rule broken
+
+
+def _check_values(m: np.ndarray, name: str) -> None:
+    """Finite, amount >= 0, hour in [0, 24), bins integers in [-1, bins): the kernels
+    index arrays with them."""
+    if not np.isfinite(m[:, :TX_LEN]).all():
+        raise ValueError(f"{name}: time, amount and local_hour must be finite")
+    if (m[:, TX_AMOUNT] < 0).any():
+        raise ValueError(f"{name}: amount must be >= 0")
+    if ((m[:, TX_HOUR] < 0) | (m[:, TX_HOUR] >= 24)).any():
+        raise ValueError(f"{name}: local_hour must be in [0, 24)")
+    for col, bins in zip(CAT_TX, CAT_BINS, strict=True):
+        b = m[:, col]
+        if ((b < -1) | (b >= bins) | (b != np.floor(b))).any():
+            raise ValueError(f"{name}: category bins must be integers in [-1, {bins}); "
+                             "build transactions with encode_transaction(s)")
+
+
+def _check_features(features: np.ndarray) -> np.ndarray:
+    f = np.ascontiguousarray(features, dtype=np.float64)
+    if f.ndim not in (1, 2) or f.shape[-1] != FEAT_LEN:
+        raise ValueError(f"features must be rows of {FEAT_LEN} values, as returned when the "
+                         "transactions were scored")
+    f = f.reshape(-1, FEAT_LEN)
+    _check_values(f, "features")
+    k = f[:, F_K]
+    if ((k < 0) | (k >= VEL_K) | (k != np.floor(k))).any() or not np.isfinite(f).all():
+        raise ValueError("features must be the rows returned when the transactions were "
+                         "scored (velocity count or evidence out of range)")
+    return f
 
 
 def _check_rows(rows: np.ndarray, n: int, n_users: int) -> np.ndarray:

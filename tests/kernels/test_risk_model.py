@@ -342,3 +342,18 @@ def test_read_only_views_score() -> None:
     pop.flags.writeable = False
     tx = encode_transaction(30.0, t + 1.0, 12.0, "BR", "5411", "", "card_present")
     assert 0.0 < M.score_one(u, pop, tx)[0] < 1.0
+
+
+def test_out_of_range_bins_and_features_are_refused() -> None:
+    users = np.tile(M.new_user_state(), (1, 1))
+    pop = M.new_population_state()
+    tx = encode_transaction(10.0, 0.0, 12.0, "US", "5411", "", "card_present").reshape(1, -1)
+    bad = tx.copy()
+    bad[0, M.CAT_TX[0]] = COUNTRY_BINS
+    with pytest.raises(ValueError, match="category bins"):
+        M.score_and_learn(users, np.zeros(1, np.int64), pop, bad)
+    b = M.score_and_learn(users, np.zeros(1, np.int64), pop, tx)
+    feats = b.features.copy()
+    feats[0, M.F_K] = 99
+    with pytest.raises(ValueError, match="velocity count"):
+        M.learn_held(users, np.zeros(1, np.int64), pop, feats)
