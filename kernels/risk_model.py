@@ -117,6 +117,16 @@ amount moments, no-device), the supervised weights ``P_W`` (7), the case-control
 new-country hour histogram, the first-value histograms and the recent-repeat table
 (per categorical and history bucket: seen, seen-recent).
 
+Using it (what the server needs)
+--------------------------------
+Per scored transaction: read the customer's row and the population, score, observe and
+(unless held) learn both (:func:`score_and_learn`; :func:`score_one` only reads, e.g. for a
+dry run). Write the customer's row back even when held: the velocity ring counts held
+transactions. Keep a held transaction's ``features`` row (FEAT_LEN floats) with it; on a
+GENUINE label or when the hold delay passes without a FRAUD label call :func:`learn_held`
+once (remember that it was learned: never twice); on any label call :func:`apply_labels`
+with the features kept from scoring. Run :func:`warm_up` before reporting SERVING.
+
 Known limits: features are hashed (a new value colliding with a usual one is missed); an
 account whose first transactions are the attacker's and look ordinary to the population is
 learned as the customer; quiet fraud at home, at usual hours and amounts, on the
