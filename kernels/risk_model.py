@@ -1,0 +1,995 @@
+"""Calibrated fraud probability from a likelihood ratio "takeover" vs "this genuine customer".
+
+Why this model
+--------------
+The surprisal score in ``nudge.kernels.risk`` asks "how unusual is this for the user?" and
+cannot tell "unusual because the customer has no history" from "unusual for a customer who
+always does the same thing". The question a bank needs answered is "how much more likely
+is this transaction under a takeover than under *this* genuine customer, given what we know
+about them?" — a likelihood ratio. Its genuine side is a hierarchical model: each customer's
+behaviour is drawn around the population's, so with little history the population speaks,
+and with much history the customer does. Its fraud side is a simple takeover model that
+labels sharpen. Bayes' rule turns the ratio into P(fraud | transaction) under a stated prior
+rate, so one threshold means the same for every customer. Per feature the log ratio is the
+evidence a reason code reports (in nats), and it is small when history is short because
+the genuine side is then broad.
+
+The maths (per transaction x, customer history h, population state P)
+-----------------------------------------------------------------------
+Features are assumed independent given the class (naive Bayes); the supervised layer below
+re-weighs them, which absorbs most of the double counting of correlated features:
+
+    log LR = sum_f e_f,  e_f = clip(log p_fraud(x_f | h) - log p_genuine(x_f | h), -C, C).
+
+Categorical f in {country, merchant category, device, channel} (hashed bins as in
+``nudge.kernels.risk``). Let n_f be the customer's learned transactions carrying f, c(b) their
+count in bin b. "New" means c(b) = 0. The novelty rate of a genuine customer,
+``nu_f(n) = P(new value | n earlier)``, is learned from the population in history buckets
+(0, 1, 2, 3, 4, 5-6, 7-9, 10-14, 15-19, 20-29, 30-49, 50-99, 100-199, 200+):
+``nu_f(k) = (new_k + a * 1/(1+n_k)) / (tot_k + a)`` (``a`` pseudo-observations of a
+Chinese-restaurant prior). nu_f(0) = 1: a first value is never evidence.
+
+    genuine:  p_g(b) = nu_f(n) * q_pop(b)            if new,  (1 - nu_f(n)) c(b)/n_f  if seen
+    takeover: p_t(b) = rho_f(n) * u_f(b)              if new,  (1 - rho_f(n)) c(b)/n_f if seen
+
+A seen value carries one more factor: was it new only *recently* (within
+``recent_window_s``: the customer's latest new value)? A takeover whose first transaction
+slipped through and was learned reuses what it brought, with probability
+``attacker_recent``; genuine customers repeat a recent new value at the rate r_f(n) the
+population shows (learned per history bucket). So seen-recent adds log(rr / r_f(n)) and
+seen-long-ago adds log((1 - rr) / (1 - r_f(n))).
+
+q_pop(b) is the population's distribution of values *at the moment they are new to a
+customer*, kept in two histograms: first values (n = 0: home countries) and later new ones
+(travel destinations).
+rho_f(n) = rho_f + (1 - rho_f) nu_f(n) is the chance an attacker's value is new to this
+customer (an empty profile makes everything new); rho_f and the attacker's value
+distribution u_f (uniform over bins a priori) are updated by FRAUD labels (Beta/Dirichlet
+counts on top of the configured pseudo-counts). So for a seen value e = log((1-rho)/(1-nu)),
+and for a new one e = log(rho u(b) / (nu q_pop(b))): with no history nu = rho = 1 and only
+the population rarity of the value speaks; with 200 transactions from one country nu is
+tiny and a new country is strong evidence.
+
+Hour: p_g(h) = (s_u(h) + beta q_hour(h)) / (n + beta), s_u the customer's circularly smoothed
+(1/4, 1/2, 1/4) hour counts, q_hour the population's; the customer's weight n/(n+beta) grows
+with evidence. p_t(h): uniform over 24 hours, updated by FRAUD labels.
+
+Amount, x = log1p(amount): customer means are N(mu, tau^2) around the population mean mu and
+amounts N(mean_u, sigma_u^2) around the customer's mean. The population learns mu, the total
+variance V and the pooled within-customer variance s_w^2 (from each learned transaction's
+residual against its customer's running mean), so tau^2 = V - s_w^2 is *learned*. The
+customer's variance is shrunk, sigma_u^2 = (S_u + nu0 s_w^2) / (n + nu0), and the posterior
+of their mean is m = (n xbar/sigma_u^2 + mu/tau^2) / (n/sigma_u^2 + 1/tau^2) with variance
+v = 1/(n/sigma_u^2 + 1/tau^2). Genuine: Student-t (``t_dof``) at m with scale^2 sigma_u^2 + v
+(heavy tails: genuine big purchases). Takeover: N(m + delta, sigma_u^2 + v + omega^2): the
+attacker spends more than usual by a factor e^delta; delta and omega are updated by FRAUD
+labels (running moments of x - m with the configured prior pseudo-count).
+
+Velocity: k = the customer's scored transactions (learned or held) in the last
+``velocity_window_s``, capped at 7. Genuine: the population's distribution of k at learned
+transactions for customers of the same activity (6 rows: fewer than 3 learned, then by
+transactions per day), add-one smoothed. Takeover: a configured distribution over k, updated
+by FRAUD labels.
+
+Posterior and supervised layer: with prior rate pi (``prior``),
+
+    logit P(fraud | x, not A) = logit(pi) + sum_f w_f e_f,   w_f = 1 initially (pure Bayes).
+
+Attacker-run accounts (A): when the attacker opened the account, or took it over before the
+customer used it, the "customer's history" *is* the attacker's and every later value looks
+seen. The account-level evidence a_u sums, over the customer's first values (n_f = 0),
+clip(log u_f(b) / q_first(b)): how much likelier such first values are for an attacker than
+for a genuine new customer (a first country nobody has as a home country). Attacker-run
+accounts burn out fast, so their prior halves with every ``account_half_life_tx`` learned
+transactions: logit P(A | history) = logit(pi) + a_u - n ln 2 / half_life, and
+
+    score = 1 - (1 - P(A | history)) (1 - P(fraud | x, not A)).
+
+Labels train w by online logistic regression (SGD, L2 pull towards 1, w_f >= 0). A FRAUD
+label is paired with one recently learned (presumed genuine) transaction from a ring in
+the population state: a balanced case-control pair, for which the sample's logit is
+sum_f w_f e_f (logit(1/2) = 0), so the slopes learn without the intercept moving off
+logit(pi). A GENUINE label is a negative at the scoring logit. No labels: w stays 1.
+
+Holds: a transaction scoring >= ``hold_threshold`` is not folded into the customer or the
+population; the caller keeps its ``features`` and calls :func:`learn_held` when a GENUINE
+label arrives or the hold delay (event time) passes without a FRAUD label, exactly once.
+Velocity counts every scored transaction (a burst stays a burst while held).
+
+State layouts (float64 vectors; offsets are module constants)
+-------------------------------------------------------------
+Customer (``USER_LEN`` = 309 values, 2,472 bytes: one LMDB page): ``U_VERSION``, ``U_N``
+(learned transactions), ``U_SEEN`` (scored), ``U_FIRST`` (time of first learned),
+``U_AMT_N``, ``U_AMT_MEAN``, ``U_AMT_S`` (Welford sum of squares; the count saturates at
+``amount_memory`` so old habits fade), ``U_RING_POS`` and ``U_RING`` (times of the last 8
+scored transactions), then per categorical a total and bin counts (``U_CAT_TOTAL[f]``,
+``U_CAT_OFF[f]``; country 96, merchant category 128, device 32, channel 8 bins, hashed by
+``nudge.kernels.risk.category_bin``; counts halve when the total passes ``count_cap``), then
+``U_HOUR`` (24), ``U_ACCOUNT`` (a_u), ``U_RECENT_BIN`` and ``U_RECENT_TIME`` (per
+categorical: the latest value that was new when learned, and when).
+
+Population (``POP_LEN`` = 1,380 values, 11,040 bytes; see the ``P_*`` offsets): novelty
+tables (per categorical and history bucket: total, new), later-new-value histograms, the
+hour histogram, amount moments and pooled within-customer variance, the velocity table
+(activity row x k), the takeover model's FRAUD-label counts (novelty, values, hours, k,
+amount moments, no-device), the supervised weights ``P_W`` (7), the case-control ring
+(32 x 7 evidence vectors), the (n_device bucket x country state x device state) table, the
+new-country hour histogram, the first-value histograms and the recent-repeat table
+(per categorical and history bucket: seen, seen-recent).
+
+Using it (what the server needs)
+--------------------------------
+Per scored transaction: read the customer's row and the population, score, observe and
+(unless held) learn both (:func:`score_and_learn`; :func:`score_one` only reads, e.g. for a
+dry run). Write the customer's row back even when held: the velocity ring counts held
+transactions. Keep a held transaction's ``features`` row (FEAT_LEN floats) with it; on a
+GENUINE label or when the hold delay passes without a FRAUD label call :func:`learn_held`
+once (remember that it was learned: never twice); on any label call :func:`apply_labels`
+with the features kept from scoring. Run :func:`warm_up` before reporting SERVING.
+
+Known limits: features are hashed (a new value colliding with a usual one is missed); an
+account whose first transactions are the attacker's and look ordinary to the population is
+learned as the customer; quiet fraud at home, at usual hours and amounts, on the
+customer's own device (first-party fraud) leaves almost no evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from functools import cached_property
+
+import numpy as np
+from numba import njit, types
+
+from nudge.kernels.risk import (
+    CHANNEL_BINS,
+    COUNTRY_BINS,
+    DEVICE_BINS,
+    MCC_BINS,
+    TX_AMOUNT,
+    TX_CHANNEL,
+    TX_COUNTRY,
+    TX_DEVICE,
+    TX_HOUR,
+    TX_LEN,
+    TX_MCC,
+    TX_TIME,
+)
+
+MODEL_VERSION = 1.0
+N_CAT = 4  # country, merchant category, device, channel (TX_COUNTRY.. order)
+CAT_BINS = (COUNTRY_BINS, MCC_BINS, DEVICE_BINS, CHANNEL_BINS)
+CAT_TX = (TX_COUNTRY, TX_MCC, TX_DEVICE, TX_CHANNEL)
+E_COUNTRY, E_MCC, E_DEVICE, E_CHANNEL, E_HOUR, E_AMOUNT, E_VELOCITY = range(7)
+N_EVIDENCE = 7
+EVIDENCE_NAMES = ("country", "merchant_category", "device", "channel", "hour", "amount",
+                  "velocity")
+HIST_EDGES = (0, 1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 100, 200)
+N_HIST = len(HIST_EDGES)
+RATE_EDGES = (0.7, 1.5, 3.0, 6.0)  # transactions per day; row 0 = fewer than 3 learned
+N_RATE = len(RATE_EDGES) + 2
+VEL_K = 8
+RING = 8
+HOURS = 24
+
+# --- customer layout ---
+U_VERSION, U_N, U_SEEN, U_FIRST, U_AMT_N, U_AMT_MEAN, U_AMT_S, U_RING_POS = range(8)
+U_RING = 8
+_o = U_RING + RING
+U_CAT_TOTAL = []
+U_CAT_OFF = []
+for _b in CAT_BINS:
+    U_CAT_TOTAL.append(_o)
+    U_CAT_OFF.append(_o + 1)
+    _o += 1 + _b
+U_HOUR = _o
+U_ACCOUNT = U_HOUR + HOURS  # evidence (nats) that the account was the attacker's from the start
+U_RECENT_BIN = U_ACCOUNT + 1  # N_CAT: bin of the latest value that was new when learned
+U_RECENT_TIME = U_RECENT_BIN + N_CAT  # N_CAT: when it was learned
+USER_LEN = U_RECENT_TIME + N_CAT
+
+# --- population layout ---
+P_VERSION = 0
+P_NOV = 1  # [f][bucket][total, new]
+P_NEWHIST_TOTAL = []
+P_NEWHIST_OFF = []
+_o = P_NOV + N_CAT * N_HIST * 2
+for _b in CAT_BINS:
+    P_NEWHIST_TOTAL.append(_o)
+    P_NEWHIST_OFF.append(_o + 1)
+    _o += 1 + _b
+P_HOUR_TOTAL = _o
+P_HOUR = _o + 1
+P_AMT_N = P_HOUR + HOURS
+P_AMT_MEAN = P_AMT_N + 1
+P_AMT_M2 = P_AMT_MEAN + 1
+P_WITHIN_N = P_AMT_M2 + 1
+P_WITHIN_S = P_WITHIN_N + 1
+P_VEL = P_WITHIN_S + 1  # [rate row][k]
+P_FR_CAT = P_VEL + N_RATE * VEL_K  # [f][total, new] from FRAUD labels
+P_FR_HIST_TOTAL = []
+P_FR_HIST_OFF = []
+_o = P_FR_CAT + N_CAT * 2
+for _b in CAT_BINS:
+    P_FR_HIST_TOTAL.append(_o)
+    P_FR_HIST_OFF.append(_o + 1)
+    _o += 1 + _b
+P_FR_HOUR = _o  # 24
+P_FR_VEL = P_FR_HOUR + HOURS  # VEL_K
+P_FR_AMT_N = P_FR_VEL + VEL_K
+P_FR_AMT_MEAN = P_FR_AMT_N + 1
+P_FR_AMT_M2 = P_FR_AMT_MEAN + 1
+P_W = P_FR_AMT_M2 + 1  # N_EVIDENCE supervised weights
+P_CC_POS = P_W + N_EVIDENCE
+CC_RING = 32
+P_CC = P_CC_POS + 1  # CC_RING evidence vectors of learned transactions
+# [bucket of n_device][country seen/new][device missing/seen/new]
+P_JOINT = P_CC + CC_RING * N_EVIDENCE
+P_HOUR_NEWC_TOTAL = P_JOINT + N_HIST * 6
+P_HOUR_NEWC = P_HOUR_NEWC_TOTAL + 1  # home-time hours of genuine transactions in a new country
+P_FR_NODEV = P_HOUR_NEWC + HOURS  # FRAUD labels without a device id
+# first values: the population's distribution of a customer's *first* value (home
+# countries, first merchants), kept apart from later new values (travel destinations)
+P_FIRST_TOTAL = []
+P_FIRST_OFF = []
+_o = P_FR_NODEV + 1
+for _b in CAT_BINS:
+    P_FIRST_TOTAL.append(_o)
+    P_FIRST_OFF.append(_o + 1)
+    _o += 1 + _b
+P_RECENT = _o  # [f][bucket][seen, recent]: seen values that were new within recent_window_s
+POP_LEN = P_RECENT + N_CAT * N_HIST * 2
+del _o, _b
+
+# --- features: what a held transaction needs to be learned or trained on later ---
+F_K = TX_LEN  # velocity count at scoring
+F_EVIDENCE = F_K + 1
+F_NEW = F_EVIDENCE + N_EVIDENCE  # N_CAT flags: 1 value new to the customer, 0 seen, -1 missing
+FEAT_LEN = F_NEW + N_CAT
+
+# --- details (output) ---
+D_SCORE, D_LOGIT, D_LOG_LR = 0, 1, 2
+D_EVIDENCE = 3
+D_HISTORY = D_EVIDENCE + N_EVIDENCE  # learned transactions before this one
+D_K = D_HISTORY + 1
+D_HELD = D_K + 1
+D_NEW = D_HELD + 1  # N_CAT flags: value new to the customer (-1 missing)
+D_NOVELTY = D_NEW + N_CAT  # nu_f(n) used (genuine chance of a new value)
+D_AMOUNT_RATIO = D_NOVELTY + N_CAT  # (1 + amount) / exp(the customer's predictive location)
+D_ACCOUNT = D_AMOUNT_RATIO + 1  # P(account attacker-run from the start | its history)
+DETAIL_LEN = D_ACCOUNT + 1
+
+# --- params ---
+(K_PRIOR, K_HOLD, K_CLIP, K_HOUR_PRIOR, K_NOV_PSEUDO, K_VAR_PSEUDO, K_T_DOF, K_FR_SHIFT,
+ K_FR_SD, K_FR_PSEUDO, K_RATE, K_L2, K_CAP, K_AMT_MEMORY, K_VEL_WINDOW) = range(15)
+K_RHO = 15  # N_CAT attacker novelty rates
+K_FR_VEL = K_RHO + N_CAT  # VEL_K prior distribution of k under takeover
+K_NODEV = K_FR_VEL + VEL_K
+K_ACCOUNT_HALF = K_NODEV + 1
+K_RECENT_WINDOW = K_ACCOUNT_HALF + 1
+K_ATTACKER_RECENT = K_RECENT_WINDOW + 1
+PARAM_LEN = K_ATTACKER_RECENT + 1
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Configuration (passed to the kernels as one float64 array).
+
+    Attributes:
+        prior: P(fraud) before looking at the transaction; the score is the posterior
+            under this rate, so alert thresholds are probabilities.
+        hold_threshold: scores at or above this are held out of the profiles until a
+            GENUINE label or the hold delay (the caller's clock) passes.
+        evidence_clip: |e_f| cap in nats, so no single feature decides alone.
+        hour_prior: pseudo-transactions of the population hour profile in the customer's.
+        novelty_pseudo: pseudo-observations of the 1/(1+n) prior in each novelty bucket.
+        variance_pseudo: pseudo-transactions of the pooled within-customer variance.
+        t_dof: degrees of freedom of the genuine amount distribution.
+        fraud_amount_shift, fraud_amount_sd: takeover amount model, log1p scale, relative
+            to the customer's typical amount.
+        fraud_pseudo: weight (pseudo-labels) of the takeover model's defaults against
+            FRAUD labels.
+        learning_rate, l2: supervised layer SGD step and pull towards weight 1.
+        count_cap: categorical counts of a customer halve when their total passes this.
+        amount_memory: the amount moments weigh at most this many transactions.
+        velocity_window_s: window of the velocity count k.
+        attacker_novelty: chance an attacker's country / merchant category / device /
+            channel is new to a customer with a long history.
+        attacker_velocity: distribution of k (0..7+) under takeover, normalised.
+    """
+
+    prior: float = 0.003
+    hold_threshold: float = 0.05
+    evidence_clip: float = 6.0
+    hour_prior: float = 6.0
+    novelty_pseudo: float = 2.0
+    variance_pseudo: float = 3.0
+    t_dof: float = 4.0
+    fraud_amount_shift: float = 0.7
+    fraud_amount_sd: float = 1.0
+    fraud_pseudo: float = 20.0
+    learning_rate: float = 0.02
+    l2: float = 0.01
+    count_cap: float = 400.0
+    amount_memory: float = 100.0
+    velocity_window_s: float = 3600.0
+    attacker_novelty: tuple[float, float, float, float] = (0.7, 0.6, 0.85, 0.3)
+    attacker_velocity: tuple[float, ...] = (0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.05)
+    attacker_no_device: float = 0.2
+    account_half_life_tx: float = 5.0
+    recent_window_s: float = 21600.0
+    attacker_recent: float = 0.15
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            vals = v if isinstance(v, tuple) else (v,)
+            if not all(isinstance(x, int | float) and math.isfinite(x) for x in vals):
+                raise ValueError(f"ModelParams.{f.name} must be finite numbers, got {v!r}")
+        if not 0.0 < self.prior < 1.0:
+            raise ValueError(f"ModelParams.prior must be in (0, 1), got {self.prior!r}")
+        for name in ("evidence_clip", "hour_prior", "novelty_pseudo", "variance_pseudo",
+                     "t_dof", "fraud_amount_sd", "fraud_pseudo", "count_cap",
+                     "amount_memory", "velocity_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ModelParams.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.learning_rate < 0 or self.l2 < 0:
+            raise ValueError("ModelParams.learning_rate and l2 must be >= 0")
+        if len(self.attacker_novelty) != N_CAT or not all(
+                0.0 < r < 1.0 for r in self.attacker_novelty):
+            raise ValueError(f"ModelParams.attacker_novelty must be {N_CAT} values in (0, 1)")
+        if len(self.attacker_velocity) != VEL_K or min(self.attacker_velocity) <= 0:
+            raise ValueError(f"ModelParams.attacker_velocity must be {VEL_K} values > 0")
+
+    def to_array(self) -> np.ndarray:
+        """The read-only float64 vector the kernels take (built once per object)."""
+        return self._array
+
+    @cached_property
+    def _array(self) -> np.ndarray:
+        a = np.empty(PARAM_LEN)
+        a[:K_RHO] = (self.prior, self.hold_threshold, self.evidence_clip, self.hour_prior,
+                     self.novelty_pseudo, self.variance_pseudo, self.t_dof,
+                     self.fraud_amount_shift, self.fraud_amount_sd, self.fraud_pseudo,
+                     self.learning_rate, self.l2, self.count_cap, self.amount_memory,
+                     self.velocity_window_s)
+        a[K_RHO:K_RHO + N_CAT] = self.attacker_novelty
+        v = np.asarray(self.attacker_velocity, dtype=np.float64)
+        a[K_FR_VEL:K_FR_VEL + VEL_K] = v / v.sum()
+        a[K_NODEV] = self.attacker_no_device
+        a[K_ACCOUNT_HALF] = self.account_half_life_tx
+        a[K_RECENT_WINDOW] = self.recent_window_s
+        a[K_ATTACKER_RECENT] = self.attacker_recent
+        a.flags.writeable = False
+        return a
+
+
+DEFAULT_MODEL_PARAMS = ModelParams()
+
+
+def new_user_state() -> np.ndarray:
+    """An empty customer state (no history)."""
+    s = np.zeros(USER_LEN)
+    s[U_VERSION] = MODEL_VERSION
+    s[U_RING:U_RING + RING] = -np.inf
+    s[U_RECENT_BIN:U_RECENT_BIN + N_CAT] = -1.0
+    return s
+
+
+def new_population_state() -> np.ndarray:
+    """An empty population state: supervised weights 1 (pure Bayes), nothing learned."""
+    p = np.zeros(POP_LEN)
+    p[P_VERSION] = MODEL_VERSION
+    p[P_W:P_W + N_EVIDENCE] = 1.0
+    return p
+
+
+# ---------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------
+_F8 = types.float64
+
+
+def _arr(ndim: int, readonly: bool) -> types.Array:
+    return types.Array(_F8, ndim, "C", readonly=readonly)
+
+
+_RW1, _RO1, _RW2 = _arr(1, False), _arr(1, True), _arr(2, False)
+_I8 = types.Array(types.int64, 1, "C")
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+_CAT_TX = np.array(CAT_TX, dtype=np.int64)
+_CAT_BINS = np.array(CAT_BINS, dtype=np.int64)
+_U_CAT_TOTAL = np.array(U_CAT_TOTAL, dtype=np.int64)
+_U_CAT_OFF = np.array(U_CAT_OFF, dtype=np.int64)
+_P_NEWHIST_TOTAL = np.array(P_NEWHIST_TOTAL, dtype=np.int64)
+_P_FIRST_OFF = np.array(P_FIRST_OFF, dtype=np.int64)
+_P_FIRST_TOTAL = np.array(P_FIRST_TOTAL, dtype=np.int64)
+_P_NEWHIST_OFF = np.array(P_NEWHIST_OFF, dtype=np.int64)
+_P_FR_HIST_TOTAL = np.array(P_FR_HIST_TOTAL, dtype=np.int64)
+_P_FR_HIST_OFF = np.array(P_FR_HIST_OFF, dtype=np.int64)
+_HIST_EDGES = np.array(HIST_EDGES, dtype=np.float64)
+_RATE_EDGES = np.array(RATE_EDGES, dtype=np.float64)
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@njit(_F8(_F8), **_JIT)
+def _hist_bucket(n):
+    k = 0
+    for j in range(1, N_HIST):
+        if n >= _HIST_EDGES[j]:
+            k = j
+    return k
+
+
+@njit(_F8(_F8, _F8, _F8), **_JIT)
+def _student_t_logpdf(z, scale, dof):
+    return (math.lgamma(0.5 * (dof + 1.0)) - math.lgamma(0.5 * dof)
+            - 0.5 * math.log(dof * math.pi) - math.log(scale)
+            - 0.5 * (dof + 1.0) * math.log1p(z * z / dof))
+
+
+@njit(**_JIT)
+def _rate_row(user):
+    n = user[U_N]
+    if n < 3.0:
+        return 0
+    days = max((user[U_RING + int((user[U_RING_POS] + RING - 1) % RING)] - user[U_FIRST])
+               / 86400.0, 1.0)
+    r = n / days
+    row = 1
+    for j in range(_RATE_EDGES.shape[0]):
+        if r >= _RATE_EDGES[j]:
+            row = j + 2
+    return row
+
+
+@njit(**_JIT)
+def _velocity_k(user, t, window):
+    k = 0
+    for j in range(RING):
+        dt = t - user[U_RING + j]
+        if 0.0 <= dt <= window:
+            k += 1
+    return min(k, VEL_K - 1)
+
+
+@njit(**_JIT)
+def _amount_posterior(user, pop, params):
+    """(m, sigma_u^2 + v): the customer's predictive location and variance of log1p."""
+    if pop[P_AMT_N] < 2.0:
+        mu, var_tot = 3.5, 1.0
+    else:
+        mu, var_tot = pop[P_AMT_MEAN], pop[P_AMT_M2] / pop[P_AMT_N]
+    s_w = pop[P_WITHIN_S] / pop[P_WITHIN_N] if pop[P_WITHIN_N] >= 2.0 else 0.5 * var_tot
+    s_w = max(s_w, 0.01)
+    tau2 = max(var_tot - s_w, 0.05)
+    n = user[U_AMT_N]
+    nu0 = params[K_VAR_PSEUDO]
+    sig2 = (user[U_AMT_S] + nu0 * s_w) / (n + nu0)
+    prec = n / sig2 + 1.0 / tau2
+    m = (n * user[U_AMT_MEAN] / sig2 + mu / tau2) / prec
+    return m, sig2 + 1.0 / prec
+
+
+@njit(**_JIT)
+def _novelty(pop, f, n, params):
+    k = int(_hist_bucket(n))
+    base = P_NOV + (f * N_HIST + k) * 2
+    a = params[K_NOV_PSEUDO]
+    return (pop[base + 1] + a / (1.0 + n)) / (pop[base] + a)
+
+
+@njit(**_JIT)
+def _new_value_prob(pop, f, b, n, nbins):
+    """q_pop(b): how often genuine customers' new value is b (first values apart)."""
+    if n == 0.0:
+        return (pop[_P_FIRST_OFF[f] + b] + 0.5) / (pop[_P_FIRST_TOTAL[f]] + 0.5 * nbins)
+    return (pop[_P_NEWHIST_OFF[f] + b] + 0.5) / (pop[_P_NEWHIST_TOTAL[f]] + 0.5 * nbins)
+
+
+@njit(**_JIT)
+def _is_recent(user, f, b, t, window):
+    return user[U_RECENT_BIN + f] == b and 0.0 <= t - user[U_RECENT_TIME + f] <= window
+
+
+@njit(**_JIT)
+def _recent_evidence(user, pop, tx, f, b, n, params):
+    """Extra log ratio for a seen value: was it new only recently? An attacker whose
+    first transaction was learned reuses what they brought (``attacker_recent``); genuine
+    customers repeat a recent new value at the rate the population shows."""
+    base = P_RECENT + (f * N_HIST + int(_hist_bucket(n))) * 2
+    r = (pop[base + 1] + 0.1) / (pop[base] + 1.0)
+    rr = params[K_ATTACKER_RECENT]
+    if _is_recent(user, f, b, tx[TX_TIME], params[K_RECENT_WINDOW]):
+        return math.log(rr / r)
+    return math.log((1.0 - rr) / (1.0 - r))
+
+
+@njit(**_JIT)
+def _evidence(user, pop, tx, params, k, ev, det):
+    """Per-feature log likelihood ratios (clipped) into ev; bookkeeping into det."""
+    clip = params[K_CLIP]
+    fp = params[K_FR_PSEUDO]
+    for f in range(N_CAT):
+        b = int(tx[_CAT_TX[f]])
+        if b < 0:
+            ev[f] = 0.0
+            det[D_NEW + f] = -1.0
+            det[D_NOVELTY + f] = 0.0
+            continue
+        n = user[_U_CAT_TOTAL[f]]
+        c = user[_U_CAT_OFF[f] + b]
+        nbins = _CAT_BINS[f]
+        nu = _novelty(pop, f, n, params)
+        fr = P_FR_CAT + 2 * f
+        rho0 = (pop[fr + 1] + fp * params[K_RHO + f]) / (pop[fr] + fp)
+        rho = rho0 + (1.0 - rho0) * nu
+        det[D_NOVELTY + f] = nu
+        if c > 0.0:
+            e = math.log((1.0 - rho) / (1.0 - nu)) if nu < 1.0 else 0.0
+            e += _recent_evidence(user, pop, tx, f, b, n, params)
+            det[D_NEW + f] = 0.0
+        else:
+            q = _new_value_prob(pop, f, b, n, nbins)
+            u = ((pop[_P_FR_HIST_OFF[f] + b] + fp / nbins)
+                 / (pop[_P_FR_HIST_TOTAL[f]] + fp))
+            e = math.log(rho * u / (nu * q))
+            det[D_NEW + f] = 1.0
+        ev[f] = min(max(e, -clip), clip)
+    # device given the country's novelty (chain rule: e_country + e_device = joint evidence);
+    # travellers bring their card and phone, attackers bring their own device
+    cs = 1 if det[D_NEW + 0] > 0.0 else 0
+    ds = int(det[D_NEW + 2]) + 1  # missing 0, seen 1, new 2
+    jb = P_JOINT + int(_hist_bucket(user[_U_CAT_TOTAL[2]])) * 6 + cs * 3
+    pg = (pop[jb + ds] + 1.0 / 3.0) / (pop[jb] + pop[jb + 1] + pop[jb + 2] + 1.0)
+    nf = _fr_total(pop)
+    m = (pop[P_FR_NODEV] + fp * params[K_NODEV]) / (nf + fp)
+    if ds == 0:
+        e = math.log(m / pg)
+    else:
+        nu = det[D_NOVELTY + 2]
+        fr = P_FR_CAT + 4
+        rho0 = (pop[fr + 1] + fp * params[K_RHO + 2]) / (pop[fr] + fp)
+        rho = rho0 + (1.0 - rho0) * nu
+        if ds == 1:
+            e = math.log((1.0 - m) * (1.0 - rho) / pg)
+            e += _recent_evidence(user, pop, tx, 2, int(tx[TX_DEVICE]),
+                                  user[_U_CAT_TOTAL[2]], params)
+        else:
+            b = int(tx[TX_DEVICE])
+            q = _new_value_prob(pop, 2, b, user[_U_CAT_TOTAL[2]], DEVICE_BINS)
+            u = ((pop[_P_FR_HIST_OFF[2] + b] + fp / DEVICE_BINS)
+                 / (pop[_P_FR_HIST_TOTAL[2]] + fp))
+            e = math.log((1.0 - m) * rho * u / (pg * q))
+    ev[E_DEVICE] = min(max(e, -clip), clip)
+    # hour
+    h = int(tx[TX_HOUR])
+    hm = (h + HOURS - 1) % HOURS
+    hp = (h + 1) % HOURS
+    su = 0.25 * user[U_HOUR + hm] + 0.5 * user[U_HOUR + h] + 0.25 * user[U_HOUR + hp]
+    ph = pop[P_HOUR_TOTAL]
+    sp = 0.25 * pop[P_HOUR + hm] + 0.5 * pop[P_HOUR + h] + 0.25 * pop[P_HOUR + hp]
+    q = (sp + 1.0) / (ph + HOURS)
+    beta = params[K_HOUR_PRIOR]
+    pg = (su + beta * q) / (user[U_N] + beta)
+    if cs == 1 and user[U_N] > 0.0:  # abroad: hours at home say little; the population's
+        sp = (0.25 * pop[P_HOUR_NEWC + hm] + 0.5 * pop[P_HOUR_NEWC + h]
+              + 0.25 * pop[P_HOUR_NEWC + hp])
+        pg = (sp + 1.0) / (pop[P_HOUR_NEWC_TOTAL] + HOURS)
+    pt = (pop[P_FR_HOUR + h] + fp / HOURS) / (_fr_total(pop) + fp)
+    ev[E_HOUR] = min(max(math.log(pt / pg), -clip), clip)
+    # amount
+    x = math.log1p(tx[TX_AMOUNT])
+    m, var = _amount_posterior(user, pop, params)
+    det[D_AMOUNT_RATIO] = math.exp(x - m)
+    scale = math.sqrt(var)
+    lg = _student_t_logpdf((x - m) / scale, scale, params[K_T_DOF])
+    an = pop[P_FR_AMT_N]
+    shift = (pop[P_FR_AMT_MEAN] * an + params[K_FR_SHIFT] * fp) / (an + fp)
+    sd0 = params[K_FR_SD]
+    om2 = (pop[P_FR_AMT_M2] + fp * sd0 * sd0) / (an + fp)
+    vt = var + om2
+    d = x - m - shift
+    lt = -0.5 * (_LOG_2PI + math.log(vt) + d * d / vt)
+    ev[E_AMOUNT] = min(max(lt - lg, -clip), clip)
+    # velocity
+    row = _rate_row(user)
+    base = P_VEL + row * VEL_K
+    tot = 0.0
+    for j in range(VEL_K):
+        tot += pop[base + j]
+    pg = (pop[base + k] + 1.0) / (tot + VEL_K)
+    pt = (pop[P_FR_VEL + k] + fp * params[K_FR_VEL + k]) / (_fr_total(pop) + fp)
+    ev[E_VELOCITY] = min(max(math.log(pt / pg), -clip), clip)
+
+
+@njit(**_JIT)
+def _fr_total(pop):
+    """FRAUD labels seen (the hour histogram's total)."""
+    t = 0.0
+    for j in range(HOURS):
+        t += pop[P_FR_HOUR + j]
+    return t
+
+
+@njit(**_JIT)
+def _score(user, pop, tx, params, out, feat):
+    """Score into out (DETAIL_LEN) and feat (FEAT_LEN); nothing is written to user/pop."""
+    k = _velocity_k(user, tx[TX_TIME], params[K_VEL_WINDOW])
+    ev = out[D_EVIDENCE:D_EVIDENCE + N_EVIDENCE]
+    _evidence(user, pop, tx, params, k, ev, out)
+    llr = 0.0
+    z = 0.0
+    for f in range(N_EVIDENCE):
+        llr += ev[f]
+        z += pop[P_W + f] * ev[f]
+    pi = params[K_PRIOR]
+    lp = math.log(pi / (1.0 - pi))
+    z += lp
+    p_tx = 1.0 / (1.0 + math.exp(-z))
+    p_acct = 0.0
+    half = params[K_ACCOUNT_HALF]
+    if half > 0.0:
+        za = lp + user[U_ACCOUNT] - user[U_N] * math.log(2.0) / half
+        p_acct = 1.0 / (1.0 + math.exp(-za))
+    out[D_ACCOUNT] = p_acct
+    out[D_SCORE] = 1.0 - (1.0 - p_acct) * (1.0 - p_tx)
+    out[D_LOGIT] = z
+    out[D_LOG_LR] = llr
+    out[D_HISTORY] = user[U_N]
+    out[D_K] = k
+    out[D_HELD] = 1.0 if out[D_SCORE] >= params[K_HOLD] else 0.0
+    for j in range(TX_LEN):
+        feat[j] = tx[j]
+    feat[F_K] = k
+    for f in range(N_EVIDENCE):
+        feat[F_EVIDENCE + f] = ev[f]
+    for f in range(N_CAT):
+        feat[F_NEW + f] = out[D_NEW + f]
+
+
+@njit(**_JIT)
+def _observe(user, t):
+    """Every scored transaction enters the velocity ring (held ones too)."""
+    pos = int(user[U_RING_POS])
+    user[U_RING + pos] = t
+    user[U_RING_POS] = (pos + 1) % RING
+    user[U_SEEN] += 1.0
+
+
+@njit(**_JIT)
+def _learn(user, pop, feat, params):
+    """Fold one genuine (or presumed genuine) transaction into the customer and population."""
+    # population first: it learns how customers *with this history* behave
+    # account evidence: how rare this customer's *first* values are among genuine
+    # customers' first values (an account the attacker opened or took over at once)
+    clip = params[K_CLIP]
+    fp = params[K_FR_PSEUDO]
+    for f in range(N_CAT):
+        b = int(feat[_CAT_TX[f]])
+        if b >= 0 and user[_U_CAT_TOTAL[f]] == 0.0:
+            nbins = _CAT_BINS[f]
+            u = ((pop[_P_FR_HIST_OFF[f] + b] + fp / nbins)
+                 / (pop[_P_FR_HIST_TOTAL[f]] + fp))
+            e = math.log(u / _new_value_prob(pop, f, b, 0.0, nbins))
+            user[U_ACCOUNT] += min(max(e, -clip), clip)
+    bc = int(feat[TX_COUNTRY])
+    cs = 1 if bc >= 0 and user[_U_CAT_OFF[0] + bc] == 0.0 else 0
+    bd = int(feat[TX_DEVICE])
+    ds = 0 if bd < 0 else (2 if user[_U_CAT_OFF[2] + bd] == 0.0 else 1)
+    pop[P_JOINT + int(_hist_bucket(user[_U_CAT_TOTAL[2]])) * 6 + cs * 3 + ds] += 1.0
+    if cs == 1 and user[U_N] > 0.0:
+        pop[P_HOUR_NEWC + int(feat[TX_HOUR])] += 1.0
+        pop[P_HOUR_NEWC_TOTAL] += 1.0
+    for f in range(N_CAT):
+        b = int(feat[_CAT_TX[f]])
+        if b < 0:
+            continue
+        n = user[_U_CAT_TOTAL[f]]
+        base = P_NOV + (f * N_HIST + int(_hist_bucket(n))) * 2
+        pop[base] += 1.0
+        if user[_U_CAT_OFF[f] + b] > 0.0:
+            rb = P_RECENT + (f * N_HIST + int(_hist_bucket(n))) * 2
+            pop[rb] += 1.0
+            if _is_recent(user, f, b, feat[TX_TIME], params[K_RECENT_WINDOW]):
+                pop[rb + 1] += 1.0
+        else:
+            user[U_RECENT_BIN + f] = b
+            user[U_RECENT_TIME + f] = feat[TX_TIME]
+            pop[base + 1] += 1.0
+            if n == 0.0:
+                pop[_P_FIRST_OFF[f] + b] += 1.0
+                pop[_P_FIRST_TOTAL[f]] += 1.0
+            else:
+                pop[_P_NEWHIST_OFF[f] + b] += 1.0
+                pop[_P_NEWHIST_TOTAL[f]] += 1.0
+        user[_U_CAT_OFF[f] + b] += 1.0
+        user[_U_CAT_TOTAL[f]] += 1.0
+        if user[_U_CAT_TOTAL[f]] > params[K_CAP]:
+            for j in range(_CAT_BINS[f]):
+                user[_U_CAT_OFF[f] + j] *= 0.5
+            user[_U_CAT_TOTAL[f]] *= 0.5
+    h = int(feat[TX_HOUR])
+    pop[P_HOUR + h] += 1.0
+    pop[P_HOUR_TOTAL] += 1.0
+    row = _rate_row(user)
+    pop[P_VEL + row * VEL_K + int(feat[F_K])] += 1.0
+    x = math.log1p(feat[TX_AMOUNT])
+    pn = pop[P_AMT_N] + 1.0
+    d = x - pop[P_AMT_MEAN]
+    pop[P_AMT_MEAN] += d / pn
+    pop[P_AMT_M2] += d * (x - pop[P_AMT_MEAN])
+    pop[P_AMT_N] = pn
+    n = user[U_AMT_N]
+    if n >= 1.0:  # pooled within-customer variance: residual against the running mean
+        r = x - user[U_AMT_MEAN]
+        pop[P_WITHIN_S] += r * r * n / (n + 1.0)
+        pop[P_WITHIN_N] += 1.0
+    d = x - user[U_AMT_MEAN]
+    if n + 1.0 <= params[K_AMT_MEMORY]:
+        n1 = n + 1.0
+        user[U_AMT_MEAN] += d / n1
+        user[U_AMT_S] += d * (x - user[U_AMT_MEAN])
+    else:  # exponentially weighted once the memory is full
+        n1 = n
+        a = 1.0 / n
+        user[U_AMT_MEAN] += a * d
+        user[U_AMT_S] = (1.0 - a) * (user[U_AMT_S] / n + a * d * d) * n
+    user[U_AMT_N] = n1
+    user[U_HOUR + h] += 1.0
+    if user[U_N] == 0.0:
+        user[U_FIRST] = feat[TX_TIME]
+    user[U_N] += 1.0
+    # case-control ring of presumed-genuine evidence
+    pos = int(pop[P_CC_POS])
+    for f in range(N_EVIDENCE):
+        pop[P_CC + pos * N_EVIDENCE + f] = feat[F_EVIDENCE + f]
+    pop[P_CC_POS] = (pos + 1) % CC_RING
+
+
+@njit(**_JIT)
+def _sgd(pop, ev, y, z0, params):
+    z = z0
+    for f in range(N_EVIDENCE):
+        z += pop[P_W + f] * ev[f]
+    g = 1.0 / (1.0 + math.exp(-z)) - y
+    lr = params[K_RATE]
+    for f in range(N_EVIDENCE):
+        w = pop[P_W + f]
+        pop[P_W + f] = max(w - lr * (g * ev[f] + params[K_L2] * (w - 1.0)), 0.0)
+
+
+@njit(**_JIT)
+def _label(pop, feat, y, params):
+    """A label: FRAUD updates the takeover model and trains the weights against a
+    presumed-genuine partner; GENUINE trains the weights as a negative."""
+    ev = feat[F_EVIDENCE:F_EVIDENCE + N_EVIDENCE]
+    if y > 0.5:
+        for f in range(N_CAT):
+            b = int(feat[_CAT_TX[f]])
+            if b < 0:
+                continue
+            fr = P_FR_CAT + 2 * f
+            pop[fr] += 1.0
+            if feat[F_NEW + f] > 0.0:
+                pop[fr + 1] += 1.0
+            pop[_P_FR_HIST_OFF[f] + b] += 1.0
+            pop[_P_FR_HIST_TOTAL[f]] += 1.0
+        pop[P_FR_HOUR + int(feat[TX_HOUR])] += 1.0
+        if feat[TX_DEVICE] < 0.0:
+            pop[P_FR_NODEV] += 1.0
+        pop[P_FR_VEL + int(feat[F_K])] += 1.0
+        _sgd(pop, ev, 1.0, 0.0, params)
+        pos = int(pop[P_CC_POS])
+        _sgd(pop, pop[P_CC + pos * N_EVIDENCE:P_CC + (pos + 1) * N_EVIDENCE], 0.0, 0.0,
+             params)
+        pop[P_CC_POS] = (pos + 1) % CC_RING
+    else:
+        pi = params[K_PRIOR]
+        _sgd(pop, ev, 0.0, math.log(pi / (1.0 - pi)), params)
+
+
+def _score_sigs() -> list:
+    return [types.void(_arr(1, s), _arr(1, p), _RO1, _RO1, _RW1, _RW1)
+            for s in (True, False) for p in (True, False)]
+
+
+@njit(_score_sigs(), **_JIT)
+def _score_one_kernel(user, pop, tx, params, out, feat):
+    """Score one transaction (read-only inputs; no state change)."""
+    _score(user, pop, tx, params, out, feat)
+
+
+@njit(types.void(_RW1, _RW1, _RO1, _RO1, types.boolean, _RW1, _RW1), **_JIT)
+def _score_learn_one_kernel(user, pop, tx, params, learn, out, feat):
+    """Score, observe, and learn unless held; user and pop are updated in place."""
+    _score(user, pop, tx, params, out, feat)
+    _observe(user, tx[TX_TIME])
+    if learn and out[D_HELD] == 0.0:
+        _learn(user, pop, feat, params)
+
+
+@njit(types.void(_RW2, _I8, _RW2, _RW1, _RO1, types.boolean, _RW2, _RW2), **_JIT)
+def _score_learn_batch_kernel(users, rows, txs, pop, params, learn, out, feats):
+    """In order, each transaction as _score_learn_one_kernel on its customer's row."""
+    for i in range(txs.shape[0]):
+        u = users[rows[i]]
+        _score(u, pop, txs[i], params, out[i], feats[i])
+        _observe(u, txs[i, TX_TIME])
+        if learn and out[i, D_HELD] == 0.0:
+            _learn(u, pop, feats[i], params)
+
+
+@njit(types.void(_RW2, _I8, _RW2, _RW1, _RO1), **_JIT)
+def _learn_batch_kernel(users, rows, feats, pop, params):
+    for i in range(feats.shape[0]):
+        _learn(users[rows[i]], pop, feats[i], params)
+
+
+@njit(types.void(_RW1, _RW2, _RW1, _RO1), **_JIT)
+def _label_batch_kernel(pop, feats, labels, params):
+    for i in range(feats.shape[0]):
+        _label(pop, feats[i], labels[i], params)
+
+
+# ---------------------------------------------------------------------------------------
+# Wrappers
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """Per transaction: ``scores`` (P(fraud)), ``held``, ``details`` (n, DETAIL_LEN) and
+    ``features`` (n, FEAT_LEN; keep a held one's row to learn or label it later)."""
+
+    scores: np.ndarray
+    held: np.ndarray
+    details: np.ndarray
+    features: np.ndarray
+
+
+def score_one(user: np.ndarray, population: np.ndarray, transaction: np.ndarray,
+              params: ModelParams = DEFAULT_MODEL_PARAMS) -> tuple[float, np.ndarray,
+                                                                    np.ndarray]:
+    """Score one transaction without changing anything: (P(fraud), details, features).
+    ``transaction`` is the ``nudge.kernels.risk.encode_transaction`` vector."""
+    _check(user, "user", USER_LEN)
+    _check(population, "population", POP_LEN)
+    _check_tx(transaction)
+    out = np.empty(DETAIL_LEN)
+    feat = np.empty(FEAT_LEN)
+    _score_one_kernel(user, population, transaction, params.to_array(), out, feat)
+    return float(out[D_SCORE]), out, feat
+
+
+def score_and_learn(users: np.ndarray, rows: np.ndarray, population: np.ndarray,
+                    transactions: np.ndarray, params: ModelParams = DEFAULT_MODEL_PARAMS, *,
+                    learn: bool = True) -> ModelBatch:
+    """Score a time-ordered batch; each transaction is observed (velocity) and, unless held,
+    learned into its customer's row of ``users`` and into ``population`` (both in place)."""
+    _check2(users, "users", USER_LEN)
+    _check(population, "population", POP_LEN, writable=True)
+    txs = np.ascontiguousarray(transactions, dtype=np.float64)
+    if txs.ndim != 2 or txs.shape[1] != TX_LEN:
+        raise ValueError(f"transactions must be (n, {TX_LEN}) from encode_transactions")
+    _check_values(txs, "transactions")
+    rows_ = _check_rows(rows, txs.shape[0], users.shape[0])
+    n = txs.shape[0]
+    out = np.empty((n, DETAIL_LEN))
+    feats = np.empty((n, FEAT_LEN))
+    _score_learn_batch_kernel(users, rows_, txs, population, params.to_array(), bool(learn),
+                              out, feats)
+    return ModelBatch(scores=out[:, D_SCORE].copy(), held=out[:, D_HELD] > 0, details=out,
+                      features=feats)
+
+
+def learn_held(users: np.ndarray, rows: np.ndarray, population: np.ndarray,
+               features: np.ndarray, params: ModelParams = DEFAULT_MODEL_PARAMS) -> None:
+    """Fold held transactions (labelled GENUINE, or past the hold delay unlabelled) into
+    their customers and the population, in place. Call once per transaction, never for
+    one labelled FRAUD."""
+    _check2(users, "users", USER_LEN)
+    _check(population, "population", POP_LEN, writable=True)
+    f = _check_features(features)
+    _learn_batch_kernel(users, _check_rows(rows, f.shape[0], users.shape[0]), f, population,
+                        params.to_array())
+
+
+def apply_labels(population: np.ndarray, features: np.ndarray, labels: np.ndarray,
+                 params: ModelParams = DEFAULT_MODEL_PARAMS) -> None:
+    """Train the takeover model and the supervised weights on labelled transactions
+    (``labels`` 1 FRAUD, 0 GENUINE; ``features`` as returned when they were scored)."""
+    _check(population, "population", POP_LEN, writable=True)
+    f = _check_features(features)
+    y = np.ascontiguousarray(labels, dtype=np.float64).reshape(-1)
+    if y.shape[0] != f.shape[0] or not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 (GENUINE) or 1 (FRAUD), one per features row")
+    _label_batch_kernel(population, f, y, params.to_array())
+
+
+def warm_up() -> None:
+    """Compile/load every kernel signature once (call before serving)."""
+    from nudge.kernels.risk import encode_transaction
+
+    users = new_user_state().reshape(1, -1)
+    pop = new_population_state()
+    tx = encode_transaction(10.0, 0.0, 12.0, "US", "5411", "d", "online")
+    b = score_and_learn(users, np.zeros(1, np.int64), pop, tx.reshape(1, -1))
+    learn_held(users, np.zeros(1, np.int64), pop, b.features)
+    apply_labels(pop, b.features, np.ones(1))
+    for ro_u in (False, True):
+        for ro_p in (False, True):
+            u, p = users[0].copy(), pop.copy()
+            u.flags.writeable = not ro_u
+            p.flags.writeable = not ro_p
+            score_one(u, p, tx)
+
+
+def _check(a: np.ndarray, name: str, length: int, writable: bool = False) -> None:
+    if not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.shape != (length,) \
+            or not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous float64 vector of {length} values "
+                         f"(new_{'user' if length == USER_LEN else 'population'}_state())")
+    if a[0] != MODEL_VERSION:
+        raise ValueError(f"{name} layout version must be {MODEL_VERSION}, got {a[0]!r}")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable (it is updated in place)")
+
+
+def _check2(a: np.ndarray, name: str, width: int) -> None:
+    if not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.ndim != 2 \
+            or a.shape[1] != width or not a.flags.c_contiguous or not a.flags.writeable:
+        raise ValueError(f"{name} must be a writable C-contiguous float64 (n, {width}) array")
+    if a.shape[0] and (a[:, 0] != MODEL_VERSION).any():
+        raise ValueError(f"{name} layout version must be {MODEL_VERSION} in every row")
+
+
+def _check_tx(tx: np.ndarray) -> None:
+    if not isinstance(tx, np.ndarray) or tx.dtype != np.float64 or tx.shape != (TX_LEN,):
+        raise ValueError(f"transaction must be the float64 ({TX_LEN},) vector from "
+                         "encode_transaction")
+    v = tx.tolist()  # plain floats: ~1 µs, where the NumPy checks cost ~15 per call
+    if not all(map(math.isfinite, v)) or v[TX_AMOUNT] < 0 or not 0.0 <= v[TX_HOUR] < 24.0 \
+            or not all(-1 <= v[c] < b and v[c] == int(v[c])
+                       for c, b in zip(CAT_TX, CAT_BINS, strict=True)):
+        _check_values(tx.reshape(1, -1), "transaction")  # raises with the rule broken
+
+
+def _check_values(m: np.ndarray, name: str) -> None:
+    """Finite, amount >= 0, hour in [0, 24), bins integers in [-1, bins): the kernels
+    index arrays with them."""
+    if not np.isfinite(m[:, :TX_LEN]).all():
+        raise ValueError(f"{name}: time, amount and local_hour must be finite")
+    if (m[:, TX_AMOUNT] < 0).any():
+        raise ValueError(f"{name}: amount must be >= 0")
+    if ((m[:, TX_HOUR] < 0) | (m[:, TX_HOUR] >= 24)).any():
+        raise ValueError(f"{name}: local_hour must be in [0, 24)")
+    for col, bins in zip(CAT_TX, CAT_BINS, strict=True):
+        b = m[:, col]
+        if ((b < -1) | (b >= bins) | (b != np.floor(b))).any():
+            raise ValueError(f"{name}: category bins must be integers in [-1, {bins}); "
+                             "build transactions with encode_transaction(s)")
+
+
+def _check_features(features: np.ndarray) -> np.ndarray:
+    f = np.ascontiguousarray(features, dtype=np.float64)
+    if f.ndim not in (1, 2) or f.shape[-1] != FEAT_LEN:
+        raise ValueError(f"features must be rows of {FEAT_LEN} values, as returned when the "
+                         "transactions were scored")
+    f = f.reshape(-1, FEAT_LEN)
+    _check_values(f, "features")
+    k = f[:, F_K]
+    if ((k < 0) | (k >= VEL_K) | (k != np.floor(k))).any() or not np.isfinite(f).all():
+        raise ValueError("features must be the rows returned when the transactions were "
+                         "scored (velocity count or evidence out of range)")
+    return f
+
+
+def _check_rows(rows: np.ndarray, n: int, n_users: int) -> np.ndarray:
+    r = np.asarray(rows)
+    if r.shape != (n,) or (r.size and not np.issubdtype(r.dtype, np.integer)):
+        raise ValueError(f"rows must be {n} integers (one state row per transaction)")
+    if r.size and (r.min() < 0 or r.max() >= n_users):
+        raise ValueError(f"rows must be in [0, {n_users})")
+    return np.array(r, dtype=np.int64)

@@ -1,0 +1,114 @@
+"""Reason codes with plain text for :mod:`nudge.kernels.risk_model` scores.
+
+Same codes and wording as :mod:`nudge.kernels.risk_reasons`; what changes is *why* a reason
+fires: a feature's evidence (its log likelihood ratio, nats, times its supervised weight) is
+at least ``min_evidence``, i.e. the transaction is that many times likelier under a takeover
+than for this genuine customer. When the customer has fewer than ``weak_below`` earlier
+transactions the text says the reason is weak (judged mostly against the population), and
+COLD_START fires. ``RiskReason.weight`` is the feature's share of the positive evidence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nudge.kernels.risk_model import (
+    D_AMOUNT_RATIO,
+    D_EVIDENCE,
+    D_HISTORY,
+    D_K,
+    D_NEW,
+    DEFAULT_MODEL_PARAMS,
+    DETAIL_LEN,
+    E_AMOUNT,
+    E_COUNTRY,
+    E_DEVICE,
+    E_HOUR,
+    E_MCC,
+    E_VELOCITY,
+    ModelParams,
+)
+from nudge.kernels.risk_reasons import (
+    AMOUNT_HIGH,
+    COLD_START,
+    NEW_COUNTRY,
+    NEW_DEVICE,
+    NEW_MERCHANT_CATEGORY,
+    UNUSUAL_HOUR,
+    VELOCITY_BURST,
+    RiskReason,
+)
+
+_FEATURE_REASONS = ((AMOUNT_HIGH, E_AMOUNT), (NEW_COUNTRY, E_COUNTRY), (NEW_DEVICE, E_DEVICE),
+                    (NEW_MERCHANT_CATEGORY, E_MCC), (UNUSUAL_HOUR, E_HOUR),
+                    (VELOCITY_BURST, E_VELOCITY))
+DEFAULT_MIN_EVIDENCE = 1.5  # nats: about 4.5x likelier under a takeover
+DEFAULT_WEAK_BELOW = 5  # earlier transactions
+
+
+def explain(details: np.ndarray, weights: np.ndarray | None = None, *, country: str = "",
+            merchant_category: str = "", local_hour: float | None = None,
+            params: ModelParams = DEFAULT_MODEL_PARAMS,
+            min_evidence: float = DEFAULT_MIN_EVIDENCE, weak_below: int = DEFAULT_WEAK_BELOW,
+            max_reasons: int | None = None) -> list[RiskReason]:
+    """Reasons for one scored transaction (a ``details`` row), strongest first.
+
+    Args:
+        weights: the population's supervised weights (``population[P_W:P_W+N_EVIDENCE]``);
+            None = all 1 (the unsupervised model).
+        country, merchant_category, local_hour: the raw values, for the text.
+    """
+    d = np.asarray(details, dtype=np.float64)
+    if d.shape != (DETAIL_LEN,):
+        raise ValueError(f"details must be one details row of {DETAIL_LEN} values, "
+                         f"got shape {d.shape}")
+    v = d.tolist()
+    w = [1.0] * 7 if weights is None else [float(x) for x in weights]
+    ev = [w[f] * v[D_EVIDENCE + f] for f in range(7)]
+    positive = sum(e for e in ev if e > 0)
+    n = int(v[D_HISTORY])
+    weak = n < weak_below
+    plural = "" if n == 1 else "s"
+    suffix = f" (weak: only {n} earlier transaction{plural})" if weak else ""
+    reasons = []
+    for code, f in _FEATURE_REASONS:
+        if ev[f] >= min_evidence:
+            reasons.append(RiskReason(code, _text(code, v, country, merchant_category,
+                                                  local_hour, params) + suffix,
+                                      ev[f] / positive))
+    reasons.sort(key=lambda r: r.weight, reverse=True)
+    if weak:
+        reasons.append(RiskReason(COLD_START, f"only {n} earlier transaction{plural}: judged "
+                                              "mostly against how genuine new customers "
+                                              "behave", 0.0))
+    return reasons if max_reasons is None else reasons[:max_reasons]
+
+
+def _text(code: str, v: list[float], country: str, merchant_category: str,
+          local_hour: float | None, params: ModelParams) -> str:
+    if code == AMOUNT_HIGH:
+        r = v[D_AMOUNT_RATIO]
+        return f"amount is {r:.0f}× this user's typical" if r >= 10 else \
+            f"amount is {r:.1f}× this user's typical"
+    if code == NEW_COUNTRY:
+        where = country or "this country"
+        return f"first transaction in {where}" if v[D_NEW] > 0 else \
+            f"rare country for this user: {where}"
+    if code == NEW_DEVICE:
+        return "first transaction from this device" if v[D_NEW + 2] > 0 else \
+            "device rarely used by this user"
+    if code == NEW_MERCHANT_CATEGORY:
+        what = f"merchant category {merchant_category}" if merchant_category else \
+            "this merchant category"
+        return f"first purchase in {what}" if v[D_NEW + 1] > 0 else \
+            f"rare {what} for this user"
+    if code == UNUSUAL_HOUR:
+        if local_hour is None:
+            return "unusual time of day for this user"
+        minutes = int(local_hour * 60.0) % (24 * 60)
+        return f"{minutes // 60:02d}:{minutes % 60:02d} local time is unusual for this user"
+    k = int(v[D_K]) + 1
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    minutes = params.velocity_window_s / 60.0
+    window = "hour" if minutes == 60 else f"{minutes:g} minutes"
+    return f"{k}{suffix} transaction in {'an ' if window == 'hour' else ''}{window}"

@@ -1,0 +1,359 @@
+"""The likelihood-ratio risk model against a slow, obvious reference, and its contracts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nudge.kernels import risk_model as M
+from nudge.kernels.risk import (
+    CHANNEL_BINS,
+    COUNTRY_BINS,
+    DEVICE_BINS,
+    MCC_BINS,
+    TX_AMOUNT,
+    TX_HOUR,
+    TX_LEN,
+    TX_TIME,
+    encode_transaction,
+)
+from nudge.kernels.risk_model_reasons import explain
+
+PARAMS = M.ModelParams()
+BINS = (COUNTRY_BINS, MCC_BINS, DEVICE_BINS, CHANNEL_BINS)
+
+
+def random_txs(rng: np.random.Generator, n: int, t0: float = 0.0) -> np.ndarray:
+    tx = np.empty((n, TX_LEN))
+    tx[:, TX_TIME] = t0 + np.cumsum(rng.exponential(3000.0, n))
+    tx[:, TX_AMOUNT] = np.round(np.exp(rng.normal(3.5, 1.0, n)), 2)
+    tx[:, TX_HOUR] = rng.uniform(0, 24, n)
+    for f, b in enumerate(BINS):  # few values per customer, sometimes missing or rare
+        col = rng.choice(np.r_[-1, np.arange(3), rng.integers(0, b, 2)], n)
+        tx[:, M.CAT_TX[f]] = col
+    return tx
+
+
+def random_states(seed: int, n_users: int = 4, n: int = 300):
+    """Customers and a population grown by the kernels from random transactions, plus a
+    few random FRAUD labels (so every part of the state is non-trivial)."""
+    rng = np.random.default_rng(seed)
+    users = np.tile(M.new_user_state(), (n_users, 1))
+    pop = M.new_population_state()
+    txs = random_txs(rng, n)
+    rows = rng.integers(0, n_users, n)
+    b = M.score_and_learn(users, rows, pop, txs, PARAMS)
+    M.apply_labels(pop, b.features[:20], (rng.random(20) < 0.5).astype(float), PARAMS)
+    return rng, users, pop, txs[-1, TX_TIME]
+
+
+# --- the reference: the docstring's maths, one line at a time ------------------------------
+
+
+def ref_q(pop, f, b, n):
+    off, tot = (M.P_FIRST_OFF, M.P_FIRST_TOTAL) if n == 0 else (M.P_NEWHIST_OFF,
+                                                                  M.P_NEWHIST_TOTAL)
+    return (pop[off[f] + b] + 0.5) / (pop[tot[f]] + 0.5 * BINS[f])
+
+
+def ref_recent(user, pop, tx, f, b, n, p: M.ModelParams):
+    k = max(j for j, e in enumerate(M.HIST_EDGES) if n >= e)
+    seen, recent = pop[M.P_RECENT + (f * M.N_HIST + k) * 2:][:2]
+    r = (recent + 0.1) / (seen + 1)
+    rr = p.attacker_recent
+    is_recent = (user[M.U_RECENT_BIN + f] == b
+                 and 0 <= tx[TX_TIME] - user[M.U_RECENT_TIME + f] <= p.recent_window_s)
+    return math.log(rr / r) if is_recent else math.log((1 - rr) / (1 - r))
+
+
+def ref_evidence(user, pop, tx, p: M.ModelParams):
+    clip, fp = p.evidence_clip, p.fraud_pseudo
+    fr_total = pop[M.P_FR_HOUR:M.P_FR_HOUR + 24].sum()
+    ev = np.zeros(7)
+    new = [-1.0] * 4
+    nus = [0.0] * 4
+    for f in range(4):
+        b = int(tx[M.CAT_TX[f]])
+        if b < 0:
+            continue
+        n = user[M.U_CAT_TOTAL[f]]
+        c = user[M.U_CAT_OFF[f] + b]
+        k = max(j for j, e in enumerate(M.HIST_EDGES) if n >= e)
+        tot, nw = pop[M.P_NOV + (f * M.N_HIST + k) * 2:][:2]
+        nu = (nw + p.novelty_pseudo / (1 + n)) / (tot + p.novelty_pseudo)
+        rho0 = ((pop[M.P_FR_CAT + 2 * f + 1] + fp * p.attacker_novelty[f])
+                / (pop[M.P_FR_CAT + 2 * f] + fp))
+        rho = rho0 + (1 - rho0) * nu
+        nus[f] = nu
+        if c > 0:
+            e = math.log((1 - rho) / (1 - nu)) if nu < 1 else 0.0
+            e += ref_recent(user, pop, tx, f, b, n, p)
+            new[f] = 0.0
+        else:
+            q = ref_q(pop, f, b, n)
+            u = (pop[M.P_FR_HIST_OFF[f] + b] + fp / BINS[f]) / (pop[M.P_FR_HIST_TOTAL[f]] + fp)
+            e = math.log(rho * u / (nu * q))
+            new[f] = 1.0
+        ev[f] = np.clip(e, -clip, clip)
+    # device given the country's novelty
+    cs = int(new[0] > 0)
+    ds = int(new[2]) + 1
+    nd = user[M.U_CAT_TOTAL[2]]
+    k = max(j for j, e in enumerate(M.HIST_EDGES) if nd >= e)
+    cells = pop[M.P_JOINT + k * 6 + cs * 3:][:3]
+    pg = (cells[ds] + 1 / 3) / (cells.sum() + 1)
+    m = (pop[M.P_FR_NODEV] + fp * p.attacker_no_device) / (fr_total + fp)
+    if ds == 0:
+        e = math.log(m / pg)
+    else:
+        rho0 = (pop[M.P_FR_CAT + 5] + fp * p.attacker_novelty[2]) / (pop[M.P_FR_CAT + 4] + fp)
+        rho = rho0 + (1 - rho0) * nus[2]
+        if ds == 1:
+            e = math.log((1 - m) * (1 - rho) / pg)
+            e += ref_recent(user, pop, tx, 2, int(tx[M.CAT_TX[2]]), nd, p)
+        else:
+            b = int(tx[M.CAT_TX[2]])
+            q = ref_q(pop, 2, b, nd)
+            u = ((pop[M.P_FR_HIST_OFF[2] + b] + fp / DEVICE_BINS)
+                 / (pop[M.P_FR_HIST_TOTAL[2]] + fp))
+            e = math.log((1 - m) * rho * u / (pg * q))
+    ev[M.E_DEVICE] = np.clip(e, -clip, clip)
+    # hour
+    h = int(tx[TX_HOUR])
+
+    def smooth(a):
+        return 0.25 * a[(h - 1) % 24] + 0.5 * a[h] + 0.25 * a[(h + 1) % 24]
+
+    q = (smooth(pop[M.P_HOUR:M.P_HOUR + 24]) + 1) / (pop[M.P_HOUR_TOTAL] + 24)
+    pg = (smooth(user[M.U_HOUR:M.U_HOUR + 24]) + p.hour_prior * q) / (user[M.U_N] + p.hour_prior)
+    if cs and user[M.U_N] > 0:
+        pg = ((smooth(pop[M.P_HOUR_NEWC:M.P_HOUR_NEWC + 24]) + 1)
+              / (pop[M.P_HOUR_NEWC_TOTAL] + 24))
+    pt = (pop[M.P_FR_HOUR + h] + fp / 24) / (fr_total + fp)
+    ev[M.E_HOUR] = np.clip(math.log(pt / pg), -clip, clip)
+    # amount
+    x = math.log1p(tx[TX_AMOUNT])
+    if pop[M.P_AMT_N] < 2:
+        mu, vt = 3.5, 1.0
+    else:
+        mu, vt = pop[M.P_AMT_MEAN], pop[M.P_AMT_M2] / pop[M.P_AMT_N]
+    sw = pop[M.P_WITHIN_S] / pop[M.P_WITHIN_N] if pop[M.P_WITHIN_N] >= 2 else 0.5 * vt
+    sw = max(sw, 0.01)
+    tau2 = max(vt - sw, 0.05)
+    n = user[M.U_AMT_N]
+    sig2 = (user[M.U_AMT_S] + p.variance_pseudo * sw) / (n + p.variance_pseudo)
+    prec = n / sig2 + 1 / tau2
+    mean = (n * user[M.U_AMT_MEAN] / sig2 + mu / tau2) / prec
+    var = sig2 + 1 / prec
+    z = (x - mean) / math.sqrt(var)
+    dof = p.t_dof
+    lg = (math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+          - 0.5 * math.log(var) - (dof + 1) / 2 * math.log1p(z * z / dof))
+    an = pop[M.P_FR_AMT_N]
+    shift = (pop[M.P_FR_AMT_MEAN] * an + p.fraud_amount_shift * fp) / (an + fp)
+    om2 = (pop[M.P_FR_AMT_M2] + fp * p.fraud_amount_sd ** 2) / (an + fp)
+    lt = -0.5 * (math.log(2 * math.pi * (var + om2)) + (x - mean - shift) ** 2 / (var + om2))
+    ev[M.E_AMOUNT] = np.clip(lt - lg, -clip, clip)
+    # velocity
+    ring = user[M.U_RING:M.U_RING + M.RING]
+    dt = tx[TX_TIME] - ring
+    kv = min(int(((dt >= 0) & (dt <= p.velocity_window_s)).sum()), M.VEL_K - 1)
+    if user[M.U_N] < 3:
+        row = 0
+    else:
+        last = ring[int((user[M.U_RING_POS] - 1) % M.RING)]
+        rate = user[M.U_N] / max((last - user[M.U_FIRST]) / 86400, 1)
+        row = 1 + sum(rate >= e for e in M.RATE_EDGES)
+    counts = pop[M.P_VEL + row * M.VEL_K:][:M.VEL_K]
+    pg = (counts[kv] + 1) / (counts.sum() + M.VEL_K)
+    fv = np.asarray(p.attacker_velocity) / sum(p.attacker_velocity)
+    pt = (pop[M.P_FR_VEL + kv] + fp * fv[kv]) / (fr_total + fp)
+    ev[M.E_VELOCITY] = np.clip(math.log(pt / pg), -clip, clip)
+    lp = math.log(p.prior / (1 - p.prior))
+    p_tx = 1 / (1 + math.exp(-(lp + (pop[M.P_W:M.P_W + 7] * ev).sum())))
+    za = lp + user[M.U_ACCOUNT] - user[M.U_N] * math.log(2) / p.account_half_life_tx
+    p_acct = 1 / (1 + math.exp(-za))
+    return ev, 1 - (1 - p_acct) * (1 - p_tx), kv
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_score_matches_reference(seed: int) -> None:
+    rng, users, pop, t = random_states(seed)
+    for tx in random_txs(rng, 30, t):
+        u = users[rng.integers(0, users.shape[0])].copy()
+        score, det, feat = M.score_one(u, pop, tx, PARAMS)
+        ev, ref_score, k = ref_evidence(u, pop, tx, PARAMS)
+        np.testing.assert_allclose(det[M.D_EVIDENCE:M.D_EVIDENCE + 7], ev, rtol=1e-9,
+                                   atol=1e-9)
+        assert score == pytest.approx(ref_score, rel=1e-9, abs=1e-12)
+        assert det[M.D_K] == k and feat[M.F_K] == k
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_learn_matches_reference(seed: int) -> None:
+    """Folding a transaction in: counts, amount moments, novelty tables, case-control ring."""
+    rng, users, pop, t = random_states(seed)
+    for tx in random_txs(rng, 10, t):
+        u = users[0].copy()
+        _, _det, feat = M.score_one(u, pop, tx, PARAMS)
+        u2, p2 = u.copy().reshape(1, -1), pop.copy()
+        M.learn_held(u2, np.zeros(1, np.int64), p2, feat, PARAMS)
+        ru, rp = u.copy(), pop.copy()
+        x = math.log1p(tx[TX_AMOUNT])
+        for f in range(4):
+            b = int(tx[M.CAT_TX[f]])
+            if b < 0:
+                continue
+            n = ru[M.U_CAT_TOTAL[f]]
+            k = max(j for j, e in enumerate(M.HIST_EDGES) if n >= e)
+            rp[M.P_NOV + (f * M.N_HIST + k) * 2] += 1
+            if u[M.U_CAT_OFF[f] + b] > 0:
+                rp[M.P_RECENT + (f * M.N_HIST + k) * 2] += 1
+                if (u[M.U_RECENT_BIN + f] == b
+                        and 0 <= tx[TX_TIME] - u[M.U_RECENT_TIME + f] <= PARAMS.recent_window_s):
+                    rp[M.P_RECENT + (f * M.N_HIST + k) * 2 + 1] += 1
+            else:
+                ru[M.U_RECENT_BIN + f] = b
+                ru[M.U_RECENT_TIME + f] = tx[TX_TIME]
+                rp[M.P_NOV + (f * M.N_HIST + k) * 2 + 1] += 1
+                off, tot = (M.P_FIRST_OFF, M.P_FIRST_TOTAL) if n == 0 else (
+                    M.P_NEWHIST_OFF, M.P_NEWHIST_TOTAL)
+                rp[off[f] + b] += 1
+                rp[tot[f]] += 1
+            ru[M.U_CAT_OFF[f] + b] += 1
+            ru[M.U_CAT_TOTAL[f]] += 1
+        acct = u[M.U_ACCOUNT]
+        for f in range(4):
+            b = int(tx[M.CAT_TX[f]])
+            if b >= 0 and u[M.U_CAT_TOTAL[f]] == 0:
+                fu = ((pop[M.P_FR_HIST_OFF[f] + b] + PARAMS.fraud_pseudo / BINS[f])
+                      / (pop[M.P_FR_HIST_TOTAL[f]] + PARAMS.fraud_pseudo))
+                acct += np.clip(math.log(fu / ref_q(pop, f, b, 0)), -6, 6)
+        assert u2[0, M.U_ACCOUNT] == pytest.approx(acct, rel=1e-12, abs=1e-12)
+        an = u[M.U_AMT_N]
+        if an >= 1:
+            rp[M.P_WITHIN_S] += (x - u[M.U_AMT_MEAN]) ** 2 * an / (an + 1)
+            rp[M.P_WITHIN_N] += 1
+        assert u2[0, M.U_N] == u[M.U_N] + 1
+        assert u2[0, M.U_HOUR + int(tx[TX_HOUR])] == u[M.U_HOUR + int(tx[TX_HOUR])] + 1
+        for f in range(4):
+            sl = slice(M.U_CAT_TOTAL[f], M.U_CAT_OFF[f] + BINS[f])
+            np.testing.assert_array_equal(u2[0, sl], ru[sl])
+        np.testing.assert_array_equal(p2[M.P_NOV:M.P_HOUR_TOTAL], rp[M.P_NOV:M.P_HOUR_TOTAL])
+        np.testing.assert_array_equal(p2[M.P_FIRST_TOTAL[0]:], rp[M.P_FIRST_TOTAL[0]:])
+        np.testing.assert_array_equal(u2[0, M.U_RECENT_BIN:], ru[M.U_RECENT_BIN:])
+        assert p2[M.P_WITHIN_S] == pytest.approx(rp[M.P_WITHIN_S])
+        assert p2[M.P_AMT_N] == pop[M.P_AMT_N] + 1
+        if an < PARAMS.amount_memory:
+            assert u2[0, M.U_AMT_MEAN] == pytest.approx((u[M.U_AMT_MEAN] * an + x) / (an + 1))
+        pos = int(pop[M.P_CC_POS])
+        np.testing.assert_array_equal(p2[M.P_CC + pos * 7:M.P_CC + pos * 7 + 7],
+                                      feat[M.F_EVIDENCE:M.F_EVIDENCE + 7])
+
+
+def test_batch_equals_one_by_one() -> None:
+    rng = np.random.default_rng(7)
+    txs = random_txs(rng, 200)
+    rows = rng.integers(0, 3, 200)
+    users = np.tile(M.new_user_state(), (3, 1))
+    pop = M.new_population_state()
+    b = M.score_and_learn(users, rows, pop, txs, PARAMS)
+    users1 = np.tile(M.new_user_state(), (3, 1))
+    pop1 = M.new_population_state()
+    for i in range(200):
+        s, _det, _feat = M.score_one(users1[rows[i]], pop1, txs[i], PARAMS)
+        assert s == b.scores[i]
+        M.score_and_learn(users1, rows[i:i + 1], pop1, txs[i:i + 1], PARAMS)
+    np.testing.assert_array_equal(users, users1)
+    np.testing.assert_array_equal(pop, pop1)
+
+
+def test_first_value_is_no_evidence_but_a_new_one_after_long_history_is() -> None:
+    """No history: a first country is judged only by how rare it is in the population.
+    200 transactions from one country and one phone: a new country and phone are strong."""
+    users = np.tile(M.new_user_state(), (1, 1))
+    pop = M.new_population_state()
+    first = encode_transaction(30.0, 0.0, 12.0, "BR", "5411", "", "card_present")
+    _, det0, _ = M.score_one(users[0], pop, first, PARAMS)
+    assert det0[M.D_NOVELTY] == 1.0  # nu(0) = 1: a first value is always new
+    rows = np.zeros(200, np.int64)
+    txs = np.array([encode_transaction(30.0, i * 86400.0, 12.0, "BR", "5411", "phone",
+                                       "online") for i in range(200)])
+    M.score_and_learn(users, rows, pop, txs, PARAMS)
+    away = encode_transaction(300.0, 201 * 86400.0, 3.0, "NG", "6051", "other", "online")
+    s, det, _ = M.score_one(users[0], pop, away, PARAMS)
+    # the device's evidence is conditional on the country being new (chain rule); with one
+    # customer in the population that conditional is still uninformed, the sum is not
+    assert det[M.D_EVIDENCE + M.E_COUNTRY] > 3
+    assert det[M.D_EVIDENCE + M.E_COUNTRY] + det[M.D_EVIDENCE + M.E_DEVICE] > 5
+    assert s > 0.5
+    home = encode_transaction(30.0, 201 * 86400.0, 12.0, "BR", "5411", "phone", "online")
+    assert M.score_one(users[0], pop, home, PARAMS)[0] < 0.01
+    reasons = explain(det, country="NG")
+    assert {r.code for r in reasons} >= {"NEW_COUNTRY", "AMOUNT_HIGH"}
+    assert not any("weak" in r.detail for r in reasons)
+    weak = explain(det0)
+    assert weak and weak[-1].code == "COLD_START"
+
+
+def test_held_transaction_is_not_learned_until_told() -> None:
+    users = np.tile(M.new_user_state(), (1, 1))
+    pop = M.new_population_state()
+    p = M.ModelParams(hold_threshold=1e-12)  # hold everything
+    tx = encode_transaction(30.0, 0.0, 12.0, "BR", "5411", "", "card_present")
+    b = M.score_and_learn(users, np.zeros(1, np.int64), pop, tx.reshape(1, -1), p)
+    assert b.held[0] and users[0, M.U_N] == 0 and users[0, M.U_SEEN] == 1
+    M.learn_held(users, np.zeros(1, np.int64), pop, b.features, p)
+    assert users[0, M.U_N] == 1
+
+
+def test_labels_move_the_takeover_model_and_weights() -> None:
+    _, _users, pop, _ = random_states(3)
+    before = pop.copy()
+    feats = np.zeros((4, M.FEAT_LEN))
+    feats[:, TX_HOUR] = 3
+    feats[:, M.F_EVIDENCE:M.F_EVIDENCE + 7] = 2.0
+    M.apply_labels(pop, feats, np.ones(4), PARAMS)
+    assert pop[M.P_FR_HOUR + 3] == before[M.P_FR_HOUR + 3] + 4
+    assert not np.array_equal(pop[M.P_W:M.P_W + 7], before[M.P_W:M.P_W + 7])
+    with pytest.raises(ValueError, match="labels must be 0"):
+        M.apply_labels(pop, feats, np.full(4, 2.0), PARAMS)
+
+
+def test_wrappers_refuse_bad_input() -> None:
+    with pytest.raises(ValueError, match="user must be"):
+        M.score_one(np.zeros(3), M.new_population_state(), np.zeros(TX_LEN))
+    with pytest.raises(ValueError, match="prior"):
+        M.ModelParams(prior=0.0)
+    ro = M.new_population_state()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        M.score_and_learn(np.tile(M.new_user_state(), (1, 1)), np.zeros(1, np.int64), ro,
+                          np.zeros((1, TX_LEN)))
+
+
+def test_read_only_views_score() -> None:
+    M.warm_up()
+    _, users, pop, t = random_states(1)
+    u = users[0].copy()
+    u.flags.writeable = False
+    pop.flags.writeable = False
+    tx = encode_transaction(30.0, t + 1.0, 12.0, "BR", "5411", "", "card_present")
+    assert 0.0 < M.score_one(u, pop, tx)[0] < 1.0
+
+
+def test_out_of_range_bins_and_features_are_refused() -> None:
+    users = np.tile(M.new_user_state(), (1, 1))
+    pop = M.new_population_state()
+    tx = encode_transaction(10.0, 0.0, 12.0, "US", "5411", "", "card_present").reshape(1, -1)
+    bad = tx.copy()
+    bad[0, M.CAT_TX[0]] = COUNTRY_BINS
+    with pytest.raises(ValueError, match="category bins"):
+        M.score_and_learn(users, np.zeros(1, np.int64), pop, bad)
+    b = M.score_and_learn(users, np.zeros(1, np.int64), pop, tx)
+    feats = b.features.copy()
+    feats[0, M.F_K] = 99
+    with pytest.raises(ValueError, match="velocity count"):
+        M.learn_held(users, np.zeros(1, np.int64), pop, feats)
