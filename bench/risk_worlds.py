@@ -250,7 +250,7 @@ def generate_world(name: str, seed: int, spec: WorldSpec | None = None) -> World
         first = 0 if FRAUD_KINDS[k] == "cold" or not pools[1] else 1
         pool = pools[first] or pools[1 - first]
         victims[b] = pool.pop()
-    for b, (u, k) in enumerate(zip(victims, kinds, strict=True)):
+    for b, (u, k) in enumerate(zip(victims.tolist(), kinds, strict=True)):
         kname = FRAUD_KINDS[k]
         home = int(homes[u])
         t_first = max(joins[u], warmup)
@@ -264,13 +264,13 @@ def generate_world(name: str, seed: int, spec: WorldSpec | None = None) -> World
         gap = {"low_slow": 3 * DAY, "first_party": 0.5 * DAY}.get(kname, rng.uniform(300, 2400))
         ts = t0 + np.r_[0.0, np.cumsum(rng.exponential(gap, m - 1))]
         where = home
-        device = f"atk{seed}-{b}"
+        atk_device = f"atk{seed}-{b}"
         attack_clock = rng.random() < 0.5
         if kname == "first_party":
             local = _hours(rng, profiles[u][0], m)
             ts = np.floor(ts / DAY) * DAY + (local - tz[home]) * HOUR
             amount = np.exp(mus[u] + rng.normal(np.log(5.0), 0.5, m))
-            device = f"u{u}-d0"
+            atk_device = f"u{u}-d0"
             mcc = np.where(rng.random(m) < 0.5, rng.choice(fraud_mcc[:3], m),
                            everyday[rng.choice(profiles[u][1], m)])
             ch = rng.choice(np.array([2, 0, 1]), m)
@@ -296,8 +296,8 @@ def generate_world(name: str, seed: int, spec: WorldSpec | None = None) -> World
                            rng.choice(everyday, m))
             ch = rng.choice(np.array([2, 4, 3]), m, p=[0.6, 0.3, 0.1])
             if rng.random() < 0.1:
-                device = f"u{u}-d0"  # session hijack on the victim's own phone
-        dev = np.where(np.isin(ch, _DEVICE_CHANNELS), device, "").astype(object)
+                atk_device = f"u{u}-d0"  # session hijack on the victim's own phone
+        dev = np.where(np.isin(ch, _DEVICE_CHANNELS), atk_device, "").astype(object)
         add(time=ts, user=np.full(m, u), amount=amount, local_hour=np.mod(local, 24.0),
             country=np.full(m, codes[where], object), merchant_category=mcc, device_id=dev,
             channel=channels[ch], label=np.ones(m, np.int8), kind=np.full(m, kname, object))

@@ -142,6 +142,7 @@ from functools import cached_property
 import numpy as np
 from numba import njit, types
 
+from nudge.kernels import jit
 from nudge.kernels.risk import (
     CHANNEL_BINS,
     COUNTRY_BINS,
@@ -397,7 +398,7 @@ def _arr(ndim: int, readonly: bool) -> types.Array:
 
 _RW1, _RO1, _RW2 = _arr(1, False), _arr(1, True), _arr(2, False)
 _I8 = types.Array(types.int64, 1, "C")
-_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+_JIT = jit.NOGIL_NUMPY_ERRORS
 _CAT_TX = np.array(CAT_TX, dtype=np.int64)
 _CAT_BINS = np.array(CAT_BINS, dtype=np.int64)
 _U_CAT_TOTAL = np.array(U_CAT_TOTAL, dtype=np.int64)

@@ -109,6 +109,6 @@ def _text(code: str, v: list[float], country: str, merchant_category: str,
         return f"{minutes // 60:02d}:{minutes % 60:02d} local time is unusual for this user"
     k = int(v[D_K]) + 1
     suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
-    minutes = params.velocity_window_s / 60.0
-    window = "hour" if minutes == 60 else f"{minutes:g} minutes"
+    window_minutes = params.velocity_window_s / 60.0
+    window = "hour" if window_minutes == 60 else f"{window_minutes:g} minutes"
     return f"{k}{suffix} transaction in {'an ' if window == 'hour' else ''}{window}"

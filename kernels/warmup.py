@@ -9,6 +9,7 @@ import time
 KERNEL_MODULES = (
     "nudge.kernels.user_state",
     "nudge.kernels.risk",
+    "nudge.kernels.risk_model",
     "nudge.kernels.context",
     "nudge.kernels.learner",
     "nudge.kernels.rng",

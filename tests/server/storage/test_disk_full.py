@@ -1,4 +1,4 @@
-"""A real full disk (ENOSPC), not only an LMDB map that cannot grow (tests/server/storage/test_store.py).
+"""A real full disk (ENOSPC), not only an LMDB map that cannot grow (storage/test_store.py).
 
 ``nudge serve`` runs in a private mount namespace (``unshare -rm``) with its data folder on
 a tmpfs of a few MB. The test reaches that filesystem through ``/proc/<pid>/root``.
