@@ -302,7 +302,7 @@ def read_store(data_dir: Path, decision_ids: Iterable[str] = ()) -> _Stored:
         dbs = store.dbs
         with store.read() as txn:
             counts = Counter({
-                user_id: int(np.frombuffer(v, np.float64)[user_state.S_EVENT_COUNT])
+                user_id: int(v[user_state.S_EVENT_COUNT])
                 for user_id, v in users.records(txn, dbs)
             })
             rewards = list(reward_log.since(txn, dbs, 0))

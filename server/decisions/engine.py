@@ -329,10 +329,10 @@ class DecisionEngine:
         pending = self.pending.contacts(user_id)
         dbs = self.store.dbs
         with self.store.read() as txn:
-            raw = users.record(txn, dbs, user_id)
+            record = users.record(txn, dbs, user_id)
             state = profile = None
-            if raw is not None:
-                state = memoryview(bytes(raw)).cast("d")
+            if record is not None:
+                state = memoryview(record)
                 profile = users.profile(txn, dbs, user_id)
             stored = [Contact(*c) for c in contact_table.rows(txn, dbs, user_id)]
         if not pending and not stored:

@@ -145,9 +145,9 @@ class EventWriter(GroupCommitWriter):
         state = user_state.new_records(len(rows))
         profiles: list[UserProfile] = []
         for user_id, row in rows.items():
-            raw = users.record(txn, dbs, user_id)
-            if raw is not None:
-                state[row] = np.frombuffer(raw, dtype=np.float64)
+            stored = users.record(txn, dbs, user_id)
+            if stored is not None:
+                state[row] = stored
             # A shared store's profiles are also written by other processes: read them.
             profile = None if store.shared else self._profiles.get(user_id)
             if profile is None:

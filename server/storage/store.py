@@ -258,22 +258,21 @@ class Store:
     def get_user_values(self, user_id: str) -> tuple[list[float], UserProfile] | None:
         """The user's record as one plain list (RECORD_LEN floats, the layout of
         kernels/user_state.py) and the profile; None if no event was ever stored. For
-        readers that need Python values, not arrays (GetUser): one C call, no NumPy."""
+        readers that need Python values, not arrays (GetUser)."""
         with self.read() as txn:
-            raw = users.record(txn, self.dbs, user_id)
-            if raw is None:
+            record = users.record(txn, self.dbs, user_id)
+            if record is None:
                 return None
-            values: list[float] = memoryview(raw).cast("d").tolist()  # type: ignore[assignment]
+            values: list[float] = record.tolist()
             profile = users.profile(txn, self.dbs, user_id)
         return values, profile
 
     def get_user(self, user_id: str) -> UserView | None:
         """The user's record as plain arrays, or None if no event was ever stored."""
         with self.read() as txn:
-            raw = users.record(txn, self.dbs, user_id)
-            if raw is None:
+            record = users.record(txn, self.dbs, user_id)
+            if record is None:
                 return None
-            record = np.frombuffer(raw, dtype=np.float64).copy()
             profile = users.profile(txn, self.dbs, user_id)
         return UserView.from_record(user_id, record, profile)
 

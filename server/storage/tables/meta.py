@@ -16,7 +16,11 @@ import lmdb
 from nudge.server.errors import SchemaMismatch
 
 NAME = "meta"
-SCHEMA_VERSION = 1
+# 2: sparse user records (``users``). A version-1 store is read as is (its dense records
+# are still read, and rewritten sparse on the user's next event) and marked 2 at open, so
+# an older nudge, which cannot read sparse records, refuses it.
+SCHEMA_VERSION = 2
+UPGRADABLE = {1}
 SCHEMA_KEY = b"schema_version"
 TYPE_PREFIX = b"type/"
 
@@ -34,13 +38,16 @@ def put_schema_version(txn: lmdb.Transaction, dbs: Dbs) -> None:
 
 def check_schema(txn: lmdb.Transaction, dbs: Dbs, path: Path, has_data: bool) -> bool:
     """Raise SchemaMismatch unless the store's layout is the one this nudge reads; True
-    when the store carries no version yet (a new, empty store)."""
+    when the store should be marked with this version (a new, empty store, or one of a
+    version this nudge upgrades by marking it)."""
     found = schema_version(txn, dbs)
     if found is None:
         if has_data:
             raise SchemaMismatch(
                 f"store at {path} has data but no schema version; refusing to guess its layout"
             )
+        return True
+    if found in UPGRADABLE:
         return True
     if found != SCHEMA_VERSION:
         raise SchemaMismatch(

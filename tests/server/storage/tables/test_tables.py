@@ -8,15 +8,18 @@ import numpy as np
 
 from nudge.kernels import context as ctx
 from nudge.kernels import learner as lrn
+from nudge.kernels import user_state
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import (
     contacts,
     deadlines,
     deliveries,
+    meta,
     models,
     open_decisions,
     rewards,
     triggered,
+    users,
 )
 
 
@@ -65,3 +68,40 @@ def test_model_codec_round_trips() -> None:
     np.testing.assert_array_equal(stored.snapshot.mean_t, snapshot.mean_t)
     np.testing.assert_array_equal(stored.stats.var, stats.var)
     assert stored.snapshot.version == snapshot.version
+
+
+def test_user_records_are_sparse_and_dense_ones_still_read(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    new_user = np.zeros(user_state.RECORD_LEN)
+    new_user[[0, 1, 2, 3, 20, 84, 148, 230]] = rng.normal(size=8)
+    new_user[5] = np.nan  # kept as a value, not dropped as zero
+    full = rng.normal(size=user_state.RECORD_LEN)  # every slot set: stored dense
+    for state in (new_user, full, np.zeros(user_state.RECORD_LEN)):
+        raw = users.encode_record(state)
+        assert len(raw) <= user_state.RECORD_BYTES
+        back = users.decode_record(raw)
+        assert back.flags.writeable
+        np.testing.assert_array_equal(back, state)
+    assert len(users.encode_record(new_user)) == 29 + 9 * 8
+    assert len(users.encode_record(full)) == user_state.RECORD_BYTES
+    store = Store(tmp_path)
+    try:
+        with store.write() as txn:  # a record as schema version 1 wrote it
+            txn.put(b"old", new_user.tobytes(), db=store.dbs[users.USERS])
+        with store.read() as txn:
+            np.testing.assert_array_equal(users.record(txn, store.dbs, "old"), new_user)
+    finally:
+        store.close()
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with store.write() as txn:
+        txn.put(meta.SCHEMA_KEY, b"1", db=store.dbs[meta.NAME])
+    store.close()
+    store = Store(tmp_path)
+    try:
+        with store.read() as txn:
+            assert meta.schema_version(txn, store.dbs) == meta.SCHEMA_VERSION
+    finally:
+        store.close()
