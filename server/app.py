@@ -44,6 +44,7 @@ from nudge.server.rpc.risk_service import RiskServicer
 from nudge.server.rpc.status import StatusInterceptor
 from nudge.server.rpc.tls import TlsSettings, check_plaintext_allowed, server_credentials
 from nudge.server.storage.ingest import EventWriter
+from nudge.server.storage.retention import Retention, RetentionPolicy
 from nudge.server.storage.store import Store
 from nudge.v1 import (
     decision_service_pb2,
@@ -95,6 +96,7 @@ class NudgeServer:
     readiness: Readiness
     outbox: Outbox
     journeys: Journeys
+    retention: Retention
     metrics: Metrics | None = None
     limiter: ConcurrencyLimiter | None = None
     role: WorkerRole | None = None
@@ -161,6 +163,8 @@ class NudgeServer:
         if self.config.learner_thread:
             self.learner.start()
         self.journeys.start()
+        if self.config.retention_interval_seconds:
+            self.retention.start()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight calls finish, commit what is queued, close LMDB."""
@@ -174,6 +178,7 @@ class NudgeServer:
         if self.role is not None:
             self.role.close()
         self.journeys.close()
+        self.retention.close()
         self.learner.close()
         self.decisions.close()
         self.risk.close()
@@ -251,6 +256,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(outbox, clock, readiness), server
     )
+    retention = Retention(writer, retention_policy(config), clock)
     leadership = Leadership(config.data_dir) if config.shared_store else None
     info = ServerInfo(
         worker=config.worker_index,
@@ -284,11 +290,21 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
     nudge_server = NudgeServer(
         config, server, port, store, writer, risk_engine, decisions, learner, health_servicer,
-        readiness, outbox, journeys, metrics, limiter,
+        readiness, outbox, journeys, retention, metrics, limiter,
     )
     if leadership is not None:
         nudge_server.role = WorkerRole(store, learner, leadership, nudge_server.start_leading)
     return nudge_server
+
+
+def retention_policy(config: Config) -> RetentionPolicy:
+    return RetentionPolicy(
+        seen_seconds=config.retain_seen_seconds,
+        events_seconds=config.retain_events_seconds,
+        decisions_seconds=config.retain_decisions_seconds,
+        deliveries_seconds=config.retain_deliveries_seconds,
+        interval_seconds=config.retention_interval_seconds,
+    )
 
 
 def _transport(config: Config) -> grpc.ServerCredentials | None:

@@ -73,6 +73,16 @@ class Config:
     # Prometheus metrics on a separate port (None: off; 0: any free port).
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # Retention in seconds, 0 = forever (README "Retention"). Seen event ids: the longest a
+    # producer may replay (14 days: twice Kafka's default 7-day topic retention). Events:
+    # replay and insights (90 days; the per-user state keeps what the decisions need).
+    # Decision records: the audit trail (730 days). Final deliveries: support's "why did I
+    # get this message" (90 days). A pass every retention_interval_seconds (0: none).
+    retain_seen_seconds: float = 14 * 86_400.0
+    retain_events_seconds: float = 90 * 86_400.0
+    retain_decisions_seconds: float = 730 * 86_400.0
+    retain_deliveries_seconds: float = 90 * 86_400.0
+    retention_interval_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65_535:
@@ -104,6 +114,16 @@ class Config:
             )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65_535:
             raise ConfigError(f"metrics_port: must be in [0, 65535], got {self.metrics_port}")
+        retain = ("retain_seen_seconds", "retain_events_seconds", "retain_decisions_seconds",
+                  "retain_deliveries_seconds", "retention_interval_seconds")
+        for name in retain:
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name}: must be >= 0 (0: forever, or no pass)")
+        if self.retain_events_seconds and self.retain_seen_seconds > self.retain_events_seconds:
+            raise ConfigError(
+                "retain_seen_seconds: must not exceed retain_events_seconds (seen ids are "
+                "forgotten through the event log)"
+            )
         if self.metrics_port and self.metrics_port + self.workers - 1 > 65_535:
             raise ConfigError("metrics_port: each worker takes metrics_port + its index")
 

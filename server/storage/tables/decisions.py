@@ -83,3 +83,55 @@ def get_fields(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> dict[str, A
     """One stored record as its JSON fields, or None."""
     raw = txn.get(decision_id.encode(), db=dbs[NAME])
     return None if raw is None else orjson.loads(bytes(raw))
+
+
+def delete(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> None:
+    txn.delete(decision_id.encode(), db=dbs[NAME])
+
+
+def settled_before(
+    txn: lmdb.Transaction, dbs: Dbs, after: bytes, limit: int, cutoff: float
+) -> tuple[list[str], bytes]:
+    """Scan up to ``limit`` records past key ``after`` (b"": from the start): the ids of
+    those made before ``cutoff`` and no longer open, and the key to resume from (b"" once
+    the scan reached the end)."""
+    out: list[str] = []
+    cursor = txn.cursor(db=dbs[NAME])
+    found = cursor.set_range(after + b"\x00") if after else cursor.first()
+    scanned, last = 0, b""
+    while found and scanned < limit:
+        last = bytes(cursor.key())
+        data = orjson.loads(cursor.value())
+        if data["time"] < cutoff and data["status"] != "open":
+            out.append(data["decision_id"])
+        scanned += 1
+        found = cursor.next()
+    return out, last if found else b""
+
+
+def pseudonymise(
+    txn: lmdb.Transaction, dbs: Dbs, decision_ids: list[str], user_id: str, pseudonym: str
+) -> int:
+    """Replace ``user_id`` by ``pseudonym`` in the records (erasure keeps the audit
+    trail); an open one is closed (its user is gone, nothing will be attributed)."""
+    changed = 0
+    for decision_id in decision_ids:
+        record = get(txn, dbs, decision_id)
+        if record is None or record.user_id != user_id:
+            continue
+        record.user_id = pseudonym
+        if record.status == "open":
+            record.status = "final"
+        put(txn, dbs, record)
+        changed += 1
+    return changed
+
+
+def of_user(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> list[str]:
+    """Ids of every record of ``user_id`` (a full scan: erasure only)."""
+    needle = orjson.dumps(user_id)
+    out = []
+    for key, raw in txn.cursor(db=dbs[NAME]):
+        if needle in bytes(raw) and orjson.loads(raw)["user_id"] == user_id:
+            out.append(bytes(key).decode())
+    return out

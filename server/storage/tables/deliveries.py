@@ -25,6 +25,7 @@ USER_DELIVERIES = "user_deliveries"
 
 SCHEDULED, LEASED, SENT, FAILED, CANCELLED = "scheduled", "leased", "sent", "failed", "cancelled"
 ACTIVE = (SCHEDULED, LEASED)
+FINAL = (SENT, FAILED, CANCELLED)
 
 Dbs = Mapping[str, Any]
 
@@ -117,3 +118,31 @@ def every(txn: lmdb.Transaction, dbs: Dbs) -> Iterator[Delivery]:
     """Every delivery, whatever its status."""
     for _, raw in txn.cursor(db=dbs[DELIVERIES]):
         yield Delivery.from_bytes(raw)
+
+
+def delete(txn: lmdb.Transaction, dbs: Dbs, d: Delivery) -> None:
+    """Drop a delivery with its indexes (erasure, retention)."""
+    if d.status in ACTIVE:
+        txn.delete(d.index_key(), db=dbs[OUTBOX])
+    txn.delete(d.delivery_id.encode(), db=dbs[DELIVERIES])
+    txn.delete(keys.pair(d.user_id, d.delivery_id), db=dbs[USER_DELIVERIES])
+
+
+def final_before(
+    txn: lmdb.Transaction, dbs: Dbs, after: bytes, limit: int, cutoff: float
+) -> tuple[list[Delivery], bytes]:
+    """Scan up to ``limit`` deliveries past key ``after`` (b"": from the start): those
+    final (sent, failed, cancelled) whose last time is before ``cutoff``, and the key to
+    resume from (b"" once the scan reached the end)."""
+    out: list[Delivery] = []
+    cursor = txn.cursor(db=dbs[DELIVERIES])
+    found = cursor.set_range(after + b"\x00") if after else cursor.first()
+    scanned, last = 0, b""
+    while found and scanned < limit:
+        last = bytes(cursor.key())
+        d = Delivery.from_bytes(cursor.value())
+        if d.status in FINAL and max(d.due_at, d.sent_at or 0.0, d.lease_expires) < cutoff:
+            out.append(d)
+        scanned += 1
+        found = cursor.next()
+    return out, last if found else b""

@@ -2,6 +2,10 @@
 
 - ``events``: 8-byte big-endian sequence -> serialized Event (replay and insights).
 - ``seen``: event id -> its sequence in the log (Track's idempotency).
+- in ``meta``: ``events/mark/<8-byte ms>`` -> the next sequence at that time (every event
+  below it arrived before), so retention finds events by age with no index on the hot
+  path (time order is sequence order); ``events/seen_upto`` -> the sequence up to which
+  the seen ids of logged events were forgotten.
 """
 
 from __future__ import annotations
@@ -11,8 +15,14 @@ from typing import Any
 
 import lmdb
 
+from nudge.server.storage.tables import keys
+from nudge.v1 import event_pb2
+
 EVENTS = "events"
 SEEN = "seen"
+META = "meta"
+MARK_PREFIX = b"events/mark/"
+SEEN_UPTO_KEY = b"events/seen_upto"
 
 Dbs = Mapping[str, Any]
 
@@ -46,3 +56,90 @@ def append(
         txn.put(event_id.encode(), seq, db=seen_db)
         sequence += 1
     return sequence
+
+
+def first_sequence(txn: lmdb.Transaction, dbs: Dbs) -> int:
+    """The oldest sequence in the log, 0 when it is empty."""
+    cursor = txn.cursor(db=dbs[EVENTS])
+    if cursor.first():
+        return int.from_bytes(bytes(cursor.key()), "big")
+    return 0
+
+
+def put_mark(txn: lmdb.Transaction, dbs: Dbs, at: float, next_sequence: int) -> None:
+    """Every event below ``next_sequence`` arrived before ``at``."""
+    txn.put(MARK_PREFIX + keys.millis(at), sequence_key(next_sequence), db=dbs[META])
+
+
+def marks(txn: lmdb.Transaction, dbs: Dbs) -> list[tuple[float, int]]:
+    """Every ``(time, next sequence)`` mark, oldest first."""
+    out = []
+    cursor = txn.cursor(db=dbs[META])
+    if cursor.set_range(MARK_PREFIX):
+        for key, value in cursor:
+            key = bytes(key)
+            if not key.startswith(MARK_PREFIX):
+                break
+            at = int.from_bytes(key[len(MARK_PREFIX):], "big") / 1000
+            out.append((at, int.from_bytes(bytes(value), "big")))
+    return out
+
+
+def delete_mark(txn: lmdb.Transaction, dbs: Dbs, at: float) -> None:
+    txn.delete(MARK_PREFIX + keys.millis(at), db=dbs[META])
+
+
+def arrived_before(txn: lmdb.Transaction, dbs: Dbs, t: float) -> int:
+    """A sequence below which every event arrived before ``t`` (0: none known to)."""
+    best = 0
+    for at, sequence in marks(txn, dbs):
+        if at > t:
+            break
+        best = sequence
+    return best
+
+
+def seen_upto(txn: lmdb.Transaction, dbs: Dbs) -> int:
+    raw = txn.get(SEEN_UPTO_KEY, db=dbs[META])
+    return 0 if raw is None else int.from_bytes(bytes(raw), "big")
+
+
+def logged(
+    txn: lmdb.Transaction, dbs: Dbs, start: int, stop: int, limit: int
+) -> list[tuple[int, bytes]]:
+    """Up to ``limit`` ``(sequence, serialized event)`` with start <= sequence < stop."""
+    out: list[tuple[int, bytes]] = []
+    cursor = txn.cursor(db=dbs[EVENTS])
+    if cursor.set_range(sequence_key(start)):
+        for key, value in cursor:
+            sequence = int.from_bytes(bytes(key), "big")
+            if sequence >= stop or len(out) >= limit:
+                break
+            out.append((sequence, bytes(value)))
+    return out
+
+
+def event_ids(payload: bytes) -> tuple[str, str]:
+    """``(event id, user id)`` of a logged event."""
+    event = event_pb2.Event.FromString(payload)
+    return event.event_id, event.user_id
+
+
+def forget_seen(txn: lmdb.Transaction, dbs: Dbs, sequence: int, payload: bytes) -> bool:
+    """Forget the id of the logged event at ``sequence`` (a replay of it would then be
+    stored again); True if it was still held."""
+    event_id, _ = event_ids(payload)
+    key = event_id.encode()
+    held = txn.get(key, db=dbs[SEEN])
+    if held is None or bytes(held) != sequence_key(sequence):
+        return False
+    return bool(txn.delete(key, db=dbs[SEEN]))
+
+
+def put_seen_upto(txn: lmdb.Transaction, dbs: Dbs, sequence: int) -> None:
+    txn.put(SEEN_UPTO_KEY, sequence_key(sequence), db=dbs[META])
+
+
+def delete(txn: lmdb.Transaction, dbs: Dbs, sequence: int) -> None:
+    """Drop one event from the log (its seen id is forgotten separately)."""
+    txn.delete(sequence_key(sequence), db=dbs[EVENTS])

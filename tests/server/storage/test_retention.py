@@ -1,0 +1,111 @@
+"""Retention: the background pass forgets by age, in batches, and never what is needed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nudge.server.clock import ManualClock
+from nudge.server.inputs.events import ValidEvent
+from nudge.server.storage.ingest import EventWriter
+from nudge.server.storage.retention import DAY, Retention, RetentionPolicy
+from nudge.server.storage.store import Store
+from nudge.server.storage.tables import decisions, deliveries
+
+T0 = 1.7e9
+
+
+def ev(event_id: str, user: str = "u1", t: float = T0) -> ValidEvent:
+    return ValidEvent(event_id, user, "app_opened", t, float("nan"), None, {})
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[EventWriter]:
+    store = Store(tmp_path)
+    w = EventWriter(store, DAY)
+    yield w
+    w.close()
+    store.close()
+
+
+def track(writer: EventWriter, ids: list[str]) -> tuple[int, int]:
+    result = writer.submit([ev(i, user=f"u-{i}") for i in ids]).result(timeout=30)
+    return result.accepted, result.duplicates
+
+
+def test_seen_ids_then_events_are_forgotten_by_arrival_age(writer: EventWriter) -> None:
+    policy = RetentionPolicy(seen_seconds=14 * DAY, events_seconds=90 * DAY, batch=7,
+                             pause_seconds=0)
+    retention = Retention(writer, policy, ManualClock(T0))
+    old = [f"old{i}" for i in range(20)]
+    assert track(writer, old) == (20, 0)
+    retention.run_once(T0)                       # marks: everything so far arrived by T0
+    new = [f"new{i}" for i in range(5)]
+    assert track(writer, new) == (5, 0)
+    retention.run_once(T0 + 2 * 3600)            # a second mark, after the new events
+
+    assert not retention.run_once(T0 + 13 * DAY)  # within the replay window: nothing
+    assert track(writer, old[:1]) == (0, 1)
+
+    deleted = retention.run_once(T0 + 14 * DAY + 3600)
+    assert deleted == {"seen": 20}                # the new ones are younger than 14 days
+    counts = writer.store.counts()
+    assert counts["seen"] == 5 and counts["events"] == 25
+    assert track(writer, new) == (0, 5)           # still deduplicated
+
+    deleted = retention.run_once(T0 + 91 * DAY)
+    assert deleted == {"seen": 5, "events": 24}   # the newest event stays: no sequence reuse
+    assert writer.store.counts()["events"] == 1
+    assert track(writer, ["later"]) == (1, 0)
+    assert writer.store.next_sequence == 27
+
+
+def test_old_settled_decisions_and_final_deliveries_go_open_and_active_ones_stay(
+    writer: EventWriter,
+) -> None:
+    store = writer.store
+    dbs = store.dbs
+
+    def decision(decision_id: str, t: float, status: str) -> decisions.DecisionRecord:
+        return decisions.DecisionRecord(
+            decision_id, "u1", "c", t, "v1", 1, [], [], 0, [0], 1.0, 1, False, "", [],
+            t + DAY, status=status,
+        )
+
+    def delivery(delivery_id: str, t: float, status: str) -> deliveries.Delivery:
+        return deliveries.Delivery(delivery_id, "d", "u1", "c", "push", "m", "t", "o",
+                                   due_at=t, status=status)
+
+    def put(txn):  # type: ignore[no-untyped-def]
+        for i in range(30):
+            decisions.put(txn, dbs, decision(f"settled{i}", T0, "settled"))
+        decisions.put(txn, dbs, decision("open", T0, "open"))
+        decisions.put(txn, dbs, decision("recent", T0 + 700 * DAY, "settled"))
+        for i, status in enumerate(deliveries.FINAL):
+            d = delivery(f"x{i}", T0, status)
+            deliveries.put(txn, dbs, d)
+            deliveries.add_to_user(txn, dbs, d)
+        for name in ("scheduled", "leased"):
+            d = delivery(name, T0, name)
+            deliveries.put(txn, dbs, d)
+            deliveries.add_to_user(txn, dbs, d)
+
+    writer.submit_job(put).result()
+    policy = RetentionPolicy(batch=4, scan=10, pause_seconds=0)
+    retention = Retention(writer, policy, ManualClock(T0))
+    total = sum((retention.run_once(T0 + 731 * DAY) for _ in range(4)), start=Counter())
+    assert total == {"decisions": 30, "deliveries": 3}
+    with store.read() as txn:
+        left = {r["decision_id"] for r in decisions.stored_fields(txn, dbs)}
+        assert left == {"open", "recent"}
+        assert {d.delivery_id for d in deliveries.every(txn, dbs)} == {"scheduled", "leased"}
+        assert sorted(deliveries.ids_of_user(txn, dbs, "u1")) == ["leased", "scheduled"]
+        assert deliveries.active_count(txn, dbs) == 2
+
+
+def test_seen_longer_than_events_is_refused() -> None:
+    with pytest.raises(ValueError, match="retain_seen_seconds"):
+        RetentionPolicy(seen_seconds=100 * DAY, events_seconds=90 * DAY)
