@@ -7,6 +7,7 @@
     nudge outcome DECISION_ID REWARD
     nudge score --user U --amount 120.5 [--country BR] [--merchant-category 5411] ...
     nudge label TRANSACTION_ID fraud|genuine
+    nudge erase U
     nudge health
     nudge demo
     nudge explain DECISION_ID [--data-dir DIR]
@@ -102,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("transaction_id")
     label.add_argument("label", choices=("fraud", "genuine"))
 
+    erase = sub.add_parser("erase", help="erase everything stored about a user (admin)")
+    erase.add_argument("user_id")
+
     sub.add_parser("health", help="print the server's health status")
     for entry in entry_points(group=COMMANDS_GROUP):
         entry.load()(sub)
@@ -159,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "label":
             in_baseline = client.label_transaction(args.transaction_id, args.label)
             print("in baseline" if in_baseline else "kept out of the baseline")
+        elif args.command == "erase":
+            reply = client.erase_user(args.user_id)
+            print(MessageToJson(reply, always_print_fields_with_no_presence=True))
         elif args.command == "health":
             status = client.health()
             print(status)

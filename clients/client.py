@@ -18,6 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nudge.clients.credentials import BearerTokenInterceptor, client_channel_credentials
 from nudge.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     decision_service_pb2,
     decision_service_pb2_grpc,
     diagnostics_service_pb2,
@@ -130,6 +132,7 @@ class Client:
         self.decisions = decision_service_pb2_grpc.DecisionServiceStub(self.channel)
         self.risk = risk_service_pb2_grpc.RiskServiceStub(self.channel)
         self.diagnostics = diagnostics_service_pb2_grpc.DiagnosticsServiceStub(self.channel)
+        self.admin = admin_service_pb2_grpc.AdminServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:
@@ -248,6 +251,14 @@ class Client:
         """Which server process answered (pid, worker index, whether it leads)."""
         request = diagnostics_service_pb2.GetServerInfoRequest()
         return self._call(self.diagnostics.GetServerInfo, request, timeout)
+
+    def erase_user(
+        self, user_id: str, timeout: float | None = None
+    ) -> admin_service_pb2.EraseUserResponse:
+        """Erase everything stored about ``user_id`` (admin scope); decision records are
+        kept under an unlinkable pseudonym. Safe to retry: a second erasure finds nothing."""
+        request = admin_service_pb2.EraseUserRequest(user_id=user_id)
+        return self._call(self.admin.EraseUser, request, timeout)
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The health status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN."""

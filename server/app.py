@@ -27,11 +27,13 @@ from nudge.server.cluster.worker_role import WorkerRole
 from nudge.server.config import Config, ConfigError
 from nudge.server.decisions.campaign import CampaignError, load_campaigns
 from nudge.server.decisions.engine import DecisionEngine
+from nudge.server.decisions.erasure import erase
 from nudge.server.decisions.journeys import Journeys, campaign_triggers
 from nudge.server.decisions.learner import Learner
 from nudge.server.decisions.outbox import Outbox
 from nudge.server.errors import NudgeError
 from nudge.server.risk.engine import RiskEngine
+from nudge.server.rpc.admin_service import AdminServicer
 from nudge.server.rpc.auth import AuthInterceptor, TokenStore
 from nudge.server.rpc.decision_service import DecisionServicer
 from nudge.server.rpc.delivery_service import DeliveryServicer
@@ -47,6 +49,8 @@ from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.retention import Retention, RetentionPolicy
 from nudge.server.storage.store import Store
 from nudge.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     decision_service_pb2,
     decision_service_pb2_grpc,
     delivery_service_pb2,
@@ -66,6 +70,7 @@ SERVICE_NAMES = tuple(
         (risk_service_pb2, "RiskService"),
         (delivery_service_pb2, "DeliveryService"),
         (diagnostics_service_pb2, "DiagnosticsService"),
+        (admin_service_pb2, "AdminService"),
     )
 )
 MAX_MESSAGE_BYTES = 64 << 20
@@ -266,6 +271,11 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     )
     diagnostics_service_pb2_grpc.add_DiagnosticsServiceServicer_to_server(
         DiagnosticsServicer(info), server
+    )
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(lambda user_id: erase(decisions, risk_engine, user_id), readiness,
+                      pseudonyms),
+        server,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     for name in ("", *SERVICE_NAMES):

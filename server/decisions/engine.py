@@ -332,7 +332,7 @@ class DecisionEngine:
             record = users.record(txn, dbs, user_id)
             state = profile = None
             if record is not None:
-                state = memoryview(record)
+                state = memoryview(record.tobytes()).cast("d")
                 profile = users.profile(txn, dbs, user_id)
             stored = [Contact(*c) for c in contact_table.rows(txn, dbs, user_id)]
         if not pending and not stored:

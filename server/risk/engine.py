@@ -316,6 +316,17 @@ class RiskEngine:
 
     # -- commits -------------------------------------------------------------------------
 
+    def flush(self) -> None:
+        """Store the overlay now (erasure must find everything in the store)."""
+        self._write_behind.flush()
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop what is cached about an erased user."""
+        with self._lock:
+            self._states.pop(user_id, None)
+            self._time_zones.pop(user_id, None)
+            self._held_at.pop(user_id, None)
+
     def close(self) -> None:
         """Store what is still unsaved and stop the flusher (before the writer closes)."""
         self._write_behind.close()

@@ -56,6 +56,7 @@ METHOD_SCOPES: dict[str, str] = {
     "/nudge.v1.RiskService/": "risk",
     "/nudge.v1.DeliveryService/": "deliveries",
     "/nudge.v1.DiagnosticsService/GetServerInfo": ADMIN,
+    "/nudge.v1.AdminService/": ADMIN,
 }
 # Methods any caller may use without a token: liveness probes, tooling, the latency floor.
 PUBLIC_METHODS = frozenset({"/nudge.v1.DiagnosticsService/Echo"})

@@ -97,6 +97,10 @@ class EventWriter(GroupCommitWriter):
     def add_event_hook(self, hook: EventHook) -> None:
         self._event_hooks.append(hook)
 
+    def forget_cached(self, user_id: str) -> None:
+        """Drop the user's cached profile (erasure; the writer thread calls it in a job)."""
+        self._profiles.pop(user_id, None)
+
     def _batch_failed(self) -> None:
         self._profiles.clear()  # they may hold updates that were not stored
 

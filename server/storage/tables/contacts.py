@@ -84,3 +84,7 @@ def replace(txn: lmdb.Transaction, dbs: Dbs, user_id: str, decision_id: str,
         del stored[i]
     stored.append([due_at, channel, campaign, decision_id])
     _put(txn, dbs, user_id, stored)
+
+
+def delete(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> None:
+    txn.delete(user_id.encode(), db=dbs[NAME])

@@ -143,3 +143,22 @@ def put_seen_upto(txn: lmdb.Transaction, dbs: Dbs, sequence: int) -> None:
 def delete(txn: lmdb.Transaction, dbs: Dbs, sequence: int) -> None:
     """Drop one event from the log (its seen id is forgotten separately)."""
     txn.delete(sequence_key(sequence), db=dbs[EVENTS])
+
+
+def of_user(txn: lmdb.Transaction, dbs: Dbs, user_id: str, start: int = 0) -> list[int]:
+    """Sequences of the logged events of ``user_id`` from ``start`` on (a scan of the log:
+    erasure only; bytes are matched before any event is parsed)."""
+    needle = user_id.encode()
+    out = []
+    cursor = txn.cursor(db=dbs[EVENTS])
+    if cursor.set_range(sequence_key(start)):
+        for key, value in cursor:
+            raw = bytes(value)
+            if needle in raw and event_ids(raw)[1] == user_id:
+                out.append(int.from_bytes(bytes(key), "big"))
+    return out
+
+
+def get(txn: lmdb.Transaction, dbs: Dbs, sequence: int) -> bytes | None:
+    raw = txn.get(sequence_key(sequence), db=dbs[EVENTS])
+    return None if raw is None else bytes(raw)

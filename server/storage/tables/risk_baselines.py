@@ -54,3 +54,9 @@ def put_held_at(txn: lmdb.Transaction, dbs: Dbs, user_id: str, at: float) -> Non
 
 def clear_held(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> None:
     txn.delete(HELD_PREFIX + user_id.encode(), db=dbs[META])
+
+
+def delete(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> None:
+    """Forget the user's baseline and held time (erasure)."""
+    txn.delete(user_id.encode(), db=dbs[NAME])
+    clear_held(txn, dbs, user_id)

@@ -55,3 +55,17 @@ def get(txn: lmdb.Transaction, dbs: Dbs, transaction_id: str) -> TransactionReco
 
 def put(txn: lmdb.Transaction, dbs: Dbs, transaction_id: str, record: TransactionRecord) -> None:
     txn.put(transaction_id.encode(), record.to_bytes(), db=dbs[NAME])
+
+
+def delete(txn: lmdb.Transaction, dbs: Dbs, transaction_id: str) -> None:
+    txn.delete(transaction_id.encode(), db=dbs[NAME])
+
+
+def of_user(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> list[str]:
+    """Ids of every transaction of ``user_id`` (a full scan: erasure only)."""
+    needle = orjson.dumps(user_id)
+    out = []
+    for key, raw in txn.cursor(db=dbs[NAME]):
+        if needle in bytes(raw) and orjson.loads(raw)[0] == user_id:
+            out.append(bytes(key).decode())
+    return out

@@ -29,3 +29,8 @@ def pending(txn: lmdb.Transaction, dbs: Dbs) -> list[tuple[bytes, dict[str, Any]
 
 def delete(txn: lmdb.Transaction, dbs: Dbs, key: bytes) -> None:
     txn.delete(key, db=dbs[NAME])
+
+
+def of_user(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> list[bytes]:
+    """Keys of the recorded triggers of ``user_id``."""
+    return [key for key, record in pending(txn, dbs) if record.get("user") == user_id]
