@@ -1,4 +1,5 @@
-"""The server side of the ``nudge`` command: ``serve``, ``token``, ``explain``, ``evaluate``.
+"""The server side of the ``nudge`` command: ``serve``, ``token``, ``explain``, ``evaluate``,
+``backup``, ``restore``.
 
 The ``nudge`` command (nudge.clients.cli) knows only the client SDK; each package adds its
 own subcommands through the ``nudge.commands`` entry points in pyproject.toml, so the
@@ -43,6 +44,21 @@ def add_commands(sub: Any) -> None:
     explain.add_argument("--campaigns", default=os.environ.get("NUDGE_CAMPAIGNS_DIR"),
                          help="campaign folder (default: the shipped campaigns)")
     explain.set_defaults(run=_explain)
+
+    data_dir_default = os.environ.get("NUDGE_DATA_DIR", "nudge-data")
+    backup = sub.add_parser("backup", help="consistent hot copy of the store (compacted)")
+    backup.add_argument("target", help="new folder for the copy")
+    backup.add_argument("--data-dir", default=data_dir_default,
+                        help="the server's data folder (default ./nudge-data; may be live)")
+    backup.set_defaults(run=_backup)
+
+    restore = sub.add_parser("restore", help="put a backup in place as the store")
+    restore.add_argument("backup", help="folder made by nudge backup")
+    restore.add_argument("--data-dir", default=data_dir_default,
+                         help="the data folder to restore into (default ./nudge-data)")
+    restore.add_argument("--force", action="store_true",
+                         help="replace the store already there (the server must be stopped)")
+    restore.set_defaults(run=_restore)
 
     token = sub.add_parser("token", help="manage scoped client tokens (server side)")
     token.add_argument("--config", help="server TOML file naming auth_tokens_file")
@@ -134,6 +150,39 @@ def _token(args: argparse.Namespace, rest: list[str]) -> int:
                 print(f"{info.token_id}\t{info.name}\t{','.join(info.scopes)}\t{state}")
     except (KeyError, ValueError) as exc:
         print(f"nudge token: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _copied(verb: str, copied: object) -> None:
+    from nudge.server.storage.backup import Copied
+
+    assert isinstance(copied, Copied)
+    users, events = copied.entries.get("users", 0), copied.entries.get("events", 0)
+    print(f"{verb} {copied.path}: {copied.bytes:,} bytes, {users:,} users, {events:,} events "
+          f"(schema version {copied.schema_version})")
+
+
+def _backup(args: argparse.Namespace, rest: list[str]) -> int:
+    from nudge.server.errors import StoreError
+    from nudge.server.storage.backup import backup
+
+    try:
+        _copied("backed up to", backup(args.data_dir, args.target))
+    except (OSError, StoreError) as exc:
+        print(f"nudge backup: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _restore(args: argparse.Namespace, rest: list[str]) -> int:
+    from nudge.server.errors import StoreError
+    from nudge.server.storage.backup import restore
+
+    try:
+        _copied("restored", restore(args.backup, args.data_dir, args.force))
+    except (OSError, StoreError) as exc:
+        print(f"nudge restore: {exc}", file=sys.stderr)
         return 1
     return 0
 
