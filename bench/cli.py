@@ -12,6 +12,7 @@ and returns a plain dict, which :mod:`nudge.bench.report` prints and writes. Sec
                Echo floor, concurrent throughput, open-loop load, durable TrackStream rate
 - ``peers``    Vowpal Wabbit, MABWiser, River (optional ``bench`` extra) beside nudge
 - ``startup``  process start → SERVING with a cold and a warm Numba cache
+- ``storage``  bytes the store holds per user, one event for each of 1,000,000 new users
 - ``all``      every section above
 - ``faults``   kill -9 in a loop, 100 rounds (not part of ``all``; see bench/faults.py)
 
@@ -42,8 +43,9 @@ from nudge.bench.peers import PeersConfig
 from nudge.bench.quality import QualityConfig
 from nudge.bench.rpc_floor import RpcConfig
 from nudge.bench.startup import StartupConfig
+from nudge.bench.storage import StorageConfig
 
-SECTIONS = ("kernels", "quality", "learning", "rpc", "peers", "startup")
+SECTIONS = ("kernels", "quality", "learning", "rpc", "peers", "startup", "storage")
 DEFAULT_OUT = Path("bench/reports")
 
 
@@ -58,13 +60,14 @@ class BenchConfig:
     rpc: RpcConfig = field(default_factory=RpcConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
     startup: StartupConfig = field(default_factory=StartupConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     write_reports: bool = True
     command: str = "nudge bench"
 
 
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
     """Run the chosen sections; a failing section is recorded and the others still run."""
-    from nudge.bench import kernels_bench, learning, peers, quality, rpc_floor, startup
+    from nudge.bench import kernels_bench, learning, peers, quality, rpc_floor, startup, storage
     from nudge.bench.report import machine
 
     runners = {
@@ -74,6 +77,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
         "rpc": lambda: rpc_floor.run_config(config.rpc, progress),
         "peers": lambda: peers.run(config.peers, progress),
         "startup": lambda: startup.run(config.startup, progress),
+        "storage": lambda: storage.run(config.storage, progress),
     }
     budgets = budgets_mod.load(config.budgets_path)
     started = datetime.now(UTC).astimezone()
@@ -143,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     s = common.add_argument_group("startup")
     s.add_argument("--no-cold", action="store_true", help="skip the cold-cache start (~15 s)")
     s.add_argument("--warm-runs", type=int)
+    st = common.add_argument_group("storage")
+    st.add_argument("--storage-users", type=int, help="new users, one event each (1,000,000)")
 
     parser = argparse.ArgumentParser(prog="nudge bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
              "rpc": "RPC latency vs the Echo floor, throughput, open loop",
              "peers": "Vowpal Wabbit, MABWiser, River beside nudge (optional extra)",
              "startup": "process start to SERVING, cold and warm Numba cache",
+             "storage": "bytes per user in the store at 1M users (about 2 minutes)",
              "all": "every section (under 5 minutes on the 2-core reference box)"}
     for name, text in helps.items():
         sub.add_parser(name, parents=[common], help=text, description=text)
@@ -201,10 +208,12 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     learning = LearningConfig(decisions=1_500, obp_draws=1_000) if q else LearningConfig()
     startup = StartupConfig(cold=not (q or args.no_cold), warm_runs=1 if q else 2)
     startup = _set(startup, warm_runs=args.warm_runs)
+    storage = _set(StorageConfig(users=20_000) if q else StorageConfig(),
+                   users=args.storage_users)
     sections = SECTIONS if args.section == "all" else (args.section,)
     return BenchConfig(sections=sections, out=args.out, budgets_path=args.budgets,
                        kernels=kernels, quality=quality, learning=learning, rpc=rpc, peers=peers,
-                       startup=startup,
+                       startup=startup, storage=storage,
                        write_reports=not args.no_report,
                        command="nudge bench " + " ".join(args.argv))
 

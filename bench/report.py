@@ -183,6 +183,16 @@ def tables(result: dict) -> list[Table]:
                          ("Numba cache", "seconds"),
                          ([("cold", _f(s["cold_s"], 1))] if "cold_s" in s else [])
                          + [("warm", _f(s["warm_s"], 2))]))
+    if "storage" in sec:
+        s = sec["storage"]
+        rows = [(name, f"{d['entries']:,}", _f(d["bytes_per_user"]))
+                for name, d in s["databases"].items()]
+        rows += [("all (map high-water mark)", "", _f(s["used_bytes_per_user"])),
+                 ("a compacted backup", "", _f(s["compact_bytes_per_user"]))]
+        out.append(Table(f"Storage: bytes per user at {s['users']:,} new users, one event each",
+                         ("database", "entries", "bytes/user"), rows,
+                         f"Goal ≤ {s['goal_bytes_per_user']:,} bytes/user with default "
+                         f"retention; written in {s['write_s']:.0f} s."))
     rows = [(v["name"], ("≤ " + _g(v["max"])) if v["max"] is not None else "≥ " + _g(v["min"]),
              _g(v["value"]) if v["value"] is not None else "-", v["status"], v["issue"])
             for v in result["budgets"]]
