@@ -313,6 +313,7 @@ def retention_policy(config: Config) -> RetentionPolicy:
         events_seconds=config.retain_events_seconds,
         decisions_seconds=config.retain_decisions_seconds,
         deliveries_seconds=config.retain_deliveries_seconds,
+        transactions_seconds=config.retain_transactions_seconds,
         interval_seconds=config.retention_interval_seconds,
     )
 

@@ -77,11 +77,14 @@ class Config:
     # producer may replay (14 days: twice Kafka's default 7-day topic retention). Events:
     # replay and insights (90 days; the per-user state keeps what the decisions need).
     # Decision records: the audit trail (730 days). Final deliveries: support's "why did I
-    # get this message" (90 days). A pass every retention_interval_seconds (0: none).
+    # get this message" (90 days). Scored transactions: idempotency and late fraud labels
+    # (180 days: card chargebacks come up to 120 days after the transaction). A pass every
+    # retention_interval_seconds (0: none).
     retain_seen_seconds: float = 14 * 86_400.0
     retain_events_seconds: float = 90 * 86_400.0
     retain_decisions_seconds: float = 730 * 86_400.0
     retain_deliveries_seconds: float = 90 * 86_400.0
+    retain_transactions_seconds: float = 180 * 86_400.0
     retention_interval_seconds: float = 300.0
 
     def __post_init__(self) -> None:
@@ -115,7 +118,8 @@ class Config:
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65_535:
             raise ConfigError(f"metrics_port: must be in [0, 65535], got {self.metrics_port}")
         retain = ("retain_seen_seconds", "retain_events_seconds", "retain_decisions_seconds",
-                  "retain_deliveries_seconds", "retention_interval_seconds")
+                  "retain_deliveries_seconds", "retain_transactions_seconds",
+                  "retention_interval_seconds")
         for name in retain:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name}: must be >= 0 (0: forever, or no pass)")

@@ -275,6 +275,7 @@ class RiskEngine:
             held=not result.learned,
             in_baseline=result.learned,
             features=[] if result.learned else result.features.tolist(),
+            time=tx.time,
         )
         self._states[tx.user_id] = result.state
         self._records[tx.transaction_id] = record
@@ -428,6 +429,7 @@ class RiskEngine:
                 held=not learned,
                 in_baseline=learned,
                 features=[] if learned else batch.features[i].tolist(),
+                time=tx.time,
             )
         for i, tx in enumerate(txs):
             if not batch.learned[i]:

@@ -11,12 +11,16 @@ and Decide never wait behind it for more than one batch (~``batch`` deletes):
 - decision records (audit, and the learner's input until settled): after
   ``decisions_seconds``, never while open (awaiting their goal);
 - deliveries: final ones (sent, failed, cancelled) after ``deliveries_seconds``, never
-  a scheduled or leased one.
+  a scheduled or leased one;
+- scored transactions (ScoreTransaction's idempotency, and the record a late fraud label
+  needs): ``transactions_seconds`` after the transaction's time. A record stored before
+  that time was kept is stamped with the time the pass first sees it, and goes one
+  period later.
 
 Events are keyed by sequence, not time: each pass stores a mark (its time and the next
 sequence), at most one per ``MARK_SECONDS``; events below the newest mark older than the
 cutoff arrived before it. The newest event is never deleted, so sequences never restart.
-Decisions and deliveries have no time index: each pass scans ``scan`` records of them
+Decisions, deliveries and transactions have no time index: each pass scans ``scan`` records of them
 from where the last pass stopped (a full sweep takes many passes; their retention is long).
 What is per user and not by age (the state record, profile, risk baseline, contacts,
 which trim themselves) stays until the user is erased (``erasure.py``).
@@ -35,7 +39,7 @@ import lmdb
 
 from nudge.server.clock import Clock
 from nudge.server.storage.group_commit import GroupCommitWriter
-from nudge.server.storage.tables import decisions, deliveries, events
+from nudge.server.storage.tables import decisions, deliveries, events, transactions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +57,7 @@ class RetentionPolicy:
     events_seconds: float = 90 * DAY
     decisions_seconds: float = 730 * DAY
     deliveries_seconds: float = 90 * DAY
+    transactions_seconds: float = 180 * DAY
     # Deletes per write job, and records examined per pass in the tables without a time
     # index.
     batch: int = 1_000
@@ -77,7 +82,7 @@ class Retention:
         self.store = writer.store
         self.policy = policy
         self.clock = clock
-        self._resume = {decisions.NAME: b"", deliveries.DELIVERIES: b""}
+        self._resume = {decisions.NAME: b"", deliveries.DELIVERIES: b"", transactions.NAME: b""}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -117,6 +122,10 @@ class Retention:
             deleted["decisions"] += self._sweep_decisions(now - policy.decisions_seconds)
         if policy.deliveries_seconds:
             deleted["deliveries"] += self._sweep_deliveries(now - policy.deliveries_seconds)
+        if policy.transactions_seconds:
+            deleted["transactions"] += self._sweep_transactions(
+                now - policy.transactions_seconds, now
+            )
         return +deleted
 
     def _job(self, job: Callable[[lmdb.Transaction], T]) -> T:
@@ -215,5 +224,39 @@ class Retention:
                 return n
             return job
 
+        return sum(self._job(delete(expired[i:i + policy.batch]))
+                   for i in range(0, len(expired), policy.batch))
+
+    def _sweep_transactions(self, cutoff: float, now: float) -> int:
+        dbs, policy = self.store.dbs, self.policy
+        with self.store.read() as txn:
+            expired, timeless, resume = transactions.older_than(
+                txn, dbs, self._resume[transactions.NAME], policy.scan, cutoff
+            )
+        self._resume[transactions.NAME] = resume
+
+        def stamp(ids: list[str]) -> Callable[[lmdb.Transaction], int]:
+            def job(txn: lmdb.Transaction) -> int:
+                for transaction_id in ids:
+                    record = transactions.get(txn, dbs, transaction_id)
+                    if record is not None and not record.time:
+                        record.time = now
+                        transactions.put(txn, dbs, transaction_id, record)
+                return 0
+            return job
+
+        def delete(ids: list[str]) -> Callable[[lmdb.Transaction], int]:
+            def job(txn: lmdb.Transaction) -> int:
+                n = 0
+                for transaction_id in ids:
+                    record = transactions.get(txn, dbs, transaction_id)
+                    if record is not None and 0 < record.time < cutoff:
+                        transactions.delete(txn, dbs, transaction_id)
+                        n += 1
+                return n
+            return job
+
+        for i in range(0, len(timeless), policy.batch):
+            self._job(stamp(timeless[i:i + policy.batch]))
         return sum(self._job(delete(expired[i:i + policy.batch]))
                    for i in range(0, len(expired), policy.batch))

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from nudge.server.clock import ManualClock
@@ -13,7 +14,7 @@ from nudge.server.inputs.events import ValidEvent
 from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.retention import DAY, Retention, RetentionPolicy
 from nudge.server.storage.store import Store
-from nudge.server.storage.tables import decisions, deliveries
+from nudge.server.storage.tables import decisions, deliveries, transactions
 
 T0 = 1.7e9
 
@@ -109,3 +110,30 @@ def test_old_settled_decisions_and_final_deliveries_go_open_and_active_ones_stay
 def test_seen_longer_than_events_is_refused() -> None:
     with pytest.raises(ValueError, match="retain_seen_seconds"):
         RetentionPolicy(seen_seconds=100 * DAY, events_seconds=90 * DAY)
+
+
+def test_transactions_go_by_their_time_and_old_records_are_stamped_first(
+    writer: EventWriter,
+) -> None:
+    store = writer.store
+    dbs = store.dbs
+
+    def record(t: float) -> transactions.TransactionRecord:
+        return transactions.TransactionRecord("u1", 0.1, [], 3, False, True, time=t)
+
+    def put(txn):  # type: ignore[no-untyped-def]
+        transactions.put(txn, dbs, "old", record(T0))
+        transactions.put(txn, dbs, "recent", record(T0 + 100 * DAY))
+        legacy = orjson.dumps(["u1", 0.1, [], 3, False, True, [], ""])  # 8 fields: no time
+        txn.put(b"legacy", legacy, db=dbs[transactions.NAME])
+
+    writer.submit_job(put).result()
+    retention = Retention(writer, RetentionPolicy(pause_seconds=0), ManualClock(T0))
+    assert retention.run_once(T0 + 181 * DAY) == {"transactions": 1}
+    with store.read() as txn:
+        assert transactions.get(txn, dbs, "old") is None
+        legacy = transactions.get(txn, dbs, "legacy")
+        assert legacy is not None and legacy.time == T0 + 181 * DAY  # stamped, kept
+    assert retention.run_once(T0 + 281 * DAY) == {"transactions": 1}  # "recent"
+    assert retention.run_once(T0 + 362 * DAY) == {"transactions": 1}  # the stamped one
+    assert store.counts()["transactions"] == 0
