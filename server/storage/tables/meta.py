@@ -16,9 +16,10 @@ import lmdb
 from nudge.server.errors import SchemaMismatch
 
 NAME = "meta"
-# 2: sparse user records (``users``). A version-1 store is read as is (its dense records
-# are still read, and rewritten sparse on the user's next event) and marked 2 at open, so
-# an older nudge, which cannot read sparse records, refuses it.
+# 2: sparse user records and risk baselines (``users``, ``risk``). A version-1 store is
+# read as is (its dense records still read, and are rewritten sparse on the user's next
+# write) and marked 2 at open, so an older nudge, which cannot read sparse records,
+# refuses it.
 SCHEMA_VERSION = 2
 UPGRADABLE = {1}
 SCHEMA_KEY = b"schema_version"

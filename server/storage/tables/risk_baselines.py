@@ -1,6 +1,9 @@
-"""Risk baselines (kernels/risk.py layout, raw float64 bytes):
+"""Risk baselines (kernels/risk.py layout, float64):
 
-- ``risk``: user id -> the user's baseline;
+- ``risk``: user id -> the user's baseline, stored sparse (``codecs.encode_sparse``): the
+  dense 2,608 bytes do not fit a node of a 4 KiB page, so LMDB gave each baseline its own
+  overflow page (4,096 bytes a user); a user with a few transactions has most slots zero
+  (hours, categories, countries never seen). Dense baselines (schema version 1) still read;
 - in ``meta``: ``risk/population`` -> the population baseline, and ``risk/held/<user id>``
   -> JSON time of the user's latest transaction held as anomalous (not labelled genuine
   since).
@@ -15,6 +18,9 @@ import lmdb
 import numpy as np
 import orjson
 
+from nudge.kernels import risk
+from nudge.server.storage.tables.codecs import decode_sparse, encode_sparse
+
 NAME = "risk"
 META = "meta"
 POPULATION_KEY = b"risk/population"
@@ -24,13 +30,13 @@ Dbs = Mapping[str, Any]
 
 
 def baseline(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> np.ndarray | None:
-    """The user's baseline as a read-only view valid inside ``txn``; None if never scored."""
+    """The user's baseline (a copy); None if never scored."""
     raw = txn.get(user_id.encode(), db=dbs[NAME])
-    return None if raw is None else np.frombuffer(raw, np.float64)
+    return None if raw is None else decode_sparse(raw, risk.RISK_STATE_LEN)
 
 
 def put_baseline(txn: lmdb.Transaction, dbs: Dbs, user_id: str, state: np.ndarray) -> None:
-    txn.put(user_id.encode(), state.tobytes(), db=dbs[NAME])
+    txn.put(user_id.encode(), encode_sparse(state), db=dbs[NAME])
 
 
 def population(txn: lmdb.Transaction, dbs: Dbs) -> np.ndarray | None:

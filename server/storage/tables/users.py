@@ -1,12 +1,10 @@
 """``users`` and ``profiles``: each user's state and the string side of it.
 
-- ``users``: user id -> fixed-layout record (kernels/user_state.py), stored sparse: a
-  bitmap of the non-zero slots (``RECORD_LEN`` bits) then their float64 values. A new
+- ``users``: user id -> fixed-layout record (kernels/user_state.py), stored sparse
+  (``codecs.encode_sparse``: a bitmap of the non-zero slots, then their values). A new
   user's record is mostly zeros (63 of 64 event types unused): 1,856 dense bytes become
   ~150, and LMDB fits ~20 records in a page instead of one (two 1,856-byte records do not
-  share a page once it splits). A record as long as the dense layout (``RECORD_BYTES``:
-  schema version 1's format, or a record with almost every slot set) is raw float64
-  bytes; the sparse form is never that long (29 + 8k bytes is never a multiple of 8).
+  share a page once it splits). Dense records (schema version 1) still read.
 - ``profiles``: user id -> JSON with time zone, consents and the latest properties of each
   recent event type (last write wins by event time).
 """
@@ -22,6 +20,7 @@ import numpy as np
 import orjson
 
 from nudge.kernels import user_state
+from nudge.server.storage.tables.codecs import decode_sparse, encode_sparse
 
 USERS = "users"
 PROFILES = "profiles"
@@ -78,28 +77,14 @@ class UserProfile:
         return merged
 
 
-_MASK_BYTES = (user_state.RECORD_LEN + 7) // 8
-
-
 def encode_record(state: np.ndarray) -> bytes:
-    """A state record's stored bytes: sparse, or dense when that is not longer."""
-    mask = state != 0.0
-    sparse_len = _MASK_BYTES + 8 * int(mask.sum())
-    if sparse_len >= user_state.RECORD_BYTES:
-        return state.tobytes()
-    return np.packbits(mask).tobytes() + state[mask].tobytes()
+    """A state record's stored bytes (``codecs.encode_sparse``)."""
+    return encode_sparse(state)
 
 
 def decode_record(raw: bytes | memoryview) -> np.ndarray:
     """A stored record as a new writable float64 array of ``RECORD_LEN`` values."""
-    if len(raw) == user_state.RECORD_BYTES:
-        return np.frombuffer(raw, dtype=np.float64).copy()
-    mask = np.unpackbits(
-        np.frombuffer(raw, np.uint8, _MASK_BYTES), count=user_state.RECORD_LEN
-    ).view(np.bool_)
-    state = np.zeros(user_state.RECORD_LEN, np.float64)
-    state[mask] = np.frombuffer(raw, np.float64, offset=_MASK_BYTES)
-    return state
+    return decode_sparse(raw, user_state.RECORD_LEN)
 
 
 def record(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> np.ndarray | None:

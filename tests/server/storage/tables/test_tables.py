@@ -8,7 +8,7 @@ import numpy as np
 
 from nudge.kernels import context as ctx
 from nudge.kernels import learner as lrn
-from nudge.kernels import user_state
+from nudge.kernels import risk, user_state
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import (
     contacts,
@@ -18,6 +18,7 @@ from nudge.server.storage.tables import (
     models,
     open_decisions,
     rewards,
+    risk_baselines,
     triggered,
     users,
 )
@@ -103,5 +104,23 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     try:
         with store.read() as txn:
             assert meta.schema_version(txn, store.dbs) == meta.SCHEMA_VERSION
+    finally:
+        store.close()
+
+
+def test_risk_baselines_are_sparse_and_dense_ones_still_read(tmp_path: Path) -> None:
+    state = np.zeros(risk.RISK_STATE_LEN)
+    state[[0, 3, 40, 200]] = [1.0, 2.5, -3.0, 4.0]
+    store = Store(tmp_path)
+    try:
+        with store.write() as txn:
+            risk_baselines.put_baseline(txn, store.dbs, "new", state)
+            txn.put(b"old", state.tobytes(), db=store.dbs[risk_baselines.NAME])  # version 1
+        with store.read() as txn:
+            raw = txn.get(b"new", db=store.dbs[risk_baselines.NAME])
+            assert len(raw) == (risk.RISK_STATE_LEN + 7) // 8 + 4 * 8
+            for user in ("new", "old"):
+                np.testing.assert_array_equal(risk_baselines.baseline(txn, store.dbs, user),
+                                              state)
     finally:
         store.close()
