@@ -78,3 +78,13 @@ def test_decide_and_outcome(server: NudgeServer, capsys: pytest.CaptureFixture[s
     assert (code, out.strip()) == (0, "attributed")
     code, out = run(server, capsys, "decide", "D", "--campaign", "nope")
     assert code == 1 and "INVALID_ARGUMENT: campaign: unknown campaign 'nope'" in out
+
+
+def test_erase(server: NudgeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    run(server, capsys, "track", "--user", "U", "--type", "app_opened", "--event-id", "e1")
+    code, out = run(server, capsys, "erase", "U")
+    assert code == 0
+    reply = json.loads(out)
+    assert reply["deleted"] == {"users": "1", "events": "1", "seen": "1"}
+    code, out = run(server, capsys, "user", "U")
+    assert code == 1 and "NOT_FOUND" in out

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
+from nudge.clients import Client, make_event
+from nudge.server.app import create_server
 from nudge.server.clock import ManualClock
+from nudge.server.config import Config
 from nudge.server.inputs.events import ValidEvent
 from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.retention import DAY, Retention, RetentionPolicy
 from nudge.server.storage.store import Store
-from nudge.server.storage.tables import decisions, deliveries, transactions
+from nudge.server.storage.tables import decisions, deliveries, events, transactions
 
 T0 = 1.7e9
 
@@ -137,3 +141,33 @@ def test_transactions_go_by_their_time_and_old_records_are_stamped_first(
     assert retention.run_once(T0 + 281 * DAY) == {"transactions": 1}  # "recent"
     assert retention.run_once(T0 + 362 * DAY) == {"transactions": 1}  # the stamped one
     assert store.counts()["transactions"] == 0
+
+
+def test_the_server_runs_retention_in_the_background(tmp_path: Path) -> None:
+    clock = ManualClock(time.time())
+    srv = create_server(Config(port=0, data_dir=tmp_path / "data",
+                               retention_interval_seconds=0.05), clock=clock)
+    srv.start()
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as c:
+            assert c.track([make_event("u1", "app_opened", event_id="e1")]).accepted == 1
+            deadline = time.monotonic() + 10
+
+            def wait(done: Callable[[], bool]) -> None:
+                while not done():
+                    assert time.monotonic() < deadline, "no retention pass ran"
+                    time.sleep(0.02)
+
+            def marked() -> bool:
+                with srv.store.read() as txn:
+                    return any(seq > 1 for _, seq in events.marks(txn, srv.store.dbs))
+
+            clock.advance(2 * 3600)  # past MARK_SECONDS: the next pass marks anew
+            wait(marked)
+            assert c.track([make_event("u1", "app_opened", event_id="e1")]).duplicates == 1
+            clock.advance(15 * DAY)
+            wait(lambda: srv.store.counts()["seen"] == 0)
+            # Past the replay window a replay is stored again: that is what the window says.
+            assert c.track([make_event("u1", "app_opened", event_id="e1")]).accepted == 1
+    finally:
+        srv.stop()
