@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -171,3 +172,31 @@ def test_the_server_runs_retention_in_the_background(tmp_path: Path) -> None:
             assert c.track([make_event("u1", "app_opened", event_id="e1")]).accepted == 1
     finally:
         srv.stop()
+
+
+def test_a_long_pass_never_holds_track_for_long(writer: EventWriter) -> None:
+    for start in range(0, 40_000, 10_000):
+        track(writer, [f"old{i}" for i in range(start, start + 10_000)])
+    policy = RetentionPolicy(pause_seconds=0.001)
+    retention = Retention(writer, policy, ManualClock(T0))
+    retention.run_once(T0)
+    done = threading.Event()
+    deleted: Counter[str] = Counter()
+
+    def run() -> None:
+        deleted.update(retention.run_once(T0 + 91 * DAY))
+        done.set()
+
+    started = time.perf_counter()
+    threading.Thread(target=run).start()
+    waits = []
+    n = 0
+    while not done.is_set():
+        t = time.perf_counter()
+        track(writer, [f"live{n}"])
+        waits.append(time.perf_counter() - t)
+        n += 1
+    took = time.perf_counter() - started
+    assert deleted == {"seen": 40_000, "events": 40_000}
+    # Track waited at most about one batch, never the whole pass (80 batches).
+    assert len(waits) > 10 and max(waits) < took / 5, (max(waits), took, len(waits))
