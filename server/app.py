@@ -44,7 +44,12 @@ from nudge.server.rpc.privacy import Pseudonyms
 from nudge.server.rpc.readiness import Readiness
 from nudge.server.rpc.risk_service import RiskServicer
 from nudge.server.rpc.status import StatusInterceptor
-from nudge.server.rpc.tls import TlsSettings, check_plaintext_allowed, server_credentials
+from nudge.server.rpc.tls import (
+    TlsSettings,
+    check_plaintext_allowed,
+    is_loopback,
+    server_credentials,
+)
 from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.retention import Retention, RetentionPolicy
 from nudge.server.storage.store import Store
@@ -207,11 +212,11 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     """Open the store and wire the services; binds the port (0 picks a free one)."""
     clock = clock or SystemClock()
     campaigns = load_campaigns(config.campaigns_dir)  # fail on a bad file before opening
+    credentials = _transport(config)  # and on an unsafe transport or missing auth
     store = Store(config.data_dir, map_size=config.map_size, max_map_size=config.max_map_size,
                   shared=config.shared_store)
     writer = EventWriter(store, config.half_life_seconds, config.max_batch_events)
     readiness = Readiness()
-    credentials = _transport(config)
     metrics = Metrics() if config.metrics_port is not None else None
     limiter = ConcurrencyLimiter(
         config.max_concurrent, config.max_queue, config.queue_timeout_seconds,
@@ -318,8 +323,24 @@ def retention_policy(config: Config) -> RetentionPolicy:
     )
 
 
+def _check_authentication(config: Config) -> None:
+    """Off loopback, no tokens file is refused unless explicitly allowed (then a warning)."""
+    if config.auth_tokens_file is not None or is_loopback(config.host):
+        return
+    if not config.allow_unauthenticated:
+        raise ConfigError(
+            f"auth_tokens_file: refusing to serve on {config.host!r} without authentication "
+            "(anyone reaching the port could read user profiles); create tokens with "
+            "`nudge token create` and set auth_tokens_file, or set allow_unauthenticated = "
+            "true if something in front of nudge authenticates callers"
+        )
+    log.warning("serving on %s without authentication (allow_unauthenticated = true): "
+                "every caller may use every RPC", config.host)
+
+
 def _transport(config: Config) -> grpc.ServerCredentials | None:
     """TLS credentials when configured; otherwise check plain text is allowed here."""
+    _check_authentication(config)
     try:
         if config.tls_cert_file is not None and config.tls_key_file is not None:
             return server_credentials(

@@ -57,6 +57,9 @@ class Config:
     tls_client_ca_file: Path | None = None
     tls_require_client_cert: bool = False
     allow_insecure: bool = False
+    # Off loopback, serving without auth_tokens_file is refused at start unless this is
+    # true (then logged as a warning): TLS protects the wire, tokens say who may call.
+    allow_unauthenticated: bool = False
     # Keyed hash for user ids (a secret; NUDGE_PSEUDONYMIZE_KEY): raw ids are never stored.
     pseudonymize_key: str | None = field(default=None, repr=False)
     # Per-client scoped tokens (``nudge token create``); None turns authentication off.

@@ -102,8 +102,26 @@ def test_plaintext_off_loopback_needs_an_explicit_allowance(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=r"0\.0\.0\.0"):
         create_server(Config(host="0.0.0.0", port=0, data_dir=tmp_path / "a"))
     srv = create_server(Config(host="0.0.0.0", port=0, data_dir=tmp_path / "b",
-                               allow_insecure=True))
+                               allow_insecure=True, allow_unauthenticated=True))
     srv.stop()
+
+
+def test_off_loopback_without_tokens_is_refused_unless_explicitly_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # TLS (or allow_insecure) protects the wire, not who may call: without a tokens file
+    # anyone reaching the port could read every user's profile.
+    with pytest.raises(ConfigError, match="allow_unauthenticated"):
+        create_server(Config(host="0.0.0.0", port=0, data_dir=tmp_path / "a",
+                             allow_insecure=True))
+    with caplog.at_level("WARNING", logger="nudge.server"):
+        srv = create_server(Config(host="0.0.0.0", port=0, data_dir=tmp_path / "b",
+                                   allow_insecure=True, allow_unauthenticated=True))
+    srv.stop()
+    assert any("without authentication" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+    # Loopback stays open for development, as before.
+    create_server(Config(port=0, data_dir=tmp_path / "c")).stop()
 
 
 def test_overload_is_refused_quickly(tmp_path: Path) -> None:
