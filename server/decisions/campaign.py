@@ -41,11 +41,23 @@ class Message:
     properties: tuple[str, ...]
 
     def render(self, values: Mapping[str, Any]) -> str:
-        """Fill the template; raises KeyError naming the first missing property."""
+        """Fill the template; raises KeyError naming the first missing property, and
+        ValueError (or TypeError) when a value does not fit its format (``"lots"`` for
+        ``{amount:,.0f}``)."""
         missing = [p for p in self.properties if p not in values]
         if missing:
             raise KeyError(missing[0])
         return self.template.format_map(values)
+
+    def fills(self, values: Mapping[str, Any]) -> bool:
+        """Whether ``values`` fill the template: every property present and of a kind its
+        format takes. A message that cannot be filled for this user is masked, as a
+        missing property is, never an error for the whole request."""
+        try:
+            self.render(values)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+            return False
+        return True
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,10 @@ class DecisionEngine:
         properties.update(request.numbers)
         properties.update(request.strings)
         known = properties.keys()
-        renderable = [known >= needs for needs in plan.message_needs]
+        # Present is not enough: a value of the wrong kind ("lots" for {amount:,.0f})
+        # cannot fill the template, so that message is masked for this user.
+        renderable = [known >= needs and (not needs or m.fills(properties))
+                      for needs, m in zip(plan.message_needs, campaign.messages, strict=True)]
         consents = {c: g for c, (g, _) in profile.consents.items()} if profile else {}
         when = local_now(now, tz)
         guard = apply_guardrails(
@@ -239,6 +242,8 @@ class DecisionEngine:
         if guard.suppressed == SUPPRESS_PROPERTIES:
             needs = "; ".join(
                 f"{m.name} needs {[p for p in m.properties if p not in properties]}"
+                if any(p not in properties for p in m.properties)
+                else f"{m.name} cannot format {list(m.properties)} with the values given"
                 for m in campaign.messages
             )
             raise InvalidArgument(

@@ -59,6 +59,7 @@ class Journeys:
         self._stop = threading.Event()
         self._process_lock = threading.Lock()
         self.processed = 0
+        self.failed = 0
         writer.add_event_hook(self._on_events)
         self._thread = threading.Thread(target=self._run, name="nudge-journeys", daemon=True)
 
@@ -135,15 +136,29 @@ class Journeys:
         with self.store.read() as txn:
             pending = triggered.pending(txn, self.store.dbs)
         for key, record in pending:
+            # One trigger never blocks another: one that cannot be decided for an
+            # unexpected reason is dropped (logged, counted); one the store refused stays
+            # recorded for the next pass.
             trigger = self._trigger_of(record)
-            deliveries = [] if trigger is None else self._plan(trigger, record)
+            try:
+                deliveries = [] if trigger is None else self._plan(trigger, record)
+            except Exception:
+                self.failed += 1
+                log.exception("a journey of %s could not be decided; its trigger is dropped",
+                              record.get("campaign", "a campaign"))
+                deliveries = []
 
             def job(txn: lmdb.Transaction, key: bytes = key,
                     deliveries: list[Delivery] = deliveries) -> None:
                 self.outbox.schedule(txn, deliveries)
                 triggered.delete(txn, self.store.dbs, key)
 
-            self.writer.submit_job(job).result()
+            try:
+                self.writer.submit_job(job).result()
+            except NudgeError as exc:
+                log.warning("a journey could not be stored, kept for the next pass: %s",
+                            exc.message)
+                continue
             self.processed += 1
         if pending:
             self.outbox.notify()

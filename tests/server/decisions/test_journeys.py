@@ -349,3 +349,25 @@ def test_the_policy_chooses_only_send_times_inside_the_journey_window(tmp_path: 
         assert scheduled(r, "late") == []
     finally:
         r.close()
+
+
+def test_a_template_this_user_cannot_fill_blocks_no_journey(run: Running) -> None:
+    # "lots" cannot fill {amount:,.0f}: the messages that need it are masked for this user
+    # (as a missing property is), and the other user's journey is decided as usual.
+    at = run.clock.now()
+    run.client.track([
+        make_event("odd", "loan_simulated", time=at - 1,
+                   strings={"amount": "lots", "currency": "USD", **CONSENTS}),
+        make_event("odd", "flow_abandoned", time=at,
+                   strings={"flow": "personal_loan", "step": "documentation"}),
+    ])
+    run.abandon("fine", **CONSENTS)
+    with run.server.store.read() as txn:
+        from nudge.server.storage.tables import triggered
+        assert triggered.pending(txn, run.server.store.dbs) == []
+    assert scheduled(run, "fine")
+    for d in scheduled(run, "odd"):
+        assert d.message == "advisor"
+    # Decide answers (the fillable message only) rather than INTERNAL.
+    reply = run.client.decide("odd", strings={"amount": "x"}, top_k=4)
+    assert all(a.message == "advisor" for a in reply.actions)
