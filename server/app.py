@@ -128,6 +128,8 @@ class NudgeServer:
         metrics.queue_depth.set_function(lambda: self.writer.queue_depth)
         metrics.learner_lag_seconds.set_function(self.learner.lag_seconds)
         metrics.outbox_depth.set_function(self.outbox.depth)
+        metrics.learner_quarantined.set_function(lambda: self.learner.quarantined)
+        metrics.journeys_failed.set_function(lambda: self.journeys.failed)
         if limiter is not None:
             metrics.rpcs_in_flight.set_function(lambda: limiter.in_flight)
             metrics.rpcs_waiting.set_function(lambda: limiter.waiting)

@@ -32,6 +32,8 @@ PAIRS = ((1, 2), (0, 4))
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 ALGORITHMS = ("thompson", "squarecb")
+# How many times the goal's value one outcome may be worth at most (Goal.reward_range).
+MAX_REWARD_MULTIPLE = 10.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,13 @@ class Goal:
     # Learned cost of each message a decision sends (channel fees, the customer's
     # attention): a certain cost, so unlike opt-outs it adds no noise to what is learned.
     contact_cost: float = 0.0
+
+    @property
+    def reward_range(self) -> tuple[float, float]:
+        """The rewards ReportOutcome accepts: from -max(opt_out_cost, value) (an opt-out,
+        or undoing a conversion) to value × MAX_REWARD_MULTIPLE (a conversion worth more
+        than the usual one). Wider ones would let one client skew every score."""
+        return (-max(self.opt_out_cost, self.value), self.value * MAX_REWARD_MULTIPLE)
 
 
 @dataclass(frozen=True)

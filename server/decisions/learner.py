@@ -59,6 +59,9 @@ class Learner:
         self.batch = batch
         self.learned_seq = 0
         self.learned = 0
+        # Records set aside because they could not be learned (out-of-range reward, an
+        # update that would not be finite).
+        self.quarantined = 0
         self._dirty = False
         self._step_lock = threading.Lock()
         self._caught_up_at = clock.now()
@@ -176,27 +179,56 @@ class Learner:
             if model is None:
                 continue  # a campaign no longer loaded: its outcomes are skipped
             usable = [r for r in batch if len(r.x) == model.layout.n_features]
+            low, high = model.campaign.goal.reward_range
+            for r in [r for r in usable if not low <= (r.reward or 0.0) <= high]:
+                self._quarantine(r, f"reward {r.reward!r} outside [{low:g}, {high:g}]")
+                usable.remove(r)
             if not usable:
                 continue
-            chosen = np.array([r.choice for r in usable], dtype=np.int64)
-            contexts = np.array([r.x for r in usable], dtype=np.float64)
-            # The outcome, less the campaign's cost of the messages sent.
-            contact_cost = model.campaign.goal.contact_cost
-            rewards = np.array([(r.reward or 0.0) - contact_cost * r.messages for r in usable],
-                               dtype=np.float64)
-            raw = np.array([[np.nan if v is None else v for v in r.raw] for r in usable])
-            snapshot = lrn.update_posteriors(
-                model.snapshot, model.campaign.space.combo_components, chosen, contexts, rewards,
-                lrn.LearnerParams(forgetting=model.campaign.exploration.forgetting),
-            )
-            stats = ctx.update_stats(model.layout, model.stats, raw)
+            try:
+                model = self._learned(model, usable)
+            except (ValueError, ArithmeticError):
+                # One record broke the update: learn them one at a time, setting aside the
+                # ones that fail, rather than failing this batch on every step forever.
+                for record in usable:
+                    try:
+                        model = self._learned(model, [record])
+                    except (ValueError, ArithmeticError) as exc:
+                        self._quarantine(record, str(exc))
             self.engine.models[name] = CampaignModel(
-                model.campaign, model.layout, snapshot, stats, records[-1][0]
+                model.campaign, model.layout, model.snapshot, model.stats, records[-1][0]
             )
         self.learned_seq = records[-1][0]
         self.learned += len(records)
         self._dirty = True
         return len(records)
+
+    @staticmethod
+    def _learned(model: CampaignModel, usable: list[DecisionRecord]) -> CampaignModel:
+        """The model after learning these records (the model given is left unchanged);
+        ValueError when the update would not be finite."""
+        chosen = np.array([r.choice for r in usable], dtype=np.int64)
+        contexts = np.array([r.x for r in usable], dtype=np.float64)
+        # The outcome, less the campaign's cost of the messages sent.
+        contact_cost = model.campaign.goal.contact_cost
+        rewards = np.array([(r.reward or 0.0) - contact_cost * r.messages for r in usable],
+                           dtype=np.float64)
+        if not (np.isfinite(contexts).all() and np.isfinite(rewards).all()):
+            raise ValueError("context or reward: must be finite")
+        raw = np.array([[np.nan if v is None else v for v in r.raw] for r in usable])
+        snapshot = lrn.update_posteriors(
+            model.snapshot, model.campaign.space.combo_components, chosen, contexts, rewards,
+            lrn.LearnerParams(forgetting=model.campaign.exploration.forgetting),
+        )
+        stats = ctx.update_stats(model.layout, model.stats, raw)
+        return CampaignModel(model.campaign, model.layout, snapshot, stats, model.learned_seq)
+
+    def _quarantine(self, record: DecisionRecord, why: str) -> None:
+        """Skip a record the model cannot learn from: logged once (the position moves past
+        it, so it is never read again) and counted (``nudge_learner_quarantined_total``)."""
+        self.quarantined += 1
+        log.error("learner skipped decision %s of %s: %s", record.decision_id,
+                  record.campaign, why)
 
     def lag_seconds(self) -> float:
         """How long settled outcomes have been waiting for the learner (0: caught up)."""

@@ -102,25 +102,34 @@ class Outcomes:
                     self.on_settled()
                 future.set_result(bool(result.get("attributed")))
 
-        known = self.pending.knows(decision_id)
-        if not known:
-            known = self._stored(decision_id)
-        if not known:
+        campaign_name = self.pending.campaign_of(decision_id)
+        if campaign_name is None:
+            campaign_name = self._stored(decision_id)
+        if campaign_name is None:
             raise NotFound(f"decision_id: {decision_id!r} is unknown")
+        campaign = self.campaigns.get(campaign_name)
+        if campaign is not None:
+            low, high = campaign.goal.reward_range
+            if not low <= reward <= high:
+                raise InvalidArgument(
+                    "reward", f"must be in [{low:g}, {high:g}] for campaign {campaign_name} "
+                    "(from -max(opt_out_cost, goal value) to goal value × 10)"
+                )
         self.writer.submit_job(job).add_done_callback(done)
         return future
 
-    def _stored(self, decision_id: str) -> bool:
-        """Whether the decision is stored. On a shared store the decision may have been
-        made by another worker a moment ago and still await its flush (milliseconds):
-        look again for a short while before calling it unknown."""
+    def _stored(self, decision_id: str) -> str | None:
+        """The campaign of a stored decision, None when it is not stored. On a shared store
+        the decision may have been made by another worker a moment ago and still await
+        its flush (milliseconds): look again for a short while before calling it unknown."""
         deadline = time.monotonic() + (OTHER_WORKER_FLUSH_GRACE if self.store.shared else 0.0)
         while True:
             with self.store.read() as txn:
-                if decision_table.exists(txn, self.store.dbs, decision_id):
-                    return True
+                found = decision_table.get_fields(txn, self.store.dbs, decision_id)
+            if found is not None:
+                return str(found["campaign"])
             if time.monotonic() >= deadline:
-                return False
+                return None
             time.sleep(0.005)
 
     def _on_events(

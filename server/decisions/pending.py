@@ -68,6 +68,12 @@ class PendingDecisions:
         with self._lock:
             return decision_id in self._records
 
+    def campaign_of(self, decision_id: str) -> str | None:
+        """The campaign of a decision not yet stored; None when it is not pending."""
+        with self._lock:
+            record = self._records.get(decision_id)
+            return None if record is None else record.campaign
+
     def write(self, txn: lmdb.Transaction) -> Written:
         """Write every pending decision and contact into ``txn``; returns what was written."""
         with self._lock:

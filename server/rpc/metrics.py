@@ -100,6 +100,17 @@ class Metrics:
         self.outbox_depth = Gauge(
             "nudge_outbox_depth", "Scheduled deliveries not yet acknowledged.", registry=r
         )
+        # Gauges read from counters the server keeps (set_function), so named *_total.
+        self.learner_quarantined = Gauge(
+            "nudge_learner_quarantined_total",
+            "Settled decisions the learner skipped because they could not be learned.",
+            registry=r,
+        )
+        self.journeys_failed = Gauge(
+            "nudge_journeys_failed_total",
+            "Journey triggers dropped because they could not be decided.",
+            registry=r,
+        )
 
     def interceptor(self) -> MetricsInterceptor:
         return MetricsInterceptor(self)

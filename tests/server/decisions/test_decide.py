@@ -494,3 +494,55 @@ def test_a_flush_in_the_same_commit_never_reopens_a_settled_decision(start: Star
     messages = 2 if reply.actions[0].frequency == "twice" else 1  # each stored once
     assert [c[3] for c in contacts] == [reply.decision_id] * messages
     assert len({c[0] for c in contacts}) == messages
+
+
+def test_rewards_outside_the_campaigns_range_are_refused_and_store_nothing(
+    start: Start
+) -> None:
+    srv, client, clock = start()
+    loan_user(client, "r1", clock)
+    reply = client.decide("r1")
+    for reward in (1.7e308, 1e300, 11.0, -6.0):
+        with pytest.raises(grpc.RpcError) as err:
+            client.decisions.ReportOutcome(
+                pb.ReportOutcomeRequest(decision_id=reply.decision_id, reward=reward))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "reward: must be in [-5, 10]" in err.value.details()
+    srv.decisions.flush()
+    (record,) = srv.decisions.decisions([reply.decision_id])
+    assert record.status == "open" and record.reward is None
+    # The bounds themselves are fine: goal value × 10 and -opt_out_cost.
+    assert client.report_outcome(reply.decision_id, 10.0)
+
+
+def test_a_record_the_learner_cannot_learn_is_quarantined_and_learning_goes_on(
+    start: Start
+) -> None:
+    from nudge.server.decisions.outcomes import settle
+    from nudge.server.storage.tables import decisions as decision_table
+
+    srv, client, clock = start()
+    poisoned = []
+    for user in ("q1", "q2"):
+        loan_user(client, user, clock)
+        poisoned.append(client.decide(user).decision_id)
+    srv.decisions.flush()
+
+    def poison(txn) -> None:  # a rewards log written before rewards had a range
+        for decision_id in poisoned:
+            record = decision_table.get(txn, srv.store.dbs, decision_id)
+            settle(txn, srv.store, record, 1.7e308)
+
+    srv.writer.submit_job(poison).result()
+    loan_user(client, "q3", clock)
+    good = client.decide("q3").decision_id
+    assert client.report_outcome(good, 1.0)
+    srv.decisions.flush()
+    srv.learner.step()
+    srv.learner.step()
+    with srv.store.read() as txn:
+        from nudge.server.storage.tables import rewards
+        assert srv.learner.learned_seq == rewards.last(txn, srv.store.dbs)
+    assert srv.learner.quarantined == 2
+    snapshot = srv.decisions.models["loan_abandonment"].snapshot
+    assert np.isfinite(snapshot.mean_t).all() and np.isfinite(snapshot.b).all()
