@@ -27,6 +27,8 @@ TZ_KEY = "tz"
 CONSENT_PREFIX = "consent."
 CONSENT_VALUES = {"granted": True, "revoked": False}
 AMOUNT_KEY = "amount"
+# Event strings that become store keys: they follow the rules of ids (check_id).
+ID_STRINGS = frozenset({"transaction_id"})
 
 
 @dataclass(slots=True)
@@ -55,10 +57,14 @@ def time_zone(name: str) -> ZoneInfo:
 
 
 def check_id(value: str, field_name: str) -> None:
+    """Ids become LMDB keys (at most 511 bytes) and parts of pair keys (owner + NUL +
+    item): 1–128 bytes, no NUL."""
     if not value:
         raise InvalidArgument(field_name, "must not be empty")
     if len(value.encode()) > MAX_ID_BYTES:
         raise InvalidArgument(field_name, f"must be at most {MAX_ID_BYTES} bytes")
+    if "\x00" in value:
+        raise InvalidArgument(field_name, "must not contain NUL")
 
 
 def timestamp_seconds(ts, field_name: str, now: float, has_time: bool) -> float:
@@ -78,9 +84,11 @@ def timestamp_seconds(ts, field_name: str, now: float, has_time: bool) -> float:
 def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
     # Field names for errors are built only when a rule fails: this runs for every event.
     event_id, user_id, type_ = ev.event_id, ev.user_id, ev.type
-    if not event_id or len(event_id) > MAX_ID_BYTES or len(event_id.encode()) > MAX_ID_BYTES:
+    if (not event_id or len(event_id) > MAX_ID_BYTES // 4
+            and len(event_id.encode()) > MAX_ID_BYTES or "\x00" in event_id):
         check_id(event_id, f"events[{index}].event_id")
-    if not user_id or len(user_id) > MAX_ID_BYTES or len(user_id.encode()) > MAX_ID_BYTES:
+    if (not user_id or len(user_id) > MAX_ID_BYTES // 4
+            and len(user_id.encode()) > MAX_ID_BYTES or "\x00" in user_id):
         check_id(user_id, f"events[{index}].user_id")
     if not TYPE_PATTERN.fullmatch(type_):
         raise InvalidArgument(f"events[{index}].type", "must match [a-z][a-z0-9_.]{0,63}")
@@ -116,6 +124,10 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
                     "must be an IANA time zone such as Europe/Paris",
                 ) from None
             tz = value
+        elif key in ID_STRINGS:
+            # An id the store keys by (a transaction event's transaction_id): an id's rules.
+            check_id(value, f'events[{index}].strings["{key}"]')
+            plain[key] = value
         elif key.startswith(CONSENT_PREFIX):
             if value not in CONSENT_VALUES or len(key) == len(CONSENT_PREFIX):
                 raise InvalidArgument(

@@ -387,16 +387,63 @@ class RiskEngine:
             if self.store.shared:
                 self._reload(txn, {tx.user_id for tx in candidates},
                              [tx.transaction_id for tx in candidates])
+            undo, mark = self._undo_point(candidates)
+            self.writer.on_abort(undo)
             fresh: dict[str, ValidTransaction] = {}
             for tx in candidates:
                 if tx.transaction_id not in fresh and self._record(tx.transaction_id, txn) is None:
                     fresh[tx.transaction_id] = tx
             if fresh:
                 self._score_batch(list(fresh.values()), txn)
+            mark()
         written = self._write(
             txn, {tx.user_id for tx in candidates}, [tx.transaction_id for tx in candidates]
         )
         return lambda: self._forget(*written)
+
+    def _undo_point(
+        self, txs: list[ValidTransaction]
+    ) -> tuple[Callable[[], None], Callable[[], None]]:
+        """(Inside the lock.) What puts the overlay back as it is now for these
+        transactions and their users, should the commit they ride be rolled back; an entry
+        changed again since (by a score on another thread) is left alone."""
+        users = {tx.user_id for tx in txs}
+        ids = {tx.transaction_id for tx in txs}
+        before = (
+            {u: self._states.get(u) for u in users}, {t: self._records.get(t) for t in ids},
+            {u: self._held_at.get(u) for u in users}, self._population,
+        )
+        after: list[tuple] = []
+
+        def undo() -> None:
+            with self._lock:
+                states, records, held, population = before
+                # The hook failed before it marked: nothing ran since, restore it all.
+                now = after[0] if after else (
+                    {u: self._states.get(u) for u in users},
+                    {t: self._records.get(t) for t in ids},
+                    {u: self._held_at.get(u) for u in users}, self._population,
+                )
+                now_states, now_records, now_held, now_population = now
+                for table, old, new in ((self._states, states, now_states),
+                                        (self._records, records, now_records),
+                                        (self._held_at, held, now_held)):
+                    for key, value in old.items():
+                        if table.get(key) is new.get(key):
+                            if value is None:
+                                table.pop(key, None)
+                            else:
+                                table[key] = value
+                if self._population is now_population:
+                    self._population = population
+
+        def mark() -> None:  # what the hook left: undo only what is still its own
+            after.append((
+                {u: self._states.get(u) for u in users}, {t: self._records.get(t) for t in ids},
+                {u: self._held_at.get(u) for u in users}, self._population,
+            ))
+
+        return undo, mark
 
     def _score_batch(self, txs: list[ValidTransaction], txn: lmdb.Transaction) -> None:
         rows: dict[str, int] = {}

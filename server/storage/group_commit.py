@@ -4,8 +4,10 @@ One fsync'd LMDB commit costs milliseconds, so one commit per call is far too sl
 submission is queued to a single writer thread, which takes everything queued so far into
 one write transaction, commits (fsync), and only then answers each caller. Concurrent
 callers therefore share commits, and nothing is acknowledged before it is on disk. A batch
-that hits MDB_MAP_FULL is retried whole after the map grows; a batch that fails otherwise
-fails every submission in it, with an error the caller can act on.
+that hits MDB_MAP_FULL is retried whole after the map grows. Each submission runs in its
+own nested transaction: one that fails (a bad key, a bug) is rolled back and fails alone,
+with what it changed in memory undone (``on_abort``), while the others commit; a commit
+that fails as a whole (a full disk) fails every submission in it.
 
 Two kinds of submission share a batch: jobs (``submit_job``: any writes, run in order),
 and batched work a subclass writes together, all of a batch's in one call (event
@@ -54,6 +56,7 @@ class GroupCommitWriter:
         self._cond = threading.Condition()
         self._closing = False
         self.commits = 0
+        self._undo: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -98,6 +101,14 @@ class GroupCommitWriter:
     def _batch_failed(self) -> None:
         """A batch failed as a whole: drop what was cached from it."""
 
+    def _begin_attempt(self) -> None:
+        """A batch is about to be written (again, after the map grew)."""
+
+    def on_abort(self, undo: Callable[[], None]) -> None:
+        """(Writer thread, inside a job or event hook.) Run ``undo`` if the submission
+        being written is rolled back: in-memory effects go with the writes."""
+        self._undo.append(undo)
+
     # -- the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
@@ -117,43 +128,104 @@ class GroupCommitWriter:
 
     def _commit_batch(self, batch: list[Submission]) -> None:
         while True:
+            undo: list[Callable[[], None]] = []
             try:
-                results, after_commit = self._write(batch)
+                results, errors, after_commit = self._write(batch, undo)
                 break
             except lmdb.MapFullError:
+                self._undo_all(undo)
                 log.info("store map full; grown to %d bytes, retrying", self.store.map_size())
-            except Exception as exc:  # the batch fails as a whole; callers may retry
+            except Exception as exc:  # the commit fails as a whole; callers may retry
+                self._undo_all(undo)
                 self._batch_failed()
-                if isinstance(exc, NudgeError):
-                    log.error("write batch refused: %s", exc.message)
-                    error: NudgeError = exc
-                elif (full := disk_full(exc, self.store.path)) is not None:
-                    log.error("write batch refused: %s", full.message)
-                    error = full
-                else:
-                    log.exception("write batch failed to commit")
-                    error = Unavailable(f"store write failed ({type(exc).__name__}); retry later")
+                error = _caller_error(exc, self.store)
                 for sub in batch:
                     sub.future.set_exception(error)
                 return
         self.commits += 1
         for callback in after_commit:
             callback()
-        for sub, result in zip(batch, results, strict=True):
-            sub.future.set_result(result)
+        for sub, result, error in zip(batch, results, errors, strict=True):
+            if error is not None:
+                sub.future.set_exception(error)
+            else:
+                sub.future.set_result(result)
 
-    def _write(self, batch: list[Submission]) -> tuple[list[Any], list[Callable[[], None]]]:
+    @staticmethod
+    def _undo_all(undo: list[Callable[[], None]]) -> None:
+        for fn in reversed(undo):
+            try:
+                fn()
+            except Exception:
+                log.exception("undoing a failed write's in-memory effects failed")
+
+    def _nested(
+        self, txn: lmdb.Transaction, undo: list[Callable[[], None]], run: Callable[[Any], T],
+        retried: bool = False,
+    ) -> tuple[T | None, NudgeError | None]:
+        """``run(child)`` in a transaction nested in ``txn``: its writes and in-memory
+        effects (``on_abort``) stay when it succeeds and are rolled back when it fails.
+        MDB_MAP_FULL still fails the whole batch (retried after the map grows)."""
+        self._undo = []
+        try:
+            with self.store.env.begin(write=True, parent=txn) as child:
+                result = run(child)
+        except lmdb.MapFullError:
+            undo.extend(self._undo)
+            raise
+        except Exception as exc:
+            self._undo_all(self._undo)
+            self._batch_failed()
+            if retried:  # written again one by one: the one that fails is logged then
+                return None, Unavailable("")
+            return None, _caller_error(exc, self.store)
+        finally:
+            mine, self._undo = self._undo, []
+        undo.extend(mine)
+        return result, None
+
+    def _write(
+        self, batch: list[Submission], undo: list[Callable[[], None]]
+    ) -> tuple[list[Any], list[NudgeError | None], list[Callable[[], None]]]:
         results: list[Any] = [None] * len(batch)
+        errors: list[NudgeError | None] = [None] * len(batch)
         after_commit: list[Callable[[], None]] = []
         batched = [i for i, sub in enumerate(batch) if sub.job is None]
         with self.store.write() as txn:
+            self._begin_attempt()
             if batched:
-                written, after_commit = self._write_batched(
-                    txn, [batch[i].payload for i in batched]
-                )
-                for i, result in zip(batched, written, strict=True):
-                    results[i] = result
+                payloads = [batch[i].payload for i in batched]
+                together, error = self._nested(
+                    txn, undo, lambda child: self._write_batched(child, payloads),
+                    retried=len(batched) > 1)
+                if error is None and together is not None:
+                    written, after_commit = together
+                    for i, result in zip(batched, written, strict=True):
+                        results[i] = result
+                elif len(batched) == 1:
+                    errors[batched[0]] = error
+                else:  # one of them failed: each alone, so only that one fails
+                    for i in batched:
+                        alone, errors[i] = self._nested(
+                            txn, undo,
+                            lambda child, p=batch[i].payload: self._write_batched(child, [p]))
+                        if alone is not None:
+                            results[i] = alone[0][0]
+                            after_commit += alone[1]
             for i, sub in enumerate(batch):
                 if sub.job is not None:
-                    results[i] = sub.job(txn)
-        return results, after_commit
+                    results[i], errors[i] = self._nested(txn, undo, sub.job)
+        return results, errors, after_commit
+
+
+def _caller_error(exc: BaseException, store: Store) -> NudgeError:
+    """What a submission's caller is told when its write failed (logged here once)."""
+    if isinstance(exc, NudgeError):
+        log.error("write refused: %s", exc.message)
+        return exc
+    full = disk_full(exc, store.path)
+    if full is not None:
+        log.error("write refused: %s", full.message)
+        return full
+    log.error("write failed and was rolled back: %s", exc, exc_info=exc)
+    return Unavailable("store write failed; retry later")

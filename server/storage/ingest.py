@@ -79,6 +79,8 @@ class EventWriter(GroupCommitWriter):
         # the cache cannot go stale (it is dropped if a batch fails). Not for a shared
         # store, whose other processes write profiles too.
         self._profiles: dict[str, UserProfile] = {}
+        self._new_types: dict[str, int] = {}
+        self._sequence = store.next_sequence
         super().__init__(store, max_batch_events, name="nudge-event-writer")
 
     @property
@@ -104,17 +106,32 @@ class EventWriter(GroupCommitWriter):
     def _batch_failed(self) -> None:
         self._profiles.clear()  # they may hold updates that were not stored
 
+    def _begin_attempt(self) -> None:
+        # What this commit has added so far: its submissions may be written one by one
+        # (nested transactions), each after the ones before.
+        self._new_types: dict[str, int] = {}
+        self._sequence = self.store.next_sequence
+
     def _write_batched(
         self, txn: lmdb.Transaction, payloads: list[list[ValidEvent]]
     ) -> tuple[list[Any], list[Callable[[], None]]]:
-        new_types: dict[str, int] = {}
+        new_types, first = self._new_types, self._sequence
+        known = set(new_types)
+
+        def undo() -> None:  # these events were rolled back: so are their types and sequence
+            for name in set(new_types) - known:
+                del new_types[name]
+            self._sequence = first
+
+        self.on_abort(undo)
         after_commit: list[Callable[[], None]] = []
-        results, sequence = self._write_events(txn, payloads, new_types, after_commit)
+        results, self._sequence = self._write_events(
+            txn, payloads, new_types, after_commit, first)
         store = self.store
 
         def stored() -> None:
             store.type_slots.update(new_types)
-            store.next_sequence = sequence
+            store.next_sequence = max(store.next_sequence, self._sequence)
 
         return results, [stored, *after_commit]
 
@@ -124,12 +141,12 @@ class EventWriter(GroupCommitWriter):
         batch: list[list[ValidEvent]],
         new_types: dict[str, int],
         after_commit: list[Callable[[], None]],
+        sequence: int,
     ) -> tuple[list[Any], int]:
         store = self.store
         dbs = store.dbs
         results: list[Any] = []
         fresh: list[ValidEvent] = []
-        sequence = store.next_sequence
         seen_in_batch: set[str] = set()
         for submitted in batch:
             duplicates = 0

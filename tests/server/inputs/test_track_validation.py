@@ -98,3 +98,22 @@ def test_get_user_rejects_bad_ids(client: Client) -> None:
             client.get_user(user_id)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"user_id: {rule}" in err.value.details()
+
+
+def test_a_transaction_id_too_long_for_a_key_is_refused_and_fails_no_one_else(
+    client, server
+) -> None:
+    from nudge.clients import make_event
+
+    bad = make_event("u1", "transaction", numbers={"amount": 10.0},
+                     strings={"transaction_id": "t" * 600})
+    with pytest.raises(grpc.RpcError) as err:
+        client.track([bad])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert 'events[0].strings["transaction_id"]' in err.value.details()
+    nul = make_event("u1", "app_opened", event_id="a\x00b")
+    with pytest.raises(grpc.RpcError) as err:
+        client.track([nul])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert server.store.get_user("u1") is None
+    assert client.track([make_event("u2", "app_opened")]).accepted == 1

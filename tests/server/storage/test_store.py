@@ -216,3 +216,48 @@ def test_a_map_that_cannot_grow_refuses_writes_and_keeps_reads(tmp_path: Path) -
     assert view is not None and view.scalars[u.S_EVENT_COUNT] == 2
     assert store.map_size() == 1 << 17
     store.close()
+
+
+def test_a_job_or_events_failing_inside_a_group_commit_fail_alone(tmp_path: Path) -> None:
+    import threading
+
+    store = Store(tmp_path)
+    writer = EventWriter(store, HALF_LIFE)
+    undone: list[str] = []
+
+    def hook(txn, events):
+        if any(e.user_id == "boom" for e in events):
+            writer.on_abort(lambda: undone.append("boom"))  # in-memory effects roll back
+            raise RuntimeError("a hook failed on this submission's events")
+
+    writer.add_event_hook(hook)
+    gate = threading.Event()
+    try:
+        held = writer.submit_job(lambda txn: gate.wait(10))  # the next ones share a batch
+        bad_job = writer.submit_job(
+            lambda txn: txn.put(b"k" * 600, b"", db=store.dbs["meta"]))
+        good_job = writer.submit_job(
+            lambda txn: "ok" if txn.put(b"good", b"1", db=store.dbs["meta"]) else "?")
+        good_events = writer.submit([ev("e1", user="fine"), ev("e2", user="fine")])
+        bad_events = writer.submit([ev("e3", user="boom")])
+        more_events = writer.submit([ev("e4", user="fine", type="later_type")])
+        gate.set()
+        held.result(timeout=30)
+        assert good_job.result(timeout=30) == "ok"
+        assert good_events.result(timeout=30).accepted == 2
+        assert more_events.result(timeout=30).accepted == 1
+        with pytest.raises(Exception):
+            bad_job.result(timeout=30)
+        with pytest.raises(Exception):
+            bad_events.result(timeout=30)
+    finally:
+        writer.close()
+    assert undone and set(undone) == {"boom"}
+    with store.read() as txn:
+        assert bytes(txn.get(b"good", db=store.dbs["meta"])) == b"1"
+    assert store.get_user("fine") is not None and store.get_user("boom") is None
+    assert store.next_sequence == 4 and "later_type" in store.type_slots
+    store.close()
+    reopened = Store(tmp_path)
+    assert reopened.next_sequence == 4
+    reopened.close()
