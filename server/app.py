@@ -39,7 +39,11 @@ from nudge.server.rpc.decision_service import DecisionServicer
 from nudge.server.rpc.delivery_service import DeliveryServicer
 from nudge.server.rpc.diagnostics_service import DiagnosticsServicer, ServerInfo
 from nudge.server.rpc.metrics import Metrics, start_metrics_server
-from nudge.server.rpc.overload import ConcurrencyLimiter, recommended_grpc_cap
+from nudge.server.rpc.overload import (
+    ConcurrencyLimiter,
+    StreamLimiter,
+    recommended_grpc_cap,
+)
 from nudge.server.rpc.privacy import Pseudonyms
 from nudge.server.rpc.readiness import Readiness
 from nudge.server.rpc.risk_service import RiskServicer
@@ -83,10 +87,15 @@ SHARED_PERSIST_SECONDS = 1.0
 # Neither counted nor refused by the overload limiter: health checks must answer under
 # load, and delivery adapters hold their stream open for hours. Echo is counted, so the
 # floor pays what every RPC pays.
+STREAM_DELIVERIES = "/nudge.v1.DeliveryService/StreamDeliveries"
+TRACK_STREAM = "/nudge.v1.DecisionService/TrackStream"
 LIMITER_EXEMPT = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.",
-    "/nudge.v1.DeliveryService/StreamDeliveries",
+    # Long-lived streams: counted per kind by the StreamLimiter instead, on threads of
+    # their own.
+    STREAM_DELIVERIES,
+    TRACK_STREAM,
 )
 
 
@@ -224,19 +233,24 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         config.max_concurrent, config.max_queue, config.queue_timeout_seconds,
         exempt=LIMITER_EXEMPT,
     )
+    streams = StreamLimiter({STREAM_DELIVERIES: config.max_delivery_streams,
+                             TRACK_STREAM: config.max_track_streams})
     # Order: metrics sees every outcome (refusals included), auth refuses before a slot is
-    # taken, the limiter holds a slot for the handler, status maps the handler's errors.
+    # taken, the limiters hold a slot for the handler, status maps the handler's errors.
     interceptors: list[grpc.ServerInterceptor] = []
     if metrics is not None:
         interceptors.append(metrics.interceptor())
     if config.auth_tokens_file is not None:
         interceptors.append(AuthInterceptor(TokenStore(config.auth_tokens_file)))
-    interceptors += [limiter, StatusInterceptor()]
+    interceptors += [streams, limiter, StatusInterceptor()]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="nudge-rpc"),
+        # A thread for every stream slot on top of max_workers: streams in every slot
+        # leave the unary RPCs all of their threads.
+        futures.ThreadPoolExecutor(max_workers=config.max_workers + streams.total,
+                                   thread_name_prefix="nudge-rpc"),
         interceptors=interceptors,
         maximum_concurrent_rpcs=recommended_grpc_cap(
-            config.max_concurrent, config.max_queue, config.max_workers
+            config.max_concurrent, config.max_queue, config.max_workers, streams.total
         ),
         options=[
             # Workers share the port; a lone server must fail on a port already taken.

@@ -69,6 +69,10 @@ class Config:
     max_concurrent: int = 10
     max_queue: int = 4
     queue_timeout_seconds: float = 0.05
+    # Long-lived streams open at once (each holds a thread of its own, added to the pool
+    # on top of max_workers, so they never take the unary RPCs' threads or slots).
+    max_delivery_streams: int = 8
+    max_track_streams: int = 4
     # Outbox: how long an adapter holds a delivery before it is streamed again, and the
     # least time between two messages to one user across every channel and campaign.
     lease_seconds: float = 30.0
@@ -118,6 +122,8 @@ class Config:
                 "max_concurrent + max_queue: must stay below max_workers, so spare threads "
                 "can turn a burst away"
             )
+        if self.max_delivery_streams < 1 or self.max_track_streams < 1:
+            raise ConfigError("max_delivery_streams, max_track_streams: must be at least 1")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65_535:
             raise ConfigError(f"metrics_port: must be in [0, 65535], got {self.metrics_port}")
         retain = ("retain_seen_seconds", "retain_events_seconds", "retain_decisions_seconds",

@@ -84,11 +84,11 @@ def timestamp_seconds(ts, field_name: str, now: float, has_time: bool) -> float:
 def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
     # Field names for errors are built only when a rule fails: this runs for every event.
     event_id, user_id, type_ = ev.event_id, ev.user_id, ev.type
-    if (not event_id or len(event_id) > MAX_ID_BYTES // 4
-            and len(event_id.encode()) > MAX_ID_BYTES or "\x00" in event_id):
+    if (not event_id or (len(event_id) > MAX_ID_BYTES // 4
+            and len(event_id.encode()) > MAX_ID_BYTES) or "\x00" in event_id):
         check_id(event_id, f"events[{index}].event_id")
-    if (not user_id or len(user_id) > MAX_ID_BYTES // 4
-            and len(user_id.encode()) > MAX_ID_BYTES or "\x00" in user_id):
+    if (not user_id or (len(user_id) > MAX_ID_BYTES // 4
+            and len(user_id.encode()) > MAX_ID_BYTES) or "\x00" in user_id):
         check_id(user_id, f"events[{index}].user_id")
     if not TYPE_PATTERN.fullmatch(type_):
         raise InvalidArgument(f"events[{index}].type", "must match [a-z][a-z0-9_.]{0,63}")

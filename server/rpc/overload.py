@@ -52,13 +52,91 @@ DEFAULT_EXEMPT: tuple[str, ...] = (
 )
 
 
-def recommended_grpc_cap(max_concurrent: int, max_queue: int, max_workers: int) -> int:
+def recommended_grpc_cap(
+    max_concurrent: int, max_queue: int, max_workers: int, max_streams: int = 0
+) -> int:
     """A value for ``grpc.server(maximum_concurrent_rpcs=...)`` above this limiter's own.
 
-    Room for every slot and waiter, plus one thread pool's worth of calls being turned
-    away or exempt; beyond that grpc refuses in its polling thread.
+    Room for every slot and waiter, every long-lived stream (``StreamLimiter``), plus one
+    thread pool's worth of calls being turned away or exempt; beyond that grpc refuses in
+    its polling thread.
     """
-    return max_concurrent + max_queue + max_workers
+    return max_concurrent + max_queue + max_workers + max_streams
+
+
+class StreamLimiter(grpc.ServerInterceptor):
+    """At most ``limits[method]`` calls of each long-lived streaming method open at once;
+    one more is answered RESOURCE_EXHAUSTED at once.
+
+    Streams are held for minutes or hours (a delivery adapter, a bulk loader), so they are
+    not counted by ``ConcurrencyLimiter``, whose slots are for short unary work: the
+    thread pool gets a thread per stream slot on top of ``max_workers``, so streams in
+    every slot still leave the unary RPCs (a card authorisation, a health check) all of
+    theirs.
+    """
+
+    def __init__(self, limits: dict[str, int]) -> None:
+        self.limits = dict(limits)
+        self._open = dict.fromkeys(self.limits, 0)
+        self._lock = threading.Lock()
+        self.rejected = 0
+
+    @property
+    def total(self) -> int:
+        """Threads the streams may hold at most (add it to the thread pool)."""
+        return sum(self.limits.values())
+
+    def open_streams(self, method: str) -> int:
+        return self._open.get(method, 0)
+
+    def _enter(self, method: str, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            if self._open[method] < self.limits[method]:
+                self._open[method] += 1
+                return
+            self.rejected += 1
+        name = method.rsplit("/", 1)[-1]
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{name}: {self.limits[method]} streams already open on this server; retry "
+            "with backoff or close an idle one",
+        )
+
+    def _leave(self, method: str) -> None:
+        with self._lock:
+            self._open[method] -= 1
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method not in self.limits:
+            return handler
+
+        def unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            def counted(request: Any, context: grpc.ServicerContext) -> Any:
+                self._enter(method, context)
+                try:
+                    return behaviour(request, context)
+                finally:
+                    self._leave(method)
+
+            return counted
+
+        def streaming(behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
+            def counted(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                self._enter(method, context)
+                try:
+                    yield from behaviour(request, context)
+                finally:
+                    self._leave(method)
+
+            return counted
+
+        return wrap_behaviour(handler, unary, streaming)
 
 
 class ConcurrencyLimiter(grpc.ServerInterceptor):

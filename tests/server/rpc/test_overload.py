@@ -205,3 +205,40 @@ def test_settings_are_checked() -> None:
         ConcurrencyLimiter(max_concurrent=0)
     with pytest.raises(ValueError, match="max_queue"):
         ConcurrencyLimiter(max_concurrent=1, max_queue=-1)
+
+
+def test_idle_streams_never_take_the_unary_rpcs_capacity(tmp_path) -> None:
+    """Every stream slot in use (and more streams asking): a card authorisation and a
+    health check are still answered at once."""
+    import queue as queue_module
+
+    from nudge.clients import Client, make_transaction
+    from nudge.server.app import create_server
+    from nudge.server.config import Config
+    from nudge.v1 import delivery_service_pb2 as delpb
+    from nudge.v1 import delivery_service_pb2_grpc as delgrpc
+
+    srv = create_server(Config(port=0, data_dir=tmp_path / "data", grace_seconds=0.5))
+    srv.start()
+    target = f"127.0.0.1:{srv.port}"
+    calls: list = []
+    idle = queue_module.Queue()  # never fed: the track streams stay open and idle
+    try:
+        with Client(target, retries=0, timeout=3) as c:
+            stub = delgrpc.DeliveryServiceStub(c.channel)
+            for _ in range(20):
+                calls.append(stub.StreamDeliveries(delpb.StreamDeliveriesRequest(), timeout=30))
+            for _ in range(12):
+                calls.append(c.decisions.TrackStream.future(
+                    iter(idle.get, None), timeout=30))
+            time.sleep(1.0)
+            start = time.monotonic()
+            reply = c.score_transaction(make_transaction("card-user", 12.0), timeout=2)
+            assert reply.baseline_count == 0
+            assert c.health(timeout=2) == "SERVING"
+            assert time.monotonic() - start < 2.0
+    finally:
+        for call in calls:
+            call.cancel()
+        idle.put(None)
+        srv.stop(0.5)

@@ -133,11 +133,11 @@ def test_overload_is_refused_quickly(tmp_path: Path) -> None:
         target = f"127.0.0.1:{srv.port}"
         holder = Client(target, timeout=30)
 
-        def slow() -> Iterator[list]:
-            yield [make_event("u1", "app_opened", event_id="held")]
-            release.wait(10)
-
-        done = threading.Thread(target=lambda: holder.track_stream(slow()))
+        # A Track held by a commit that waits: it holds the only slot (streams have
+        # slots of their own, see test_overload.py).
+        srv.writer.submit_job(lambda txn: release.wait(10))
+        done = threading.Thread(
+            target=lambda: holder.track([make_event("u1", "app_opened", event_id="held")]))
         done.start()
         with Client(target, retries=0) as other:
             deadline_ok = False
