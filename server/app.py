@@ -82,7 +82,8 @@ SERVICE_NAMES = tuple(
         (admin_service_pb2, "AdminService"),
     )
 )
-MAX_MESSAGE_BYTES = 64 << 20
+# Largest request (and reply) message: 10,000 events of ordinary size fit many times over.
+MAX_MESSAGE_BYTES = 16 << 20
 SHARED_PERSIST_SECONDS = 1.0
 # Neither counted nor refused by the overload limiter: health checks must answer under
 # load, and delivery adapters hold their stream open for hours. Echo is counted, so the

@@ -22,6 +22,9 @@ MAX_PROPERTIES = 64
 MAX_KEY_BYTES = 64
 MAX_STRING_BYTES = 1024
 MAX_FUTURE_SECONDS = 86_400.0
+# Events in one Track call or one TrackStream message (a group commit takes up to
+# Config.max_batch_events from many of them).
+MAX_EVENTS_PER_REQUEST = 10_000
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 TZ_KEY = "tz"
 CONSENT_PREFIX = "consent."
@@ -151,4 +154,22 @@ def _check_key(key: str, where: str) -> None:
 
 def validate_events(events: Sequence[event_pb2.Event], now: float) -> list[ValidEvent]:
     """Validate a request's events; the first invalid one rejects them all."""
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise InvalidArgument(
+            "events", f"at most {MAX_EVENTS_PER_REQUEST} per request (split the batch)")
     return [validate_event(ev, i, now) for i, ev in enumerate(events)]
+
+
+def check_properties(numbers: dict[str, float], strings: dict[str, str]) -> None:
+    """A request's own numbers and strings (Decide): the rules of event properties."""
+    if len(numbers) + len(strings) > MAX_PROPERTIES:
+        raise InvalidArgument("numbers/strings",
+                              f"at most {MAX_PROPERTIES} numbers and strings in all")
+    for key, value in numbers.items():
+        _check_key(key, "numbers")
+        if not math.isfinite(value):
+            raise InvalidArgument(f'numbers["{key}"]', "must be finite")
+    for key, text in strings.items():
+        _check_key(key, "strings")
+        if len(text.encode()) > MAX_STRING_BYTES:
+            raise InvalidArgument(f'strings["{key}"]', f"must be at most {MAX_STRING_BYTES} bytes")

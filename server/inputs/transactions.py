@@ -14,6 +14,9 @@ CURRENCY = re.compile(r"[A-Z]{3}")
 COUNTRY = re.compile(r"[A-Z]{2}")
 MAX_ATTRIBUTE_BYTES = 128
 TRANSACTION_EVENT = "transaction"
+# Transactions in one ScoreTransactions call: a batch is scored under one lock, so a huge
+# one would hold single authorisations back.
+MAX_TRANSACTIONS_PER_BATCH = 1_000
 
 
 @dataclass(slots=True)  # not frozen: frozen construction is slow, and this is per call
@@ -62,6 +65,9 @@ def validate_transactions(txs: list[pb.Transaction], now: float) -> list[ValidTr
     """Validate a batch; the first invalid transaction rejects the whole batch."""
     if not txs:
         raise InvalidArgument("transactions", "must not be empty")
+    if len(txs) > MAX_TRANSACTIONS_PER_BATCH:
+        raise InvalidArgument(
+            "transactions", f"at most {MAX_TRANSACTIONS_PER_BATCH} per call (split the batch)")
     return [validate_transaction(tx, f"transactions[{i}]", now) for i, tx in enumerate(txs)]
 
 

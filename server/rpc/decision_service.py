@@ -3,7 +3,6 @@ hand to the writer, the store or the decision engine, reply."""
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -13,7 +12,13 @@ import grpc
 from nudge.server.clock import Clock
 from nudge.server.decisions.engine import DecideInput, DecisionEngine
 from nudge.server.errors import InvalidArgument, NotFound
-from nudge.server.inputs.events import ValidEvent, check_id, timestamp_seconds, validate_events
+from nudge.server.inputs.events import (
+    ValidEvent,
+    check_id,
+    check_properties,
+    timestamp_seconds,
+    validate_events,
+)
 from nudge.server.rpc.deadlines import wait_within_deadline
 from nudge.server.rpc.privacy import Pseudonyms
 from nudge.server.rpc.readiness import Readiness
@@ -25,6 +30,8 @@ from nudge.v1 import decision_service_pb2_grpc as pb_grpc
 
 # Stream messages a TrackStream may have queued for commit at once (back-pressure).
 STREAM_IN_FLIGHT = 8
+# Campaign names are [a-z][a-z0-9_]{0,63}.
+MAX_CAMPAIGN_NAME = 64
 
 
 def _wait(future: Future[TrackResult], context: grpc.ServicerContext) -> TrackResult:
@@ -123,15 +130,16 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if request.top_k < 0:
             raise InvalidArgument("top_k", "must not be negative")
         numbers = dict(request.numbers)
-        for key, value in numbers.items():
-            if not math.isfinite(value):
-                raise InvalidArgument(f'numbers["{key}"]', "must be finite")
+        strings = dict(request.strings)
+        check_properties(numbers, strings)
+        if len(request.campaign) > MAX_CAMPAIGN_NAME:
+            raise InvalidArgument("campaign", f"must be at most {MAX_CAMPAIGN_NAME} characters")
         has_time = request.HasField("time")
         now = self.clock.now()
         when = timestamp_seconds(request.time, "time", now, True) if has_time else now
         outcome = self.decisions.decide(
             DecideInput(self.pseudonyms(request.user_id), request.campaign, when,
-                        request.top_k or 1, numbers, dict(request.strings), request.dry_run),
+                        request.top_k or 1, numbers, strings, request.dry_run),
             after_reply=context.add_callback,
         )
         # Filled in place: no intermediate Reason messages to copy, no Python-level

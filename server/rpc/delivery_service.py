@@ -11,7 +11,7 @@ from nudge.server.clock import Clock
 from nudge.server.decisions.campaign import CHANNELS
 from nudge.server.decisions.outbox import Delivery, Outbox
 from nudge.server.errors import InvalidArgument
-from nudge.server.inputs.events import check_id, timestamp_seconds
+from nudge.server.inputs.events import MAX_ID_BYTES, check_id, timestamp_seconds
 from nudge.server.rpc.readiness import Readiness
 from nudge.v1 import delivery_service_pb2 as pb
 from nudge.v1 import delivery_service_pb2_grpc as pb_grpc
@@ -42,6 +42,10 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         self, request: pb.StreamDeliveriesRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StreamDeliveriesResponse]:
         self.readiness.check()
+        if len(request.channels) > len(CHANNELS):
+            raise InvalidArgument("channels", f"at most {len(CHANNELS)} (each channel once)")
+        if len(request.adapter_id.encode()) > MAX_ID_BYTES:
+            raise InvalidArgument("adapter_id", f"must be at most {MAX_ID_BYTES} bytes")
         for i, channel in enumerate(request.channels):
             if channel not in CHANNELS:
                 raise InvalidArgument(f"channels[{i}]", f"must be one of {list(CHANNELS)}")

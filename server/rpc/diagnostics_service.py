@@ -9,8 +9,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 import grpc
 
+from nudge.server.errors import InvalidArgument
 from nudge.v1 import diagnostics_service_pb2 as pb
 from nudge.v1 import diagnostics_service_pb2_grpc as pb_grpc
+
+# Echo is public (no token): its payload is bounded like everything else.
+MAX_ECHO_BYTES = 64 << 10
 
 
 def package_version() -> str:
@@ -37,6 +41,8 @@ class DiagnosticsServicer(pb_grpc.DiagnosticsServiceServicer):
         self._version = package_version()
 
     def Echo(self, request: pb.EchoRequest, context: grpc.ServicerContext) -> pb.EchoResponse:
+        if len(request.payload) > MAX_ECHO_BYTES:
+            raise InvalidArgument("payload", f"must be at most {MAX_ECHO_BYTES} bytes")
         return pb.EchoResponse(payload=request.payload)
 
     def GetServerInfo(

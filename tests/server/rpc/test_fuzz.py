@@ -117,6 +117,53 @@ def test_outcomes_labels_and_acks_never_fail_badly(served, some_id: str, value: 
     assert call(c.decisions.GetUser, dpb.GetUserRequest(user_id=some_id)) in ALLOWED
 
 
+# Sizes around every documented limit (README "Limits"): just under, at, just over.
+around = st.sampled_from
+big_text = st.builds(lambda n: "é" * n, around([0, 511, 512, 513, 1_024, 1_100]))
+
+
+@given(st.builds(
+    dpb.DecideRequest, user_id=st.sampled_from(["fuzz-u", "x" * 129, "a\x00b"]),
+    campaign=st.one_of(st.just(""), st.builds(lambda n: "c" * n, around([64, 65, 300]))),
+    numbers=st.dictionaries(st.text(max_size=70), number, max_size=70),
+    strings=st.dictionaries(st.text(max_size=70), big_text, max_size=70),
+))
+@FUZZ
+def test_decide_limits_are_invalid_argument_and_store_nothing(
+    served, request: dpb.DecideRequest
+) -> None:
+    srv, c = served
+    srv.decisions.flush()  # earlier examples' decisions
+    before = srv.store.counts()["decisions"]
+    code = call(c.decisions.Decide, request)
+    assert code in ALLOWED
+    if code != grpc.StatusCode.OK:
+        srv.decisions.flush()
+        assert srv.store.counts()["decisions"] == before
+
+
+@given(around([0, 1, 999, 1_000, 1_001]), around([0, 65_536, 65_537]),
+       around([1, 10_000, 10_001]))
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_batch_and_payload_limits(served, transactions: int, payload: int, events: int) -> None:
+    from nudge.v1 import diagnostics_service_pb2 as diag
+
+    srv, c = served
+    tx = rpb.Transaction(transaction_id="t", user_id="fuzz-batch", amount=1.0)
+    code = call(c.risk.ScoreTransactions, rpb.ScoreTransactionsRequest(
+        transactions=[tx] * transactions))
+    assert code == (grpc.StatusCode.OK if 0 < transactions <= 1_000
+                    else grpc.StatusCode.INVALID_ARGUMENT)
+    code = call(c.diagnostics.Echo, diag.EchoRequest(payload=b"x" * payload))
+    assert code == (grpc.StatusCode.OK if payload <= 65_536 else grpc.StatusCode.INVALID_ARGUMENT)
+    before = srv.store.counts()
+    batch = [event_pb2.Event(event_id="", user_id="u", type="app_opened")] * events
+    code = call(c.decisions.Track, dpb.TrackRequest(events=batch))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT  # too many, or an empty event_id
+    assert srv.store.counts() == before
+
+
 def test_garbage_bytes_and_half_open_connections_do_not_take_it_down(served) -> None:
     srv, c = served
     junk = [b"\x00" * 64, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)),

@@ -194,3 +194,41 @@ def test_full_store_is_resource_exhausted_and_reads_go_on(tmp_path: Path) -> Non
             assert c.get_user("u1").event_count == 1
     finally:
         srv.stop()
+
+
+def test_every_request_field_and_batch_has_a_limit(client: Client, server: NudgeServer) -> None:
+    from nudge.v1 import decision_service_pb2 as dpb
+    from nudge.v1 import delivery_service_pb2 as delpb
+    from nudge.v1 import delivery_service_pb2_grpc as delgrpc
+    from nudge.v1 import diagnostics_service_pb2 as diag
+    from nudge.v1 import risk_service_pb2 as rpb
+
+    def refused(call, request, field: str) -> None:
+        with pytest.raises(grpc.RpcError) as err:
+            out = call(request, timeout=30)
+            for _ in out if not hasattr(out, "ByteSize") else ():
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert field in err.value.details()
+
+    client.track([make_event("limits", "app_opened")])
+    decide = client.decisions.Decide
+    refused(decide, dpb.DecideRequest(user_id="limits", strings={"note": "x" * 1025}),
+            'strings["note"]')
+    refused(decide, dpb.DecideRequest(user_id="limits",
+                                      strings={f"k{i}": "v" for i in range(65)}),
+            "numbers and strings")
+    refused(decide, dpb.DecideRequest(user_id="limits", numbers={"k" * 65: 1.0}), "numbers")
+    refused(decide, dpb.DecideRequest(user_id="limits", campaign="c" * 200), "campaign")
+    refused(client.risk.ScoreTransactions, rpb.ScoreTransactionsRequest(
+        transactions=[make_transaction("u", 1.0) for _ in range(1_001)]), "transactions")
+    refused(client.diagnostics.Echo, diag.EchoRequest(payload=b"x" * (64 * 1024 + 1)),
+            "payload")
+    refused(client.decisions.Track, dpb.TrackRequest(
+        events=[make_event("u", "app_opened") for _ in range(10_001)]), "events")
+    deliveries = delgrpc.DeliveryServiceStub(client.channel)
+    refused(deliveries.StreamDeliveries,
+            delpb.StreamDeliveriesRequest(adapter_id="a" * 129), "adapter_id")
+    refused(deliveries.StreamDeliveries,
+            delpb.StreamDeliveriesRequest(channels=["push"] * 6), "channels")
+    assert server.store.counts()["decisions"] == 0
