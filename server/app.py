@@ -225,6 +225,12 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     clock = clock or SystemClock()
     campaigns = load_campaigns(config.campaigns_dir)  # fail on a bad file before opening
     credentials = _transport(config)  # and on an unsafe transport or missing auth
+    tokens = None
+    if config.auth_tokens_file is not None:
+        try:
+            tokens = TokenStore(config.auth_tokens_file, private=True)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     store = Store(config.data_dir, map_size=config.map_size, max_map_size=config.max_map_size,
                   shared=config.shared_store)
     writer = EventWriter(store, config.half_life_seconds, config.max_batch_events)
@@ -241,8 +247,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     interceptors: list[grpc.ServerInterceptor] = []
     if metrics is not None:
         interceptors.append(metrics.interceptor())
-    if config.auth_tokens_file is not None:
-        interceptors.append(AuthInterceptor(TokenStore(config.auth_tokens_file)))
+    if tokens is not None:
+        interceptors.append(AuthInterceptor(tokens))
     interceptors += [streams, limiter, StatusInterceptor()]
     server = grpc.server(
         # A thread for every stream slot on top of max_workers: streams in every slot

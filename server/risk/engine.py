@@ -26,6 +26,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from typing import Any
 
 import lmdb
 import numpy as np
@@ -46,6 +47,8 @@ from nudge.server.storage.write_behind import WriteBehind
 ANOMALY_MEMORY = 86_400.0
 MAX_REASONS = 5
 TIME_ZONE_CACHE = 100_000
+# Held times remembered for users not waiting to be stored (a cache of the store's).
+HELD_CACHE = 100_000
 # Delay between the first unsaved change and its flush (see DelayedFlusher).
 FLUSH_DELAY = 0.001
 LABELS = ("FRAUD", "GENUINE")
@@ -123,6 +126,10 @@ class RiskEngine:
                 with self.store.read() as txn:
                     stored = risk_baselines.held_at(txn, self.store.dbs, user_id)
                 held = stored if stored is not None else -math.inf
+                if len(self._held_at) >= HELD_CACHE:
+                    # Keep only what is not stored yet: the rest is read again when asked.
+                    self._held_at = {u: h for u, h in self._held_at.items()
+                                     if u in self._states}
                 self._held_at[user_id] = held
         return now - held < ANOMALY_MEMORY
 
@@ -425,9 +432,11 @@ class RiskEngine:
                     {u: self._held_at.get(u) for u in users}, self._population,
                 )
                 now_states, now_records, now_held, now_population = now
-                for table, old, new in ((self._states, states, now_states),
-                                        (self._records, records, now_records),
-                                        (self._held_at, held, now_held)):
+                tables: tuple[tuple[dict[str, Any], dict[str, Any], dict[str, Any]], ...] = (
+                    (self._states, states, now_states), (self._records, records, now_records),
+                    (self._held_at, held, now_held),
+                )
+                for table, old, new in tables:
                     for key, value in old.items():
                         if table.get(key) is new.get(key):
                             if value is None:

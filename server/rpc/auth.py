@@ -121,9 +121,13 @@ class TokenStore:
     error) rather than locking every client out; a deleted file means no tokens.
     """
 
-    def __init__(self, path: Path | str, reload_interval: float = 1.0) -> None:
+    def __init__(self, path: Path | str, reload_interval: float = 1.0,
+                 private: bool = False) -> None:
         self.path = Path(path)
         self.reload_interval = reload_interval
+        # The server's copy: a file others may read or write is refused at load (and a
+        # change to such permissions later keeps the previous tokens).
+        self.private = private
         self._lock = threading.Lock()
         self._tokens: dict[str, dict[str, Any]] = {}
         self._stamp: tuple[int, int, int] | None = None
@@ -135,8 +139,14 @@ class TokenStore:
     def _read_file(self) -> dict[str, dict[str, Any]]:
         try:
             text = self.path.read_text()
+            mode = os.stat(self.path).st_mode & 0o777
         except FileNotFoundError:
             return {}
+        if self.private and mode & 0o077:
+            raise ValueError(
+                f"{self.path}: mode {mode:04o} lets others read or change the tokens; "
+                f"chmod 0600 {self.path}"
+            )
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("version") != _FILE_VERSION:
             raise ValueError(f"{self.path}: not a nudge token file (version {_FILE_VERSION})")
@@ -366,7 +376,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return _refusing(
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"token {principal.name!r} lacks scope {scope!r} needed for {method}",
+                f"this token lacks scope {scope!r} needed for {method}",
             )
         if self.on_principal is not None:
             self.on_principal(method, principal)

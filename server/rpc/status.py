@@ -8,6 +8,8 @@ short reference to find it in the log — never UNKNOWN, never a stack trace on 
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +22,50 @@ from nudge.server.rpc.handlers import wrap_behaviour
 log = logging.getLogger(__name__)
 
 
+# Malformed requests are logged at most once per this many seconds (per method): a client
+# sending garbage must not fill the log.
+MALFORMED_LOG_INTERVAL = 60.0
+_malformed_logged: dict[str, float] = {}
+
+
+class _Malformed(Exception):
+    """The request's bytes are not a message of the method's type."""
+
+
+def _parse_lazily(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """A request deserializer that never fails: grpc answers a failing one with INTERNAL
+    and logs a traceback per call. Bad bytes come back as ``_Malformed`` for the
+    handler, which answers INVALID_ARGUMENT."""
+
+    def parse(raw: bytes) -> Any:
+        if deserializer is None:
+            return raw
+        try:
+            return deserializer(raw)
+        except Exception:
+            return _Malformed()
+
+    return parse
+
+
+def _malformed(context: grpc.ServicerContext, method: str) -> None:
+    now = time.monotonic()
+    if now - _malformed_logged.get(method, -math.inf) >= MALFORMED_LOG_INTERVAL:
+        _malformed_logged[method] = now
+        log.warning("malformed request bytes for %s (logged at most every %.0fs)", method,
+                    MALFORMED_LOG_INTERVAL)
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                  "request: not a valid protobuf message for this method")
+
+
+def _checked(requests: Iterator[Any], context: grpc.ServicerContext,
+             method: str) -> Iterator[Any]:
+    for request in requests:
+        if isinstance(request, _Malformed):
+            _malformed(context, method)
+        yield request
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, NudgeError):
         context.abort(grpc.StatusCode[exc.code], exc.message)
@@ -30,24 +76,35 @@ def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> No
     context.abort(grpc.StatusCode.INTERNAL, f"internal error; server log reference {ref}")
 
 
-def _wrap_unary(behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _request(request: Any, context: grpc.ServicerContext, method: str,
+             streamed: bool) -> Any:
+    if streamed:
+        return _checked(request, context, method)
+    if isinstance(request, _Malformed):
+        _malformed(context, method)
+    return request
+
+
+def _wrap_unary(behaviour: Callable[..., Any], method: str,
+                streamed: bool = False) -> Callable[..., Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return behaviour(request, context)
+            return behaviour(_request(request, context, method, streamed), context)
         except Exception as exc:
-            if _already_aborted(context):
+            if _already_aborted(context) or _gone(exc, context, method):
                 raise
             _abort(context, exc, method)
 
     return handler
 
 
-def _wrap_stream(behaviour: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
+def _wrap_stream(behaviour: Callable[..., Iterator[Any]], method: str,
+                 streamed: bool = False) -> Callable[..., Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from behaviour(request, context)
+            yield from behaviour(_request(request, context, method, streamed), context)
         except Exception as exc:
-            if _already_aborted(context):
+            if _already_aborted(context) or _gone(exc, context, method):
                 raise
             _abort(context, exc, method)
 
@@ -60,6 +117,15 @@ def _already_aborted(context: grpc.ServicerContext) -> bool:
     return bool(getattr(state, "aborted", False))
 
 
+def _gone(exc: Exception, context: grpc.ServicerContext, method: str) -> bool:
+    """The client cancelled (or the deadline passed): grpc raises a bare RpcError from the
+    request stream. Nobody is left to answer, and it is not a bug."""
+    if isinstance(exc, grpc.RpcError) or not context.is_active():
+        log.debug("%s ended: the client cancelled or its deadline passed", method)
+        return True
+    return False
+
+
 class StatusInterceptor(grpc.ServerInterceptor):
     def intercept_service(
         self,
@@ -70,6 +136,9 @@ class StatusInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        return wrap_behaviour(
-            handler, lambda b: _wrap_unary(b, method), lambda b: _wrap_stream(b, method)
+        streamed = handler.request_streaming
+        wrapped = wrap_behaviour(
+            handler, lambda b: _wrap_unary(b, method, streamed),
+            lambda b: _wrap_stream(b, method, streamed),
         )
+        return wrapped._replace(request_deserializer=_parse_lazily(handler.request_deserializer))

@@ -138,9 +138,9 @@ class GroupCommitWriter:
             except Exception as exc:  # the commit fails as a whole; callers may retry
                 self._undo_all(undo)
                 self._batch_failed()
-                error = _caller_error(exc, self.store)
+                failed = _caller_error(exc, self.store)
                 for sub in batch:
-                    sub.future.set_exception(error)
+                    sub.future.set_exception(failed)
                 return
         self.commits += 1
         for callback in after_commit:
@@ -206,9 +206,10 @@ class GroupCommitWriter:
                     errors[batched[0]] = error
                 else:  # one of them failed: each alone, so only that one fails
                     for i in batched:
-                        alone, errors[i] = self._nested(
-                            txn, undo,
-                            lambda child, p=batch[i].payload: self._write_batched(child, [p]))
+                        def one(child: lmdb.Transaction, p: Any = batch[i].payload) -> Any:
+                            return self._write_batched(child, [p])
+
+                        alone, errors[i] = self._nested(txn, undo, one)
                         if alone is not None:
                             results[i] = alone[0][0]
                             after_commit += alone[1]

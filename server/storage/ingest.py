@@ -109,7 +109,7 @@ class EventWriter(GroupCommitWriter):
     def _begin_attempt(self) -> None:
         # What this commit has added so far: its submissions may be written one by one
         # (nested transactions), each after the ones before.
-        self._new_types: dict[str, int] = {}
+        self._new_types = {}
         self._sequence = self.store.next_sequence
 
     def _write_batched(

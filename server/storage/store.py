@@ -166,8 +166,18 @@ def has_data(txn: lmdb.Transaction, dbs: dict[str, Any]) -> bool:
 LOCK_FILE_BYTES = 64 << 10
 
 
+def _make_private(path: Path) -> None:
+    """The folder 0700 and the store's files 0600, whatever the umask: the store holds
+    every user's behaviour."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    for name in ("data.mdb", "lock.mdb"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path / name, 0o600)
+
+
 def _reserve_lock_file(path: Path) -> None:
-    fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         os.posix_fallocate(fd, 0, LOCK_FILE_BYTES)
     except OSError as exc:
@@ -191,10 +201,11 @@ class Store:
         self.max_map_size = max_map_size
         self.shared = shared
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            _make_private(self.path)
             _reserve_lock_file(self.path)
             self.env = lmdb.open(
                 str(self.path),
+                mode=0o600,
                 map_size=map_size,
                 max_dbs=MAX_DBS,
                 subdir=True,

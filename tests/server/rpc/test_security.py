@@ -232,3 +232,83 @@ def test_every_request_field_and_batch_has_a_limit(client: Client, server: Nudge
     refused(deliveries.StreamDeliveries,
             delpb.StreamDeliveriesRequest(channels=["push"] * 6), "channels")
     assert server.store.counts()["decisions"] == 0
+
+
+def test_a_tokens_file_others_can_read_is_refused_at_load(
+    tmp_path: Path, tokens: tuple[Path, dict[str, str]]
+) -> None:
+    path = tokens[0]
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="0600"):
+        create_server(Config(port=0, data_dir=tmp_path / "data", auth_tokens_file=path))
+    path.chmod(0o600)
+    create_server(Config(port=0, data_dir=tmp_path / "data", auth_tokens_file=path)).stop()
+
+
+def test_refusals_name_neither_the_token_nor_internal_types(
+    secured: NudgeServer, tokens: tuple[Path, dict[str, str]]
+) -> None:
+    target = f"127.0.0.1:{secured.port}"
+    with (Client(target, token=tokens[1]["risk"], retries=0) as fraud,
+          pytest.raises(grpc.RpcError) as err):
+        fraud.decide("u1")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "fraud-engine" not in err.value.details()
+    assert "decide" in err.value.details()
+
+
+def test_malformed_request_bytes_are_invalid_argument_logged_once(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = client.channel.unary_unary(
+        "/nudge.v1.DecisionService/Track",
+        request_serializer=lambda b: b, response_deserializer=lambda b: b,
+    )
+    with caplog.at_level("INFO"):
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as err:
+                raw(b"\xff\xff\xff\xff\x0f", timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "request" in err.value.details()
+    noisy = [r for r in caplog.records if r.levelno >= 30]
+    assert len(noisy) <= 1 and not any(r.exc_info for r in noisy)
+
+
+def test_a_cancelled_track_stream_is_not_an_unhandled_error(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpc raises a bare RpcError from the request iterator of a stream the client
+    cancelled: the caller is gone, nothing to answer or to log as a bug."""
+    from types import SimpleNamespace
+
+    from nudge.server.rpc.status import StatusInterceptor
+
+    def cancelled_requests():
+        raise grpc.RpcError()
+        yield  # pragma: no cover
+
+    def behaviour(request_iterator, context):
+        for _ in request_iterator:
+            pass
+
+    handler = grpc.stream_unary_rpc_method_handler(behaviour)
+    wrapped = StatusInterceptor().intercept_service(
+        lambda details: handler,
+        SimpleNamespace(method="/nudge.v1.DecisionService/TrackStream",
+                        invocation_metadata=()),
+    )
+    context = SimpleNamespace(is_active=lambda: False, abort=pytest.fail)
+    with caplog.at_level("INFO"), pytest.raises(grpc.RpcError):
+        wrapped.stream_unary(cancelled_requests(), context)
+    assert not [r for r in caplog.records if r.levelno >= 30]
+
+
+def test_held_times_cache_is_bounded(
+    server: NudgeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nudge.server.risk import engine as risk_engine
+
+    monkeypatch.setattr(risk_engine, "HELD_CACHE", 1_000)
+    for k in range(risk_engine.HELD_CACHE * 3):
+        server.risk.recently_anomalous(f"user-{k}", 1.7e9)
+    assert len(server.risk._held_at) <= risk_engine.HELD_CACHE

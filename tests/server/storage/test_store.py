@@ -261,3 +261,21 @@ def test_a_job_or_events_failing_inside_a_group_commit_fail_alone(tmp_path: Path
     reopened = Store(tmp_path)
     assert reopened.next_sequence == 4
     reopened.close()
+
+
+def test_store_files_are_private_even_under_a_permissive_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        store = Store(tmp_path / "data")
+        write_ok = EventWriter(store, HALF_LIFE)
+        write_ok.submit([ev("p1")]).result(timeout=30)
+        write_ok.close()
+        store.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE((tmp_path / "data" / name).stat().st_mode) == 0o600, name
