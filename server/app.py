@@ -25,7 +25,7 @@ from nudge.server.clock import Clock, SystemClock
 from nudge.server.cluster.leadership import Leadership
 from nudge.server.cluster.worker_role import WorkerRole
 from nudge.server.config import Config, ConfigError
-from nudge.server.decisions.campaign import CampaignError, load_campaigns
+from nudge.server.decisions.campaign import Campaign, CampaignError, load_campaigns
 from nudge.server.decisions.engine import DecisionEngine
 from nudge.server.decisions.erasure import erase
 from nudge.server.decisions.journeys import Journeys, campaign_triggers
@@ -140,6 +140,7 @@ class NudgeServer:
         metrics.outbox_depth.set_function(self.outbox.depth)
         metrics.learner_quarantined.set_function(lambda: self.learner.quarantined)
         metrics.journeys_failed.set_function(lambda: self.journeys.failed)
+        metrics.other_type_events.set_function(lambda: self.writer.other_events)
         if limiter is not None:
             metrics.rpcs_in_flight.set_function(lambda: limiter.in_flight)
             metrics.rpcs_waiting.set_function(lambda: limiter.waiting)
@@ -177,6 +178,7 @@ class NudgeServer:
             log.error("campaigns not reloaded, the running ones stay: %s", exc)
             return False
         self.journeys.replace_triggers(campaign_triggers(campaigns))
+        _name_event_types(self.writer, campaigns)
         log.info("campaigns reloaded: %s", ", ".join(sorted(campaigns)))
         return True
 
@@ -234,6 +236,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     store = Store(config.data_dir, map_size=config.map_size, max_map_size=config.max_map_size,
                   shared=config.shared_store)
     writer = EventWriter(store, config.half_life_seconds, config.max_batch_events)
+    _name_event_types(writer, campaigns)
     readiness = Readiness()
     metrics = Metrics() if config.metrics_port is not None else None
     limiter = ConcurrencyLimiter(
@@ -298,7 +301,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         models=lambda: {n: (m.version, m.learned_seq) for n, m in decisions.models.items()},
     )
     diagnostics_service_pb2_grpc.add_DiagnosticsServiceServicer_to_server(
-        DiagnosticsServicer(info), server
+        DiagnosticsServicer(info, writer), server
     )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(lambda user_id: erase(decisions, risk_engine, user_id), readiness,
@@ -344,6 +347,17 @@ def retention_policy(config: Config) -> RetentionPolicy:
         transactions_seconds=config.retain_transactions_seconds,
         interval_seconds=config.retention_interval_seconds,
     )
+
+
+def _name_event_types(writer: EventWriter, campaigns: dict[str, Campaign]) -> None:
+    """Give every event type the campaigns name a slot of its own, before any unknown type
+    can take the last ones."""
+    names = {t for c in campaigns.values() for t in c.event_types}
+    missing = writer.name_types(names).result()
+    if missing:
+        log.warning("no slot left in the event type registry for %s (counted as (other): "
+                    "goals, triggers and features on them do not work); reset the registry "
+                    "(ResetEventTypes, admin)", ", ".join(missing))
 
 
 def _check_authentication(config: Config) -> None:

@@ -186,6 +186,14 @@ class Campaign:
     triggers: tuple[Trigger, ...] = ()
 
     @property
+    def event_types(self) -> frozenset[str]:
+        """Every event type this campaign names (features, goal, triggers, cancellations):
+        each keeps a slot of its own in the type registry."""
+        return frozenset((*self.context.event_types, *self.goal.events,
+                          *(t.event for t in self.triggers),
+                          *(e for t in self.triggers for e in t.cancel_on)))
+
+    @property
     def n_components(self) -> int:
         return self.space.n_components
 

@@ -106,6 +106,11 @@ class Metrics:
             "Settled decisions the learner skipped because they could not be learned.",
             registry=r,
         )
+        self.other_type_events = Gauge(
+            "nudge_other_type_events_total",
+            "Events counted in the shared (other) type slot: no slot was left for their type.",
+            registry=r,
+        )
         self.journeys_failed = Gauge(
             "nudge_journeys_failed_total",
             "Journey triggers dropped because they could not be decided.",

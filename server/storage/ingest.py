@@ -11,7 +11,7 @@ commit is on disk.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +41,9 @@ MAX_PROPERTY_TYPES = 16
 # their properties are not copied into the profile (the event log keeps them).
 NO_PROFILE_PROPERTIES = frozenset({"transaction"})
 PROFILE_CACHE = 200_000
+# Slots of the event type registry that types no loaded campaign names never take: room
+# for the types of campaigns loaded (or reloaded) later. Named types may use every slot.
+RESERVED_TYPE_SLOTS = 16
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ class EventWriter(GroupCommitWriter):
         self._profiles: dict[str, UserProfile] = {}
         self._new_types: dict[str, int] = {}
         self._sequence = store.next_sequence
+        # Types the loaded campaigns name (goals, triggers, features): always a slot.
+        self._named: frozenset[str] = frozenset()
+        # Events counted in the shared "(other)" slot (for a gauge).
+        self.other_events = 0
         super().__init__(store, max_batch_events, name="nudge-event-writer")
 
     @property
@@ -216,12 +223,85 @@ class EventWriter(GroupCommitWriter):
             slot = new_types.get(type_name)
         if slot is not None:
             return slot
-        used = len(self.store.type_slots) + len(new_types)
-        if used >= user_state.OTHER_TYPE_SLOT:
+        taken = set(self.store.type_slots.values()) | set(new_types.values())
+        limit = user_state.OTHER_TYPE_SLOT
+        if type_name not in self._named:
+            limit -= RESERVED_TYPE_SLOTS
+        if len(taken) >= limit:
+            self.other_events += 1
             return user_state.OTHER_TYPE_SLOT
-        new_types[type_name] = used
-        meta.put_type_slot(txn, self.store.dbs, type_name, used)
-        return used
+        slot = min(set(range(user_state.OTHER_TYPE_SLOT)) - taken)  # reset frees slots
+        new_types[type_name] = slot
+        meta.put_type_slot(txn, self.store.dbs, type_name, slot)
+        return slot
+
+    # -- the type registry (admin) -------------------------------------------------------
+
+    def name_types(self, names: Iterable[str]) -> Future[list[str]]:
+        """The loaded campaigns name these types: give each a slot now (before any junk
+        can take the last ones), and never count them with unknown types. Returns the
+        ones left without a slot (the registry is full: reset it)."""
+        wanted = sorted(set(names))
+        self._named = frozenset(wanted)
+        future: Future[list[str]] = Future()
+        if all(name in self.store.type_slots for name in wanted):
+            future.set_result([])  # nothing to write (e.g. a restart on a full disk)
+            return future
+
+        def job(txn: lmdb.Transaction) -> tuple[list[str], dict[str, int]]:
+            new_types: dict[str, int] = {}
+            for name in wanted:
+                self._slot(name, new_types, txn)
+            return [n for n in wanted if n not in new_types
+                    and n not in self.store.type_slots], new_types
+
+        def done(committed: Future[tuple[list[str], dict[str, int]]]) -> None:
+            error = committed.exception()
+            if error is not None:
+                future.set_exception(error)
+                return
+            missing, new_types = committed.result()
+            self.store.type_slots = {**self.store.type_slots, **new_types}
+            future.set_result(missing)
+
+        self.submit_job(job).add_done_callback(done)
+        return future
+
+    def type_registry(self) -> list[tuple[str, int, bool]]:
+        """(type, slot, named by a loaded campaign) for every registered type, by slot."""
+        named = self._named
+        return sorted(((n, s, n in named) for n, s in self.store.type_slots.items()),
+                      key=lambda t: t[1])
+
+    def reset_types(self) -> Future[list[str]]:
+        """Free the slots of every type no loaded campaign names, zeroing them in every
+        user's record (a type given the slot later starts from nothing). Returns the
+        types removed; their later events get slots again, first come first served."""
+        store = self.store
+
+        def job(txn: lmdb.Transaction) -> list[str]:
+            registered = meta.type_slots(txn, store.dbs)
+            removed = sorted(n for n in registered if n not in self._named)
+            for name in removed:
+                meta.delete_type_slot(txn, store.dbs, name)
+            if removed:
+                users.clear_type_slots(txn, store.dbs, [registered[n] for n in removed])
+            return removed
+
+        future: Future[list[str]] = Future()
+
+        def done(committed: Future[list[str]]) -> None:
+            error = committed.exception()
+            if error is not None:
+                future.set_exception(error)
+                return
+            removed = committed.result()
+            store.type_slots = {n: s for n, s in store.type_slots.items() if n not in removed}
+            self.other_events = 0
+            future.set_result(removed)
+
+        self.submit_job(job).add_done_callback(done)
+        return future
 
 
 def _serialized(ev: ValidEvent) -> bytes:

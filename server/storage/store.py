@@ -226,6 +226,7 @@ class Store:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
         self.type_slots: dict[str, int] = self._load_type_registry()
         self._type_names: dict[int, str] = {}
+        self._type_names_key: tuple[int, int] | None = None
         self.next_sequence = self._last_sequence() + 1
 
     # -- opening -------------------------------------------------------------------------
@@ -288,11 +289,12 @@ class Store:
         return UserView.from_record(user_id, record, profile)
 
     def type_names(self) -> dict[int, str]:
-        """Slot -> event type name (cached; the registry only grows)."""
-        if len(self._type_names) != len(self.type_slots) + 1:
+        """Slot -> event type name (cached)."""
+        key = (id(self.type_slots), len(self.type_slots))
+        if self._type_names_key != key:  # a reset replaces the dict; new types grow it
             names = {slot: name for name, slot in self.type_slots.items()}
             names[user_state.OTHER_TYPE_SLOT] = "(other)"
-            self._type_names = names
+            self._type_names, self._type_names_key = names, key
         return self._type_names
 
     def counts(self) -> dict[str, int]:

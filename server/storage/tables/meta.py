@@ -73,3 +73,7 @@ def type_slots(txn: lmdb.Transaction, dbs: Dbs) -> dict[str, int]:
 
 def put_type_slot(txn: lmdb.Transaction, dbs: Dbs, type_name: str, slot: int) -> None:
     txn.put(TYPE_PREFIX + type_name.encode(), str(slot).encode(), db=dbs[NAME])
+
+
+def delete_type_slot(txn: lmdb.Transaction, dbs: Dbs, type_name: str) -> None:
+    txn.delete(TYPE_PREFIX + type_name.encode(), db=dbs[NAME])

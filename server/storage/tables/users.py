@@ -116,3 +116,20 @@ def records(txn: lmdb.Transaction, dbs: Dbs) -> Iterator[tuple[str, np.ndarray]]
     """Every user's id and state record."""
     for key, value in txn.cursor(db=dbs[USERS]):
         yield bytes(key).decode(), decode_record(value)
+
+
+def clear_type_slots(txn: lmdb.Transaction, dbs: Dbs, slots: list[int]) -> int:
+    """Zero these event type slots (decayed count, total, last time) in every user's
+    record, so a type given a freed slot starts from nothing; returns the users changed."""
+    from nudge.kernels import user_state as u
+
+    columns = [base + s for s in slots for base in (u.COUNTS, u.TOTALS, u.TYPE_LAST)]
+    changed = []
+    for user_id, state in records(txn, dbs):
+        if state[columns].any():
+            fresh = state.copy()
+            fresh[columns] = 0.0
+            changed.append((user_id, fresh))
+    for user_id, fresh in changed:
+        put_record(txn, dbs, user_id, fresh)
+    return len(changed)

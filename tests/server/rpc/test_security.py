@@ -312,3 +312,22 @@ def test_held_times_cache_is_bounded(
     for k in range(risk_engine.HELD_CACHE * 3):
         server.risk.recently_anomalous(f"user-{k}", 1.7e9)
     assert len(server.risk._held_at) <= risk_engine.HELD_CACHE
+
+
+def test_an_admin_sees_and_resets_the_event_type_registry(
+    client: Client, server: NudgeServer
+) -> None:
+    from nudge.v1 import diagnostics_service_pb2 as diag
+
+    client.track([make_event("spam", f"junk_{i}") for i in range(80)])
+    client.track([make_event("new-user", "loan_completed")])
+    listed = client.diagnostics.ListEventTypes(diag.ListEventTypesRequest())
+    by_name = {t.name: t for t in listed.event_types}
+    assert by_name["loan_completed"].named and by_name["loan_completed"].slot < 63
+    assert not by_name["junk_0"].named and listed.other_events > 0
+    assert len(listed.event_types) < 63
+    assert [t.type for t in client.get_user("new-user").event_types] == ["loan_completed"]
+    removed = client.diagnostics.ResetEventTypes(diag.ResetEventTypesRequest()).removed
+    assert "junk_0" in removed and "loan_completed" not in removed
+    after = client.diagnostics.ListEventTypes(diag.ListEventTypesRequest())
+    assert all(t.named for t in after.event_types) and after.other_events == 0

@@ -11,7 +11,7 @@ import pytest
 from nudge.kernels import user_state as u
 from nudge.server.errors import SchemaMismatch, Unavailable
 from nudge.server.inputs.events import ValidEvent
-from nudge.server.storage.ingest import MAX_PROPERTY_TYPES, EventWriter
+from nudge.server.storage.ingest import MAX_PROPERTY_TYPES, RESERVED_TYPE_SLOTS, EventWriter
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables.meta import SCHEMA_KEY
 
@@ -123,8 +123,9 @@ def test_types_beyond_capacity_share_the_other_slot(tmp_path: Path) -> None:
     write(store, events)
     view = store.get_user("u1")
     assert view is not None
-    assert len(store.type_slots) == u.OTHER_TYPE_SLOT
-    assert view.totals[u.OTHER_TYPE_SLOT] == 6
+    # Types no campaign names stop short of the last slots (kept for campaign types).
+    assert len(store.type_slots) == u.OTHER_TYPE_SLOT - RESERVED_TYPE_SLOTS
+    assert view.totals[u.OTHER_TYPE_SLOT] == 6 + RESERVED_TYPE_SLOTS
     assert store.type_names()[u.OTHER_TYPE_SLOT] == "(other)"
     store.close()
 
@@ -279,3 +280,39 @@ def test_store_files_are_private_even_under_a_permissive_umask(tmp_path: Path) -
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
     for name in ("data.mdb", "lock.mdb"):
         assert stat.S_IMODE((tmp_path / "data" / name).stat().st_mode) == 0o600, name
+
+
+def test_named_types_always_have_a_slot_and_junk_never_evicts_them(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    writer = EventWriter(store, HALF_LIFE)
+    try:
+        writer.name_types(["loan_completed", "app_opened"]).result(timeout=30)
+        junk = [ev(f"j{i}", user="spammer", type=f"junk_{i}") for i in range(80)]
+        writer.submit(junk).result(timeout=30)
+        writer.submit([ev("g1", user="newcomer", type="loan_completed")]).result(timeout=30)
+        slots = store.type_slots
+        assert "loan_completed" in slots and slots["loan_completed"] != u.OTHER_TYPE_SLOT
+        view = store.get_user("newcomer")
+        assert view is not None and view.totals[slots["loan_completed"]] == 1
+        # Unknown types stop at the limit, leaving room for campaigns loaded later.
+        assert len(slots) <= u.OTHER_TYPE_SLOT - RESERVED_TYPE_SLOTS
+        assert writer.other_events > 0
+        # A campaign reloaded with a new type still finds a slot.
+        writer.name_types(["loan_completed", "app_opened", "loan_renewed"]).result(timeout=30)
+        assert store.type_slots["loan_renewed"] != u.OTHER_TYPE_SLOT
+        # An admin resets the registry: the junk types' slots are freed and zeroed.
+        removed = writer.reset_types().result(timeout=30)
+        assert "junk_0" in removed and "loan_completed" not in removed
+        assert set(store.type_slots) == {"loan_completed", "app_opened", "loan_renewed"}
+        spam = store.get_user("spammer")
+        assert spam is not None and spam.totals[: u.OTHER_TYPE_SLOT].sum() == 0
+        writer.submit([ev("n1", type="new_kind")]).result(timeout=30)
+        assert "new_kind" in store.type_slots
+        freed = store.type_slots["new_kind"]
+        assert store.get_user("u1").totals[freed] == 1
+    finally:
+        writer.close()
+    store.close()
+    reopened = Store(tmp_path)
+    assert "junk_0" not in reopened.type_slots and "new_kind" in reopened.type_slots
+    reopened.close()
