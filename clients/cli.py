@@ -6,7 +6,7 @@
     nudge decide U [--campaign C] [--top-k 3] [--num balance=1200] [--dry-run]
     nudge outcome DECISION_ID REWARD
     nudge score --user U --amount 120.5 [--country BR] [--merchant-category 5411] ...
-    nudge label TRANSACTION_ID fraud|genuine
+    nudge label TRANSACTION_ID fraud|genuine --user USER_ID
     nudge erase U
     nudge health
     nudge demo
@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     label = sub.add_parser("label", help="label a scored transaction fraud or genuine")
     label.add_argument("transaction_id")
     label.add_argument("label", choices=("fraud", "genuine"))
+    label.add_argument("--user", required=True, help="the user it was scored for")
 
     erase = sub.add_parser("erase", help="erase everything stored about a user (admin)")
     erase.add_argument("user_id")
@@ -161,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(MessageToJson(client.score_transaction(tx)))
         elif args.command == "label":
-            in_baseline = client.label_transaction(args.transaction_id, args.label)
+            in_baseline = client.label_transaction(args.transaction_id, args.label, user_id=args.user)
             print("in baseline" if in_baseline else "kept out of the baseline")
         elif args.command == "erase":
             reply = client.erase_user(args.user_id)

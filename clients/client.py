@@ -229,13 +229,13 @@ class Client:
         return list(self._call(self.risk.ScoreTransactions, request, timeout).scores)
 
     def label_transaction(
-        self, transaction_id: str, label: str, timeout: float | None = None
+        self, transaction_id: str, label: str, *, user_id: str, timeout: float | None = None
     ) -> bool:
-        """Label a scored transaction "fraud" or "genuine"; returns whether it is now part
-        of the user's baseline."""
+        """Label a transaction scored for ``user_id`` "fraud" or "genuine" (transaction ids
+        are per user); returns whether it is now part of the user's baseline."""
         value = risk_service_pb2.TransactionLabel.Value(f"TRANSACTION_LABEL_{label.upper()}")
         request = risk_service_pb2.LabelTransactionRequest(
-            transaction_id=transaction_id, label=value
+            transaction_id=transaction_id, label=value, user_id=user_id
         )
         return self._call(self.risk.LabelTransaction, request, timeout).in_baseline
 

@@ -107,7 +107,7 @@ class Journeys:
                 if trigger.matches(ev.type, ev.numbers, ev.strings):
                     record = {"campaign": trigger.campaign, "index": trigger.index,
                               "user": ev.user_id, "time": ev.time, "event": ev.event_id}
-                    triggered.put(txn, self.store.dbs, ev.event_id, i, record)
+                    triggered.put(txn, self.store.dbs, ev.user_id, ev.event_id, i, record)
                     fired += 1
         if not fired and not cancelled:
             return None

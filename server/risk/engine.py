@@ -40,7 +40,7 @@ from nudge.server.storage.ingest import EventWriter, local_hour
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import risk_baselines, users
 from nudge.server.storage.tables import transactions as transaction_table
-from nudge.server.storage.tables.transactions import TransactionRecord
+from nudge.server.storage.tables.transactions import TransactionRecord, TxKey
 from nudge.server.storage.write_behind import WriteBehind
 
 # How long a held (anomalous) transaction keeps credit offers away from the user.
@@ -64,7 +64,8 @@ class RiskEngine:
         self.population_params = params.for_population()
         self._lock = threading.Lock()
         self._states: dict[str, np.ndarray] = {}
-        self._records: dict[str, TransactionRecord] = {}
+        # (user id, transaction id) -> record: transaction ids are unique per user.
+        self._records: dict[TxKey, TransactionRecord] = {}
         self._time_zones: dict[str, str] = {}
         self._held_at: dict[str, float] = {}
         # The overlay is what is pending: a flush stores all of it.
@@ -87,22 +88,22 @@ class RiskEngine:
         if self.store.shared:
             return self._score_committed(transactions)
         with self._lock, self.store.read() as txn:
-            self._check_owners(transactions, txn)
             records = [self._score_one(tx, txn) for tx in transactions]
             self._write_behind.request()
         return records
 
-    def label(self, transaction_id: str, label: str) -> Future[bool]:
+    def label(self, user_id: str, transaction_id: str, label: str) -> Future[bool]:
         """Record an investigated label; GENUINE folds a held transaction into the baseline.
 
         Returns a future of ``in_baseline`` resolving once the label is durable.
         """
         if label not in LABELS:
             raise InvalidArgument("label", "must be TRANSACTION_LABEL_FRAUD or _GENUINE")
+        key = (user_id, transaction_id)
         if self.store.shared:
-            return self._label_committed(transaction_id, label)
+            return self._label_committed(key, label)
         with self._lock, self.store.read() as txn:
-            record = self._label_one(transaction_id, label, txn)
+            record = self._label_one(key, label, txn)
             in_baseline = record.in_baseline
             flushed = self._write_behind.request()
         future: Future[bool] = Future()
@@ -145,12 +146,11 @@ class RiskEngine:
 
     def _score_committed(self, transactions: list[ValidTransaction]) -> list[TransactionRecord]:
         users = {tx.user_id for tx in transactions}
-        ids = [tx.transaction_id for tx in transactions]
+        ids = [(tx.user_id, tx.transaction_id) for tx in transactions]
 
         def job(txn: lmdb.Transaction) -> tuple[list[TransactionRecord], tuple]:
             with self._lock:
                 self._reload(txn, users, ids)
-                self._check_owners(transactions, txn)
                 records = [self._score_one(tx, txn) for tx in transactions]
             return records, self._write(txn, users, ids)
 
@@ -158,15 +158,12 @@ class RiskEngine:
         self._forget(*written)
         return records
 
-    def _label_committed(self, transaction_id: str, label: str) -> Future[bool]:
+    def _label_committed(self, key: TxKey, label: str) -> Future[bool]:
         def job(txn: lmdb.Transaction) -> tuple[bool, tuple]:
             with self._lock:
-                self._reload(txn, (), [transaction_id])
-                owner = self._record(transaction_id, txn)
-                if owner is not None:
-                    self._reload(txn, [owner.user_id], ())
-                record = self._label_one(transaction_id, label, txn)
-            return record.in_baseline, self._write(txn, [record.user_id], [transaction_id])
+                self._reload(txn, [key[0]], [key])
+                record = self._label_one(key, label, txn)
+            return record.in_baseline, self._write(txn, [record.user_id], [key])
 
         future: Future[bool] = Future()
 
@@ -183,7 +180,7 @@ class RiskEngine:
         return future
 
     def _reload(
-        self, txn: lmdb.Transaction, users: Iterable[str], transaction_ids: Iterable[str]
+        self, txn: lmdb.Transaction, users: Iterable[str], transaction_ids: Iterable[TxKey]
     ) -> None:
         """(Inside the lock.) Drop what this process remembers of these users and
         transactions, and re-read the population: the write transaction holds LMDB's
@@ -207,14 +204,12 @@ class RiskEngine:
 
     # -- inside the lock -----------------------------------------------------------------
 
-    def _label_one(
-        self, transaction_id: str, label: str, txn: lmdb.Transaction
-    ) -> TransactionRecord:
+    def _label_one(self, key: TxKey, label: str, txn: lmdb.Transaction) -> TransactionRecord:
         """The labelled copy of a scored transaction (now in the overlay); GENUINE folds a
         held one into the user's and the population's baselines."""
-        record = self._record(transaction_id, txn)
+        record = self._record(key, txn)
         if record is None:
-            raise NotFound(f"transaction_id: {transaction_id!r} was never scored")
+            raise NotFound(f"transaction_id: {key[1]!r} was never scored for this user")
         record = record.copy()
         record.label = label
         if label == "GENUINE" and not record.in_baseline:
@@ -224,14 +219,14 @@ class RiskEngine:
             self._learn_population(features)
             record.in_baseline = True
             self._held_at[record.user_id] = -math.inf
-        self._records[transaction_id] = record
+        self._records[key] = record
         return record
 
-    def _record(self, transaction_id: str, txn: lmdb.Transaction) -> TransactionRecord | None:
-        record = self._records.get(transaction_id)
+    def _record(self, key: TxKey, txn: lmdb.Transaction) -> TransactionRecord | None:
+        record = self._records.get(key)
         if record is not None:
             return record
-        return transaction_table.get(txn, self.store.dbs, transaction_id)
+        return transaction_table.get(txn, self.store.dbs, key)
 
     def _state(self, user_id: str, txn: lmdb.Transaction) -> np.ndarray:
         state = self._states.get(user_id)
@@ -240,23 +235,8 @@ class RiskEngine:
         stored = risk_baselines.baseline(txn, self.store.dbs, user_id)
         return risk.new_risk_state() if stored is None else stored
 
-    def _check_owners(self, transactions: list[ValidTransaction], txn: lmdb.Transaction) -> None:
-        """A transaction id belongs to one user: reject the request before changing anything."""
-        owners: dict[str, str] = {}
-        for i, tx in enumerate(transactions):
-            previous = self._record(tx.transaction_id, txn)
-            owner = owners.setdefault(
-                tx.transaction_id, previous.user_id if previous else tx.user_id
-            )
-            if owner != tx.user_id:
-                where = "transaction" if len(transactions) == 1 else f"transactions[{i}]"
-                raise InvalidArgument(
-                    f"{where}.transaction_id",
-                    f"{tx.transaction_id!r} was already scored for another user",
-                )
-
     def _score_one(self, tx: ValidTransaction, txn: lmdb.Transaction) -> TransactionRecord:
-        previous = self._record(tx.transaction_id, txn)
+        previous = self._record((tx.user_id, tx.transaction_id), txn)
         if previous is not None:
             return previous
         hour = self._local_hour(tx, txn)
@@ -285,7 +265,7 @@ class RiskEngine:
             time=tx.time,
         )
         self._states[tx.user_id] = result.state
-        self._records[tx.transaction_id] = record
+        self._records[(tx.user_id, tx.transaction_id)] = record
         if result.learned:
             self._learn_population(result.features)
         else:
@@ -334,6 +314,8 @@ class RiskEngine:
             self._states.pop(user_id, None)
             self._time_zones.pop(user_id, None)
             self._held_at.pop(user_id, None)
+            for key in [k for k in self._records if k[0] == user_id]:
+                del self._records[key]
 
     def close(self) -> None:
         """Store what is still unsaved and stop the flusher (before the writer closes)."""
@@ -341,8 +323,8 @@ class RiskEngine:
 
     def _write(
         self, txn: lmdb.Transaction, user_ids: Iterable[str] | None = None,
-        transaction_ids: Iterable[str] | None = None,
-    ) -> tuple[dict[str, np.ndarray], dict[str, TransactionRecord]]:
+        transaction_ids: Iterable[TxKey] | None = None,
+    ) -> tuple[dict[str, np.ndarray], dict[TxKey, TransactionRecord]]:
         """Store the overlay's entries of these users and transactions (all of the overlay
         when None) and the population; returns what was stored."""
         dbs = self.store.dbs
@@ -356,8 +338,8 @@ class RiskEngine:
             population = self._population
         for user_id, state in states.items():
             risk_baselines.put_baseline(txn, dbs, user_id, state)
-        for transaction_id, record in records.items():
-            transaction_table.put(txn, dbs, transaction_id, record)
+        for key, record in records.items():
+            transaction_table.put(txn, dbs, key, record)
         for user_id in states:
             held = self._held_at.get(user_id)
             if held is not None and held > -math.inf:
@@ -368,7 +350,7 @@ class RiskEngine:
         return states, records
 
     def _forget(
-        self, states: dict[str, np.ndarray], records: dict[str, TransactionRecord]
+        self, states: dict[str, np.ndarray], records: dict[TxKey, TransactionRecord]
     ) -> None:
         with self._lock:
             for user_id, state in states.items():
@@ -393,18 +375,20 @@ class RiskEngine:
         with self._lock:
             if self.store.shared:
                 self._reload(txn, {tx.user_id for tx in candidates},
-                             [tx.transaction_id for tx in candidates])
+                             [(tx.user_id, tx.transaction_id) for tx in candidates])
             undo, mark = self._undo_point(candidates)
             self.writer.on_abort(undo)
-            fresh: dict[str, ValidTransaction] = {}
+            fresh: dict[TxKey, ValidTransaction] = {}
             for tx in candidates:
-                if tx.transaction_id not in fresh and self._record(tx.transaction_id, txn) is None:
-                    fresh[tx.transaction_id] = tx
+                key = (tx.user_id, tx.transaction_id)
+                if key not in fresh and self._record(key, txn) is None:
+                    fresh[key] = tx
             if fresh:
                 self._score_batch(list(fresh.values()), txn)
             mark()
         written = self._write(
-            txn, {tx.user_id for tx in candidates}, [tx.transaction_id for tx in candidates]
+            txn, {tx.user_id for tx in candidates},
+            [(tx.user_id, tx.transaction_id) for tx in candidates],
         )
         return lambda: self._forget(*written)
 
@@ -415,7 +399,7 @@ class RiskEngine:
         transactions and their users, should the commit they ride be rolled back; an entry
         changed again since (by a score on another thread) is left alone."""
         users = {tx.user_id for tx in txs}
-        ids = {tx.transaction_id for tx in txs}
+        ids = {(tx.user_id, tx.transaction_id) for tx in txs}
         before = (
             {u: self._states.get(u) for u in users}, {t: self._records.get(t) for t in ids},
             {u: self._held_at.get(u) for u in users}, self._population,
@@ -477,7 +461,7 @@ class RiskEngine:
                 batch.details[i], country=tx.country, merchant_category=tx.merchant_category,
                 local_hour=hours[i], params=self.params, max_reasons=MAX_REASONS,
             )
-            self._records[tx.transaction_id] = TransactionRecord(
+            self._records[(tx.user_id, tx.transaction_id)] = TransactionRecord(
                 user_id=tx.user_id,
                 score=float(batch.scores[i]),
                 reasons=[(r.code, r.detail, r.weight) for r in reasons],

@@ -82,11 +82,13 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
     ) -> pb.LabelTransactionResponse:
         self.readiness.check()
         check_id(request.transaction_id, "transaction_id")
+        check_id(request.user_id, "user_id")
         label = _LABELS.get(request.label)
         if label is None:
             raise InvalidArgument(
                 "label", "must be TRANSACTION_LABEL_FRAUD or TRANSACTION_LABEL_GENUINE"
             )
-        future = self.engine.label(request.transaction_id, label)
+        future = self.engine.label(self.pseudonyms(request.user_id), request.transaction_id,
+                                   label)
         in_baseline = wait_within_deadline(future, context, "the label may still be stored")
         return pb.LabelTransactionResponse(in_baseline=in_baseline)

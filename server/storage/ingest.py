@@ -154,14 +154,15 @@ class EventWriter(GroupCommitWriter):
         dbs = store.dbs
         results: list[Any] = []
         fresh: list[ValidEvent] = []
-        seen_in_batch: set[str] = set()
+        seen_in_batch: set[tuple[str, str]] = set()
         for submitted in batch:
             duplicates = 0
             for ev in submitted:
-                if ev.event_id in seen_in_batch or event_table.seen(txn, dbs, ev.event_id):
+                key = (ev.user_id, ev.event_id)  # event ids are unique per user
+                if key in seen_in_batch or event_table.seen(txn, dbs, *key):
                     duplicates += 1
                     continue
-                seen_in_batch.add(ev.event_id)
+                seen_in_batch.add(key)
                 fresh.append(ev)
             results.append(TrackResult(len(submitted) - duplicates, duplicates))
         if not fresh:
@@ -209,7 +210,7 @@ class EventWriter(GroupCommitWriter):
             if row in changed:
                 users.put_profile(txn, dbs, user_id, profiles[row])
         sequence = event_table.append(
-            txn, dbs, sequence, ((ev.event_id, _serialized(ev)) for ev in fresh)
+            txn, dbs, sequence, ((ev.user_id, ev.event_id, _serialized(ev)) for ev in fresh)
         )
         for hook in self._event_hooks:
             callback = hook(txn, fresh)

@@ -235,23 +235,23 @@ class Retention:
             )
         self._resume[transactions.NAME] = resume
 
-        def stamp(ids: list[str]) -> Callable[[lmdb.Transaction], int]:
+        def stamp(ids: list[transactions.TxKey]) -> Callable[[lmdb.Transaction], int]:
             def job(txn: lmdb.Transaction) -> int:
-                for transaction_id in ids:
-                    record = transactions.get(txn, dbs, transaction_id)
+                for key in ids:
+                    record = transactions.get(txn, dbs, key)
                     if record is not None and not record.time:
                         record.time = now
-                        transactions.put(txn, dbs, transaction_id, record)
+                        transactions.put(txn, dbs, key, record)
                 return 0
             return job
 
-        def delete(ids: list[str]) -> Callable[[lmdb.Transaction], int]:
+        def delete(ids: list[transactions.TxKey]) -> Callable[[lmdb.Transaction], int]:
             def job(txn: lmdb.Transaction) -> int:
                 n = 0
-                for transaction_id in ids:
-                    record = transactions.get(txn, dbs, transaction_id)
+                for key in ids:
+                    record = transactions.get(txn, dbs, key)
                     if record is not None and 0 < record.time < cutoff:
-                        transactions.delete(txn, dbs, transaction_id)
+                        transactions.delete(txn, dbs, key)
                         n += 1
                 return n
             return job

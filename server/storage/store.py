@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import threading
 import time
@@ -46,7 +47,7 @@ import numpy as np
 
 from nudge.kernels import user_state
 from nudge.server.errors import StoreError, StoreFull
-from nudge.server.storage.tables import events, meta, users
+from nudge.server.storage.tables import events, meta, migrations, users
 from nudge.server.storage.tables.users import UserProfile
 
 DATABASES = (
@@ -55,6 +56,7 @@ DATABASES = (
     "deliveries", "outbox", "user_deliveries", "triggered",
 )
 MAX_DBS = 32
+log = logging.getLogger(__name__)
 
 
 class _ReadGate:
@@ -233,8 +235,15 @@ class Store:
 
     def _check_schema(self) -> None:
         with self.env.begin(write=True) as txn:
+            found = meta.schema_version(txn, self.dbs)
             if meta.check_schema(txn, self.dbs, self.path, has_data(txn, self.dbs)):
-                meta.put_schema_version(txn, self.dbs)
+                if found is None:
+                    meta.put_schema_version(txn, self.dbs)
+                else:  # an older layout: upgraded in place, in this one transaction
+                    done = migrations.migrate(txn, self.dbs, found)
+                    log.warning("store at %s migrated from schema version %d to %d (%s)",
+                                self.path, found, meta.SCHEMA_VERSION,
+                                ", ".join(f"{n} {k} keys" for k, n in done.items()))
 
     def _load_type_registry(self, txn: lmdb.Transaction | None = None) -> dict[str, int]:
         if txn is None:

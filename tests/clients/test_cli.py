@@ -60,7 +60,7 @@ def test_score_and_label(server: NudgeServer, capsys: pytest.CaptureFixture[str]
     reply = json.loads(out)
     assert 0 <= reply.get("score", 0.0) <= 1
     assert reply.get("baselineCount", "0") == "0"
-    code, out = run(server, capsys, "label", "t1", "genuine")
+    code, out = run(server, capsys, "label", "t1", "genuine", "--user", "U")
     assert (code, out.strip()) in {(0, "in baseline")}
     code, out = run(server, capsys, "score", "--user", "U", "--amount", "-1")
     assert code == 1 and "transaction.amount: must not be negative" in out

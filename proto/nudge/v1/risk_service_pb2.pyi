@@ -87,12 +87,14 @@ class ScoreTransactionsResponse(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[_Union[TransactionScore, _Mapping]]] = ...) -> None: ...
 
 class LabelTransactionRequest(_message.Message):
-    __slots__ = ("transaction_id", "label")
+    __slots__ = ("transaction_id", "label", "user_id")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     label: TransactionLabel
-    def __init__(self, transaction_id: _Optional[str] = ..., label: _Optional[_Union[TransactionLabel, str]] = ...) -> None: ...
+    user_id: str
+    def __init__(self, transaction_id: _Optional[str] = ..., label: _Optional[_Union[TransactionLabel, str]] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class LabelTransactionResponse(_message.Message):
     __slots__ = ("in_baseline",)

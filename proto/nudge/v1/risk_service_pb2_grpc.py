@@ -78,7 +78,8 @@ class RiskServiceServicer:
     def LabelTransaction(self, request, context):
         """LabelTransaction records the investigated truth: FRAUD never enters the baseline,
         GENUINE folds a held transaction into it.
-        Errors: INVALID_ARGUMENT (unknown label), NOT_FOUND (unknown transaction_id),
+        Errors: INVALID_ARGUMENT (unknown label, missing user_id), NOT_FOUND (transaction_id
+        never scored for this user_id),
         UNIMPLEMENTED (until risk scoring ships).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

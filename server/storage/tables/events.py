@@ -1,7 +1,9 @@
 """``events`` and ``seen``: the event log and the ids of the events it holds.
 
 - ``events``: 8-byte big-endian sequence -> serialized Event (replay and insights).
-- ``seen``: event id -> its sequence in the log (Track's idempotency).
+- ``seen``: user id + NUL + event id -> its sequence in the log (Track's idempotency; an
+  event id is unique per user, so two users' ids never collide). Schema versions 1 and 2
+  keyed it by the event id alone; ``rekey_seen_by_user`` migrates that layout.
 - in ``meta``: ``events/mark/<8-byte ms>`` -> the next sequence at that time (every event
   below it arrived before), so retention finds events by age with no index on the hot
   path (time order is sequence order); ``events/seen_upto`` -> the sequence up to which
@@ -39,23 +41,38 @@ def last_sequence(txn: lmdb.Transaction, dbs: Dbs) -> int:
     return 0
 
 
-def seen(txn: lmdb.Transaction, dbs: Dbs, event_id: str) -> bool:
-    return txn.get(event_id.encode(), db=dbs[SEEN]) is not None
+def seen(txn: lmdb.Transaction, dbs: Dbs, user_id: str, event_id: str) -> bool:
+    return txn.get(keys.pair(user_id, event_id), db=dbs[SEEN]) is not None
 
 
 def append(
-    txn: lmdb.Transaction, dbs: Dbs, sequence: int, events: Iterable[tuple[str, bytes]]
+    txn: lmdb.Transaction, dbs: Dbs, sequence: int,
+    events: Iterable[tuple[str, str, bytes]],
 ) -> int:
-    """Append ``(event id, serialized event)`` pairs to the log from ``sequence`` on and
-    mark their ids seen; returns the next free sequence."""
+    """Append ``(user id, event id, serialized event)`` to the log from ``sequence`` on
+    and mark their ids seen for their users; returns the next free sequence."""
     log_cursor = txn.cursor(db=dbs[EVENTS])
     seen_db = dbs[SEEN]
-    for event_id, payload in events:
+    for user_id, event_id, payload in events:
         seq = sequence_key(sequence)
         log_cursor.put(seq, payload, append=True)
-        txn.put(event_id.encode(), seq, db=seen_db)
+        txn.put(keys.pair(user_id, event_id), seq, db=seen_db)
         sequence += 1
     return sequence
+
+
+def rekey_seen_by_user(txn: lmdb.Transaction, dbs: Dbs) -> int:
+    """Schema 2 -> 3: ``seen`` keyed by event id alone becomes user id + NUL + event id
+    (the user read from the logged event). Returns the ids rekeyed."""
+    old = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=dbs[SEEN])]
+    for key, seq in old:
+        payload = txn.get(seq, db=dbs[EVENTS])
+        if payload is None:
+            continue  # a seen id without its event cannot be placed; it stays as it was
+        _, user_id = event_ids(bytes(payload))
+        txn.delete(key, db=dbs[SEEN])
+        txn.put(keys.pair(user_id, key.decode()), seq, db=dbs[SEEN])
+    return len(old)
 
 
 def first_sequence(txn: lmdb.Transaction, dbs: Dbs) -> int:
@@ -128,8 +145,8 @@ def event_ids(payload: bytes) -> tuple[str, str]:
 def forget_seen(txn: lmdb.Transaction, dbs: Dbs, sequence: int, payload: bytes) -> bool:
     """Forget the id of the logged event at ``sequence`` (a replay of it would then be
     stored again); True if it was still held."""
-    event_id, _ = event_ids(payload)
-    key = event_id.encode()
+    event_id, user_id = event_ids(payload)
+    key = keys.pair(user_id, event_id)
     held = txn.get(key, db=dbs[SEEN])
     if held is None or bytes(held) != sequence_key(sequence):
         return False

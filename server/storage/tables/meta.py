@@ -16,12 +16,14 @@ import lmdb
 from nudge.server.errors import SchemaMismatch
 
 NAME = "meta"
-# 2: sparse user records and risk baselines (``users``, ``risk``). A version-1 store is
-# read as is (its dense records still read, and are rewritten sparse on the user's next
-# write) and marked 2 at open, so an older nudge, which cannot read sparse records,
-# refuses it.
-SCHEMA_VERSION = 2
-UPGRADABLE = {1}
+# 2: sparse user records and risk baselines (``users``, ``risk``). A version-1 store's
+# dense records still read, and are rewritten sparse on the user's next write.
+# 3: event and transaction ids keyed per user (``seen``, ``transactions``). A version 1 or
+# 2 store is migrated in place when the server opens it (``migrations.migrate``, one
+# transaction) and marked 3, so an older nudge, which cannot read it, refuses it. (The
+# offline tools' read-only open reads neither table and accepts it as it is.)
+SCHEMA_VERSION = 3
+UPGRADABLE = {1, 2}
 SCHEMA_KEY = b"schema_version"
 TYPE_PREFIX = b"type/"
 
@@ -40,7 +42,7 @@ def put_schema_version(txn: lmdb.Transaction, dbs: Dbs) -> None:
 def check_schema(txn: lmdb.Transaction, dbs: Dbs, path: Path, has_data: bool) -> bool:
     """Raise SchemaMismatch unless the store's layout is the one this nudge reads; True
     when the store should be marked with this version (a new, empty store, or one of a
-    version this nudge upgrades by marking it)."""
+    version this nudge upgrades: ``migrations.migrate``)."""
     found = schema_version(txn, dbs)
     if found is None:
         if has_data:

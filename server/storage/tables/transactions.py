@@ -1,7 +1,10 @@
-"""``transactions``: transaction id -> JSON list of what ScoreTransaction answered (score,
-reasons, hold), its label and the transaction's time: ScoreTransaction's idempotency, and
-the features a GENUINE label folds in. Records stored before the time was kept have 8
-fields (their time reads as 0: unknown).
+"""``transactions``: user id + NUL + transaction id -> JSON list of what ScoreTransaction
+answered (score, reasons, hold), its label and the transaction's time: ScoreTransaction's
+idempotency, and the features a GENUINE label folds in. Ids are per user: one user's id
+never collides with (or reveals) another's; a transaction is named by ``TxKey`` (user id,
+transaction id). Records stored before the time was kept have 8 fields (their time reads
+as 0: unknown). Schema versions 1 and 2 keyed by the transaction id alone
+(``rekey_by_user`` migrates them).
 """
 
 from __future__ import annotations
@@ -13,9 +16,22 @@ from typing import Any
 import lmdb
 import orjson
 
+from nudge.server.storage.tables import keys
+
 NAME = "transactions"
 
 Dbs = Mapping[str, Any]
+# A transaction: (user id, transaction id).
+TxKey = tuple[str, str]
+
+
+def _key(key: TxKey) -> bytes:
+    return keys.pair(*key)
+
+
+def _parse(raw: bytes) -> TxKey:
+    user_id, _, transaction_id = raw.decode().partition("\x00")
+    return user_id, transaction_id
 
 
 @dataclass
@@ -53,37 +69,43 @@ class TransactionRecord:
         return replace(self, reasons=list(self.reasons), features=list(self.features))
 
 
-def get(txn: lmdb.Transaction, dbs: Dbs, transaction_id: str) -> TransactionRecord | None:
-    raw = txn.get(transaction_id.encode(), db=dbs[NAME])
+def get(txn: lmdb.Transaction, dbs: Dbs, key: TxKey) -> TransactionRecord | None:
+    raw = txn.get(_key(key), db=dbs[NAME])
     return None if raw is None else TransactionRecord.from_bytes(raw)
 
 
-def put(txn: lmdb.Transaction, dbs: Dbs, transaction_id: str, record: TransactionRecord) -> None:
-    txn.put(transaction_id.encode(), record.to_bytes(), db=dbs[NAME])
+def put(txn: lmdb.Transaction, dbs: Dbs, key: TxKey, record: TransactionRecord) -> None:
+    txn.put(_key(key), record.to_bytes(), db=dbs[NAME])
 
 
-def delete(txn: lmdb.Transaction, dbs: Dbs, transaction_id: str) -> None:
-    txn.delete(transaction_id.encode(), db=dbs[NAME])
+def delete(txn: lmdb.Transaction, dbs: Dbs, key: TxKey) -> None:
+    txn.delete(_key(key), db=dbs[NAME])
 
 
-def of_user(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> list[str]:
-    """Ids of every transaction of ``user_id`` (a full scan: erasure only)."""
-    needle = orjson.dumps(user_id)
-    out = []
-    for key, raw in txn.cursor(db=dbs[NAME]):
-        if needle in bytes(raw) and orjson.loads(raw)[0] == user_id:
-            out.append(bytes(key).decode())
-    return out
+def of_user(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> list[TxKey]:
+    """Every transaction of ``user_id`` (a prefix scan: its keys start with the user)."""
+    return [(user_id, t) for t in keys.items_of(txn, dbs[NAME], user_id)]
+
+
+def rekey_by_user(txn: lmdb.Transaction, dbs: Dbs) -> int:
+    """Schema 2 -> 3: records keyed by transaction id alone get their owner's id in front
+    (the record names its user). Returns the records rekeyed."""
+    old = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=dbs[NAME])]
+    for key, raw in old:
+        record = TransactionRecord.from_bytes(raw)
+        txn.delete(key, db=dbs[NAME])
+        txn.put(_key((record.user_id, key.decode())), raw, db=dbs[NAME])
+    return len(old)
 
 
 def older_than(
     txn: lmdb.Transaction, dbs: Dbs, after: bytes, limit: int, cutoff: float
-) -> tuple[list[str], list[str], bytes]:
+) -> tuple[list[TxKey], list[TxKey], bytes]:
     """Scan up to ``limit`` records past key ``after`` (b"": from the start): the ids of
     those whose transaction time is before ``cutoff``, of those with no time (stored
     before it was kept), and the key to resume from (b"" once the scan reached the end)."""
-    expired: list[str] = []
-    timeless: list[str] = []
+    expired: list[TxKey] = []
+    timeless: list[TxKey] = []
     cursor = txn.cursor(db=dbs[NAME])
     found = cursor.set_range(after + b"\x00") if after else cursor.first()
     scanned, last = 0, b""
@@ -92,9 +114,9 @@ def older_than(
         fields = orjson.loads(cursor.value())
         time = float(fields[8]) if len(fields) > 8 else 0.0
         if not time:
-            timeless.append(last.decode())
+            timeless.append(_parse(last))
         elif time < cutoff:
-            expired.append(last.decode())
+            expired.append(_parse(last))
         scanned += 1
         found = cursor.next()
     return expired, timeless, last if found else b""

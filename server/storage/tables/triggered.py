@@ -1,4 +1,5 @@
-"""``triggered``: event id + NUL + the trigger's position among those the event fired ->
+"""``triggered``: user id + NUL + event id + NUL + the trigger's position among those the
+event fired (records from schema 1 lack the user; they are read and deleted alike) ->
 JSON ``{campaign, index, user, time, event}`` of a trigger that fired, until its decision
 is made and scheduled (so a crash between the two loses no journey)."""
 
@@ -17,9 +18,10 @@ NAME = "triggered"
 Dbs = Mapping[str, Any]
 
 
-def put(txn: lmdb.Transaction, dbs: Dbs, event_id: str, position: int,
+def put(txn: lmdb.Transaction, dbs: Dbs, user_id: str, event_id: str, position: int,
         record: dict[str, Any]) -> None:
-    txn.put(keys.pair(event_id, str(position)), orjson.dumps(record), db=dbs[NAME])
+    txn.put(keys.pair(user_id, f"{event_id}\x00{position}"), orjson.dumps(record),
+            db=dbs[NAME])
 
 
 def pending(txn: lmdb.Transaction, dbs: Dbs) -> list[tuple[bytes, dict[str, Any]]]:

@@ -117,3 +117,14 @@ def test_a_transaction_id_too_long_for_a_key_is_refused_and_fails_no_one_else(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert server.store.get_user("u1") is None
     assert client.track([make_event("u2", "app_opened")]).accepted == 1
+
+
+def test_event_ids_are_per_user(client, server) -> None:
+    from nudge.clients import make_event
+
+    first = client.track([make_event("ana", "app_opened", event_id="e-1")])
+    other = client.track([make_event("bea", "app_opened", event_id="e-1")])
+    replay = client.track([make_event("ana", "app_opened", event_id="e-1")])
+    assert (first.accepted, other.accepted, replay.duplicates) == (1, 1, 1)
+    assert client.get_user("bea").event_count == 1
+    assert client.get_user("ana").event_count == 1

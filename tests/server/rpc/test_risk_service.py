@@ -77,9 +77,9 @@ def test_labels_fold_genuine_in_once_and_keep_fraud_out(profiled: Client) -> Non
     assert profiled.score_transaction(trip).held
     fraud = takeover("alice", 9, start + HOUR)
     assert profiled.score_transaction(fraud).held
-    assert profiled.label_transaction("trip", "genuine") is True
-    assert profiled.label_transaction("trip", "genuine") is True
-    assert profiled.label_transaction(fraud.transaction_id, "fraud") is False
+    assert profiled.label_transaction("trip", "genuine", user_id="alice") is True
+    assert profiled.label_transaction("trip", "genuine", user_id="alice") is True
+    assert profiled.label_transaction(fraud.transaction_id, "fraud", user_id="alice") is False
     after = profiled.score_transaction(habit("alice", 33, T0 + DAY)[-1])
     assert after.baseline_count == 31  # the trip once, the fraud never
 
@@ -148,7 +148,7 @@ def test_answers_survive_a_restart(data_dir: Path) -> None:
     try:
         with Client(f"127.0.0.1:{srv.port}") as c:
             assert c.score_transaction(odd) == first
-            assert c.label_transaction(odd.transaction_id, "genuine") is True
+            assert c.label_transaction(odd.transaction_id, "genuine", user_id=odd.user_id) is True
             after = c.score_transaction(habit("erin", 31)[-1])
             assert after.baseline_count == 31
     finally:
@@ -187,20 +187,27 @@ def test_bad_transactions_are_rejected_and_change_nothing(
     assert after.baseline_count == before.baseline_count + 1
 
 
-def test_transaction_id_of_another_user_is_rejected_whole(profiled: Client) -> None:
+def test_transaction_ids_are_per_user_and_reveal_nothing(profiled: Client) -> None:
+    # Another client (a track token) pre-registers alice's next id for mallory: alice's
+    # authorisation is scored as usual and learns nothing of mallory's.
+    profiled.track([make_event("mallory", "transaction", numbers={"amount": 5.0},
+                               strings={"transaction_id": "alice-next"})])
+    own = make_transaction("alice", 20.0, transaction_id="alice-next", time=T0 + 31 * DAY)
+    reply = profiled.score_transaction(own)
+    assert reply.baseline_count == 30
     stolen = make_transaction("mallory", 10.0, transaction_id="alice-h3", time=T0)
+    assert profiled.score_transaction(stolen).baseline_count <= 1
+    assert profiled.label_transaction("alice-next", "genuine", user_id="alice") is not None
     with pytest.raises(grpc.RpcError) as err:
-        profiled.score_transactions([habit("mallory", 1)[0], stolen])
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "transactions[1].transaction_id" in err.value.details()
-    assert profiled.score_transaction(habit("mallory", 1)[0]).baseline_count == 0
+        profiled.label_transaction("alice-h3", "fraud", user_id="nobody")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_label_errors(profiled: Client) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        profiled.label_transaction("never-scored", "fraud")
+        profiled.label_transaction("never-scored", "fraud", user_id="alice")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    request = pb.LabelTransactionRequest(transaction_id="alice-h1")
+    request = pb.LabelTransactionRequest(transaction_id="alice-h1", user_id="alice")
     with pytest.raises(grpc.RpcError) as err:
         profiled.risk.LabelTransaction(request)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -37,7 +37,7 @@ def test_backup_while_writing_then_restore_serves_the_same_answers(
     for i, user in enumerate(STEADY):
         client.track([make_event(user, "loan_simulated", numbers={"amount": 100.0 * i},
                                  strings={"tz": "Europe/Lisbon"}) for _ in range(3)])
-    acknowledged: list[str] = []
+    acknowledged: list[tuple[str, str]] = []  # (user, event id): ids are per user
     stop = threading.Event()
 
     def stream() -> None:  # other users keep writing through the backup
@@ -47,7 +47,7 @@ def test_backup_while_writing_then_restore_serves_the_same_answers(
                 batch = [make_event(f"busy-{n % 50}", "app_opened", event_id=f"busy-{n}-{j}")
                          for j in range(20)]
                 c.track(batch)
-                acknowledged.extend(e.event_id for e in batch)
+                acknowledged.extend((e.user_id, e.event_id) for e in batch)
                 n += 1
 
     writer = threading.Thread(target=stream)
@@ -71,7 +71,7 @@ def test_backup_while_writing_then_restore_serves_the_same_answers(
     assert len(acknowledged) > len(before)  # writes did go on during the copy
 
     with ReadOnlyStore(copy) as view, view.read() as txn:
-        missing = [e for e in before if not events.seen(txn, view.dbs, e)]
+        missing = [e for e in before if not events.seen(txn, view.dbs, *e)]
     assert not missing
     original = _answers(client, STEADY)
     refused = _nudge("restore", str(copy), "--data-dir", str(server.store.path), "--force")
@@ -84,7 +84,7 @@ def test_backup_while_writing_then_restore_serves_the_same_answers(
     try:
         with Client(f"127.0.0.1:{srv.port}") as c:
             assert _answers(c, STEADY) == original
-            assert c.track([make_event("steady-0", "app_opened", event_id=before[0])]
+            assert c.track([make_event(before[0][0], "app_opened", event_id=before[0][1])]
                            ).duplicates == 1  # the copy also holds the seen ids
     finally:
         srv.stop()

@@ -127,17 +127,17 @@ def test_transactions_go_by_their_time_and_old_records_are_stamped_first(
         return transactions.TransactionRecord("u1", 0.1, [], 3, False, True, time=t)
 
     def put(txn):  # type: ignore[no-untyped-def]
-        transactions.put(txn, dbs, "old", record(T0))
-        transactions.put(txn, dbs, "recent", record(T0 + 100 * DAY))
+        transactions.put(txn, dbs, ("u1", "old"), record(T0))
+        transactions.put(txn, dbs, ("u1", "recent"), record(T0 + 100 * DAY))
         legacy = orjson.dumps(["u1", 0.1, [], 3, False, True, [], ""])  # 8 fields: no time
-        txn.put(b"legacy", legacy, db=dbs[transactions.NAME])
+        txn.put(b"u1\x00legacy", legacy, db=dbs[transactions.NAME])
 
     writer.submit_job(put).result()
     retention = Retention(writer, RetentionPolicy(pause_seconds=0), ManualClock(T0))
     assert retention.run_once(T0 + 181 * DAY) == {"transactions": 1}
     with store.read() as txn:
-        assert transactions.get(txn, dbs, "old") is None
-        legacy = transactions.get(txn, dbs, "legacy")
+        assert transactions.get(txn, dbs, ("u1", "old")) is None
+        legacy = transactions.get(txn, dbs, ("u1", "legacy"))
         assert legacy is not None and legacy.time == T0 + 181 * DAY  # stamped, kept
     assert retention.run_once(T0 + 281 * DAY) == {"transactions": 1}  # "recent"
     assert retention.run_once(T0 + 362 * DAY) == {"transactions": 1}  # the stamped one

@@ -316,3 +316,41 @@ def test_named_types_always_have_a_slot_and_junk_never_evicts_them(tmp_path: Pat
     reopened = Store(tmp_path)
     assert "junk_0" not in reopened.type_slots and "new_kind" in reopened.type_slots
     reopened.close()
+
+
+def test_a_version_2_store_is_migrated_in_place_at_open(tmp_path: Path) -> None:
+    """Versions 1 and 2 kept event and transaction ids global; version 3 keys them by
+    user. Opening a version 2 store rewrites those keys in one transaction."""
+    from nudge.server.storage.tables import events as event_table
+    from nudge.server.storage.tables import meta
+    from nudge.server.storage.tables import transactions as tx_table
+    from nudge.server.storage.tables.transactions import TransactionRecord
+    from nudge.v1 import event_pb2
+
+    store = Store(tmp_path)
+    record = TransactionRecord("ana", 0.1, [], 3, False, True)
+    with store.env.begin(write=True) as txn:  # the version 2 layout, byte for byte
+        for seq, (event_id, user) in enumerate([("e-1", "ana"), ("e-2", "bea")], start=1):
+            payload = event_pb2.Event(event_id=event_id, user_id=user, type="app_opened")
+            txn.put(seq.to_bytes(8, "big"), payload.SerializeToString(),
+                    db=store.dbs[event_table.EVENTS])
+            txn.put(event_id.encode(), seq.to_bytes(8, "big"), db=store.dbs[event_table.SEEN])
+        txn.put(b"t-1", record.to_bytes(), db=store.dbs[tx_table.NAME])
+        txn.put(meta.SCHEMA_KEY, b"2", db=store.dbs[meta.NAME])
+    store.close()
+    store = Store(tmp_path)
+    with store.read() as txn:
+        assert meta.schema_version(txn, store.dbs) == meta.SCHEMA_VERSION == 3
+        assert event_table.seen(txn, store.dbs, "ana", "e-1")
+        assert event_table.seen(txn, store.dbs, "bea", "e-2")
+        assert not event_table.seen(txn, store.dbs, "bea", "e-1")
+        assert tx_table.get(txn, store.dbs, ("ana", "t-1")) == record
+        assert tx_table.get(txn, store.dbs, ("bea", "t-1")) is None
+        assert txn.get(b"t-1", db=store.dbs[tx_table.NAME]) is None
+    writer = EventWriter(store, HALF_LIFE)
+    try:
+        assert writer.submit([ev("e-1", user="ana")]).result(timeout=30).duplicates == 1
+        assert writer.submit([ev("e-1", user="bea")]).result(timeout=30).accepted == 1
+    finally:
+        writer.close()
+    store.close()

@@ -48,7 +48,7 @@ def test_tables_round_trip_in_a_store(tmp_path: Path) -> None:
             contacts.add(txn, dbs, "u1", [(100.0, "sms", "c", "d1")], memory=50.0)
             contacts.add(txn, dbs, "u1", [(100.0, "sms", "c", "d1"), (200.0, "push", "c", "d2")],
                          memory=150.0)
-            triggered.put(txn, dbs, "e1", 0, {"campaign": "c"})
+            triggered.put(txn, dbs, "u1", "e1", 0, {"campaign": "c"})
         with store.read() as txn:
             assert open_decisions.of_user(txn, dbs, "u1") == ["d1"]
             assert deadlines.due(txn, dbs, 20.0, 10) == [deadlines.key(10.0, "d1")]
@@ -56,7 +56,7 @@ def test_tables_round_trip_in_a_store(tmp_path: Path) -> None:
             assert rewards.last(txn, dbs) == 2
             assert contacts.rows(txn, dbs, "u1") == [[100.0, "sms", "c", "d1"],
                                                      [200.0, "push", "c", "d2"]]
-            assert triggered.pending(txn, dbs) == [(b"e1\x000", {"campaign": "c"})]
+            assert triggered.pending(txn, dbs) == [(b"u1\x00e1\x000", {"campaign": "c"})]
     finally:
         store.close()
 
