@@ -162,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(MessageToJson(client.score_transaction(tx)))
         elif args.command == "label":
-            in_baseline = client.label_transaction(args.transaction_id, args.label, user_id=args.user)
+            in_baseline = client.label_transaction(
+                args.transaction_id, args.label, user_id=args.user)
             print("in baseline" if in_baseline else "kept out of the baseline")
         elif args.command == "erase":
             reply = client.erase_user(args.user_id)

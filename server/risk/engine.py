@@ -416,7 +416,7 @@ class RiskEngine:
                     {u: self._held_at.get(u) for u in users}, self._population,
                 )
                 now_states, now_records, now_held, now_population = now
-                tables: tuple[tuple[dict[str, Any], dict[str, Any], dict[str, Any]], ...] = (
+                tables: tuple[tuple[dict[Any, Any], dict[Any, Any], dict[Any, Any]], ...] = (
                     (self._states, states, now_states), (self._records, records, now_records),
                     (self._held_at, held, now_held),
                 )
