@@ -84,10 +84,10 @@ def erase_user(writer: EventWriter, user_id: str) -> Erasure:
         if risk_baselines.baseline(txn, dbs, user_id) is not None:
             deleted["risk"] += 1
         risk_baselines.delete(txn, dbs, user_id)
-        for key in scored:
-            scored_record = transactions.get(txn, dbs, key)
+        for scored_key in scored:
+            scored_record = transactions.get(txn, dbs, scored_key)
             if scored_record is not None and scored_record.user_id == user_id:
-                transactions.delete(txn, dbs, key)
+                transactions.delete(txn, dbs, scored_key)
                 deleted["transactions"] += 1
         if contacts.rows(txn, dbs, user_id):
             deleted["contacts"] += 1
