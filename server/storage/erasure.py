@@ -9,10 +9,11 @@ stored, so the records of one erased user still group together but nothing (not 
 server's ``pseudonymize_key``, not the raw id) links them back. An open decision is closed
 (``final``): nothing will be attributed to a user who is gone.
 
-The event log, transactions and decisions have no index by user: they are scanned in a
-read transaction first (not blocking writers), then the write job re-checks what it
-deletes and scans only the events logged since. A transaction or decision written between
-the scan and the job is not found: erase a user no longer being served.
+Scored transactions are keyed by user, so the write job finds them all by prefix. The
+event log and decisions have no index by user: they are scanned in a read transaction
+first (not blocking writers), then the write job re-checks what it deletes and scans only
+the events logged since. A decision stored between the scan and the job is not found:
+erase a user no longer being served.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ def erase_user(writer: EventWriter, user_id: str) -> Erasure:
     with store.read() as txn:
         scanned_to = events.last_sequence(txn, dbs) + 1
         logged = events.of_user(txn, dbs, user_id)
-        scored = transactions.of_user(txn, dbs, user_id)
         decided = decisions.of_user(txn, dbs, user_id)
     pseudonym = erasure_pseudonym(user_id)
 
@@ -84,11 +84,10 @@ def erase_user(writer: EventWriter, user_id: str) -> Erasure:
         if risk_baselines.baseline(txn, dbs, user_id) is not None:
             deleted["risk"] += 1
         risk_baselines.delete(txn, dbs, user_id)
-        for scored_key in scored:
-            scored_record = transactions.get(txn, dbs, scored_key)
-            if scored_record is not None and scored_record.user_id == user_id:
-                transactions.delete(txn, dbs, scored_key)
-                deleted["transactions"] += 1
+        # Keyed by user: a prefix read inside the write finds every one, late ones too.
+        for scored_key in transactions.of_user(txn, dbs, user_id):
+            transactions.delete(txn, dbs, scored_key)
+            deleted["transactions"] += 1
         if contacts.rows(txn, dbs, user_id):
             deleted["contacts"] += 1
         contacts.delete(txn, dbs, user_id)

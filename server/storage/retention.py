@@ -23,7 +23,9 @@ cutoff arrived before it. The newest event is never deleted, so sequences never 
 Decisions, deliveries and transactions have no time index: each pass scans ``scan`` records of them
 from where the last pass stopped (a full sweep takes many passes; their retention is long).
 What is per user and not by age (the state record, profile, risk baseline, contacts,
-which trim themselves) stays until the user is erased (``erasure.py``).
+which trim themselves) stays until the user is erased (``erasure.py``). The rewards log
+is not kept by age but by use: an entry goes once the stored models have learned it
+(their position is stored with them), except the newest, which numbers the next.
 """
 
 from __future__ import annotations
@@ -39,7 +41,14 @@ import lmdb
 
 from nudge.server.clock import Clock
 from nudge.server.storage.group_commit import GroupCommitWriter
-from nudge.server.storage.tables import decisions, deliveries, events, transactions
+from nudge.server.storage.tables import (
+    decisions,
+    deliveries,
+    events,
+    models,
+    rewards,
+    transactions,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,6 +135,7 @@ class Retention:
             deleted["transactions"] += self._sweep_transactions(
                 now - policy.transactions_seconds, now
             )
+        deleted["rewards"] += self._drop_learned_rewards()
         return +deleted
 
     def _job(self, job: Callable[[lmdb.Transaction], T]) -> T:
@@ -171,6 +181,17 @@ class Retention:
             for seq, _ in logged:
                 events.delete(txn, dbs, seq)
             return len(logged), len(logged) == batch
+
+        return self._repeat(step)
+
+    def _drop_learned_rewards(self) -> int:
+        dbs, batch = self.store.dbs, self.policy.batch
+
+        def step(txn: lmdb.Transaction) -> tuple[int, bool]:
+            # Only what the stored models have learned (their position is stored with
+            # them in one commit): a restart resumes after it, so nothing below is read.
+            gone = rewards.drop_learned(txn, dbs, models.learned_seq(txn, dbs), batch)
+            return gone, gone == batch
 
         return self._repeat(step)
 

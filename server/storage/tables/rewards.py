@@ -34,3 +34,20 @@ def since(txn: lmdb.Transaction, dbs: Dbs, first: int) -> Iterator[tuple[int, st
     if cursor.set_range(first.to_bytes(8, "big")):
         for raw_key, value in cursor:
             yield int.from_bytes(bytes(raw_key), "big"), bytes(value).decode()
+
+
+def drop_learned(txn: lmdb.Transaction, dbs: Dbs, learned: int, limit: int) -> int:
+    """Delete up to ``limit`` of the oldest entries at or below ``learned`` (the position
+    stored with the models), keeping the newest entry whatever it is: ``append`` numbers
+    from it, so sequences never restart. Returns how many went."""
+    stop = min(learned, last(txn, dbs) - 1)
+    doomed: list[bytes] = []
+    cursor = txn.cursor(db=dbs[NAME])
+    if cursor.first():
+        for raw_key in cursor.iternext(keys=True, values=False):
+            if len(doomed) >= limit or int.from_bytes(raw_key, "big") > stop:
+                break
+            doomed.append(bytes(raw_key))
+    for key in doomed:
+        txn.delete(key, db=dbs[NAME])
+    return len(doomed)

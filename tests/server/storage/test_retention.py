@@ -19,7 +19,14 @@ from nudge.server.inputs.events import ValidEvent
 from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.retention import DAY, Retention, RetentionPolicy
 from nudge.server.storage.store import Store
-from nudge.server.storage.tables import decisions, deliveries, events, transactions
+from nudge.server.storage.tables import (
+    decisions,
+    deliveries,
+    events,
+    models,
+    rewards,
+    transactions,
+)
 
 T0 = 1.7e9
 
@@ -110,6 +117,34 @@ def test_old_settled_decisions_and_final_deliveries_go_open_and_active_ones_stay
         assert {d.delivery_id for d in deliveries.every(txn, dbs)} == {"scheduled", "leased"}
         assert sorted(deliveries.ids_of_user(txn, dbs, "u1")) == ["leased", "scheduled"]
         assert deliveries.active_count(txn, dbs) == 2
+
+
+def test_learned_rewards_go_and_the_newest_and_unlearned_stay(writer: EventWriter) -> None:
+    store, dbs = writer.store, writer.store.dbs
+    retention = Retention(writer, RetentionPolicy(batch=3, pause_seconds=0), ManualClock(T0))
+
+    def settle(n: int, learned: int | None = None) -> None:
+        def job(txn):
+            for _ in range(n):
+                rewards.append(txn, dbs, f"d{rewards.last(txn, dbs) + 1}")
+            if learned is not None:
+                models.put_learned_seq(txn, dbs, learned)
+        writer.submit_job(job).result(timeout=30)
+
+    def log() -> list[int]:
+        with store.read() as txn:
+            return [seq for seq, _ in rewards.since(txn, dbs, 0)]
+
+    settle(10)
+    assert retention.run_once(T0).get("rewards", 0) == 0   # nothing learned yet: all stay
+    settle(0, learned=7)
+    assert retention.run_once(T0)["rewards"] == 7           # in batches of 3
+    assert log() == [8, 9, 10]
+    settle(0, learned=10)                                    # all learned: the newest stays
+    assert retention.run_once(T0)["rewards"] == 2
+    assert log() == [10]
+    settle(1)
+    assert log() == [10, 11]                                  # numbering goes on
 
 
 def test_seen_longer_than_events_is_refused() -> None:
