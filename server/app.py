@@ -301,11 +301,11 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         models=lambda: {n: (m.version, m.learned_seq) for n, m in decisions.models.items()},
     )
     diagnostics_service_pb2_grpc.add_DiagnosticsServiceServicer_to_server(
-        DiagnosticsServicer(info, writer), server
+        DiagnosticsServicer(info), server
     )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(lambda user_id: erase(decisions, risk_engine, user_id), readiness,
-                      pseudonyms),
+                      pseudonyms, writer),
         server,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -357,7 +357,7 @@ def _name_event_types(writer: EventWriter, campaigns: dict[str, Campaign]) -> No
     if missing:
         log.warning("no slot left in the event type registry for %s (counted as (other): "
                     "goals, triggers and features on them do not work); reset the registry "
-                    "(ResetEventTypes, admin)", ", ".join(missing))
+                    "(AdminService.ResetEventTypes)", ", ".join(missing))
 
 
 def _check_authentication(config: Config) -> None:

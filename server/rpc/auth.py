@@ -57,8 +57,6 @@ METHOD_SCOPES: dict[str, str] = {
     "/nudge.v1.DeliveryService/": "deliveries",
     "/nudge.v1.DiagnosticsService/GetServerInfo": ADMIN,
     "/nudge.v1.AdminService/": ADMIN,
-    "/nudge.v1.DiagnosticsService/ListEventTypes": ADMIN,
-    "/nudge.v1.DiagnosticsService/ResetEventTypes": ADMIN,
 }
 # Methods any caller may use without a token: liveness probes, tooling, the latency floor.
 PUBLIC_METHODS = frozenset({"/nudge.v1.DiagnosticsService/Echo"})

@@ -9,9 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import grpc
 
-from nudge.server.errors import InvalidArgument, Unimplemented
-from nudge.server.rpc.deadlines import wait_within_deadline
-from nudge.server.storage.ingest import EventWriter
+from nudge.server.errors import InvalidArgument
 from nudge.v1 import diagnostics_service_pb2 as pb
 from nudge.v1 import diagnostics_service_pb2_grpc as pb_grpc
 
@@ -38,32 +36,9 @@ class ServerInfo:
 
 
 class DiagnosticsServicer(pb_grpc.DiagnosticsServiceServicer):
-    def __init__(self, info: ServerInfo | None = None,
-                 writer: EventWriter | None = None) -> None:
+    def __init__(self, info: ServerInfo | None = None) -> None:
         self.info = info
-        self.writer = writer
         self._version = package_version()
-
-    def _registry(self) -> EventWriter:
-        if self.writer is None:
-            raise Unimplemented("this server has no event type registry")
-        return self.writer
-
-    def ListEventTypes(
-        self, request: pb.ListEventTypesRequest, context: grpc.ServicerContext
-    ) -> pb.ListEventTypesResponse:
-        writer = self._registry()
-        reply = pb.ListEventTypesResponse(other_events=writer.other_events)
-        for name, slot, named in writer.type_registry():
-            reply.event_types.add(name=name, slot=slot, named=named)
-        return reply
-
-    def ResetEventTypes(
-        self, request: pb.ResetEventTypesRequest, context: grpc.ServicerContext
-    ) -> pb.ResetEventTypesResponse:
-        removed = wait_within_deadline(self._registry().reset_types(), context,
-                                       "the registry may still be reset")
-        return pb.ResetEventTypesResponse(removed=removed)
 
     def Echo(self, request: pb.EchoRequest, context: grpc.ServicerContext) -> pb.EchoResponse:
         if len(request.payload) > MAX_ECHO_BYTES:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnudge/v1/admin_service.proto\x12\x08nudge.v1\"#\n\x10\x45raseUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x9f\x01\n\x11\x45raseUserResponse\x12\x39\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32(.nudge.v1.EraseUserResponse.DeletedEntry\x12\x1f\n\x17\x64\x65\x63isions_pseudonymised\x18\x02 \x01(\x03\x1a.\n\x0c\x44\x65letedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32T\n\x0c\x41\x64minService\x12\x44\n\tEraseUser\x12\x1a.nudge.v1.EraseUserRequest\x1a\x1b.nudge.v1.EraseUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnudge/v1/admin_service.proto\x12\x08nudge.v1\"#\n\x10\x45raseUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x9f\x01\n\x11\x45raseUserResponse\x12\x39\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32(.nudge.v1.EraseUserResponse.DeletedEntry\x12\x1f\n\x17\x64\x65\x63isions_pseudonymised\x18\x02 \x01(\x03\x1a.\n\x0c\x44\x65letedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x17\n\x15ListEventTypesRequest\"6\n\tEventType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\x05\x12\r\n\x05named\x18\x03 \x01(\x08\"X\n\x16ListEventTypesResponse\x12(\n\x0b\x65vent_types\x18\x01 \x03(\x0b\x32\x13.nudge.v1.EventType\x12\x14\n\x0cother_events\x18\x02 \x01(\x03\"\x18\n\x16ResetEventTypesRequest\"*\n\x17ResetEventTypesResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t2\x81\x02\n\x0c\x41\x64minService\x12\x44\n\tEraseUser\x12\x1a.nudge.v1.EraseUserRequest\x1a\x1b.nudge.v1.EraseUserResponse\x12S\n\x0eListEventTypes\x12\x1f.nudge.v1.ListEventTypesRequest\x1a .nudge.v1.ListEventTypesResponse\x12V\n\x0fResetEventTypes\x12 .nudge.v1.ResetEventTypesRequest\x1a!.nudge.v1.ResetEventTypesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERASEUSERRESPONSE']._serialized_end=239
   _globals['_ERASEUSERRESPONSE_DELETEDENTRY']._serialized_start=193
   _globals['_ERASEUSERRESPONSE_DELETEDENTRY']._serialized_end=239
-  _globals['_ADMINSERVICE']._serialized_start=241
-  _globals['_ADMINSERVICE']._serialized_end=325
+  _globals['_LISTEVENTTYPESREQUEST']._serialized_start=241
+  _globals['_LISTEVENTTYPESREQUEST']._serialized_end=264
+  _globals['_EVENTTYPE']._serialized_start=266
+  _globals['_EVENTTYPE']._serialized_end=320
+  _globals['_LISTEVENTTYPESRESPONSE']._serialized_start=322
+  _globals['_LISTEVENTTYPESRESPONSE']._serialized_end=410
+  _globals['_RESETEVENTTYPESREQUEST']._serialized_start=412
+  _globals['_RESETEVENTTYPESREQUEST']._serialized_end=436
+  _globals['_RESETEVENTTYPESRESPONSE']._serialized_start=438
+  _globals['_RESETEVENTTYPESRESPONSE']._serialized_end=480
+  _globals['_ADMINSERVICE']._serialized_start=483
+  _globals['_ADMINSERVICE']._serialized_end=740
 # @@protoc_insertion_point(module_scope)

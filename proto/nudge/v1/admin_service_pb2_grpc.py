@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """Operations on what the store holds about people, for operators (admin scope).
+    """Operations on what the store holds, for operators (admin scope): erasure of one user, and
+    the event type registry.
     """
 
     def __init__(self, channel):
@@ -40,10 +41,21 @@ class AdminServiceStub:
                 request_serializer=nudge_dot_v1_dot_admin__service__pb2.EraseUserRequest.SerializeToString,
                 response_deserializer=nudge_dot_v1_dot_admin__service__pb2.EraseUserResponse.FromString,
                 _registered_method=True)
+        self.ListEventTypes = channel.unary_unary(
+                '/nudge.v1.AdminService/ListEventTypes',
+                request_serializer=nudge_dot_v1_dot_admin__service__pb2.ListEventTypesRequest.SerializeToString,
+                response_deserializer=nudge_dot_v1_dot_admin__service__pb2.ListEventTypesResponse.FromString,
+                _registered_method=True)
+        self.ResetEventTypes = channel.unary_unary(
+                '/nudge.v1.AdminService/ResetEventTypes',
+                request_serializer=nudge_dot_v1_dot_admin__service__pb2.ResetEventTypesRequest.SerializeToString,
+                response_deserializer=nudge_dot_v1_dot_admin__service__pb2.ResetEventTypesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """Operations on what the store holds about people, for operators (admin scope).
+    """Operations on what the store holds, for operators (admin scope): erasure of one user, and
+    the event type registry.
     """
 
     def EraseUser(self, request, context):
@@ -60,6 +72,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEventTypes(self, request, context):
+        """ListEventTypes shows the event type registry: the types with a slot of their own in
+        every user's state (at most 63; the rest share "(other)"), and whether a loaded
+        campaign names each. Types no campaign names take at most 47 slots.
+        Errors: PERMISSION_DENIED without the admin scope (when tokens are on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetEventTypes(self, request, context):
+        """ResetEventTypes frees the slots of every type no loaded campaign names, zeroing
+        them in every user's state; later events of those types get slots again, first
+        come first served. Types campaigns name keep their slots and counts.
+        Errors: PERMISSION_DENIED without the admin scope (when tokens are on);
+        UNAVAILABLE or RESOURCE_EXHAUSTED when the store cannot write now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -67,6 +100,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.EraseUser,
                     request_deserializer=nudge_dot_v1_dot_admin__service__pb2.EraseUserRequest.FromString,
                     response_serializer=nudge_dot_v1_dot_admin__service__pb2.EraseUserResponse.SerializeToString,
+            ),
+            'ListEventTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEventTypes,
+                    request_deserializer=nudge_dot_v1_dot_admin__service__pb2.ListEventTypesRequest.FromString,
+                    response_serializer=nudge_dot_v1_dot_admin__service__pb2.ListEventTypesResponse.SerializeToString,
+            ),
+            'ResetEventTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetEventTypes,
+                    request_deserializer=nudge_dot_v1_dot_admin__service__pb2.ResetEventTypesRequest.FromString,
+                    response_serializer=nudge_dot_v1_dot_admin__service__pb2.ResetEventTypesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -77,7 +120,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Operations on what the store holds about people, for operators (admin scope).
+    """Operations on what the store holds, for operators (admin scope): erasure of one user, and
+    the event type registry.
     """
 
     @staticmethod
@@ -97,6 +141,60 @@ class AdminService:
             '/nudge.v1.AdminService/EraseUser',
             nudge_dot_v1_dot_admin__service__pb2.EraseUserRequest.SerializeToString,
             nudge_dot_v1_dot_admin__service__pb2.EraseUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEventTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.v1.AdminService/ListEventTypes',
+            nudge_dot_v1_dot_admin__service__pb2.ListEventTypesRequest.SerializeToString,
+            nudge_dot_v1_dot_admin__service__pb2.ListEventTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetEventTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.v1.AdminService/ResetEventTypes',
+            nudge_dot_v1_dot_admin__service__pb2.ResetEventTypesRequest.SerializeToString,
+            nudge_dot_v1_dot_admin__service__pb2.ResetEventTypesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nudge/v1/diagnostics_service.proto\x12\x08nudge.v1\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x16\n\x14GetServerInfoRequest\"\xf3\x02\n\x15GetServerInfoResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0e\n\x06worker\x18\x02 \x01(\x05\x12\x0f\n\x07workers\x18\x03 \x01(\x05\x12\x0e\n\x06leader\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\t\x12J\n\x0emodel_versions\x18\x06 \x03(\x0b\x32\x32.nudge.v1.GetServerInfoResponse.ModelVersionsEntry\x12P\n\x11learned_positions\x18\x07 \x03(\x0b\x32\x35.nudge.v1.GetServerInfoResponse.LearnedPositionsEntry\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15LearnedPositionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x17\n\x15ListEventTypesRequest\"6\n\tEventType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\x05\x12\r\n\x05named\x18\x03 \x01(\x08\"X\n\x16ListEventTypesResponse\x12(\n\x0b\x65vent_types\x18\x01 \x03(\x0b\x32\x13.nudge.v1.EventType\x12\x14\n\x0cother_events\x18\x02 \x01(\x03\"\x18\n\x16ResetEventTypesRequest\"*\n\x17ResetEventTypesResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t2\xca\x02\n\x12\x44iagnosticsService\x12\x35\n\x04\x45\x63ho\x12\x15.nudge.v1.EchoRequest\x1a\x16.nudge.v1.EchoResponse\x12P\n\rGetServerInfo\x12\x1e.nudge.v1.GetServerInfoRequest\x1a\x1f.nudge.v1.GetServerInfoResponse\x12S\n\x0eListEventTypes\x12\x1f.nudge.v1.ListEventTypesRequest\x1a .nudge.v1.ListEventTypesResponse\x12V\n\x0fResetEventTypes\x12 .nudge.v1.ResetEventTypesRequest\x1a!.nudge.v1.ResetEventTypesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nudge/v1/diagnostics_service.proto\x12\x08nudge.v1\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x16\n\x14GetServerInfoRequest\"\xf3\x02\n\x15GetServerInfoResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0e\n\x06worker\x18\x02 \x01(\x05\x12\x0f\n\x07workers\x18\x03 \x01(\x05\x12\x0e\n\x06leader\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\t\x12J\n\x0emodel_versions\x18\x06 \x03(\x0b\x32\x32.nudge.v1.GetServerInfoResponse.ModelVersionsEntry\x12P\n\x11learned_positions\x18\x07 \x03(\x0b\x32\x35.nudge.v1.GetServerInfoResponse.LearnedPositionsEntry\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15LearnedPositionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x9d\x01\n\x12\x44iagnosticsService\x12\x35\n\x04\x45\x63ho\x12\x15.nudge.v1.EchoRequest\x1a\x16.nudge.v1.EchoResponse\x12P\n\rGetServerInfo\x12\x1e.nudge.v1.GetServerInfoRequest\x1a\x1f.nudge.v1.GetServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,16 +47,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSERVERINFORESPONSE_MODELVERSIONSENTRY']._serialized_end=452
   _globals['_GETSERVERINFORESPONSE_LEARNEDPOSITIONSENTRY']._serialized_start=454
   _globals['_GETSERVERINFORESPONSE_LEARNEDPOSITIONSENTRY']._serialized_end=509
-  _globals['_LISTEVENTTYPESREQUEST']._serialized_start=511
-  _globals['_LISTEVENTTYPESREQUEST']._serialized_end=534
-  _globals['_EVENTTYPE']._serialized_start=536
-  _globals['_EVENTTYPE']._serialized_end=590
-  _globals['_LISTEVENTTYPESRESPONSE']._serialized_start=592
-  _globals['_LISTEVENTTYPESRESPONSE']._serialized_end=680
-  _globals['_RESETEVENTTYPESREQUEST']._serialized_start=682
-  _globals['_RESETEVENTTYPESREQUEST']._serialized_end=706
-  _globals['_RESETEVENTTYPESRESPONSE']._serialized_start=708
-  _globals['_RESETEVENTTYPESRESPONSE']._serialized_end=750
-  _globals['_DIAGNOSTICSSERVICE']._serialized_start=753
-  _globals['_DIAGNOSTICSSERVICE']._serialized_end=1083
+  _globals['_DIAGNOSTICSSERVICE']._serialized_start=512
+  _globals['_DIAGNOSTICSSERVICE']._serialized_end=669
 # @@protoc_insertion_point(module_scope)

@@ -1,8 +1,8 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -53,35 +53,3 @@ class GetServerInfoResponse(_message.Message):
     model_versions: _containers.ScalarMap[str, str]
     learned_positions: _containers.ScalarMap[str, int]
     def __init__(self, pid: _Optional[int] = ..., worker: _Optional[int] = ..., workers: _Optional[int] = ..., leader: _Optional[bool] = ..., version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., learned_positions: _Optional[_Mapping[str, int]] = ...) -> None: ...
-
-class ListEventTypesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class EventType(_message.Message):
-    __slots__ = ("name", "slot", "named")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    SLOT_FIELD_NUMBER: _ClassVar[int]
-    NAMED_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    slot: int
-    named: bool
-    def __init__(self, name: _Optional[str] = ..., slot: _Optional[int] = ..., named: _Optional[bool] = ...) -> None: ...
-
-class ListEventTypesResponse(_message.Message):
-    __slots__ = ("event_types", "other_events")
-    EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
-    OTHER_EVENTS_FIELD_NUMBER: _ClassVar[int]
-    event_types: _containers.RepeatedCompositeFieldContainer[EventType]
-    other_events: int
-    def __init__(self, event_types: _Optional[_Iterable[_Union[EventType, _Mapping]]] = ..., other_events: _Optional[int] = ...) -> None: ...
-
-class ResetEventTypesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class ResetEventTypesResponse(_message.Message):
-    __slots__ = ("removed",)
-    REMOVED_FIELD_NUMBER: _ClassVar[int]
-    removed: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...

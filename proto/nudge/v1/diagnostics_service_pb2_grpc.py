@@ -45,16 +45,6 @@ class DiagnosticsServiceStub:
                 request_serializer=nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
-        self.ListEventTypes = channel.unary_unary(
-                '/nudge.v1.DiagnosticsService/ListEventTypes',
-                request_serializer=nudge_dot_v1_dot_diagnostics__service__pb2.ListEventTypesRequest.SerializeToString,
-                response_deserializer=nudge_dot_v1_dot_diagnostics__service__pb2.ListEventTypesResponse.FromString,
-                _registered_method=True)
-        self.ResetEventTypes = channel.unary_unary(
-                '/nudge.v1.DiagnosticsService/ResetEventTypes',
-                request_serializer=nudge_dot_v1_dot_diagnostics__service__pb2.ResetEventTypesRequest.SerializeToString,
-                response_deserializer=nudge_dot_v1_dot_diagnostics__service__pb2.ResetEventTypesResponse.FromString,
-                _registered_method=True)
 
 
 class DiagnosticsServiceServicer:
@@ -80,27 +70,6 @@ class DiagnosticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListEventTypes(self, request, context):
-        """ListEventTypes shows the event type registry: the types with a slot of their own in
-        every user's state (at most 63; the rest share "(other)"), and whether a loaded
-        campaign names each. Types no campaign names take at most 47 slots.
-        Errors: PERMISSION_DENIED without the admin scope (when tokens are on).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ResetEventTypes(self, request, context):
-        """ResetEventTypes frees the slots of every type no loaded campaign names, zeroing
-        them in every user's state; later events of those types get slots again, first
-        come first served. Types campaigns name keep their slots and counts.
-        Errors: PERMISSION_DENIED without the admin scope (when tokens are on);
-        UNAVAILABLE or RESOURCE_EXHAUSTED when the store cannot write now.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_DiagnosticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,16 +82,6 @@ def add_DiagnosticsServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoRequest.FromString,
                     response_serializer=nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoResponse.SerializeToString,
-            ),
-            'ListEventTypes': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListEventTypes,
-                    request_deserializer=nudge_dot_v1_dot_diagnostics__service__pb2.ListEventTypesRequest.FromString,
-                    response_serializer=nudge_dot_v1_dot_diagnostics__service__pb2.ListEventTypesResponse.SerializeToString,
-            ),
-            'ResetEventTypes': grpc.unary_unary_rpc_method_handler(
-                    servicer.ResetEventTypes,
-                    request_deserializer=nudge_dot_v1_dot_diagnostics__service__pb2.ResetEventTypesRequest.FromString,
-                    response_serializer=nudge_dot_v1_dot_diagnostics__service__pb2.ResetEventTypesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,60 +139,6 @@ class DiagnosticsService:
             '/nudge.v1.DiagnosticsService/GetServerInfo',
             nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoRequest.SerializeToString,
             nudge_dot_v1_dot_diagnostics__service__pb2.GetServerInfoResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListEventTypes(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/nudge.v1.DiagnosticsService/ListEventTypes',
-            nudge_dot_v1_dot_diagnostics__service__pb2.ListEventTypesRequest.SerializeToString,
-            nudge_dot_v1_dot_diagnostics__service__pb2.ListEventTypesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ResetEventTypes(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/nudge.v1.DiagnosticsService/ResetEventTypes',
-            nudge_dot_v1_dot_diagnostics__service__pb2.ResetEventTypesRequest.SerializeToString,
-            nudge_dot_v1_dot_diagnostics__service__pb2.ResetEventTypesResponse.FromString,
             options,
             channel_credentials,
             insecure,

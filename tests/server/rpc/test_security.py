@@ -317,17 +317,17 @@ def test_held_times_cache_is_bounded(
 def test_an_admin_sees_and_resets_the_event_type_registry(
     client: Client, server: NudgeServer
 ) -> None:
-    from nudge.v1 import diagnostics_service_pb2 as diag
+    from nudge.v1 import admin_service_pb2 as admin
 
     client.track([make_event("spam", f"junk_{i}") for i in range(80)])
     client.track([make_event("new-user", "loan_completed")])
-    listed = client.diagnostics.ListEventTypes(diag.ListEventTypesRequest())
+    listed = client.admin.ListEventTypes(admin.ListEventTypesRequest())
     by_name = {t.name: t for t in listed.event_types}
     assert by_name["loan_completed"].named and by_name["loan_completed"].slot < 63
     assert not by_name["junk_0"].named and listed.other_events > 0
     assert len(listed.event_types) < 63
     assert [t.type for t in client.get_user("new-user").event_types] == ["loan_completed"]
-    removed = client.diagnostics.ResetEventTypes(diag.ResetEventTypesRequest()).removed
+    removed = client.admin.ResetEventTypes(admin.ResetEventTypesRequest()).removed
     assert "junk_0" in removed and "loan_completed" not in removed
-    after = client.diagnostics.ListEventTypes(diag.ListEventTypesRequest())
+    after = client.admin.ListEventTypes(admin.ListEventTypesRequest())
     assert all(t.named for t in after.event_types) and after.other_events == 0
