@@ -53,6 +53,10 @@ L_FORGETTING = 0
 L_PRIOR_PRECISION = 1
 N_LEARNER_PARAMS = 2
 
+# Shipped defaults (a campaign's [exploration] table defaults to these).
+DEFAULT_FORGETTING = 0.9999
+DEFAULT_PRIOR_PRECISION = 1.0
+
 # --------------------------------------------------------------------------- kernels
 
 
@@ -161,7 +165,7 @@ def _update_kernel(precision, b, mean_t, factor_t, n_eff, combo_components, chos
 class LearnerParams:
     """Learner configuration. ``forgetting`` is λ per observation of a component."""
 
-    forgetting: float = 0.9999
+    forgetting: float = DEFAULT_FORGETTING
 
     def __post_init__(self) -> None:
         if not (0.0 < self.forgetting <= 1.0):
@@ -171,7 +175,7 @@ class LearnerParams:
 
 
 def initial_snapshot(
-    n_components: int, n_features: int, prior_precision: float = 1.0
+    n_components: int, n_features: int, prior_precision: float = DEFAULT_PRIOR_PRECISION
 ) -> PolicySnapshot:
     """The prior for every component: mean 0, precision α·I."""
     if n_components < 1 or n_features < 1:

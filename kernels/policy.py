@@ -440,7 +440,7 @@ class PolicyParams:
     chosen combination has won ``mc_min_wins`` times.
     """
 
-    mode: str = MODE_THOMPSON
+    mode: str = MODE_SQUARECB
     noise_variance: float = 0.05
     gamma_scale: float = 1000.0
     mc_samples: int = 256
@@ -495,6 +495,11 @@ class PolicyChoice:
     propensity_samples: int
     n_allowed: int
     seed: int
+
+
+# The shipped policy: what a campaign without an [exploration] table runs (its defaults are
+# these), what README "Decisions" documents and what ``nudge bench quality`` measures.
+DEFAULT_POLICY = PolicyParams()
 
 
 def decide(

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from nudge.kernels.action_space import ActionSpace, build_action_space
+from nudge.kernels.learner import DEFAULT_FORGETTING, DEFAULT_PRIOR_PRECISION
+from nudge.kernels.policy import DEFAULT_POLICY
 from nudge.server.decisions.triggers import Trigger, parse_triggers
 from nudge.server.errors import CampaignError
 
@@ -31,7 +33,7 @@ DIMENSIONS = ("message", "channel", "send_time", "frequency", "offer")
 PAIRS = ((1, 2), (0, 4))
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
-ALGORITHMS = ("thompson", "squarecb")
+ALGORITHMS = ("squarecb", "thompson")
 # How many times the goal's value one outcome may be worth at most (Goal.reward_range).
 MAX_REWARD_MULTIPLE = 10.0
 
@@ -135,17 +137,22 @@ class Guardrails:
 
 @dataclass(frozen=True)
 class Exploration:
-    algorithm: str = "thompson"
+    """A campaign's [exploration] table. Every default is the kernels' own
+    (``nudge.kernels.policy.DEFAULT_POLICY``, ``nudge.kernels.learner``), so a campaign
+    without the table runs exactly what the README documents and ``nudge bench`` measures
+    (tests/server/decisions/test_campaign_defaults.py holds the three together)."""
+
+    algorithm: str = DEFAULT_POLICY.mode
     # Observation noise variance of the per-component Bayesian regressions.
-    noise_variance: float = 0.05
+    noise_variance: float = DEFAULT_POLICY.noise_variance
     # Prior precision (ridge) of each component's weights.
-    prior_precision: float = 1.0
+    prior_precision: float = DEFAULT_PRIOR_PRECISION
     # Per-update forgetting factor (< 1 tracks drift; 1 never forgets).
-    forgetting: float = 0.9999
+    forgetting: float = DEFAULT_FORGETTING
     # SquareCB learning rate, scaled by the number of allowed actions.
-    gamma_scale: float = 1000.0
+    gamma_scale: float = DEFAULT_POLICY.gamma_scale
     # Monte Carlo draws behind a Thompson-sampling propensity.
-    propensity_samples: int = 256
+    propensity_samples: int = DEFAULT_POLICY.mc_samples
     # "Send nothing" competes as an arm (turn off for messages that must always go out).
     nothing_arm: bool = True
 

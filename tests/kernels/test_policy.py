@@ -74,7 +74,7 @@ def space() -> ActionSpace:
 
 
 def test_thompson_matches_reference(rng: np.random.Generator, space: ActionSpace) -> None:
-    params = PolicyParams(noise_variance=0.3)
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=0.3)
     for trial in range(20):
         snap = _trained(space, rng)
         x = _context(rng)
@@ -106,7 +106,7 @@ def test_thompson_matches_reference(rng: np.random.Generator, space: ActionSpace
 
 def test_masked_combinations_never_chosen(rng: np.random.Generator, space: ActionSpace) -> None:
     snap = _trained(space, rng)
-    params = PolicyParams(noise_variance=5.0)  # explore hard so every allowed combo can win
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=5.0)  # explore hard so every allowed combo can win
     for seed in range(300):
         x = _context(rng)
         combo_mask = rng.random(space.n_combos) < 0.5
@@ -128,7 +128,8 @@ def test_masked_combinations_never_chosen(rng: np.random.Generator, space: Actio
 def test_top_k_descending_choice_first(rng: np.random.Generator, space: ActionSpace) -> None:
     snap = _trained(space, rng)
     for seed in range(50):
-        got = decide(snap, space, _context(rng), seed, top_k=6, propensity=False)
+        got = decide(snap, space, _context(rng), seed, top_k=6, propensity=False,
+                     params=PolicyParams(mode=policy.MODE_THOMPSON))
         assert got.top_k[0] == got.choice
         assert np.all(np.diff(got.scores) <= 0)
     sq = PolicyParams(mode=policy.MODE_SQUARECB, gamma_scale=0.5)
@@ -141,7 +142,7 @@ def test_top_k_descending_choice_first(rng: np.random.Generator, space: ActionSp
 def test_same_seed_same_choice(rng: np.random.Generator, space: ActionSpace) -> None:
     snap = _trained(space, rng)
     x = _context(rng)
-    params = PolicyParams(noise_variance=2.0)
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=2.0)
     a = decide(snap, space, x, 12345, params=params)
     b = decide(snap, space, x, 12345, params=params)
     assert a.top_k.tolist() == b.top_k.tolist()
@@ -156,7 +157,7 @@ def test_mc_win_counts_match_brute_force(rng: np.random.Generator, space: Action
     x = _context(rng)
     comp_mask = np.ones(space.n_components, dtype=np.uint8)
     comp_mask[4] = 0
-    params = PolicyParams(noise_variance=0.5, mc_samples=64, mc_max_samples=64)
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=0.5, mc_samples=64, mc_max_samples=64)
     seed = 99
     wins, draws = thompson_win_counts(snap, space, x, seed, component_mask=comp_mask,
                                       params=params)
@@ -178,7 +179,7 @@ def test_mc_propensities_sum_to_one_over_allowed(
     x = _context(rng)
     combo_mask = rng.random(space.n_combos) < 0.6
     combo_mask[0] = True
-    params = PolicyParams(noise_variance=1.0, mc_samples=500, mc_max_samples=500)
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0, mc_samples=500, mc_max_samples=500)
     wins, draws = thompson_win_counts(snap, space, x, 7, combo_mask=combo_mask, params=params)
     assert wins.sum() == draws == 500
     assert (wins[~combo_mask] == 0).all()
@@ -193,7 +194,7 @@ def test_mc_propensities_sum_to_one_over_allowed(
 def test_mc_early_stop_and_rounds(rng: np.random.Generator, space: ActionSpace) -> None:
     snap = _trained(space, rng)
     x = _context(rng)
-    params = PolicyParams(noise_variance=1.0, mc_samples=32, mc_max_samples=1024,
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0, mc_samples=32, mc_max_samples=1024,
                           mc_min_wins=5)
     got = decide(snap, space, x, 3, params=params)
     assert got.propensity_samples % 32 == 0
@@ -214,7 +215,7 @@ def _two_arm(mean: tuple[float, float], var: tuple[float, float]) -> tuple:
 def test_mc_propensity_matches_analytic_two_arms() -> None:
     space, snap = _two_arm((0.3, 0.1), (0.04, 0.09))
     x = np.array([1.0])
-    params = PolicyParams(noise_variance=1.0, mc_samples=20000, mc_max_samples=20000)
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0, mc_samples=20000, mc_max_samples=20000)
     wins, draws = thompson_win_counts(snap, space, x, 5, params=params)
     p0 = 0.5 * (1.0 + math.erf((0.3 - 0.1) / math.sqrt(0.04 + 0.09) / math.sqrt(2.0)))
     assert wins.sum() == draws
