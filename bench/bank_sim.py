@@ -637,10 +637,9 @@ def _decide(policy: str, user: User, now: float, space: Space, driver: NudgeDriv
             result.guardrail_mismatches += bool((served_mask != mask).any())
             # IPS of uniform random with the true expected reward in place of the sampled
             # one: how far the weights alone (not the reward noise) move the estimate.
-            # (A Monte Carlo propensity, under Thompson sampling, can be 0: no weight then.)
             if choice is None:
                 result.random_ips_noise_free.append(0.0)
-            elif reply.propensity > 0:
+            else:
                 w = (1.0 / served_mask.sum()) / reply.propensity
                 result.random_ips_noise_free.append(w * float(truth[choice]))
     elif acted:

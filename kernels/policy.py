@@ -33,9 +33,13 @@ validated once when built); the learner publishes a new snapshot instead of writ
 one being read, so a decision never sees a half-applied update. Per request only the context
 and masks are validated.
 
-A Monte Carlo propensity of 0 means "below 1/draws": the chosen combination won none of the
-re-draws (rare choices under a confident posterior). Raise ``mc_max_samples`` with
-``mc_min_wins`` to resolve such choices, or clip in off-policy evaluation.
+Thompson's propensity estimator counts the decision's own draw: that draw is a genuine
+sample from the policy in which the chosen combination won, so with ``W`` wins in ``M``
+independent re-draws the logged propensity is ``p̂ = (W + 1) / (M + 1)``. It lies in
+``[1/(M+1), 1]`` — never 0, so no logged decision is lost to off-policy evaluation — and its
+bias is ``E[p̂] − p = (1 − p) / (M + 1)``, at most ``1/(M + 1)`` (upwards: importance
+weights err small, not infinite). tests/kernels/test_policy.py measures it against the
+exact propensity of a small space computed by quadrature.
 """
 
 from __future__ import annotations
@@ -483,9 +487,10 @@ class PolicyParams:
 class PolicyChoice:
     """One decision. ``top_k[0] == choice``; ``scores`` are the ranking scores of ``top_k``
     (Thompson: sampled; SquareCB: probabilities), ``mean_scores`` their posterior-mean
-    scores. ``propensity`` is the probability the policy had of choosing ``choice``: exact for
-    SquareCB, a Monte Carlo estimate from ``propensity_samples`` draws for Thompson
-    (``nan`` and 0 when not estimated). ``n_allowed`` counts the allowed combinations."""
+    scores. ``propensity`` is the probability the policy had of choosing ``choice``, in
+    (0, 1]: exact for SquareCB, for Thompson the own-draw Monte Carlo estimate over
+    ``propensity_samples`` draws, the decision's own included (``nan`` and 0 when not
+    estimated). ``n_allowed`` counts the allowed combinations."""
 
     choice: int
     top_k: np.ndarray
@@ -578,9 +583,9 @@ def _decide(
     if params.mode == MODE_SQUARECB:
         prop, samples = float(out_score[0, 0]), 0
     elif propensity and params.mc_samples > 0:
-        wins, samples = _win_counts(snapshot, space, x, cmask, kmask, kparams,
-                                    _mc_seed(seed), choice, params)
-        prop = wins[choice] / samples
+        wins, draws = _win_counts(snapshot, space, x, cmask, kmask, kparams,
+                                  _mc_seed(seed), choice, params)
+        prop, samples = own_draw_propensity(int(wins[choice]), draws), draws + 1
     return PolicyChoice(choice=choice, top_k=out_index[:filled], scores=out_score[0, :filled],
                         mean_scores=out_score[1, :filled], propensity=prop,
                         propensity_samples=samples, n_allowed=int(n_allowed), seed=seed)
@@ -597,11 +602,18 @@ def thompson_propensity(
     combo_mask: np.ndarray | None = None,
     params: PolicyParams | None = None,
 ) -> tuple[float, int]:
-    """Monte Carlo propensity of ``choice`` under Thompson sampling: ``(wins / draws,
-    draws)``, re-drawing from a stream derived from the decision's ``seed``."""
+    """The logged propensity of ``choice``, the combination the Thompson decision with this
+    ``seed`` chose: ``((wins + 1) / (draws + 1), draws + 1)`` over re-draws from a stream
+    derived from the seed, the decision's own draw counted (see the module docstring)."""
     wins, draws = _checked_win_counts(snapshot, space, context, seed, choice, component_mask,
                                       combo_mask, params)
-    return wins[choice] / draws, draws
+    return own_draw_propensity(int(wins[choice]), draws), draws + 1
+
+
+def own_draw_propensity(wins: int, draws: int) -> float:
+    """``(wins + 1) / (draws + 1)``: the chosen combination's share of the re-draws with the
+    decision's own (winning) draw counted; in ``[1/(draws + 1), 1]``, never 0."""
+    return (wins + 1) / (draws + 1)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -303,6 +303,7 @@ def read_log(data_dir: Path, space: Space) -> Log:
                 continue
             rows.append(r)
     rows.sort(key=lambda r: (r["time"], r["decision_id"]))
+    _check_propensities(rows, campaign)
     layout = context_layout(space.campaign)
     k = len(space)
     choices = []
@@ -327,6 +328,20 @@ def read_log(data_dir: Path, space: Space) -> Log:
         reward=np.array([r["reward"] for r in rows], dtype=np.float64),
         allowed=np.asarray(components[:, space.components].all(axis=2)),
     )
+
+
+def _check_propensities(rows: list[dict[str, Any]], campaign: str) -> None:
+    """Refuse a log with a propensity outside (0, 1]: such a row cannot be weighted, and
+    skipping it would bias every estimate toward the decisions that were logged well."""
+    bad = [r for r in rows
+           if not (isinstance(r["propensity"], int | float) and 0.0 < r["propensity"] <= 1.0)]
+    if bad:
+        first = bad[0]
+        raise ValueError(
+            f"campaign {campaign}: {len(bad)} of {len(rows)} settled decisions have a "
+            f"propensity outside (0, 1] (first: decision {first['decision_id']}, propensity "
+            f"{first['propensity']!r}); the log cannot be evaluated without bias (logged "
+            "before propensities were guaranteed valid?)")
 
 
 def target_distribution(log: Log, space: Space, policy: TargetPolicy) -> np.ndarray:

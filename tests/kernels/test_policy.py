@@ -184,8 +184,8 @@ def test_mc_propensities_sum_to_one_over_allowed(
     assert wins.sum() == draws == 500
     assert (wins[~combo_mask] == 0).all()
     got = decide(snap, space, x, 7, combo_mask=combo_mask, params=params)
-    assert got.propensity_samples == 500
-    assert 0.0 < got.propensity <= 1.0
+    assert got.propensity_samples == 501  # the decision's own draw counts
+    assert got.propensity == (wins[got.choice] + 1) / 501
     prop, n = thompson_propensity(snap, space, x, 7, got.choice, combo_mask=combo_mask,
                                   params=params)
     assert (prop, n) == (got.propensity, got.propensity_samples)
@@ -197,8 +197,9 @@ def test_mc_early_stop_and_rounds(rng: np.random.Generator, space: ActionSpace) 
     params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0, mc_samples=32, mc_max_samples=1024,
                           mc_min_wins=5)
     got = decide(snap, space, x, 3, params=params)
-    assert got.propensity_samples % 32 == 0
-    assert got.propensity_samples == 1024 or got.propensity * got.propensity_samples >= 5
+    draws = got.propensity_samples - 1  # the decision's own draw counts
+    assert draws % 32 == 0
+    assert draws == 1024 or got.propensity * got.propensity_samples >= 6
 
 
 def _two_arm(mean: tuple[float, float], var: tuple[float, float]) -> tuple:
@@ -313,3 +314,76 @@ def test_validation_errors(rng: np.random.Generator, space: ActionSpace) -> None
 
 def test_warm_up_runs() -> None:
     policy.warm_up()
+
+
+def _exact_single_component_propensities(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """P(arm a has the largest of independent N(mean, sd²) scores), by quadrature:
+    ∫ φ_a(s) Π_{b≠a} Φ_b(s) ds on a fine grid (exact to ~1e-9 here)."""
+    grid = np.linspace((mean - 9 * sd).min(), (mean + 9 * sd).max(), 200_001)
+    z = (grid[None, :] - mean[:, None]) / sd[:, None]
+    pdf = np.exp(-0.5 * z * z) / (sd[:, None] * math.sqrt(2 * math.pi))
+    cdf = 0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
+    out = np.empty(len(mean))
+    for a in range(len(mean)):
+        others = np.prod(np.delete(cdf, a, axis=0), axis=0)
+        out[a] = np.trapezoid(pdf[a] * others, grid)
+    return out
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[float])(x)
+
+
+def test_own_draw_propensity_bias_matches_its_formula() -> None:
+    """The logged Thompson propensity (W + 1)/(M + 1) against the exact propensity of a
+    four-arm space: its mean given the chosen arm is p + (1 − p)/(M + 1) (bias ≤ 1/(M + 1)),
+    and it is never 0, even for an arm chosen about 1 time in 200."""
+    mean = np.array([0.30, 0.10, 0.0, -0.30])
+    sd = np.array([0.2, 0.3, 0.25, 0.15])
+    space = ActionSpace(combo_components=np.arange(4, dtype=np.int32)[:, None],
+                        combo_mask=np.ones(4, dtype=np.uint8), component_weight=np.ones(4),
+                        n_components=4)
+    snap = PolicySnapshot(mean_t=mean[None, :], factor_t=sd[None, :],
+                          precision=np.ones((4, 1, 1)), b=np.zeros((4, 1)),
+                          n_eff=np.zeros(4), prior_precision=1.0)
+    exact = _exact_single_component_propensities(mean, sd)
+    assert abs(exact.sum() - 1.0) < 1e-6 and exact.min() < 0.01
+    m = 16
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0, mc_samples=m,
+                          mc_max_samples=m)
+    x = np.array([1.0])
+    got = [decide(snap, space, x, s, params=params) for s in range(12_000)]
+    choice = np.array([g.choice for g in got])
+    prop = np.array([g.propensity for g in got])
+    assert prop.min() >= 1.0 / (m + 1) and prop.max() <= 1.0
+    for a in range(4):
+        mine = prop[choice == a]
+        if len(mine) < 30:
+            continue
+        expected = exact[a] + (1.0 - exact[a]) / (m + 1)  # E[(1 + Bin(M, p)) / (M + 1)]
+        se = math.sqrt(exact[a] * (1.0 - exact[a]) * m) / (m + 1) / math.sqrt(len(mine))
+        assert abs(mine.mean() - expected) < 5 * se + 1e-9, (a, mine.mean(), expected)
+        assert 0 <= mine.mean() - exact[a] <= 1.0 / (m + 1) + 5 * se
+    # Without the own draw, the rarest chosen arm would have logged 0 in most of its rows.
+    rare = int(np.argmin(exact))
+    assert (np.round(prop[choice == rare] * (m + 1)) == 1).mean() > 0.5
+
+
+@pytest.mark.parametrize("mode", [policy.MODE_SQUARECB, policy.MODE_THOMPSON])
+def test_every_logged_propensity_is_in_0_1(mode: str, rng: np.random.Generator) -> None:
+    """Many decisions of a confident, learned model (where a plain Monte Carlo share of
+    256 re-draws was 0 for rarely chosen combinations): every propensity lies in (0, 1]."""
+    space = build_action_space((4, 3, 3), pairs=((1, 2),))
+    snap = initial_snapshot(space.n_components, D)
+    xs = rng.normal(size=(4000, D))
+    xs[:, 0] = 1.0
+    chosen = rng.integers(0, space.n_combos, 4000)
+    truth = rng.normal(0.0, 0.3, size=space.n_combos)
+    snap = update_posteriors(snap, space.combo_components, chosen, xs,
+                             truth[chosen] + rng.normal(0.0, 0.1, 4000))
+    params = PolicyParams(mode=mode, noise_variance=0.05, gamma_scale=50.0, mc_samples=64,
+                          mc_max_samples=64)
+    props = np.array([decide(snap, space, _context(rng), s, params=params).propensity
+                      for s in range(3000)])
+    assert np.isfinite(props).all()
+    assert (props > 0).all() and (props <= 1).all()

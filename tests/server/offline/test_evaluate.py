@@ -188,3 +188,31 @@ def test_the_low_overlap_warning_names_what_failed() -> None:
     few = {**estimate, "effective_sample_size": 10.0}
     text = evaluate.format_result({**result, "mean_weight": 1.1, "ips": few})
     assert "WARNING: effective sample size 10 (below 30): the target" in text
+
+
+@pytest.mark.parametrize("bad", [0.0, None, 1.5])
+def test_a_log_with_an_invalid_propensity_is_refused_not_skipped(
+        server: NudgeServer, client: Client, capsys: pytest.CaptureFixture[str],
+        bad: float | None) -> None:
+    import lmdb
+    import orjson
+
+    data = _log_decisions(server, client, users=20)
+    env = lmdb.open(str(data), max_dbs=32, subdir=True)
+    try:
+        db = env.open_db(b"decisions", create=False)
+        with env.begin(write=True) as txn:
+            for key, raw in txn.cursor(db=db):
+                r = orjson.loads(raw)
+                if r["status"] == "settled" and r["learn"]:
+                    r["propensity"] = bad
+                    txn.put(key, orjson.dumps(r), db=db)
+                    victim = r["decision_id"]
+                    break
+    finally:
+        env.close()
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main(["--data-dir", str(data), "--campaign", CAMPAIGN])
+    assert exited.value.code != 0
+    err = capsys.readouterr().err
+    assert "propensity outside (0, 1]" in err and victim in err
