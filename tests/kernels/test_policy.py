@@ -157,7 +157,8 @@ def test_mc_win_counts_match_brute_force(rng: np.random.Generator, space: Action
     x = _context(rng)
     comp_mask = np.ones(space.n_components, dtype=np.uint8)
     comp_mask[4] = 0
-    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=0.5, mc_samples=64, mc_max_samples=64)
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=0.5,
+                          mc_samples=64, mc_max_samples=64)
     seed = 99
     wins, draws = thompson_win_counts(snap, space, x, seed, component_mask=comp_mask,
                                       params=params)
@@ -179,7 +180,8 @@ def test_mc_propensities_sum_to_one_over_allowed(
     x = _context(rng)
     combo_mask = rng.random(space.n_combos) < 0.6
     combo_mask[0] = True
-    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0, mc_samples=500, mc_max_samples=500)
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0,
+                          mc_samples=500, mc_max_samples=500)
     wins, draws = thompson_win_counts(snap, space, x, 7, combo_mask=combo_mask, params=params)
     assert wins.sum() == draws == 500
     assert (wins[~combo_mask] == 0).all()
@@ -194,7 +196,8 @@ def test_mc_propensities_sum_to_one_over_allowed(
 def test_mc_early_stop_and_rounds(rng: np.random.Generator, space: ActionSpace) -> None:
     snap = _trained(space, rng)
     x = _context(rng)
-    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0, mc_samples=32, mc_max_samples=1024,
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0,
+                          mc_samples=32, mc_max_samples=1024,
                           mc_min_wins=5)
     got = decide(snap, space, x, 3, params=params)
     draws = got.propensity_samples - 1  # the decision's own draw counts
@@ -216,7 +219,8 @@ def _two_arm(mean: tuple[float, float], var: tuple[float, float]) -> tuple:
 def test_mc_propensity_matches_analytic_two_arms() -> None:
     space, snap = _two_arm((0.3, 0.1), (0.04, 0.09))
     x = np.array([1.0])
-    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0, mc_samples=20000, mc_max_samples=20000)
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0,
+                          mc_samples=20000, mc_max_samples=20000)
     wins, draws = thompson_win_counts(snap, space, x, 5, params=params)
     p0 = 0.5 * (1.0 + math.erf((0.3 - 0.1) / math.sqrt(0.04 + 0.09) / math.sqrt(2.0)))
     assert wins.sum() == draws
@@ -349,7 +353,8 @@ def test_own_draw_propensity_bias_matches_its_formula() -> None:
     exact = _exact_single_component_propensities(mean, sd)
     assert abs(exact.sum() - 1.0) < 1e-6 and exact.min() < 0.01
     m = 16
-    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0, mc_samples=m,
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=1.0,
+                          mc_samples=m,
                           mc_max_samples=m)
     x = np.array([1.0])
     got = [decide(snap, space, x, s, params=params) for s in range(12_000)]
