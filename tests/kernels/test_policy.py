@@ -106,7 +106,8 @@ def test_thompson_matches_reference(rng: np.random.Generator, space: ActionSpace
 
 def test_masked_combinations_never_chosen(rng: np.random.Generator, space: ActionSpace) -> None:
     snap = _trained(space, rng)
-    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=5.0)  # explore hard so every allowed combo can win
+    # explore hard so every allowed combo can win
+    params = PolicyParams(mode=policy.MODE_THOMPSON, noise_variance=5.0)
     for seed in range(300):
         x = _context(rng)
         combo_mask = rng.random(space.n_combos) < 0.5
