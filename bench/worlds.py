@@ -332,9 +332,9 @@ def run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> RunRes
     try:
         client.wait_until_serving()
         slot_at = _slot_instants(server)
-        index = {(m, ch, s, f, o): int(np.ravel_multi_index((i, j, k, l, q), DIMS))
+        index = {(m, ch, s, f, o): int(np.ravel_multi_index((i, j, k, r, q), DIMS))
                  for i, m in enumerate(MESSAGES) for j, ch in enumerate(CHANNELS)
-                 for k, (s, _) in enumerate(SLOTS) for l, (f, _) in enumerate(FREQUENCIES)
+                 for k, (s, _) in enumerate(SLOTS) for r, (f, _) in enumerate(FREQUENCIES)
                  for q, o in enumerate(OFFERS)}
         for start in range(0, n, cfg.batch):
             stop = min(start + cfg.batch, n)
