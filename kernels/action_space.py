@@ -34,6 +34,14 @@ class ActionSpace:
     ``dim_sizes``/``pairs`` describe the standard layout built by
     :func:`build_action_space` (empty for a hand-built space); ``nothing_combo`` is the
     "send nothing" combination's index or -1.
+
+    Groups (derived, standard layout only; empty otherwise): the dimensions split into
+    groups no pair crosses (message × offer, channel × send time, frequency), so a
+    combination's score is a sum of one *cell* score per group and the best combination
+    is the best cell of each group — unless the campaign excludes it. ``cell_components``
+    ``[n_cells, w]`` (uint32, padded with ``n_components``) lists each cell's components,
+    ``group_start[G + 1]`` where each group's cells start, ``cell_combo`` the combination
+    of every tuple of cells (C order over groups). Thompson's Monte Carlo re-draws use it.
     """
 
     combo_components: np.ndarray
@@ -44,6 +52,9 @@ class ActionSpace:
     dim_sizes: tuple[int, ...] = ()
     pairs: tuple[tuple[int, int], ...] = ()
     kernel_components: np.ndarray = field(init=False, repr=False, compare=False)
+    cell_components: np.ndarray = field(init=False, repr=False, compare=False)
+    group_start: np.ndarray = field(init=False, repr=False, compare=False)
+    cell_combo: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         combos = np.asarray(self.combo_components)
@@ -77,6 +88,10 @@ class ActionSpace:
         if not -1 <= self.nothing_combo < combos.shape[0]:
             raise ValueError(f"nothing_combo: must be -1 or a combination index, "
                              f"got {self.nothing_combo}")
+        cells, starts, cell_combo = _groups(self.dim_sizes, self.pairs, self.n_components)
+        object.__setattr__(self, "cell_components", readonly(cells))
+        object.__setattr__(self, "group_start", readonly(starts))
+        object.__setattr__(self, "cell_combo", readonly(cell_combo))
 
     @property
     def n_combos(self) -> int:
@@ -102,6 +117,49 @@ class ActionSpace:
         """Component ids of every value of one dimension (for guardrail component masks)."""
         start = self.component_of(dim, 0)
         return np.arange(start, start + self.dim_sizes[dim])
+
+
+def _groups(
+    sizes: tuple[int, ...], pairs: tuple[tuple[int, int], ...], n_components: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The standard layout's groups (see :class:`ActionSpace`); empty arrays without one."""
+    if not sizes:
+        return (np.zeros((0, 1), dtype=np.uint32), np.zeros(0, dtype=np.int64),
+                np.zeros(0, dtype=np.int64))
+    n_dims = len(sizes)
+    group = list(range(n_dims))  # union-find over dimensions joined by pairs
+    for a, b in pairs:
+        ga, gb = group[a], group[b]
+        group = [ga if g == gb else g for g in group]
+    members = [[d for d in range(n_dims) if group[d] == g] for g in sorted(set(group))]
+    dim_offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    pair_offsets, off = [], int(sum(sizes))
+    for a, b in pairs:
+        pair_offsets.append(off)
+        off += sizes[a] * sizes[b]
+    rows, starts, values = [], [0], []
+    for dims in members:
+        for cell in np.ndindex(*(sizes[d] for d in dims)):
+            v = dict(zip(dims, cell, strict=True))
+            comps = [int(dim_offsets[d] + v[d]) for d in dims]
+            comps += [po + v[a] * sizes[b] + v[b] for (a, b), po in
+                      zip(pairs, pair_offsets, strict=True) if a in v and b in v]
+            rows.append(comps)
+            values.append(v)
+        starts.append(len(rows))
+    width = max(len(r) for r in rows)
+    cells = np.full((len(rows), width), n_components, dtype=np.uint32)
+    for i, r in enumerate(rows):
+        cells[i, : len(r)] = r
+    counts = [starts[g + 1] - starts[g] for g in range(len(members))]
+    cell_combo = np.empty(int(np.prod(counts)), dtype=np.int64)
+    for flat, local in enumerate(np.ndindex(*counts)):
+        dim_values = [0] * n_dims
+        for g, c in enumerate(local):
+            for d, val in values[starts[g] + c].items():
+                dim_values[d] = val
+        cell_combo[flat] = np.ravel_multi_index(tuple(dim_values), sizes)
+    return cells, np.array(starts, dtype=np.int64), cell_combo
 
 
 def build_action_space(

@@ -240,10 +240,48 @@ def _thompson_kernel(
     )
 
 
-@njit(jit.i8(*_SCORING, jit.i8, jit.i8, jit.f8_1d_ro, jit.i8_1d), **jit.NOGIL)
+@njit(jit.i8(jit.f8_1d, jit.u4_2d_ro, jit.i8_1d_ro, jit.i8_1d_ro, jit.u1_1d_ro, jit.u4_2d_ro,
+             jit.i8), **jit.NOGIL)
+def _grouped_argmax(sampled, cells, group_start, cell_combo, combo_mask, combos, nothing):
+    """The best allowed combination for the component scores ``sampled`` (masked
+    components -inf, ``sampled[C] = 0``) from the best cell of each group, or -1 when the
+    campaign excludes that combination (the caller then scans). ``nothing`` (-1: none) is
+    compared last, so it wins only if strictly better, as in a scan by index."""
+    n_groups = group_start.shape[0] - 1
+    total = 0.0
+    flat = 0
+    for g in range(n_groups):
+        best = -np.inf
+        pick = -1
+        for cell in range(group_start[g], group_start[g + 1]):
+            score = 0.0
+            for j in range(cells.shape[1]):
+                score += sampled[cells[cell, j]]
+            if score > best:
+                best = score
+                pick = cell - group_start[g]
+        if pick < 0:
+            total = -np.inf
+            break
+        total += best
+        flat = flat * (group_start[g + 1] - group_start[g]) + pick
+    choice = -1
+    if total > -np.inf:
+        choice = cell_combo[flat]
+        if combo_mask[choice] == 0:
+            return -1
+    if nothing >= 0 and combo_mask[nothing] != 0:
+        s = _combo_score(sampled, combos, nothing)
+        if s > -np.inf and (choice < 0 or s > total):
+            choice = nothing
+    return choice
+
+
+@njit(jit.i8(*_SCORING, jit.i8, jit.i8, jit.f8_1d_ro, jit.u4_2d_ro, jit.i8_1d_ro, jit.i8_1d_ro,
+             jit.i8, jit.i8_1d), **jit.NOGIL)
 def _thompson_win_counts(
     mean_t, factor_t, x, weight, combos, combo_mask, component_mask, params, seed, chosen, mc,
-    out_wins,
+    cells, group_start, cell_combo, nothing, out_wins,
 ):
     """Re-draw the Thompson scores and count argmax winners into ``out_wins[n_combos]``
     (zeroed here). Draws come in rounds of ``mc[MC_ROUND]`` until ``mc[MC_MAX_DRAWS]`` draws,
@@ -254,6 +292,10 @@ def _thompson_win_counts(
     within ``m_i ± Z·S_i`` (``S_i`` = sum of its components' |w|·sd), so only combinations
     whose upper bound reaches the best lower bound can win; the others are skipped. The
     winners are the same as scoring every combination (ties: lower index, as in decide).
+
+    Grouped spaces (``group_start`` non-empty, see ``ActionSpace``): a draw's winner is the
+    best cell of each group — a few dozen sums instead of thousands — and only a draw whose
+    product-set best the campaign excludes falls back to scanning the candidates.
     """
     n_comp = mean_t.shape[1]
     n = combos.shape[0]
@@ -284,6 +326,7 @@ def _thompson_win_counts(
         n_allowed += 1
     if n_allowed == 0:
         return 0
+    grouped = group_start.shape[0] > 1
     per_round = max(int(mc[MC_ROUND]), 1)
     max_draws = max(int(mc[MC_MAX_DRAWS]), per_round)
     min_wins = int(mc[MC_MIN_WINS])
@@ -313,8 +356,15 @@ def _thompson_win_counts(
                 n_cand += 1
         for r in range(this_round):
             base = r * n_comp
-            for c in range(n_comp):  # masked components never matter: no candidate has one
-                sampled[c] = mean[c] + sd[c] * zr[base + c]
+            for c in range(n_comp):
+                sampled[c] = (mean[c] + sd[c] * zr[base + c] if component_mask[c] != 0
+                              else -np.inf)
+            if grouped:
+                best = _grouped_argmax(sampled, cells, group_start, cell_combo, combo_mask,
+                                       combos, nothing)
+                if best >= 0:
+                    out_wins[best] += 1
+                    continue
             best = cand[0]
             best_score = _combo_score(sampled, combos, best)
             for a in range(1, n_cand):
@@ -447,8 +497,8 @@ class PolicyParams:
     mode: str = MODE_SQUARECB
     noise_variance: float = 0.05
     gamma_scale: float = 1000.0
-    mc_samples: int = 256
-    mc_max_samples: int = 256
+    mc_samples: int = 32
+    mc_max_samples: int = 32
     mc_min_wins: int = 0
 
     def __post_init__(self) -> None:
@@ -691,7 +741,8 @@ def _win_counts(
     wins = np.empty(space.n_combos, dtype=np.int64)
     draws = _thompson_win_counts(snapshot.mean_t, snapshot.factor_t, x, space.component_weight,
                                  space.kernel_components, cmask, kmask, kparams, seed, choice,
-                                 params.mc_array(), wins)
+                                 params.mc_array(), space.cell_components, space.group_start,
+                                 space.cell_combo, space.nothing_combo, wins)
     return wins, int(draws)
 
 

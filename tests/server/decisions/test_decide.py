@@ -130,7 +130,7 @@ def test_nothing_is_an_arm_of_the_shipped_campaign(start: Start) -> None:
     nothing = [r for r in replies if not r.actions]
     assert nothing and len(nothing) < 40
     assert all(r.suppressed_reason == "nothing_is_best" for r in nothing)
-    assert all(r.propensity_samples == 257 for r in replies)  # 256 re-draws + its own
+    assert all(r.propensity_samples == 33 for r in replies)  # 32 re-draws + its own
     assert all(0 < r.propensity <= 1 for r in replies)
 
 
@@ -139,7 +139,7 @@ def test_thompson_sampling_states_its_monte_carlo_draws(start: Start) -> None:
                                                   'algorithm = "thompson"'))
     loan_user(client, "t1", clock)
     reply = client.decide("t1", dry_run=True)
-    assert reply.actions and reply.propensity_samples == 257  # 256 re-draws + its own
+    assert reply.actions and reply.propensity_samples == 33  # 32 re-draws + its own
     assert 0 < reply.propensity <= 1
 
 
