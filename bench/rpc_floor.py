@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 
 from nudge.bench.budgets import Budgets, judge
 from nudge.bench.budgets import load as load_budgets
@@ -34,6 +35,7 @@ from nudge.bench.open_loop import OpenLoopConfig, sweep
 from nudge.bench.server_process import ServerProcess
 from nudge.bench.stats import Latency
 from nudge.clients import Client, make_event, make_transaction
+from nudge.server.decisions.campaign import ALGORITHMS
 from nudge.v1 import decision_service_pb2, diagnostics_service_pb2, risk_service_pb2
 
 # Targets (ratios to the floor of the same run, TrackStream events/s) live in
@@ -122,6 +124,39 @@ class RpcConfig:
     serving_timeout: float = 60.0  # how long to wait for the target to say SERVING
 
 
+def _campaigns(folder: Path) -> Path:
+    """The shipped campaign plus bench/worlds.py's 3,600-combination campaign once per
+    exploration algorithm, with no [exploration] table beyond the algorithm (defaults)."""
+    from nudge.bench.worlds import campaign_text
+    from nudge.server.decisions.campaign import shipped_campaigns_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in shipped_campaigns_dir().glob("*.toml"):
+        (folder / path.name).write_text(path.read_text())
+    for algorithm in ALGORITHMS:
+        name = f"worlds_{algorithm}"
+        (folder / f"{name}.toml").write_text(
+            campaign_text(f'algorithm = "{algorithm}"', name=name))
+    return folder
+
+
+def _decide_large(client: Client, users: int,
+                  algorithm: str) -> Callable[[int], Callable[[], object]]:
+    """Decide on 3,600 combinations with 31 request numbers (bench/worlds.py's campaign)."""
+    from nudge.bench.worlds import NUMBER_NAMES
+
+    rng = np.random.default_rng(5)
+    numbers = [dict(zip(NUMBER_NAMES, row.tolist(), strict=True))
+               for row in rng.normal(size=(256, len(NUMBER_NAMES)))]
+    campaign = f"worlds_{algorithm}"
+
+    def decide(i: int) -> Callable[[], object]:
+        user, request_numbers = f"bench-{i % users}", numbers[i % len(numbers)]
+        return lambda: client.decide(user, campaign=campaign, numbers=request_numbers)
+
+    return decide
+
+
 def run(target: str | None, calls: int, events: int, batch: int, users: int) -> dict:
     """Echo floor vs GetUser / ScoreTransaction / Decide, and TrackStream throughput."""
     return run_config(RpcConfig(target=target, calls=calls, events=events, batch=batch,
@@ -197,7 +232,8 @@ def run_config(config: RpcConfig, progress: Callable[[str], None] = lambda _: No
         target = config.target
         if target is None:
             progress("rpc: starting a server")
-            proc = ServerProcess(Path(tmp) / "data", Path(tmp) / "server.log")
+            proc = ServerProcess(Path(tmp) / "data", Path(tmp) / "server.log",
+                                 "--campaigns", str(_campaigns(Path(tmp) / "campaigns")))
             target = proc.target
         try:
             with Client(target, timeout=60) as client:
@@ -223,6 +259,10 @@ def run_config(config: RpcConfig, progress: Callable[[str], None] = lambda _: No
                     return lambda: client.decide(user, top_k=3)
 
                 operations = {"GetUser": get_user, "ScoreTransaction": score, "Decide": decide}
+                if proc is not None:  # our own server: it has the 3,600-combination campaigns
+                    for algorithm in ALGORITHMS:
+                        operations[f"Decide3600.{algorithm}"] = _decide_large(
+                            client, users, algorithm)
                 progress("rpc: warming the connection")
                 interleaved(client, min(config.calls, 300), operations)  # warm connection, state
                 progress("rpc: TrackStream durable throughput")

@@ -65,10 +65,10 @@ START = datetime(2026, 1, 5, 3, 0, tzinfo=UTC).timestamp()
 # -- the campaign -----------------------------------------------------------------------------
 
 
-def campaign_text(exploration: str | None = None) -> str:
+def campaign_text(exploration: str | None = None, name: str = CAMPAIGN) -> str:
     """The worlds' campaign; ``exploration`` is an [exploration] table's body (None: no
     table, so the shipped defaults)."""
-    lines = ['[campaign]', f'name = "{CAMPAIGN}"', 'description = "policy-quality worlds"',
+    lines = ['[campaign]', f'name = "{name}"', 'description = "policy-quality worlds"',
              '', '[messages]']
     lines += [f'{m} = "Message {m}."' for m in MESSAGES]
     lines += ['', '[channels]', f'values = {json.dumps(list(CHANNELS))}', '', '[send_times]']

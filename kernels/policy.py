@@ -240,6 +240,46 @@ def _thompson_kernel(
     )
 
 
+@njit(jit.i8(jit.f8_1d_ro, jit.f8_1d_ro, jit.u4_2d_ro, jit.u1_1d_ro, jit.i8_1d, jit.f8_1d,
+             jit.f8_1d), **jit.NOGIL)
+def _allowed_bounds(padded_mean, spread, combos, combo_mask, out_allowed, out_mean, out_spread):
+    """The allowed combinations, their mean scores and score spreads (sum of their
+    components' |w|·sd); returns how many."""
+    n_allowed = 0
+    for i in range(combos.shape[0]):
+        if combo_mask[i] == 0:
+            continue
+        total = _combo_score(padded_mean, combos, i)
+        if total == -np.inf:
+            continue
+        out_allowed[n_allowed] = i
+        out_mean[n_allowed] = total
+        out_spread[n_allowed] = _combo_score(spread, combos, i)
+        n_allowed += 1
+    return n_allowed
+
+
+@njit(jit.i8(jit.f8_1d, jit.i8_1d, jit.f8_1d, jit.f8_1d, jit.i8, jit.i8_1d), **jit.NOGIL)
+def _candidates(z, allowed, mean, spread, n_allowed, out_cand):
+    """The combinations that can win any draw of this round: with every ``|z| <= Z``, those
+    whose upper bound ``m + Z·S`` reaches the best lower bound. Returns how many."""
+    zmax = 0.0
+    for t in range(z.shape[0]):
+        if abs(z[t]) > zmax:
+            zmax = abs(z[t])
+    floor = -np.inf
+    for a in range(n_allowed):
+        lo = mean[a] - zmax * spread[a]
+        if lo > floor:
+            floor = lo
+    n_cand = 0
+    for a in range(n_allowed):
+        if mean[a] + zmax * spread[a] >= floor:
+            out_cand[n_cand] = allowed[a]
+            n_cand += 1
+    return n_cand
+
+
 @njit(jit.i8(jit.f8_1d, jit.u4_2d_ro, jit.i8_1d_ro, jit.i8_1d_ro, jit.u1_1d_ro, jit.u4_2d_ro,
              jit.i8), **jit.NOGIL)
 def _grouped_argmax(sampled, cells, group_start, cell_combo, combo_mask, combos, nothing):
@@ -313,26 +353,21 @@ def _thompson_win_counts(
     allowed = np.empty(n, dtype=np.int64)
     m_allowed = np.empty(n)
     s_allowed = np.empty(n)
-    n_allowed = 0
-    for i in range(n):
-        if combo_mask[i] == 0:
-            continue
-        total = _combo_score(padded_mean, combos, i)
-        if total == -np.inf:
-            continue
-        allowed[n_allowed] = i
-        m_allowed[n_allowed] = total
-        s_allowed[n_allowed] = _combo_score(spread, combos, i)
-        n_allowed += 1
-    if n_allowed == 0:
-        return 0
+    cand = np.empty(n, dtype=np.int64)
     grouped = group_start.shape[0] > 1
+    # The allowed set and its bounds are needed only to scan (every draw of an ungrouped
+    # space, a grouped draw whose best combination is excluded): built on first need.
+    n_allowed = -1
+    if not grouped:
+        n_allowed = _allowed_bounds(padded_mean, spread, combos, combo_mask, allowed,
+                                    m_allowed, s_allowed)
+        if n_allowed == 0:
+            return 0
     per_round = max(int(mc[MC_ROUND]), 1)
     max_draws = max(int(mc[MC_MAX_DRAWS]), per_round)
     min_wins = int(mc[MC_MIN_WINS])
     rng = rng_state(seed)
     z = np.empty(per_round * n_comp)
-    cand = np.empty(n_allowed, dtype=np.int64)
     sampled = np.empty(n_comp + 1)
     sampled[n_comp] = 0.0
     draws = 0
@@ -340,20 +375,7 @@ def _thompson_win_counts(
         this_round = min(per_round, max_draws - draws)
         zr = z[: this_round * n_comp]
         fill_normals(rng, zr)
-        zmax = 0.0
-        for t in range(zr.shape[0]):
-            if abs(zr[t]) > zmax:
-                zmax = abs(zr[t])
-        floor = -np.inf
-        for a in range(n_allowed):
-            lo = m_allowed[a] - zmax * s_allowed[a]
-            if lo > floor:
-                floor = lo
-        n_cand = 0
-        for a in range(n_allowed):
-            if m_allowed[a] + zmax * s_allowed[a] >= floor:
-                cand[n_cand] = allowed[a]
-                n_cand += 1
+        n_cand = -1  # this round's candidates, built on first need
         for r in range(this_round):
             base = r * n_comp
             for c in range(n_comp):
@@ -365,6 +387,13 @@ def _thompson_win_counts(
                 if best >= 0:
                     out_wins[best] += 1
                     continue
+                if n_allowed < 0:
+                    n_allowed = _allowed_bounds(padded_mean, spread, combos, combo_mask,
+                                                allowed, m_allowed, s_allowed)
+                if n_allowed == 0:
+                    return 0
+            if n_cand < 0:
+                n_cand = _candidates(zr, allowed, m_allowed, s_allowed, n_allowed, cand)
             best = cand[0]
             best_score = _combo_score(sampled, combos, best)
             for a in range(1, n_cand):
