@@ -203,7 +203,8 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     peers = PeersConfig(decisions=200, seconds=2.0, risk_users=40) if q else PeersConfig()
     peers = _set(peers, decisions=args.peer_decisions, seconds=args.peer_seconds,
                  risk_users=args.risk_users)
-    quality = (QualityConfig(users=300, days=30.0, policy_decisions=5_000, with_river=False)
+    quality = (QualityConfig(users=300, days=30.0, policy_decisions=5_000, with_river=False,
+                             worlds_decisions=300, worlds=("dense", "nothing"))
                if q else QualityConfig())
     learning = LearningConfig(decisions=1_500, obp_draws=1_000) if q else LearningConfig()
     startup = StartupConfig(cold=not (q or args.no_cold), warm_runs=1 if q else 2)

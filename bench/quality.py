@@ -22,6 +22,11 @@ class QualityConfig:
     seed: int = 0
     policy_decisions: int = 50_000
     with_river: bool = True  # River HalfSpaceTrees on the same stream, when installed
+    # bench/worlds.py's family, through a real server at the campaign defaults (no
+    # [exploration] table); seed 1 was not used for tuning (seed 0 was). 0: skip.
+    worlds_decisions: int = 30_000
+    worlds_seed: int = 1
+    worlds: tuple[str, ...] = ("types", "dense", "sparse", "misspecified", "drift", "nothing")
 
 
 def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
@@ -50,7 +55,9 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
                           sim.oracle_last, "random_last_fifth": sim.random_last,
                           "ratio_to_oracle": sim.ratio}
         metrics[f"quality.policy_{mode}.ratio_to_oracle"] = sim.ratio
+    worlds = _worlds(config, progress, metrics)
     return {
+        "worlds": worlds,
         "risk": {"transactions": len(stream), "evaluated": r["n"], "fraud": r["n_fraud"],
                  "bursts": r["n_bursts"], **asdict(r["nudge"]),
                  "half_space_trees_average_precision":
@@ -58,3 +65,27 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
         "policy": policies,
         "metrics": metrics,
     }
+
+
+def _worlds(config: QualityConfig, progress: Callable[[str], None],
+            metrics: dict[str, float]) -> list[dict]:
+    """Each world of the family through a real server: the learning curve as metrics."""
+    from nudge.bench import worlds
+
+    out = []
+    for name in config.worlds if config.worlds_decisions > 0 else ():
+        progress(f"quality: world {name}, {config.worlds_decisions:,} decisions "
+                 f"through a server (seed {config.worlds_seed})")
+        s = worlds.run(worlds.RunConfig(world=name, seed=config.worlds_seed,
+                                        decisions=config.worlds_decisions)).summary()
+        out.append(s)
+        key = f"quality.worlds.{name}"
+        metrics[f"{key}.last_fifth"] = s["last_fifth"]
+        if s["from_5k_to_10k"] is not None:
+            metrics[f"{key}.from_5k_to_10k"] = s["from_5k_to_10k"]
+        for at, ratio in s["curve"].items():
+            metrics[f"{key}.at_{at}"] = ratio
+        if s["nothing_rate_where_best"] is not None:
+            metrics[f"{key}.nothing_rate_where_best"] = s["nothing_rate_where_best"]
+        metrics[f"{key}.invalid_propensities"] = float(s["invalid_propensities"])
+    return out

@@ -147,6 +147,23 @@ def tables(result: dict) -> list[Table]:
                   _f(r["random_last_fifth"], 4), _f(r["ratio_to_oracle"], 3))
                  for mode, r in policies.items()],
                 "Mean expected reward of the choices in the last fifth of the decisions."))
+        family = sec["quality"].get("worlds", [])
+        if family:
+            out.append(Table(
+                "Policy quality on the world family (bench/worlds.py, through a server)",
+                ("world", "seed", "last fifth", "5k–10k", "@2k", "@5k", "@10k", "@30k",
+                 "random", "nothing where best", "invalid propensities"),
+                [(w["world"], str(w["seed"]), _f(w["last_fifth"], 3),
+                  "-" if w["from_5k_to_10k"] is None else _f(w["from_5k_to_10k"], 3),
+                  *("-" if w["curve"].get(k) is None else _f(w["curve"][k], 3)
+                    for k in ("2000", "5000", "10000", "30000")),
+                  _f(w["random_last_fifth"], 3),
+                  "-" if w["nothing_rate_where_best"] is None
+                  else _f(w["nothing_rate_where_best"], 2),
+                  _f(w["invalid_propensities"])) for w in family],
+                "Ratios of the policy's expected reward to the oracle's: over the last fifth, "
+                "decisions 5,000–10,000, and the 1,000 decisions before 2k, 5k, 10k, 30k; "
+                "campaign defaults (no [exploration] table)."))
     if "learning" in sec:
         out += _learning_tables(sec["learning"])
     if "peers" in sec:

@@ -229,11 +229,16 @@ def _calibrate(world: World, rng: np.random.Generator) -> None:
     """Set ``base`` so uniform random over the allowed combinations converts RANDOM_RATE;
     in the nothing world, then set nothing's intercept so it is best for a third of users."""
     h, _ = world.users(rng, 2_000)
-    lo, hi = -12.0, 4.0
-    for _ in range(40):
-        world.base = 0.5 * (lo + hi)
-        rate = world.probabilities(h)[:, :N_COMBOS][:, ALLOWED].mean()
-        lo, hi = (world.base, hi) if rate < RANDOM_RATE else (lo, world.base)
+    world.base = 0.0
+    logits = world.logits(h)[:, ALLOWED]
+    base = -4.0
+    for _ in range(30):  # Newton on the base: the rate is increasing and smooth in it
+        p = 1.0 / (1.0 + np.exp(-(logits + base)))
+        step = (p.mean() - RANDOM_RATE) / (p * (1.0 - p)).mean()
+        base -= step
+        if abs(step) < 1e-10:
+            break
+    world.base = base
     if world.nothing_logit is not None:
         best = world.probabilities(h)[:, :N_COMBOS][:, ALLOWED].max(axis=1)
         nothing_slope = world.nothing_logit[1:]

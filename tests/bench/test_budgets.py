@@ -26,6 +26,17 @@ ISSUE_TARGETS = {
     "learning.nudge_vs_rulebook_last_fifth": ("min", 1.3),
     "learning.opt_outs_vs_rulebook": ("max", 0),
     "learning.ope_max_relative_difference_vs_obp": ("max", 0.01),
+    **{f"quality.worlds.{w}.last_fifth": ("min", 0.85)
+       for w in ("types", "dense", "sparse", "misspecified", "drift", "nothing")},
+    **{f"quality.worlds.{w}.from_5k_to_10k": ("min", 0.6)
+       for w in ("types", "dense", "sparse", "misspecified", "drift", "nothing")},
+    **{f"quality.worlds.{w}.invalid_propensities": ("max", 0)
+       for w in ("types", "dense", "sparse", "misspecified", "drift", "nothing")},
+    "quality.worlds.nothing.nothing_rate_where_best": ("min", 0.8),
+    "rpc.Decide3600.squarecb.p50_ratio": ("max", 1.3),
+    "rpc.Decide3600.squarecb.p99_ratio": ("max", 1.5),
+    "rpc.Decide3600.thompson.p50_ratio": ("max", 1.3),
+    "rpc.Decide3600.thompson.p99_ratio": ("max", 1.5),
 }
 
 
