@@ -387,7 +387,7 @@ def run_in_process(cfg: RunConfig) -> RunResult:
     from nudge.kernels import learner as lrn
     from nudge.kernels import policy
     from nudge.server.decisions.campaign import parse_campaign
-    from nudge.server.decisions.engine import CampaignModel
+    from nudge.server.decisions.models import CampaignModel
     from nudge.server.decisions.features import FeaturePlan, raw_features
 
     started = time.perf_counter()

@@ -62,7 +62,9 @@ MODE_SQUARECB = "squarecb"
 # Layout of the policy parameter array handed to kernels.
 P_NOISE_VARIANCE = 0  # v²: scales the posterior covariance (exploration strength)
 P_GAMMA_SCALE = 1  # SquareCB: γ = gamma_scale * n_allowed
-N_POLICY_PARAMS = 2
+P_EXPLORE_ALL = 2  # SquareCB, local: the share spread uniformly over every allowed combination
+P_LOCAL_DIMS = 3  # SquareCB: explore the greedy combination's neighbours (0: everything)
+N_POLICY_PARAMS = 4
 
 # Layout of the Monte Carlo parameter array.
 MC_ROUND = 0  # draws per round
@@ -408,6 +410,58 @@ def _thompson_win_counts(
     return draws
 
 
+@njit(jit.b1(jit.u4_2d_ro, jit.i8, jit.i8, jit.i8, jit.i8), **jit.NOGIL)
+def _in_neighbourhood(combos, pad, n_dims, g, i):
+    """Whether combination ``i`` is in the neighbourhood of ``g``: a one-component
+    combination (the nothing arm; ``pad`` marks padding), or one whose first ``n_dims``
+    component ids (its dimension values) differ from ``g``'s in at most one place."""
+    if g < 0 or combos.shape[1] < 2 or combos[i, 1] == pad:
+        return True
+    differ = 0
+    for j in range(n_dims):
+        if combos[i, j] != combos[g, j]:
+            differ += 1
+    return differ <= 1
+
+
+@njit(jit.void(jit.u4_2d_ro, jit.i8, jit.i8, jit.f8_1d_ro, jit.i8, jit.i8, jit.f8_1d_ro,
+               jit.f8_1d), **jit.NOGIL)
+def _local_probabilities(combos, pad, n_dims, params, n_allowed, best, mean, out_prob):
+    """Local SquareCB: inverse-gap weighting over the neighbourhood ``S`` of the greedy
+    combination ``g`` (``g``, every allowed combination differing from it in one dimension,
+    and the nothing arm) with ``γ = gamma_scale·|S|``, mixed with ``ε`` = explore_all spread
+    over all ``K`` allowed combinations: ``p_a = ε/K + (1 − ε)·q_a``. Every allowed
+    combination keeps at least ``ε/K``, so the log still covers any evaluated policy.
+    ``g`` is the best multi-component combination; ``best`` (g or nothing) is S's best."""
+    n = combos.shape[0]
+    g = -1
+    for i in range(n):
+        if mean[i] == -np.inf or (combos.shape[1] > 1 and combos[i, 1] == pad):
+            continue
+        if g < 0 or mean[i] > mean[g]:
+            g = i
+    n_local = 0
+    for i in range(n):
+        out_prob[i] = 0.0
+        if mean[i] != -np.inf and _in_neighbourhood(combos, pad, n_dims, g, i):
+            out_prob[i] = 1.0  # membership; replaced by the probability below
+            n_local += 1
+    gamma = params[P_GAMMA_SCALE] * n_local
+    eps = params[P_EXPLORE_ALL] if n_local < n_allowed else 0.0
+    rest = 0.0
+    for i in range(n):
+        if out_prob[i] == 0.0 or i == best:
+            continue
+        q = 1.0 / (n_local + gamma * (mean[best] - mean[i]))
+        out_prob[i] = q
+        rest += q
+    out_prob[best] = max(1.0 - rest, 0.0)
+    floor = eps / n_allowed
+    for i in range(n):
+        if mean[i] != -np.inf:
+            out_prob[i] = floor + (1.0 - eps) * out_prob[i]
+
+
 @njit(jit.i8(*_MEAN_SCORING, jit.f8_1d, jit.f8_1d), **jit.NOGIL)
 def _squarecb_probabilities(
     mean_t, x, weight, combos, combo_mask, component_mask, params, out_mean, out_prob
@@ -445,6 +499,10 @@ def _squarecb_probabilities(
             best = i
     if best < 0:
         return -1
+    if params[P_LOCAL_DIMS] > 0:
+        _local_probabilities(combos, n_comp, int(params[P_LOCAL_DIMS]), params, n_allowed,
+                             best, out_mean, out_prob)
+        return best
     gamma = params[P_GAMMA_SCALE] * n_allowed
     rest = 0.0
     for i in range(n):
@@ -520,12 +578,16 @@ class PolicyParams:
     ``noise_variance`` v² scales every posterior variance: 0 is greedy on the mean, larger
     explores more. ``gamma_scale``: SquareCB's γ is ``gamma_scale * n_allowed``. Monte Carlo
     propensity: rounds of ``mc_samples`` draws, up to ``mc_max_samples``, stopping once the
-    chosen combination has won ``mc_min_wins`` times.
+    chosen combination has won ``mc_min_wins`` times. ``local_dims`` > 0 makes SquareCB
+    local (see ``_local_probabilities``: the greedy combination's one-dimension neighbours,
+    ``local_dims`` the number of dimensions) with ``explore_all`` spread over everything.
     """
 
     mode: str = MODE_SQUARECB
     noise_variance: float = 0.05
     gamma_scale: float = 1000.0
+    local_dims: int = 0
+    explore_all: float = 0.02
     mc_samples: int = 32
     mc_max_samples: int = 32
     mc_min_wins: int = 0
@@ -548,13 +610,17 @@ class PolicyParams:
         if self.mc_min_wins < 0:
             raise ValueError(f"mc_min_wins: must be >= 0, got {self.mc_min_wins}")
         # Built once: the kernels' parameter arrays (read-only, shared by every call).
-        object.__setattr__(self, "_array", readonly(np.array([self.noise_variance,
-                                                               self.gamma_scale])))
+        if self.local_dims < 0:
+            raise ValueError(f"local_dims: must be >= 0, got {self.local_dims}")
+        if not 0.0 <= self.explore_all <= 1.0:
+            raise ValueError(f"explore_all: must be in [0, 1], got {self.explore_all!r}")
+        object.__setattr__(self, "_array", readonly(np.array(
+            [self.noise_variance, self.gamma_scale, self.explore_all, float(self.local_dims)])))
         object.__setattr__(self, "_mc_array", readonly(np.array(
             [self.mc_samples, self.mc_max_samples, self.mc_min_wins], dtype=np.float64)))
 
     def as_array(self) -> np.ndarray:
-        """``[noise_variance, gamma_scale]`` (indices ``P_*``), as the kernels take it."""
+        """``[noise_variance, gamma_scale, explore_all, local_dims]`` (indices ``P_*``)."""
         return self._array  # type: ignore[attr-defined]
 
     def mc_array(self) -> np.ndarray:

@@ -151,6 +151,10 @@ class Exploration:
     forgetting: float = DEFAULT_FORGETTING
     # SquareCB learning rate, scaled by the number of allowed actions.
     gamma_scale: float = DEFAULT_POLICY.gamma_scale
+    # SquareCB explores the greedy combination's neighbours (each one dimension away) and
+    # spreads explore_all over every allowed combination; false: every combination by gap.
+    neighbourhood: bool = True
+    explore_all: float = DEFAULT_POLICY.explore_all
     # Monte Carlo draws behind a Thompson-sampling propensity.
     propensity_samples: int = DEFAULT_POLICY.mc_samples
     # "Send nothing" competes as an arm (turn off for messages that must always go out).
@@ -459,6 +463,10 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
         ),
         nothing_arm=_bool(e.get("nothing_arm", defaults.nothing_arm), "exploration.nothing_arm",
                           source),
+        neighbourhood=_bool(e.get("neighbourhood", defaults.neighbourhood),
+                            "exploration.neighbourhood", source),
+        explore_all=_number(e.get("explore_all", defaults.explore_all),
+                            "exploration.explore_all", source, 0.0, 1.0),
     )
 
 

@@ -43,6 +43,8 @@ class CampaignModel:
             mode=e.algorithm,
             noise_variance=e.noise_variance,
             gamma_scale=e.gamma_scale,
+            local_dims=len(self.campaign.space.dim_sizes) if e.neighbourhood else 0,
+            explore_all=e.explore_all,
             mc_samples=e.propensity_samples,
             mc_max_samples=e.propensity_samples,
         )

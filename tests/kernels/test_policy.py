@@ -375,8 +375,10 @@ def test_own_draw_propensity_bias_matches_its_formula() -> None:
     assert (np.round(prop[choice == rare] * (m + 1)) == 1).mean() > 0.5
 
 
-@pytest.mark.parametrize("mode", [policy.MODE_SQUARECB, policy.MODE_THOMPSON])
-def test_every_logged_propensity_is_in_0_1(mode: str, rng: np.random.Generator) -> None:
+@pytest.mark.parametrize(("mode", "local_dims"), [
+    (policy.MODE_SQUARECB, 0), (policy.MODE_SQUARECB, 3), (policy.MODE_THOMPSON, 0)])
+def test_every_logged_propensity_is_in_0_1(mode: str, local_dims: int,
+                                           rng: np.random.Generator) -> None:
     """Many decisions of a confident, learned model (where a plain Monte Carlo share of
     256 re-draws was 0 for rarely chosen combinations): every propensity lies in (0, 1]."""
     space = build_action_space((4, 3, 3), pairs=((1, 2),))
@@ -388,8 +390,52 @@ def test_every_logged_propensity_is_in_0_1(mode: str, rng: np.random.Generator) 
     snap = update_posteriors(snap, space.combo_components, chosen, xs,
                              truth[chosen] + rng.normal(0.0, 0.1, 4000))
     params = PolicyParams(mode=mode, noise_variance=0.05, gamma_scale=50.0, mc_samples=64,
-                          mc_max_samples=64)
+                          mc_max_samples=64, local_dims=local_dims)
     props = np.array([decide(snap, space, _context(rng), s, params=params).propensity
                       for s in range(3000)])
     assert np.isfinite(props).all()
     assert (props > 0).all() and (props <= 1).all()
+
+
+def _reference_local_probabilities(
+    space: ActionSpace, mean: np.ndarray, gamma_scale: float, explore_all: float
+) -> np.ndarray:
+    """Local SquareCB, the slow way: the greedy combination's one-dimension neighbours and
+    the nothing arm by inverse gap, ε spread over every allowed combination."""
+    allowed = np.isfinite(mean)
+    dims = [i for i in range(space.n_combos) if i != space.nothing_combo]
+    g = max((i for i in dims if allowed[i]), key=lambda i: (mean[i], -i))
+    values = {i: np.array(space.combo_values(i)) for i in dims}
+    local = [i for i in range(space.n_combos) if allowed[i] and (
+        i == space.nothing_combo or (values[i] != values[g]).sum() <= 1)]
+    best = max(local, key=lambda i: (mean[i], -i))
+    k = len(local)
+    q = np.zeros(space.n_combos)
+    for i in local:
+        if i != best:
+            q[i] = 1.0 / (k + gamma_scale * k * (mean[best] - mean[i]))
+    q[best] = 1.0 - q.sum()
+    eps = explore_all if k < allowed.sum() else 0.0
+    return np.where(allowed, eps / allowed.sum() + (1.0 - eps) * q, 0.0)
+
+
+def test_local_squarecb_matches_reference(rng: np.random.Generator) -> None:
+    space = build_action_space((3, 4, 2, 3), pairs=((1, 2),))
+    snap = _trained(space, rng)
+    params = PolicyParams(mode=policy.MODE_SQUARECB, gamma_scale=20.0, local_dims=4,
+                          explore_all=0.1)
+    for trial in range(30):
+        x = _context(rng)
+        combo_mask = rng.random(space.n_combos) < 0.8
+        combo_mask[space.nothing_combo] = trial % 3 != 0
+        if combo_mask.sum() < 2:
+            continue
+        prob, mean = squarecb_probabilities(snap, space, x, combo_mask=combo_mask,
+                                            params=params)
+        expected = _reference_local_probabilities(space, mean, 20.0, 0.1)
+        assert np.allclose(prob, expected, atol=1e-12), trial
+        assert abs(prob.sum() - 1.0) < 1e-12
+        assert (prob[combo_mask] >= 0.1 / combo_mask.sum() - 1e-15).all()  # full support
+        got = decide(snap, space, x, trial, combo_mask=combo_mask, params=params)
+        assert got.propensity == pytest.approx(prob[got.choice])
+        assert 0 < got.propensity <= 1
