@@ -258,7 +258,8 @@ def run_config(config: RpcConfig, progress: Callable[[str], None] = lambda _: No
                     user = f"bench-{i % users}"
                     return lambda: client.decide(user, top_k=3)
 
-                operations = {"GetUser": get_user, "ScoreTransaction": score, "Decide": decide}
+                operations: dict[str, Callable[[int], Callable[[], object]]] = {
+                    "GetUser": get_user, "ScoreTransaction": score, "Decide": decide}
                 if proc is not None:  # our own server: it has the 3,600-combination campaigns
                     for algorithm in ALGORITHMS:
                         operations[f"Decide3600.{algorithm}"] = _decide_large(

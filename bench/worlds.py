@@ -387,8 +387,8 @@ def run_in_process(cfg: RunConfig) -> RunResult:
     from nudge.kernels import learner as lrn
     from nudge.kernels import policy
     from nudge.server.decisions.campaign import parse_campaign
-    from nudge.server.decisions.models import CampaignModel
     from nudge.server.decisions.features import FeaturePlan, raw_features
+    from nudge.server.decisions.models import CampaignModel
 
     started = time.perf_counter()
     world = make_world(cfg.world, cfg.seed)
