@@ -25,7 +25,10 @@ def test_uniform_estimates_hold_the_truth(validation: dict) -> None:
     for name in ("ips", "snips", "dr"):
         e = target["estimate"][name]
         assert e["ci_low"] <= truth <= e["ci_high"], (name, e, truth)
-        assert e["effective_sample_size"] > 100
+        # Local SquareCB spreads only explore_all (2%) over every combination, so uniform's
+        # weights reach 50: about 55 effective decisions of these 2,500 (global SquareCB,
+        # before: over 100). The intervals above still hold the truth.
+        assert e["effective_sample_size"] > 40
     # and the policy actually run in the simulator on the same seed
     assert all(ok["running_policy"] for ok in target["within_ci"].values()), target
     # The server's guardrails (read from its traces' codes) are the simulator's.
