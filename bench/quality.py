@@ -4,7 +4,8 @@ and the decision policy's reward against the oracle on a world with a known best
 The stream is ``bench/risk_stream.py`` at its defaults (1,500 users, 60 days, 60 takeover
 bursts, seed 0), streamed through the kernels as the server runs them (``bench/risk_eval.py``).
 The policy world is ``bench/policy_sim.py`` at its defaults (3,600 combinations, 50,000
-decisions, late rewards), run with SquareCB (the shipped exploration) and Thompson sampling.
+decisions, late rewards), run with SquareCB and Thompson sampling at the campaign defaults
+(SquareCB local, as a campaign without [exploration] runs it).
 A speed budget met by a model that stopped catching fraud or stopped learning would be
 worthless, so the bench checks both.
 """
@@ -13,6 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nudge.kernels.policy import PolicyParams
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
         progress(f"quality: policy simulation, {mode}, {config.policy_decisions:,} decisions")
         sim = policy_sim.run(policy_sim.SimConfig(
             n_decisions=config.policy_decisions, seed=config.seed,
-            policy=policy.PolicyParams(mode=mode)))
+            policy=_campaign_default(mode, len(policy_sim.DIMS))))
         policies[mode] = {"policy_last_fifth": sim.policy_last, "oracle_last_fifth":
                           sim.oracle_last, "random_last_fifth": sim.random_last,
                           "ratio_to_oracle": sim.ratio}
@@ -89,3 +94,16 @@ def _worlds(config: QualityConfig, progress: Callable[[str], None],
             metrics[f"{key}.nothing_rate_where_best"] = s["nothing_rate_where_best"]
         metrics[f"{key}.invalid_propensities"] = float(s["invalid_propensities"])
     return out
+
+
+def _campaign_default(mode: str, n_dims: int) -> PolicyParams:
+    """The policy a campaign without an [exploration] table (but this algorithm) runs."""
+    from nudge.kernels import policy
+    from nudge.server.decisions.campaign import Exploration
+
+    e = Exploration()
+    return policy.PolicyParams(mode=mode, noise_variance=e.noise_variance,
+                               gamma_scale=e.gamma_scale, explore_all=e.explore_all,
+                               local_dims=n_dims if e.neighbourhood else 0,
+                               mc_samples=e.propensity_samples,
+                               mc_max_samples=e.propensity_samples)
