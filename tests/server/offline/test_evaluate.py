@@ -66,14 +66,19 @@ def test_evaluate_the_shipped_campaign_from_a_real_server(
     out = capsys.readouterr().out
     assert out.startswith(f"policy uniform: {uniform['n']} logged decisions")
     assert "ips" in out and "95% empirical-Bernstein CI" in out
-    # Bernstein intervals are the default and contain the normal ones.
+    # Bernstein intervals are the default and contain the normal ones within the rewards'
+    # range (a Bernstein bound is clipped to it, a normal one is not).
     sound = evaluate.evaluate_store(data, None, ["uniform"], CAMPAIGN)[0]
     normal = evaluate.evaluate_store(data, None, ["uniform"], CAMPAIGN, interval="normal")[0]
     assert sound["interval"] == "bernstein" and normal["interval"] == "normal"
+    goal = load_campaigns()[CAMPAIGN].goal
+    low, high = min(-goal.opt_out_cost, 0.0), max(goal.value, 0.0)
     for name in ("ips", "dr"):
         s, n = sound[name], normal[name]
         assert s["value"] == n["value"]
-        assert s["ci_low"] <= n["ci_low"] and n["ci_high"] <= s["ci_high"], (s, n)
+        assert low <= s["ci_low"] and s["ci_high"] <= high, s
+        assert s["ci_low"] <= max(n["ci_low"], low), (s, n)
+        assert min(n["ci_high"], high) <= s["ci_high"], (s, n)
 
 
 def test_target_policies_are_plug_ins(
