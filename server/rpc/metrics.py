@@ -9,8 +9,13 @@ one, so tests (and a benchmark) can run several servers in one process. /metrics
 served on its own port, plain HTTP on 127.0.0.1 by default: it carries no user data,
 and a scraper should not need a gRPC token.
 
-Cost: two ``perf_counter`` calls, a counter increment and a histogram observation per
-RPC — a few microseconds against a ~300 µs gRPC floor.
+``nudge_rpc_cpu_seconds`` is the CPU time of the handler's own thread over the same span
+(``time.thread_time``): what the handler and the interceptors inside this one cost in
+Python and the kernels, without the time spent waiting for the GIL, a lock or an fsync.
+``nudge bench rpc`` reads both (README "Performance").
+
+Cost: two ``perf_counter`` and two ``thread_time`` calls, a counter increment and two
+histogram observations per RPC — a few microseconds against a ~300 µs gRPC floor.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-# 100 µs (the floor is ~250 µs) to 1 s (far past any budget): roughly 1-2.5-5 per decade.
+# 10 µs (an empty handler's own time) to 1 s (far past any budget): 1-2.5-5-7.5 per decade.
 LATENCY_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.000075,
     0.0001, 0.00025, 0.0005, 0.00075,
     0.001, 0.0025, 0.005, 0.0075,
     0.01, 0.025, 0.05, 0.075,
@@ -68,6 +74,14 @@ class Metrics:
         self.handling_seconds = Histogram(
             "grpc_server_handling_seconds",
             "Time from the handler starting to its last response, in seconds.",
+            _RPC_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cpu_seconds = Histogram(
+            "nudge_rpc_cpu_seconds",
+            "CPU time of the handler's thread from the handler starting to its last "
+            "response, in seconds.",
             _RPC_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -146,11 +160,11 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         self.metrics = metrics
         # Label children resolved once per method: intercept_service runs for every call,
         # in grpc's polling thread.
-        self._children_by_method: dict[str, tuple[Any, Any, Callable[[str], Any]]] = {}
+        self._children_by_method: dict[str, tuple[Any, Any, Any, Callable[[str], Any]]] = {}
 
     def _children(
         self, method: str, handler: grpc.RpcMethodHandler
-    ) -> tuple[Any, Any, Callable[[str], Any]]:
+    ) -> tuple[Any, Any, Any, Callable[[str], Any]]:
         children = self._children_by_method.get(method)
         if children is None:
             labels = (*_split(method), _rpc_type(handler))
@@ -158,6 +172,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             children = (
                 m.started.labels(*labels),
                 m.handling_seconds.labels(*labels),
+                m.cpu_seconds.labels(*labels),
                 lambda code: m.handled.labels(*labels, code),
             )
             self._children_by_method[method] = children
@@ -166,10 +181,11 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     def _wrap_unary(
         self, behaviour: Callable[..., Any], method: str, handler: grpc.RpcMethodHandler
     ) -> Callable[..., Any]:
-        started, seconds, handled = self._children(method, handler)
+        started, seconds, cpu, handled = self._children(method, handler)
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             started.inc()
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             failed = True
             try:
@@ -178,6 +194,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 return response
             finally:
                 seconds.observe(time.perf_counter() - t0)
+                cpu.observe(time.thread_time() - c0)
                 handled(_code_name(context, failed)).inc()
 
         return wrapped
@@ -188,10 +205,13 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         method: str,
         handler: grpc.RpcMethodHandler,
     ) -> Callable[..., Iterator[Any]]:
-        started, seconds, handled = self._children(method, handler)
+        started, seconds, cpu, handled = self._children(method, handler)
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             started.inc()
+            # grpc's sync server runs a streaming handler's generator on one pool thread,
+            # so the thread's CPU clock covers it (and grpc's own work between the yields).
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             outcome = "failed"
             try:
@@ -202,6 +222,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 raise
             finally:
                 seconds.observe(time.perf_counter() - t0)
+                cpu.observe(time.thread_time() - c0)
                 code = (
                     "CANCELLED"
                     if outcome == "cancelled"

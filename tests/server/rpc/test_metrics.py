@@ -158,3 +158,49 @@ def test_cancelled_stream_is_counted_as_cancelled(channel: grpc.Channel, metrics
     while metrics.registry.get_sample_value("grpc_server_handled_total", labels) != 1:
         assert time.monotonic() < deadline, "the cancelled Watch was not counted"
         time.sleep(0.01)
+
+
+def test_handler_cpu_time_is_recorded(channel: grpc.Channel, metrics: Metrics) -> None:
+    # A handler that burns CPU shows it in nudge_rpc_cpu_seconds; one that sleeps does not.
+    echo = diagnostics_service_pb2_grpc.DiagnosticsServiceStub(channel)
+    for _ in range(3):
+        echo.Echo(diagnostics_service_pb2.EchoRequest(payload=b"x"), timeout=5)
+    labels = {"grpc_service": "nudge.v1.DiagnosticsService", "grpc_method": "Echo",
+              "grpc_type": "unary"}
+    assert metrics.registry.get_sample_value("nudge_rpc_cpu_seconds_count", labels) == 3
+    cpu = metrics.registry.get_sample_value("nudge_rpc_cpu_seconds_sum", labels)
+    wall = metrics.registry.get_sample_value("grpc_server_handling_seconds_sum", labels)
+    assert cpu is not None and wall is not None
+    assert 0 < cpu <= wall * 1.05 + 1e-4  # a thread's CPU time cannot outrun its wall time
+
+
+def test_cpu_time_counts_work_not_waiting(metrics: Metrics) -> None:
+    class Work(diagnostics_service_pb2_grpc.DiagnosticsServiceServicer):
+        def Echo(self, request, context):
+            if request.payload == b"sleep":
+                time.sleep(0.05)
+            else:
+                stop = time.thread_time() + 0.05
+                while time.thread_time() < stop:
+                    pass
+            return diagnostics_service_pb2.EchoResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                         interceptors=[metrics.interceptor()])
+    diagnostics_service_pb2_grpc.add_DiagnosticsServiceServicer_to_server(Work(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    labels = {"grpc_service": "nudge.v1.DiagnosticsService", "grpc_method": "Echo",
+              "grpc_type": "unary"}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = diagnostics_service_pb2_grpc.DiagnosticsServiceStub(ch)
+            stub.Echo(diagnostics_service_pb2.EchoRequest(payload=b"sleep"), timeout=5)
+            slept = metrics.registry.get_sample_value("nudge_rpc_cpu_seconds_sum", labels)
+            stub.Echo(diagnostics_service_pb2.EchoRequest(payload=b"work"), timeout=5)
+            total = metrics.registry.get_sample_value("nudge_rpc_cpu_seconds_sum", labels)
+    finally:
+        server.stop(None)
+    assert slept is not None and total is not None
+    assert slept < 0.02  # sleeping costs no CPU
+    assert total - slept >= 0.05  # the busy loop's 50 ms of CPU are all there
