@@ -45,6 +45,7 @@ from nudge.server.rpc.overload import (
     recommended_grpc_cap,
 )
 from nudge.server.rpc.privacy import Pseudonyms
+from nudge.server.rpc.profiling import ProfileInterceptor
 from nudge.server.rpc.readiness import Readiness
 from nudge.server.rpc.risk_service import RiskServicer
 from nudge.server.rpc.status import StatusInterceptor
@@ -121,6 +122,7 @@ class NudgeServer:
     limiter: ConcurrencyLimiter | None = None
     role: WorkerRole | None = None
     metrics_port: int | None = None
+    profiler: ProfileInterceptor | None = None
     _metrics_http: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _closed: threading.Event = field(default_factory=threading.Event)
@@ -213,6 +215,9 @@ class NudgeServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self.profiler is not None:
+            for path in self.profiler.dump():
+                log.info("profile written: %s", path)
         self._closed.set()
         log.info("stopped; store closed")
 
@@ -248,6 +253,9 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     # Order: metrics sees every outcome (refusals included), auth refuses before a slot is
     # taken, the limiters hold a slot for the handler, status maps the handler's errors.
     interceptors: list[grpc.ServerInterceptor] = []
+    profiler = ProfileInterceptor(config.profile_dir) if config.profile_dir else None
+    if profiler is not None:  # outermost: the interceptors inside are profiled too
+        interceptors.append(profiler)
     if metrics is not None:
         interceptors.append(metrics.interceptor())
     if tokens is not None:
@@ -331,7 +339,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         raise OSError(f"cannot listen on {config.host}:{config.port}: {exc}") from exc
     nudge_server = NudgeServer(
         config, server, port, store, writer, risk_engine, decisions, learner, health_servicer,
-        readiness, outbox, journeys, retention, metrics, limiter,
+        readiness, outbox, journeys, retention, metrics, limiter, profiler=profiler,
     )
     if leadership is not None:
         nudge_server.role = WorkerRole(store, learner, leadership, nudge_server.start_leading)

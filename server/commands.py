@@ -26,6 +26,8 @@ def add_commands(sub: Any) -> None:
     serve.add_argument("--campaigns", dest="campaigns_dir", help="folder of campaign TOML files")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics here")
+    serve.add_argument("--profile-dir",
+                       help="cProfile every handler, write DIR/<Method>.prof at shutdown (slow)")
     serve.add_argument("--workers", type=int,
                        help="server processes sharing the port and the store (default 1)")
     serve.add_argument("--tokens-file", dest="auth_tokens_file",
@@ -90,6 +92,7 @@ def _serve(args: argparse.Namespace, rest: list[str]) -> int:
                 "campaigns_dir": args.campaigns_dir,
                 "log_level": args.log_level,
                 "metrics_port": args.metrics_port,
+                "profile_dir": args.profile_dir,
                 "auth_tokens_file": args.auth_tokens_file,
                 "workers": args.workers,
             },

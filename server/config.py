@@ -80,6 +80,9 @@ class Config:
     # Prometheus metrics on a separate port (None: off; 0: any free port).
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # cProfile every unary and client-streaming handler, writing <profile_dir>/<Method>.prof
+    # at shutdown (None: off). For `nudge bench rpc --profile`: it slows every call.
+    profile_dir: Path | None = None
     # Retention in seconds, 0 = forever (README "Retention"). Seen event ids: the longest a
     # producer may replay (14 days: twice Kafka's default 7-day topic retention). Events:
     # replay and insights (90 days; the per-user state keeps what the decisions need).

@@ -193,8 +193,9 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 failed = False
                 return response
             finally:
-                seconds.observe(time.perf_counter() - t0)
-                cpu.observe(time.thread_time() - c0)
+                wall, used = time.perf_counter() - t0, time.thread_time() - c0
+                seconds.observe(wall)
+                cpu.observe(used)
                 handled(_code_name(context, failed)).inc()
 
         return wrapped
@@ -221,8 +222,9 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 outcome = "cancelled"  # grpc closed the stream: the client went away
                 raise
             finally:
-                seconds.observe(time.perf_counter() - t0)
-                cpu.observe(time.thread_time() - c0)
+                wall, used = time.perf_counter() - t0, time.thread_time() - c0
+                seconds.observe(wall)
+                cpu.observe(used)
                 code = (
                     "CANCELLED"
                     if outcome == "cancelled"
