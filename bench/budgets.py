@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-KINDS = ("ratio", "kernel", "throughput", "quality", "storage")
+KINDS = ("ratio", "handler", "kernel", "throughput", "quality", "storage")
 
 
 @dataclass(frozen=True)

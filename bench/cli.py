@@ -63,6 +63,7 @@ class BenchConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     write_reports: bool = True
     command: str = "nudge bench"
+    profile: bool = False  # rpc: profile the handlers; .prof files go beside the report
 
 
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
@@ -81,6 +82,11 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
     }
     budgets = budgets_mod.load(config.budgets_path)
     started = datetime.now(UTC).astimezone()
+    if config.profile and config.rpc.profile_dir is None:
+        # Beside the report: report.write names it bench-<stamp>.md from the same time.
+        stamp = started.isoformat(timespec="seconds").replace(":", "").replace("-", "")
+        config = replace(config, rpc=replace(config.rpc,
+                                             profile_dir=config.out / f"bench-{stamp}-profile"))
     meta: dict[str, Any] = {"started": started.isoformat(timespec="seconds"),
                             "command": config.command, "machine": machine()}
     t0 = time.perf_counter()
@@ -135,6 +141,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stream-events", type=int, help="events per sequential TrackStream call")
     r.add_argument("--concurrency", type=int, help="client threads for throughput")
     r.add_argument("--throughput-seconds", type=float, help="per RPC (0 skips)")
+    r.add_argument("--handler-calls", type=int,
+                   help="calls per RPC in the server-side handler-time pass (0 skips)")
+    r.add_argument("--metrics-url", help="/metrics of the --target server, for handler time")
+    r.add_argument("--profile", action="store_true",
+                   help="also profile the handlers under load (cProfile, a second server); "
+                        ".prof files go beside the report")
+    r.add_argument("--profile-seconds", type=float, help="load per profiled RPC")
     r.add_argument("--open-loop-rpcs", nargs="+", metavar="RPC",
                    choices=("Echo", "GetUser", "ScoreTransaction", "Decide", "Track"))
     r.add_argument("--open-loop-start", type=float, help="first rate, calls/s")
@@ -192,13 +205,15 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     open_loop = _set(open_loop, rpcs=_tuple(args.open_loop_rpcs), start_rate=args.open_loop_start,
                      max_steps=args.open_loop_steps, step_seconds=args.open_loop_seconds)
     rpc = (RpcConfig(calls=100, events=5_000, batch=500, users=50, durable_calls=10,
-                     stream_events=20, concurrency=4, throughput_seconds=0.4)
+                     stream_events=20, concurrency=4, throughput_seconds=0.4, handler_calls=100,
+                     profile_seconds=0.5)
            if q else RpcConfig(durable_calls=300, throughput_seconds=2.0))
     rpc = _set(rpc, target=args.target, calls=args.calls, events=args.events, batch=args.batch,
                users=args.users, durable_calls=args.durable_calls,
                stream_events=args.stream_events, concurrency=args.concurrency,
                throughput_seconds=args.throughput_seconds, budgets=budgets,
-               serving_timeout=args.serving_timeout)
+               serving_timeout=args.serving_timeout, handler_calls=args.handler_calls,
+               metrics_url=args.metrics_url, profile_seconds=args.profile_seconds)
     rpc = replace(rpc, open_loop=open_loop if open_loop.max_steps > 0 else None)
     peers = PeersConfig(decisions=200, seconds=2.0, risk_users=40) if q else PeersConfig()
     peers = _set(peers, decisions=args.peer_decisions, seconds=args.peer_seconds,
@@ -216,6 +231,7 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     storage = _set(storage, users=args.storage_users)
     sections = SECTIONS if args.section == "all" else (args.section,)
     return BenchConfig(sections=sections, out=args.out, budgets_path=args.budgets,
+                       profile=args.profile,
                        kernels=kernels, quality=quality, learning=learning, rpc=rpc, peers=peers,
                        startup=startup, storage=storage,
                        write_reports=not args.no_report,

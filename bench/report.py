@@ -88,6 +88,8 @@ def _rpc_tables(rpc: dict) -> list[Table]:
                  "shorter pass against their own Echo floor.")
     tables = [Table("RPC sequential latency (ratios to the Echo floor of the same run)",
                     headers, rows, note)]
+    if rpc.get("handler_us"):
+        tables.append(_handler_table(rpc))
     tp = rpc.get("throughput", {})
     if tp:
         rows = [("Echo (floor)" if n == "Echo" else n, _f(v),
@@ -112,6 +114,49 @@ def _rpc_tables(rpc: dict) -> list[Table]:
                             "whose p99 leaves the budget (or whose schedule the client "
                             "could not keep)."))
     return tables
+
+
+def _handler_table(rpc: dict) -> Table:
+    handler, ratio = rpc["handler_us"], rpc["ratio_to_echo"]
+    ratio = {**ratio, **rpc.get("durable_ratio_to_echo", {})}
+    echo = handler.get("Echo", {}).get("mean_us")
+    rows = []
+    for name, t in handler.items():
+        label = "Echo (floor)" if name == "Echo" else name
+        if name == "TrackStream":
+            label = f"TrackStream ({rpc.get('stream_events', '?')} events)"
+        client = "1.00" if name == "Echo" else _f(ratio.get(name, {}).get("p50"), 2)
+        rows.append((label, _f(t["mean_us"], 1), _f(t["p50_le_us"]), _f(t["p99_le_us"]),
+                     _f(t["cpu_mean_us"], 1), _f(t["mean_us"] - echo, 1) if echo else "-",
+                     client, _f(t["calls"])))
+    return Table("RPC server-side handler time (the server's own histograms)",
+                 ("RPC", "handler mean µs", "p50 ≤ µs", "p99 ≤ µs", "handler CPU µs",
+                  "mean − Echo µs", "client ×p50", "calls"), rows,
+                 "Time inside the server's handler, interceptors included "
+                 "(grpc_server_handling_seconds), and the handler thread's CPU time over it "
+                 "(nudge_rpc_cpu_seconds), from /metrics scraped before and after a pass of "
+                 "its own per RPC; means are exact, percentiles only known to a bucket "
+                 "(its upper bound). No network, grpc core or client: steadier than the "
+                 "client ratios beside it. Track and TrackStream wait for an fsync, so "
+                 "their handler time is mostly waiting (CPU shows the work).")
+
+
+def _profile_markdown(profile: dict) -> list[str]:
+    lines = ["## Profiles of the handlers under load (cProfile)", "",
+             f"Raw .prof files: `{profile['folder']}` (read with `python -m pstats`). A second "
+             "server on the same store, every handler under cProfile (outermost interceptor, "
+             "so the interceptors are in it), loaded closed loop one RPC at a time; "
+             "times are wall-clock per thread, per RPC, and the profiler slows every call "
+             "several times over: read the shares, not the absolute µs.", ""]
+    for rpc, top in profile["top"].items():
+        for sort in ("cumulative", "tottime"):
+            rows = [(e["function"], _f(e["calls_per_rpc"], 2), _f(e["tottime_us_per_rpc"], 1),
+                     _f(e["cumtime_us_per_rpc"], 1)) for e in top[sort]]
+            t = Table("", ("function", "calls / RPC", "tottime µs / RPC", "cumtime µs / RPC"),
+                      rows)
+            lines += [f"### {rpc}: top {len(rows)} by {sort} "
+                      f"({profile['calls'][rpc]:,} calls profiled)", "", markdown_table(t), ""]
+    return lines
 
 
 def tables(result: dict) -> list[Table]:
@@ -257,6 +302,9 @@ def markdown(result: dict) -> str:
         lines += [f"## {t.title}", "", markdown_table(t), ""]
         if t.note:
             lines += [t.note, ""]
+    profile = result["sections"].get("rpc", {}).get("profile")
+    if profile:
+        lines += _profile_markdown(profile)
     return "\n".join(lines)
 
 

@@ -30,9 +30,10 @@ import numpy as np
 
 from nudge.bench.budgets import Budgets, judge
 from nudge.bench.budgets import load as load_budgets
-from nudge.bench.load import Throughput, interleaved_throughput
+from nudge.bench.load import Throughput, closed_loop, interleaved_throughput
 from nudge.bench.open_loop import OpenLoopConfig, sweep
 from nudge.bench.server_process import ServerProcess
+from nudge.bench.server_side import HandlerTime, handler_time, read_profiles, scrape
 from nudge.bench.stats import Latency
 from nudge.clients import Client, make_event, make_transaction
 from nudge.server.decisions.campaign import ALGORITHMS
@@ -122,6 +123,16 @@ class RpcConfig:
     open_loop: OpenLoopConfig | None = None
     budgets: Budgets | None = None  # None: the shipped bench/budgets.toml
     serving_timeout: float = 60.0  # how long to wait for the target to say SERVING
+    # Server-side handler time: calls per RPC in the pass that reads the server's histograms
+    # (0 skips it). A server the bench starts serves /metrics; with --target, give its URL.
+    handler_calls: int = 1_000
+    metrics_url: str | None = None
+    # cProfile the handlers of a second, profiled server under load (a server the bench
+    # starts only): .prof files and the top entries go here.
+    profile_dir: Path | None = None
+    profile_seconds: float = 3.0  # of closed-loop load per profiled RPC
+
+PROFILED = ("Decide", "ScoreTransaction", "GetUser", "TrackStream")
 
 
 def _campaigns(folder: Path) -> Path:
@@ -233,8 +244,10 @@ def run_config(config: RpcConfig, progress: Callable[[str], None] = lambda _: No
         if target is None:
             progress("rpc: starting a server")
             proc = ServerProcess(Path(tmp) / "data", Path(tmp) / "server.log",
-                                 "--campaigns", str(_campaigns(Path(tmp) / "campaigns")))
+                                 "--campaigns", str(_campaigns(Path(tmp) / "campaigns")),
+                                 "--metrics-port", "0")
             target = proc.target
+        metrics_url = config.metrics_url or (proc.metrics_url if proc is not None else None)
         try:
             with Client(target, timeout=60) as client:
                 progress(f"rpc: waiting for {target} to be SERVING")
@@ -270,10 +283,19 @@ def run_config(config: RpcConfig, progress: Callable[[str], None] = lambda _: No
                 throughput = measure_track_stream(client, config.events, config.batch, users)
                 progress(f"rpc: sequential latency, {config.calls:,} calls each")
                 latency = interleaved(client, config.calls, operations)
+                if metrics_url is not None and config.handler_calls > 0:
+                    extras["handler"] = _handler_pass(client, metrics_url, config.handler_calls,
+                                                      operations, progress)
                 if config.durable_calls:
                     progress(f"rpc: Track and TrackStream latency, {config.durable_calls} calls")
                     durable = {n: rpcs.prepare(n) for n in ("Track", "TrackStream")}
+                    before = scrape(metrics_url) if metrics_url is not None else None
                     extras["durable"] = interleaved(client, config.durable_calls, durable)
+                    if before is not None and metrics_url is not None:
+                        after = scrape(metrics_url)
+                        extras["durable_handler"] = {
+                            n: t for n in ("Echo", "Track", "TrackStream")
+                            if (t := handler_time(before, after, n)) is not None}
                 if config.throughput_seconds > 0:
                     names = ("GetUser", "ScoreTransaction", "Decide", "Track")
                     extras["throughput"] = interleaved_throughput(
@@ -288,7 +310,57 @@ def run_config(config: RpcConfig, progress: Callable[[str], None] = lambda _: No
             if proc is not None:
                 progress("rpc: stopping the server")
                 proc.terminate()
+        if proc is not None and config.profile_dir is not None:
+            extras["profile"] = _profile(Path(tmp), config, progress)
     return _result(latency, throughput, extras, budgets, config)
+
+
+def _handler_pass(client: Client, metrics_url: str, calls: int,
+                  operations: Mapping[str, Callable[[int], Callable[[], object]]],
+                  progress: Callable[[str], None]) -> dict[str, HandlerTime]:
+    """Each operation's server-side handler time, read from the server's histograms.
+
+    The histograms are per gRPC method, and the Decide variants share one: so each
+    operation gets a pass of its own (interleaved with Echo, as in the sequential pass),
+    between two scrapes. Echo's figure is over every pass: the floor of handler time.
+    """
+    out: dict[str, HandlerTime] = {}
+    first = scrape(metrics_url)
+    for name, prepare in operations.items():
+        progress(f"rpc: handler time of {name}, {calls:,} calls")
+        before = scrape(metrics_url)
+        interleaved(client, calls, {name: prepare})
+        method = "Decide" if name.startswith("Decide") else name  # Decide3600.* too
+        t = handler_time(before, scrape(metrics_url), method)
+        if t is not None:
+            out[name] = t
+    echo = handler_time(first, scrape(metrics_url), "Echo")
+    return {"Echo": echo, **out} if echo is not None else out
+
+
+def _profile(tmp: Path, config: RpcConfig, progress: Callable[[str], None]) -> dict:
+    """Restart the server on the same store with every handler under cProfile, load each
+    profiled RPC in turn (closed loop), stop it (it writes the .prof files) and read them.
+
+    A second server, so the profiler's overhead never touches the timed figures."""
+    assert config.profile_dir is not None
+    progress("rpc: starting a profiled server")
+    proc = ServerProcess(tmp / "data", tmp / "server.log", "--campaigns", str(tmp / "campaigns"),
+                         "--profile-dir", str(config.profile_dir))
+    try:
+        with Client(proc.target, timeout=60) as client:
+            client.wait_until_serving(config.serving_timeout)
+            rpcs = _Rpcs(client, config.users, config.stream_events)
+            for name in PROFILED:
+                # TrackStream holds a stream slot per call (max_track_streams, 4 by default).
+                threads = min(config.concurrency, 2) if name == "TrackStream" else \
+                    config.concurrency
+                progress(f"rpc: profiling {name} ×{threads} for {config.profile_seconds:g} s")
+                closed_loop(rpcs.prepare(name), threads, config.profile_seconds)
+    finally:
+        progress("rpc: stopping the profiled server")
+        proc.terminate()
+    return read_profiles(config.profile_dir, PROFILED)
 
 
 def _result(latency: dict[str, Latency], throughput: float, extras: dict[str, Any],
@@ -333,6 +405,18 @@ def _result(latency: dict[str, Latency], throughput: float, extras: dict[str, An
             metrics[f"rpc.{n}.throughput_per_s"] = t.per_s
             if n != "Echo":
                 metrics[f"rpc.{n}.throughput_ratio"] = result["throughput"]["ratio_to_echo"][n]
+    handler: dict[str, HandlerTime] = {**extras.get("handler", {}),
+                                       **{n: t for n, t in extras.get("durable_handler", {}).items()
+                                          if n != "Echo"}}
+    if handler:
+        result["handler_us"] = {n: ht.to_dict() for n, ht in handler.items()}
+        for n, ht in handler.items():
+            metrics[f"rpc.{n}.handler_mean_us"] = ht.mean_us
+            metrics[f"rpc.{n}.handler_cpu_mean_us"] = ht.cpu_mean_us
+    if "durable_handler" in extras and "Echo" in extras["durable_handler"]:
+        result["durable_handler_echo_us"] = extras["durable_handler"]["Echo"].to_dict()
+    if "profile" in extras:
+        result["profile"] = extras["profile"]
     if "open_loop" in extras:
         result["open_loop"] = [s.to_dict() for s in extras["open_loop"]]
         for s in extras["open_loop"]:
@@ -359,6 +443,10 @@ def report(result: dict) -> str:
         label = "Echo (durable pass)" if name == "Echo" else name
         lines.append(f"{label:24}" + "".join(f"{lat[p]:11.0f}" for p in PERCENTILES))
     lines.append(f"TrackStream durable: {result['track_stream_events_per_s']:,.0f} events/s")
+    for name, t in result.get("handler_us", {}).items():
+        lines.append(f"handler {name:24} mean {t['mean_us']:8.1f} µs  "
+                     f"p99 ≤ {t['p99_le_us']:,.0f} µs  CPU {t['cpu_mean_us']:8.1f} µs  "
+                     f"({t['calls']:,} calls)")
     if "throughput" in result:
         tp = result["throughput"]
         lines.append(f"concurrent throughput (×{tp['concurrency']} threads), calls/s: " + ", ".join(
@@ -385,6 +473,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure concurrent throughput for this long per RPC")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--open-loop", action="store_true", help="also sweep open-loop rates")
+    parser.add_argument("--handler-calls", type=int, default=1_000,
+                        help="calls per RPC in the server-side handler-time pass (0 skips)")
+    parser.add_argument("--metrics-url", help="the target's /metrics, for handler time")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="also profile the handlers under load; .prof files go here")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     budgets = load_budgets()
@@ -392,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         target=args.target, calls=args.calls, events=args.events, batch=args.batch,
         users=args.users, durable_calls=args.durable_calls, concurrency=args.concurrency,
         throughput_seconds=args.throughput_seconds, budgets=budgets,
+        handler_calls=args.handler_calls, metrics_url=args.metrics_url, profile_dir=args.profile,
         open_loop=OpenLoopConfig(p99_ms=budgets.open_loop_p99_ms) if args.open_loop else None))
     print(report(result))
     if args.json:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 _SERVING = re.compile(rb"serving on [^ ]+:(\d+)")
+_METRICS = re.compile(rb"metrics on (http://[^ ]+/metrics)")
 
 
 class ServerProcess:
@@ -46,6 +47,14 @@ class ServerProcess:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the server serves /metrics (None: started without ``--metrics-port``)."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.start_offset)
+            match = _METRICS.search(f.read())
+        return match.group(1).decode() if match else None
 
     @property
     def running(self) -> bool:
