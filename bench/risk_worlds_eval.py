@@ -207,7 +207,7 @@ def measure_speed(repeats: int = 5) -> dict[str, float]:
         ("single_kernel_us", lambda: M._score_one_kernel(one, ro_pop, tx, p, out, feat)),
         ("single_wrapper_us", lambda: M.score_one(one, ro_pop, tx)),
         ("single_learn_kernel_us",
-         lambda: M._score_learn_one_kernel(users[0], pop, tx, p, True, out, feat)),
+         lambda: M._score_learn_one_kernel(users[0], pop, tx, p, True, True, out, feat)),
     ):
         best = np.inf
         for _ in range(repeats):

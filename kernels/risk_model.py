@@ -140,7 +140,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 
 from nudge.kernels import jit
 from nudge.kernels.risk import (
@@ -158,7 +158,9 @@ from nudge.kernels.risk import (
     TX_TIME,
 )
 
-MODEL_VERSION = 1.0
+# 2: distinct from nudge.kernels.risk's baseline layout (1), so a row of one is never
+# taken for the other.
+MODEL_VERSION = 2.0
 N_CAT = 4  # country, merchant category, device, channel (TX_COUNTRY.. order)
 CAT_BINS = (COUNTRY_BINS, MCC_BINS, DEVICE_BINS, CHANNEL_BINS)
 CAT_TX = (TX_COUNTRY, TX_MCC, TX_DEVICE, TX_CHANNEL)
@@ -389,15 +391,10 @@ def new_population_state() -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------
-_F8 = types.float64
-
-
-def _arr(ndim: int, readonly: bool) -> types.Array:
-    return types.Array(_F8, ndim, "C", readonly=readonly)
-
-
-_RW1, _RO1, _RW2 = _arr(1, False), _arr(1, True), _arr(2, False)
-_I8 = types.Array(types.int64, 1, "C")
+# Every kernel takes C-contiguous float64 vectors; what a kernel only reads is declared
+# read-only, so writable arrays and LMDB views both convert to it.
+_RW1, _RO1, _RW2, _RO2 = jit.f8_1d, jit.f8_1d_ro, jit.f8_2d, jit.f8_2d_ro
+_I8 = jit.i8_1d
 _JIT = jit.NOGIL_NUMPY_ERRORS
 _CAT_TX = np.array(CAT_TX, dtype=np.int64)
 _CAT_BINS = np.array(CAT_BINS, dtype=np.int64)
@@ -414,7 +411,7 @@ _RATE_EDGES = np.array(RATE_EDGES, dtype=np.float64)
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-@njit(_F8(_F8), **_JIT)
+@njit(jit.f8(jit.f8), **_JIT)
 def _hist_bucket(n):
     k = 0
     for j in range(1, N_HIST):
@@ -423,14 +420,14 @@ def _hist_bucket(n):
     return k
 
 
-@njit(_F8(_F8, _F8, _F8), **_JIT)
+@njit(jit.f8(jit.f8, jit.f8, jit.f8), **_JIT)
 def _student_t_logpdf(z, scale, dof):
     return (math.lgamma(0.5 * (dof + 1.0)) - math.lgamma(0.5 * dof)
             - 0.5 * math.log(dof * math.pi) - math.log(scale)
             - 0.5 * (dof + 1.0) * math.log1p(z * z / dof))
 
 
-@njit(**_JIT)
+@njit(jit.i8(_RO1), **_JIT)
 def _rate_row(user):
     n = user[U_N]
     if n < 3.0:
@@ -445,7 +442,7 @@ def _rate_row(user):
     return row
 
 
-@njit(**_JIT)
+@njit(jit.i8(_RO1, jit.f8, jit.f8), **_JIT)
 def _velocity_k(user, t, window):
     k = 0
     for j in range(RING):
@@ -455,7 +452,7 @@ def _velocity_k(user, t, window):
     return min(k, VEL_K - 1)
 
 
-@njit(**_JIT)
+@njit(jit.f8_pair(_RO1, _RO1, _RO1), **_JIT)
 def _amount_posterior(user, pop, params):
     """(m, sigma_u^2 + v): the customer's predictive location and variance of log1p."""
     if pop[P_AMT_N] < 2.0:
@@ -473,7 +470,7 @@ def _amount_posterior(user, pop, params):
     return m, sig2 + 1.0 / prec
 
 
-@njit(**_JIT)
+@njit(jit.f8(_RO1, jit.i8, jit.f8, _RO1), **_JIT)
 def _novelty(pop, f, n, params):
     k = int(_hist_bucket(n))
     base = P_NOV + (f * N_HIST + k) * 2
@@ -481,7 +478,7 @@ def _novelty(pop, f, n, params):
     return (pop[base + 1] + a / (1.0 + n)) / (pop[base] + a)
 
 
-@njit(**_JIT)
+@njit(jit.f8(_RO1, jit.i8, jit.i8, jit.f8, jit.i8), **_JIT)
 def _new_value_prob(pop, f, b, n, nbins):
     """q_pop(b): how often genuine customers' new value is b (first values apart)."""
     if n == 0.0:
@@ -489,12 +486,12 @@ def _new_value_prob(pop, f, b, n, nbins):
     return (pop[_P_NEWHIST_OFF[f] + b] + 0.5) / (pop[_P_NEWHIST_TOTAL[f]] + 0.5 * nbins)
 
 
-@njit(**_JIT)
+@njit(jit.b1(_RO1, jit.i8, jit.i8, jit.f8, jit.f8), **_JIT)
 def _is_recent(user, f, b, t, window):
     return user[U_RECENT_BIN + f] == b and 0.0 <= t - user[U_RECENT_TIME + f] <= window
 
 
-@njit(**_JIT)
+@njit(jit.f8(_RO1, _RO1, _RO1, jit.i8, jit.i8, jit.f8, _RO1), **_JIT)
 def _recent_evidence(user, pop, tx, f, b, n, params):
     """Extra log ratio for a seen value: was it new only recently? An attacker whose
     first transaction was learned reuses what they brought (``attacker_recent``); genuine
@@ -507,7 +504,16 @@ def _recent_evidence(user, pop, tx, f, b, n, params):
     return math.log((1.0 - rr) / (1.0 - r))
 
 
-@njit(**_JIT)
+@njit(jit.f8(_RO1), **_JIT)
+def _fr_total(pop):
+    """FRAUD labels seen (the hour histogram's total)."""
+    t = 0.0
+    for j in range(HOURS):
+        t += pop[P_FR_HOUR + j]
+    return t
+
+
+@njit(jit.void(_RO1, _RO1, _RO1, _RO1, jit.i8, _RW1, _RW1), **_JIT)
 def _evidence(user, pop, tx, params, k, ev, det):
     """Per-feature log likelihood ratios (clipped) into ev; bookkeeping into det."""
     clip = params[K_CLIP]
@@ -605,16 +611,7 @@ def _evidence(user, pop, tx, params, k, ev, det):
     ev[E_VELOCITY] = min(max(math.log(pt / pg), -clip), clip)
 
 
-@njit(**_JIT)
-def _fr_total(pop):
-    """FRAUD labels seen (the hour histogram's total)."""
-    t = 0.0
-    for j in range(HOURS):
-        t += pop[P_FR_HOUR + j]
-    return t
-
-
-@njit(**_JIT)
+@njit(jit.void(_RO1, _RO1, _RO1, _RO1, _RW1, _RW1), **_JIT)
 def _score(user, pop, tx, params, out, feat):
     """Score into out (DETAIL_LEN) and feat (FEAT_LEN); nothing is written to user/pop."""
     k = _velocity_k(user, tx[TX_TIME], params[K_VEL_WINDOW])
@@ -650,7 +647,7 @@ def _score(user, pop, tx, params, out, feat):
         feat[F_NEW + f] = out[D_NEW + f]
 
 
-@njit(**_JIT)
+@njit(jit.void(_RW1, jit.f8), **_JIT)
 def _observe(user, t):
     """Every scored transaction enters the velocity ring (held ones too)."""
     pos = int(user[U_RING_POS])
@@ -659,7 +656,7 @@ def _observe(user, t):
     user[U_SEEN] += 1.0
 
 
-@njit(**_JIT)
+@njit(jit.void(_RW1, _RW1, _RO1, _RO1), **_JIT)
 def _learn(user, pop, feat, params):
     """Fold one genuine (or presumed genuine) transaction into the customer and population."""
     # population first: it learns how customers *with this history* behave
@@ -749,7 +746,7 @@ def _learn(user, pop, feat, params):
     pop[P_CC_POS] = (pos + 1) % CC_RING
 
 
-@njit(**_JIT)
+@njit(jit.void(_RW1, _RO1, jit.f8, jit.f8, _RO1), **_JIT)
 def _sgd(pop, ev, y, z0, params):
     z = z0
     for f in range(N_EVIDENCE):
@@ -761,7 +758,7 @@ def _sgd(pop, ev, y, z0, params):
         pop[P_W + f] = max(w - lr * (g * ev[f] + params[K_L2] * (w - 1.0)), 0.0)
 
 
-@njit(**_JIT)
+@njit(jit.void(_RW1, _RO1, jit.f8, _RO1), **_JIT)
 def _label(pop, feat, y, params):
     """A label: FRAUD updates the takeover model and trains the weights against a
     presumed-genuine partner; GENUINE trains the weights as a negative."""
@@ -791,44 +788,48 @@ def _label(pop, feat, y, params):
         _sgd(pop, ev, 0.0, math.log(pi / (1.0 - pi)), params)
 
 
-def _score_sigs() -> list:
-    return [types.void(_arr(1, s), _arr(1, p), _RO1, _RO1, _RW1, _RW1)
-            for s in (True, False) for p in (True, False)]
-
-
-@njit(_score_sigs(), **_JIT)
+# The single-transaction kernels run for a few microseconds inside a gRPC handler: they keep
+# the GIL (jit.GIL_NUMPY_ERRORS; see kernels/jit.py). Exact signatures for writable and
+# read-only (LMDB view) user and population rows, so dispatch needs no conversion.
+@njit([jit.void(u, p, _RO1, _RO1, _RW1, _RW1) for u in (_RO1, _RW1) for p in (_RO1, _RW1)],
+      **jit.GIL_NUMPY_ERRORS)
 def _score_one_kernel(user, pop, tx, params, out, feat):
     """Score one transaction (read-only inputs; no state change)."""
     _score(user, pop, tx, params, out, feat)
 
 
-@njit(types.void(_RW1, _RW1, _RO1, _RO1, types.boolean, _RW1, _RW1), **_JIT)
-def _score_learn_one_kernel(user, pop, tx, params, learn, out, feat):
-    """Score, observe, and learn unless held; user and pop are updated in place."""
+@njit(jit.void(_RW1, _RW1, _RO1, _RO1, jit.b1, jit.b1, _RW1, _RW1), **jit.GIL_NUMPY_ERRORS)
+def _score_learn_one_kernel(user, pop, tx, params, learn, hold, out, feat):
+    """Score, observe, and learn unless held; user and pop are updated in place. With
+    ``hold`` False nothing is held (backfill: every transaction is learned)."""
     _score(user, pop, tx, params, out, feat)
     _observe(user, tx[TX_TIME])
+    if not hold:
+        out[D_HELD] = 0.0
     if learn and out[D_HELD] == 0.0:
         _learn(user, pop, feat, params)
 
 
-@njit(types.void(_RW2, _I8, _RW2, _RW1, _RO1, types.boolean, _RW2, _RW2), **_JIT)
-def _score_learn_batch_kernel(users, rows, txs, pop, params, learn, out, feats):
+@njit(jit.void(_RW2, _I8, _RO2, _RW1, _RO1, jit.b1, jit.b1, _RW2, _RW2), **_JIT)
+def _score_learn_batch_kernel(users, rows, txs, pop, params, learn, hold, out, feats):
     """In order, each transaction as _score_learn_one_kernel on its customer's row."""
     for i in range(txs.shape[0]):
         u = users[rows[i]]
         _score(u, pop, txs[i], params, out[i], feats[i])
         _observe(u, txs[i, TX_TIME])
+        if not hold:
+            out[i, D_HELD] = 0.0
         if learn and out[i, D_HELD] == 0.0:
             _learn(u, pop, feats[i], params)
 
 
-@njit(types.void(_RW2, _I8, _RW2, _RW1, _RO1), **_JIT)
+@njit(jit.void(_RW2, _I8, _RO2, _RW1, _RO1), **_JIT)
 def _learn_batch_kernel(users, rows, feats, pop, params):
     for i in range(feats.shape[0]):
         _learn(users[rows[i]], pop, feats[i], params)
 
 
-@njit(types.void(_RW1, _RW2, _RW1, _RO1), **_JIT)
+@njit(jit.void(_RW1, _RO2, _RO1, _RO1), **_JIT)
 def _label_batch_kernel(pop, feats, labels, params):
     for i in range(feats.shape[0]):
         _label(pop, feats[i], labels[i], params)
@@ -866,9 +867,10 @@ def score_one(user: np.ndarray, population: np.ndarray, transaction: np.ndarray,
 
 def score_and_learn(users: np.ndarray, rows: np.ndarray, population: np.ndarray,
                     transactions: np.ndarray, params: ModelParams = DEFAULT_MODEL_PARAMS, *,
-                    learn: bool = True) -> ModelBatch:
+                    learn: bool = True, hold: bool = True) -> ModelBatch:
     """Score a time-ordered batch; each transaction is observed (velocity) and, unless held,
-    learned into its customer's row of ``users`` and into ``population`` (both in place)."""
+    learned into its customer's row of ``users`` and into ``population`` (both in place).
+    ``hold=False`` holds nothing (a backfill of history the bank already trusts)."""
     _check2(users, "users", USER_LEN)
     _check(population, "population", POP_LEN, writable=True)
     txs = np.ascontiguousarray(transactions, dtype=np.float64)
@@ -880,9 +882,24 @@ def score_and_learn(users: np.ndarray, rows: np.ndarray, population: np.ndarray,
     out = np.empty((n, DETAIL_LEN))
     feats = np.empty((n, FEAT_LEN))
     _score_learn_batch_kernel(users, rows_, txs, population, params.to_array(), bool(learn),
-                              out, feats)
+                              bool(hold), out, feats)
     return ModelBatch(scores=out[:, D_SCORE].copy(), held=out[:, D_HELD] > 0, details=out,
                       features=feats)
+
+
+def score_learn_one(user: np.ndarray, population: np.ndarray, transaction: np.ndarray,
+                    params: ModelParams = DEFAULT_MODEL_PARAMS, *, hold: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """One transaction as :func:`score_and_learn` (``user`` and ``population`` updated in
+    place), with the light checks of :func:`score_one`: (details, features)."""
+    _check(user, "user", USER_LEN, writable=True)
+    _check(population, "population", POP_LEN, writable=True)
+    _check_tx(transaction)
+    out = np.empty(DETAIL_LEN)
+    feat = np.empty(FEAT_LEN)
+    _score_learn_one_kernel(user, population, transaction, params.to_array(), True, bool(hold),
+                            out, feat)
+    return out, feat
 
 
 def learn_held(users: np.ndarray, rows: np.ndarray, population: np.ndarray,
@@ -917,6 +934,8 @@ def warm_up() -> None:
     pop = new_population_state()
     tx = encode_transaction(10.0, 0.0, 12.0, "US", "5411", "d", "online")
     b = score_and_learn(users, np.zeros(1, np.int64), pop, tx.reshape(1, -1))
+    score_and_learn(users, np.zeros(1, np.int64), pop, tx.reshape(1, -1), hold=False)
+    score_learn_one(users[0], pop, tx)
     learn_held(users, np.zeros(1, np.int64), pop, b.features)
     apply_labels(pop, b.features, np.ones(1))
     for ro_u in (False, True):
