@@ -223,9 +223,14 @@ class Client:
         return self._call(self.risk.ScoreTransaction, request, timeout)
 
     def score_transactions(
-        self, transactions: Iterable[risk_service_pb2.Transaction], timeout: float | None = None
+        self, transactions: Iterable[risk_service_pb2.Transaction], timeout: float | None = None,
+        learn_only: bool = False,
     ) -> list[risk_service_pb2.TransactionScore]:
-        request = risk_service_pb2.ScoreTransactionsRequest(transactions=list(transactions))
+        """Score a batch in order; ``learn_only`` loads history (backfill): every
+        transaction is learned, none held."""
+        request = risk_service_pb2.ScoreTransactionsRequest(
+            transactions=list(transactions), learn_only=learn_only
+        )
         return list(self._call(self.risk.ScoreTransactions, request, timeout).scores)
 
     def label_transaction(

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from nudge.kernels.risk_model import ModelParams
 from nudge.kernels.warmup import warm_up_all
 from nudge.server.clock import Clock, SystemClock
 from nudge.server.cluster.leadership import Leadership
@@ -185,12 +186,14 @@ class NudgeServer:
         return True
 
     def start_leading(self) -> None:
-        """What runs once per store: the learner (with expiry) and the journey worker."""
+        """What runs once per store: the learner (with expiry), the journey worker and the
+        risk hold expiry pass."""
         if self.config.learner_thread:
             self.learner.start()
         self.journeys.start()
         if self.config.retention_interval_seconds:
             self.retention.start()
+        self.risk.start_hold_expiry()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight calls finish, commit what is queued, close LMDB."""
@@ -277,7 +280,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    risk_engine = RiskEngine(store, writer)
+    risk_engine = RiskEngine(store, writer, ModelParams(prior=config.risk_prior),
+                             config.risk_hold_seconds)
     pseudonyms = Pseudonyms(config.pseudonymize_key)
     decisions = DecisionEngine(
         store, writer, risk_engine, campaigns, config.half_life_seconds, config.default_campaign,

@@ -45,6 +45,10 @@ class Config:
     worker_index: int = 0
     # Half-life of decayed per-user counts, in seconds (event time).
     half_life_seconds: float = 7 * 86_400.0
+    # Fraud scoring: the prior rate P(fraud) the score is a posterior under, and how long
+    # (event time) a held transaction waits for a FRAUD label before it is learned as genuine.
+    risk_prior: float = 0.003
+    risk_hold_seconds: float = 7 * 86_400.0
     # Largest number of events one group commit takes from the queue.
     max_batch_events: int = 50_000
     # Seconds in-flight RPCs get to finish on SIGTERM/SIGINT.
@@ -110,6 +114,10 @@ class Config:
             raise ConfigError(f"worker_index: must be in [0, workers), got {self.worker_index}")
         if not self.half_life_seconds > 0:
             raise ConfigError("half_life_seconds: must be positive")
+        if not 0.0 < self.risk_prior < 1.0:
+            raise ConfigError(f"risk_prior: must be in (0, 1), got {self.risk_prior}")
+        if not self.risk_hold_seconds > 0:
+            raise ConfigError("risk_hold_seconds: must be positive")
         if self.max_batch_events < 1:
             raise ConfigError("max_batch_events: must be at least 1")
         if self.grace_seconds < 0:

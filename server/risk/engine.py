@@ -1,27 +1,47 @@
-"""Per-user risk scoring: score first, then learn, durably and idempotently.
+"""Per-customer fraud scoring: score first, then learn, durably and idempotently.
+
+The model is ``nudge.kernels.risk_model``: ``score`` is P(fraud | the transaction, the
+customer's history) under the configured prior rate, from a likelihood ratio "takeover"
+vs "this genuine customer" whose genuine side is learned from the whole population.
+Per customer a ``USER_LEN`` float64 row; one population row, written by one writer at a
+time (this engine under its lock, or the group commit's write transaction on a shared
+store), stored beside the customers through ``tables.risk_baselines``.
 
 ScoreTransaction sits inside a card authorisation, so its reply cannot wait for an fsync
-(milliseconds). The engine keeps an in-memory overlay of every baseline and transaction
-record it changed but has not yet seen committed; scoring reads the overlay first, so the
-next transaction of the same user sees the previous one at once. The changes ride the
-next group commit of the shared writer; once durable, overlay entries that were not
-changed again are dropped. The crash window — a score that was answered but whose
-baseline update had not yet committed — is a few milliseconds (README, "Risk").
+(milliseconds). The engine keeps an in-memory overlay of every customer row and
+transaction record it changed but has not yet seen committed; scoring reads the overlay
+first, so the next transaction of the same customer sees the previous one at once. The
+changes ride the next group commit of the shared writer; once durable, overlay entries
+that were not changed again are dropped. The crash window — a score that was answered but
+whose learning had not yet committed — is a few milliseconds (README, "Risk scoring").
 
 On a store shared by several server processes (``--workers``) another process may score
-the same user at the same moment, so the overlay cannot be trusted across calls: each
-call then scores inside a write transaction of the group commit — reading the baseline,
+the same customer at the same moment, so the overlay cannot be trusted across calls: each
+call then scores inside a write transaction of the group commit — reading the rows,
 scoring, learning and storing under LMDB's single-writer lock — and replies after the
 commit. No update is lost and there is no crash window, at the price of the commit.
 
-A transaction scoring at or above the guard threshold is held out of the baseline with
-the features needed to learn it later: LabelTransaction GENUINE folds it in, FRAUD never
-does. Events of type ``transaction`` sent through Track update the same baselines inside
-their own commit (and are idempotent with ScoreTransaction by transaction id).
+Holds: a transaction whose score reaches the model's hold threshold is kept out of the
+customer's and the population's rows, with its features in its transaction record and an
+entry in the hold index. A GENUINE label folds it in; FRAUD never does; a hold that gets
+no FRAUD label within ``hold_seconds`` of *event time* (the latest scored transaction's
+time) is folded in as genuine by the expiry pass (:meth:`RiskEngine.expire_holds`, run in
+the background by the store's leader). The fold, the record's ``learned_by`` and the
+removal of the index entry commit together, so each held transaction is learned once
+across retries, restarts and workers. Every label (the first one per transaction) also
+trains the model's takeover side and supervised weights (``apply_labels``); a FRAUD label
+on a transaction already learned (expired, or scored low) is recorded and trains, but the
+customer's row is not un-learned (README, "Risk scoring").
+
+Events of type ``transaction`` sent through Track are scored, held and learned the same
+way inside their own commit (and are idempotent with ScoreTransaction by transaction id);
+ScoreTransactions with ``learn_only`` learns every transaction without holding (backfill).
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterable
@@ -31,8 +51,24 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from nudge.kernels import risk
-from nudge.kernels.risk_reasons import explain
+from nudge.kernels.risk import encode_transaction, encode_transactions
+from nudge.kernels.risk_model import (
+    D_HELD,
+    D_HISTORY,
+    D_SCORE,
+    DEFAULT_MODEL_PARAMS,
+    N_EVIDENCE,
+    P_W,
+    USER_LEN,
+    ModelParams,
+    apply_labels,
+    learn_held,
+    new_population_state,
+    new_user_state,
+    score_and_learn,
+    score_learn_one,
+)
+from nudge.kernels.risk_model_reasons import explain
 from nudge.server.errors import InvalidArgument, NotFound
 from nudge.server.inputs.events import ValidEvent
 from nudge.server.inputs.transactions import ValidTransaction, transaction_from_event
@@ -43,6 +79,8 @@ from nudge.server.storage.tables import transactions as transaction_table
 from nudge.server.storage.tables.transactions import TransactionRecord, TxKey
 from nudge.server.storage.write_behind import WriteBehind
 
+log = logging.getLogger(__name__)
+
 # How long a held (anomalous) transaction keeps credit offers away from the user.
 ANOMALY_MEMORY = 86_400.0
 MAX_REASONS = 5
@@ -52,16 +90,22 @@ HELD_CACHE = 100_000
 # Delay between the first unsaved change and its flush (see DelayedFlusher).
 FLUSH_DELAY = 0.001
 LABELS = ("FRAUD", "GENUINE")
+DEFAULT_HOLD_SECONDS = 7 * 86_400.0
+# The expiry pass: how often it looks for due holds, and how many it folds per commit.
+EXPIRY_INTERVAL = 1.0
+EXPIRY_BATCH = 5_000
+_ROW0 = np.zeros(1, np.int64)
 
 
 class RiskEngine:
     def __init__(
-        self, store: Store, writer: EventWriter, params: risk.RiskParams = risk.DEFAULT_PARAMS
+        self, store: Store, writer: EventWriter, params: ModelParams = DEFAULT_MODEL_PARAMS,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
     ) -> None:
         self.store = store
         self.writer = writer
         self.params = params
-        self.population_params = params.for_population()
+        self.hold_seconds = hold_seconds
         self._lock = threading.Lock()
         self._states: dict[str, np.ndarray] = {}
         # (user id, transaction id) -> record: transaction ids are unique per user.
@@ -75,22 +119,76 @@ class RiskEngine:
         )
         with store.read() as txn:
             stored = risk_baselines.population(txn, store.dbs)
-            self._population = risk.new_risk_state() if stored is None else stored.copy()
+            self._population = new_population_state() if stored is None else stored.copy()
+            self._clock = risk_baselines.clock(txn, store.dbs)
+            if stored is None and risk_baselines.has_legacy_state(txn, store.dbs):
+                log.warning("risk: this store holds baselines of the pre-model layout; they "
+                            "are ignored and every customer starts from the prior")
         self._population.flags.writeable = False
+        self._expiry_stop = threading.Event()
+        self._expiry_thread: threading.Thread | None = None
         writer.add_event_hook(self._on_events)
 
     # -- public operations ---------------------------------------------------------------
 
-    def score(self, transactions: list[ValidTransaction]) -> list[TransactionRecord]:
+    def score(
+        self, transactions: list[ValidTransaction], learn_only: bool = False
+    ) -> list[TransactionRecord]:
         """Score (then learn) each transaction in order; replies without waiting for the
         commit (on a shared store: after it). A transaction id seen before returns its
-        first answer unchanged."""
+        first answer unchanged. ``learn_only``: a backfill of history — every transaction
+        is learned, none held, and no reasons are written."""
         if self.store.shared:
-            return self._score_committed(transactions)
+            return self._score_committed(transactions, learn_only)
         with self._lock, self.store.read() as txn:
-            records = [self._score_one(tx, txn) for tx in transactions]
+            records = self._score_in_lock(transactions, learn_only, txn)
             self._write_behind.request()
         return records
+
+    def expire_holds(self) -> int:
+        """Fold in, as genuine and once, the held transactions whose hold delay (event
+        time) has passed without a FRAUD label; returns how many were folded."""
+        dbs = self.store.dbs
+        with self._lock, self.store.read() as txn:
+            clock = max(self._clock, risk_baselines.clock(txn, dbs))
+            if not any(risk_baselines.holds_due(txn, dbs, clock - self.hold_seconds)):
+                return 0  # the usual case: nothing due, no commit
+
+        # In a write transaction: the index read there is what every process committed, and
+        # the folds, the records and the index entries they drop commit together. A retried
+        # job finds its records already folded in the overlay and only writes them again.
+        def job(txn: lmdb.Transaction) -> tuple[int, tuple]:
+            with self._lock:
+                self._clock = max(self._clock, risk_baselines.clock(txn, dbs))
+                due = self._due(txn)
+                users = {u for _, u, _ in due}
+                ids = [(u, t) for _, u, t in due]
+                if self.store.shared:
+                    self._reload(txn, users, ids)
+                folded = self._expire(due, txn)
+            return folded, self._write(txn, users, ids)
+
+        folded, written = self.writer.submit_job(job).result()
+        self._forget(*written)
+        return folded
+
+    def start_hold_expiry(self, interval: float = EXPIRY_INTERVAL) -> None:
+        """Run :meth:`expire_holds` every ``interval`` seconds in a thread (once per store:
+        the leader runs it; the commit keeps it exactly once even if two ever did)."""
+        if self._expiry_thread is not None:
+            return
+
+        def run() -> None:
+            while not self._expiry_stop.wait(interval):
+                try:
+                    while self.expire_holds() >= EXPIRY_BATCH:
+                        pass
+                except Exception:  # keep going: the next pass retries what is due
+                    log.exception("risk: hold expiry pass failed; will retry")
+
+        self._expiry_thread = threading.Thread(target=run, name="nudge-risk-expiry",
+                                               daemon=True)
+        self._expiry_thread.start()
 
     def label(self, user_id: str, transaction_id: str, label: str) -> Future[bool]:
         """Record an investigated label; GENUINE folds a held transaction into the baseline.
@@ -134,6 +232,17 @@ class RiskEngine:
                 self._held_at[user_id] = held
         return now - held < ANOMALY_MEMORY
 
+    def population(self) -> np.ndarray:
+        """A copy of the population state as this process last saw it."""
+        with self._lock:
+            return self._population.copy()
+
+    def transaction(self, user_id: str, transaction_id: str) -> TransactionRecord | None:
+        """The record of a scored transaction (overlay first), or None."""
+        with self._lock, self.store.read() as txn:
+            record = self._record((user_id, transaction_id), txn)
+            return None if record is None else record.copy()
+
     def baseline(self, user_id: str) -> np.ndarray | None:
         """The user's current risk baseline (overlay first), or None if never scored."""
         with self._lock, self.store.read() as txn:
@@ -144,14 +253,16 @@ class RiskEngine:
 
     # -- on a shared store: inside the write transaction ---------------------------------
 
-    def _score_committed(self, transactions: list[ValidTransaction]) -> list[TransactionRecord]:
+    def _score_committed(
+        self, transactions: list[ValidTransaction], learn_only: bool
+    ) -> list[TransactionRecord]:
         users = {tx.user_id for tx in transactions}
         ids = [(tx.user_id, tx.transaction_id) for tx in transactions]
 
         def job(txn: lmdb.Transaction) -> tuple[list[TransactionRecord], tuple]:
             with self._lock:
                 self._reload(txn, users, ids)
-                records = [self._score_one(tx, txn) for tx in transactions]
+                records = self._score_in_lock(transactions, learn_only, txn)
             return records, self._write(txn, users, ids)
 
         records, written = self.writer.submit_job(job).result()
@@ -194,33 +305,82 @@ class RiskEngine:
                 self._held_at.pop(user_id, None)
             else:
                 self._held_at[user_id] = held
-        for transaction_id in transaction_ids:
-            self._records.pop(transaction_id, None)
+        for key in transaction_ids:
+            self._records.pop(key, None)
         stored = risk_baselines.population(txn, dbs)
         if stored is not None:
             population = stored.copy()
             population.flags.writeable = False
             self._population = population
+        self._clock = max(self._clock, risk_baselines.clock(txn, dbs))
 
     # -- inside the lock -----------------------------------------------------------------
 
     def _label_one(self, key: TxKey, label: str, txn: lmdb.Transaction) -> TransactionRecord:
-        """The labelled copy of a scored transaction (now in the overlay); GENUINE folds a
-        held one into the user's and the population's baselines."""
+        """The labelled copy of a scored transaction (now in the overlay). The first label
+        of a transaction trains the model; GENUINE folds a held one into the customer's and
+        the population's rows; FRAUD on one already learned is recorded, not un-learned."""
         record = self._record(key, txn)
         if record is None:
             raise NotFound(f"transaction_id: {key[1]!r} was never scored for this user")
         record = record.copy()
+        first = record.label == ""
         record.label = label
-        if label == "GENUINE" and not record.in_baseline:
-            features = np.asarray(record.features, dtype=np.float64)
-            state = self._state(record.user_id, txn)
-            self._states[record.user_id] = risk.learn_transaction(state, features, self.params)
-            self._learn_population(features)
-            record.in_baseline = True
-            self._held_at[record.user_id] = -math.inf
+        features = record.model_features
+        if features is not None:
+            f = np.asarray(features, dtype=np.float64).reshape(1, -1)
+            if first:
+                population = self._population.copy()
+                apply_labels(population, f, np.array([1.0 if label == "FRAUD" else 0.0]),
+                             self.params)
+                self._set_population(population)
+            if label == "GENUINE" and not record.in_baseline:
+                self._learn_held(record.user_id, f, txn)
+                record.in_baseline = True
+                record.learned_by = "genuine_label"
+                self._held_at[record.user_id] = -math.inf
         self._records[key] = record
         return record
+
+    def _due(self, txn: lmdb.Transaction) -> list[tuple[float, str, str]]:
+        """(Inside the lock.) The waiting holds whose delay has passed, oldest first."""
+        until = self._clock - self.hold_seconds
+        return list(itertools.islice(
+            risk_baselines.holds_due(txn, self.store.dbs, until), EXPIRY_BATCH))
+
+    def _expire(self, due: list[tuple[float, str, str]], txn: lmdb.Transaction) -> int:
+        """(Inside the lock, in a write transaction.) Fold the due holds that still wait;
+        every due record goes to the overlay, so the write drops its index entry; entries
+        whose record is gone (erased, or past retention) are dropped here."""
+        folded = 0
+        for at, user_id, transaction_id in due:
+            key = (user_id, transaction_id)
+            record = self._record(key, txn)
+            if record is None:
+                risk_baselines.clear_hold(txn, self.store.dbs, at, user_id, transaction_id)
+                continue
+            record = record.copy()
+            features = record.model_features
+            if record.waiting and features is not None:
+                self._learn_held(record.user_id,
+                                 np.asarray(features, dtype=np.float64).reshape(1, -1), txn)
+                record.in_baseline = True
+                record.learned_by = "hold_expiry"
+                folded += 1
+            self._records[key] = record
+        return folded
+
+    def _learn_held(self, user_id: str, features: np.ndarray, txn: lmdb.Transaction) -> None:
+        state = self._state(user_id, txn).copy().reshape(1, USER_LEN)
+        population = self._population.copy()
+        learn_held(state, _ROW0, population, features, self.params)
+        self._states[user_id] = state[0]
+        self._set_population(population)
+
+    def _set_population(self, population: np.ndarray) -> None:
+        """Copy on write: a flush may be storing the previous one."""
+        population.flags.writeable = False
+        self._population = population
 
     def _record(self, key: TxKey, txn: lmdb.Transaction) -> TransactionRecord | None:
         record = self._records.get(key)
@@ -233,21 +393,42 @@ class RiskEngine:
         if state is not None:
             return state
         stored = risk_baselines.baseline(txn, self.store.dbs, user_id)
-        return risk.new_risk_state() if stored is None else stored
+        return new_user_state() if stored is None else stored
+
+    def _score_in_lock(
+        self, transactions: list[ValidTransaction], learn_only: bool, txn: lmdb.Transaction
+    ) -> list[TransactionRecord]:
+        if not learn_only:
+            return [self._score_one(tx, txn) for tx in transactions]
+        fresh: dict[TxKey, ValidTransaction] = {}
+        for tx in transactions:
+            key = (tx.user_id, tx.transaction_id)
+            if key not in fresh and self._record(key, txn) is None:
+                fresh[key] = tx
+        if fresh:
+            self._score_batch(list(fresh.values()), txn, hold=False)
+        records = []
+        for tx in transactions:
+            record = self._record((tx.user_id, tx.transaction_id), txn)
+            assert record is not None  # scored now or before
+            records.append(record)
+        return records
 
     def _score_one(self, tx: ValidTransaction, txn: lmdb.Transaction) -> TransactionRecord:
         previous = self._record((tx.user_id, tx.transaction_id), txn)
         if previous is not None:
             return previous
         hour = self._local_hour(tx, txn)
-        vector = risk.encode_transaction(
+        vector = encode_transaction(
             tx.amount, tx.time, hour, tx.country, tx.merchant_category, tx.device_id, tx.channel
         )
-        result = risk.score_transaction(
-            self._state(tx.user_id, txn), self._population, vector, self.params
-        )
+        state = self._state(tx.user_id, txn).copy()
+        population = self._population.copy()
+        details, features = score_learn_one(state, population, vector, self.params)
+        held = bool(details[D_HELD])
         reasons = explain(
-            result.details,
+            details,
+            population[P_W:P_W + N_EVIDENCE],
             country=tx.country,
             merchant_category=tx.merchant_category,
             local_hour=hour,
@@ -256,20 +437,22 @@ class RiskEngine:
         )
         record = TransactionRecord(
             user_id=tx.user_id,
-            score=result.score,
+            score=float(details[D_SCORE]),
             reasons=[(r.code, r.detail, r.weight) for r in reasons],
-            baseline_count=result.baseline_count,
-            held=not result.learned,
-            in_baseline=result.learned,
-            features=[] if result.learned else result.features.tolist(),
+            baseline_count=int(details[D_HISTORY]),
+            held=held,
+            in_baseline=not held,
+            features=features.tolist(),
             time=tx.time,
+            learned_by="" if held else "scored",
         )
-        self._states[tx.user_id] = result.state
+        self._states[tx.user_id] = state
         self._records[(tx.user_id, tx.transaction_id)] = record
-        if result.learned:
-            self._learn_population(result.features)
-        else:
+        self._clock = max(self._clock, tx.time)
+        if held:
             self._held_at[tx.user_id] = max(self._held_at.get(tx.user_id, -math.inf), tx.time)
+        else:
+            self._set_population(population)
         return record
 
     def _local_hour(self, tx: ValidTransaction, txn: lmdb.Transaction) -> float:
@@ -287,22 +470,18 @@ class RiskEngine:
             self._time_zones[user_id] = tz
         return tz
 
-    def _learn_population(self, features: np.ndarray) -> None:
-        """Fold genuine features into the population baseline, in order, synchronously:
-        scores must not depend on when a background job happened to run."""
-        if features.ndim == 1:
-            population = risk.learn_transaction(
-                self._population, features, self.population_params
-            )
-        else:
-            population = risk.learn_transactions(
-                self._population[None, :].copy(), np.zeros(features.shape[0], np.int64),
-                features, self.population_params, inplace=True,
-            )[0]
-        population.flags.writeable = False
-        self._population = population
-
     # -- commits -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Store the overlay now (erasure must find everything in the store)."""
+        self._write_behind.flush()
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop what is cached about an erased user."""
+        with self._lock:
+            self._states.pop(user_id, None)
+            self._time_zones.pop(user_id, None)
+            self._held_at.pop(user_id, None)
 
     def flush(self) -> None:
         """Store the overlay now (erasure must find everything in the store)."""
@@ -318,7 +497,11 @@ class RiskEngine:
                 del self._records[key]
 
     def close(self) -> None:
-        """Store what is still unsaved and stop the flusher (before the writer closes)."""
+        """Stop the expiry pass, store what is still unsaved and stop the flusher (before
+        the writer closes)."""
+        self._expiry_stop.set()
+        if self._expiry_thread is not None:
+            self._expiry_thread.join()
         self._write_behind.close()
 
     def _write(
@@ -336,10 +519,16 @@ class RiskEngine:
             states = {u: self._states[u] for u in user_ids if u in self._states}
             records = {t: self._records[t] for t in transaction_ids if t in self._records}
             population = self._population
+            clock = self._clock
         for user_id, state in states.items():
             risk_baselines.put_baseline(txn, dbs, user_id, state)
         for key, record in records.items():
             transaction_table.put(txn, dbs, key, record)
+            if record.held and record.time > 0:
+                if record.waiting:
+                    risk_baselines.put_hold(txn, dbs, record.time, *key)
+                else:
+                    risk_baselines.clear_hold(txn, dbs, record.time, *key)
         for user_id in states:
             held = self._held_at.get(user_id)
             if held is not None and held > -math.inf:
@@ -347,6 +536,8 @@ class RiskEngine:
             elif held is not None:
                 risk_baselines.clear_held(txn, dbs, user_id)
         risk_baselines.put_population(txn, dbs, population)
+        if clock > -math.inf:
+            risk_baselines.put_clock(txn, dbs, clock)
         return states, records
 
     def _forget(
@@ -356,9 +547,9 @@ class RiskEngine:
             for user_id, state in states.items():
                 if self._states.get(user_id) is state:
                     del self._states[user_id]
-            for transaction_id, record in records.items():
-                if self._records.get(transaction_id) is record:
-                    del self._records[transaction_id]
+            for key, record in records.items():
+                if self._records.get(key) is record:
+                    del self._records[key]
 
     def _on_events(
         self, txn: lmdb.Transaction, events: list[ValidEvent]
@@ -384,7 +575,7 @@ class RiskEngine:
                 if key not in fresh and self._record(key, txn) is None:
                     fresh[key] = tx
             if fresh:
-                self._score_batch(list(fresh.values()), txn)
+                self._score_batch(list(fresh.values()), txn, hold=True)
             mark()
         written = self._write(
             txn, {tx.user_id for tx in candidates},
@@ -438,45 +629,49 @@ class RiskEngine:
 
         return undo, mark
 
-    def _score_batch(self, txs: list[ValidTransaction], txn: lmdb.Transaction) -> None:
+    def _score_batch(
+        self, txs: list[ValidTransaction], txn: lmdb.Transaction, hold: bool
+    ) -> None:
+        """Score and learn in order through the batch kernel (Track's bulk history, and
+        backfills with ``hold`` False); only held transactions get reasons."""
         rows: dict[str, int] = {}
         for tx in txs:
             rows.setdefault(tx.user_id, len(rows))
-        states = np.empty((len(rows), risk.RISK_STATE_LEN), dtype=np.float64)
+        states = np.empty((len(rows), USER_LEN), dtype=np.float64)
         for user_id, row in rows.items():
             states[row] = self._state(user_id, txn)
         hours = [self._local_hour(tx, txn) for tx in txs]
-        vectors = risk.encode_transactions(
+        vectors = encode_transactions(
             [tx.amount for tx in txs], [tx.time for tx in txs], hours,
             [tx.country for tx in txs], [tx.merchant_category for tx in txs],
             [tx.device_id for tx in txs], [tx.channel for tx in txs],
         )
         user_rows = np.array([rows[tx.user_id] for tx in txs], dtype=np.int64)
-        batch = risk.score_transactions(
-            states, user_rows, self._population, vectors, self.params, inplace=True
-        )
+        population = self._population.copy()
+        batch = score_and_learn(states, user_rows, population, vectors, self.params, hold=hold)
+        weights = population[P_W:P_W + N_EVIDENCE]
+        learned_by = "scored" if hold else "backfill"
         for i, tx in enumerate(txs):
-            learned = bool(batch.learned[i])
-            reasons = [] if learned else explain(
-                batch.details[i], country=tx.country, merchant_category=tx.merchant_category,
-                local_hour=hours[i], params=self.params, max_reasons=MAX_REASONS,
-            )
+            held = bool(batch.held[i])
+            reasons = explain(
+                batch.details[i], weights, country=tx.country,
+                merchant_category=tx.merchant_category, local_hour=hours[i],
+                params=self.params, max_reasons=MAX_REASONS,
+            ) if held else []
             self._records[(tx.user_id, tx.transaction_id)] = TransactionRecord(
                 user_id=tx.user_id,
                 score=float(batch.scores[i]),
                 reasons=[(r.code, r.detail, r.weight) for r in reasons],
-                baseline_count=int(batch.details[i, risk.DETAIL_BASELINE_COUNT]),
-                held=not learned,
-                in_baseline=learned,
-                features=[] if learned else batch.features[i].tolist(),
+                baseline_count=int(batch.details[i, D_HISTORY]),
+                held=held,
+                in_baseline=not held,
+                features=batch.features[i].tolist(),
                 time=tx.time,
+                learned_by="" if held else learned_by,
             )
-        for i, tx in enumerate(txs):
-            if not batch.learned[i]:
+            if held:
                 self._held_at[tx.user_id] = max(self._held_at.get(tx.user_id, -math.inf), tx.time)
+        self._clock = max(self._clock, max(tx.time for tx in txs))
         for user_id, row in rows.items():
-            self._states[user_id] = batch.states[row].copy()
-        learned = batch.features[batch.learned]
-        if learned.shape[0]:
-            self._learn_population(learned)
-
+            self._states[user_id] = states[row].copy()
+        self._set_population(population)

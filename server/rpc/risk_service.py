@@ -63,7 +63,7 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
         txs = validate_transactions(list(request.transactions), self.clock.now())
         for tx in txs:
             tx.user_id = self.pseudonyms(tx.user_id)
-        records = self.engine.score(txs)
+        records = self.engine.score(txs, learn_only=request.learn_only)
         return pb.ScoreTransactionsResponse(
             scores=[
                 pb.TransactionScore(

@@ -81,7 +81,7 @@ def erase_user(writer: EventWriter, user_id: str) -> Erasure:
             deleted["seen"] += events.forget_seen(txn, dbs, sequence, payload)
             events.delete(txn, dbs, sequence)
             deleted["events"] += 1
-        if risk_baselines.baseline(txn, dbs, user_id) is not None:
+        if risk_baselines.stored(txn, dbs, user_id):
             deleted["risk"] += 1
         risk_baselines.delete(txn, dbs, user_id)
         # Keyed by user: a prefix read inside the write finds every one, late ones too.

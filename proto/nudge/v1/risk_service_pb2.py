@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nudge.v1 import common_pb2 as nudge_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnudge/v1/risk_service.proto\x12\x08nudge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15nudge/v1/common.proto\"\xd2\x01\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x01\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x19\n\x11merchant_category\x18\x05 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x06 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x07 \x01(\t\x12\x11\n\tdevice_id\x18\x08 \x01(\t\x12(\n\x04time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x17ScoreTransactionRequest\x12*\n\x0btransaction\x18\x01 \x01(\x0b\x32\x15.nudge.v1.Transaction\"r\n\x18ScoreTransactionResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12!\n\x07reasons\x18\x02 \x03(\x0b\x32\x10.nudge.v1.Reason\x12\x16\n\x0e\x62\x61seline_count\x18\x03 \x01(\x03\x12\x0c\n\x04held\x18\x04 \x01(\x08\"G\n\x18ScoreTransactionsRequest\x12+\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x15.nudge.v1.Transaction\"\x82\x01\n\x10TransactionScore\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12!\n\x07reasons\x18\x03 \x03(\x0b\x32\x10.nudge.v1.Reason\x12\x16\n\x0e\x62\x61seline_count\x18\x04 \x01(\x03\x12\x0c\n\x04held\x18\x05 \x01(\x08\"G\n\x19ScoreTransactionsResponse\x12*\n\x06scores\x18\x01 \x03(\x0b\x32\x1a.nudge.v1.TransactionScore\"m\n\x17LabelTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12)\n\x05label\x18\x02 \x01(\x0e\x32\x1a.nudge.v1.TransactionLabel\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"/\n\x18LabelTransactionResponse\x12\x13\n\x0bin_baseline\x18\x01 \x01(\x08*q\n\x10TransactionLabel\x12!\n\x1dTRANSACTION_LABEL_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRANSACTION_LABEL_FRAUD\x10\x01\x12\x1d\n\x19TRANSACTION_LABEL_GENUINE\x10\x02\x32\xa1\x02\n\x0bRiskService\x12Y\n\x10ScoreTransaction\x12!.nudge.v1.ScoreTransactionRequest\x1a\".nudge.v1.ScoreTransactionResponse\x12\\\n\x11ScoreTransactions\x12\".nudge.v1.ScoreTransactionsRequest\x1a#.nudge.v1.ScoreTransactionsResponse\x12Y\n\x10LabelTransaction\x12!.nudge.v1.LabelTransactionRequest\x1a\".nudge.v1.LabelTransactionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bnudge/v1/risk_service.proto\x12\x08nudge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15nudge/v1/common.proto\"\xd2\x01\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x01\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x19\n\x11merchant_category\x18\x05 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x06 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x07 \x01(\t\x12\x11\n\tdevice_id\x18\x08 \x01(\t\x12(\n\x04time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x17ScoreTransactionRequest\x12*\n\x0btransaction\x18\x01 \x01(\x0b\x32\x15.nudge.v1.Transaction\"r\n\x18ScoreTransactionResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12!\n\x07reasons\x18\x02 \x03(\x0b\x32\x10.nudge.v1.Reason\x12\x16\n\x0e\x62\x61seline_count\x18\x03 \x01(\x03\x12\x0c\n\x04held\x18\x04 \x01(\x08\"[\n\x18ScoreTransactionsRequest\x12+\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x15.nudge.v1.Transaction\x12\x12\n\nlearn_only\x18\x02 \x01(\x08\"\x82\x01\n\x10TransactionScore\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12!\n\x07reasons\x18\x03 \x03(\x0b\x32\x10.nudge.v1.Reason\x12\x16\n\x0e\x62\x61seline_count\x18\x04 \x01(\x03\x12\x0c\n\x04held\x18\x05 \x01(\x08\"G\n\x19ScoreTransactionsResponse\x12*\n\x06scores\x18\x01 \x03(\x0b\x32\x1a.nudge.v1.TransactionScore\"m\n\x17LabelTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12)\n\x05label\x18\x02 \x01(\x0e\x32\x1a.nudge.v1.TransactionLabel\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"/\n\x18LabelTransactionResponse\x12\x13\n\x0bin_baseline\x18\x01 \x01(\x08*q\n\x10TransactionLabel\x12!\n\x1dTRANSACTION_LABEL_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRANSACTION_LABEL_FRAUD\x10\x01\x12\x1d\n\x19TRANSACTION_LABEL_GENUINE\x10\x02\x32\xa1\x02\n\x0bRiskService\x12Y\n\x10ScoreTransaction\x12!.nudge.v1.ScoreTransactionRequest\x1a\".nudge.v1.ScoreTransactionResponse\x12\\\n\x11ScoreTransactions\x12\".nudge.v1.ScoreTransactionsRequest\x1a#.nudge.v1.ScoreTransactionsResponse\x12Y\n\x10LabelTransaction\x12!.nudge.v1.LabelTransactionRequest\x1a\".nudge.v1.LabelTransactionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nudge.v1.risk_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSACTIONLABEL']._serialized_start=936
-  _globals['_TRANSACTIONLABEL']._serialized_end=1049
+  _globals['_TRANSACTIONLABEL']._serialized_start=956
+  _globals['_TRANSACTIONLABEL']._serialized_end=1069
   _globals['_TRANSACTION']._serialized_start=98
   _globals['_TRANSACTION']._serialized_end=308
   _globals['_SCORETRANSACTIONREQUEST']._serialized_start=310
@@ -42,15 +42,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORETRANSACTIONRESPONSE']._serialized_start=381
   _globals['_SCORETRANSACTIONRESPONSE']._serialized_end=495
   _globals['_SCORETRANSACTIONSREQUEST']._serialized_start=497
-  _globals['_SCORETRANSACTIONSREQUEST']._serialized_end=568
-  _globals['_TRANSACTIONSCORE']._serialized_start=571
-  _globals['_TRANSACTIONSCORE']._serialized_end=701
-  _globals['_SCORETRANSACTIONSRESPONSE']._serialized_start=703
-  _globals['_SCORETRANSACTIONSRESPONSE']._serialized_end=774
-  _globals['_LABELTRANSACTIONREQUEST']._serialized_start=776
-  _globals['_LABELTRANSACTIONREQUEST']._serialized_end=885
-  _globals['_LABELTRANSACTIONRESPONSE']._serialized_start=887
-  _globals['_LABELTRANSACTIONRESPONSE']._serialized_end=934
-  _globals['_RISKSERVICE']._serialized_start=1052
-  _globals['_RISKSERVICE']._serialized_end=1341
+  _globals['_SCORETRANSACTIONSREQUEST']._serialized_end=588
+  _globals['_TRANSACTIONSCORE']._serialized_start=591
+  _globals['_TRANSACTIONSCORE']._serialized_end=721
+  _globals['_SCORETRANSACTIONSRESPONSE']._serialized_start=723
+  _globals['_SCORETRANSACTIONSRESPONSE']._serialized_end=794
+  _globals['_LABELTRANSACTIONREQUEST']._serialized_start=796
+  _globals['_LABELTRANSACTIONREQUEST']._serialized_end=905
+  _globals['_LABELTRANSACTIONRESPONSE']._serialized_start=907
+  _globals['_LABELTRANSACTIONRESPONSE']._serialized_end=954
+  _globals['_RISKSERVICE']._serialized_start=1072
+  _globals['_RISKSERVICE']._serialized_end=1361
 # @@protoc_insertion_point(module_scope)

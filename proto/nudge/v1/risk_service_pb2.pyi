@@ -61,10 +61,12 @@ class ScoreTransactionResponse(_message.Message):
     def __init__(self, score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[_common_pb2.Reason, _Mapping]]] = ..., baseline_count: _Optional[int] = ..., held: _Optional[bool] = ...) -> None: ...
 
 class ScoreTransactionsRequest(_message.Message):
-    __slots__ = ("transactions",)
+    __slots__ = ("transactions", "learn_only")
     TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    LEARN_ONLY_FIELD_NUMBER: _ClassVar[int]
     transactions: _containers.RepeatedCompositeFieldContainer[Transaction]
-    def __init__(self, transactions: _Optional[_Iterable[_Union[Transaction, _Mapping]]] = ...) -> None: ...
+    learn_only: bool
+    def __init__(self, transactions: _Optional[_Iterable[_Union[Transaction, _Mapping]]] = ..., learn_only: _Optional[bool] = ...) -> None: ...
 
 class TransactionScore(_message.Message):
     __slots__ = ("transaction_id", "score", "reasons", "baseline_count", "held")

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class RiskServiceStub:
-    """The fraud engine's door: score a transaction against the user's own baseline.
+    """The fraud engine's door: score a transaction against the customer's own history.
     """
 
     def __init__(self, channel):
@@ -53,13 +53,15 @@ class RiskServiceStub:
 
 
 class RiskServiceServicer:
-    """The fraud engine's door: score a transaction against the user's own baseline.
+    """The fraud engine's door: score a transaction against the customer's own history.
     """
 
     def ScoreTransaction(self, request, context):
-        """ScoreTransaction scores one transaction, then learns from it unless it looks anomalous
-        (held out of the baseline until labelled). Retrying a transaction_id returns the same
-        score and learns nothing twice.
+        """ScoreTransaction scores one transaction, then learns from it unless it looks anomalous:
+        then it is held out of the customer's profile until labelled GENUINE, or until the
+        server's hold delay (risk_hold_seconds of event time, default 7 days) passes without a
+        FRAUD label, when it is learned as genuine, once. Retrying a transaction_id returns the
+        same answer and learns nothing twice.
         Errors: INVALID_ARGUMENT (missing ids, negative or non-finite amount; nothing changes),
         UNIMPLEMENTED (until risk scoring ships).
         """
@@ -68,7 +70,8 @@ class RiskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ScoreTransactions(self, request, context):
-        """ScoreTransactions scores a batch in order, as if sent one by one.
+        """ScoreTransactions scores a batch in order, as if sent one by one; with learn_only it
+        loads history (backfill): every transaction is learned, none is held.
         Errors: as ScoreTransaction; one invalid transaction rejects the whole batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -76,8 +79,11 @@ class RiskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LabelTransaction(self, request, context):
-        """LabelTransaction records the investigated truth: FRAUD never enters the baseline,
-        GENUINE folds a held transaction into it.
+        """LabelTransaction records the investigated truth, and the first label of a transaction
+        trains the model. FRAUD keeps a held transaction out of the profile for good; GENUINE
+        folds a held one in. FRAUD on a transaction already learned (scored low, backfilled,
+        or past its hold delay) is recorded and trains the model, but is not un-learned from
+        the customer's profile (in_baseline stays true).
         Errors: INVALID_ARGUMENT (unknown label, missing user_id), NOT_FOUND (transaction_id
         never scored for this user_id),
         UNIMPLEMENTED (until risk scoring ships).
@@ -113,7 +119,7 @@ def add_RiskServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RiskService:
-    """The fraud engine's door: score a transaction against the user's own baseline.
+    """The fraud engine's door: score a transaction against the customer's own history.
     """
 
     @staticmethod

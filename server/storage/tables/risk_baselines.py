@@ -1,38 +1,72 @@
-"""Risk baselines (kernels/risk.py layout, float64):
+"""Risk model state (``nudge.kernels.risk_model`` layouts, float64):
 
-- ``risk``: user id -> the user's baseline, stored sparse (``codecs.encode_sparse``): the
-  dense 2,608 bytes do not fit a node of a 4 KiB page, so LMDB gave each baseline its own
-  overflow page (4,096 bytes a user); a user with a few transactions has most slots zero
-  (hours, categories, countries never seen). Dense baselines (schema version 1) still read;
-- in ``meta``: ``risk/population`` -> the population baseline, and ``risk/held/<user id>``
-  -> JSON time of the user's latest transaction held as anomalous (not labelled genuine
-  since).
+- ``risk``: user id -> the customer's state (``USER_LEN`` values, layout version
+  ``MODEL_VERSION`` in its first value), stored sparse (``codecs.encode_sparse``): the
+  dense 2,472 bytes do not fit a node of a 4 KiB page, so LMDB would give each customer
+  its own overflow page; a customer with a few transactions has most slots zero;
+- in ``meta``: ``risk/model/population`` -> the population state (one writer at a time:
+  the group commit's write transaction), ``risk/model/clock`` -> JSON event time of the
+  latest scored transaction (the hold delay runs on it), ``risk/held/<user id>`` -> JSON
+  time of the user's latest transaction held as anomalous (not labelled genuine since),
+  and ``risk/holds/<event time, 8 bytes big-endian float><user id>NUL<transaction id>``
+  -> JSON ``[user id, transaction id]`` for every held transaction still waiting for a label or
+  its hold delay (ordered by time, so the due ones come first).
+
+Stores written before the likelihood-ratio model hold the surprisal baselines of the old
+``nudge.kernels.risk`` (layout version 1, 326 values, dense or sparse) under the same user
+keys and the population under ``risk/population``. Those are never read as model state: a
+value that does not decode to ``USER_LEN`` values of this layout version reads as absent,
+so the customer starts from the prior and the next write replaces it; the old population
+key is ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import struct
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lmdb
 import numpy as np
 import orjson
 
-from nudge.kernels import risk
+from nudge.kernels.risk_model import MODEL_VERSION, POP_LEN, USER_LEN
+from nudge.server.storage.tables import keys
 from nudge.server.storage.tables.codecs import decode_sparse, encode_sparse
 
 NAME = "risk"
 META = "meta"
-POPULATION_KEY = b"risk/population"
+POPULATION_KEY = b"risk/model/population"
+CLOCK_KEY = b"risk/model/clock"
+LEGACY_POPULATION_KEY = b"risk/population"
 HELD_PREFIX = b"risk/held/"
+HOLDS_PREFIX = b"risk/holds/"
 
 Dbs = Mapping[str, Any]
 
 
+def _dense(raw: bytes | memoryview | None, length: int) -> np.ndarray | None:
+    if raw is None or len(raw) != length * 8:
+        return None
+    state = np.frombuffer(raw, np.float64)
+    return state if state[0] == MODEL_VERSION else None
+
+
 def baseline(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> np.ndarray | None:
-    """The user's baseline (a copy); None if never scored."""
+    """The customer's state (a copy); None if never scored (or stored in an older layout)."""
     raw = txn.get(user_id.encode(), db=dbs[NAME])
-    return None if raw is None else decode_sparse(raw, risk.RISK_STATE_LEN)
+    if raw is None:
+        return None
+    try:
+        state = decode_sparse(raw, USER_LEN)
+    except ValueError:  # another length: the pre-model layout
+        return None
+    return state if state[0] == MODEL_VERSION else None
+
+
+def stored(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> bool:
+    """Something is stored for the user (in any layout)."""
+    return txn.get(user_id.encode(), db=dbs[NAME]) is not None
 
 
 def put_baseline(txn: lmdb.Transaction, dbs: Dbs, user_id: str, state: np.ndarray) -> None:
@@ -40,13 +74,27 @@ def put_baseline(txn: lmdb.Transaction, dbs: Dbs, user_id: str, state: np.ndarra
 
 
 def population(txn: lmdb.Transaction, dbs: Dbs) -> np.ndarray | None:
-    """The population baseline as a read-only view valid inside ``txn``."""
-    raw = txn.get(POPULATION_KEY, db=dbs[META])
-    return None if raw is None else np.frombuffer(raw, np.float64)
+    """The population state as a read-only view valid inside ``txn``."""
+    return _dense(txn.get(POPULATION_KEY, db=dbs[META]), POP_LEN)
+
+
+def has_legacy_state(txn: lmdb.Transaction, dbs: Dbs) -> bool:
+    """The store still holds the pre-model population (its baselines are ignored)."""
+    return txn.get(LEGACY_POPULATION_KEY, db=dbs[META]) is not None
 
 
 def put_population(txn: lmdb.Transaction, dbs: Dbs, state: np.ndarray) -> None:
     txn.put(POPULATION_KEY, state.tobytes(), db=dbs[META])
+
+
+def clock(txn: lmdb.Transaction, dbs: Dbs) -> float:
+    """Event time of the latest scored transaction (-inf before the first)."""
+    raw = txn.get(CLOCK_KEY, db=dbs[META])
+    return -float("inf") if raw is None else float(orjson.loads(raw))
+
+
+def put_clock(txn: lmdb.Transaction, dbs: Dbs, at: float) -> None:
+    txn.put(CLOCK_KEY, orjson.dumps(at), db=dbs[META])
 
 
 def held_at(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> float | None:
@@ -63,6 +111,45 @@ def clear_held(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> None:
 
 
 def delete(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> None:
-    """Forget the user's baseline and held time (erasure)."""
+    """Forget the user's state and held time (erasure). Their entries in the hold index go
+    when the expiry pass finds their transaction records gone."""
     txn.delete(user_id.encode(), db=dbs[NAME])
     clear_held(txn, dbs, user_id)
+
+
+def _hold_key(at: float, user_id: str, transaction_id: str) -> bytes:
+    # Event times are positive (validated: 1970 onwards), and the big-endian bytes of
+    # positive doubles sort as the numbers do. Transaction ids are unique per user.
+    return HOLDS_PREFIX + struct.pack(">d", max(at, 0.0)) + keys.pair(user_id, transaction_id)
+
+
+def put_hold(
+    txn: lmdb.Transaction, dbs: Dbs, at: float, user_id: str, transaction_id: str
+) -> None:
+    txn.put(_hold_key(at, user_id, transaction_id), orjson.dumps([user_id, transaction_id]),
+            db=dbs[META])
+
+
+def clear_hold(
+    txn: lmdb.Transaction, dbs: Dbs, at: float, user_id: str, transaction_id: str
+) -> None:
+    txn.delete(_hold_key(at, user_id, transaction_id), db=dbs[META])
+
+
+def holds_due(
+    txn: lmdb.Transaction, dbs: Dbs, until: float
+) -> Iterator[tuple[float, str, str]]:
+    """(event time, user id, transaction id) of the waiting holds with event time <=
+    ``until``, oldest first."""
+    cursor = txn.cursor(db=dbs[META])
+    if not cursor.set_range(HOLDS_PREFIX):
+        return
+    for raw_key, value in cursor:
+        key = bytes(raw_key)  # a buffer in read transactions opened with buffers=True
+        if not key.startswith(HOLDS_PREFIX):
+            return
+        at = struct.unpack(">d", key[len(HOLDS_PREFIX):len(HOLDS_PREFIX) + 8])[0]
+        if at > until:
+            return
+        user_id, transaction_id = orjson.loads(value)
+        yield at, str(user_id), str(transaction_id)

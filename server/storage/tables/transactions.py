@@ -1,9 +1,12 @@
 """``transactions``: user id + NUL + transaction id -> JSON list of what ScoreTransaction
-answered (score, reasons, hold), its label and the transaction's time: ScoreTransaction's
-idempotency, and the features a GENUINE label folds in. Ids are per user: one user's id
+answered (score, reasons, hold), its label, the transaction's time and how it entered the
+profile: ScoreTransaction's idempotency, and the features
+(``nudge.kernels.risk_model.FEAT_LEN`` values) a label trains on and a hold folds in.
+Records of the surprisal model before ``risk_model`` carry features of another length,
+which are never handed to the model (``model_features`` is None). Ids are per user: one user's id
 never collides with (or reveals) another's; a transaction is named by ``TxKey`` (user id,
 transaction id). Records stored before the time was kept have 8 fields (their time reads
-as 0: unknown). Schema versions 1 and 2 keyed by the transaction id alone
+as 0: unknown), before ``learned_by`` 9. Schema versions 1 and 2 keyed by the transaction id alone
 (``rekey_by_user`` migrates them).
 """
 
@@ -16,6 +19,7 @@ from typing import Any
 import lmdb
 import orjson
 
+from nudge.kernels.risk_model import FEAT_LEN
 from nudge.server.storage.tables import keys
 
 NAME = "transactions"
@@ -46,14 +50,29 @@ class TransactionRecord:
     in_baseline: bool
     features: list[float] = field(default_factory=list)
     label: str = ""
-    # The transaction's time (epoch seconds), for retention; 0: unknown (an older record).
+    # The transaction's time (epoch seconds), for retention and the hold delay; 0: unknown
+    # (an older record).
     time: float = 0.0
+    # How it entered the profile: "scored", "backfill", "genuine_label", "hold_expiry";
+    # "" while it has not.
+    learned_by: str = ""
+
+    @property
+    def model_features(self) -> list[float] | None:
+        """The features kept from scoring, if they are the model's (not a legacy record's)."""
+        return self.features if len(self.features) == FEAT_LEN else None
+
+    @property
+    def waiting(self) -> bool:
+        """Held, and still waiting for a label or the end of its hold delay."""
+        return (self.held and not self.in_baseline and self.label != "FRAUD"
+                and self.model_features is not None)
 
     def to_bytes(self) -> bytes:
         # A plain list, not dataclasses.asdict: this runs per transaction on the hot path.
         fields = [
             self.user_id, self.score, self.reasons, self.baseline_count, self.held,
-            self.in_baseline, self.features, self.label, self.time,
+            self.in_baseline, self.features, self.label, self.time, self.learned_by,
         ]
         return orjson.dumps(fields)
 
@@ -62,8 +81,10 @@ class TransactionRecord:
         fields = orjson.loads(raw)
         user_id, score, reasons, count, held, in_baseline, features, label = fields[:8]
         time = float(fields[8]) if len(fields) > 8 else 0.0
+        learned_by = str(fields[9]) if len(fields) > 9 else ""
         reasons = [(str(c), str(d), float(w)) for c, d, w in reasons]
-        return cls(user_id, score, reasons, count, held, in_baseline, features, label, time)
+        return cls(user_id, score, reasons, count, held, in_baseline, features, label, time,
+                   learned_by)
 
     def copy(self) -> TransactionRecord:
         return replace(self, reasons=list(self.reasons), features=list(self.features))
