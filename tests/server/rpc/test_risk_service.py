@@ -215,3 +215,162 @@ def test_label_errors(profiled: Client) -> None:
         profiled.risk.ScoreTransaction(pb.ScoreTransactionRequest())
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "transaction: is required" in err.value.details()
+
+
+# --- the calibrated model: holds that end, labels that train, backfill ------------------
+
+HOLD = 7 * DAY
+
+
+def population_of_homebodies(client: Client, n: int = 40, days: int = 25) -> None:
+    """Customers at home in BR (each on their own phone), loaded as history (backfill)."""
+    history = []
+    for u in range(n):
+        history += [
+            make_transaction(f"home{u}", 30.0 + (i * 7 + u) % 40, transaction_id=f"home{u}-{i}",
+                             merchant_category=("5411", "5812", "5541")[i % 3], country="BR",
+                             channel="card_present", device_id=f"phone-{u}",
+                             time=T0 + i * DAY + (10 + u % 8) * HOUR)
+            for i in range(days)
+        ]
+    history.sort(key=lambda t: t.time.seconds)
+    for i in range(0, len(history), 500):
+        client.score_transactions(history[i:i + 500], learn_only=True)
+
+
+def learned_count(server: NudgeServer, user: str) -> int:
+    from nudge.kernels.risk_model import U_N
+
+    state = server.risk.baseline(user)
+    return -1 if state is None else int(state[U_N])
+
+
+def wait_for(predicate, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_score_is_a_probability(profiled: Client) -> None:
+    start = T0 + 31 * DAY
+    answers = profiled.score_transactions(
+        habit("alice", 40, T0)[31:] + [takeover("alice", k, start + 5 * HOUR) for k in range(3)]
+    )
+    assert all(0.0 <= a.score <= 1.0 for a in answers)
+    assert max(a.score for a in answers[:9]) < 0.05  # her habits: far below any threshold
+    assert min(a.score for a in answers[9:]) > 0.5
+
+
+def test_first_transaction_abroad_of_a_new_customer_is_not_alarming(client: Client) -> None:
+    population_of_homebodies(client)
+    first = client.score_transaction(make_transaction(
+        "newcomer", 45.0, transaction_id="newcomer-1", merchant_category="5411", country="PT",
+        channel="card_present", device_id="phone-n", time=T0 + 26 * DAY + 12 * HOUR))
+    assert first.baseline_count == 0
+    assert first.score < 0.05 and not first.held
+    assert "COLD_START" in codes(first)
+    assert all("weak: only 0 earlier transactions" in r.detail
+               for r in first.reasons if r.code != "COLD_START")
+
+
+def test_learn_only_backfill_makes_a_customer_warm(server: NudgeServer, client: Client) -> None:
+    population_of_homebodies(client, n=20)
+    history = habit("gina", 30)
+    history.append(make_transaction("gina", 900.0, transaction_id="gina-tv", country="BR",
+                                    merchant_category="5732", device_id="phone-1",
+                                    time=T0 + 29 * DAY + 20 * HOUR))
+    answers = client.score_transactions(history, learn_only=True)
+    assert not any(a.held for a in answers) and not any(a.reasons for a in answers)
+    assert learned_count(server, "gina") == 31
+    assert server.risk.transaction("gina-tv").learned_by == "backfill"
+    # warm: her habit is unremarkable, a takeover is not
+    normal = client.score_transaction(habit("gina", 32)[-1])
+    assert normal.baseline_count == 31 and not normal.held and normal.score < 0.05
+    assert not any(r.code == "COLD_START" for r in normal.reasons)
+    assert client.score_transaction(takeover("gina", 0, T0 + 33 * DAY)).held
+
+
+def test_hold_expires_into_the_profile_once(server: NudgeServer, profiled: Client) -> None:
+    t_hold = T0 + 31 * DAY + 5 * HOUR
+    odd = takeover("alice", 0, t_hold)
+    assert profiled.score_transaction(odd).held
+    assert learned_count(server, "alice") == 30
+    # event time moves on past the hold delay: the next pass folds the hold in as genuine
+    later = habit("alice", 40)[-1]
+    later.time.FromSeconds(int(t_hold + HOLD + HOUR))
+    assert not profiled.score_transaction(later).held
+    assert wait_for(lambda: learned_count(server, "alice") == 32)  # `later`, then the hold
+    assert server.risk.expire_holds() == 0
+    record = server.risk.transaction(odd.transaction_id)
+    assert record.in_baseline and record.learned_by == "hold_expiry"
+    # FRAUD after expiry: recorded and trains the takeover model; the profile keeps it
+    from nudge.kernels.risk_model import HOURS, P_FR_HOUR
+
+    frauds = server.risk.population()[P_FR_HOUR:P_FR_HOUR + HOURS].sum()
+    assert profiled.label_transaction(odd.transaction_id, "fraud") is True
+    assert profiled.label_transaction(odd.transaction_id, "fraud") is True  # a retry
+    assert server.risk.population()[P_FR_HOUR:P_FR_HOUR + HOURS].sum() == frauds + 1
+    assert server.risk.transaction(odd.transaction_id).label == "FRAUD"
+    assert learned_count(server, "alice") == 32
+
+
+def test_fraud_label_within_the_delay_keeps_the_hold_out_for_good(
+    server: NudgeServer, profiled: Client
+) -> None:
+    t_hold = T0 + 31 * DAY
+    assert profiled.score_transaction(takeover("alice", 1, t_hold)).held
+    assert profiled.label_transaction("alice-ato1", "fraud") is False
+    later = habit("alice", 40)[-1]
+    later.time.FromSeconds(int(t_hold + 2 * HOLD))
+    profiled.score_transaction(later)
+    server.risk.expire_holds()
+    assert learned_count(server, "alice") == 31  # `later` only
+    assert not server.risk.transaction("alice-ato1").in_baseline
+
+
+def test_hold_expiry_is_exactly_once_across_restarts(data_dir: Path) -> None:
+    t_hold = T0 + 31 * DAY
+    odd = takeover("hana", 0, t_hold)
+    later = habit("hana", 40)[-1]
+    later.time.FromSeconds(int(t_hold + HOLD + HOUR))
+    counts = []
+    for step in range(3):
+        srv = create_server(Config(port=0, data_dir=data_dir))
+        srv.start()
+        try:
+            with Client(f"127.0.0.1:{srv.port}") as c:
+                if step == 0:
+                    c.score_transactions(habit("hana"))
+                    assert c.score_transaction(odd).held
+                elif step == 1:
+                    c.score_transaction(later)
+                    assert wait_for(lambda s=srv: learned_count(s, "hana") == 32)
+                else:
+                    assert c.score_transaction(later) is not None  # a retry: nothing new
+                    srv.risk.expire_holds()
+            counts.append(learned_count(srv, "hana"))
+        finally:
+            srv.stop()
+    assert counts == [30, 32, 32]
+
+
+def test_retries_learn_once(server: NudgeServer, profiled: Client) -> None:
+    tx = habit("alice", 31)[-1]
+    answers = profiled.score_transactions([tx, tx])
+    assert answers[0] == answers[1]
+    assert profiled.score_transactions([tx], learn_only=True)[0] == answers[0]
+    profiled.track([make_event("alice", "transaction", event_id="ev-31", time=T0 + 30 * DAY,
+                               numbers={"amount": 41.0},
+                               strings={"transaction_id": tx.transaction_id, "country": "BR"})])
+    assert learned_count(server, "alice") == 31
+    trip = make_transaction("alice", 300.0, transaction_id="trip2", country="PT",
+                            merchant_category="4511", device_id="phone-1", time=T0 + 32 * DAY)
+    assert profiled.score_transaction(trip).held
+    assert profiled.label_transaction("trip2", "genuine") is True
+    assert profiled.label_transaction("trip2", "genuine") is True
+    assert learned_count(server, "alice") == 32
