@@ -4,7 +4,8 @@ The command line only parses options into a :class:`BenchConfig`; :func:`run` do
 and returns a plain dict, which :mod:`nudge.bench.report` prints and writes. Sections:
 
 - ``kernels``  micro-benchmarks of every kernel, sizes as parameters
-- ``quality``  risk scoring's average precision on the shipped synthetic stream, and the
+- ``quality``  the fraud model on every regime of bench/risk_worlds.py (AP, recall, AP by
+               history, calibration, genuine alert drift, River beside it), and the
                policy's reward against the oracle on bench/policy_sim.py's world
 - ``learning`` the bank simulator: nudge against the rulebook and the oracle (conversions,
                opt-outs); ``nudge evaluate`` against obp on the Open Bandit Dataset sample
@@ -167,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="section", required=True, metavar="SECTION")
     helps = {"kernels": "micro-benchmarks of every kernel",
-             "quality": "risk average precision; policy reward vs the oracle",
+             "quality": "fraud model per regime; policy reward vs the oracle",
              "learning": "the bank simulator (nudge vs rulebook and oracle); evaluate vs obp",
              "rpc": "RPC latency vs the Echo floor, throughput, open loop",
              "peers": "Vowpal Wabbit, MABWiser, River beside nudge (optional extra)",
@@ -218,8 +219,9 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     peers = PeersConfig(decisions=200, seconds=2.0, risk_users=40) if q else PeersConfig()
     peers = _set(peers, decisions=args.peer_decisions, seconds=args.peer_seconds,
                  risk_users=args.risk_users)
-    quality = (QualityConfig(users=300, days=30.0, policy_decisions=5_000, with_river=False,
-                             worlds_decisions=300, worlds=("dense", "nothing"))
+    quality = (QualityConfig(customers=200, seeds=(1,), policy_decisions=5_000,
+                             with_river=False, worlds_decisions=300,
+                             worlds=("dense", "nothing"))
                if q else QualityConfig())
     learning = LearningConfig(decisions=1_500, obp_draws=1_000) if q else LearningConfig()
     startup = StartupConfig(cold=not (q or args.no_cold), warm_runs=1 if q else 2)

@@ -154,69 +154,73 @@ def _learner(n_combos: int, features: int, batch: int) -> Prepared:
 
 
 def _risk_inputs(n: int):
-    from nudge.bench.risk_stream import generate_stream
-    from nudge.kernels import risk
+    """A launch world's first ``n`` transactions, learned by the model (customers, the
+    population), as the server would have them."""
+    from nudge.bench.risk_worlds import WorldSpec, generate_world
+    from nudge.kernels import risk_model as M
+    from nudge.kernels.risk import encode_transactions
 
-    stream = generate_stream(n_users=max(20, n // 100), days=60.0, seed=1)
-    n = min(n, len(stream))
-    txs = risk.encode_transactions(stream.amount[:n], stream.time[:n], stream.local_hour[:n],
-                                   stream.country[:n], stream.merchant_category[:n],
-                                   stream.device_id[:n], stream.channel[:n])
-    rows = stream.user[:n]
-    pop = risk.new_risk_state()
-    warm = risk.score_transactions(np.tile(pop, (stream.n_users, 1)), rows, pop, txs)
-    return warm.states, rows, pop, txs
+    spec = WorldSpec(n_customers=max(20, n // 90), warmup_days=0.0, late_join_share=0.0,
+                     join_spread_days=21.0)
+    w = generate_world("launch", 1, spec)
+    n = min(n, len(w))
+    txs = encode_transactions(w.amount[:n], w.time[:n], w.local_hour[:n], w.country[:n],
+                              w.merchant_category[:n], w.device_id[:n], w.channel[:n])
+    rows = w.user[:n].astype(np.int64)
+    users = np.tile(M.new_user_state(), (w.n_users, 1))
+    pop = M.new_population_state()
+    M.score_and_learn(users, rows, pop, txs)
+    return users, rows, pop, txs
 
 
 def _risk_single(n_history: int = 2_000) -> Prepared:
-    from nudge.kernels import risk
+    from nudge.kernels import risk_model as M
 
-    states, rows, pop, txs = _risk_inputs(n_history)
-    one = states[int(rows[-1])].copy()
+    users, rows, pop, txs = _risk_inputs(n_history)
+    one = users[int(rows[-1])].copy()
     one.flags.writeable = False  # as an LMDB view
     pop.flags.writeable = False
-    new_state = np.empty(risk.RISK_STATE_LEN)
-    out = np.empty(risk.DETAIL_LEN)
-    feat = np.empty(risk.FEAT_LEN)
+    out = np.empty(M.DETAIL_LEN)
+    feat = np.empty(M.FEAT_LEN)
     tx = txs[-1].copy()
-    p = risk.RiskParams().to_array()
+    p = M.ModelParams().to_array()
 
     def call() -> None:
-        risk._score_one_kernel(one, pop, tx, p, True, new_state, out, feat)
+        M._score_one_kernel(one, pop, tx, p, out, feat)
 
-    return Prepared(call, note="@njit kernel, read-only state view")
+    return Prepared(call, note="@njit kernel (risk_model), read-only state views")
 
 
 def _risk_single_wrapper(n_history: int = 2_000) -> Prepared:
-    from nudge.kernels import risk
+    from nudge.kernels import risk_model as M
 
-    states, rows, pop, txs = _risk_inputs(n_history)
-    one = states[int(rows[-1])].copy()
+    users, rows, pop, txs = _risk_inputs(n_history)
+    one = users[int(rows[-1])].copy()
     one.flags.writeable = False
+    pop.flags.writeable = False
     tx = txs[-1].copy()
-    params = risk.RiskParams()
 
     def call() -> None:
-        risk.score_transaction(one, pop, tx, params)
+        M.score_one(one, pop, tx)
 
-    return Prepared(call, note="score_transaction(): validation, allocation")
+    return Prepared(call, note="score_one(): validation, allocation")
 
 
 def _risk_batch(n: int) -> Prepared:
-    from nudge.kernels import risk
+    from nudge.kernels import risk_model as M
 
-    states, rows, pop, txs = _risk_inputs(n)
-    params = risk.RiskParams()
-    work = states.copy()
+    users, rows, pop, txs = _risk_inputs(n)
+    work, work_pop = users.copy(), pop.copy()
 
     def reset() -> None:
-        work[:] = states
+        work[:] = users
+        work_pop[:] = pop
 
     def call() -> None:
-        risk.score_transactions(work, rows, pop, txs, params, inplace=True)
+        M.score_and_learn(work, rows, work_pop, txs)
 
     return Prepared(call, items_per_call=rows.shape[0], reset=reset,
-                    note=f"{rows.shape[0]:,} transactions, score + learn")
+                    note=f"{rows.shape[0]:,} transactions, score + learn (risk_model)")
 
 
 def cases(config: KernelsConfig) -> Iterator[KernelCase]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -227,27 +227,38 @@ def run_mabwiser(problem: Problem, config: PeersConfig) -> tuple[PeerResult, np.
 
 
 def run_river(config: PeersConfig) -> dict:
-    """nudge's per-user risk kernels and River HalfSpaceTrees on the same synthetic stream."""
-    from nudge.bench.risk_eval import evaluate, metrics, run_half_space_trees
-    from nudge.bench.risk_stream import generate_stream
+    """nudge's fraud model and River HalfSpaceTrees on the same world (the ``travel``
+    regime of bench/risk_worlds.py, ``risk_users`` customers)."""
+    from nudge.bench.risk_eval import average_precision, roc_auc, run_half_space_trees
+    from nudge.bench.risk_worlds import WORLDS, generate_world
+    from nudge.bench.risk_worlds_eval import run_model
 
-    stream = generate_stream(n_users=config.risk_users, days=60.0, seed=config.seed)
-    mask = stream.time >= stream.warmup_s
+    world = generate_world("travel", config.seed,
+                           replace(WORLDS["travel"], n_customers=config.risk_users))
+    mask = world.time >= world.warmup_s
+    y = world.label[mask]
     t = time.perf_counter()
-    ours = evaluate(stream, with_river=False, with_ablation=False)
+    ours = run_model(world).scores[mask]
     ours_s = time.perf_counter() - t
     t = time.perf_counter()
-    hst = run_half_space_trees(stream, seed=config.seed)
+    hst = run_half_space_trees(world, seed=config.seed)
     hst_s = time.perf_counter() - t
     if hst is None:
         raise ImportError("river")
-    theirs = metrics(stream, hst, mask, 0.01)
+    theirs = hst[mask]
+
+    def quality(s: np.ndarray) -> tuple[float, float]:
+        if not 0 < y.sum() < y.size:  # a draw too small to hold fraud
+            return float("nan"), float("nan")
+        return average_precision(y, s), roc_auc(y, s)
+
+    (ap, auc), (hap, hauc) = quality(ours), quality(theirs)
     return {
-        "transactions": len(stream), "evaluated": int(mask.sum()), "fraud": ours["n_fraud"],
-        "nudge": {"average_precision": ours["nudge"].average_precision,
-                  "roc_auc": ours["nudge"].roc_auc, "us_per_tx": ours_s / len(stream) * 1e6},
-        "HalfSpaceTrees": {"average_precision": theirs.average_precision,
-                           "roc_auc": theirs.roc_auc, "us_per_tx": hst_s / len(stream) * 1e6},
+        "transactions": len(world), "evaluated": int(mask.sum()), "fraud": int(y.sum()),
+        "nudge": {"average_precision": ap, "roc_auc": auc,
+                  "us_per_tx": ours_s / len(world) * 1e6},
+        "HalfSpaceTrees": {"average_precision": hap, "roc_auc": hauc,
+                           "us_per_tx": hst_s / len(world) * 1e6},
     }
 
 

@@ -123,8 +123,8 @@ def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[tuple[floa
 
 
 def evaluate_world(world: World, params: ModelParams | None = None, alert_rate: float = 0.005,
-                   thresholds: tuple[float, ...] = (0.5, 0.05), with_river: bool = False,
-                   with_surprisal: bool = True) -> dict:
+                   thresholds: tuple[float, ...] = (0.5, 0.05), with_river: bool = False
+                   ) -> dict:
     """Every number of the report for one world, as a dict."""
     params = params or ModelParams()
     run = run_model(world, params)
@@ -152,14 +152,8 @@ def evaluate_world(world: World, params: ModelParams | None = None, alert_rate: 
                                       for k in weeks] for th in thresholds}
     r["held_genuine"] = float(run.details[m & (world.label == 0), D_HELD].mean())
     r["weights"] = run.population[P_W:P_W + N_EVIDENCE].round(2).tolist()
-    if with_surprisal:
-        from nudge.bench.risk_eval import run_kernels
-        from nudge.kernels.risk import RiskParams
-
-        old = run_kernels(world, RiskParams())  # type: ignore[arg-type]
-        r["ap_surprisal"] = average_precision(y, old.scores[m])
     if with_river:
-        hst = run_half_space_trees(world)  # type: ignore[arg-type]
+        hst = run_half_space_trees(world)
         r["ap_river"] = None if hst is None else average_precision(y, hst[m])
     return r
 
@@ -173,7 +167,7 @@ def format_row(r: dict) -> str:
             f"rec@0.5% {r['recall']:.3f}  AP<5 {r['ap_0_4']:.3f} ({r['fraud_0_4']:>3})  "
             f"AP5-19 {r['ap_5_19']:.3f}  AP20+ {r['ap_20_up']:.3f}  "
             f"top10% pred {r['top_decile_pred']:.4f} obs {r['top_decile_obs']:.4f}  "
-            f"old AP {r.get('ap_surprisal', float('nan')):.3f}  river {ratio}\n   {weekly}")
+            f"river {ratio}\n   {weekly}")
 
 
 def measure_speed(repeats: int = 5) -> dict[str, float]:

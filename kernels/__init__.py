@@ -6,7 +6,9 @@ kernel modules call (``rng``, ``policy.insert_ranked``) carry public names.
 
 - ``jit``: the Numba array types, JIT presets and input checks every module uses.
 - ``user_state``: per-user behavioural state and the event ingestion kernel.
-- ``risk``, ``risk_reasons``: per-user anomaly scoring and its reason codes.
+- ``risk``: the transaction vector (hashed categorical bins, validation) fraud kernels take.
+- ``risk_model``, ``risk_model_reasons``: the calibrated fraud model (P(fraud) from a
+  likelihood ratio against the customer's own history) and its reason codes.
 - ``context``: raw numbers and strings to the policy's context vector.
 - ``snapshot``: ``PolicySnapshot``, the read-only model deciders read.
 - ``learner``: posterior updates that publish new snapshots.

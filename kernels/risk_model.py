@@ -2,8 +2,8 @@
 
 Why this model
 --------------
-The surprisal score in ``nudge.kernels.risk`` asks "how unusual is this for the user?" and
-cannot tell "unusual because the customer has no history" from "unusual for a customer who
+The surprisal score this model replaced asked "how unusual is this for the user?" and
+could not tell "unusual because the customer has no history" from "unusual for a customer who
 always does the same thing". The question a bank needs answered is "how much more likely
 is this transaction under a takeover than under *this* genuine customer, given what we know
 about them?" — a likelihood ratio. Its genuine side is a hierarchical model: each customer's
@@ -22,7 +22,7 @@ re-weighs them, which absorbs most of the double counting of correlated features
     log LR = sum_f e_f,  e_f = clip(log p_fraud(x_f | h) - log p_genuine(x_f | h), -C, C).
 
 Categorical f in {country, merchant category, device, channel} (hashed bins as in
-``nudge.kernels.risk``). Let n_f be the customer's learned transactions carrying f, c(b) their
+``nudge.kernels.risk.category_bin``). Let n_f be the customer's learned transactions carrying f, c(b) their
 count in bin b. "New" means c(b) = 0. The novelty rate of a genuine customer,
 ``nu_f(n) = P(new value | n earlier)``, is learned from the population in history buckets
 (0, 1, 2, 3, 4, 5-6, 7-9, 10-14, 15-19, 20-29, 30-49, 50-99, 100-199, 200+):

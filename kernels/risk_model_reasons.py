@@ -1,7 +1,7 @@
 """Reason codes with plain text for :mod:`nudge.kernels.risk_model` scores.
 
-Same codes and wording as :mod:`nudge.kernels.risk_reasons`; what changes is *why* a reason
-fires: a feature's evidence (its log likelihood ratio, nats, times its supervised weight) is
+The codes and wording of the surprisal model they replace; what decides is a feature's
+evidence (its log likelihood ratio, nats, times its supervised weight) is
 at least ``min_evidence``, i.e. the transaction is that many times likelier under a takeover
 than for this genuine customer. When the customer has fewer than ``weak_below`` earlier
 transactions the text says the reason is weak (judged mostly against the population), and
@@ -9,6 +9,8 @@ COLD_START fires. ``RiskReason.weight`` is the feature's share of the positive e
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,16 +30,26 @@ from nudge.kernels.risk_model import (
     E_VELOCITY,
     ModelParams,
 )
-from nudge.kernels.risk_reasons import (
-    AMOUNT_HIGH,
-    COLD_START,
-    NEW_COUNTRY,
-    NEW_DEVICE,
-    NEW_MERCHANT_CATEGORY,
-    UNUSUAL_HOUR,
-    VELOCITY_BURST,
-    RiskReason,
-)
+
+AMOUNT_HIGH = "AMOUNT_HIGH"
+NEW_COUNTRY = "NEW_COUNTRY"
+NEW_DEVICE = "NEW_DEVICE"
+NEW_MERCHANT_CATEGORY = "NEW_MERCHANT_CATEGORY"
+UNUSUAL_HOUR = "UNUSUAL_HOUR"
+VELOCITY_BURST = "VELOCITY_BURST"
+COLD_START = "COLD_START"
+REASON_CODES = (AMOUNT_HIGH, NEW_COUNTRY, NEW_DEVICE, NEW_MERCHANT_CATEGORY, UNUSUAL_HOUR,
+                VELOCITY_BURST, COLD_START)
+
+
+@dataclass(frozen=True)
+class RiskReason:
+    """One reason: a stable ``code`` for machines, ``detail`` for people, and ``weight``."""
+
+    code: str
+    detail: str
+    weight: float
+
 
 _FEATURE_REASONS = ((AMOUNT_HIGH, E_AMOUNT), (NEW_COUNTRY, E_COUNTRY), (NEW_DEVICE, E_DEVICE),
                     (NEW_MERCHANT_CATEGORY, E_MCC), (UNUSUAL_HOUR, E_HOUR),

@@ -1,20 +1,19 @@
-"""The takeover stream generator and the risk evaluation (small and fast)."""
+"""The takeover stream generator, the ranking metrics and the River peer (small and fast)."""
 
 from __future__ import annotations
 
 import importlib.util
-from functools import cache
 
 import numpy as np
 import pytest
 
 from nudge.bench.risk_eval import (
     average_precision,
-    evaluate,
     recall_at_alert_rate,
     roc_auc,
+    run_half_space_trees,
 )
-from nudge.bench.risk_stream import RiskStream, generate_stream
+from nudge.bench.risk_stream import generate_stream
 
 SMALL = {"n_users": 700, "days": 40.0, "warmup_days": 15.0, "seed": 0}
 
@@ -68,21 +67,11 @@ def test_generator_is_deterministic_per_seed() -> None:
     assert (a.time[a.label == 1] >= a.warmup_s).all()  # fraud only after the warm-up
 
 
-@cache
-def small_stream() -> RiskStream:
-    return generate_stream(**SMALL)
-
-
-def test_eval_meets_targets_on_a_small_stream() -> None:
-    has_river = importlib.util.find_spec("river") is not None
-    r = evaluate(small_stream(), with_river=has_river, with_ablation=False)
-    assert r["n_bursts"] >= 20
-    assert r["nudge"].average_precision >= 0.6
-    assert r["nudge"].roc_auc >= 0.95
-    for code, (on_fraud, on_genuine) in r["reasons"].items():
-        assert on_fraud >= 3 * on_genuine, code
-        assert on_fraud > 0.05, code
-    if has_river:
-        # the 10x target is met by the full-size report; this stream is too small to be
-        # that stable for HalfSpaceTrees, so only a clear margin is asserted here
-        assert r["nudge"].average_precision >= 5 * r["hst"].average_precision
+def test_half_space_trees_scores_every_transaction_when_installed() -> None:
+    stream = generate_stream(n_users=20, days=10.0, warmup_days=3.0, seed=0)
+    scores = run_half_space_trees(stream)
+    if importlib.util.find_spec("river") is None:
+        assert scores is None
+    else:
+        assert scores is not None and scores.shape == (len(stream),)
+        assert np.isfinite(scores).all()

@@ -51,7 +51,7 @@ def test_harness_on_a_tiny_world() -> None:
     w = tiny("labels_genuine", 3)
     run = run_model(w)
     assert run.learned.max() <= 1  # nothing learned twice
-    r = evaluate_world(w, with_surprisal=False)
+    r = evaluate_world(w)
     assert 0.0 <= r["ap"] <= 1.0 and 0.0 <= r["recall"] <= 1.0
     assert len(r["reliability"]) == 10 and r["weekly_genuine_alert"][0.5]
     assert r["tx_per_s"] > 0

@@ -357,3 +357,61 @@ def test_out_of_range_bins_and_features_are_refused() -> None:
     feats[0, M.F_K] = 99
     with pytest.raises(ValueError, match="velocity count"):
         M.learn_held(users, np.zeros(1, np.int64), pop, feats)
+
+
+def ref_sgd(w: np.ndarray, ev: np.ndarray, y: float, z0: float, p: M.ModelParams) -> np.ndarray:
+    g = 1 / (1 + math.exp(-(z0 + w @ ev))) - y
+    return np.maximum(w - p.learning_rate * (g * ev + p.l2 * (w - 1)), 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_labels_match_reference(seed: int) -> None:
+    """FRAUD: the takeover model's counts, then an SGD step on the transaction (y=1) and one
+    on the oldest case-control partner (y=0), both at logit 0; GENUINE: one step at the
+    prior's logit."""
+    rng, users, pop, t = random_states(seed)
+    _, _, feat = M.score_one(users[0], pop, random_txs(rng, 1, t)[0], PARAMS)
+    ev = feat[M.F_EVIDENCE:M.F_EVIDENCE + 7]
+    w = pop[M.P_W:M.P_W + 7]
+    genuine = pop.copy()
+    M.apply_labels(genuine, feat, np.zeros(1), PARAMS)
+    lp = math.log(PARAMS.prior / (1 - PARAMS.prior))
+    np.testing.assert_allclose(genuine[M.P_W:M.P_W + 7], ref_sgd(w, ev, 0.0, lp, PARAMS),
+                               rtol=1e-12)
+    fraud = pop.copy()
+    M.apply_labels(fraud, feat, np.ones(1), PARAMS)
+    pos = int(pop[M.P_CC_POS])
+    partner = pop[M.P_CC + pos * 7:M.P_CC + pos * 7 + 7]
+    w1 = ref_sgd(ref_sgd(w, ev, 1.0, 0.0, PARAMS), partner, 0.0, 0.0, PARAMS)
+    np.testing.assert_allclose(fraud[M.P_W:M.P_W + 7], w1, rtol=1e-12)
+    assert fraud[M.P_CC_POS] == (pos + 1) % M.CC_RING
+    h = int(feat[TX_HOUR])
+    assert fraud[M.P_FR_HOUR + h] == pop[M.P_FR_HOUR + h] + 1
+    assert fraud[M.P_FR_VEL + int(feat[M.F_K])] == pop[M.P_FR_VEL + int(feat[M.F_K])] + 1
+    for f in range(4):
+        b = int(feat[M.CAT_TX[f]])
+        if b >= 0:
+            assert fraud[M.P_FR_HIST_OFF[f] + b] == pop[M.P_FR_HIST_OFF[f] + b] + 1
+            assert fraud[M.P_FR_CAT + 2 * f + 1] == pop[M.P_FR_CAT + 2 * f + 1] + (
+                feat[M.F_NEW + f] > 0)
+
+
+def test_score_learn_one_equals_the_batch_and_hold_false_learns_everything() -> None:
+    rng = np.random.default_rng(11)
+    txs = random_txs(rng, 120)
+    rows = rng.integers(0, 2, 120)
+    for hold in (True, False):
+        users = np.tile(M.new_user_state(), (2, 1))
+        pop = M.new_population_state()
+        b = M.score_and_learn(users, rows, pop, txs, PARAMS, hold=hold)
+        users1 = np.tile(M.new_user_state(), (2, 1))
+        pop1 = M.new_population_state()
+        for i in range(120):
+            det, _feat = M.score_learn_one(users1[rows[i]], pop1, txs[i], PARAMS, hold=hold)
+            assert det[M.D_SCORE] == b.scores[i] and bool(det[M.D_HELD]) == b.held[i]
+        np.testing.assert_array_equal(users, users1)
+        np.testing.assert_array_equal(pop, pop1)
+        if hold:
+            assert b.held.any()
+        else:
+            assert not b.held.any() and users[:, M.U_N].sum() == 120
