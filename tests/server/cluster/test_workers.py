@@ -181,6 +181,31 @@ def test_scores_from_both_workers_build_one_baseline(pair: dict[int, Client]) ->
     assert again.baseline_count < final.baseline_count
 
 
+def test_a_hold_expires_into_the_profile_once_with_two_workers(
+    pair: dict[int, Client]
+) -> None:
+    """Transactions through both workers, a takeover held, then event time moves past the
+    hold delay (7 days): the leader's expiry pass folds every hold in once."""
+    base = time.time() - 12 * 86_400.0
+    user_id = "hold-user"
+    for i in range(20):
+        pair[i % 2].score_transaction(make_transaction(
+            user_id, 42.0 + (i % 3), transaction_id=f"hold-{i}", merchant_category="5411",
+            country="BR", channel="card", device_id="d1", time=base + i * 7_200.0))
+    odd = pair[1].score_transaction(make_transaction(
+        user_id, 3_000.0, transaction_id="hold-ato", merchant_category="5732", country="NG",
+        channel="ecommerce", device_id="laptop", time=base + 2 * 86_400.0))
+    assert odd.held
+    pair[0].score_transaction(make_transaction(
+        user_id, 43.0, transaction_id="hold-later", merchant_category="5411", country="BR",
+        channel="card", device_id="d1", time=base + 10 * 86_400.0))
+    time.sleep(5.0)  # the leader's pass runs every second
+    final = pair[1].score_transaction(make_transaction(
+        user_id, 43.0, transaction_id="hold-final", merchant_category="5411", country="BR",
+        channel="card", device_id="d1", time=base + 10 * 86_400.0 + 60.0))
+    assert final.baseline_count == 22  # 20 + the takeover (expired, unlabelled) + later
+
+
 def test_one_learner_and_the_lead_passes_on_when_the_leader_dies(
     workers: Workers, pair: dict[int, Client]
 ) -> None:
