@@ -374,3 +374,17 @@ def test_retries_learn_once(server: NudgeServer, profiled: Client) -> None:
     assert profiled.label_transaction("trip2", "genuine") is True
     assert profiled.label_transaction("trip2", "genuine") is True
     assert learned_count(server, "alice") == 32
+
+
+def test_an_erased_customers_hold_leaves_the_index(server: NudgeServer, profiled: Client) -> None:
+    from nudge.server.storage.tables import risk_baselines
+
+    t_hold = T0 + 31 * DAY
+    assert profiled.score_transaction(takeover("alice", 2, t_hold)).held
+    profiled.erase_user("alice")
+    later = habit("zoe", 1)[0]
+    later.time.FromSeconds(int(t_hold + 2 * HOLD))
+    profiled.score_transaction(later)
+    assert server.risk.expire_holds() == 0  # the record went with the customer
+    with server.store.read() as txn:
+        assert not list(risk_baselines.holds_due(txn, server.store.dbs, float("inf")))

@@ -8,7 +8,7 @@ import numpy as np
 
 from nudge.kernels import context as ctx
 from nudge.kernels import learner as lrn
-from nudge.kernels import risk, user_state
+from nudge.kernels import risk_model, user_state
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import (
     contacts,
@@ -22,6 +22,7 @@ from nudge.server.storage.tables import (
     triggered,
     users,
 )
+from nudge.server.storage.tables.codecs import encode_sparse
 
 
 def test_key_layouts() -> None:
@@ -109,18 +110,26 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
 
 
 def test_risk_baselines_are_sparse_and_dense_ones_still_read(tmp_path: Path) -> None:
-    state = np.zeros(risk.RISK_STATE_LEN)
-    state[[0, 3, 40, 200]] = [1.0, 2.5, -3.0, 4.0]
+    state = risk_model.new_user_state()
+    state[[3, 40, 200]] = [2.5, -3.0, 4.0]
+    legacy = np.zeros(326)  # the surprisal model's layout (version 1): never read as state
+    legacy[[0, 3]] = [1.0, 2.0]
     store = Store(tmp_path)
     try:
         with store.write() as txn:
             risk_baselines.put_baseline(txn, store.dbs, "new", state)
-            txn.put(b"old", state.tobytes(), db=store.dbs[risk_baselines.NAME])  # version 1
+            txn.put(b"dense", state.tobytes(), db=store.dbs[risk_baselines.NAME])
+            txn.put(b"legacy-dense", legacy.tobytes(), db=store.dbs[risk_baselines.NAME])
+            txn.put(b"legacy-sparse", encode_sparse(legacy), db=store.dbs[risk_baselines.NAME])
         with store.read() as txn:
             raw = txn.get(b"new", db=store.dbs[risk_baselines.NAME])
-            assert len(raw) == (risk.RISK_STATE_LEN + 7) // 8 + 4 * 8
-            for user in ("new", "old"):
+            nonzero = int((state != 0).sum())
+            assert len(raw) == (risk_model.USER_LEN + 7) // 8 + nonzero * 8
+            for user in ("new", "dense"):
                 np.testing.assert_array_equal(risk_baselines.baseline(txn, store.dbs, user),
                                               state)
+            for user in ("legacy-dense", "legacy-sparse"):
+                assert risk_baselines.baseline(txn, store.dbs, user) is None
+                assert risk_baselines.stored(txn, store.dbs, user)
     finally:
         store.close()
