@@ -23,9 +23,10 @@ re-weighs them, which absorbs most of the double counting of correlated features
 
 Categorical f in {country, merchant category, device, channel} (hashed bins, as
 ``nudge.kernels.risk.category_bin`` makes them). Let n_f be the customer's learned
-transactions carrying f, c(b) their count in bin b. "New" means c(b) = 0. The novelty rate of a genuine customer,
-``nu_f(n) = P(new value | n earlier)``, is learned from the population in history buckets
-(0, 1, 2, 3, 4, 5-6, 7-9, 10-14, 15-19, 20-29, 30-49, 50-99, 100-199, 200+):
+transactions carrying f, c(b) their count in bin b. "New" means c(b) = 0. The novelty
+rate of a genuine customer, ``nu_f(n) = P(new value | n earlier)``, is learned from the
+population in history buckets (0, 1, 2, 3, 4, 5-6, 7-9, 10-14, 15-19, 20-29, 30-49, 50-99,
+100-199, 200+):
 ``nu_f(k) = (new_k + a * 1/(1+n_k)) / (tot_k + a)`` (``a`` pseudo-observations of a
 Chinese-restaurant prior). nu_f(0) = 1: a first value is never evidence.
 
