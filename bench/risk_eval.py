@@ -20,12 +20,16 @@ from nudge.bench.risk_stream import CHANNELS
 class Transactions(Protocol):
     """What HalfSpaceTrees reads of a stream or world (one entry per transaction)."""
 
-    user: np.ndarray
-    time: np.ndarray
-    amount: np.ndarray
-    local_hour: np.ndarray
-    channel: np.ndarray
-
+    @property
+    def user(self) -> np.ndarray: ...
+    @property
+    def time(self) -> np.ndarray: ...
+    @property
+    def amount(self) -> np.ndarray: ...
+    @property
+    def local_hour(self) -> np.ndarray: ...
+    @property
+    def channel(self) -> np.ndarray: ...
     def __len__(self) -> int: ...
 
 
