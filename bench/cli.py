@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
              "peers": "Vowpal Wabbit, MABWiser, River beside nudge (optional extra)",
              "startup": "process start to SERVING, cold and warm Numba cache",
              "storage": "bytes per user in the store at 1M users (about 2 minutes)",
-             "all": "every section (under 5 minutes on the 2-core reference box)"}
+             "all": "every section (5-6 minutes on the 2-core reference box)"}
     for name, text in helps.items():
         sub.add_parser(name, parents=[common], help=text, description=text)
     text = "kill -9 in a loop: nothing acknowledged lost, doubled or resent (minutes)"

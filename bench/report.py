@@ -430,7 +430,7 @@ def readme_section(result: dict) -> str:
     meta = result["meta"]
     lines = [
         "`nudge bench` proves on your own hardware that nudge fits a latency budget, and shows "
-        "where the time goes. One command runs everything (about 4 minutes here) and writes "
+        "where the time goes. One command runs everything (about 5-6 minutes here) and writes "
         "JSON, Markdown and a PNG latency plot to `bench/reports/`; it exits non-zero when a "
         "budget in `bench/budgets.toml` is missed:",
         "",
