@@ -482,17 +482,6 @@ class RiskEngine:
             self._states.pop(user_id, None)
             self._time_zones.pop(user_id, None)
             self._held_at.pop(user_id, None)
-
-    def flush(self) -> None:
-        """Store the overlay now (erasure must find everything in the store)."""
-        self._write_behind.flush()
-
-    def forget_user(self, user_id: str) -> None:
-        """Drop what is cached about an erased user."""
-        with self._lock:
-            self._states.pop(user_id, None)
-            self._time_zones.pop(user_id, None)
-            self._held_at.pop(user_id, None)
             for key in [k for k in self._records if k[0] == user_id]:
                 del self._records[key]
 

@@ -287,7 +287,7 @@ def test_learn_only_backfill_makes_a_customer_warm(server: NudgeServer, client: 
     answers = client.score_transactions(history, learn_only=True)
     assert not any(a.held for a in answers) and not any(a.reasons for a in answers)
     assert learned_count(server, "gina") == 31
-    assert server.risk.transaction("gina-tv").learned_by == "backfill"
+    assert server.risk.transaction("gina", "gina-tv").learned_by == "backfill"
     # warm: her habit is unremarkable, a takeover is not
     normal = client.score_transaction(habit("gina", 32)[-1])
     assert normal.baseline_count == 31 and not normal.held and normal.score < 0.05
@@ -306,16 +306,16 @@ def test_hold_expires_into_the_profile_once(server: NudgeServer, profiled: Clien
     assert not profiled.score_transaction(later).held
     assert wait_for(lambda: learned_count(server, "alice") == 32)  # `later`, then the hold
     assert server.risk.expire_holds() == 0
-    record = server.risk.transaction(odd.transaction_id)
+    record = server.risk.transaction("alice", odd.transaction_id)
     assert record.in_baseline and record.learned_by == "hold_expiry"
     # FRAUD after expiry: recorded and trains the takeover model; the profile keeps it
     from nudge.kernels.risk_model import HOURS, P_FR_HOUR
 
     frauds = server.risk.population()[P_FR_HOUR:P_FR_HOUR + HOURS].sum()
-    assert profiled.label_transaction(odd.transaction_id, "fraud") is True
-    assert profiled.label_transaction(odd.transaction_id, "fraud") is True  # a retry
+    assert profiled.label_transaction(odd.transaction_id, "fraud", user_id="alice") is True
+    assert profiled.label_transaction(odd.transaction_id, "fraud", user_id="alice") is True  # a retry
     assert server.risk.population()[P_FR_HOUR:P_FR_HOUR + HOURS].sum() == frauds + 1
-    assert server.risk.transaction(odd.transaction_id).label == "FRAUD"
+    assert server.risk.transaction("alice", odd.transaction_id).label == "FRAUD"
     assert learned_count(server, "alice") == 32
 
 
@@ -324,13 +324,13 @@ def test_fraud_label_within_the_delay_keeps_the_hold_out_for_good(
 ) -> None:
     t_hold = T0 + 31 * DAY
     assert profiled.score_transaction(takeover("alice", 1, t_hold)).held
-    assert profiled.label_transaction("alice-ato1", "fraud") is False
+    assert profiled.label_transaction("alice-ato1", "fraud", user_id="alice") is False
     later = habit("alice", 40)[-1]
     later.time.FromSeconds(int(t_hold + 2 * HOLD))
     profiled.score_transaction(later)
     server.risk.expire_holds()
     assert learned_count(server, "alice") == 31  # `later` only
-    assert not server.risk.transaction("alice-ato1").in_baseline
+    assert not server.risk.transaction("alice", "alice-ato1").in_baseline
 
 
 def test_hold_expiry_is_exactly_once_across_restarts(data_dir: Path) -> None:
@@ -371,8 +371,8 @@ def test_retries_learn_once(server: NudgeServer, profiled: Client) -> None:
     trip = make_transaction("alice", 300.0, transaction_id="trip2", country="PT",
                             merchant_category="4511", device_id="phone-1", time=T0 + 32 * DAY)
     assert profiled.score_transaction(trip).held
-    assert profiled.label_transaction("trip2", "genuine") is True
-    assert profiled.label_transaction("trip2", "genuine") is True
+    assert profiled.label_transaction("trip2", "genuine", user_id="alice") is True
+    assert profiled.label_transaction("trip2", "genuine", user_id="alice") is True
     assert learned_count(server, "alice") == 32
 
 
