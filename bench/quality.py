@@ -17,8 +17,8 @@ Budgets take the worst regime.
 The policy world is ``bench/policy_sim.py`` at its defaults (3,600 combinations, 50,000
 decisions, late rewards), run with SquareCB and Thompson sampling at the campaign defaults
 (SquareCB local, as a campaign without [exploration] runs it); then ``bench/worlds.py``'s
-family through a real server. A speed budget met by a model that stopped catching fraud or stopped learning would be
-worthless, so the bench checks both.
+family through a real server. A speed budget met by a model that stopped catching fraud or
+stopped learning would be worthless, so the bench checks both.
 """
 
 from __future__ import annotations
