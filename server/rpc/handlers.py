@@ -8,7 +8,7 @@ once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -32,3 +32,36 @@ def wrap_behaviour(
     if handler.stream_stream:
         return handler._replace(stream_stream=streaming(handler.stream_stream))
     return handler
+
+
+def wrap_holding(
+    handler: grpc.RpcMethodHandler,
+    enter: Callable[[grpc.ServicerContext], None],
+    leave: Callable[[], None],
+) -> grpc.RpcMethodHandler:
+    """``handler`` whose behaviour runs between ``enter(context)`` (which may abort the
+    call) and ``leave()``. For a streamed response both happen inside the generator: the
+    hold starts when grpc starts iterating and ends when the stream ends, fails or is
+    closed (client cancelled)."""
+
+    def unary(behaviour: Behaviour) -> Behaviour:
+        def held(request: Any, context: grpc.ServicerContext) -> Any:
+            enter(context)
+            try:
+                return behaviour(request, context)
+            finally:
+                leave()
+
+        return held
+
+    def streaming(behaviour: Behaviour) -> Behaviour:
+        def held(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            enter(context)
+            try:
+                yield from behaviour(request, context)
+            finally:
+                leave()
+
+        return held
+
+    return wrap_behaviour(handler, unary, streaming)

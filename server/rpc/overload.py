@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import grpc
 
-from nudge.server.rpc.handlers import wrap_behaviour
+from nudge.server.rpc.handlers import wrap_holding
 
 # Health and reflection must answer even (especially) under overload, so orchestrators
 # do not kill a server that is merely busy; Echo is the latency floor benchmarks compare
@@ -116,27 +115,9 @@ class StreamLimiter(grpc.ServerInterceptor):
         if handler is None or method not in self.limits:
             return handler
 
-        def unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-            def counted(request: Any, context: grpc.ServicerContext) -> Any:
-                self._enter(method, context)
-                try:
-                    return behaviour(request, context)
-                finally:
-                    self._leave(method)
-
-            return counted
-
-        def streaming(behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
-            def counted(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                self._enter(method, context)
-                try:
-                    yield from behaviour(request, context)
-                finally:
-                    self._leave(method)
-
-            return counted
-
-        return wrap_behaviour(handler, unary, streaming)
+        return wrap_holding(
+            handler, lambda context: self._enter(method, context), lambda: self._leave(method)
+        )
 
 
 class ConcurrencyLimiter(grpc.ServerInterceptor):
@@ -247,32 +228,6 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
             self._running -= 1
             self._cond.notify()
 
-    # -- wrapping --------------------------------------------------------------------------
-
-    def _wrap_unary(self, behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
-        def handler(request: Any, context: grpc.ServicerContext) -> Any:
-            self._acquire(context, method)
-            try:
-                return behaviour(request, context)
-            finally:
-                self._release()
-
-        return handler
-
-    def _wrap_stream(
-        self, behaviour: Callable[..., Iterator[Any]], method: str
-    ) -> Callable[..., Iterator[Any]]:
-        def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            # Inside the generator, so the slot is taken when grpc starts iterating and
-            # released when the stream ends, fails or is closed (client cancelled).
-            self._acquire(context, method)
-            try:
-                yield from behaviour(request, context)
-            finally:
-                self._release()
-
-        return handler
-
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
@@ -282,6 +237,5 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(self.exempt):
             return handler
-        return wrap_behaviour(
-            handler, lambda b: self._wrap_unary(b, method), lambda b: self._wrap_stream(b, method)
-        )
+        return wrap_holding(handler, lambda context: self._acquire(context, method),
+                            self._release)

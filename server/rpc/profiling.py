@@ -20,6 +20,8 @@ from typing import Any
 
 import grpc
 
+from nudge.server.rpc.handlers import wrap_behaviour
+
 
 class ProfileInterceptor(grpc.ServerInterceptor):
     """Profiles the handlers that return one response (unary and client-streaming)."""
@@ -59,11 +61,12 @@ class ProfileInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if handler is None or handler.response_streaming:
+        if handler is None:
             return handler
-        kind = "stream_unary" if handler.request_streaming else "unary_unary"
         name = handler_call_details.method.rpartition("/")[2]
-        return handler._replace(**{kind: self._wrap(getattr(handler, kind), name)})
+        # Streamed responses are left as they are (a generator's time is spent between
+        # grpc's iterations, not inside one call).
+        return wrap_behaviour(handler, lambda b: self._wrap(b, name), lambda b: b)
 
     def dump(self) -> list[Path]:
         """Write every method's merged profile; call once the server has stopped."""
