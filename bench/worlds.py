@@ -279,6 +279,18 @@ class RunResult:
     propensity_min: float = 1.0
     seconds: float = 0.0
 
+    def record(self, i: int, p: np.ndarray, choice: int, propensity: float) -> None:
+        """Decision ``i`` chose ``choice`` (N_COMBOS: nothing) with ``propensity``; ``p`` is
+        every combination's true conversion probability for that customer."""
+        self.policy[i] = p[choice]
+        self.oracle[i] = p[ALLOWED_ALL].max()
+        self.random[i] = p[ALLOWED_ALL].mean()
+        self.chose_nothing[i] = choice == N_COMBOS
+        self.nothing_best[i] = p[N_COMBOS] >= self.oracle[i]
+        if not 0.0 < propensity <= 1.0:
+            self.invalid_propensities += 1
+        self.propensity_min = min(self.propensity_min, propensity)
+
     def ratio(self, start: int, stop: int) -> float:
         s = slice(max(start, 0), min(stop, self.decisions))
         return float(self.policy[s].sum() / self.oracle[s].sum())
@@ -355,14 +367,7 @@ def run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> RunRes
                 else:
                     choice = N_COMBOS
                 p = prob[i - start]
-                result.policy[i] = p[choice]
-                result.oracle[i] = p[ALLOWED_ALL].max()
-                result.random[i] = p[ALLOWED_ALL].mean()
-                result.chose_nothing[i] = choice == N_COMBOS
-                result.nothing_best[i] = p[N_COMBOS] >= result.oracle[i]
-                if not 0.0 < reply.propensity <= 1.0:
-                    result.invalid_propensities += 1
-                result.propensity_min = min(result.propensity_min, reply.propensity)
+                result.record(i, p, choice, reply.propensity)
                 outcomes.append((reply.decision_id, float(coins[i] < p[choice])))
             list(pool.map(lambda o: client.report_outcome(*o), outcomes))
             server.learner.step()
@@ -427,14 +432,7 @@ def run_in_process(cfg: RunConfig) -> RunResult:
             choice = got.choice
             chosen[i - start] = choice
             p = prob[i - start]
-            result.policy[i] = p[choice]
-            result.oracle[i] = p[ALLOWED_ALL].max()
-            result.random[i] = p[ALLOWED_ALL].mean()
-            result.chose_nothing[i] = choice == N_COMBOS
-            result.nothing_best[i] = p[N_COMBOS] >= result.oracle[i]
-            if not 0.0 < got.propensity <= 1.0:
-                result.invalid_propensities += 1
-            result.propensity_min = min(result.propensity_min, got.propensity)
+            result.record(i, p, choice, got.propensity)
             rewards[i - start] = float(coins[i] < p[choice])
         snapshot = lrn.update_posteriors(snapshot, space.combo_components, chosen, xs, rewards,
                                          learn)
