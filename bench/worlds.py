@@ -316,6 +316,18 @@ class RunResult:
         }
 
 
+
+def _customers(cfg: RunConfig) -> tuple[World, np.ndarray, np.ndarray, np.ndarray]:
+    """The world of a run and its customers, the same for every driver: hidden types ``h``,
+    contexts ``x`` and the coins that decide each conversion (drift halfway when asked)."""
+    world = make_world(cfg.world, cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 99])
+    h, x = world.users(rng, cfg.decisions)
+    coins = rng.random(cfg.decisions)
+    if cfg.world == "drift":
+        world.drift_at = cfg.decisions // 2
+    return world, h, x, coins
+
 def run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> RunResult:
     """One world, one seed, through a real server in this process (a fresh store on tmpfs
     when there is one: outcomes are fsync'd, the box's disk is not what is measured)."""
@@ -325,12 +337,7 @@ def run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> RunRes
     from nudge.server.config import Config
 
     started = time.perf_counter()
-    world = make_world(cfg.world, cfg.seed)
-    rng = np.random.default_rng([cfg.seed, 99])
-    h, x = world.users(rng, cfg.decisions)
-    coins = rng.random(cfg.decisions)
-    if cfg.world == "drift":
-        world.drift_at = cfg.decisions // 2
+    world, h, x, coins = _customers(cfg)
     shm = Path("/dev/shm")
     tmp = tempfile.mkdtemp(prefix="nudge-worlds-", dir=shm if shm.is_dir() else None)
     folder = Path(tmp)
@@ -396,12 +403,7 @@ def run_in_process(cfg: RunConfig) -> RunResult:
     from nudge.server.decisions.models import CampaignModel
 
     started = time.perf_counter()
-    world = make_world(cfg.world, cfg.seed)
-    rng = np.random.default_rng([cfg.seed, 99])
-    h, x = world.users(rng, cfg.decisions)
-    coins = rng.random(cfg.decisions)
-    if cfg.world == "drift":
-        world.drift_at = cfg.decisions // 2
+    world, h, x, coins = _customers(cfg)
     campaign = parse_campaign(campaign_text(cfg.exploration), CAMPAIGN)
     model = CampaignModel.initial(campaign)
     plan = FeaturePlan(campaign, model.layout)
