@@ -8,6 +8,7 @@ import time
 # Every module with kernels; each has a ``warm_up()`` calling each kernel signature once.
 KERNEL_MODULES = (
     "nudge.kernels.user_state",
+    "nudge.kernels.sparse_codec",
     "nudge.kernels.risk_model",
     "nudge.kernels.context",
     "nudge.kernels.learner",

@@ -139,6 +139,7 @@ class NudgeServer:
         metrics.lmdb_size_bytes.set_function(store.used_bytes)
         metrics.lmdb_map_used_ratio.set_function(lambda: store.used_bytes() / store.map_size())
         metrics.queue_depth.set_function(lambda: self.writer.queue_depth)
+        metrics.group_commits.set_function(lambda: self.writer.commits)
         metrics.learner_lag_seconds.set_function(self.learner.lag_seconds)
         metrics.outbox_depth.set_function(self.outbox.depth)
         metrics.learner_quarantined.set_function(lambda: self.learner.quarantined)

@@ -125,6 +125,11 @@ class Metrics:
             "Events counted in the shared (other) type slot: no slot was left for their type.",
             registry=r,
         )
+        self.group_commits = Gauge(
+            "nudge_group_commits_total",
+            "Durable (fsync'd) group commits of the store's writer since the server started.",
+            registry=r,
+        )
         self.journeys_failed = Gauge(
             "nudge_journeys_failed_total",
             "Journey triggers dropped because they could not be decided.",

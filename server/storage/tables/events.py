@@ -45,6 +45,26 @@ def seen(txn: lmdb.Transaction, dbs: Dbs, user_id: str, event_id: str) -> bool:
     return txn.get(keys.pair(user_id, event_id), db=dbs[SEEN]) is not None
 
 
+def held(txn: lmdb.Transaction, dbs: Dbs, seen_keys: list[bytes]) -> set[bytes]:
+    """Which of these ``seen`` keys (``keys.pair(user id, event id)``) the store holds:
+    one lookup pass in key order (neighbouring keys share B-tree pages)."""
+    return {bytes(k) for k, _ in txn.cursor(db=dbs[SEEN]).getmulti(sorted(seen_keys))}
+
+
+def append_all(
+    txn: lmdb.Transaction, dbs: Dbs, sequence: int, seen_keys: list[bytes],
+    payloads: list[bytes],
+) -> int:
+    """Append serialized events to the log from ``sequence`` on and mark their ``seen``
+    keys (``keys.pair(user id, event id)``, one per payload); returns the next free
+    sequence. The puts go through LMDB's batch put: the log by appending, the seen ids
+    in key order."""
+    seqs = [sequence_key(s) for s in range(sequence, sequence + len(payloads))]
+    txn.cursor(db=dbs[EVENTS]).putmulti(zip(seqs, payloads, strict=True), append=True)
+    txn.cursor(db=dbs[SEEN]).putmulti(sorted(zip(seen_keys, seqs, strict=True)))
+    return sequence + len(payloads)
+
+
 def append(
     txn: lmdb.Transaction, dbs: Dbs, sequence: int,
     events: Iterable[tuple[str, str, bytes]],

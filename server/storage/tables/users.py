@@ -97,6 +97,41 @@ def put_record(txn: lmdb.Transaction, dbs: Dbs, user_id: str, state: np.ndarray)
     txn.put(user_id.encode(), encode_record(state), db=dbs[USERS])
 
 
+def stored_records(
+    txn: lmdb.Transaction, dbs: Dbs, user_keys: list[bytes]
+) -> list[tuple[bytes, np.ndarray]]:
+    """``(user key, record)`` of every one of these users (encoded ids) with a record,
+    read in one pass in key order."""
+    cursor = txn.cursor(db=dbs[USERS])
+    return [(bytes(k), decode_record(v)) for k, v in cursor.getmulti(sorted(user_keys))]
+
+
+def put_encoded_records(
+    txn: lmdb.Transaction, dbs: Dbs, rows: list[tuple[bytes, bytes]]
+) -> None:
+    """Store already encoded records (``(user key, encode_record bytes)``) in one batch
+    put, in key order."""
+    rows.sort()
+    txn.cursor(db=dbs[USERS]).putmulti(rows)
+
+
+def stored_profiles(
+    txn: lmdb.Transaction, dbs: Dbs, user_keys: list[bytes]
+) -> list[tuple[bytes, UserProfile]]:
+    """``(user key, profile)`` of every one of these users with a stored profile."""
+    cursor = txn.cursor(db=dbs[PROFILES])
+    return [(bytes(k), UserProfile.from_bytes(v))
+            for k, v in cursor.getmulti(sorted(user_keys))]
+
+
+def put_profiles(
+    txn: lmdb.Transaction, dbs: Dbs, rows: list[tuple[bytes, UserProfile]]
+) -> None:
+    """Store profiles (``(user key, profile)``) in one batch put, in key order."""
+    encoded = sorted((key, profile.to_bytes()) for key, profile in rows)
+    txn.cursor(db=dbs[PROFILES]).putmulti(encoded)
+
+
 def delete(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> None:
     """Forget the user's record and profile (erasure)."""
     txn.delete(user_id.encode(), db=dbs[USERS])
