@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from nudge.bench import budgets as budgets_mod
+from nudge.bench.ingest import IngestConfig
 from nudge.bench.kernels_bench import KernelsConfig
 from nudge.bench.learning import LearningConfig
 from nudge.bench.open_loop import OpenLoopConfig
@@ -46,7 +47,7 @@ from nudge.bench.rpc_floor import RpcConfig
 from nudge.bench.startup import StartupConfig
 from nudge.bench.storage import StorageConfig
 
-SECTIONS = ("kernels", "quality", "learning", "rpc", "peers", "startup", "storage")
+SECTIONS = ("kernels", "quality", "learning", "rpc", "peers", "startup", "storage", "ingest")
 DEFAULT_OUT = Path("bench/reports")
 
 
@@ -62,6 +63,7 @@ class BenchConfig:
     peers: PeersConfig = field(default_factory=PeersConfig)
     startup: StartupConfig = field(default_factory=StartupConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     write_reports: bool = True
     command: str = "nudge bench"
     profile: bool = False  # rpc: profile the handlers; .prof files go beside the report
@@ -69,7 +71,16 @@ class BenchConfig:
 
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
     """Run the chosen sections; a failing section is recorded and the others still run."""
-    from nudge.bench import kernels_bench, learning, peers, quality, rpc_floor, startup, storage
+    from nudge.bench import (
+        ingest,
+        kernels_bench,
+        learning,
+        peers,
+        quality,
+        rpc_floor,
+        startup,
+        storage,
+    )
     from nudge.bench.report import machine
 
     runners = {
@@ -80,6 +91,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
         "peers": lambda: peers.run(config.peers, progress),
         "startup": lambda: startup.run(config.startup, progress),
         "storage": lambda: storage.run(config.storage, progress),
+        "ingest": lambda: ingest.run(config.ingest, progress),
     }
     budgets = budgets_mod.load(config.budgets_path)
     started = datetime.now(UTC).astimezone()
@@ -163,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--warm-runs", type=int)
     st = common.add_argument_group("storage")
     st.add_argument("--storage-users", type=int, help="new users, one event each (1,000,000)")
+    ig = common.add_argument_group("ingest")
+    ig.add_argument("--ingest-users", type=int,
+                    help="new users streamed through TrackStream, one event each (1,000,000)")
+    ig.add_argument("--ingest-kinds", nargs="+", choices=("bare", "rich"))
 
     parser = argparse.ArgumentParser(prog="nudge bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
              "peers": "Vowpal Wabbit, MABWiser, River beside nudge (optional extra)",
              "startup": "process start to SERVING, cold and warm Numba cache",
              "storage": "bytes per user in the store at 1M users (about 2 minutes)",
+             "ingest": "TrackStream, one event per new user (1M), vs raw LMDB commits",
              "all": "every section (5-6 minutes on the 2-core reference box)"}
     for name, text in helps.items():
         sub.add_parser(name, parents=[common], help=text, description=text)
@@ -231,11 +248,15 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     storage = StorageConfig(users=20_000 if q else 200_000 if args.section == "all"
                             else StorageConfig().users)
     storage = _set(storage, users=args.storage_users)
+    # ``all`` streams 200,000 new users per kind; ``nudge bench ingest`` the full million.
+    ingest = IngestConfig(users=20_000 if q else 200_000 if args.section == "all"
+                          else IngestConfig().users)
+    ingest = _set(ingest, users=args.ingest_users, kinds=_tuple(args.ingest_kinds))
     sections = SECTIONS if args.section == "all" else (args.section,)
     return BenchConfig(sections=sections, out=args.out, budgets_path=args.budgets,
                        profile=args.profile,
                        kernels=kernels, quality=quality, learning=learning, rpc=rpc, peers=peers,
-                       startup=startup, storage=storage,
+                       startup=startup, storage=storage, ingest=ingest,
                        write_reports=not args.no_report,
                        command="nudge bench " + " ".join(args.argv))
 

@@ -28,8 +28,13 @@ from nudge.server.storage.store import Store
 from nudge.v1 import decision_service_pb2 as pb
 from nudge.v1 import decision_service_pb2_grpc as pb_grpc
 
-# Stream messages a TrackStream may have queued for commit at once (back-pressure).
-STREAM_IN_FLIGHT = 8
+# Back-pressure: a TrackStream reads no further message while it has this many messages,
+# or more events than one group commit takes (the writer's max_batch_events), queued for
+# commit. Commits are the disk's unit of work: a bulk stream that keeps a whole commit's
+# worth queued lets the writer make each commit as large as it allows, and with one event
+# per new user every event dirties its own B-tree pages, so 50,000 events per commit
+# ingest about three times as fast as 4,500 (bench/ingest.py).
+STREAM_IN_FLIGHT = 64
 # Campaign names are [a-z][a-z0-9_]{0,63}.
 MAX_CAMPAIGN_NAME = 64
 
@@ -80,11 +85,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self, request_iterator: Iterator[pb.TrackStreamRequest], context: grpc.ServicerContext
     ) -> pb.TrackStreamResponse:
         self.readiness.check()
-        pending: deque[Future[TrackResult]] = deque()
-        accepted = duplicates = 0
+        pending: deque[tuple[Future[TrackResult], int]] = deque()
+        accepted = duplicates = queued = 0
+        max_queued = self.writer.max_batch_events
 
-        def settle(future: Future[TrackResult]) -> None:
-            nonlocal accepted, duplicates
+        def settle(submitted: tuple[Future[TrackResult], int]) -> None:
+            nonlocal accepted, duplicates, queued
+            future, size = submitted
+            queued -= size
             result = _wait(future, context)
             accepted += result.accepted
             duplicates += result.duplicates
@@ -96,15 +104,17 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     events = self._pseudonymous(events)
                 except InvalidArgument as exc:
                     raise InvalidArgument(f"messages[{index}].{exc.field}", exc.rule) from None
-                pending.append(self.writer.submit(events))
-                while len(pending) > STREAM_IN_FLIGHT or (pending and pending[0].done()):
+                pending.append((self.writer.submit(events), len(events)))
+                queued += len(events)
+                while (len(pending) > STREAM_IN_FLIGHT or queued > max_queued
+                       or (pending and pending[0][0].done())):
                     settle(pending.popleft())
         finally:
             # Whatever was queued commits anyway; wait so the reply (or error) follows it.
             while pending:
-                future = pending.popleft()
+                submitted = pending.popleft()
                 if context.is_active():
-                    settle(future)
+                    settle(submitted)
         return pb.TrackStreamResponse(accepted=accepted, duplicates=duplicates)
 
     def GetUser(
