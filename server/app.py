@@ -24,6 +24,7 @@ from nudge.kernels.risk_model import ModelParams
 from nudge.kernels.warmup import warm_up_all
 from nudge.server.clock import Clock, SystemClock
 from nudge.server.cluster.leadership import Leadership
+from nudge.server.cluster.node import ClusterNode
 from nudge.server.cluster.worker_role import WorkerRole
 from nudge.server.config import Config, ConfigError
 from nudge.server.decisions.campaign import Campaign, CampaignError, load_campaigns
@@ -39,7 +40,8 @@ from nudge.server.rpc.auth import AuthInterceptor, TokenStore
 from nudge.server.rpc.decision_service import DecisionServicer
 from nudge.server.rpc.delivery_service import DeliveryServicer
 from nudge.server.rpc.diagnostics_service import DiagnosticsServicer, ServerInfo
-from nudge.server.rpc.metrics import Metrics, start_metrics_server
+from nudge.server.rpc.forwarding import ForwardingInterceptor
+from nudge.server.rpc.metrics import Metrics, add_cluster_gauges, start_metrics_server
 from nudge.server.rpc.overload import (
     ConcurrencyLimiter,
     StreamLimiter,
@@ -124,6 +126,8 @@ class NudgeServer:
     role: WorkerRole | None = None
     metrics_port: int | None = None
     profiler: ProfileInterceptor | None = None
+    cluster: ClusterNode | None = None
+    forwarding: ForwardingInterceptor | None = None
     _metrics_http: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _closed: threading.Event = field(default_factory=threading.Event)
@@ -145,6 +149,8 @@ class NudgeServer:
         metrics.learner_quarantined.set_function(lambda: self.learner.quarantined)
         metrics.journeys_failed.set_function(lambda: self.journeys.failed)
         metrics.other_type_events.set_function(lambda: self.writer.other_events)
+        if self.cluster is not None:
+            add_cluster_gauges(metrics, self.cluster)
         if limiter is not None:
             metrics.rpcs_in_flight.set_function(lambda: limiter.in_flight)
             metrics.rpcs_waiting.set_function(lambda: limiter.waiting)
@@ -160,6 +166,8 @@ class NudgeServer:
         """Compile and call every kernel once, then report SERVING and take work."""
         spent = warm_up_all()
         log.info("kernels warm in %.2fs", sum(spent.values()))
+        if self.cluster is not None:
+            self.cluster.connect()  # the log and the leases, before anything is served
         if self.role is not None:
             self.role.start()  # leads (and starts what the leader runs) when the lead is free
         else:
@@ -169,6 +177,8 @@ class NudgeServer:
         self.readiness.set_ready()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.cluster is not None:
+            self.cluster.start()  # join: take partitions, apply them from the log
         log.info("serving on %s:%d, data in %s", self.config.host, self.port, self.store.path)
 
     def reload_campaigns(self) -> bool:
@@ -205,6 +215,10 @@ class NudgeServer:
         self.health.enter_graceful_shutdown()
         grace = self.config.grace_seconds if grace is None else grace
         self.grpc_server.stop(grace).wait()
+        if self.forwarding is not None:
+            self.forwarding.close()
+        if self.cluster is not None:
+            self.cluster.close()  # releases its partitions: survivors take them at once
         if self.role is not None:
             self.role.close()
         self.journeys.close()
@@ -264,7 +278,14 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         interceptors.append(metrics.interceptor())
     if tokens is not None:
         interceptors.append(AuthInterceptor(tokens))
-    interceptors += [streams, limiter, StatusInterceptor()]
+    interceptors += [streams, limiter]
+    cluster: ClusterNode | None = None
+    forwarding: ForwardingInterceptor | None = None
+    if config.cluster is not None:
+        cluster = ClusterNode(config, store, writer)
+        forwarding = ForwardingInterceptor(cluster, Pseudonyms(config.pseudonymize_key))
+        interceptors.append(forwarding)
+    interceptors.append(StatusInterceptor())
     server = grpc.server(
         # A thread for every stream slot on top of max_workers: streams in every slot
         # leave the unary RPCs all of their threads.
@@ -293,7 +314,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
                       persist_every=SHARED_PERSIST_SECONDS if config.shared_store else 5.0)
     decision_service_pb2_grpc.add_DecisionServiceServicer_to_server(
         DecisionServicer(
-            store, writer, clock, readiness, config.half_life_seconds, decisions, pseudonyms
+            store, writer, clock, readiness, config.half_life_seconds, decisions, pseudonyms,
+            submit_events=cluster.publish_events if cluster is not None else None,
         ),
         server,
     )
@@ -312,6 +334,9 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         workers=config.workers,
         leader=lambda: leadership is None or leadership.leading,
         models=lambda: {n: (m.version, m.learned_seq) for n, m in decisions.models.items()},
+        node_id=cluster.node_id if cluster is not None else "",
+        partition_owners=cluster.partition_map if cluster is not None else None,
+        ready_partitions=cluster.ready_partitions if cluster is not None else None,
     )
     diagnostics_service_pb2_grpc.add_DiagnosticsServiceServicer_to_server(
         DiagnosticsServicer(info), server
@@ -345,7 +370,10 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     nudge_server = NudgeServer(
         config, server, port, store, writer, risk_engine, decisions, learner, health_servicer,
         readiness, outbox, journeys, retention, metrics, limiter, profiler=profiler,
+        cluster=cluster, forwarding=forwarding,
     )
+    if cluster is not None:
+        cluster.bind(f"{config.host}:{port}")
     if leadership is not None:
         nudge_server.role = WorkerRole(store, learner, leadership, nudge_server.start_leading)
     return nudge_server

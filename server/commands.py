@@ -32,7 +32,22 @@ def add_commands(sub: Any) -> None:
                        help="server processes sharing the port and the store (default 1)")
     serve.add_argument("--tokens-file", dest="auth_tokens_file",
                        help="require scoped tokens from this file")
+    serve.add_argument("--cluster", metavar="URLS",
+                       help="cluster mode: NATS JetStream URLs, comma-separated "
+                            "(nats://h1:4222,nats://h2:4222,...)")
+    serve.add_argument("--node-id", help="this node's stable name in the cluster")
+    serve.add_argument("--partitions", type=int, help="user partitions (cluster; default 64)")
     serve.set_defaults(run=_serve)
+
+    cluster = sub.add_parser("cluster", help="a local NATS + nudge cluster on loopback")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = cluster_sub.add_parser("up", help="start N NATS servers and N nudge nodes; Ctrl-C "
+                                           "stops them all")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--dir", help="data folder (default: a temporary one, removed at stop)")
+    up.add_argument("--port", type=int, default=50051, help="first node's gRPC port")
+    up.add_argument("--partitions", type=int, default=64)
+    cluster.set_defaults(run=_cluster)
 
     # Its own options (--help) are parsed by nudge.server.offline.evaluate.
     evaluate = sub.add_parser("evaluate", add_help=False,
@@ -95,6 +110,9 @@ def _serve(args: argparse.Namespace, rest: list[str]) -> int:
                 "profile_dir": args.profile_dir,
                 "auth_tokens_file": args.auth_tokens_file,
                 "workers": args.workers,
+                "cluster": args.cluster,
+                "node_id": args.node_id,
+                "partitions": args.partitions,
             },
         )
     except ConfigError as exc:
@@ -121,6 +139,12 @@ def _serve(args: argparse.Namespace, rest: list[str]) -> int:
         return 2
     serve(server)
     return 0
+
+
+def _cluster(args: argparse.Namespace, rest: list[str]) -> int:
+    from nudge.server.cluster.local import run_local_cluster
+
+    return run_local_cluster(args.nodes, args.dir, args.port, args.partitions)
 
 
 def _token(args: argparse.Namespace, rest: list[str]) -> int:

@@ -100,6 +100,22 @@ class Config:
     retain_deliveries_seconds: float = 90 * 86_400.0
     retain_transactions_seconds: float = 180 * 86_400.0
     retention_interval_seconds: float = 300.0
+    # Cluster mode (README "Several machines"): NATS JetStream servers (comma-separated
+    # nats:// URLs) holding the replicated log; None keeps the embedded single machine.
+    # Also the ``[cluster]`` table of the config file (urls, node_id, partitions, ...).
+    cluster: str | None = None
+    # This node's name among the cluster's nodes (stable across restarts: it keeps its
+    # data folder and owns partitions by this name). Default: host:port.
+    node_id: str | None = None
+    # The address other nodes forward RPCs to (default host:port).
+    advertise: str | None = None
+    # Partitions of the user space (a stable hash of the user id); fixed for a cluster's life.
+    partitions: int = 64
+    # How long a partition's lease outlives a node that stopped renewing it: the failover
+    # time is about this plus the new owner's catch-up.
+    cluster_lease_seconds: float = 5.0
+    # Copies JetStream keeps of the log and the leases (3 survives the loss of any one).
+    cluster_replicas: int = 3
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65_535:
@@ -148,6 +164,15 @@ class Config:
                 "retain_seen_seconds: must not exceed retain_events_seconds (seen ids are "
                 "forgotten through the event log)"
             )
+        if self.cluster is not None:
+            if self.workers > 1:
+                raise ConfigError("cluster: one process per node (use more nodes, not workers)")
+            if not 1 <= self.partitions <= 4096:
+                raise ConfigError(f"partitions: must be in [1, 4096], got {self.partitions}")
+            if not self.cluster_lease_seconds >= 0.5:
+                raise ConfigError("cluster_lease_seconds: must be at least 0.5")
+            if self.cluster_replicas not in (1, 3, 5):
+                raise ConfigError("cluster_replicas: must be 1, 3 or 5")
         if self.metrics_port and self.metrics_port + self.workers - 1 > 65_535:
             raise ConfigError("metrics_port: each worker takes metrics_port + its index")
 
@@ -158,6 +183,12 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# The ``[cluster]`` table of a config file: its keys -> Config fields.
+CLUSTER_TABLE = {
+    "urls": "cluster", "node_id": "node_id", "advertise": "advertise",
+    "partitions": "partitions", "lease_seconds": "cluster_lease_seconds",
+    "replicas": "cluster_replicas",
+}
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -213,6 +244,14 @@ def load_config(
             if key not in _FIELDS:
                 raise ConfigError(f"{path}: [server].{key} is not a setting")
             values[key] = _coerce(key, value, str(path))
+        for key, value in data.get("cluster", {}).items():
+            name = CLUSTER_TABLE.get(key)
+            if name is None:
+                raise ConfigError(f"{path}: [cluster].{key} is not a setting "
+                                  f"(one of {', '.join(sorted(CLUSTER_TABLE))})")
+            if name == "cluster" and isinstance(value, list):
+                value = ",".join(str(url) for url in value)
+            values[name] = _coerce(name, value, str(path))
     for name in _FIELDS:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is not None:

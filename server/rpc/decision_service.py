@@ -4,7 +4,7 @@ hand to the writer, the store or the decision engine, reply."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 import grpc
@@ -57,10 +57,13 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         half_life_seconds: float,
         decisions: DecisionEngine,
         pseudonyms: Pseudonyms | None = None,
+        submit_events: Callable[[list[ValidEvent]], Future[TrackResult]] | None = None,
     ) -> None:
         self.pseudonyms = pseudonyms or Pseudonyms(None)
         self.store = store
         self.writer = writer
+        # Where Track's events go: the group commit here, or the replicated log (cluster).
+        self.submit_events = submit_events or writer.submit
         self.clock = clock
         self.readiness = readiness
         self.half_life_seconds = half_life_seconds
@@ -78,7 +81,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
         self.readiness.check()
         events = self._pseudonymous(validate_events(request.events, self.clock.now()))
-        result = _wait(self.writer.submit(events), context)
+        result = _wait(self.submit_events(events), context)
         return pb.TrackResponse(accepted=result.accepted, duplicates=result.duplicates)
 
     def TrackStream(
@@ -104,7 +107,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     events = self._pseudonymous(events)
                 except InvalidArgument as exc:
                     raise InvalidArgument(f"messages[{index}].{exc.field}", exc.rule) from None
-                pending.append((self.writer.submit(events), len(events)))
+                pending.append((self.submit_events(events), len(events)))
                 queued += len(events)
                 while (len(pending) > STREAM_IN_FLIGHT or queued > max_queued
                        or (pending and pending[0][0].done())):

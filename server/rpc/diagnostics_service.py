@@ -33,6 +33,10 @@ class ServerInfo:
     leader: Callable[[], bool]
     # Campaign -> (model version, rewards log position learned up to).
     models: Callable[[], dict[str, tuple[str, int]]]
+    # Cluster mode: this node's id, partition -> owner, and the partitions served here.
+    node_id: str = ""
+    partition_owners: Callable[[], dict[int, str]] | None = None
+    ready_partitions: Callable[[], list[int]] | None = None
 
 
 class DiagnosticsServicer(pb_grpc.DiagnosticsServiceServicer):
@@ -56,4 +60,10 @@ class DiagnosticsServicer(pb_grpc.DiagnosticsServiceServicer):
             for name, (version, position) in self.info.models().items():
                 reply.model_versions[name] = version
                 reply.learned_positions[name] = position
+            reply.node_id = self.info.node_id
+            if self.info.partition_owners is not None:
+                for partition, owner in self.info.partition_owners().items():
+                    reply.partition_owners[partition] = owner
+            if self.info.ready_partitions is not None:
+                reply.ready_partitions.extend(self.info.ready_partitions())
         return reply

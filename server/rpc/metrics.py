@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -269,3 +269,25 @@ def start_metrics_server(
     """
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, server.server_port
+
+
+class ClusterView(Protocol):
+    moves: int
+
+    def replication_lag(self) -> int: ...
+    def ready_partitions(self) -> list[int]: ...
+
+
+def add_cluster_gauges(metrics: Metrics, cluster: ClusterView) -> None:
+    """Cluster mode: how far this node's store is behind the log for the partitions it
+    owns, how many partitions it serves, and how often partitions moved to or from it."""
+    r = metrics.registry
+    Gauge("nudge_cluster_replication_lag_entries",
+          "Log entries of the partitions this node owns not yet applied to its store.",
+          registry=r).set_function(cluster.replication_lag)
+    Gauge("nudge_cluster_partitions_served",
+          "Partitions this node owns and has caught up on.",
+          registry=r).set_function(lambda: len(cluster.ready_partitions()))
+    Gauge("nudge_cluster_partition_moves",
+          "Partitions this node took or gave up since it started.",
+          registry=r).set_function(lambda: cluster.moves)

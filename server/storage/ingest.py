@@ -70,6 +70,17 @@ def local_hour(t: float, tz: str) -> float:
     return ((t + offset) % 86_400.0) / 3_600.0
 
 
+class LoggedEvents(list[ValidEvent]):
+    """Events applied from the cluster's replicated log: one partition's, up to stream
+    sequence ``seq``, which is stored with them in the same transaction (so a restart
+    resumes after exactly what was applied, and nothing is applied twice)."""
+
+    def __init__(self, events: Iterable[ValidEvent], partition: int, seq: int) -> None:
+        super().__init__(events)
+        self.partition = partition
+        self.seq = seq
+
+
 class EventWriter(GroupCommitWriter):
     """The store's single writer: Track's events and every other write, group-committed."""
 
@@ -101,6 +112,14 @@ class EventWriter(GroupCommitWriter):
             future.set_result(TrackResult(0, 0))
             return future
         self._enqueue(Submission(future, payload=events, size=len(events)))
+        return future
+
+    def submit_logged(self, events: LoggedEvents) -> Future[TrackResult]:
+        """Queue events applied from the cluster's log (cluster.node): written like
+        Track's, with the partition's log position in the same transaction (even when
+        every event is a duplicate or none is left)."""
+        future: Future[TrackResult] = Future()
+        self._enqueue(Submission(future, payload=events, size=max(1, len(events))))
         return future
 
     def add_event_hook(self, hook: EventHook) -> None:
@@ -135,6 +154,9 @@ class EventWriter(GroupCommitWriter):
         results, self._sequence = self._write_events(
             txn, payloads, new_types, after_commit, first)
         store = self.store
+        for payload in payloads:
+            if isinstance(payload, LoggedEvents):
+                meta.put_applied_position(txn, store.dbs, payload.partition, payload.seq)
 
         def stored() -> None:
             store.type_slots.update(new_types)
@@ -335,6 +357,12 @@ class EventWriter(GroupCommitWriter):
 
         self.submit_job(job).add_done_callback(done)
         return future
+
+
+def log_record(ev: ValidEvent) -> bytes:
+    """The record an event is logged as (the event log here; the replicated log in
+    cluster mode): its protobuf message, with the time set."""
+    return _serialized(ev)
 
 
 def _serialized(ev: ValidEvent) -> bytes:

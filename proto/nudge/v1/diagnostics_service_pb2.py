@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nudge/v1/diagnostics_service.proto\x12\x08nudge.v1\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x16\n\x14GetServerInfoRequest\"\xf3\x02\n\x15GetServerInfoResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0e\n\x06worker\x18\x02 \x01(\x05\x12\x0f\n\x07workers\x18\x03 \x01(\x05\x12\x0e\n\x06leader\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\t\x12J\n\x0emodel_versions\x18\x06 \x03(\x0b\x32\x32.nudge.v1.GetServerInfoResponse.ModelVersionsEntry\x12P\n\x11learned_positions\x18\x07 \x03(\x0b\x32\x35.nudge.v1.GetServerInfoResponse.LearnedPositionsEntry\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15LearnedPositionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x9d\x01\n\x12\x44iagnosticsService\x12\x35\n\x04\x45\x63ho\x12\x15.nudge.v1.EchoRequest\x1a\x16.nudge.v1.EchoResponse\x12P\n\rGetServerInfo\x12\x1e.nudge.v1.GetServerInfoRequest\x1a\x1f.nudge.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nudge/v1/diagnostics_service.proto\x12\x08nudge.v1\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x16\n\x14GetServerInfoRequest\"\xa6\x04\n\x15GetServerInfoResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0e\n\x06worker\x18\x02 \x01(\x05\x12\x0f\n\x07workers\x18\x03 \x01(\x05\x12\x0e\n\x06leader\x18\x04 \x01(\x08\x12\x0f\n\x07version\x18\x05 \x01(\t\x12J\n\x0emodel_versions\x18\x06 \x03(\x0b\x32\x32.nudge.v1.GetServerInfoResponse.ModelVersionsEntry\x12P\n\x11learned_positions\x18\x07 \x03(\x0b\x32\x35.nudge.v1.GetServerInfoResponse.LearnedPositionsEntry\x12\x0f\n\x07node_id\x18\x08 \x01(\t\x12N\n\x10partition_owners\x18\t \x03(\x0b\x32\x34.nudge.v1.GetServerInfoResponse.PartitionOwnersEntry\x12\x18\n\x10ready_partitions\x18\n \x03(\x05\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x37\n\x15LearnedPositionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x36\n\x14PartitionOwnersEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x9d\x01\n\x12\x44iagnosticsService\x12\x35\n\x04\x45\x63ho\x12\x15.nudge.v1.EchoRequest\x1a\x16.nudge.v1.EchoResponse\x12P\n\rGetServerInfo\x12\x1e.nudge.v1.GetServerInfoRequest\x1a\x1f.nudge.v1.GetServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSERVERINFORESPONSE_MODELVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_GETSERVERINFORESPONSE_LEARNEDPOSITIONSENTRY']._loaded_options = None
   _globals['_GETSERVERINFORESPONSE_LEARNEDPOSITIONSENTRY']._serialized_options = b'8\001'
+  _globals['_GETSERVERINFORESPONSE_PARTITIONOWNERSENTRY']._loaded_options = None
+  _globals['_GETSERVERINFORESPONSE_PARTITIONOWNERSENTRY']._serialized_options = b'8\001'
   _globals['_ECHOREQUEST']._serialized_start=48
   _globals['_ECHOREQUEST']._serialized_end=78
   _globals['_ECHORESPONSE']._serialized_start=80
@@ -42,11 +44,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSERVERINFOREQUEST']._serialized_start=113
   _globals['_GETSERVERINFOREQUEST']._serialized_end=135
   _globals['_GETSERVERINFORESPONSE']._serialized_start=138
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=509
-  _globals['_GETSERVERINFORESPONSE_MODELVERSIONSENTRY']._serialized_start=400
-  _globals['_GETSERVERINFORESPONSE_MODELVERSIONSENTRY']._serialized_end=452
-  _globals['_GETSERVERINFORESPONSE_LEARNEDPOSITIONSENTRY']._serialized_start=454
-  _globals['_GETSERVERINFORESPONSE_LEARNEDPOSITIONSENTRY']._serialized_end=509
-  _globals['_DIAGNOSTICSSERVICE']._serialized_start=512
-  _globals['_DIAGNOSTICSSERVICE']._serialized_end=669
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=688
+  _globals['_GETSERVERINFORESPONSE_MODELVERSIONSENTRY']._serialized_start=523
+  _globals['_GETSERVERINFORESPONSE_MODELVERSIONSENTRY']._serialized_end=575
+  _globals['_GETSERVERINFORESPONSE_LEARNEDPOSITIONSENTRY']._serialized_start=577
+  _globals['_GETSERVERINFORESPONSE_LEARNEDPOSITIONSENTRY']._serialized_end=632
+  _globals['_GETSERVERINFORESPONSE_PARTITIONOWNERSENTRY']._serialized_start=634
+  _globals['_GETSERVERINFORESPONSE_PARTITIONOWNERSENTRY']._serialized_end=688
+  _globals['_DIAGNOSTICSSERVICE']._serialized_start=691
+  _globals['_DIAGNOSTICSSERVICE']._serialized_end=848
 # @@protoc_insertion_point(module_scope)

@@ -79,3 +79,17 @@ def put_type_slot(txn: lmdb.Transaction, dbs: Dbs, type_name: str, slot: int) ->
 
 def delete_type_slot(txn: lmdb.Transaction, dbs: Dbs, type_name: str) -> None:
     txn.delete(TYPE_PREFIX + type_name.encode(), db=dbs[NAME])
+
+
+# Cluster mode: how far into the replicated log (a JetStream stream sequence) this store
+# has applied each partition, written in the same transaction as what was applied.
+APPLIED_PREFIX = b"cluster/applied/"
+
+
+def applied_position(txn: lmdb.Transaction, dbs: Dbs, partition: int) -> int:
+    raw = txn.get(APPLIED_PREFIX + str(partition).encode(), db=dbs[NAME])
+    return 0 if raw is None else int(bytes(raw))
+
+
+def put_applied_position(txn: lmdb.Transaction, dbs: Dbs, partition: int, seq: int) -> None:
+    txn.put(APPLIED_PREFIX + str(partition).encode(), str(seq).encode(), db=dbs[NAME])

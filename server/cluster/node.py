@@ -1,0 +1,475 @@
+"""One nudge node of a cluster: the replicated log on NATS JetStream, partition leases,
+and this node's LMDB as a materialised view of the partitions it owns.
+
+**The log is the truth.** In cluster mode Track does not write LMDB: every event is
+published to the JetStream stream ``NUDGE_LOG`` (subject ``nudge.events.<partition>``,
+``replicas`` copies, 3 by default) and Track answers only once JetStream has acknowledged
+every event, i.e. a majority of the NATS servers hold it on disk. Each event carries a
+``Nats-Msg-Id`` (a hash of user and event id), so a replay within the stream's duplicate
+window is acknowledged as a duplicate and stored once in the log; a replay after it is
+stored twice in the log and dropped when applied (the per-user seen-event check), so it
+still counts once in the state.
+
+**LMDB is the state.** The owner of a partition applies that partition's subject from the
+stream, in order, through the store's single writer (group commit), and stores the stream
+sequence it applied up to in the same LMDB transaction (``ingest.LoggedEvents``). After a
+crash or a move it resumes after exactly that sequence: nothing is applied twice, nothing
+skipped. A node taking a partition it never owned applies it from the stream's start.
+
+**Leases in JetStream KV, not consumer exclusivity.** The bucket ``nudge_leases`` (same
+replicas as the log) has a TTL of ``cluster_lease_seconds``: ``part.<p>`` holds the owner's
+node id, created with ``create`` (fails if someone holds it) and renewed with a
+compare-and-set ``update`` on the revision read, every quarter lease. A node that dies
+stops renewing, the key expires with the TTL, and the survivor that rendezvous hashing
+prefers takes it. We chose KV over an exclusive (single-subscriber) consumer because a
+lease also has to tell *every* node who owns what (for forwarding and GetServerInfo) and
+has to fence: a node serves a partition only until a little before its lease could have
+expired since the last renewal it saw succeed (``FENCE_FRACTION``), so a node cut off
+from NATS stops answering for it before anyone else can take it. ``node.<hex id>`` keys
+(same TTL) are the membership list, with each node's gRPC address.
+
+Everything NATS runs on one asyncio loop in a thread of its own; the gRPC threads call in
+through ``run_coroutine_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    StorageType,
+    StreamConfig,
+)
+
+from nudge.server.cluster.partitions import partition_of, preferred_owner
+from nudge.server.config import Config
+from nudge.server.errors import InvalidArgument, Unavailable
+from nudge.server.inputs.events import ValidEvent, validate_event
+from nudge.server.storage.ingest import EventWriter, LoggedEvents, TrackResult, log_record
+from nudge.server.storage.store import Store
+from nudge.server.storage.tables import meta
+from nudge.v1 import event_pb2
+
+log = logging.getLogger("nudge.server.cluster")
+T = TypeVar("T")
+
+STREAM = "NUDGE_LOG"
+EVENTS_SUBJECT = "nudge.events"
+BUCKET = "nudge_leases"
+# Replays of one event id within this window are acknowledged as duplicates by JetStream.
+DUPLICATE_WINDOW_SECONDS = 600.0
+# A node serves an owned partition until this fraction of a lease after the start of
+# its last successful renewal: the lease itself expires at 1.0, so nobody else can own it
+# while this node still answers for it.
+FENCE_FRACTION = 0.75
+# Lease rounds per lease period: a lease survives three missed rounds.
+ROUNDS_PER_LEASE = 4
+START_TIMEOUT_SECONDS = 60.0
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a call for one user goes: here (``local``), to ``address`` (the owner), or
+    nowhere yet (``reason``: the caller is told UNAVAILABLE and retries)."""
+
+    partition: int
+    local: bool = False
+    address: str | None = None
+    owner: str | None = None
+    reason: str = ""
+
+
+@dataclass
+class _Owned:
+    """A partition this node holds the lease of, and where its apply stands."""
+
+    partition: int
+    revision: int
+    applied: int  # stream sequence stored in LMDB with the state
+    target: int  # the log's last sequence for the partition when the lease was taken
+    queued: int = 0  # last sequence handed to the writer (or buffered)
+    buffer: list[ValidEvent] = field(default_factory=list)
+    pending: int = 0  # messages the consumer said were still to come
+    subscription: Any = None
+    failed: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.applied >= self.target
+
+
+class ClusterNode:
+    """This node's part in the cluster (see the module docstring)."""
+
+    def __init__(self, config: Config, store: Store, writer: EventWriter) -> None:
+        if config.cluster is None:
+            raise ValueError("cluster: not configured")
+        self.urls = [u.strip() for u in config.cluster.split(",") if u.strip()]
+        self.node_id = config.node_id or ""
+        self.address = config.advertise or ""
+        self.partitions = config.partitions
+        self.lease_seconds = config.cluster_lease_seconds
+        self.replicas = config.cluster_replicas
+        self.store = store
+        self.writer = writer
+        self._owned: dict[int, _Owned] = {}
+        self._owners: dict[int, str] = {}
+        self._members: dict[str, str] = {}
+        self._fence = 0.0
+        self.moves = 0  # partitions taken or given up by this node
+        self.published = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="nudge-cluster", daemon=True)
+        self._nc: Any = None
+        self._js: Any = None
+        self._kv: Any = None
+        self._wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    # -- from other threads ----------------------------------------------------------------
+
+    def bind(self, address: str) -> None:
+        """The gRPC address this node listens on (known once the port is bound): others
+        forward to it unless ``advertise`` says otherwise; the default node id."""
+        self.node_id = self.node_id or address
+        self.address = self.address or address
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def connect(self) -> None:
+        """Connect to NATS and make sure the stream and the lease bucket exist (waits for
+        the JetStream cluster to elect its leaders)."""
+        self._thread.start()
+        self._call(self._connect(), START_TIMEOUT_SECONDS + 5.0)
+
+    def start(self) -> None:
+        """Join: register as a member and start taking partitions (once SERVING)."""
+        self._call(self._start(), 30.0)
+
+    def close(self) -> None:
+        """Give up every partition (so survivors take them at once) and disconnect."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._call(self._close(), 15.0)
+        except Exception:
+            log.exception("cluster node did not close cleanly")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5.0)
+
+    def publish_events(self, events: list[ValidEvent]) -> Future[TrackResult]:
+        """Append events to the replicated log; resolves once JetStream stored them all."""
+        return asyncio.run_coroutine_threadsafe(self._publish(events), self._loop)
+
+    def route(self, user_id: str) -> Route:
+        """Where a call about ``user_id`` (as stored) is answered."""
+        partition = partition_of(user_id, self.partitions)
+        owned = self._owned.get(partition)
+        if owned is not None:
+            if time.monotonic() >= self._fence:
+                return Route(partition, reason=f"partition {partition}: lease not renewed "
+                                               "lately (NATS unreachable?)")
+            if not owned.ready:
+                return Route(partition, reason=f"partition {partition} is catching up on "
+                                               f"{self.node_id} after a move")
+            return Route(partition, local=True, owner=self.node_id)
+        owner = self._owners.get(partition)
+        address = self._members.get(owner) if owner is not None else None
+        if owner is None or address is None or owner == self.node_id:
+            return Route(partition, reason=f"partition {partition} has no live owner yet")
+        return Route(partition, address=address, owner=owner)
+
+    def partition_map(self) -> dict[int, str]:
+        """Partition -> owner node id, as this node last read the leases."""
+        return dict(self._owners)
+
+    def ready_partitions(self) -> list[int]:
+        return sorted(p for p, o in self._owned.items() if o.ready)
+
+    def replication_lag(self) -> int:
+        """Log entries of owned partitions not yet applied here (for a gauge)."""
+        return sum(o.pending + (o.queued - o.applied) for o in list(self._owned.values()))
+
+    # -- on the loop -----------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        self._wake = asyncio.Event()
+        self._nc = await nats.connect(
+            servers=self.urls, name=f"nudge-{self.node_id}", max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25, connect_timeout=2,
+            error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+        )
+        self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:  # a JetStream cluster that just started elects its meta leader first
+            try:
+                await self._ensure_stream()
+                self._kv = await self._ensure_bucket()
+                break
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError,
+                    nats.js.errors.APIError) as exc:
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"cluster: JetStream not ready at {self.urls}: {exc}") from None
+                await asyncio.sleep(0.5)
+        log.info("cluster: node %s connected to %s (stream %s, R%d, %d partitions)",
+                 self.node_id, self._nc.connected_url.netloc, STREAM, self.replicas,
+                 self.partitions)
+
+    async def _on_error(self, exc: Exception) -> None:
+        if not self._closing:
+            log.warning("cluster: NATS: %s", exc)
+
+    async def _on_disconnect(self) -> None:
+        if not self._closing:
+            log.warning("cluster: disconnected from NATS; reconnecting")
+
+    async def _ensure_stream(self) -> None:
+        config = StreamConfig(
+            name=STREAM, subjects=[f"{EVENTS_SUBJECT}.*"], num_replicas=self.replicas,
+            storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        )
+        try:
+            await self._js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError:
+            try:
+                await self._js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await self._js.stream_info(STREAM)  # another node created it meanwhile
+
+    async def _ensure_bucket(self) -> Any:
+        try:
+            return await self._js.key_value(BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                return await self._js.create_key_value(KeyValueConfig(
+                    bucket=BUCKET, ttl=self.lease_seconds, replicas=self.replicas, history=1,
+                ))
+            except nats.js.errors.BadRequestError:
+                return await self._js.key_value(BUCKET)
+
+    async def _start(self) -> None:
+        await self._lease_round()
+        self._tasks = [asyncio.create_task(self._lease_loop()),
+                       asyncio.create_task(self._apply_loop())]
+
+    async def _close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for owned in list(self._owned.values()):
+            await self._give_up(owned, release=True)
+        if self._kv is not None:
+            try:
+                await self._kv.delete(self._member_key)
+            except Exception:
+                log.warning("cluster: could not remove membership key")
+        if self._nc is not None:
+            await self._nc.drain()
+
+    # -- the log ---------------------------------------------------------------------------
+
+    async def _publish(self, events: list[ValidEvent]) -> TrackResult:
+        if self._js is None or self._closing:
+            raise Unavailable("cluster: not connected; retry with the same event_ids")
+        acks = []
+        for ev in events:
+            partition = partition_of(ev.user_id, self.partitions)
+            msg_id = blake2b(f"{ev.user_id}\x00{ev.event_id}".encode(), digest_size=16)
+            acks.append(self._js.publish(
+                f"{EVENTS_SUBJECT}.{partition}", log_record(ev),
+                headers={"Nats-Msg-Id": msg_id.hexdigest()}, timeout=PUBLISH_TIMEOUT_SECONDS,
+            ))
+        try:
+            done = await asyncio.gather(*acks)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise Unavailable(f"the replicated log did not acknowledge the events ({exc}); "
+                              "retry with the same event_ids (replays count once)") from None
+        duplicates = sum(1 for ack in done if ack.duplicate)
+        self.published += len(events)
+        return TrackResult(len(events) - duplicates, duplicates)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    @property
+    def _member_key(self) -> str:
+        return "node." + self.node_id.encode().hex()
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / ROUNDS_PER_LEASE)
+            try:
+                await self._lease_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cluster: lease round failed: %s", exc)
+
+    async def _read_leases(self) -> dict[str, Any]:
+        """Every live key of the lease bucket (deleted and expired ones are absent)."""
+        watcher = await self._kv.watchall()
+        entries: dict[str, Any] = {}
+        try:
+            while True:
+                entry = await watcher.updates(timeout=self.lease_seconds)
+                if entry is None:
+                    break
+                if entry.operation is None and entry.value is not None:
+                    entries[entry.key] = entry
+                else:
+                    entries.pop(entry.key, None)
+        finally:
+            await watcher.stop()
+        return entries
+
+    async def _lease_round(self) -> None:
+        started = time.monotonic()
+        await self._kv.put(self._member_key, json.dumps(
+            {"id": self.node_id, "address": self.address}).encode())
+        entries = await self._read_leases()
+        members: dict[str, str] = {}
+        owners: dict[int, str] = {}
+        for key, entry in entries.items():
+            if key.startswith("node."):
+                info = json.loads(entry.value)
+                members[info["id"]] = info["address"]
+            elif key.startswith("part."):
+                owners[int(key[5:])] = entry.value.decode()
+        members[self.node_id] = self.address
+        renewed = True
+        for partition, owned in list(self._owned.items()):
+            key = f"part.{partition}"
+            entry = entries.get(key)
+            if entry is None or entry.value.decode() != self.node_id or owned.failed:
+                log.warning("cluster: lost partition %d", partition)
+                await self._give_up(owned, release=owned.failed)
+                continue
+            try:
+                owned.revision = await self._kv.update(key, self.node_id.encode(),
+                                                       last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                await self._give_up(owned, release=False)
+            except Exception:
+                renewed = False
+        if renewed:
+            self._fence = started + self.lease_seconds * FENCE_FRACTION
+        for partition in range(self.partitions):
+            wanted = preferred_owner(partition, members)
+            owner = owners.get(partition)
+            if partition in self._owned:
+                if wanted != self.node_id and self._owned[partition].ready:
+                    log.info("cluster: handing partition %d to %s", partition, wanted)
+                    await self._give_up(self._owned[partition], release=True)
+                    owners.pop(partition, None)
+            elif (owner is None and wanted == self.node_id and not self._closing
+                  and await self._take(partition)):
+                owners[partition] = self.node_id
+        self._members, self._owners = members, owners
+
+    async def _take(self, partition: int) -> bool:
+        """Take the lease of a free partition and start applying it from the log."""
+        try:
+            revision = await self._kv.create(f"part.{partition}", self.node_id.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False  # someone else took it first
+        with self.store.read() as txn:
+            applied = meta.applied_position(txn, self.store.dbs, partition)
+        subject = f"{EVENTS_SUBJECT}.{partition}"
+        try:
+            last = (await self._js.get_last_msg(STREAM, subject)).seq or 0
+        except nats.js.errors.NotFoundError:
+            last = 0
+        owned = _Owned(partition, revision, applied, last, queued=applied)
+        self._owned[partition] = owned
+        self.moves += 1
+        # Ordered push consumer (ephemeral, flow-controlled, recreated by the client on a
+        # gap or a lost NATS server), from just after what the store has applied.
+
+        async def deliver(msg: Any) -> None:
+            await self._on_message(owned, msg)
+
+        owned.subscription = await self._js.subscribe(
+            subject, cb=deliver, ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=applied + 1),
+        )
+        log.info("cluster: took partition %d (applied up to %d, log at %d)",
+                 partition, applied, last)
+        return True
+
+    async def _give_up(self, owned: _Owned, release: bool) -> None:
+        """Stop applying a partition; ``release`` deletes its lease so another node can
+        take it at once (a clean stop or a hand-over), instead of after the TTL."""
+        self._owned.pop(owned.partition, None)
+        self.moves += 1
+        if owned.subscription is not None:
+            with contextlib.suppress(Exception):
+                await owned.subscription.unsubscribe()
+        if release:
+            try:
+                await self._kv.delete(f"part.{owned.partition}", last=owned.revision)
+            except Exception as exc:
+                log.warning("cluster: could not release partition %d: %s",
+                            owned.partition, exc)
+
+    # -- applying the log ------------------------------------------------------------------
+
+    async def _on_message(self, owned: _Owned, msg: Any) -> None:
+        seq = msg.metadata.sequence.stream
+        owned.pending = msg.metadata.num_pending
+        if seq <= owned.queued or self._owned.get(owned.partition) is not owned:
+            return
+        proto = event_pb2.Event.FromString(msg.data)
+        try:
+            owned.buffer.append(validate_event(proto, 0, time.time()))
+        except InvalidArgument as exc:  # validated before it was logged: a bug, not input
+            log.error("cluster: skipping log entry %d of partition %d: %s", seq,
+                      owned.partition, exc)
+        owned.queued = seq
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _apply_loop(self) -> None:
+        """Hand what the consumers delivered to the store's writer, one LoggedEvents per
+        partition (they share one group commit), and advance each partition's position
+        once its commit is durable."""
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batches: list[tuple[_Owned, int, Future[TrackResult]]] = []
+            for owned in list(self._owned.values()):
+                if owned.queued > owned.applied:
+                    events, owned.buffer = owned.buffer, []
+                    batch = LoggedEvents(events, owned.partition, owned.queued)
+                    batches.append((owned, owned.queued, self.writer.submit_logged(batch)))
+            for owned, seq, future in batches:
+                try:
+                    await asyncio.wrap_future(future)
+                    owned.applied = max(owned.applied, seq)
+                except Exception as exc:
+                    log.error("cluster: applying partition %d failed (%s); giving it up",
+                              owned.partition, exc)
+                    owned.failed = True  # released at the next lease round; taken again
+                    # from the position stored with the state
+

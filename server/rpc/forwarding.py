@@ -1,0 +1,138 @@
+"""Cluster mode: any node answers any call about a user, by forwarding it to the owner.
+
+A unary call whose request names one user (a top-level ``user_id``: Decide, GetUser,
+LabelTransaction, AckDelivery, EraseUser) runs here when this node owns the user's
+partition and has caught up on it; otherwise it is sent once, as is (same request, same
+token, the caller's remaining deadline), to the owner, and the owner's reply or error
+comes back: one extra hop, no more. A forwarded call is marked (``nudge-forwarded``), and
+a node that receives one for a partition it does not serve (the map moved meanwhile)
+answers UNAVAILABLE instead of forwarding again: the client retries with the same ids
+and reaches the new owner. No owner yet (a failover within its lease time) is
+UNAVAILABLE too.
+
+Track is not forwarded: any node appends events to the replicated log (cluster.node).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import grpc
+
+from nudge.server.rpc.handlers import Behaviour, wrap_behaviour
+
+FORWARDED = "nudge-forwarded"
+# Methods never forwarded: Track's events go to the log from any node.
+NOT_ROUTED = ("/nudge.v1.DecisionService/Track",)
+_HOP_HEADERS = {"grpc-timeout", "te", "content-type", "user-agent", "grpc-accept-encoding",
+                "grpc-encoding", "authority", ":authority"}
+
+
+class RouteLike(Protocol):
+    @property
+    def partition(self) -> int: ...
+    @property
+    def local(self) -> bool: ...
+    @property
+    def address(self) -> str | None: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class Router(Protocol):
+    node_id: str
+
+    def route(self, user_id: str) -> RouteLike: ...
+
+
+class ForwardingInterceptor(grpc.ServerInterceptor):
+    """Runs calls about a user here when this node serves the user's partition, else
+    forwards them to the owner (see the module docstring)."""
+
+    def __init__(self, router: Router, stored_id: Callable[[str], str]) -> None:
+        self.router = router
+        self.stored_id = stored_id  # raw user id -> the id partitions hash (the pseudonym)
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+        self.forwarded = 0
+
+    def _channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.insecure_channel(address)
+            return channel
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if (handler is None or not handler.unary_unary or method in NOT_ROUTED
+                or not method.startswith("/nudge.v1.")):
+            return handler
+        forwarded = any(k == FORWARDED for k, _ in handler_call_details.invocation_metadata)
+
+        def unary(behaviour: Behaviour) -> Behaviour:
+            def routed(request: Any, context: grpc.ServicerContext) -> Any:
+                user_id = getattr(request, "user_id", None)
+                if not isinstance(user_id, str) or not user_id:
+                    return behaviour(request, context)  # not about one user (or no id)
+                route = self.router.route(self.stored_id(user_id))
+                if route.local:
+                    return behaviour(request, context)
+                address = route.address
+                if address is None or forwarded:
+                    context.abort(grpc.StatusCode.UNAVAILABLE,
+                                  route.reason or f"partition {route.partition} moved; retry")
+                    raise AssertionError("abort raises")
+                return self._forward(method, request, context, address)
+
+            return routed
+
+        return wrap_behaviour(handler, unary, lambda behaviour: behaviour)
+
+    def _forward(
+        self, method: str, request: Any, context: grpc.ServicerContext, address: str
+    ) -> Any:
+        reply_type = _reply_type(method)
+        call = self._channel(address).unary_unary(
+            method, request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=reply_type.FromString,
+        )
+        metadata = [(k, v) for k, v in context.invocation_metadata()
+                    if k not in _HOP_HEADERS and not k.startswith(":")]
+        metadata.append((FORWARDED, self.router.node_id))
+        remaining = context.time_remaining()
+        timeout = None if remaining is None or remaining > 86_400 else remaining
+        self.forwarded += 1
+        try:
+            return call(request, metadata=metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            context.abort(code, details or f"forwarded to {address}: {code.name}")
+
+
+_REPLY_TYPES: dict[str, Any] = {}
+
+
+def _reply_type(method: str) -> Any:
+    """The reply message class of ``/package.Service/Method`` (from the descriptor pool)."""
+    found = _REPLY_TYPES.get(method)
+    if found is None:
+        from google.protobuf import descriptor_pool, message_factory
+
+        service, _, name = method.lstrip("/").rpartition("/")
+        descriptor = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(name)
+        found = _REPLY_TYPES[method] = message_factory.GetMessageClass(descriptor.output_type)
+    return found
