@@ -132,6 +132,7 @@ class ClusterNode:
         self._owned: dict[int, _Owned] = {}
         self._owners: dict[int, str] = {}
         self._members: dict[str, str] = {}
+        self._member_since: dict[str, float] = {}
         self._fence = 0.0
         self.moves = 0  # partitions taken or given up by this node
         self.published = 0
@@ -140,6 +141,7 @@ class ClusterNode:
                                         name="nudge-cluster", daemon=True)
         self._nc: Any = None
         self._js: Any = None
+        self._kv_js: Any = None
         self._kv: Any = None
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -220,6 +222,9 @@ class ClusterNode:
             error_cb=self._on_error, disconnected_cb=self._on_disconnect,
         )
         self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
+        # Lease operations time out within a lease round: a round stuck on a NATS server
+        # that just died would let every lease this node holds expire.
+        self._kv_js = self._nc.jetstream(timeout=self._round_seconds)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:  # a JetStream cluster that just started elects its meta leader first
             try:
@@ -259,14 +264,14 @@ class ClusterNode:
 
     async def _ensure_bucket(self) -> Any:
         try:
-            return await self._js.key_value(BUCKET)
+            return await self._kv_js.key_value(BUCKET)
         except nats.js.errors.BucketNotFoundError:
             try:
-                return await self._js.create_key_value(KeyValueConfig(
+                return await self._kv_js.create_key_value(KeyValueConfig(
                     bucket=BUCKET, ttl=self.lease_seconds, replicas=self.replicas, history=1,
                 ))
             except nats.js.errors.BadRequestError:
-                return await self._js.key_value(BUCKET)
+                return await self._kv_js.key_value(BUCKET)
 
     async def _start(self) -> None:
         await self._lease_round()
@@ -315,9 +320,13 @@ class ClusterNode:
     def _member_key(self) -> str:
         return "node." + self.node_id.encode().hex()
 
+    @property
+    def _round_seconds(self) -> float:
+        return self.lease_seconds / ROUNDS_PER_LEASE
+
     async def _lease_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.lease_seconds / ROUNDS_PER_LEASE)
+            await asyncio.sleep(self._round_seconds)
             try:
                 await self._lease_round()
             except asyncio.CancelledError:
@@ -331,7 +340,7 @@ class ClusterNode:
         entries: dict[str, Any] = {}
         try:
             while True:
-                entry = await watcher.updates(timeout=self.lease_seconds)
+                entry = await watcher.updates(timeout=self._round_seconds)
                 if entry is None:
                     break
                 if entry.operation is None and entry.value is not None:
@@ -356,6 +365,11 @@ class ClusterNode:
             elif key.startswith("part."):
                 owners[int(key[5:])] = entry.value.decode()
         members[self.node_id] = self.address
+        for node in list(self._member_since):
+            if node not in members:
+                del self._member_since[node]
+        for node in members:
+            self._member_since.setdefault(node, started)
         renewed = True
         for partition, owned in list(self._owned.items()):
             key = f"part.{partition}"
@@ -377,7 +391,8 @@ class ClusterNode:
             wanted = preferred_owner(partition, members)
             owner = owners.get(partition)
             if partition in self._owned:
-                if wanted != self.node_id and self._owned[partition].ready:
+                if (wanted != self.node_id and self._owned[partition].ready
+                        and wanted is not None and self._stable(wanted, started)):
                     log.info("cluster: handing partition %d to %s", partition, wanted)
                     await self._give_up(self._owned[partition], release=True)
                     owners.pop(partition, None)
@@ -385,6 +400,12 @@ class ClusterNode:
                   and await self._take(partition)):
                 owners[partition] = self.node_id
         self._members, self._owners = members, owners
+
+    def _stable(self, node: str, now: float) -> bool:
+        """A member seen for a whole lease: partitions are handed to it. (A member list
+        that flickers while NATS elects a leader must not move partitions back and
+        forth; a dead owner's partitions move by lease expiry, not by hand-over.)"""
+        return now - self._member_since.get(node, now) >= self.lease_seconds
 
     async def _take(self, partition: int) -> bool:
         """Take the lease of a free partition and start applying it from the log."""
