@@ -15,7 +15,10 @@ and returns a plain dict, which :mod:`nudge.bench.report` prints and writes. Sec
 - ``startup``  process start → SERVING with a cold and a warm Numba cache
 - ``storage``  bytes the store holds per user, one event for each of 1,000,000 new users
 - ``all``      every section above
-- ``faults``   kill -9 in a loop, 100 rounds (not part of ``all``; see bench/faults.py)
+- ``faults``   kill -9 in a loop, 100 rounds (not part of ``all``; see bench/faults.py);
+               ``--cluster``: SIGKILL nudge nodes and NATS servers (bench/cluster_faults.py)
+- ``cluster``  cluster mode on loopback against the embedded node: Track latency, durable
+               events/s, local vs forwarded Decide, failover, CPU per event (not in ``all``)
 
 Exit status: 0 when every measured budget in ``bench/budgets.toml`` is met, 1 when one is
 missed or a section failed, 130 on Ctrl-C (servers the bench started are always stopped).
@@ -198,6 +201,12 @@ def _parser() -> argparse.ArgumentParser:
     faults = sub.add_parser("faults", help=text, description=text)
     faults.add_argument("--rounds", type=int, default=100)
     faults.add_argument("--seed", type=int, default=1)
+    faults.add_argument("--cluster", action="store_true",
+                        help="3 NATS servers + 3 nodes: kill a node or a NATS server per "
+                             "round (default 6 rounds)")
+    text = "cluster mode on loopback vs the embedded node (about a minute)"
+    cluster = sub.add_parser("cluster", help=text, description=text)
+    cluster.add_argument("--events", type=int, default=20_000)
     return parser
 
 
@@ -279,6 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
+    if args.section == "faults" and args.cluster:
+        from nudge.bench import cluster_faults
+
+        rounds = args.rounds if "--rounds" in argv else 6
+        return cluster_faults.main(["--rounds", str(rounds), "--seed", str(args.seed)])
+    if args.section == "cluster":
+        from nudge.bench import cluster_bench
+
+        return cluster_bench.main(["--events", str(args.events)])
     if args.section == "faults":  # pass or fail, with its own summary: no budgets, no report
         from nudge.bench import faults
 

@@ -9,7 +9,10 @@ every event sent is acknowledged. During the round one process is SIGKILLed: a n
 node in even rounds, a NATS server in odd ones. Then the harness checks:
 
 - failover: Decide answers for every user (through the survivors) within
-  ``lease_seconds`` + ``FAILOVER_SLACK_SECONDS`` of the kill;
+  ``LEASE_SECONDS`` + ``FAILOVER_SLACK_SECONDS`` of a node's kill, and within
+  ``LEASE_SECONDS`` + ``NATS_ELECTION_SECONDS`` of a NATS server's: when the dead server
+  led the lease bucket (or the log), JetStream first elects a new leader (5-6 s measured
+  here), and no lease can be renewed meanwhile;
 - exactly once: every user's stored ``event_count`` (GetUser, answered by the partition's
   current owner) equals the number of distinct events acknowledged for that user;
 
@@ -45,7 +48,9 @@ PARTITIONS = 16
 LEASE_SECONDS = 2.0
 # What failover may take beyond the lease: a lease round (a quarter lease), the new
 # owner's catch-up from the log, and the other nodes' next read of the leases.
-FAILOVER_SLACK_SECONDS = 6.0
+FAILOVER_SLACK_SECONDS = 4.0
+# A NATS server's death may also cost JetStream's election of a new stream leader.
+NATS_ELECTION_SECONDS = 10.0
 CHECK_TIMEOUT_SECONDS = 30.0
 
 
@@ -55,7 +60,8 @@ class Report:
     events: int = 0
     decisions: int = 0
     problems: list[str] = field(default_factory=list)
-    failover_seconds: list[float] = field(default_factory=list)
+    failover_seconds: list[float] = field(default_factory=list)  # node kills
+    nats_failover_seconds: list[float] = field(default_factory=list)  # NATS server kills
     kills: list[str] = field(default_factory=list)
 
     @property
@@ -227,10 +233,13 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
                 report.events += sum(p.acked.values())
                 report.decisions += p.decisions
                 report.problems += p.errors
-            bound = LEASE_SECONDS + FAILOVER_SLACK_SECONDS
+            node_round = what.startswith("node")
+            bound = LEASE_SECONDS + (FAILOVER_SLACK_SECONDS if node_round
+                                     else NATS_ELECTION_SECONDS)
             if _every_user_decides(cluster, killed_at + bound + 30.0):
                 spent = time.monotonic() - killed_at
-                report.failover_seconds.append(spent)
+                (report.failover_seconds if node_round
+                 else report.nats_failover_seconds).append(spent)
                 if spent > bound:
                     report.problems.append(
                         f"round {r}: Decide answered every user {spent:.1f}s after killing "
@@ -249,9 +258,9 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
             if not _wait_all_owned(cluster):
                 report.problems.append(f"round {r}: partitions not all owned after restart")
             report.rounds += 1
-            last = report.failover_seconds[-1] if report.failover_seconds else 0.0
+            last = time.monotonic() - killed_at
             progress(f"round {r + 1}/{rounds}: killed {what}; "
-                     f"{report.events} events acknowledged so far; failover {last:.1f}s; "
+                     f"{report.events} events acknowledged so far; round {last:.1f}s; "
                      f"{len(report.problems)} problems")
     finally:
         cluster.stop()
@@ -265,11 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nudge-cluster-faults-") as folder:
         report = run(args.rounds, Path(folder), args.seed, progress=print)
-    times = sorted(report.failover_seconds)
     print(f"{report.rounds} rounds ({', '.join(report.kills)}): {report.events} events "
-          f"acknowledged, {report.decisions} decisions; failover max "
-          f"{max(times, default=0):.2f}s, median {times[len(times) // 2] if times else 0:.2f}s "
-          f"(lease {LEASE_SECONDS}s)")
+          f"acknowledged, {report.decisions} decisions (lease {LEASE_SECONDS}s)")
+    for kind, times in (("a node", report.failover_seconds),
+                        ("a NATS server", report.nats_failover_seconds)):
+        if times:
+            print(f"every user answered again after killing {kind}: max {max(times):.2f}s, "
+                  f"median {sorted(times)[len(times) // 2]:.2f}s ({len(times)} rounds)")
     for problem in report.problems:
         print(f"PROBLEM: {problem}")
     print("OK: nothing acknowledged lost or doubled" if report.ok else

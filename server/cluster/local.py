@@ -203,7 +203,9 @@ class LocalCluster:
                 f"node{i}", ports[i], self.base_dir / f"node{i}", self.base_dir / f"node{i}.log",
                 ["--cluster", self.urls, "--partitions", str(self.partitions),
                  *self.extra_args],
-                env={"NUDGE_CLUSTER_LEASE_SECONDS": str(self.lease_seconds)},
+                env={"NUDGE_CLUSTER_LEASE_SECONDS": str(self.lease_seconds),
+                     # R3 needs three NATS servers; fewer (a quick try) keep one copy.
+                     "NUDGE_CLUSTER_REPLICAS": "3" if n >= 3 else "1"},
             )
             self.nodes.append(node)
         # Start them together (each warms its kernels), then wait for all.

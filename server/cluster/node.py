@@ -166,7 +166,7 @@ class ClusterNode:
 
     def start(self) -> None:
         """Join: register as a member and start taking partitions (once SERVING)."""
-        self._call(self._start(), 30.0)
+        self._call(self._start(), START_TIMEOUT_SECONDS)
 
     def close(self) -> None:
         """Give up every partition (so survivors take them at once) and disconnect."""
@@ -274,7 +274,15 @@ class ClusterNode:
                 return await self._kv_js.key_value(BUCKET)
 
     async def _start(self) -> None:
-        await self._lease_round()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS / 2
+        while True:  # a bucket just created may still be electing its leader
+            try:
+                await self._lease_round()
+                break
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"cluster: cannot join: {exc!r}") from None
+                await asyncio.sleep(0.25)
         self._tasks = [asyncio.create_task(self._lease_loop()),
                        asyncio.create_task(self._apply_loop())]
 
@@ -353,6 +361,24 @@ class ClusterNode:
 
     async def _lease_round(self) -> None:
         started = time.monotonic()
+        # Renew first, from the revisions this node wrote: an update needs only the
+        # bucket's stream leader, while reading the bucket (a watcher is a consumer) needs
+        # the JetStream meta leader, which a dead NATS server may have been.
+        renewed = True
+        for partition, owned in list(self._owned.items()):
+            if owned.failed:
+                await self._give_up(owned, release=True)
+                continue
+            try:
+                owned.revision = await self._kv.update(
+                    f"part.{partition}", self.node_id.encode(), last=owned.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                log.warning("cluster: lost partition %d (its lease expired)", partition)
+                await self._give_up(owned, release=False)
+            except Exception:
+                renewed = False
+        if renewed:
+            self._fence = started + self.lease_seconds * FENCE_FRACTION
         await self._kv.put(self._member_key, json.dumps(
             {"id": self.node_id, "address": self.address}).encode())
         entries = await self._read_leases()
@@ -370,23 +396,6 @@ class ClusterNode:
                 del self._member_since[node]
         for node in members:
             self._member_since.setdefault(node, started)
-        renewed = True
-        for partition, owned in list(self._owned.items()):
-            key = f"part.{partition}"
-            entry = entries.get(key)
-            if entry is None or entry.value.decode() != self.node_id or owned.failed:
-                log.warning("cluster: lost partition %d", partition)
-                await self._give_up(owned, release=owned.failed)
-                continue
-            try:
-                owned.revision = await self._kv.update(key, self.node_id.encode(),
-                                                       last=entry.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                await self._give_up(owned, release=False)
-            except Exception:
-                renewed = False
-        if renewed:
-            self._fence = started + self.lease_seconds * FENCE_FRACTION
         for partition in range(self.partitions):
             wanted = preferred_owner(partition, members)
             owner = owners.get(partition)

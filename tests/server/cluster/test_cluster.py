@@ -1,0 +1,173 @@
+"""Cluster mode end to end: 3 NATS servers (one JetStream cluster, R3) and 3 nudge nodes
+on loopback, real processes. Any node answers for any user; Track is acknowledged from
+the replicated log and applied once by the owner; SIGKILL a node, then a NATS server,
+and nothing acknowledged is lost or doubled, and every user is answered again in time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from nudge.bench import cli, cluster_faults
+from nudge.clients import Client, make_event
+from nudge.server.cluster.local import LocalCluster
+from nudge.server.cluster.partitions import partition_of
+from nudge.v1 import decision_service_pb2 as pb
+from nudge.v1 import decision_service_pb2_grpc as pb_grpc
+from nudge.v1 import diagnostics_service_pb2 as dpb
+from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+PARTITIONS = 8
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    running = LocalCluster(tmp_path_factory.mktemp("cluster"), 3, PARTITIONS, 2.0)
+    running.start()
+    yield running
+    running.stop()
+
+
+def _info(target: str) -> dpb.GetServerInfoResponse:
+    with grpc.insecure_channel(target) as channel:
+        return dgrpc.DiagnosticsServiceStub(channel).GetServerInfo(dpb.GetServerInfoRequest())
+
+
+def _settled(cluster: LocalCluster, timeout: float = 20.0) -> list[dpb.GetServerInfoResponse]:
+    """Every node's view once every partition is served by exactly one node and every
+    node serves some (the first node up takes them all, then hands them over)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        infos = [_info(n.target) for n in cluster.nodes]
+        ready = sorted(p for info in infos for p in info.ready_partitions)
+        maps = [dict(info.partition_owners) for info in infos]
+        spread = set(maps[0].values()) == {n.node_id for n in cluster.nodes}
+        if ready == list(range(PARTITIONS)) and all(m == maps[0] for m in maps) and spread:
+            return infos
+        assert time.monotonic() < deadline, f"not settled: {ready} {maps}"
+        time.sleep(0.2)
+
+
+def test_every_node_answers_for_every_user(cluster: LocalCluster) -> None:
+    infos = _settled(cluster)
+    owners = dict(infos[0].partition_owners)
+    assert set(owners.values()) == {"node0", "node1", "node2"}  # spread over all three
+    for info in infos:  # each serves exactly the partitions the map gives it
+        assert sorted(info.ready_partitions) == sorted(
+            p for p, node in owners.items() if node == info.node_id)
+    users = [f"everyone-{u}" for u in range(24)]
+    with Client(cluster.nodes[0].target) as client:
+        reply = client.track([make_event(u, "app_opened") for u in users for _ in range(2)])
+    assert reply.accepted == 48
+    for node in cluster.nodes:  # the owner answers, through whichever node was asked
+        with Client(node.target, retries=8) as client:
+            for user in users:
+                assert _event_count(client, user) == 2
+                assert client.decide(user, dry_run=True).model_version
+
+
+def _event_count(client: Client, user: str, timeout: float = 10.0) -> int:
+    """GetUser's event_count once the owner has applied the log (it lags the ack a little)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.get_user(user).event_count
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_a_replay_through_another_node_counts_once(cluster: LocalCluster) -> None:
+    _settled(cluster)
+    batch = [make_event("replayer", "app_opened") for _ in range(5)]
+    with Client(cluster.nodes[1].target) as client:
+        assert client.track(batch).accepted == 5
+    with Client(cluster.nodes[2].target) as client:
+        again = client.track(batch)
+        assert (again.accepted, again.duplicates) == (0, 5)
+        time.sleep(0.5)
+        assert _event_count(client, "replayer") == 5
+
+
+def test_a_forwarded_call_is_never_forwarded_again(cluster: LocalCluster) -> None:
+    infos = _settled(cluster)
+    owners = dict(infos[0].partition_owners)
+    user = next(f"hop-{i}" for i in range(100)
+                if owners[partition_of(f"hop-{i}", PARTITIONS)] != "node0")
+    with grpc.insecure_channel(cluster.nodes[0].target) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Decide(pb.DecideRequest(user_id=user, dry_run=True),
+                        metadata=[("nudge-forwarded", "elsewhere")])
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Without the mark the same call is forwarded to the owner and answered.
+        assert stub.Decide(pb.DecideRequest(user_id=user, dry_run=True)).model_version
+
+
+def test_kill_a_node_then_a_nats_server_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    # Round 0 SIGKILLs a nudge node, round 1 a NATS server (see bench/cluster_faults.py).
+    report = cluster_faults.run(2, tmp_path / "run", seed=2)
+    assert report.problems == []
+    assert [k[:4] for k in report.kills] == ["node", "nats"]
+    assert report.events > 500 and report.decisions > 10
+    lease = cluster_faults.LEASE_SECONDS
+    assert len(report.failover_seconds) == 1 and len(report.nats_failover_seconds) == 1
+    assert report.failover_seconds[0] <= lease + cluster_faults.FAILOVER_SLACK_SECONDS
+    assert report.nats_failover_seconds[0] <= lease + cluster_faults.NATS_ELECTION_SECONDS
+
+
+def test_nudge_cluster_up_starts_and_stops_everything(tmp_path: Path) -> None:
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "nudge.clients.cli", "cluster", "up", "--nodes", "3",
+             "--port", "0", "--partitions", "4", "--dir", str(tmp_path / "c")],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while b"Ctrl-C stops" not in log.read_bytes():
+            assert up.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        target = re.search(r"node1: (\S+)", log.read_text())
+        assert target is not None
+        with Client(target.group(1), retries=8) as client:
+            assert client.track([make_event("up-user", "app_opened")]).accepted == 1
+        children = _children(up.pid)
+        assert len(children) == 6  # 3 NATS servers, 3 nodes
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+        assert "stopped" in log.read_text()
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def _children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(p) for p in found]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_nudge_bench_faults_has_a_cluster_mode() -> None:
+    args = cli._parser().parse_args(["faults", "--cluster", "--rounds", "3"])
+    assert (args.section, args.cluster, args.rounds) == ("faults", True, 3)

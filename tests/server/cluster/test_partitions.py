@@ -1,0 +1,62 @@
+"""Partitions by user and who should own them: stable, spread, and moving only what must."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from nudge.server.cluster.partitions import partition_of, preferred_owner
+from nudge.server.config import ConfigError, load_config
+
+
+def test_partition_of_is_the_same_in_another_process() -> None:
+    # Python's own hash is salted per process; ours must not be.
+    ids = [f"user-{i}" for i in range(50)]
+    here = [partition_of(u, 64) for u in ids]
+    code = ("from nudge.server.cluster.partitions import partition_of;"
+            f"print([partition_of(u, 64) for u in {ids!r}])")
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={"PYTHONHASHSEED": "123"}).stdout
+    assert there.strip() == str(here)
+
+
+def test_partitions_are_evenly_spread() -> None:
+    counts = Counter(partition_of(f"customer-{i:08d}", 64) for i in range(64_000))
+    assert set(counts) == set(range(64))
+    assert all(800 < n < 1_200 for n in counts.values())  # 1,000 expected each
+
+
+def test_losing_a_node_moves_only_its_partitions() -> None:
+    nodes = ["a", "b", "c"]
+    before = {p: preferred_owner(p, nodes) for p in range(256)}
+    assert set(Counter(before.values())) == set(nodes)
+    assert all(40 < n < 130 for n in Counter(before.values()).values())
+    after = {p: preferred_owner(p, ["a", "c"]) for p in range(256)}
+    moved = {p for p in before if before[p] != after[p]}
+    assert moved == {p for p in before if before[p] == "b"}
+    assert preferred_owner(0, []) is None
+
+
+def test_cluster_table_of_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "nudge.toml"
+    path.write_text('[server]\nport = 50051\n[cluster]\n'
+                    'urls = ["nats://h1:4222", "nats://h2:4222"]\nnode_id = "h1"\n'
+                    'partitions = 32\nlease_seconds = 3\nreplicas = 3\n')
+    config = load_config(path, environ={})
+    assert config.cluster == "nats://h1:4222,nats://h2:4222"
+    assert (config.node_id, config.partitions, config.cluster_lease_seconds) == ("h1", 32, 3.0)
+    path.write_text('[cluster]\nurl = "nats://h1:4222"\n')
+    with pytest.raises(ConfigError, match=r"\[cluster\]\.url is not a setting"):
+        load_config(path, environ={})
+
+
+def test_cluster_mode_is_one_process_per_node() -> None:
+    with pytest.raises(ConfigError, match="cluster: one process per node"):
+        load_config(environ={}, overrides={"cluster": "nats://h1:4222", "workers": 2})
+    with pytest.raises(ConfigError, match="partitions"):
+        load_config(environ={}, overrides={"cluster": "nats://h1:4222", "partitions": 0})
+    assert load_config(environ={}).cluster is None  # embedded mode stays the default
