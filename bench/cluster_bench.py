@@ -31,7 +31,12 @@ from pathlib import Path
 
 import grpc
 
-from nudge.bench.cluster_faults import USERS, _every_user_decides, partition_map
+from nudge.bench.cluster_faults import (
+    USERS,
+    _every_user_decides,
+    _wait_all_owned,
+    partition_map,
+)
 from nudge.bench.server_process import ServerProcess
 from nudge.clients import Client, make_event
 from nudge.server.cluster.local import LocalCluster
@@ -116,7 +121,8 @@ def run(events: int = 20_000, samples: int = 200,
             # Every user has an event (GetUser/Decide know them) and partitions are placed.
             with Client(targets[0], timeout=10.0) as client:
                 client.track([make_event(f"U{u}", "app_opened") for u in range(USERS)])
-            time.sleep(LEASE_SECONDS)
+            if not _wait_all_owned(cluster, 60.0):  # the first node up hands partitions over
+                raise RuntimeError("partitions not spread over the three nodes in 60 s")
             result["cluster_track_latency"] = _track_latency(targets[0], samples, "c")
             pids = {n.node_id: n.process.pid for n in cluster.nodes if n.process}
             pids.update({s.name: s.process.pid for s in cluster.nats if s.process})

@@ -1,14 +1,15 @@
 """One nudge node of a cluster: the replicated log on NATS JetStream, partition leases,
 and this node's LMDB as a materialised view of the partitions it owns.
 
-**The log is the truth.** In cluster mode Track does not write LMDB: every event is
-published to the JetStream stream ``NUDGE_LOG`` (subject ``nudge.events.<partition>``,
-``replicas`` copies, 3 by default) and Track answers only once JetStream has acknowledged
-every event, i.e. a majority of the NATS servers hold it on disk. Each event carries a
-``Nats-Msg-Id`` (a hash of user and event id), so a replay within the stream's duplicate
-window is acknowledged as a duplicate and stored once in the log; a replay after it is
-stored twice in the log and dropped when applied (the per-user seen-event check), so it
-still counts once in the state.
+**The log is the truth.** In cluster mode Track does not write LMDB: a call's events are
+published to the JetStream stream ``NUDGE_LOG``, one record per partition they fall in
+(subject ``nudge.events.<partition>``, ``replicas`` copies, 3 by default), and Track
+answers only once JetStream has acknowledged every record, i.e. a majority of the NATS
+servers hold it on disk. A record carries a ``Nats-Msg-Id`` (a hash of its user and
+event ids), so a retried call within the stream's duplicate window is acknowledged as a
+duplicate and logged once; any other replay (later, or in another batch) is logged again
+and dropped when applied (the per-user seen-event check), so it still counts once in the
+state — but Track's reply then counts it as accepted, not as a duplicate.
 
 **LMDB is the state.** The owner of a partition applies that partition's subject from the
 stream, in order, through the store's single writer (group commit), and stores the stream
@@ -64,7 +65,7 @@ from nudge.server.inputs.events import ValidEvent, validate_event
 from nudge.server.storage.ingest import EventWriter, LoggedEvents, TrackResult, log_record
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import meta
-from nudge.v1 import event_pb2
+from nudge.v1 import decision_service_pb2 as pb
 
 log = logging.getLogger("nudge.server.cluster")
 T = TypeVar("T")
@@ -82,6 +83,10 @@ FENCE_FRACTION = 0.75
 ROUNDS_PER_LEASE = 4
 START_TIMEOUT_SECONDS = 60.0
 PUBLISH_TIMEOUT_SECONDS = 5.0
+# Events of one Track call and partition share a log record, up to this many (NATS
+# refuses messages over 1 MiB by default; 256 events of the largest allowed size would
+# not fit, ordinary ones use a few hundred bytes each).
+EVENTS_PER_RECORD = 256
 
 
 @dataclass(frozen=True)
@@ -305,20 +310,25 @@ class ClusterNode:
     async def _publish(self, events: list[ValidEvent]) -> TrackResult:
         if self._js is None or self._closing:
             raise Unavailable("cluster: not connected; retry with the same event_ids")
-        acks = []
+        by_partition: dict[int, list[ValidEvent]] = {}
         for ev in events:
-            partition = partition_of(ev.user_id, self.partitions)
-            msg_id = blake2b(f"{ev.user_id}\x00{ev.event_id}".encode(), digest_size=16)
-            acks.append(self._js.publish(
-                f"{EVENTS_SUBJECT}.{partition}", log_record(ev),
-                headers={"Nats-Msg-Id": msg_id.hexdigest()}, timeout=PUBLISH_TIMEOUT_SECONDS,
-            ))
+            by_partition.setdefault(partition_of(ev.user_id, self.partitions), []).append(ev)
+        acks, sizes = [], []
+        for partition, mine in by_partition.items():
+            for start in range(0, len(mine), EVENTS_PER_RECORD):
+                chunk = mine[start:start + EVENTS_PER_RECORD]
+                record, msg_id = _log_record(chunk)
+                acks.append(self._js.publish(
+                    f"{EVENTS_SUBJECT}.{partition}", record,
+                    headers={"Nats-Msg-Id": msg_id}, timeout=PUBLISH_TIMEOUT_SECONDS,
+                ))
+                sizes.append(len(chunk))
         try:
             done = await asyncio.gather(*acks)
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable(f"the replicated log did not acknowledge the events ({exc}); "
                               "retry with the same event_ids (replays count once)") from None
-        duplicates = sum(1 for ack in done if ack.duplicate)
+        duplicates = sum(n for ack, n in zip(done, sizes, strict=True) if ack.duplicate)
         self.published += len(events)
         return TrackResult(len(events) - duplicates, duplicates)
 
@@ -469,12 +479,13 @@ class ClusterNode:
         owned.pending = msg.metadata.num_pending
         if seq <= owned.queued or self._owned.get(owned.partition) is not owned:
             return
-        proto = event_pb2.Event.FromString(msg.data)
-        try:
-            owned.buffer.append(validate_event(proto, 0, time.time()))
-        except InvalidArgument as exc:  # validated before it was logged: a bug, not input
-            log.error("cluster: skipping log entry %d of partition %d: %s", seq,
-                      owned.partition, exc)
+        now = time.time()
+        for index, proto in enumerate(pb.TrackRequest.FromString(msg.data).events):
+            try:
+                owned.buffer.append(validate_event(proto, index, now))
+            except InvalidArgument as exc:  # validated before it was logged: a bug
+                log.error("cluster: skipping an event of log entry %d (partition %d): %s",
+                          seq, owned.partition, exc)
         owned.queued = seq
         assert self._wake is not None
         self._wake.set()
@@ -503,3 +514,14 @@ class ClusterNode:
                     owned.failed = True  # released at the next lease round; taken again
                     # from the position stored with the state
 
+
+def _log_record(events: list[ValidEvent]) -> tuple[bytes, str]:
+    """One log record for some events of one partition (a TrackRequest: the events as
+    Track received them, user ids as stored, times set), and its ``Nats-Msg-Id``: a hash
+    of its (user, event id) pairs, so a retried call (the same events) is a duplicate."""
+    request = pb.TrackRequest()
+    digest = blake2b(digest_size=16)
+    for ev in events:
+        request.events.add().MergeFromString(log_record(ev))
+        digest.update(f"{ev.user_id}\x00{ev.event_id}\x01".encode())
+    return request.SerializeToString(), digest.hexdigest()
