@@ -1,14 +1,14 @@
 """Cluster mode: any node answers any call about a user, by forwarding it to the owner.
 
 A unary call whose request names one user (a top-level ``user_id``: Decide, GetUser,
-LabelTransaction, AckDelivery, EraseUser) runs here when this node owns the user's
-partition and has caught up on it; otherwise it is sent once, as is (same request, same
-token, the caller's remaining deadline), to the owner, and the owner's reply or error
-comes back: one extra hop, no more. A forwarded call is marked (``nudge-forwarded``), and
-a node that receives one for a partition it does not serve (the map moved meanwhile)
-answers UNAVAILABLE instead of forwarding again: the client retries with the same ids
-and reaches the new owner. No owner yet (a failover within its lease time) is
-UNAVAILABLE too.
+LabelTransaction, EraseUser; or its ``transaction``'s: ScoreTransaction) runs here when
+this node owns the user's partition and has caught up on it; otherwise it is sent once,
+as is (same request, same token, the caller's remaining deadline), to the owner, and the
+owner's reply or error comes back: one extra hop, no more. A forwarded call is marked
+(``nudge-forwarded``), and a node that receives one for a partition it does not serve
+(the map moved meanwhile) answers UNAVAILABLE instead of forwarding again: the client
+retries with the same ids and reaches the new owner. No owner yet (a failover within its
+lease time) is UNAVAILABLE too.
 
 Track is not forwarded: any node appends events to the replicated log (cluster.node).
 """
@@ -84,8 +84,8 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
 
         def unary(behaviour: Behaviour) -> Behaviour:
             def routed(request: Any, context: grpc.ServicerContext) -> Any:
-                user_id = getattr(request, "user_id", None)
-                if not isinstance(user_id, str) or not user_id:
+                user_id = _user_id(request)
+                if not user_id:
                     return behaviour(request, context)  # not about one user (or no id)
                 route = self.router.route(self.stored_id(user_id))
                 if route.local:
@@ -121,6 +121,16 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
             details = exc.details() if hasattr(exc, "details") else str(exc)
             context.abort(code, details or f"forwarded to {address}: {code.name}")
+
+
+def _user_id(request: Any) -> str | None:
+    """The one user a request is about, if it names one."""
+    fields = request.DESCRIPTOR.fields_by_name
+    if "user_id" in fields:
+        return str(request.user_id)
+    if "transaction" in fields and fields["transaction"].message_type is not None:
+        return str(request.transaction.user_id)
+    return None
 
 
 _REPLY_TYPES: dict[str, Any] = {}
