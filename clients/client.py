@@ -91,10 +91,14 @@ def make_event(
 
 
 class Client:
-    """A connection to one nudge server.
+    """A connection to one nudge server, or to any node of a cluster.
 
     ``timeout`` is the per-call deadline in seconds; ``retries`` how many times a call
     that failed with UNAVAILABLE or RESOURCE_EXHAUSTED is resent (with backoff).
+    ``target`` may list a cluster's nodes (``ipv4:10.0.0.1:50051,10.0.0.2:50051``, gRPC's
+    own syntax): calls go round robin over the nodes that are up, so a call a dead node
+    failed is retried (same request, same ids) on another, and any node forwards a call
+    to the node that owns the user.
     """
 
     def __init__(
@@ -112,10 +116,12 @@ class Client:
     ) -> None:
         """``token``: a scoped token from ``nudge token create``; ``ca_file`` (TLS: the CA
         to trust), ``cert_file``/``key_file`` (mutual TLS: this client's certificate)."""
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.max_receive_message_length", 64 << 20),
         ]
+        if "," in target:  # several nodes: round robin over those that are up
+            options.append(("grpc.lb_policy_name", "round_robin"))
         if channel is None:
             if ca_file or cert_file or key_file:
                 credentials = client_channel_credentials(ca_file, cert_file, key_file)

@@ -176,6 +176,11 @@ class LocalCluster:
     def urls(self) -> str:
         return ",".join(s.url for s in self.nats)
 
+    @property
+    def client_target(self) -> str:
+        """Every node, for ``Client`` (round robin over the nodes that are up)."""
+        return "ipv4:" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
     def start_nats(self) -> None:
         n = self.nodes_count
         ports = free_ports(2 * n)
@@ -248,6 +253,7 @@ def run_local_cluster(nodes: int, base_dir: str | None, first_port: int,
         print(f"nudge cluster up: {exc}", file=sys.stderr)
         return 1
     print(f"NATS: {cluster.urls}")
+    print(f"clients: Client({cluster.client_target!r})")
     for node in cluster.nodes:
         print(f"{node.node_id}: {node.target}  (data {node.data_dir}, log {node.log_path})")
     print("Ctrl-C stops every node and NATS server.", flush=True)

@@ -138,6 +138,7 @@ class ClusterNode:
         self._owners: dict[int, str] = {}
         self._members: dict[str, str] = {}
         self._member_since: dict[str, float] = {}
+        self._last_members: set[str] = set()
         self._fence = 0.0
         self.moves = 0  # partitions taken or given up by this node
         self.published = 0
@@ -406,6 +407,11 @@ class ClusterNode:
                 del self._member_since[node]
         for node in members:
             self._member_since.setdefault(node, started)
+        # Take free partitions only when two reads in a row agree on who is alive: after
+        # the lease bucket was unavailable every key has expired, and the first read,
+        # before the others re-registered, would make this node "preferred" for all.
+        settled = set(members) == self._last_members
+        self._last_members = set(members)
         for partition in range(self.partitions):
             wanted = preferred_owner(partition, members)
             owner = owners.get(partition)
@@ -415,7 +421,7 @@ class ClusterNode:
                     log.info("cluster: handing partition %d to %s", partition, wanted)
                     await self._give_up(self._owned[partition], release=True)
                     owners.pop(partition, None)
-            elif (owner is None and wanted == self.node_id and not self._closing
+            elif (owner is None and wanted == self.node_id and settled and not self._closing
                   and await self._take(partition)):
                 owners[partition] = self.node_id
         self._members, self._owners = members, owners
