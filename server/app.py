@@ -40,7 +40,7 @@ from nudge.server.rpc.auth import AuthInterceptor, TokenStore
 from nudge.server.rpc.decision_service import DecisionServicer
 from nudge.server.rpc.delivery_service import DeliveryServicer
 from nudge.server.rpc.diagnostics_service import DiagnosticsServicer, ServerInfo
-from nudge.server.rpc.forwarding import ForwardingInterceptor
+from nudge.server.rpc.forwarding import FindByIdInterceptor, ForwardingInterceptor
 from nudge.server.rpc.metrics import Metrics, add_cluster_gauges, start_metrics_server
 from nudge.server.rpc.overload import (
     ConcurrencyLimiter,
@@ -286,6 +286,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         forwarding = ForwardingInterceptor(cluster, Pseudonyms(config.pseudonymize_key))
         interceptors.append(forwarding)
     interceptors.append(StatusInterceptor())
+    if cluster is not None and forwarding is not None:
+        interceptors.append(FindByIdInterceptor(cluster, forwarding))  # inside the status
     server = grpc.server(
         # A thread for every stream slot on top of max_workers: streams in every slot
         # leave the unary RPCs all of their threads.

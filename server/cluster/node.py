@@ -207,6 +207,10 @@ class ClusterNode:
             return Route(partition, reason=f"partition {partition} has no live owner yet")
         return Route(partition, address=address, owner=owner)
 
+    def peers(self) -> list[str]:
+        """The gRPC addresses of the other live nodes."""
+        return [a for node, a in self._members.items() if node != self.node_id]
+
     def partition_map(self) -> dict[int, str]:
         """Partition -> owner node id, as this node last read the leases."""
         return dict(self._owners)

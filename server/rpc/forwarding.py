@@ -11,6 +11,11 @@ retries with the same ids and reaches the new owner. No owner yet (a failover wi
 lease time) is UNAVAILABLE too.
 
 Track is not forwarded: any node appends events to the replicated log (cluster.node).
+
+Calls that name a decision or a delivery, not a user (ReportOutcome, AckDelivery), run
+where that record lives: here if this node knows it, else on the first other node that
+does (``FindByIdInterceptor``: each asked once, marked forwarded). Decision and delivery
+ids do not name a partition, so this costs up to one hop per other node.
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ from typing import Any, Protocol
 
 import grpc
 
+from nudge.server.errors import NotFound
 from nudge.server.rpc.handlers import Behaviour, wrap_behaviour
 
 FORWARDED = "nudge-forwarded"
 # Methods never forwarded: Track's events go to the log from any node.
 NOT_ROUTED = ("/nudge.v1.DecisionService/Track",)
+# Calls about a record of the node that made it, found by asking the nodes in turn.
+FOUND_BY_ID = ("/nudge.v1.DecisionService/ReportOutcome",
+               "/nudge.v1.DeliveryService/AckDelivery")
 _HOP_HEADERS = {"grpc-timeout", "te", "content-type", "user-agent", "grpc-accept-encoding",
                 "grpc-encoding", "authority", ":authority"}
 
@@ -45,6 +54,7 @@ class Router(Protocol):
     node_id: str
 
     def route(self, user_id: str) -> RouteLike: ...
+    def peers(self) -> list[str]: ...
 
 
 class ForwardingInterceptor(grpc.ServerInterceptor):
@@ -101,7 +111,33 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
 
         return wrap_behaviour(handler, unary, lambda behaviour: behaviour)
 
+    def ask(
+        self, method: str, request: Any, context: grpc.ServicerContext, address: str
+    ) -> Any:
+        """The call answered by the node at ``address``: its reply, or None when it does
+        not know the record either (NOT_FOUND) or is unreachable; other errors end the
+        call with that node's status."""
+        try:
+            return self._call(method, request, context, address)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                return None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            context.abort(code, details or f"asked {address}: {code.name}")
+            raise AssertionError("abort raises") from None
+
     def _forward(
+        self, method: str, request: Any, context: grpc.ServicerContext, address: str
+    ) -> Any:
+        try:
+            return self._call(method, request, context, address)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            context.abort(code, details or f"forwarded to {address}: {code.name}")
+
+    def _call(
         self, method: str, request: Any, context: grpc.ServicerContext, address: str
     ) -> Any:
         reply_type = _reply_type(method)
@@ -115,22 +151,57 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > 86_400 else remaining
         self.forwarded += 1
-        try:
-            return call(request, metadata=metadata, timeout=timeout)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            context.abort(code, details or f"forwarded to {address}: {code.name}")
+        return call(request, metadata=metadata, timeout=timeout)
 
 
 def _user_id(request: Any) -> str | None:
-    """The one user a request is about, if it names one."""
-    fields = request.DESCRIPTOR.fields_by_name
+    """The one user a request is about, if it names one (malformed bytes name none: the
+    handler answers them)."""
+    descriptor = getattr(request, "DESCRIPTOR", None)
+    if descriptor is None:
+        return None
+    fields = descriptor.fields_by_name
     if "user_id" in fields:
         return str(request.user_id)
     if "transaction" in fields and fields["transaction"].message_type is not None:
         return str(request.transaction.user_id)
     return None
+
+
+class FindByIdInterceptor(grpc.ServerInterceptor):
+    """ReportOutcome and AckDelivery: run here, and when this node does not know the
+    decision or delivery (NOT_FOUND, which changes nothing), ask the other nodes in turn.
+    Sits inside the status interceptor, so it sees the handler's NotFound as raised."""
+
+    def __init__(self, router: Router, forwarding: ForwardingInterceptor) -> None:
+        self.router = router
+        self.forwarding = forwarding
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method not in FOUND_BY_ID or not handler.unary_unary:
+            return handler
+        if any(k == FORWARDED for k, _ in handler_call_details.invocation_metadata):
+            return handler  # asked by another node: answer from here only
+
+        def unary(behaviour: Behaviour) -> Behaviour:
+            def found(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return behaviour(request, context)
+                except NotFound:
+                    for address in self.router.peers():
+                        reply = self.forwarding.ask(method, request, context, address)
+                        if reply is not None:
+                            return reply
+                    raise
+
+            return found
+
+        return wrap_behaviour(handler, unary, lambda behaviour: behaviour)
 
 
 _REPLY_TYPES: dict[str, Any] = {}

@@ -123,3 +123,21 @@ def test_metrics_show_what_each_node_serves(cluster: LocalCluster) -> None:
         moves = re.search(r"^nudge_cluster_partition_moves (\S+)$", text, re.M)
         assert moves is not None and float(moves.group(1)) >= len(info.ready_partitions)
         assert re.search(r"^nudge_cluster_replication_lag_entries \S+$", text, re.M)
+
+
+def test_an_outcome_reaches_the_node_that_made_the_decision(cluster: LocalCluster) -> None:
+    infos = _settled(cluster)
+    owners = dict(infos[0].partition_owners)
+    user = next(f"outcome-{i}" for i in range(100)
+                if owners[partition_of(f"outcome-{i}", PARTITIONS)] == "node1")
+    with Client(cluster.nodes[0].target, retries=8) as client:
+        client.track([make_event(user, "app_opened")])
+        _event_count(client, user)
+        decision = client.decide(user)  # forwarded: node1 makes and keeps the decision
+    assert decision.decision_id
+    with Client(cluster.nodes[2].target) as client:  # knows nothing of it: asks the others
+        assert client.report_outcome(decision.decision_id, 1.0) is True
+        assert client.report_outcome(decision.decision_id, 1.0) is False  # settled: once
+        with pytest.raises(grpc.RpcError) as raised:
+            client.report_outcome("no-such-decision", 1.0)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
