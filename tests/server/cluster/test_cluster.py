@@ -141,3 +141,11 @@ def test_an_outcome_reaches_the_node_that_made_the_decision(cluster: LocalCluste
         with pytest.raises(grpc.RpcError) as raised:
             client.report_outcome("no-such-decision", 1.0)
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_malformed_bytes_are_invalid_argument_on_a_cluster_node(cluster: LocalCluster) -> None:
+    with grpc.insecure_channel(cluster.nodes[0].target) as channel:
+        call = channel.unary_unary("/nudge.v1.DecisionService/Decide")
+        with pytest.raises(grpc.RpcError) as raised:
+            call(b"\xff\xff\xff\xff", timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
