@@ -1,6 +1,6 @@
 """Cluster mode end to end: 3 NATS servers (one JetStream cluster, R3) and 3 nudge nodes
 on loopback, real processes. Any node answers for any user; Track is acknowledged from
-the replicated log and applied once by the owner. (Killing processes: test_faults.py.)
+the replicated log and applied once by the owner. (Killing processes: test_cluster_faults.py.)
 """
 
 from __future__ import annotations
