@@ -19,7 +19,9 @@ Two kernels:
   stratum of a user is their early activity *without* the candidate's own events (days
   active, event count), so a candidate is compared against users who were as active in
   everything else; that is what lets an estimator tell a behaviour that adds retention
-  from one that merely marks an active user.
+  from one that merely marks an active user. A key that is not activity (an abandoned
+  flow step) mirrors an activity entry (its ``flow_abandoned`` event) of the same hour and
+  count, so it is subtracted from the user's activity in the same way.
 """
 
 from __future__ import annotations
@@ -154,9 +156,9 @@ def _threshold_tables(offsets, hours, keys, counts, first, outcome, candidate, a
                 # The user's activity without this key's own events.
                 other_days = np.int64(0)
                 for d in range(early_days):
-                    if day_total[d] - (key_day[k, d] if activity[k] else 0) > 0:
+                    if day_total[d] - key_day[k, d] > 0:
                         other_days += 1
-                other = total - (key_count[k] if activity[k] else 0)
+                other = total - key_count[k]
                 h = other_days * n_bins + np.searchsorted(count_edges, other, side="right")
                 delta_n[c, h] += 1
                 delta_n[c, h0] -= 1

@@ -1,11 +1,11 @@
 """Right to erasure: everything stored about one user goes, in one write transaction.
 
 Deleted: the state record and profile, the logged events and their seen ids, the risk
-baseline and held time, scored transactions, contacts, deliveries (with their outbox and
-user indexes), recorded triggers, open decisions and their deadlines. Kept, pseudonymised:
-decision records (the audit trail and the learner's input) — their user id becomes
-``erased_`` + an HMAC-SHA256 of it under a random key made for this erasure and never
-stored, so the records of one erased user still group together but nothing (not the
+baseline and held time, the insights summary, scored transactions, contacts, deliveries
+(with their outbox and user indexes), recorded triggers, open decisions and their
+deadlines. Kept, pseudonymised: decision records (the audit trail and the learner's
+input) — their user id becomes ``erased_`` + an HMAC-SHA256 of it under a random key made
+for this erasure and never stored, so the records of one erased user still group together but nothing (not the
 server's ``pseudonymize_key``, not the raw id) links them back. An open decision is closed
 (``final``): nothing will be attributed to a user who is gone.
 
@@ -33,6 +33,7 @@ from nudge.server.storage.tables import (
     decisions,
     deliveries,
     events,
+    insights,
     open_decisions,
     risk_baselines,
     transactions,
@@ -84,6 +85,8 @@ def erase_user(writer: EventWriter, user_id: str) -> Erasure:
         if risk_baselines.stored(txn, dbs, user_id):
             deleted["risk"] += 1
         risk_baselines.delete(txn, dbs, user_id)
+        if insights.delete(txn, dbs, user_id):
+            deleted["insights"] += 1
         # Keyed by user: a prefix read inside the write finds every one, late ones too.
         for scored_key in transactions.of_user(txn, dbs, user_id):
             transactions.delete(txn, dbs, scored_key)

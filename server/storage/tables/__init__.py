@@ -19,6 +19,7 @@ from ``Store`` or ``ReadOnlyStore``).
 - ``risk_baselines``: per-user risk baselines (``risk``), the population baseline and the
   times a user's transaction was held.
 - ``triggered``: journey triggers that fired and await their decision.
+- ``insights``: per-user insights summaries and their key registry.
 
 ``keys`` holds the key layouts several tables share (time-ordered keys, owner + NUL + id).
 """

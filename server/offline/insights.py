@@ -1,0 +1,495 @@
+"""Insights: which early behaviours go with retention, which abandoned flows with churn,
+what the most valuable customers engage with — estimated beyond mere activity.
+
+Compass-style analysis (Amplitude): for a cohort of new users, compare users who did event
+E at least k times in their first N days with those who did not. Its weakness is that
+everything an active user does correlates with retention, so "opened the app" ranks first.
+Here every comparison is made *within strata of early activity*: users are grouped by how
+many of the early days they were active and how many events they had (log-spaced bins),
+both counted **without the candidate's own events** (otherwise reaching k events of E would
+itself move a user up a stratum), and the effect is the Mantel–Haenszel risk difference
+over the strata:
+
+    RD = Σ_h (a_h n0_h − c_h n1_h) / N_h  /  Σ_h n1_h n0_h / N_h
+
+(``a``, ``c``: outcomes among the ``n1`` who reached and the ``n0`` who did not). Why
+stratification and Mantel–Haenszel rather than a regression: the strata are many and most
+are small when a cohort is a few thousand users; the MH estimator stays unbiased with
+sparse strata (where a stratified regression's per-stratum intercepts do not), needs no
+model of how activity bends retention (the strata absorb any shape), and its variance has
+a closed form valid in both the sparse and the large-strata limit (Sato 1989, as used by
+Greenland & Robins 1985), so the whole event × threshold grid is a few array operations
+over counts the Numba kernel made. It answers on the risk-difference scale: "+12 points of
+retention", the scale a product team reads and the scale planted effects are stated in.
+
+Each event's threshold k is the one whose effect has the highest lower 95% bound (the
+threshold we are most sure adds at least that much: a higher k has fewer users and a wider
+interval, a lower one dilutes the effect with users below the inflection); events rank by
+that bound too. Every event × threshold tried gets a two-sided p-value (normal
+approximation), and Benjamini–Hochberg q-values are computed over all of them. A
+comparison with fewer than ``min_users`` users on either side is not tested and never
+ranked: an event none of whose thresholds qualify is reported under ``underpowered``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from nudge.kernels import insights as kernels
+from nudge.server.storage.tables import insights as table
+
+# Event-count bins of the early-activity strata: log-spaced (one more event matters at 3,
+# not at 300), fine enough that users of one stratum are about equally active.
+COUNT_EDGES = np.array([1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 19, 22, 26, 30, 35, 40, 46,
+                        53, 61, 70, 80, 92, 106, 122, 140, 161, 185, 213, 245, 282, 324],
+                       np.int64)
+Z95 = 1.959963984540054
+MAX_EARLY_DAYS = 28
+MAX_THRESHOLD = 15
+MIN_USERS = 30
+HOUR = 3600
+
+
+class InsightsError(ValueError):
+    """A request the insights cannot answer; ``field`` names the request field."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Population:
+    """Every user's summary entries, decoded for the kernels (see ``tables.insights``)."""
+
+    offsets: np.ndarray
+    hours: np.ndarray
+    keys: np.ndarray
+    counts: np.ndarray
+    amounts: np.ndarray
+    names: list[str]  # by key id
+
+    @property
+    def n_users(self) -> int:
+        return int(self.offsets.size - 1)
+
+    @property
+    def activity(self) -> np.ndarray:
+        """Keys that are events (not flow step marks)."""
+        return np.array([table.parse_key_name(n) is None for n in self.names], np.uint8)
+
+    def key_mask(self, names: Sequence[str]) -> np.ndarray:
+        wanted = set(names)
+        return np.array([n in wanted for n in self.names], np.uint8)
+
+
+def load_population(txn: lmdb.Transaction, dbs: Any) -> Population:
+    """Every summary in the store, as flat arrays (one pass over the table)."""
+    offsets, entries = table.scan(txn, dbs)
+    ids = table.key_ids(txn, dbs)
+    return from_entries(offsets, entries, ids)
+
+
+def from_entries(offsets: np.ndarray, entries: np.ndarray, ids: dict[str, int]) -> Population:
+    names = [""] * (max(ids.values(), default=0) + 1)
+    for name, key in ids.items():
+        names[key] = name
+    if entries.size and int(entries["key"].max()) >= len(names):
+        names += [""] * (int(entries["key"].max()) + 1 - len(names))
+    return Population(offsets, np.ascontiguousarray(entries["hour"]),
+                      np.ascontiguousarray(entries["key"]),
+                      np.ascontiguousarray(entries["count"]),
+                      entries["amount"].astype(np.float64), names)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Users first seen in ``[start, end)`` (epoch seconds; None: unbounded), judged at
+    ``now``."""
+
+    start: float | None
+    end: float | None
+    now: float
+
+
+@dataclass(frozen=True)
+class RetentionQuery:
+    cohort: Cohort
+    early_days: int = 7
+    retained_from_day: int = 60
+    retained_to_day: int = 90
+    retained_event_types: tuple[str, ...] = ()
+    max_drivers: int = 10
+    max_threshold: int = MAX_THRESHOLD
+    min_users: int = MIN_USERS
+
+
+@dataclass(frozen=True)
+class ChurnQuery:
+    cohort: Cohort
+    early_days: int = 30
+    retained_from_day: int = 60
+    retained_to_day: int = 90
+    flow_event_type: str = "flow_abandoned"
+    max_flows: int = 10
+    min_users: int = MIN_USERS
+
+
+@dataclass(frozen=True)
+class ValueQuery:
+    cohort: Cohort
+    goal_event_types: tuple[str, ...] = ("loan_completed",)
+    value_days: int = 90
+    early_days: int = 7
+    top_fraction: float = 0.1
+    max_drivers: int = 10
+    max_threshold: int = MAX_THRESHOLD
+    min_users: int = MIN_USERS
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Driver:
+    """One event (or flow step) at its best threshold, against users as active otherwise."""
+
+    event_type: str
+    min_count: int
+    users: int
+    outcome_if_reached: float
+    outcome_if_not: float
+    lift: float
+    adjusted_lift: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    p_value: float = math.nan
+    q_value: float = math.nan
+    too_few_users: bool = False
+    text: str = ""
+    flow: str = ""
+    step: str = ""
+    key: int = -1  # the summary key it was counted under
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in self.__dict__.items() if k != "key"}
+
+
+@dataclass
+class Findings:
+    """What one analysis found: the cohort, then the ranked drivers."""
+
+    cohort_users: int
+    judged_users: int
+    too_young: int
+    outcome_rate: float
+    drivers: list[Driver]
+    underpowered: list[Driver]
+    tested: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cohort_users": self.cohort_users, "judged_users": self.judged_users,
+                "too_young": self.too_young, "outcome_rate": self.outcome_rate,
+                "tested": self.tested, **self.extra,
+                "drivers": [d.to_dict() for d in self.drivers],
+                "underpowered": [d.to_dict() for d in self.underpowered]}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """Per candidate x threshold: raw and adjusted comparison (arrays ``[C, K]``)."""
+
+    n1: np.ndarray
+    a: np.ndarray
+    n0: np.ndarray
+    c: np.ndarray
+    rd: np.ndarray
+    se: np.ndarray
+    p: np.ndarray
+    tested: np.ndarray
+
+    @property
+    def ci_low(self) -> np.ndarray:
+        return self.rd - Z95 * self.se
+
+    @property
+    def ci_high(self) -> np.ndarray:
+        return self.rd + Z95 * self.se
+
+
+def mantel_haenszel(
+    reached: np.ndarray, reached_pos: np.ndarray, delta_n: np.ndarray, delta_pos: np.ndarray,
+    base_n: np.ndarray, base_pos: np.ndarray, min_users: int,
+) -> Estimates:
+    """MH risk difference and its Sato variance for every candidate x threshold."""
+    n_h = (base_n[None, :] + delta_n)[:, None, :].astype(np.float64)   # [C, 1, H]
+    pos_h = (base_pos[None, :] + delta_pos)[:, None, :].astype(np.float64)
+    n1 = reached.astype(np.float64)                                     # [C, K, H]
+    a = reached_pos.astype(np.float64)
+    n0 = n_h - n1
+    c = pos_h - a
+    with np.errstate(divide="ignore", invalid="ignore"):
+        big_n = np.where(n_h > 0, n_h, 1.0)
+        w = n1 * n0 / big_n
+        num = ((a * n0 - c * n1) / big_n).sum(-1)
+        den = w.sum(-1)
+        rd = num / den
+        p_h = (n1 * n1 * c - n0 * n0 * a + n1 * n0 * (n0 - n1) / 2.0) / (big_n * big_n)
+        q_h = (a * (n0 - c) + c * (n1 - a)) / (2.0 * big_n)
+        var = (rd * p_h.sum(-1) + q_h.sum(-1)) / (den * den)
+        se = np.sqrt(np.maximum(var, 0.0))
+        z = rd / se
+    n1_all, n0_all = n1.sum(-1), n0.sum(-1)
+    tested = (n1_all >= min_users) & (n0_all >= min_users) & (den > 0) & np.isfinite(se)
+    tested &= se > 0
+    p = np.full(rd.shape, np.nan)
+    zt = np.abs(z[tested])
+    p[tested] = np.array([math.erfc(v / math.sqrt(2.0)) for v in zt.ravel()])
+    return Estimates(n1_all.astype(np.int64), a.sum(-1).astype(np.int64),
+                     n0_all.astype(np.int64), c.sum(-1).astype(np.int64), rd, se, p, tested)
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """BH q-values of the finite p-values (NaN stays NaN)."""
+    q = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    values = p[ok]
+    m = values.size
+    if m == 0:
+        return q
+    order = np.argsort(values)
+    ranked = values[order] * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(ranked, 1.0)
+    q[ok] = out
+    return q
+
+
+# --------------------------------------------------------------------------- analyses
+
+
+def _cohort_users(pop: Population, first: np.ndarray, cohort: Cohort,
+                  judge_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Users first seen in the cohort's range: (judged users, too young users)."""
+    now_hour = cohort.now / HOUR
+    lo = 0.0 if cohort.start is None else math.floor(cohort.start / HOUR)
+    hi = now_hour if cohort.end is None else cohort.end / HOUR
+    in_cohort = (first >= 0) & (first >= lo) & (first < hi)
+    old_enough = first + judge_days * 24 <= now_hour
+    return np.flatnonzero(in_cohort & old_enough), np.flatnonzero(in_cohort & ~old_enough)
+
+
+def _check_window(early_days: int, from_day: int, to_day: int, prefix: str = "") -> None:
+    if not 1 <= early_days <= MAX_EARLY_DAYS:
+        raise InsightsError("early_days", f"must be 1-{MAX_EARLY_DAYS}, got {early_days}")
+    if not 0 <= from_day < to_day <= table.HORIZON_DAYS:
+        raise InsightsError(f"{prefix}retained_from_day",
+                            f"need 0 <= retained_from_day < retained_to_day <= "
+                            f"{table.HORIZON_DAYS}, got {from_day} and {to_day}")
+
+
+def _candidates(pop: Population, wanted: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    candidate = np.full(len(pop.names), -1, np.int64)
+    keys = [k for k in range(len(pop.names)) if wanted[k]]
+    candidate[keys] = np.arange(len(keys))
+    return candidate, keys
+
+
+def _drivers(pop: Population, est: Estimates, keys: list[int], name_of: Any,
+             ) -> tuple[list[Driver], list[Driver], int]:
+    q = benjamini_hochberg(np.where(est.tested, est.p, np.nan))
+    ranked: list[Driver] = []
+    underpowered: list[Driver] = []
+    low = np.where(est.tested, est.ci_low, -np.inf)
+    for row, key in enumerate(keys):
+        if not est.tested[row].any():
+            k = int(np.argmax(est.n1[row] > 0)) if est.n1[row].any() else -1
+            if k >= 0:
+                underpowered.append(_driver(name_of(key), key, est, row, k, q, tested=False))
+            continue
+        k = int(np.argmax(low[row]))
+        ranked.append(_driver(name_of(key), key, est, row, k, q, tested=True))
+    ranked.sort(key=lambda d: -d.ci_low)
+    return ranked, underpowered, int(est.tested.sum())
+
+
+def _driver(name: str, key: int, est: Estimates, row: int, k: int, q: np.ndarray,
+            tested: bool) -> Driver:
+    n1, n0 = int(est.n1[row, k]), int(est.n0[row, k])
+    p1 = est.a[row, k] / n1 if n1 else math.nan
+    p0 = est.c[row, k] / n0 if n0 else math.nan
+    d = Driver(event_type=name, min_count=k + 1, users=n1, outcome_if_reached=float(p1),
+               outcome_if_not=float(p0), lift=float(p1 - p0), too_few_users=not tested,
+               key=key)
+    if tested:
+        d.adjusted_lift = float(est.rd[row, k])
+        d.ci_low, d.ci_high = float(est.ci_low[row, k]), float(est.ci_high[row, k])
+        d.p_value, d.q_value = float(est.p[row, k]), float(q[row, k])
+    return d
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def retention_drivers(pop: Population, query: RetentionQuery) -> Findings:
+    """Which early behaviours add month-3 retention beyond activity (see module doc)."""
+    _check_window(query.early_days, query.retained_from_day, query.retained_to_day)
+    if query.max_threshold < 1 or query.max_threshold > 100:
+        raise InsightsError("max_threshold", "must be 1-100")
+    activity = pop.activity
+    retained_keys = activity if not query.retained_event_types \
+        else pop.key_mask(query.retained_event_types)
+    first, retained, _ = kernels.user_outcomes(
+        pop.offsets, pop.hours, pop.keys, pop.counts, pop.amounts, activity, retained_keys,
+        (query.retained_from_day, query.retained_to_day), np.zeros_like(activity), 0)
+    judged, young = _cohort_users(pop, first, query.cohort, query.retained_to_day)
+    wanted = activity.copy()
+    wanted[table.OTHER_KEY] = 0
+    candidate, keys = _candidates(pop, wanted)
+    tables = kernels.threshold_tables(
+        pop.offsets, pop.hours, pop.keys, pop.counts, first, retained, candidate, activity,
+        judged, query.early_days, query.max_threshold, COUNT_EDGES)
+    est = mantel_haenszel(*tables, query.min_users)
+    drivers, underpowered, tested = _drivers(pop, est, keys, lambda k: pop.names[k])
+    window = f"day {query.retained_from_day}-{query.retained_to_day}"
+    for d in drivers + underpowered:
+        d.text = _retention_text(d, query.early_days, window)
+    rate = float(retained[judged].mean()) if judged.size else math.nan
+    return Findings(int(judged.size + young.size), int(judged.size), int(young.size), rate,
+                    drivers[: query.max_drivers], underpowered, tested)
+
+
+def _retention_text(d: Driver, early_days: int, window: str) -> str:
+    base = (f"Users who did {d.event_type} at least {d.min_count} "
+            f"time{'s' if d.min_count > 1 else ''} in their first {early_days} days "
+            f"({d.users:,}) were active at {window} {_pct(d.outcome_if_reached)} of the "
+            f"time against {_pct(d.outcome_if_not)}")
+    if d.too_few_users:
+        return base + "; too few users to tell."
+    return (base + f"; against users as active in everything else: {_pts(d.adjusted_lift)} "
+            f"points (95% CI {_pts(d.ci_low)} to {_pts(d.ci_high)}, q = {d.q_value:.2g}).")
+
+
+def churn_flows(pop: Population, query: ChurnQuery) -> Findings:
+    """Which abandoned flow steps go with churn (no activity in the retention window),
+    against users as active otherwise who did not abandon that step."""
+    _check_window(query.early_days, query.retained_from_day, query.retained_to_day)
+    activity = pop.activity
+    first, retained, _ = kernels.user_outcomes(
+        pop.offsets, pop.hours, pop.keys, pop.counts, pop.amounts, activity, activity,
+        (query.retained_from_day, query.retained_to_day), np.zeros_like(activity), 0)
+    churned = (1 - retained).astype(np.int8)
+    judged, young = _cohort_users(pop, first, query.cohort, query.retained_to_day)
+    parsed = [table.parse_key_name(n) for n in pop.names]
+    wanted = np.array([p is not None and p[0] == query.flow_event_type for p in parsed],
+                      np.uint8)
+    candidate, keys = _candidates(pop, wanted)
+    tables = kernels.threshold_tables(
+        pop.offsets, pop.hours, pop.keys, pop.counts, first, churned, candidate, activity,
+        judged, query.early_days, 1, COUNT_EDGES)
+    est = mantel_haenszel(*tables, query.min_users)
+
+    def name_of(key: int) -> str:
+        return query.flow_event_type
+
+    drivers, underpowered, tested = _drivers(pop, est, keys, name_of)
+    # Flow steps rank by their effect on churn; attach flow and step to each.
+    for d in drivers + underpowered:
+        p = parsed[d.key]
+        assert p is not None
+        d.flow, d.step = p[1], p[2]
+        d.text = (f"Users who abandoned {d.flow or 'a flow'} at {d.step} in their first "
+                  f"{query.early_days} days ({d.users:,}) churned {_pct(d.outcome_if_reached)}"
+                  f" of the time against {_pct(d.outcome_if_not)}")
+        if d.too_few_users:
+            d.text += "; too few users to tell."
+        else:
+            d.text += (f"; against users as active otherwise: {_pts(d.adjusted_lift)} points"
+                       f" of churn (95% CI {_pts(d.ci_low)} to {_pts(d.ci_high)}, "
+                       f"q = {d.q_value:.2g}).")
+    rate = float(churned[judged].mean()) if judged.size else math.nan
+    return Findings(int(judged.size + young.size), int(judged.size), int(young.size), rate,
+                    drivers[: query.max_flows], underpowered, tested)
+
+
+def value_drivers(pop: Population, query: ValueQuery) -> Findings:
+    """Which early behaviours the top value fraction engages with, against the rest, as
+    active otherwise. Value: the ``amount`` summed over the goal events of the first
+    ``value_days`` days."""
+    if not query.goal_event_types:
+        raise InsightsError("goal_event_types", "name at least one goal event type")
+    if not 0.0 < query.top_fraction < 1.0:
+        raise InsightsError("top_fraction", "must be in (0, 1)")
+    _check_window(query.early_days, 0, query.value_days)
+    activity = pop.activity
+    goals = pop.key_mask(query.goal_event_types)
+    first, _, value = kernels.user_outcomes(
+        pop.offsets, pop.hours, pop.keys, pop.counts, pop.amounts, activity, activity,
+        (0, 1), goals, query.value_days)
+    judged, young = _cohort_users(pop, first, query.cohort, query.value_days)
+    top = np.zeros(pop.n_users, np.int8)
+    cut = math.inf
+    if judged.size:
+        cut = float(np.quantile(value[judged], 1.0 - query.top_fraction))
+        top[judged] = (value[judged] >= cut) & (value[judged] > 0)
+    wanted = activity & (1 - goals)
+    wanted[table.OTHER_KEY] = 0
+    candidate, keys = _candidates(pop, wanted)
+    tables = kernels.threshold_tables(
+        pop.offsets, pop.hours, pop.keys, pop.counts, first, top, candidate, activity,
+        judged, query.early_days, query.max_threshold, COUNT_EDGES)
+    est = mantel_haenszel(*tables, query.min_users)
+    drivers, underpowered, tested = _drivers(pop, est, keys, lambda k: pop.names[k])
+    for d in drivers + underpowered:
+        d.text = (f"Users who did {d.event_type} at least {d.min_count} "
+                  f"time{'s' if d.min_count > 1 else ''} in their first {query.early_days} "
+                  f"days ({d.users:,}) were in the top value group "
+                  f"{_pct(d.outcome_if_reached)} of the time against "
+                  f"{_pct(d.outcome_if_not)}")
+        d.text += ("; too few users to tell." if d.too_few_users else
+                   f"; as active otherwise: {_pts(d.adjusted_lift)} points (95% CI "
+                   f"{_pts(d.ci_low)} to {_pts(d.ci_high)}, q = {d.q_value:.2g}).")
+    rate = float(top[judged].mean()) if judged.size else math.nan
+    return Findings(int(judged.size + young.size), int(judged.size), int(young.size), rate,
+                    drivers[: query.max_drivers], underpowered, tested,
+                    extra={"value_cut": cut if math.isfinite(cut) else 0.0})
+
+
+def lift_by_day(pop: Population, query: RetentionQuery, days: Sequence[int],
+                event_types: Sequence[str]) -> np.ndarray:
+    """Compass heat map: the best adjusted lift of each event type (rows) for each early
+    window length (columns); NaN where nothing could be tested."""
+    out = np.full((len(event_types), len(days)), np.nan)
+    for j, d in enumerate(days):
+        found = retention_drivers(pop, _replace(query, early_days=d, max_drivers=10**6))
+        best = {x.event_type: x.adjusted_lift for x in found.drivers}
+        for i, name in enumerate(event_types):
+            out[i, j] = best.get(name, math.nan)
+    return out
+
+
+def _replace(query: RetentionQuery, **changes: Any) -> RetentionQuery:
+    from dataclasses import replace
+
+    return replace(query, **changes)

@@ -1,0 +1,164 @@
+"""Insights summaries: per user, what they did when, compact enough to count a million users
+in seconds (``nudge.kernels.insights`` reads them).
+
+- ``insights``: user id -> the user's entries, ``ENTRY`` records of 12 bytes each
+  (``hour`` u4: event time in whole hours since the epoch; ``key`` u2: the entry's key;
+  ``count`` u2; ``amount`` f4: the sum of the events' ``amount`` property). Ingest appends
+  one entry per event (no read-modify-write of a decoded record: appending bytes is what
+  keeps ingest cheap); when a user's entry count crosses a power of two (from
+  ``COMPACT_FROM``) the record is compacted: entries of one key on one day (24-hour
+  periods from the first entry) merge into one, and entries ``HORIZON_DAYS`` or more after
+  the first are dropped. Doubling thresholds keep compaction amortised O(1) per event
+  even for a user whose record does not shrink. A compacted entry sits at the start of its
+  day; an event arriving later but stamped *before* the user's first entry moves day 0,
+  so merged entries may then land one day off (a back-dated first event after weeks of
+  history: rare, and documented).
+- in ``meta``: ``insights/key/<name>`` -> the key's id (u2), ``insights/next_key`` -> the
+  next free id. A name is an event type (``loan_simulated``) or, for an event carrying a
+  ``step`` string, its abandoned flow step as JSON ``["flow_abandoned", flow, step]``.
+  Key 0 is ``(other)``: every name after the first ``MAX_KEYS - 1`` shares it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import lmdb
+import numpy as np
+import orjson
+
+NAME = "insights"
+META = "meta"
+KEY_PREFIX = b"insights/key/"
+NEXT_KEY = b"insights/next_key"
+OTHER_KEY = 0
+OTHER_NAME = "(other)"
+MAX_KEYS = 4096
+HORIZON_DAYS = 400
+COMPACT_FROM = 64
+ENTRY = np.dtype([("hour", "<u4"), ("key", "<u2"), ("count", "<u2"), ("amount", "<f4")])
+ENTRY_STRUCT = struct.Struct("<IHHf")
+ENTRY_BYTES = ENTRY.itemsize
+MAX_COUNT = 65_535
+
+Dbs = Mapping[str, Any]
+
+
+def flow_key_name(event_type: str, flow: str, step: str) -> str:
+    """The registry name of an abandoned flow step (JSON: never a valid type name)."""
+    return orjson.dumps([event_type, flow, step]).decode()
+
+
+def parse_key_name(name: str) -> tuple[str, str, str] | None:
+    """(type, flow, step) of a flow step key name; None for an event type."""
+    if not name.startswith("["):
+        return None
+    event_type, flow, step = orjson.loads(name)
+    return str(event_type), str(flow), str(step)
+
+
+def key_ids(txn: lmdb.Transaction, dbs: Dbs) -> dict[str, int]:
+    """Every registered name -> its id (``(other)`` included)."""
+    out = {OTHER_NAME: OTHER_KEY}
+    cursor = txn.cursor(db=dbs[META])
+    if cursor.set_range(KEY_PREFIX):
+        for raw_key, value in cursor:
+            key = bytes(raw_key)
+            if not key.startswith(KEY_PREFIX):
+                break
+            out[key[len(KEY_PREFIX):].decode()] = int.from_bytes(bytes(value), "little")
+    return out
+
+
+def key_id(txn: lmdb.Transaction, dbs: Dbs, name: str) -> int | None:
+    raw = txn.get(KEY_PREFIX + name.encode(), db=dbs[META])
+    return None if raw is None else int.from_bytes(bytes(raw), "little")
+
+
+def register_key(txn: lmdb.Transaction, dbs: Dbs, name: str) -> int:
+    """The name's id, giving it the next free one (``OTHER_KEY`` once the registry is
+    full). Inside the write transaction: ids taken by an aborted one are free again."""
+    found = key_id(txn, dbs, name)
+    if found is not None:
+        return found
+    raw = txn.get(NEXT_KEY, db=dbs[META])
+    next_id = 1 if raw is None else int.from_bytes(bytes(raw), "little")
+    if next_id >= MAX_KEYS:
+        return OTHER_KEY
+    txn.put(KEY_PREFIX + name.encode(), next_id.to_bytes(2, "little"), db=dbs[META])
+    txn.put(NEXT_KEY, (next_id + 1).to_bytes(2, "little"), db=dbs[META])
+    return next_id
+
+
+def pack_entry(hour: int, key: int, amount: float) -> bytes:
+    """One event's entry (``amount`` NaN when the event has none: stored as 0)."""
+    return ENTRY_STRUCT.pack(hour, key, 1, 0.0 if amount != amount else amount)
+
+
+def append(txn: lmdb.Transaction, dbs: Dbs, user_id: str, entries: bytes) -> None:
+    """Append packed entries to the user's summary (compacting when it crossed a power of
+    two entries)."""
+    db = dbs[NAME]
+    key = user_id.encode()
+    old = txn.get(key, db=db)
+    if old is None:
+        txn.put(key, entries, db=db)
+        return
+    before = len(old) // ENTRY_BYTES
+    after = before + len(entries) // ENTRY_BYTES
+    raw = bytes(old) + entries
+    if after >= COMPACT_FROM and after.bit_length() > before.bit_length():
+        raw = compact(raw)
+    txn.put(key, raw, db=db)
+
+
+def compact(raw: bytes) -> bytes:
+    """Merge entries of one key on one day, drop those past ``HORIZON_DAYS``."""
+    e = np.frombuffer(raw, ENTRY)
+    if e.size == 0:
+        return raw
+    first = int(e["hour"].min())
+    day = (e["hour"].astype(np.int64) - first) // 24
+    keep = day < HORIZON_DAYS
+    day, keys = day[keep], e["key"][keep].astype(np.int64)
+    cell = day * (1 << 16) + keys
+    cells, inverse = np.unique(cell, return_inverse=True)
+    counts = np.bincount(inverse, weights=e["count"][keep].astype(np.float64))
+    amounts = np.bincount(inverse, weights=e["amount"][keep].astype(np.float64))
+    out = np.empty(cells.size, ENTRY)
+    out["hour"] = first + (cells >> 16) * 24
+    out["key"] = cells & 0xFFFF
+    out["count"] = np.minimum(counts, MAX_COUNT)
+    out["amount"] = amounts
+    return out.tobytes()
+
+
+def entries(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> np.ndarray:
+    """The user's entries (a copy), empty when none."""
+    raw = txn.get(user_id.encode(), db=dbs[NAME]) if NAME in dbs else None
+    return np.frombuffer(bytes(raw) if raw is not None else b"", ENTRY).copy()
+
+
+def delete(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> bool:
+    return bool(txn.delete(user_id.encode(), db=dbs[NAME]))
+
+
+def scan(txn: lmdb.Transaction, dbs: Dbs) -> tuple[np.ndarray, np.ndarray]:
+    """Every user's entries: ``(offsets, entries)``, user ``u`` owning
+    ``entries[offsets[u]:offsets[u + 1]]`` (users in key order)."""
+    if NAME not in dbs:
+        return np.zeros(1, np.int64), np.empty(0, ENTRY)
+    values = list(txn.cursor(db=dbs[NAME]).iternext(keys=False, values=True))
+    lengths = np.fromiter((len(v) for v in values), np.int64, len(values))
+    offsets = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(lengths // ENTRY_BYTES, out=offsets[1:])
+    return offsets, np.frombuffer(b"".join(values), ENTRY)
+
+
+def user_ids(txn: lmdb.Transaction, dbs: Dbs) -> Iterator[str]:
+    """Users in the same order as ``scan``."""
+    if NAME in dbs:
+        for raw in txn.cursor(db=dbs[NAME]).iternext(keys=True, values=False):
+            yield bytes(raw).decode()
