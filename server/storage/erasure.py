@@ -3,10 +3,11 @@
 Deleted: the state record and profile, the logged events and their seen ids, the risk
 baseline and held time, the insights summary, scored transactions, contacts, deliveries
 (with their outbox and user indexes), recorded triggers, open decisions and their
-deadlines. Kept, pseudonymised: decision records (the audit trail and the learner's
-input) — their user id becomes ``erased_`` + an HMAC-SHA256 of it under a random key made
-for this erasure and never stored, so the records of one erased user still group together but nothing (not the
-server's ``pseudonymize_key``, not the raw id) links them back. An open decision is closed
+deadlines. Kept, pseudonymised: decision records (the audit trail and the learner's input)
+— their user id becomes ``erased_`` + an HMAC-SHA256 of it under a random key made for
+this erasure and never stored, so the records of one erased user still group together but
+nothing (not the server's ``pseudonymize_key``, not the raw id) links them back. An open
+decision is closed
 (``final``): nothing will be attributed to a user who is gone.
 
 Scored transactions are keyed by user, so the write job finds them all by prefix. The
