@@ -7,8 +7,7 @@ deadlines. Kept, pseudonymised: decision records (the audit trail and the learne
 — their user id becomes ``erased_`` + an HMAC-SHA256 of it under a random key made for
 this erasure and never stored, so the records of one erased user still group together but
 nothing (not the server's ``pseudonymize_key``, not the raw id) links them back. An open
-decision is closed
-(``final``): nothing will be attributed to a user who is gone.
+decision is closed (``final``): nothing will be attributed to a user who is gone.
 
 Scored transactions are keyed by user, so the write job finds them all by prefix. The
 event log and decisions have no index by user: they are scanned in a read transaction
