@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -176,8 +177,9 @@ def generate(name: str, seed: int, spec: WorldSpec | None = None) -> World:
     decoy_f = len(spec.churn_flows)
     counts, times = early(spec.decoy_flow[2] * lam, 14)
     add(np.repeat(all_users, counts), FLOW_EVENT, times, flow=decoy_f)
-    hit = np.flatnonzero(rng.random(n) < spec.noise_flow[2])
-    add(hit, FLOW_EVENT, first[hit] + rng.uniform(0, 14 * DAY, hit.size), flow=decoy_f + 1)
+    noisy = np.flatnonzero(rng.random(n) < spec.noise_flow[2])
+    add(noisy, FLOW_EVENT, first[noisy] + rng.uniform(0, 14 * DAY, noisy.size),
+        flow=decoy_f + 1)
     p = np.clip(p, 0.01, 0.97)
     retained = rng.random(n) < p
     # Later activity: retained users through some day past 90 (one event in 60-90 at
@@ -188,8 +190,8 @@ def generate(name: str, seed: int, spec: WorldSpec | None = None) -> World:
     users = np.repeat(all_users, later)
     times = first[users] + rng.uniform(7, last_day[users]) * DAY
     add(users, "app_opened", times)
-    r = np.flatnonzero(retained)
-    add(r, "app_opened", first[r] + rng.uniform(60, 90, r.size) * DAY)
+    stay = np.flatnonzero(retained)
+    add(stay, "app_opened", first[stay] + rng.uniform(60, 90, stay.size) * DAY)
     # Value: loans over days 7-90 while active.
     vd = spec.value_driver
     loans = rng.poisson((spec.value_loans[0] + spec.value_loans[1] * reached[vd.event_type])
@@ -247,3 +249,25 @@ def summary_entries(world: World) -> tuple[np.ndarray, np.ndarray, dict[str, int
     offsets = np.zeros(world.spec.users + 1, np.int64)
     np.cumsum(np.bincount(users, minlength=world.spec.users), out=offsets[1:])
     return offsets, entries, ids
+
+
+def world_events(world: World, batch: int = 5_000) -> Iterator[list[Any]]:
+    """The world's events as Track messages (back-dated ``time``; ``amount`` as a number,
+    ``flow`` and ``step`` as strings), in time order, ``batch`` at a time."""
+    from nudge.v1 import event_pb2
+
+    out: list[Any] = []
+    for i, event_type, t, amount, flow in world.events():
+        ev = event_pb2.Event(event_id=f"e{i}", user_id=world.user_id(int(world.user[i])),
+                             type=event_type)
+        ev.time.FromNanoseconds(round(t * 1e9))
+        if amount == amount:
+            ev.numbers["amount"] = amount
+        if flow is not None:
+            ev.strings["flow"], ev.strings["step"] = flow
+        out.append(ev)
+        if len(out) >= batch:
+            yield out
+            out = []
+    if out:
+        yield out

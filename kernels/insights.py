@@ -26,6 +26,8 @@ Two kernels:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit, types
 
@@ -179,7 +181,7 @@ def threshold_tables(
     offsets: np.ndarray, hours: np.ndarray, keys: np.ndarray, counts: np.ndarray,
     first: np.ndarray, outcome: np.ndarray, candidate: np.ndarray, activity: np.ndarray,
     selected: np.ndarray, early_days: int, max_k: int, count_edges: np.ndarray,
-) -> tuple[np.ndarray, ...]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The 2x2 tables of every candidate x threshold x early-activity stratum.
 
     ``candidate[key]`` is the key's row in the result (-1: not a candidate; its events
@@ -221,7 +223,7 @@ def threshold_tables(
     )
 
 
-def _entries(offsets, hours, keys, counts, amounts):  # type: ignore[no-untyped-def]
+def _entries(offsets: Any, hours: Any, keys: Any, counts: Any, amounts: Any) -> tuple[Any, ...]:
     offsets = jit.readonly(jit.typed_array(offsets, "offsets", np.int64, 1, cast_int=True))
     if offsets.size < 1 or offsets[0] != 0 or (np.diff(offsets) < 0).any():
         raise ValueError("offsets: must start at 0 and never decrease")

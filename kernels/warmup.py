@@ -15,6 +15,7 @@ KERNEL_MODULES = (
     "nudge.kernels.rng",
     "nudge.kernels.policy",
     "nudge.kernels.contributions",
+    "nudge.kernels.insights",
 )
 
 

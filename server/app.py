@@ -41,6 +41,7 @@ from nudge.server.rpc.decision_service import DecisionServicer
 from nudge.server.rpc.delivery_service import DeliveryServicer
 from nudge.server.rpc.diagnostics_service import DiagnosticsServicer, ServerInfo
 from nudge.server.rpc.forwarding import FindByIdInterceptor, ForwardingInterceptor
+from nudge.server.rpc.insights_service import InsightsServicer
 from nudge.server.rpc.metrics import Metrics, add_cluster_gauges, start_metrics_server
 from nudge.server.rpc.overload import (
     ConcurrencyLimiter,
@@ -59,6 +60,7 @@ from nudge.server.rpc.tls import (
     server_credentials,
 )
 from nudge.server.storage.ingest import EventWriter
+from nudge.server.storage.insights_summary import InsightsSummary
 from nudge.server.storage.retention import Retention, RetentionPolicy
 from nudge.server.storage.store import Store
 from nudge.v1 import (
@@ -70,6 +72,8 @@ from nudge.v1 import (
     delivery_service_pb2_grpc,
     diagnostics_service_pb2,
     diagnostics_service_pb2_grpc,
+    insights_service_pb2,
+    insights_service_pb2_grpc,
     risk_service_pb2,
     risk_service_pb2_grpc,
 )
@@ -84,6 +88,7 @@ SERVICE_NAMES = tuple(
         (delivery_service_pb2, "DeliveryService"),
         (diagnostics_service_pb2, "DiagnosticsService"),
         (admin_service_pb2, "AdminService"),
+        (insights_service_pb2, "InsightsService"),
     )
 )
 # Largest request (and reply) message: 10,000 events of ordinary size fit many times over.
@@ -259,6 +264,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     store = Store(config.data_dir, map_size=config.map_size, max_map_size=config.max_map_size,
                   shared=config.shared_store)
     writer = EventWriter(store, config.half_life_seconds, config.max_batch_events)
+    writer.add_event_hook(InsightsSummary(store))
     _name_event_types(writer, campaigns)
     readiness = Readiness()
     metrics = Metrics() if config.metrics_port is not None else None
@@ -347,6 +353,9 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         AdminServicer(lambda user_id: erase(decisions, risk_engine, user_id), readiness,
                       pseudonyms, writer),
         server,
+    )
+    insights_service_pb2_grpc.add_InsightsServiceServicer_to_server(
+        InsightsServicer(store, clock, readiness), server
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     for name in ("", *SERVICE_NAMES):

@@ -84,7 +84,7 @@ def add_commands(sub: Any) -> None:
     create = token_sub.add_parser("create", help="create a token and print it once")
     create.add_argument("--name", required=True, help="who holds it, e.g. fraud-engine")
     create.add_argument("--scopes", required=True,
-                        help="comma-separated: track, decide, risk, deliveries, admin")
+                        help="comma-separated: track, decide, risk, deliveries, insights, admin")
     revoke = token_sub.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id")
     token_sub.add_parser("list", help="list tokens (never their secrets)")

@@ -42,6 +42,7 @@ import lmdb
 import numpy as np
 
 from nudge.kernels import insights as kernels
+from nudge.server.errors import InvalidArgument
 from nudge.server.storage.tables import insights as table
 
 # Event-count bins of the early-activity strata: log-spaced (one more event matters at 3,
@@ -56,13 +57,8 @@ MIN_USERS = 30
 HOUR = 3600
 
 
-class InsightsError(ValueError):
-    """A request the insights cannot answer; ``field`` names the request field."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.message = message
+class InsightsError(InvalidArgument):
+    """A request the insights cannot answer: INVALID_ARGUMENT naming the field."""
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from nudge.server.rpc.handlers import wrap_behaviour
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("track", "decide", "risk", "deliveries", "admin")
+SCOPES = ("track", "decide", "risk", "deliveries", "insights", "admin")
 ADMIN = "admin"
 TOKEN_PREFIX = "nudge"
 _FILE_VERSION = 1
@@ -55,6 +55,8 @@ METHOD_SCOPES: dict[str, str] = {
     "/nudge.v1.DecisionService/GetUser": ADMIN,
     "/nudge.v1.RiskService/": "risk",
     "/nudge.v1.DeliveryService/": "deliveries",
+    # Aggregates over every user (no one user's data): product analysts, not the SDK.
+    "/nudge.v1.InsightsService/": "insights",
     "/nudge.v1.DiagnosticsService/GetServerInfo": ADMIN,
     "/nudge.v1.AdminService/": ADMIN,
 }
