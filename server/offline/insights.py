@@ -22,13 +22,17 @@ Greenland & Robins 1985), so the whole event × threshold grid is a few array op
 over counts the Numba kernel made. It answers on the risk-difference scale: "+12 points of
 retention", the scale a product team reads and the scale planted effects are stated in.
 
-Each event's threshold k is the one whose effect has the highest lower 95% bound (the
-threshold we are most sure adds at least that much: a higher k has fewer users and a wider
-interval, a lower one dilutes the effect with users below the inflection); events rank by
-that bound too. Every event × threshold tried gets a two-sided p-value (normal
-approximation), and Benjamini–Hochberg q-values are computed over all of them. A
-comparison with fewer than ``min_users`` users on either side is not tested and never
-ranked: an event none of whose thresholds qualify is reported under ``underpowered``.
+Each event's threshold k is its most significant one (largest RD / SE): below the
+inflection the reached group is diluted with users who do not get the effect; above it the
+effect stays about the same but fewer users reach it, so the interval widens. (Taking the
+largest lower bound instead let a small group's noise pick a far-too-high k in 4 of 20
+development runs, seeds 1-5 of every world of ``bench/insight_worlds.py``; the bench
+reports seeds never used in development.) Events rank by the lower 95% bound of their
+effect at that threshold: the effect we are most sure of first. Every event × threshold
+tried gets a two-sided p-value (normal approximation), and Benjamini–Hochberg q-values are
+computed over all of them. A comparison with fewer than ``min_users`` users on either side
+is not tested and never ranked: an event none of whose thresholds qualify is reported
+under ``underpowered``.
 """
 
 from __future__ import annotations
@@ -133,7 +137,7 @@ class RetentionQuery:
 @dataclass(frozen=True)
 class ChurnQuery:
     cohort: Cohort
-    early_days: int = 30
+    early_days: int = 14
     retained_from_day: int = 60
     retained_to_day: int = 90
     flow_event_type: str = "flow_abandoned"
@@ -312,14 +316,15 @@ def _drivers(pop: Population, est: Estimates, keys: list[int], name_of: Any,
     q = benjamini_hochberg(np.where(est.tested, est.p, np.nan))
     ranked: list[Driver] = []
     underpowered: list[Driver] = []
-    low = np.where(est.tested, est.ci_low, -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(est.tested, est.rd / est.se, -np.inf)
     for row, key in enumerate(keys):
         if not est.tested[row].any():
             k = int(np.argmax(est.n1[row] > 0)) if est.n1[row].any() else -1
             if k >= 0:
                 underpowered.append(_driver(name_of(key), key, est, row, k, q, tested=False))
             continue
-        k = int(np.argmax(low[row]))
+        k = int(np.argmax(z[row]))
         ranked.append(_driver(name_of(key), key, est, row, k, q, tested=True))
     ranked.sort(key=lambda d: -d.ci_low)
     return ranked, underpowered, int(est.tested.sum())
@@ -348,8 +353,10 @@ def _pts(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
-def retention_drivers(pop: Population, query: RetentionQuery) -> Findings:
-    """Which early behaviours add month-3 retention beyond activity (see module doc)."""
+def _retention_estimates(
+    pop: Population, query: RetentionQuery,
+) -> tuple[Estimates, list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """(estimates, candidate keys, judged users, too young users, retained per user)."""
     _check_window(query.early_days, query.retained_from_day, query.retained_to_day)
     if query.max_threshold < 1 or query.max_threshold > 100:
         raise InsightsError("max_threshold", "must be 1-100")
@@ -366,7 +373,12 @@ def retention_drivers(pop: Population, query: RetentionQuery) -> Findings:
     tables = kernels.threshold_tables(
         pop.offsets, pop.hours, pop.keys, pop.counts, first, retained, candidate, activity,
         judged, query.early_days, query.max_threshold, COUNT_EDGES)
-    est = mantel_haenszel(*tables, query.min_users)
+    return mantel_haenszel(*tables, query.min_users), keys, judged, young, retained
+
+
+def retention_drivers(pop: Population, query: RetentionQuery) -> Findings:
+    """Which early behaviours add month-3 retention beyond activity (see module doc)."""
+    est, keys, judged, young, retained = _retention_estimates(pop, query)
     drivers, underpowered, tested = _drivers(pop, est, keys, lambda k: pop.names[k])
     window = f"day {query.retained_from_day}-{query.retained_to_day}"
     for d in drivers + underpowered:
@@ -374,6 +386,19 @@ def retention_drivers(pop: Population, query: RetentionQuery) -> Findings:
     rate = float(retained[judged].mean()) if judged.size else math.nan
     return Findings(int(judged.size + young.size), int(judged.size), int(young.size), rate,
                     drivers[: query.max_drivers], underpowered, tested)
+
+
+def retention_effect(pop: Population, query: RetentionQuery, event_type: str,
+                     min_count: int) -> tuple[float, float, float]:
+    """(adjusted lift, CI low, CI high) of one event at one threshold (NaN: untested)."""
+    est, keys, *_ = _retention_estimates(
+        pop, _replace(query, max_threshold=max(query.max_threshold, min_count)))
+    if event_type not in pop.names or pop.names.index(event_type) not in keys:
+        return (math.nan, math.nan, math.nan)
+    row, k = keys.index(pop.names.index(event_type)), min_count - 1
+    if not est.tested[row, k]:
+        return (math.nan, math.nan, math.nan)
+    return (float(est.rd[row, k]), float(est.ci_low[row, k]), float(est.ci_high[row, k]))
 
 
 def _retention_text(d: Driver, early_days: int, window: str) -> str:
