@@ -14,6 +14,8 @@ and returns a plain dict, which :mod:`nudge.bench.report` prints and writes. Sec
 - ``peers``    Vowpal Wabbit, MABWiser, River (optional ``bench`` extra) beside nudge
 - ``startup``  process start → SERVING with a cold and a warm Numba cache
 - ``storage``  bytes the store holds per user, one event for each of 1,000,000 new users
+- ``insights`` RetentionDrivers over 1M users / 30M events, the ingest cost of the
+               insights summary, planted-truth quality (bench/insights_bench.py)
 - ``all``      every section above
 - ``faults``   kill -9 in a loop, 100 rounds (not part of ``all``; see bench/faults.py);
                ``--cluster``: SIGKILL nudge nodes and NATS servers (bench/cluster_faults.py)
@@ -41,6 +43,8 @@ from typing import Any
 
 from nudge.bench import budgets as budgets_mod
 from nudge.bench.ingest import IngestConfig
+from nudge.bench.insights_bench import InsightsConfig
+from nudge.bench.insights_bench import quick as insights_quick
 from nudge.bench.kernels_bench import KernelsConfig
 from nudge.bench.learning import LearningConfig
 from nudge.bench.open_loop import OpenLoopConfig
@@ -50,7 +54,8 @@ from nudge.bench.rpc_floor import RpcConfig
 from nudge.bench.startup import StartupConfig
 from nudge.bench.storage import StorageConfig
 
-SECTIONS = ("kernels", "quality", "learning", "rpc", "peers", "startup", "storage", "ingest")
+SECTIONS = ("kernels", "quality", "learning", "rpc", "peers", "startup", "storage", "ingest",
+            "insights")
 DEFAULT_OUT = Path("bench/reports")
 
 
@@ -67,6 +72,7 @@ class BenchConfig:
     startup: StartupConfig = field(default_factory=StartupConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    insights: InsightsConfig = field(default_factory=InsightsConfig)
     write_reports: bool = True
     command: str = "nudge bench"
     profile: bool = False  # rpc: profile the handlers; .prof files go beside the report
@@ -76,6 +82,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
     """Run the chosen sections; a failing section is recorded and the others still run."""
     from nudge.bench import (
         ingest,
+        insights_bench,
         kernels_bench,
         learning,
         peers,
@@ -95,6 +102,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
         "startup": lambda: startup.run(config.startup, progress),
         "storage": lambda: storage.run(config.storage, progress),
         "ingest": lambda: ingest.run(config.ingest, progress),
+        "insights": lambda: insights_bench.run(config.insights, progress),
     }
     budgets = budgets_mod.load(config.budgets_path)
     started = datetime.now(UTC).astimezone()
@@ -182,6 +190,12 @@ def _parser() -> argparse.ArgumentParser:
     ig.add_argument("--ingest-users", type=int,
                     help="new users streamed through TrackStream, one event each (1,000,000)")
     ig.add_argument("--ingest-kinds", nargs="+", choices=("bare", "rich"))
+    ins = common.add_argument_group("insights")
+    ins.add_argument("--insights-users", type=int, help="users in the speed run (1,000,000)")
+    ins.add_argument("--insights-events", type=int, help="events in the speed run (30,000,000)")
+    ins.add_argument("--insights-seeds", type=int, help="planted-truth seeds per world (10)")
+    ins.add_argument("--no-insights-track", action="store_true",
+                     help="skip feeding one seed per world through a server's Track")
 
     parser = argparse.ArgumentParser(prog="nudge bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,6 +208,8 @@ def _parser() -> argparse.ArgumentParser:
              "startup": "process start to SERVING, cold and warm Numba cache",
              "storage": "bytes per user in the store at 1M users (about 2 minutes)",
              "ingest": "TrackStream, one event per new user (1M), vs raw LMDB commits",
+             "insights": "RetentionDrivers at 1M users / 30M events, ingest cost, planted "
+                         "truth (about 4 minutes)",
              "all": "every section (5-6 minutes on the 2-core reference box)"}
     for name, text in helps.items():
         sub.add_parser(name, parents=[common], help=text, description=text)
@@ -261,11 +277,18 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     ingest = IngestConfig(users=20_000 if q else 200_000 if args.section == "all"
                           else IngestConfig().users)
     ingest = _set(ingest, users=args.ingest_users, kinds=_tuple(args.ingest_kinds))
+    insights = insights_quick(InsightsConfig()) if q else InsightsConfig()
+    insights = _set(insights, users=args.insights_users, events=args.insights_events,
+                    seeds=None if args.insights_seeds is None
+                    else tuple(range(11, 11 + args.insights_seeds)))
+    if args.no_insights_track:
+        insights = replace(insights, track=False)
     sections = SECTIONS if args.section == "all" else (args.section,)
     return BenchConfig(sections=sections, out=args.out, budgets_path=args.budgets,
                        profile=args.profile,
                        kernels=kernels, quality=quality, learning=learning, rpc=rpc, peers=peers,
                        startup=startup, storage=storage, ingest=ingest,
+                       insights=insights,
                        write_reports=not args.no_report,
                        command="nudge bench " + " ".join(args.argv))
 

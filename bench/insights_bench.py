@@ -44,8 +44,9 @@ class InsightsConfig:
     ingest_events_per_user: int = 10
     ingest_rounds: int = 3
     worlds: tuple[str, ...] = tuple(worlds.WORLDS)
-    seeds: tuple[int, ...] = tuple(range(1, 11))
-    track_seed: int = 1  # the seed fed through Track (0 was the tuning seed)
+    # Seeds never looked at in development (0 tuned, 1-5 inspected): reported as found.
+    seeds: tuple[int, ...] = tuple(range(11, 21))
+    track_seed: int = 11  # the seed fed through Track
     track: bool = True
     speed: bool = True
 
@@ -266,27 +267,40 @@ def speed(config: InsightsConfig, progress: Callable[[str], None]) -> dict[str, 
         progress(f"insights speed: writing {config.users:,} summaries, "
                  f"{config.events:,} events")
         build_s = synthetic_store(Path(tmp) / "data", config.users, config.events)
-        times: list[tuple[float, float]] = []
+        times: list[tuple[float, float, float]] = []
         found = None
+        # One long-lived environment, as the server has: the first query pays the page
+        # faults of mapping the table, the repeats show a warm server.
         with ReadOnlyStore(Path(tmp) / "data") as store:
             for i in range(config.query_repeats):
                 progress(f"insights speed: RetentionDrivers {i + 1}/{config.query_repeats}")
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 with store.read() as txn:
                     pop = insights.load_population(txn, store.dbs)
                 t1 = time.perf_counter()
                 found = insights.retention_drivers(pop, insights.RetentionQuery(
                     insights.Cohort(None, None, time.time())))
-                times.append((t1 - t0, time.perf_counter() - t1))
+                times.append((t1 - t0, time.perf_counter() - t1, time.process_time() - c0))
                 del pop
-    total = [a + b for a, b in times]
+    total = [a + b for a, b, _ in times]
     best = int(np.argmin(total))
     assert found is not None
     return {"users": config.users, "events": config.events, "build_s": build_s,
             "retention_drivers_s": total[best], "read_s": times[best][0],
-            "count_and_estimate_s": times[best][1], "runs_s": total,
+            "count_and_estimate_s": times[best][1], "cpu_s": times[best][2],
+            "runs_s": total, "load_average": list(_load()),
             "judged_users": found.judged_users, "tested": found.tested,
-            "metrics": {"insights.retention_drivers_1m_s": total[best]}}
+            # The budget is stated at 1M users / 30M events: smaller runs are reported, not
+            # judged against it.
+            "metrics": {"insights.retention_drivers_1m_s": total[best],
+                        "insights.retention_drivers_1m_cpu_s": times[best][2]}
+            if config.users >= 1_000_000 and config.events >= 30_000_000 else {}}
+
+
+def _load() -> tuple[float, float, float]:
+    import os
+
+    return os.getloadavg()
 
 
 # --------------------------------------------------------------------------- ingest
@@ -304,7 +318,8 @@ def ingest_loss(config: InsightsConfig, progress: Callable[[str], None]) -> dict
     types = ["app_opened", "balance_viewed", "pix_sent", "loan_simulated", "card_activated"]
     now = time.time()
     rates: dict[str, list[float]] = {"without": [], "with": []}
-    for r in range(config.ingest_rounds):
+    # Round -1 warms up (imports, kernels, the first store's files) and is not counted.
+    for r in range(-1, config.ingest_rounds):
         for mode in ("without", "with") if r % 2 == 0 else ("with", "without"):
             progress(f"insights ingest: round {r + 1}, {mode} the summary")
             with tempfile.TemporaryDirectory(prefix="nudge-insights-ingest-") as tmp:
@@ -328,14 +343,18 @@ def ingest_loss(config: InsightsConfig, progress: Callable[[str], None]) -> dict
                     t0 = time.perf_counter()
                     for batch in batches:
                         writer.submit(batch).result()
-                    rates[mode].append(n_events / (time.perf_counter() - t0))
+                    if r >= 0:
+                        rates[mode].append(n_events / (time.perf_counter() - t0))
                 finally:
                     writer.close()
                     store.close()
     without, with_ = float(np.median(rates["without"])), float(np.median(rates["with"]))
     loss = 1.0 - with_ / without
     return {"events_per_s_without": without, "events_per_s_with": with_, "loss": loss,
-            "rounds": rates, "metrics": {"insights.ingest_throughput_loss": loss}}
+            "rounds": rates,
+            # One round (--quick) is too noisy to judge.
+            "metrics": {"insights.ingest_throughput_loss": loss}
+            if config.ingest_rounds >= 3 else {}}
 
 
 def run(config: InsightsConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
@@ -353,8 +372,57 @@ def run(config: InsightsConfig, progress: Callable[[str], None] = lambda _: None
     return out
 
 
+def tables(section: dict[str, Any]) -> list[Any]:
+    """The section's tables for the bench report."""
+    from nudge.bench.report import Table
+
+    out = []
+    if "speed" in section:
+        s = section["speed"]
+        load = ", ".join(f"{x:.1f}" for x in s["load_average"])
+        out.append(Table(
+            f"Insights: RetentionDrivers over {s['users']:,} users, {s['events']:,} events",
+            ("part", "seconds"),
+            [("read every summary", f"{s['read_s']:.2f}"),
+             ("count (kernels) and estimate", f"{s['count_and_estimate_s']:.2f}"),
+             ("total (best of runs)", f"{s['retention_drivers_s']:.2f}"),
+             ("CPU time of that run", f"{s['cpu_s']:.2f}"),
+             ("every run", ", ".join(f"{x:.2f}" for x in s["runs_s"]))],
+            f"Summaries written directly with the table's append in {s['build_s']:.0f} s "
+            f"(not through Track); load average at the end {load}."))
+    if "ingest" in section:
+        g = section["ingest"]
+        out.append(Table("Insights: ingest cost of the summary (EventWriter, interleaved)",
+                         ("", "events/s"),
+                         [("without the summary", f"{g['events_per_s_without']:,.0f}"),
+                          ("with the summary", f"{g['events_per_s_with']:,.0f}"),
+                          ("throughput lost", f"{100 * g['loss']:.1f}%")]))
+    if "quality" in section:
+        q = section["quality"]
+        rows = [(name, f"{w['recall_top5']:.2f}", f"{w['precision_top5']:.2f}",
+                 str(w["decoys_above_true"]), f"{w['churn_flows_first']:.2f}",
+                 f"{w['value_driver_first']:.2f}", f"{w['coverage']:.2f}",
+                 f"{w['raw_best_decoy_rank'] + 1:.1f}", str(w["seeds"]))
+                for name, w in q["worlds"].items()]
+        rows += [(f"{t['world']} seed {t['seed']} via Track", f"{t['recall_top5']:.2f}",
+                  f"{t['precision_top5']:.2f}", str(t["decoys_above_true"]),
+                  f"{float(t['churn_flows_first']):.2f}", f"{float(t['value_driver_first']):.2f}",
+                  "-", f"{t['raw_rank_of_decoy'] + 1}", "1") for t in q["tracked"]]
+        out.append(Table(
+            "Insights: planted truth (bench/insight_worlds.py)",
+            ("world", "recall top 5", "precision top 5", "decoys above a true driver",
+             "churn flows first", "value driver first", "CI coverage",
+             "best decoy by raw lift", "seeds"), rows,
+            "recall: planted drivers of >= +10 points in the top 5 at their threshold ±1; "
+            "precision: planted drivers (any size) among the top 5; CI coverage: the 95% "
+            "interval at the planted threshold covers the planted effect; raw lift: where "
+            "Compass's unadjusted view would rank the best decoy (1 = first)."))
+    return out
+
+
 QUICK = InsightsConfig(users=50_000, events=1_500_000, query_repeats=1, ingest_users=2_000,
-                       ingest_rounds=1, seeds=(1,), worlds=("baseline", "entangled"))
+                       ingest_rounds=1, seeds=(11,), worlds=("baseline", "entangled"),
+                       track_seed=11)
 
 
 def quick(config: InsightsConfig) -> InsightsConfig:
