@@ -271,3 +271,25 @@ def world_events(world: World, batch: int = 5_000) -> Iterator[list[Any]]:
             out = []
     if out:
         yield out
+
+
+def write_store(world: World, path: Any) -> None:
+    """A real store holding the world's summaries (written with the table's own functions:
+    the ingest path itself is tested against ``summary_entries`` in tests/server/rpc)."""
+    from nudge.server.storage.store import Store
+    from nudge.server.storage.tables import insights as table
+
+    offsets, entries, ids = summary_entries(world)
+    store = Store(path, map_size=1 << 28)
+    try:
+        with store.env.begin(write=True) as txn:
+            by_id = sorted((k, n) for n, k in ids.items() if k != table.OTHER_KEY)
+            for key, name in by_id:
+                assert table.register_key(txn, store.dbs, name) == key
+            raw = entries.tobytes()
+            eb = table.ENTRY_BYTES
+            for u in range(world.spec.users):
+                table.append(txn, store.dbs, world.user_id(u),
+                             raw[offsets[u] * eb:offsets[u + 1] * eb])
+    finally:
+        store.close()
