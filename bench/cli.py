@@ -263,7 +263,8 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
                  risk_users=args.risk_users)
     quality = (QualityConfig(customers=200, seeds=(1,), policy_decisions=5_000,
                              with_river=False, worlds_decisions=300,
-                             worlds=("dense", "nothing"))
+                             worlds=("dense", "nothing"), insights_seeds=(11,),
+                             insights_track=False)
                if q else QualityConfig())
     learning = LearningConfig(decisions=1_500, obp_draws=1_000) if q else LearningConfig()
     startup = StartupConfig(cold=not (q or args.no_cold), warm_runs=1 if q else 2)

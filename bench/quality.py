@@ -52,6 +52,10 @@ class QualityConfig:
     worlds_decisions: int = 30_000
     worlds_seed: int = 1
     worlds: tuple[str, ...] = ("types", "dense", "sparse", "misspecified", "drift", "nothing")
+    # The insights' planted-truth worlds (bench/insight_worlds.py): seeds per world, and
+    # whether one seed per world also goes through a real server's Track.
+    insights_seeds: tuple[int, ...] = tuple(range(11, 21))
+    insights_track: bool = True
 
 
 def _drift(weekly: list[float], warmup_days: float) -> float:
@@ -159,9 +163,23 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
                           "ratio_to_oracle": sim.ratio}
         metrics[f"quality.policy_{mode}.ratio_to_oracle"] = sim.ratio
     worlds = _worlds(config, progress, metrics)
-    return {"worlds": worlds,
+    found = _insights(config, progress, metrics)
+    return {"worlds": worlds, **found,
             "risk": {"regimes": rows, "river_customers": config.river_customers},
             "policy": policies, "metrics": metrics}
+
+
+def _insights(config: QualityConfig, progress: Callable[[str], None],
+              metrics: dict[str, float]) -> dict:
+    """The insights on their planted-truth worlds (bench/insights_bench.py)."""
+    if not config.insights_seeds:
+        return {}
+    from nudge.bench import insights_bench
+
+    found = insights_bench.quality(insights_bench.InsightsConfig(
+        seeds=config.insights_seeds, track=config.insights_track), progress)
+    metrics.update(found.pop("metrics"))
+    return {"insights": found}
 
 
 def _worlds(config: QualityConfig, progress: Callable[[str], None],

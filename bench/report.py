@@ -277,10 +277,12 @@ def tables(result: dict) -> list[Table]:
             "values put by a plain loop into a fresh LMDB, fsync'd in commits as large as "
             "the server's mean commit. bare = an app event with no properties; rich = a "
             "time zone, a consent and two properties (the profile is written too)."))
-    if "insights" in sec:
+    if "insights" in sec or "insights" in sec.get("quality", {}):
         from nudge.bench.insights_bench import tables as insights_tables
 
-        out += insights_tables(sec["insights"])
+        out += insights_tables({**sec.get("insights", {}),
+                                **({"quality": sec["quality"]["insights"]}
+                                   if "insights" in sec.get("quality", {}) else {})})
     rows = [(v["name"], ("≤ " + _g(v["max"])) if v["max"] is not None else "≥ " + _g(v["min"]),
              _g(v["value"]) if v["value"] is not None else "-", v["status"], v["issue"])
             for v in result["budgets"]]
