@@ -40,7 +40,7 @@ class InsightsConfig:
     users: int = 1_000_000
     events: int = 30_000_000
     query_repeats: int = 3
-    ingest_users: int = 20_000
+    ingest_users: int = 10_000
     ingest_events_per_user: int = 10
     ingest_rounds: int = 3
     worlds: tuple[str, ...] = tuple(worlds.WORLDS)
@@ -318,6 +318,7 @@ def ingest_loss(config: InsightsConfig, progress: Callable[[str], None]) -> dict
     types = ["app_opened", "balance_viewed", "pix_sent", "loan_simulated", "card_activated"]
     now = time.time()
     rates: dict[str, list[float]] = {"without": [], "with": []}
+    cpu_rates: dict[str, list[float]] = {"without": [], "with": []}
     # Round -1 warms up (imports, kernels, the first store's files) and is not counted.
     for r in range(-1, config.ingest_rounds):
         for mode in ("without", "with") if r % 2 == 0 else ("with", "without"):
@@ -340,18 +341,25 @@ def ingest_loss(config: InsightsConfig, progress: Callable[[str], None]) -> dict
                         batch.append(validate_event(ev, i, now))
                     batches.append(batch)
                 try:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     for batch in batches:
                         writer.submit(batch).result()
                     if r >= 0:
                         rates[mode].append(n_events / (time.perf_counter() - t0))
+                        cpu_rates[mode].append(n_events / (time.process_time() - c0))
                 finally:
                     writer.close()
                     store.close()
     without, with_ = float(np.median(rates["without"])), float(np.median(rates["with"]))
-    loss = 1.0 - with_ / without
-    return {"events_per_s_without": without, "events_per_s_with": with_, "loss": loss,
-            "rounds": rates,
+    cpu_without = float(np.median(cpu_rates["without"]))
+    cpu_with = float(np.median(cpu_rates["with"]))
+    # Judged on events per CPU second of the process: on a box shared with other jobs the
+    # wall-clock rate of identical runs swings by a third (both are reported).
+    loss = 1.0 - cpu_with / cpu_without
+    return {"events_per_s_without": without, "events_per_s_with": with_,
+            "wall_loss": 1.0 - with_ / without, "events_per_cpu_s_without": cpu_without,
+            "events_per_cpu_s_with": cpu_with, "loss": loss, "rounds": rates,
+            "cpu_rounds": cpu_rates, "load_average": list(_load()),
             # One round (--quick) is too noisy to judge.
             "metrics": {"insights.ingest_throughput_loss": loss}
             if config.ingest_rounds >= 3 else {}}
@@ -393,10 +401,16 @@ def tables(section: dict[str, Any]) -> list[Any]:
     if "ingest" in section:
         g = section["ingest"]
         out.append(Table("Insights: ingest cost of the summary (EventWriter, interleaved)",
-                         ("", "events/s"),
-                         [("without the summary", f"{g['events_per_s_without']:,.0f}"),
-                          ("with the summary", f"{g['events_per_s_with']:,.0f}"),
-                          ("throughput lost", f"{100 * g['loss']:.1f}%")]))
+                         ("", "events/s (wall)", "events per CPU second"),
+                         [("without the summary", f"{g['events_per_s_without']:,.0f}",
+                           f"{g['events_per_cpu_s_without']:,.0f}"),
+                          ("with the summary", f"{g['events_per_s_with']:,.0f}",
+                           f"{g['events_per_cpu_s_with']:,.0f}"),
+                          ("throughput lost", f"{100 * g['wall_loss']:.1f}%",
+                           f"{100 * g['loss']:.1f}%")],
+                         "Medians over interleaved rounds; the budget is judged per CPU "
+                         "second (load average at the end "
+                         + ", ".join(f"{x:.1f}" for x in g["load_average"]) + ")."))
     if "quality" in section:
         q = section["quality"]
         rows = [(name, f"{w['recall_top5']:.2f}", f"{w['precision_top5']:.2f}",
