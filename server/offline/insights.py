@@ -462,6 +462,9 @@ def value_drivers(pop: Population, query: ValueQuery) -> Findings:
         raise InsightsError("goal_event_types", "name at least one goal event type")
     if not 0.0 < query.top_fraction < 1.0:
         raise InsightsError("top_fraction", "must be in (0, 1)")
+    if not 1 <= query.value_days <= table.HORIZON_DAYS:
+        raise InsightsError("value_days", f"must be 1-{table.HORIZON_DAYS}, got "
+                            f"{query.value_days}")
     _check_window(query.early_days, 0, query.value_days)
     activity = pop.activity
     goals = pop.key_mask(query.goal_event_types)

@@ -4,6 +4,7 @@ user's insights summary, hand to ``nudge.server.offline.insights``, reply."""
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import grpc
@@ -81,6 +82,9 @@ class InsightsServicer(pb_grpc.InsightsServiceServicer):
         self.store = store
         self.clock = clock
         self.readiness = readiness
+        # One analysis at a time: each decodes every user's summary (about 1 GB at a
+        # million users); concurrent callers wait their turn instead of multiplying that.
+        self._one_at_a_time = threading.Lock()
 
     def _population(self) -> insights.Population:
         with self.store.read() as txn:
@@ -102,7 +106,8 @@ class InsightsServicer(pb_grpc.InsightsServiceServicer):
                                     insights.MAX_THRESHOLD, 100),
             min_users=_positive(request.min_users, "min_users", insights.MIN_USERS, 10**9),
         )
-        found = insights.retention_drivers(self._population(), query)
+        with self._one_at_a_time:
+            found = insights.retention_drivers(self._population(), query)
         return pb.RetentionDriversResponse(
             cohort_users=found.cohort_users, judged_users=found.judged_users,
             too_young=found.too_young, retention=_rate(found.outcome_rate),
@@ -125,7 +130,8 @@ class InsightsServicer(pb_grpc.InsightsServiceServicer):
             max_flows=_positive(request.max_flows, "max_flows", 10, 1000),
             min_users=_positive(request.min_users, "min_users", insights.MIN_USERS, 10**9),
         )
-        found = insights.churn_flows(self._population(), query)
+        with self._one_at_a_time:
+            found = insights.churn_flows(self._population(), query)
         return pb.ChurnFlowsResponse(
             cohort_users=found.cohort_users, judged_users=found.judged_users,
             too_young=found.too_young, churn_rate=_rate(found.outcome_rate),
@@ -151,7 +157,8 @@ class InsightsServicer(pb_grpc.InsightsServiceServicer):
                                     insights.MAX_THRESHOLD, 100),
             min_users=_positive(request.min_users, "min_users", insights.MIN_USERS, 10**9),
         )
-        found = insights.value_drivers(self._population(), query)
+        with self._one_at_a_time:
+            found = insights.value_drivers(self._population(), query)
         return pb.ValueDriversResponse(
             cohort_users=found.cohort_users, judged_users=found.judged_users,
             too_young=found.too_young, top_value_cut=found.extra.get("value_cut", 0.0),

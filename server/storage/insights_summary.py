@@ -64,7 +64,8 @@ class InsightsSummary:
                 flow_key = ids.get(name)
                 if flow_key is None:
                     flow_key = self._key(txn, name, new)
-                packed.append(pack(hour, flow_key, 1, 0.0))
+                if flow_key != insights.OTHER_KEY:  # a full registry: the step goes unseen
+                    packed.append(pack(hour, flow_key, 1, 0.0))
         append = insights.append
         for user_id, packed in per_user.items():
             append(txn, dbs, user_id, packed[0] if len(packed) == 1 else b"".join(packed))

@@ -87,7 +87,8 @@ def test_retention_drivers_over_grpc_match_the_direct_analysis(
         assert got.q_value == pytest.approx(want.q_value)
         assert got.text == want.text
     # The world's strongest planted driver leads even at 1,500 users (~700 judged); the
-    # planted-truth criteria proper are checked on full-size worlds (test_insights.py).
+    # planted-truth criteria proper are checked on full-size worlds
+    # (tests/server/offline/test_insights_analysis.py).
     assert reply.drivers[0].event_type in {"pix_sent", "card_activated"}
 
 
