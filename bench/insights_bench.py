@@ -137,6 +137,8 @@ def summarize(rows: list[dict[str, Any]], tracked: list[dict[str, Any]]) -> dict
             "raw_best_decoy_rank": float(np.mean([r["raw_rank_of_decoy"] for r in mine])),
         }
     all_rows = rows + tracked
+    if not all_rows:
+        return {"worlds": per_world, "tracked": tracked, "metrics": {}}
     metrics = {
         "insights.quality.recall_top5": min((r["recall_top5"] for r in all_rows), default=0.0),
         "insights.quality.precision_top5": float(np.mean([r["precision_top5"]
@@ -145,9 +147,10 @@ def summarize(rows: list[dict[str, Any]], tracked: list[dict[str, Any]]) -> dict
                                                         for r in all_rows)),
         "insights.quality.churn_flows_first": float(np.mean([r["churn_flows_first"]
                                                              for r in all_rows])),
-        "insights.quality.coverage": sum(r["covered"] for r in rows)
-        / max(sum(r["intervals"] for r in rows), 1),
     }
+    if rows:  # intervals at the planted threshold: from the direct runs
+        metrics["insights.quality.coverage"] = (sum(r["covered"] for r in rows)
+                                                / max(sum(r["intervals"] for r in rows), 1))
     return {"worlds": per_world, "tracked": tracked, "metrics": metrics}
 
 
@@ -373,7 +376,7 @@ def run(config: InsightsConfig, progress: Callable[[str], None] = lambda _: None
         metrics.update(out["speed"].pop("metrics"))
         out["ingest"] = ingest_loss(config, progress)
         metrics.update(out["ingest"].pop("metrics"))
-    if config.worlds and config.seeds:
+    if config.worlds and (config.seeds or config.track):
         out["quality"] = quality(config, progress)
         metrics.update(out["quality"].pop("metrics"))
     out["metrics"] = {k: v for k, v in metrics.items() if not math.isnan(v)}

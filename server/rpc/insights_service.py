@@ -21,10 +21,21 @@ from nudge.v1 import insights_service_pb2_grpc as pb_grpc
 MAX_TYPES = 64
 
 
+def _seconds(request: Any, name: str) -> float | None:
+    """A cohort bound: unset is None; nanos in [0, 1e9), not before 1970 (a future end is
+    fine: the cohort simply runs until now)."""
+    if not request.HasField(name):
+        return None
+    ts = getattr(request, name)
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(name, "nanos must be in [0, 1e9)")
+    if ts.seconds < 0:
+        raise InvalidArgument(name, "must not be before 1970-01-01")
+    return float(ts.seconds + ts.nanos * 1e-9)
+
+
 def _cohort(request: Any, now: float) -> insights.Cohort:
-    start = request.cohort_start.ToNanoseconds() / 1e9 if request.HasField("cohort_start") \
-        else None
-    end = request.cohort_end.ToNanoseconds() / 1e9 if request.HasField("cohort_end") else None
+    start, end = _seconds(request, "cohort_start"), _seconds(request, "cohort_end")
     if start is not None and end is not None and start >= end:
         raise InvalidArgument("cohort_start", "must be before cohort_end")
     return insights.Cohort(start, end, now)

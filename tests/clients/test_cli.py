@@ -85,6 +85,6 @@ def test_erase(server: NudgeServer, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(server, capsys, "erase", "U")
     assert code == 0
     reply = json.loads(out)
-    assert reply["deleted"] == {"users": "1", "events": "1", "seen": "1"}
+    assert reply["deleted"] == {"users": "1", "events": "1", "seen": "1", "insights": "1"}
     code, out = run(server, capsys, "user", "U")
     assert code == 1 and "NOT_FOUND" in out

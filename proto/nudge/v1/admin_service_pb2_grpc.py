@@ -61,7 +61,7 @@ class AdminServiceServicer:
     def EraseUser(self, request, context):
         """EraseUser removes everything stored about one user (right to erasure), in one
         transaction: state, profile, events and their seen ids, risk baseline, transactions,
-        contacts, deliveries, triggers and open decisions. Decision records, kept for audit,
+        contacts, deliveries, triggers, open decisions and the insights summary. Decision records, kept for audit,
         are pseudonymised with a keyed hash under a key made for this erasure and discarded.
         Erasing a user the store does not know changes nothing and answers with zero counts.
         Errors: INVALID_ARGUMENT when user_id is empty or longer than 128 bytes;

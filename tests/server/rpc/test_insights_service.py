@@ -117,6 +117,8 @@ def test_cohort_range_selects_users_by_first_seen(stub: pb_grpc.InsightsServiceS
      "retained_from_day"),
     (pb.RetentionDriversRequest(retained_event_types=["Bad Type"]), "retained_event_types[0]"),
     (pb.RetentionDriversRequest(max_threshold=-1), "max_threshold"),
+    (pb.RetentionDriversRequest(cohort_end={"seconds": 10, "nanos": -1}), "cohort_end"),
+    (pb.RetentionDriversRequest(cohort_start={"seconds": -10}), "cohort_start"),
 ])
 def test_bad_requests_name_the_field(stub: pb_grpc.InsightsServiceStub,
                                      request_: pb.RetentionDriversRequest, field: str) -> None:
