@@ -38,8 +38,8 @@ class InsightsSummary:
     def __call__(
         self, txn: lmdb.Transaction, events: list[ValidEvent]
     ) -> Callable[[], None] | None:
-        # The hot path of every commit: locals bound once, one struct pack per event, one
-        # read and one write per user.
+        # The hot path of every commit: locals bound once, one struct pack per event, every
+        # user's summary read and written in one batch call each (getmulti, putmulti).
         dbs = self.store.dbs
         ids = self._ids
         new: dict[str, int] = {}
@@ -66,9 +66,9 @@ class InsightsSummary:
                     flow_key = self._key(txn, name, new)
                 if flow_key != insights.OTHER_KEY:  # a full registry: the step goes unseen
                     packed.append(pack(hour, flow_key, 1, 0.0))
-        append = insights.append
-        for user_id, packed in per_user.items():
-            append(txn, dbs, user_id, packed[0] if len(packed) == 1 else b"".join(packed))
+        insights.append_many(txn, dbs, {
+            user_id.encode(): packed[0] if len(packed) == 1 else b"".join(packed)
+            for user_id, packed in per_user.items()})
         if not new:
             return None
 
