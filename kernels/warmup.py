@@ -16,6 +16,7 @@ KERNEL_MODULES = (
     "nudge.kernels.policy",
     "nudge.kernels.contributions",
     "nudge.kernels.insights",
+    "nudge.kernels.sparse",
 )
 
 

@@ -22,7 +22,7 @@ from nudge.server.inputs.events import (
 from nudge.server.rpc.deadlines import wait_within_deadline
 from nudge.server.rpc.privacy import Pseudonyms
 from nudge.server.rpc.readiness import Readiness
-from nudge.server.rpc.user_report import user_state_message
+from nudge.server.rpc.user_report import fill_user_state
 from nudge.server.storage.ingest import EventWriter, TrackResult
 from nudge.server.storage.store import Store
 from nudge.v1 import decision_service_pb2 as pb
@@ -130,10 +130,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if found is None:
             raise NotFound(f"user_id: no events stored for user {request.user_id!r}")
         values, profile = found
-        user = user_state_message(
-            user_id, values, profile, self.store.type_names(), self.half_life_seconds
-        )
-        return pb.GetUserResponse(user=user)
+        reply = pb.GetUserResponse()
+        fill_user_state(reply.user, user_id, values, profile, self.store.type_names(),
+                        self.half_life_seconds)
+        return reply
 
     def Decide(
         self, request: pb.DecideRequest, context: grpc.ServicerContext
