@@ -91,13 +91,45 @@ class CampaignPlan:
         return text
 
 
+# Decisions drawn per operating-system read of random bytes.
+ID_POOL_DRAWS = 512
+_ID_BYTES = 24
+
+
+class _IdPool:
+    """Decision ids (a random UUID4's hex) and 63-bit policy seeds, cut from a pool of
+    operating-system random bytes read ``ID_POOL_DRAWS`` decisions at a time: ``os.urandom``
+    is a system call that releases the GIL, and inside a handler the thread then waits for
+    whichever thread took it (the flusher, grpc's poller) before it can reply. A forked
+    child starts with an empty pool, so it never repeats its parent's ids."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def take(self) -> tuple[str, int]:
+        with self._lock:
+            at = self._at
+            if at + _ID_BYTES > len(self._pool):
+                self._pool, at = os.urandom(_ID_BYTES * ID_POOL_DRAWS), 0
+            self._at = at + _ID_BYTES
+            b = bytearray(self._pool[at : at + _ID_BYTES])
+        b[6] = (b[6] & 0x0F) | 0x40  # version 4
+        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+        return b[:16].hex(), int.from_bytes(b[16:], "big") >> 1
+
+
+_ID_POOL = _IdPool()
+
+
 def _new_ids() -> tuple[str, int]:
-    """A decision id (a random UUID4's hex) and a 63-bit policy seed from one urandom read
-    (``uuid4`` and ``secrets.randbits`` cost a system call and object work each)."""
-    b = bytearray(os.urandom(24))
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return b[:16].hex(), int.from_bytes(b[16:], "big") >> 1
+    """A decision id and a policy seed from the process's pool of random bytes."""
+    return _ID_POOL.take()
 
 
 @dataclass

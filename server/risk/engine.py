@@ -218,7 +218,15 @@ class RiskEngine:
 
     def recently_anomalous(self, user_id: str, now: float) -> bool:
         """A transaction of this user was held as anomalous within ANOMALY_MEMORY and not
-        labelled genuine since: the decision side withholds credit offers then."""
+        labelled genuine since: the decision side withholds credit offers then.
+
+        A user already in the cache is answered without the engine's lock (one dict read,
+        atomic under the GIL): Decide then never waits behind a ScoreTransaction holding
+        it. The cache only ever holds what the locked path below would return."""
+        if not self.store.shared:
+            held = self._held_at.get(user_id)
+            if held is not None:
+                return now - held < ANOMALY_MEMORY
         with self._lock:
             held = None if self.store.shared else self._held_at.get(user_id)
             if held is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from nudge.server.app import NudgeServer, create_server
 from nudge.server.clock import ManualClock
 from nudge.server.config import Config
 from nudge.server.decisions.campaign import load_campaigns, shipped_campaigns_dir
+from nudge.server.decisions.engine import ID_POOL_DRAWS, _IdPool
 from nudge.v1 import decision_service_pb2 as pb
 
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
@@ -547,3 +549,13 @@ def test_a_record_the_learner_cannot_learn_is_quarantined_and_learning_goes_on(
     assert srv.learner.quarantined == 2
     snapshot = srv.decisions.models["loan_abandonment"].snapshot
     assert np.isfinite(snapshot.mean_t).all() and np.isfinite(snapshot.b).all()
+
+
+def test_decision_ids_from_the_pool_are_unique_uuid4s_across_refills() -> None:
+    pool = _IdPool()
+    drawn = [pool.take() for _ in range(3 * ID_POOL_DRAWS + 7)]
+    ids = [i for i, _ in drawn]
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(hex=i).version == 4 and uuid.UUID(hex=i).hex == i for i in ids)
+    seeds = [s for _, s in drawn]
+    assert all(0 <= s < 2**63 for s in seeds) and len(set(seeds)) == len(seeds)
