@@ -4,6 +4,7 @@
     nudge track --user U --type T [--num amount=5000] [--str step=documentation]
     nudge user U
     nudge decide U [--campaign C] [--top-k 3] [--num balance=1200] [--dry-run]
+    nudge decide --audience FILE [--campaign C] [--reasons]   (one JSON line per decision)
     nudge outcome DECISION_ID REWARD
     nudge score --user U --amount 120.5 [--country BR] [--merchant-category 5411] ...
     nudge label TRANSACTION_ID fraud|genuine --user USER_ID
@@ -19,9 +20,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from importlib.metadata import entry_points
 
 import grpc
@@ -47,6 +50,35 @@ def _key_values(items: Sequence[str], convert: type, flag: str) -> dict:
         except ValueError:
             raise SystemExit(f"{flag} {item!r}: {value!r} is not a number") from None
     return out
+
+
+def _audience(path: str) -> Iterator[str]:
+    """User ids from a file (or stdin for ``-``): one a line, blank lines and ``#``
+    comments skipped."""
+    with (contextlib.nullcontext(sys.stdin) if path == "-"
+          else open(path, encoding="utf-8")) as lines:
+        for line in lines:
+            user_id = line.strip()
+            if user_id and not user_id.startswith("#"):
+                yield user_id
+
+
+def _decide_audience(client: Client, args: argparse.Namespace) -> int:
+    if args.user_id is not None:
+        print("nudge decide: give a user_id or --audience, not both", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    n = 0
+    for decision in client.decide_batch(
+        _audience(args.audience), campaign=args.campaign, top_k=args.top_k,
+        numbers=_key_values(args.num, float, "--num"),
+        strings=_key_values(args.str, str, "--str"), dry_run=args.dry_run,
+        include_reasons=args.reasons,
+    ):
+        print(MessageToJson(decision, indent=None))
+        n += 1
+    print(f"{n:,} decisions in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,8 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     user = sub.add_parser("user", help="show what the server knows about a user")
     user.add_argument("user_id")
 
-    decide = sub.add_parser("decide", help="the next best action for a user, now")
-    decide.add_argument("user_id")
+    decide = sub.add_parser("decide", help="the next best action for a user (or an audience), now")
+    decide.add_argument("user_id", nargs="?")
+    decide.add_argument("--audience", metavar="FILE",
+                        help="decide for every user id in FILE (one a line; - reads stdin) "
+                        "over one DecideBatch stream; prints one JSON line per decision")
+    decide.add_argument("--reasons", action="store_true",
+                        help="with --audience: include each decision's reasons")
     decide.add_argument("--campaign", default="", help="campaign name (default: the server's)")
     decide.add_argument("--top-k", type=int, default=3, help="actions to return (default 3)")
     decide.add_argument("--num", action="append", default=[], metavar="KEY=NUMBER")
@@ -136,7 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(MessageToJson(reply, always_print_fields_with_no_presence=True))
         elif args.command == "user":
             print(MessageToJson(client.get_user(args.user_id)))
+        elif args.command == "decide" and args.audience is not None:
+            return _decide_audience(client, args)
         elif args.command == "decide":
+            if args.user_id is None:
+                parser.error("decide: give a user_id or --audience FILE")
             reply = client.decide(
                 args.user_id,
                 campaign=args.campaign,

@@ -213,6 +213,49 @@ class Client:
         )
         return self._call(self.decisions.Decide, request, timeout)
 
+    def decide_batch(
+        self,
+        user_ids: Iterable[str] | None = None,
+        *,
+        segment: decision_service_pb2.Segment | None = None,
+        campaign: str = "",
+        top_k: int = 1,
+        numbers: Mapping[str, float] | None = None,
+        strings: Mapping[str, str] | None = None,
+        dry_run: bool = False,
+        include_reasons: bool = False,
+        per_message: int = 1_000,
+        timeout: float | None = None,
+    ) -> Iterator[decision_service_pb2.BatchDecision]:
+        """One decision per user of an audience (``user_ids``, streamed ``per_message`` at
+        a time, or a ``segment`` of the stored users), as they arrive, in order. Not
+        retried (each decision is logged once it is made); ``timeout`` bounds the whole
+        stream (default: none, an audience may take minutes)."""
+        settings = decision_service_pb2.DecideBatchRequest(
+            campaign=campaign, top_k=top_k, numbers=dict(numbers or {}),
+            strings=dict(strings or {}), dry_run=dry_run, include_reasons=include_reasons,
+        )
+
+        def messages() -> Iterator[decision_service_pb2.DecideBatchRequest]:
+            first = settings
+            if segment is not None:
+                first.segment.CopyFrom(segment)
+                yield first
+                return
+            chunk: list[str] = []
+            for user_id in user_ids or ():
+                chunk.append(user_id)
+                if len(chunk) == per_message:
+                    first.user_ids.extend(chunk)
+                    yield first
+                    first, chunk = decision_service_pb2.DecideBatchRequest(), []
+            if chunk or first is settings:
+                first.user_ids.extend(chunk)
+                yield first
+
+        for reply in self.decisions.DecideBatch(messages(), timeout=timeout):
+            yield from reply.decisions
+
     def report_outcome(
         self, decision_id: str, reward: float, timeout: float | None = None
     ) -> bool:

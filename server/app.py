@@ -99,6 +99,9 @@ SHARED_PERSIST_SECONDS = 1.0
 # floor pays what every RPC pays.
 STREAM_DELIVERIES = "/nudge.v1.DeliveryService/StreamDeliveries"
 TRACK_STREAM = "/nudge.v1.DecisionService/TrackStream"
+DECIDE_BATCH = "/nudge.v1.DecisionService/DecideBatch"
+# DecideBatch streams open at once: each keeps a core busy for as long as its audience.
+MAX_DECIDE_BATCH_STREAMS = 2
 LIMITER_EXEMPT = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.",
@@ -106,6 +109,7 @@ LIMITER_EXEMPT = (
     # their own.
     STREAM_DELIVERIES,
     TRACK_STREAM,
+    DECIDE_BATCH,
 )
 
 
@@ -273,7 +277,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         exempt=LIMITER_EXEMPT,
     )
     streams = StreamLimiter({STREAM_DELIVERIES: config.max_delivery_streams,
-                             TRACK_STREAM: config.max_track_streams})
+                             TRACK_STREAM: config.max_track_streams,
+                             DECIDE_BATCH: MAX_DECIDE_BATCH_STREAMS})
     # Order: metrics sees every outcome (refusals included), auth refuses before a slot is
     # taken, the limiters hold a slot for the handler, status maps the handler's errors.
     interceptors: list[grpc.ServerInterceptor] = []

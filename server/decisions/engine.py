@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import lmdb
 import numpy as np
 
 from nudge.kernels import context as ctx
@@ -33,6 +34,7 @@ from nudge.server.decisions.guardrails import (
     SUPPRESS_HOLDOUT,
     SUPPRESS_NOTHING_BEST,
     SUPPRESS_PROPERTIES,
+    TRACE_PROPERTIES,
     Contact,
     GuardrailPlan,
     apply_guardrails,
@@ -52,6 +54,9 @@ from nudge.server.storage.tables.decisions import DecisionRecord
 from nudge.server.storage.tables.users import UserProfile
 
 TOP_FEATURE_REASONS = 3
+# A user as Decide reads it: state record (float64s; None: no event stored), profile and
+# recent contacts.
+UserRead = tuple["memoryview[float] | None", UserProfile | None, list[Contact]]
 
 
 class CampaignPlan:
@@ -144,6 +149,9 @@ class DecideInput:
     # The latest time a message of this decision may go out (a journey's trigger window);
     # None: the goal window. Caps count only the messages that can be sent.
     send_until: float | None = None
+    # Compute the feature reasons of the choice (DecideBatch may leave them out: they are
+    # not part of the logged record).
+    explain: bool = True
 
 
 @dataclass
@@ -230,10 +238,40 @@ class DecisionEngine:
     def campaign_model(self, name: str) -> CampaignModel:
         return self.cache.get(name)
 
+    def decide_many(self, requests: list[DecideInput]) -> list[DecisionOutcome]:
+        """Decide for many users (DecideBatch): each exactly as :meth:`decide` would, with
+        the users' state read in one read transaction instead of one each. A user named
+        again in the same call is read again after the first decision, so it sees the
+        contacts that decision planned, as back-to-back Decides would."""
+        if not requests:
+            return []
+        first: dict[str, int] = {}
+        for i, r in enumerate(requests):
+            first.setdefault(r.user_id, i)
+        read = self._read_users([requests[i] for i in first.values()])
+        out = []
+        for i, request in enumerate(requests):
+            user = read.pop(request.user_id) if first[request.user_id] == i else None
+            try:
+                out.append(self.decide(request, None, user))
+            except InvalidArgument as exc:
+                if exc.field != "numbers/strings":
+                    raise
+                # Decide would refuse this one user (no message can be filled): in a batch
+                # the others go on, and this user gets no decision (nothing is logged).
+                out.append(DecisionOutcome(
+                    decision_id="", actions=[], propensity=1.0, propensity_samples=0,
+                    holdout=False, suppressed_reason=SUPPRESS_PROPERTIES,
+                    reasons=[(TRACE_PROPERTIES, exc.rule, 0.0)],
+                    model_version=self.campaign_model(request.campaign).version,
+                ))
+        return out
+
     def decide(
         self,
         request: DecideInput,
         after_reply: Callable[[Callable[[], None]], bool] | None = None,
+        user: UserRead | None = None,
     ) -> DecisionOutcome:
         """Decide for one user now. Every step runs between gRPC calls that evict the CPU
         caches, so campaign-derived work lives in CampaignPlan, kernels are called through
@@ -255,7 +293,7 @@ class DecisionEngine:
         if top_k > MAX_TOP_K:
             raise InvalidArgument("top_k", f"must be at most {MAX_TOP_K}")
         user_id = request.user_id
-        state, profile, contacts = self._read_user(user_id, now)
+        state, profile, contacts = user if user is not None else self._read_user(user_id, now)
         tz = profile.tz if profile is not None else "UTC"
         properties: dict[str, Any] = profile.properties() if profile is not None else {}
         properties.update(request.numbers)
@@ -326,7 +364,8 @@ class DecisionEngine:
                         actions.append(
                             self._action(plan, combo, score, guard.send_at, properties)
                         )
-                reasons = self._feature_reasons(model, plan, x, choice.choice) + reasons
+                if request.explain:
+                    reasons = self._feature_reasons(model, plan, x, choice.choice) + reasons
             record.actions = [a.__dict__ for a in actions]
         if not request.dry_run:
             planned: list[Contact] = []
@@ -356,22 +395,32 @@ class DecisionEngine:
             model_version=model.version,
         )
 
-    def _read_user(
-        self, user_id: str, now: float
-    ) -> tuple[memoryview[float] | None, UserProfile | None, list[Contact]]:
+    def _read_user(self, user_id: str, now: float) -> UserRead:
         """The user's state record (as float64s; None if no event was ever stored), profile
         and recent contacts, in one read transaction."""
         # Pending before stored: a flush committing between the two reads then shows in
         # both (counted once), never in neither.
         pending = self.pending.contacts(user_id)
-        dbs = self.store.dbs
         with self.store.read() as txn:
-            record = users.record(txn, dbs, user_id)
-            state = profile = None
-            if record is not None:
-                state = memoryview(record.tobytes()).cast("d")
-                profile = users.profile(txn, dbs, user_id)
-            stored = [Contact(*c) for c in contact_table.rows(txn, dbs, user_id)]
+            return self._user_in(txn, user_id, now, pending)
+
+    def _read_users(self, requests: list[DecideInput]) -> dict[str, UserRead]:
+        """:meth:`_read_user` for many users (distinct ids) in one read transaction."""
+        pending = [self.pending.contacts(r.user_id) for r in requests]
+        with self.store.read() as txn:
+            return {r.user_id: self._user_in(txn, r.user_id, r.time, p)
+                    for r, p in zip(requests, pending, strict=True)}
+
+    def _user_in(
+        self, txn: lmdb.Transaction, user_id: str, now: float, pending: list[Contact]
+    ) -> UserRead:
+        dbs = self.store.dbs
+        record = users.record(txn, dbs, user_id)
+        state = profile = None
+        if record is not None:
+            state = memoryview(record.tobytes()).cast("d")
+            profile = users.profile(txn, dbs, user_id)
+        stored = [Contact(*c) for c in contact_table.rows(txn, dbs, user_id)]
         if not pending and not stored:
             return state, profile, []
         # Count each of a decision's messages once (stored and pending may both hold it).

@@ -124,6 +124,15 @@ class PendingDecisions:
                 if record.decision_id in self._records:
                     self._records[record.decision_id] = record
 
+    def wait_below(self, limit: int) -> None:
+        """Wait (for flushes) until at most ``limit`` decisions are pending: a producer
+        faster than the decision log (DecideBatch) is held to its pace."""
+        while True:
+            with self._lock:
+                if len(self._records) <= limit:
+                    return
+            self.flush_soon().result()
+
     def flush_soon(self) -> Future[None]:
         """The future of the flush that will store what is pending now (not waiting)."""
         return self._write_behind.flush_soon()

@@ -50,6 +50,8 @@ METHOD_SCOPES: dict[str, str] = {
     "/nudge.v1.DecisionService/Track": "track",
     "/nudge.v1.DecisionService/TrackStream": "track",
     "/nudge.v1.DecisionService/Decide": "decide",
+    # A segment reads who the stored users are: a campaign tool's decide token may.
+    "/nudge.v1.DecisionService/DecideBatch": "decide",
     "/nudge.v1.DecisionService/ReportOutcome": "decide",
     # A user's whole profile: support staff only, never the fraud engine's risk token.
     "/nudge.v1.DecisionService/GetUser": ADMIN,

@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 import grpc
 
+from nudge.kernels.policy import MAX_TOP_K
 from nudge.server.clock import Clock
-from nudge.server.decisions.engine import DecideInput, DecisionEngine
+from nudge.server.decisions.audience import Segment, segment_users
+from nudge.server.decisions.engine import DecideInput, DecisionEngine, DecisionOutcome
 from nudge.server.errors import InvalidArgument, NotFound
 from nudge.server.inputs.events import (
     ValidEvent,
@@ -37,6 +40,53 @@ from nudge.v1 import decision_service_pb2_grpc as pb_grpc
 STREAM_IN_FLIGHT = 64
 # Campaign names are [a-z][a-z0-9_]{0,63}.
 MAX_CAMPAIGN_NAME = 64
+# DecideBatch: user ids per request message; users per reply message (and per read
+# transaction); decisions a batch lets wait for the decision log's flush before it waits.
+MAX_BATCH_USERS = 10_000
+BATCH_CHUNK = 1_000
+MAX_PENDING_BATCH_DECISIONS = 20_000
+
+
+@dataclass(frozen=True)
+class _BatchSettings:
+    """A DecideBatch's settings, from its first message, validated."""
+
+    campaign: str
+    time: float
+    top_k: int
+    numbers: dict[str, float]
+    strings: dict[str, str]
+    dry_run: bool
+    include_reasons: bool
+
+    def segment(self, message: pb.Segment) -> Segment:
+        since = (timestamp_seconds(message.seen_since, "segment.seen_since", self.time, True)
+                 if message.HasField("seen_since") else None)
+        return Segment(tuple(message.event_types), since)
+
+
+def _fill_decision(reply: pb.DecideResponse | pb.BatchDecision,
+                   outcome: DecisionOutcome) -> None:
+    """A decision into a reply message (DecideResponse, or a BatchDecision: the same
+    fields), in place: no intermediate Reason or Action messages to copy, no Python-level
+    Timestamp helpers (send times derive from a validated request time, so in range)."""
+    reply.decision_id = outcome.decision_id
+    reply.propensity = outcome.propensity
+    reply.propensity_samples = outcome.propensity_samples
+    reply.holdout = outcome.holdout
+    reply.suppressed_reason = outcome.suppressed_reason
+    reply.model_version = outcome.model_version
+    reasons = reply.reasons
+    for c, d, w in outcome.reasons:
+        reasons.add(code=c, detail=d, weight=w)
+    actions = reply.actions
+    for a in outcome.actions:
+        action = actions.add(
+            message=a.message, channel=a.channel, frequency=a.frequency, offer=a.offer,
+            text=a.text, score=a.score,
+        )
+        send_at = action.send_at
+        send_at.seconds, send_at.nanos = divmod(round(a.send_at * 1e9), 1_000_000_000)
 
 
 def _wait(future: Future[TrackResult], context: grpc.ServicerContext) -> TrackResult:
@@ -155,27 +205,74 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                         request.top_k or 1, numbers, strings, request.dry_run),
             after_reply=context.add_callback,
         )
-        # Filled in place: no intermediate Reason messages to copy, no Python-level
-        # Timestamp helpers (send times derive from a validated request time, so in range).
-        reply = pb.DecideResponse(
-            decision_id=outcome.decision_id,
-            propensity=outcome.propensity,
-            propensity_samples=outcome.propensity_samples,
-            holdout=outcome.holdout,
-            suppressed_reason=outcome.suppressed_reason,
-            model_version=outcome.model_version,
-        )
-        reasons = reply.reasons
-        for c, d, w in outcome.reasons:
-            reasons.add(code=c, detail=d, weight=w)
-        actions = reply.actions
-        for a in outcome.actions:
-            action = actions.add(
-                message=a.message, channel=a.channel, frequency=a.frequency, offer=a.offer,
-                text=a.text, score=a.score,
-            )
-            send_at = action.send_at
-            send_at.seconds, send_at.nanos = divmod(round(a.send_at * 1e9), 1_000_000_000)
+        reply = pb.DecideResponse()
+        _fill_decision(reply, outcome)
+        return reply
+
+    def DecideBatch(
+        self, request_iterator: Iterator[pb.DecideBatchRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.DecideBatchResponse]:
+        self.readiness.check()
+        settings: _BatchSettings | None = None
+        for index, message in enumerate(request_iterator):
+            try:
+                if settings is None:
+                    settings = self._batch_settings(message)
+                elif message.HasField("segment"):
+                    raise InvalidArgument("segment", "only in the first message")
+                if len(message.user_ids) > MAX_BATCH_USERS:
+                    raise InvalidArgument("user_ids", f"at most {MAX_BATCH_USERS:,} per message")
+                if message.HasField("segment") and message.user_ids:
+                    raise InvalidArgument("segment", "give user_ids or a segment, not both")
+                for j, user_id in enumerate(message.user_ids):
+                    check_id(user_id, f"user_ids[{j}]")
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"messages[{index}].{exc.field}", exc.rule) from None
+            if message.HasField("segment"):
+                for chunk in segment_users(self.store, settings.segment(message.segment)):
+                    yield self._decide_chunk(settings, chunk, chunk)
+            else:
+                ids = list(message.user_ids)
+                for start in range(0, len(ids), BATCH_CHUNK):
+                    asked = ids[start : start + BATCH_CHUNK]
+                    yield self._decide_chunk(settings, asked,
+                                             [self.pseudonyms(i) for i in asked])
+
+    def _batch_settings(self, message: pb.DecideBatchRequest) -> _BatchSettings:
+        """The first message's settings, validated as Decide validates its request."""
+        if message.top_k < 0:
+            raise InvalidArgument("top_k", "must not be negative")
+        if message.top_k > MAX_TOP_K:
+            raise InvalidArgument("top_k", f"must be at most {MAX_TOP_K}")
+        numbers = dict(message.numbers)
+        strings = dict(message.strings)
+        check_properties(numbers, strings)
+        if len(message.campaign) > MAX_CAMPAIGN_NAME:
+            raise InvalidArgument("campaign", f"must be at most {MAX_CAMPAIGN_NAME} characters")
+        self.decisions.campaign_model(message.campaign)  # an unknown campaign fails here
+        now = self.clock.now()
+        when = (timestamp_seconds(message.time, "time", now, True)
+                if message.HasField("time") else now)
+        return _BatchSettings(message.campaign, when, message.top_k or 1, numbers, strings,
+                              message.dry_run, message.include_reasons)
+
+    def _decide_chunk(self, settings: _BatchSettings, asked: list[str],
+                      user_ids: list[str]) -> pb.DecideBatchResponse:
+        """Decide for one chunk of users and wait, if the decision log is far behind,
+        until its flush catches up (a batch must not hold a whole base in memory)."""
+        s = settings
+        outcomes = self.decisions.decide_many([
+            DecideInput(u, s.campaign, s.time, s.top_k, s.numbers, s.strings, s.dry_run,
+                        explain=s.include_reasons)
+            for u in user_ids
+        ])
+        if not s.dry_run:
+            self.decisions.pending.wait_below(MAX_PENDING_BATCH_DECISIONS)
+        reply = pb.DecideBatchResponse()
+        decisions = reply.decisions
+        for user_id, outcome in zip(asked, outcomes, strict=True):
+            decision = decisions.add(user_id=user_id)
+            _fill_decision(decision, outcome)
         return reply
 
     def ReportOutcome(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,6 +79,26 @@ def test_decide_and_outcome(server: NudgeServer, capsys: pytest.CaptureFixture[s
     assert (code, out.strip()) == (0, "attributed")
     code, out = run(server, capsys, "decide", "D", "--campaign", "nope")
     assert code == 1 and "INVALID_ARGUMENT: campaign: unknown campaign 'nope'" in out
+
+
+def test_decide_for_an_audience_file(server: NudgeServer, capsys: pytest.CaptureFixture[str],
+                                     tmp_path: Path) -> None:
+    for user in ("A1", "A2"):
+        run(server, capsys, "track", "--user", user, "--type", "loan_simulated", "--num",
+            "amount=5000", "--str", "currency=USD", "--str", "consent.push=granted")
+    audience = tmp_path / "audience.txt"
+    audience.write_text("# the loan users\nA1\n\nA2\nA1\n")
+    code, out = run(server, capsys, "decide", "--audience", str(audience), "--top-k", "2")
+    assert code == 0
+    lines = out.splitlines()
+    decisions = [json.loads(line) for line in lines[:-1]]
+    assert [d["userId"] for d in decisions] == ["A1", "A2", "A1"]
+    assert all(d["decisionId"] and d["modelVersion"] == "loan_abandonment/v0"
+               for d in decisions)
+    assert len({d["decisionId"] for d in decisions}) == 3
+    assert lines[-1] == "3 decisions in " + lines[-1].split(" in ")[1]
+    code, out = run(server, capsys, "decide", "A1", "--audience", str(audience))
+    assert code == 2 and "not both" in out
 
 
 def test_erase(server: NudgeServer, capsys: pytest.CaptureFixture[str]) -> None:

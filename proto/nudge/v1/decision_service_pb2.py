@@ -27,7 +27,7 @@ from nudge.v1 import common_pb2 as nudge_dot_v1_dot_common__pb2
 from nudge.v1 import event_pb2 as nudge_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnudge/v1/decision_service.proto\x12\x08nudge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15nudge/v1/common.proto\x1a\x14nudge/v1/event.proto\"/\n\x0cTrackRequest\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.nudge.v1.Event\"5\n\rTrackResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\"5\n\x12TrackStreamRequest\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.nudge.v1.Event\";\n\x13TrackStreamResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\"\xca\x02\n\rDecideRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61mpaign\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x35\n\x07numbers\x18\x05 \x03(\x0b\x32$.nudge.v1.DecideRequest.NumbersEntry\x12\x35\n\x07strings\x18\x06 \x03(\x0b\x32$.nudge.v1.DecideRequest.StringsEntry\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\x1a.\n\x0cNumbersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cStringsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\x06\x41\x63tion\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12+\n\x07send_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfrequency\x18\x04 \x01(\t\x12\r\n\x05offer\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\r\n\x05score\x18\x07 \x01(\x01\"\xde\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12!\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x10.nudge.v1.Action\x12\x12\n\npropensity\x18\x03 \x01(\x01\x12\x0f\n\x07holdout\x18\x04 \x01(\x08\x12\x19\n\x11suppressed_reason\x18\x05 \x01(\t\x12!\n\x07reasons\x18\x06 \x03(\x0b\x32\x10.nudge.v1.Reason\x12\x1a\n\x12propensity_samples\x18\x07 \x01(\x05\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"e\n\x14ReportOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x15ReportOutcomeResponse\x12\x12\n\nattributed\x18\x01 \x01(\x08\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"4\n\x0fGetUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.nudge.v1.UserState\"\x97\x03\n\tUserState\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\nfirst_seen\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_count\x18\x04 \x01(\x03\x12-\n\x0b\x65vent_types\x18\x05 \x03(\x0b\x32\x18.nudge.v1.EventTypeStats\x12&\n\x07\x61mounts\x18\x06 \x01(\x0b\x32\x15.nudge.v1.AmountStats\x12\x1a\n\x12local_hour_profile\x18\x07 \x03(\x01\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12\x33\n\x08\x63onsents\x18\t \x03(\x0b\x32!.nudge.v1.UserState.ConsentsEntry\x12\x19\n\x11half_life_seconds\x18\n \x01(\x01\x1a/\n\rConsentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"s\n\x0e\x45ventTypeStats\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x15\n\rdecayed_count\x18\x03 \x01(\x01\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x0b\x41mountStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0c\n\x04mean\x18\x02 \x01(\x01\x12\x0e\n\x06stddev\x18\x03 \x01(\x01\x12\x0b\n\x03min\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\x12\x0c\n\x04last\x18\x06 \x01(\x01\x32\xe8\x02\n\x0f\x44\x65\x63isionService\x12\x38\n\x05Track\x12\x16.nudge.v1.TrackRequest\x1a\x17.nudge.v1.TrackResponse\x12L\n\x0bTrackStream\x12\x1c.nudge.v1.TrackStreamRequest\x1a\x1d.nudge.v1.TrackStreamResponse(\x01\x12;\n\x06\x44\x65\x63ide\x12\x17.nudge.v1.DecideRequest\x1a\x18.nudge.v1.DecideResponse\x12P\n\rReportOutcome\x12\x1e.nudge.v1.ReportOutcomeRequest\x1a\x1f.nudge.v1.ReportOutcomeResponse\x12>\n\x07GetUser\x12\x18.nudge.v1.GetUserRequest\x1a\x19.nudge.v1.GetUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnudge/v1/decision_service.proto\x12\x08nudge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15nudge/v1/common.proto\x1a\x14nudge/v1/event.proto\"/\n\x0cTrackRequest\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.nudge.v1.Event\"5\n\rTrackResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\"5\n\x12TrackStreamRequest\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.nudge.v1.Event\";\n\x13TrackStreamResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\"\xca\x02\n\rDecideRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61mpaign\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x35\n\x07numbers\x18\x05 \x03(\x0b\x32$.nudge.v1.DecideRequest.NumbersEntry\x12\x35\n\x07strings\x18\x06 \x03(\x0b\x32$.nudge.v1.DecideRequest.StringsEntry\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\x1a.\n\x0cNumbersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cStringsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\x06\x41\x63tion\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12+\n\x07send_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfrequency\x18\x04 \x01(\t\x12\r\n\x05offer\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\r\n\x05score\x18\x07 \x01(\x01\"\xde\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12!\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x10.nudge.v1.Action\x12\x12\n\npropensity\x18\x03 \x01(\x01\x12\x0f\n\x07holdout\x18\x04 \x01(\x08\x12\x19\n\x11suppressed_reason\x18\x05 \x01(\t\x12!\n\x07reasons\x18\x06 \x03(\x0b\x32\x10.nudge.v1.Reason\x12\x1a\n\x12propensity_samples\x18\x07 \x01(\x05\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"\x97\x03\n\x12\x44\x65\x63ideBatchRequest\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12:\n\x07numbers\x18\x04 \x03(\x0b\x32).nudge.v1.DecideBatchRequest.NumbersEntry\x12:\n\x07strings\x18\x05 \x03(\x0b\x32).nudge.v1.DecideBatchRequest.StringsEntry\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\x12\x10\n\x08user_ids\x18\x07 \x03(\t\x12\"\n\x07segment\x18\x08 \x01(\x0b\x32\x11.nudge.v1.Segment\x12\x17\n\x0finclude_reasons\x18\t \x01(\x08\x1a.\n\x0cNumbersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cStringsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x07Segment\x12\x13\n\x0b\x65vent_types\x18\x01 \x03(\t\x12.\n\nseen_since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x13\x44\x65\x63ideBatchResponse\x12*\n\tdecisions\x18\x01 \x03(\x0b\x32\x17.nudge.v1.BatchDecision\"\xee\x01\n\rBatchDecision\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12!\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x10.nudge.v1.Action\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\x0f\n\x07holdout\x18\x05 \x01(\x08\x12\x19\n\x11suppressed_reason\x18\x06 \x01(\t\x12!\n\x07reasons\x18\x07 \x03(\x0b\x32\x10.nudge.v1.Reason\x12\x1a\n\x12propensity_samples\x18\x08 \x01(\x05\x12\x15\n\rmodel_version\x18\t \x01(\t\"e\n\x14ReportOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x15ReportOutcomeResponse\x12\x12\n\nattributed\x18\x01 \x01(\x08\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"4\n\x0fGetUserResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.nudge.v1.UserState\"\x97\x03\n\tUserState\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12.\n\nfirst_seen\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_count\x18\x04 \x01(\x03\x12-\n\x0b\x65vent_types\x18\x05 \x03(\x0b\x32\x18.nudge.v1.EventTypeStats\x12&\n\x07\x61mounts\x18\x06 \x01(\x0b\x32\x15.nudge.v1.AmountStats\x12\x1a\n\x12local_hour_profile\x18\x07 \x03(\x01\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12\x33\n\x08\x63onsents\x18\t \x03(\x0b\x32!.nudge.v1.UserState.ConsentsEntry\x12\x19\n\x11half_life_seconds\x18\n \x01(\x01\x1a/\n\rConsentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"s\n\x0e\x45ventTypeStats\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x15\n\rdecayed_count\x18\x03 \x01(\x01\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x0b\x41mountStats\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12\x0c\n\x04mean\x18\x02 \x01(\x01\x12\x0e\n\x06stddev\x18\x03 \x01(\x01\x12\x0b\n\x03min\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\x12\x0c\n\x04last\x18\x06 \x01(\x01\x32\xb8\x03\n\x0f\x44\x65\x63isionService\x12\x38\n\x05Track\x12\x16.nudge.v1.TrackRequest\x1a\x17.nudge.v1.TrackResponse\x12L\n\x0bTrackStream\x12\x1c.nudge.v1.TrackStreamRequest\x1a\x1d.nudge.v1.TrackStreamResponse(\x01\x12;\n\x06\x44\x65\x63ide\x12\x17.nudge.v1.DecideRequest\x1a\x18.nudge.v1.DecideResponse\x12N\n\x0b\x44\x65\x63ideBatch\x12\x1c.nudge.v1.DecideBatchRequest\x1a\x1d.nudge.v1.DecideBatchResponse(\x01\x30\x01\x12P\n\rReportOutcome\x12\x1e.nudge.v1.ReportOutcomeRequest\x1a\x1f.nudge.v1.ReportOutcomeResponse\x12>\n\x07GetUser\x12\x18.nudge.v1.GetUserRequest\x1a\x19.nudge.v1.GetUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECIDEREQUEST_NUMBERSENTRY']._serialized_options = b'8\001'
   _globals['_DECIDEREQUEST_STRINGSENTRY']._loaded_options = None
   _globals['_DECIDEREQUEST_STRINGSENTRY']._serialized_options = b'8\001'
+  _globals['_DECIDEBATCHREQUEST_NUMBERSENTRY']._loaded_options = None
+  _globals['_DECIDEBATCHREQUEST_NUMBERSENTRY']._serialized_options = b'8\001'
+  _globals['_DECIDEBATCHREQUEST_STRINGSENTRY']._loaded_options = None
+  _globals['_DECIDEBATCHREQUEST_STRINGSENTRY']._serialized_options = b'8\001'
   _globals['_USERSTATE_CONSENTSENTRY']._loaded_options = None
   _globals['_USERSTATE_CONSENTSENTRY']._serialized_options = b'8\001'
   _globals['_TRACKREQUEST']._serialized_start=123
@@ -58,22 +62,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACTION']._serialized_end=827
   _globals['_DECIDERESPONSE']._serialized_start=830
   _globals['_DECIDERESPONSE']._serialized_end=1052
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=1054
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=1155
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=1157
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=1200
-  _globals['_GETUSERREQUEST']._serialized_start=1202
-  _globals['_GETUSERREQUEST']._serialized_end=1235
-  _globals['_GETUSERRESPONSE']._serialized_start=1237
-  _globals['_GETUSERRESPONSE']._serialized_end=1289
-  _globals['_USERSTATE']._serialized_start=1292
-  _globals['_USERSTATE']._serialized_end=1699
-  _globals['_USERSTATE_CONSENTSENTRY']._serialized_start=1652
-  _globals['_USERSTATE_CONSENTSENTRY']._serialized_end=1699
-  _globals['_EVENTTYPESTATS']._serialized_start=1701
-  _globals['_EVENTTYPESTATS']._serialized_end=1816
-  _globals['_AMOUNTSTATS']._serialized_start=1818
-  _globals['_AMOUNTSTATS']._serialized_end=1916
-  _globals['_DECISIONSERVICE']._serialized_start=1919
-  _globals['_DECISIONSERVICE']._serialized_end=2279
+  _globals['_DECIDEBATCHREQUEST']._serialized_start=1055
+  _globals['_DECIDEBATCHREQUEST']._serialized_end=1462
+  _globals['_DECIDEBATCHREQUEST_NUMBERSENTRY']._serialized_start=580
+  _globals['_DECIDEBATCHREQUEST_NUMBERSENTRY']._serialized_end=626
+  _globals['_DECIDEBATCHREQUEST_STRINGSENTRY']._serialized_start=628
+  _globals['_DECIDEBATCHREQUEST_STRINGSENTRY']._serialized_end=674
+  _globals['_SEGMENT']._serialized_start=1464
+  _globals['_SEGMENT']._serialized_end=1542
+  _globals['_DECIDEBATCHRESPONSE']._serialized_start=1544
+  _globals['_DECIDEBATCHRESPONSE']._serialized_end=1609
+  _globals['_BATCHDECISION']._serialized_start=1612
+  _globals['_BATCHDECISION']._serialized_end=1850
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=1852
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=1953
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=1955
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=1998
+  _globals['_GETUSERREQUEST']._serialized_start=2000
+  _globals['_GETUSERREQUEST']._serialized_end=2033
+  _globals['_GETUSERRESPONSE']._serialized_start=2035
+  _globals['_GETUSERRESPONSE']._serialized_end=2087
+  _globals['_USERSTATE']._serialized_start=2090
+  _globals['_USERSTATE']._serialized_end=2497
+  _globals['_USERSTATE_CONSENTSENTRY']._serialized_start=2450
+  _globals['_USERSTATE_CONSENTSENTRY']._serialized_end=2497
+  _globals['_EVENTTYPESTATS']._serialized_start=2499
+  _globals['_EVENTTYPESTATS']._serialized_end=2614
+  _globals['_AMOUNTSTATS']._serialized_start=2616
+  _globals['_AMOUNTSTATS']._serialized_end=2714
+  _globals['_DECISIONSERVICE']._serialized_start=2717
+  _globals['_DECISIONSERVICE']._serialized_end=3157
 # @@protoc_insertion_point(module_scope)

@@ -109,6 +109,78 @@ class DecideResponse(_message.Message):
     model_version: str
     def __init__(self, decision_id: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., propensity: _Optional[float] = ..., holdout: _Optional[bool] = ..., suppressed_reason: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[_common_pb2.Reason, _Mapping]]] = ..., propensity_samples: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
 
+class DecideBatchRequest(_message.Message):
+    __slots__ = ("campaign", "time", "top_k", "numbers", "strings", "dry_run", "user_ids", "segment", "include_reasons")
+    class NumbersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class StringsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    STRINGS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_REASONS_FIELD_NUMBER: _ClassVar[int]
+    campaign: str
+    time: _timestamp_pb2.Timestamp
+    top_k: int
+    numbers: _containers.ScalarMap[str, float]
+    strings: _containers.ScalarMap[str, str]
+    dry_run: bool
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    segment: Segment
+    include_reasons: bool
+    def __init__(self, campaign: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., top_k: _Optional[int] = ..., numbers: _Optional[_Mapping[str, float]] = ..., strings: _Optional[_Mapping[str, str]] = ..., dry_run: _Optional[bool] = ..., user_ids: _Optional[_Iterable[str]] = ..., segment: _Optional[_Union[Segment, _Mapping]] = ..., include_reasons: _Optional[bool] = ...) -> None: ...
+
+class Segment(_message.Message):
+    __slots__ = ("event_types", "seen_since")
+    EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    SEEN_SINCE_FIELD_NUMBER: _ClassVar[int]
+    event_types: _containers.RepeatedScalarFieldContainer[str]
+    seen_since: _timestamp_pb2.Timestamp
+    def __init__(self, event_types: _Optional[_Iterable[str]] = ..., seen_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DecideBatchResponse(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[BatchDecision]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[BatchDecision, _Mapping]]] = ...) -> None: ...
+
+class BatchDecision(_message.Message):
+    __slots__ = ("user_id", "decision_id", "actions", "propensity", "holdout", "suppressed_reason", "reasons", "propensity_samples", "model_version")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_REASON_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    decision_id: str
+    actions: _containers.RepeatedCompositeFieldContainer[Action]
+    propensity: float
+    holdout: bool
+    suppressed_reason: str
+    reasons: _containers.RepeatedCompositeFieldContainer[_common_pb2.Reason]
+    propensity_samples: int
+    model_version: str
+    def __init__(self, user_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., propensity: _Optional[float] = ..., holdout: _Optional[bool] = ..., suppressed_reason: _Optional[str] = ..., reasons: _Optional[_Iterable[_Union[_common_pb2.Reason, _Mapping]]] = ..., propensity_samples: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
+
 class ReportOutcomeRequest(_message.Message):
     __slots__ = ("decision_id", "reward", "time")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]

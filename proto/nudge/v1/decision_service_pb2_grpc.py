@@ -50,6 +50,11 @@ class DecisionServiceStub:
                 request_serializer=nudge_dot_v1_dot_decision__service__pb2.DecideRequest.SerializeToString,
                 response_deserializer=nudge_dot_v1_dot_decision__service__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.DecideBatch = channel.stream_stream(
+                '/nudge.v1.DecisionService/DecideBatch',
+                request_serializer=nudge_dot_v1_dot_decision__service__pb2.DecideBatchRequest.SerializeToString,
+                response_deserializer=nudge_dot_v1_dot_decision__service__pb2.DecideBatchResponse.FromString,
+                _registered_method=True)
         self.ReportOutcome = channel.unary_unary(
                 '/nudge.v1.DecisionService/ReportOutcome',
                 request_serializer=nudge_dot_v1_dot_decision__service__pb2.ReportOutcomeRequest.SerializeToString,
@@ -97,6 +102,20 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideBatch(self, request_iterator, context):
+        """DecideBatch decides for a whole audience over one stream, for campaigns a bank runs on
+        its base: the request stream names the users (user_ids, in any number of messages)
+        or a segment of the stored users (first message only); the reply stream carries one
+        decision per user, in request order, each decided and logged (with its propensity)
+        exactly as a Decide for that user at that time would be. Settings (campaign, time,
+        top_k, dry_run, numbers, strings) are taken from the first message.
+        Errors: INVALID_ARGUMENT naming the message and field (messages[i].user_ids[j]); the
+        decisions already streamed for earlier messages stand (they are logged).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportOutcome(self, request, context):
         """ReportOutcome gives explicit feedback (a reward) for a past decision.
         Errors: INVALID_ARGUMENT, NOT_FOUND (unknown decision_id), UNIMPLEMENTED (until the
@@ -131,6 +150,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=nudge_dot_v1_dot_decision__service__pb2.DecideRequest.FromString,
                     response_serializer=nudge_dot_v1_dot_decision__service__pb2.DecideResponse.SerializeToString,
+            ),
+            'DecideBatch': grpc.stream_stream_rpc_method_handler(
+                    servicer.DecideBatch,
+                    request_deserializer=nudge_dot_v1_dot_decision__service__pb2.DecideBatchRequest.FromString,
+                    response_serializer=nudge_dot_v1_dot_decision__service__pb2.DecideBatchResponse.SerializeToString,
             ),
             'ReportOutcome': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportOutcome,
@@ -225,6 +249,33 @@ class DecisionService:
             '/nudge.v1.DecisionService/Decide',
             nudge_dot_v1_dot_decision__service__pb2.DecideRequest.SerializeToString,
             nudge_dot_v1_dot_decision__service__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideBatch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nudge.v1.DecisionService/DecideBatch',
+            nudge_dot_v1_dot_decision__service__pb2.DecideBatchRequest.SerializeToString,
+            nudge_dot_v1_dot_decision__service__pb2.DecideBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
