@@ -37,6 +37,7 @@ from nudge.server.decisions.guardrails import (
     TRACE_PROPERTIES,
     Contact,
     GuardrailPlan,
+    LocalNow,
     apply_guardrails,
     local_now,
 )
@@ -57,6 +58,8 @@ TOP_FEATURE_REASONS = 3
 # A user as Decide reads it: state record (float64s; None: no event stored), profile and
 # recent contacts.
 UserRead = tuple["memoryview[float] | None", UserProfile | None, list[Contact]]
+# The same, and whether credit offers are withheld (DecideBatch reads both in one go).
+Prefetched = tuple["memoryview[float] | None", UserProfile | None, list[Contact], bool]
 
 
 class CampaignPlan:
@@ -249,11 +252,12 @@ class DecisionEngine:
         for i, r in enumerate(requests):
             first.setdefault(r.user_id, i)
         read = self._read_users([requests[i] for i in first.values()])
+        clocks: dict[tuple[float, str], LocalNow] = {}
         out = []
         for i, request in enumerate(requests):
             user = read.pop(request.user_id) if first[request.user_id] == i else None
             try:
-                out.append(self.decide(request, None, user))
+                out.append(self.decide(request, None, user, clocks))
             except InvalidArgument as exc:
                 if exc.field != "numbers/strings":
                     raise
@@ -271,7 +275,8 @@ class DecisionEngine:
         self,
         request: DecideInput,
         after_reply: Callable[[Callable[[], None]], bool] | None = None,
-        user: UserRead | None = None,
+        user: Prefetched | None = None,
+        clocks: dict[tuple[float, str], LocalNow] | None = None,
     ) -> DecisionOutcome:
         """Decide for one user now. Every step runs between gRPC calls that evict the CPU
         caches, so campaign-derived work lives in CampaignPlan, kernels are called through
@@ -293,7 +298,11 @@ class DecisionEngine:
         if top_k > MAX_TOP_K:
             raise InvalidArgument("top_k", f"must be at most {MAX_TOP_K}")
         user_id = request.user_id
-        state, profile, contacts = user if user is not None else self._read_user(user_id, now)
+        if user is not None:
+            state, profile, contacts, credit_blocked = user
+        else:
+            state, profile, contacts = self._read_user(user_id, now)
+            credit_blocked = None
         tz = profile.tz if profile is not None else "UTC"
         properties: dict[str, Any] = profile.properties() if profile is not None else {}
         properties.update(request.numbers)
@@ -304,10 +313,15 @@ class DecisionEngine:
         renderable = [known >= needs and (not needs or m.fills(properties))
                       for needs, m in zip(plan.message_needs, campaign.messages, strict=True)]
         consents = {c: g for c, (g, _) in profile.consents.items()} if profile else {}
-        when = local_now(now, tz)
+        if clocks is None:
+            when = local_now(now, tz)
+        else:  # a batch: one reading of each zone's clock per instant
+            when = clocks.get((now, tz)) or clocks.setdefault((now, tz), local_now(now, tz))
+        if credit_blocked is None:
+            credit_blocked = self.risk.recently_anomalous(user_id, now)
         guard = apply_guardrails(
-            plan.guard, user_id, when, consents, contacts, renderable,
-            self.risk.recently_anomalous(user_id, now), request.send_until,
+            plan.guard, user_id, when, consents, contacts, renderable, credit_blocked,
+            request.send_until,
         )
         if guard.suppressed == SUPPRESS_PROPERTIES:
             needs = "; ".join(
@@ -404,11 +418,14 @@ class DecisionEngine:
         with self.store.read() as txn:
             return self._user_in(txn, user_id, now, pending)
 
-    def _read_users(self, requests: list[DecideInput]) -> dict[str, UserRead]:
-        """:meth:`_read_user` for many users (distinct ids) in one read transaction."""
+    def _read_users(self, requests: list[DecideInput]) -> dict[str, Prefetched]:
+        """:meth:`_read_user` for many users (distinct ids) in one read transaction, and
+        whether recent activity looks anomalous (read in the same transaction)."""
         pending = [self.pending.contacts(r.user_id) for r in requests]
+        anomalous = self.risk.recently_anomalous_in
         with self.store.read() as txn:
-            return {r.user_id: self._user_in(txn, r.user_id, r.time, p)
+            return {r.user_id: (*self._user_in(txn, r.user_id, r.time, p),
+                                anomalous(txn, r.user_id, r.time))
                     for r, p in zip(requests, pending, strict=True)}
 
     def _user_in(

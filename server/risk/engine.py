@@ -240,6 +240,18 @@ class RiskEngine:
                 self._held_at[user_id] = held
         return now - held < ANOMALY_MEMORY
 
+    def recently_anomalous_in(self, txn: lmdb.Transaction, user_id: str, now: float) -> bool:
+        """:meth:`recently_anomalous` for a reader already inside a read transaction
+        (DecideBatch reads a chunk of users in one): a user this engine does not remember
+        is read in ``txn`` and not remembered (a batch over a whole base would only churn
+        the cache). What is not in the cache is not pending (pending holds stay cached),
+        so the store answers for it."""
+        held = None if self.store.shared else self._held_at.get(user_id)
+        if held is None:
+            stored = risk_baselines.held_at(txn, self.store.dbs, user_id)
+            held = stored if stored is not None else -math.inf
+        return now - held < ANOMALY_MEMORY
+
     def population(self) -> np.ndarray:
         """A copy of the population state as this process last saw it."""
         with self._lock:
