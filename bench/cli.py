@@ -16,6 +16,8 @@ and returns a plain dict, which :mod:`nudge.bench.report` prints and writes. Sec
 - ``storage``  bytes the store holds per user, one event for each of 1,000,000 new users
 - ``insights`` RetentionDrivers over 1M users / 30M events, the ingest cost of the
                insights summary, planted-truth quality (bench/insights_bench.py)
+- ``audience`` DecideBatch over 1,000,000 users against 3,600 combinations, every decision
+               logged (a server in a child process)
 - ``all``      every section above
 - ``faults``   kill -9 in a loop, 100 rounds (not part of ``all``; see bench/faults.py);
                ``--cluster``: SIGKILL nudge nodes and NATS servers (bench/cluster_faults.py)
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from nudge.bench import budgets as budgets_mod
+from nudge.bench.audience import AudienceConfig
 from nudge.bench.ingest import IngestConfig
 from nudge.bench.insights_bench import InsightsConfig
 from nudge.bench.insights_bench import quick as insights_quick
@@ -55,7 +58,7 @@ from nudge.bench.startup import StartupConfig
 from nudge.bench.storage import StorageConfig
 
 SECTIONS = ("kernels", "quality", "learning", "rpc", "peers", "startup", "storage", "ingest",
-            "insights")
+            "insights", "audience")
 DEFAULT_OUT = Path("bench/reports")
 
 
@@ -73,6 +76,7 @@ class BenchConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     insights: InsightsConfig = field(default_factory=InsightsConfig)
+    audience: AudienceConfig = field(default_factory=AudienceConfig)
     write_reports: bool = True
     command: str = "nudge bench"
     profile: bool = False  # rpc: profile the handlers; .prof files go beside the report
@@ -81,6 +85,7 @@ class BenchConfig:
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
     """Run the chosen sections; a failing section is recorded and the others still run."""
     from nudge.bench import (
+        audience,
         ingest,
         insights_bench,
         kernels_bench,
@@ -103,6 +108,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
         "storage": lambda: storage.run(config.storage, progress),
         "ingest": lambda: ingest.run(config.ingest, progress),
         "insights": lambda: insights_bench.run(config.insights, progress),
+        "audience": lambda: audience.run(config.audience, progress),
     }
     budgets = budgets_mod.load(config.budgets_path)
     started = datetime.now(UTC).astimezone()
@@ -196,6 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--insights-seeds", type=int, help="planted-truth seeds per world (10)")
     ins.add_argument("--no-insights-track", action="store_true",
                      help="skip feeding one seed per world through a server's Track")
+    au = common.add_argument_group("audience")
+    au.add_argument("--audience-users", type=int,
+                    help="users in the DecideBatch stream (1,000,000; all: 100,000)")
 
     parser = argparse.ArgumentParser(prog="nudge bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,6 +219,7 @@ def _parser() -> argparse.ArgumentParser:
              "ingest": "TrackStream, one event per new user (1M), vs raw LMDB commits",
              "insights": "RetentionDrivers at 1M users / 30M events, ingest cost, planted "
                          "truth (about 4 minutes)",
+             "audience": "DecideBatch: 1M users x 3,600 combinations, every decision logged",
              "all": "every section (5-6 minutes on the 2-core reference box)"}
     for name, text in helps.items():
         sub.add_parser(name, parents=[common], help=text, description=text)
@@ -284,12 +294,17 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
                     else tuple(range(11, 11 + args.insights_seeds)))
     if args.no_insights_track:
         insights = replace(insights, track=False)
+    # The budget is stated per million users at the measured rate: ``all`` measures
+    # 100,000 to stay within its minutes, ``nudge bench audience`` the full million.
+    audience = AudienceConfig(users=2_000 if q else 100_000 if args.section == "all"
+                              else AudienceConfig().users, history=500 if q else 20_000)
+    audience = _set(audience, users=args.audience_users)
     sections = SECTIONS if args.section == "all" else (args.section,)
     return BenchConfig(sections=sections, out=args.out, budgets_path=args.budgets,
                        profile=args.profile,
                        kernels=kernels, quality=quality, learning=learning, rpc=rpc, peers=peers,
                        startup=startup, storage=storage, ingest=ingest,
-                       insights=insights,
+                       insights=insights, audience=audience,
                        write_reports=not args.no_report,
                        command="nudge bench " + " ".join(args.argv))
 

@@ -283,6 +283,19 @@ def tables(result: dict) -> list[Table]:
         out += insights_tables({**sec.get("insights", {}),
                                 **({"quality": sec["quality"]["insights"]}
                                    if "insights" in sec.get("quality", {}) else {})})
+    if "audience" in sec:
+        a = sec["audience"]
+        per_million = a["metrics"]["audience.decide_batch_s_per_million"]
+        out.append(Table(
+            f"Audience: DecideBatch, {a['users']:,} users × 3,600 combinations (31 numbers, "
+            "SquareCB)", ("users", "with history", "decisions", "logged", "stored",
+                         "seconds", "decisions/s", "s per 1M users"),
+            [(f"{a['users']:,}", f"{a['history']:,}", f"{a['decisions']:,}",
+              f"{a['logged']:,}", f"{a['stored']:,}", _f(a["total_s"], 1), _f(a["per_s"]),
+              _f(per_million, 0))],
+            "One stream of user ids (1,000 per message); seconds run from the first id sent "
+            "to the server's graceful stop (the decision log flushed), stored counted in the "
+            "store afterwards."))
     rows = [(v["name"], ("≤ " + _g(v["max"])) if v["max"] is not None else "≥ " + _g(v["min"]),
              _g(v["value"]) if v["value"] is not None else "-", v["status"], v["issue"])
             for v in result["budgets"]]
