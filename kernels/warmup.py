@@ -16,7 +16,6 @@ KERNEL_MODULES = (
     "nudge.kernels.policy",
     "nudge.kernels.contributions",
     "nudge.kernels.insights",
-    "nudge.kernels.sparse",
 )
 
 

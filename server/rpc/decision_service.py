@@ -1,12 +1,13 @@
-"""DecisionService: Track, TrackStream, GetUser, Decide, ReportOutcome. Thin: validate,
-hand to the writer, the store or the decision engine, reply."""
+"""DecisionService: Track, TrackStream, GetUser, Decide, DecideBatch, ReportOutcome. Thin:
+validate, hand to the writer, the store or the decision engine, reply."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -45,6 +46,15 @@ MAX_CAMPAIGN_NAME = 64
 MAX_BATCH_USERS = 10_000
 BATCH_CHUNK = 1_000
 MAX_PENDING_BATCH_DECISIONS = 20_000
+
+V = TypeVar("V")
+
+
+def _plain(values: Mapping[str, V]) -> dict[str, V]:
+    """A request's map as a dict, copied by iterating it: ``dict()`` of a protobuf map goes
+    through the Mapping ABC (8.1 -> 6.9 us for Decide3600's 31 numbers, 0.8 -> 0.06 us for
+    an empty map; events.py copies event properties the same way)."""
+    return {k: values[k] for k in values} if values else {}
 
 
 @dataclass(frozen=True)
@@ -192,8 +202,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         check_id(request.user_id, "user_id")
         if request.top_k < 0:
             raise InvalidArgument("top_k", "must not be negative")
-        numbers = dict(request.numbers)
-        strings = dict(request.strings)
+        numbers = _plain(request.numbers)
+        strings = _plain(request.strings)
         check_properties(numbers, strings)
         if len(request.campaign) > MAX_CAMPAIGN_NAME:
             raise InvalidArgument("campaign", f"must be at most {MAX_CAMPAIGN_NAME} characters")
@@ -244,8 +254,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             raise InvalidArgument("top_k", "must not be negative")
         if message.top_k > MAX_TOP_K:
             raise InvalidArgument("top_k", f"must be at most {MAX_TOP_K}")
-        numbers = dict(message.numbers)
-        strings = dict(message.strings)
+        numbers = _plain(message.numbers)
+        strings = _plain(message.strings)
         check_properties(numbers, strings)
         if len(message.campaign) > MAX_CAMPAIGN_NAME:
             raise InvalidArgument("campaign", f"must be at most {MAX_CAMPAIGN_NAME} characters")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nudge.kernels.sparse import scatter_bits
+from nudge.kernels.sparse_codec import scatter_bits
 
 
 def encode_sparse(values: np.ndarray) -> bytes:
@@ -28,7 +28,7 @@ def decode_sparse(raw: bytes | memoryview, length: int) -> np.ndarray:
     """Stored bytes as a new writable float64 vector of ``length`` values."""
     if len(raw) == 8 * length:
         return np.frombuffer(raw, dtype=np.float64).copy()
-    # One kernel call (kernels/sparse.py): NumPy's unpack, zeros and masked assignment
+    # One kernel call (kernels/sparse_codec.py): NumPy's unpack, zeros and masked assignment
     # cost several microseconds of call overhead on every Decide and GetUser.
     mask_bytes = (length + 7) // 8
     return scatter_bits(np.frombuffer(raw, np.uint8, mask_bytes),

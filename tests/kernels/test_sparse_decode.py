@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nudge.kernels.sparse import scatter_bits
+from nudge.kernels.sparse_codec import scatter_bits
 
 
 def reference(mask: np.ndarray, values: np.ndarray, length: int) -> np.ndarray:
