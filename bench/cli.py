@@ -187,6 +187,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-decisions", type=int)
     p.add_argument("--peer-seconds", type=float, help="time box per peer")
     p.add_argument("--risk-users", type=int, help="users in the River comparison stream")
+    p.add_argument("--peer-worlds-decisions", type=int,
+                   help="decisions per bench/worlds.py world (0 skips the worlds' peers)")
+    p.add_argument("--vw-seconds", type=float, help="VW's time box per world")
     s = common.add_argument_group("startup")
     s.add_argument("--no-cold", action="store_true", help="skip the cold-cache start (~15 s)")
     s.add_argument("--warm-runs", type=int)
@@ -268,9 +271,11 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
                serving_timeout=args.serving_timeout, handler_calls=args.handler_calls,
                metrics_url=args.metrics_url, profile_seconds=args.profile_seconds)
     rpc = replace(rpc, open_loop=open_loop if open_loop.max_steps > 0 else None)
-    peers = PeersConfig(decisions=200, seconds=2.0, risk_users=40) if q else PeersConfig()
+    peers = (PeersConfig(decisions=200, seconds=2.0, risk_users=40, worlds=("dense",),
+                         worlds_decisions=2_000, vw_seconds=5.0) if q else PeersConfig())
     peers = _set(peers, decisions=args.peer_decisions, seconds=args.peer_seconds,
-                 risk_users=args.risk_users)
+                 risk_users=args.risk_users, worlds_decisions=args.peer_worlds_decisions,
+                 vw_seconds=args.vw_seconds)
     quality = (QualityConfig(customers=200, seeds=(1,), policy_decisions=5_000,
                              with_river=False, worlds_decisions=300,
                              worlds=("dense", "nothing"), insights_seeds=(11,),

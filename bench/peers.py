@@ -2,9 +2,11 @@
 Wabbit ``--cb_explore_adf`` and MABWiser LinTS; the same transaction stream through nudge's
 per-user risk kernels and River ``HalfSpaceTrees``.
 
-The decision problem is ``bench/policy_sim.py``'s world: 3,600 combinations (6 messages ×
-5 channels × 6 send times × 4 frequencies × 5 offers, two interactions) plus "send
-nothing", 32 context features, rewards delivered to each learner in batches. Every system sees
+Then bench/worlds.py's family (``bench/peers_worlds.py``): nudge, Vowpal Wabbit
+``--cb_explore_adf --squarecb`` and an offline logistic regression, learning curves side by
+side. The first decision problem is ``bench/policy_sim.py``'s world: 3,600 combinations
+(6 messages × 5 channels × 6 send times × 4 frequencies × 5 offers, two interactions) plus
+"send nothing", 32 context features, rewards delivered to each learner in batches. Every system sees
 the same contexts in the same order. Peers are slow at this size, so each gets a time box;
 reward quality is compared over the same number of decisions (nudge's figure over a peer's
 count is given beside it). The peers come from the optional ``bench`` extra
@@ -37,6 +39,12 @@ class PeersConfig:
     user_types: int = 6
     risk_users: int = 300  # River's HalfSpaceTrees costs ~0.25 ms a transaction
     seed: int = 0
+    # bench/worlds.py's family (bench/peers_worlds.py): nudge, VW --squarecb and an offline
+    # logistic regression on these worlds, seed ``worlds_seed`` (0 decisions: skipped).
+    worlds: tuple[str, ...] = ("dense", "types")
+    worlds_decisions: int = 30_000
+    worlds_seed: int = 1
+    vw_seconds: float = 120.0  # VW's time box per world (it scores 3,600 actions a decision)
 
 
 @dataclass(frozen=True)
@@ -303,6 +311,12 @@ def run(config: PeersConfig, progress: Callable[[str], None] = lambda _: None) -
     else:
         progress(f"peers: River HalfSpaceTrees on {config.risk_users} users' transactions")
         out["risk"] = run_river(config)
+    if config.worlds_decisions > 0:
+        from nudge.bench import peers_worlds
+
+        out["worlds"] = peers_worlds.run(peers_worlds.WorldPeersConfig(
+            worlds=config.worlds, seed=config.worlds_seed, decisions=config.worlds_decisions,
+            vw_seconds=config.vw_seconds), progress)
     metrics = {"peers.nudge.decide_p50_us": nudge_result.decide.p50}
     for r in results[1:]:
         key = r.name.split()[0].lower()

@@ -233,6 +233,18 @@ def tables(result: dict) -> list[Table]:
              "nudge, same decisions", "random/oracle"), rows,
             f"Rewards learned in batches of {prob['batch']}; peers time-boxed to "
             f"{prob['time_box_s']:g} s."))
+        if "worlds" in p:
+            wp = p["worlds"]
+            rows = [(r["world"], r["learner"], _f(r["decisions"]),
+                     *(_f(r["curve"].get(str(k)), 3) for k in (2_000, 5_000, 10_000, 30_000)),
+                     _f(r["from_5k_to_10k"], 3), _f(r["last_fifth"], 3)) for r in wp["worlds"]]
+            out.append(Table(
+                f"Peers on bench/worlds.py (seed {wp['seed']})",
+                ("world", "learner", "decisions", "@2k", "@5k", "@10k", "@30k", "5k–10k",
+                 "last fifth"), rows,
+                "Expected reward over the oracle's, 1,000 decisions before each mark (the "
+                "offline fits: greedy on held-out customers after that many training "
+                "decisions). VW stops at its time box."))
         if "risk" in p:
             r = p["risk"]
             rows = [(name, _f(v["average_precision"], 3), _f(v["roc_auc"], 3),

@@ -278,6 +278,8 @@ class RunResult:
     invalid_propensities: int = 0
     propensity_min: float = 1.0
     seconds: float = 0.0
+    # Each decision's combination (N_COMBOS: nothing), for peers fitted on the same log.
+    choices: np.ndarray | None = field(default=None, repr=False)
 
     def record(self, i: int, p: np.ndarray, choice: int, propensity: float) -> None:
         """Decision ``i`` chose ``choice`` (N_COMBOS: nothing) with ``propensity``; ``p`` is
@@ -287,6 +289,8 @@ class RunResult:
         self.random[i] = p[ALLOWED_ALL].mean()
         self.chose_nothing[i] = choice == N_COMBOS
         self.nothing_best[i] = p[N_COMBOS] >= self.oracle[i]
+        if self.choices is not None:
+            self.choices[i] = choice
         if not 0.0 < propensity <= 1.0:
             self.invalid_propensities += 1
         self.propensity_min = min(self.propensity_min, propensity)
@@ -352,7 +356,8 @@ def run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> RunRes
     pool = ThreadPoolExecutor(cfg.outcome_threads)
     n = cfg.decisions
     result = RunResult(cfg.world, cfg.seed, n, cfg.exploration, np.empty(n), np.empty(n),
-                       np.empty(n), np.zeros(n, bool), np.zeros(n, bool))
+                       np.empty(n), np.zeros(n, bool), np.zeros(n, bool),
+                       choices=np.empty(n, dtype=np.int64))
     try:
         client.wait_until_serving()
         slot_at = _slot_instants(server)
@@ -420,7 +425,8 @@ def run_in_process(cfg: RunConfig) -> RunResult:
     seeds = np.random.default_rng([cfg.seed, 7]).integers(1, 2**62, cfg.decisions)
     n = cfg.decisions
     result = RunResult(cfg.world, cfg.seed, n, cfg.exploration, np.empty(n), np.empty(n),
-                       np.empty(n), np.zeros(n, bool), np.zeros(n, bool))
+                       np.empty(n), np.zeros(n, bool), np.zeros(n, bool),
+                       choices=np.empty(n, dtype=np.int64))
     for start in range(0, n, cfg.batch):
         stop = min(start + cfg.batch, n)
         prob = world.probabilities(h[start:stop], start)
