@@ -44,6 +44,7 @@ class SimConfig:
     policy: policy.PolicyParams = field(default_factory=policy.PolicyParams)
     learner: learner.LearnerParams = field(default_factory=learner.LearnerParams)
     prior_precision: float = 1.0
+    slope_precision: float | None = None  # None: prior_precision
     latency_samples: int = 2000
     mc_latency_samples: int = 200
 
@@ -126,7 +127,8 @@ def run(cfg: SimConfig | None = None) -> SimResult:
         raise ValueError("n_features: must leave room for the bias and the user-type one-hot")
     layout = ctx.ContextLayout(numeric=tuple(f"f{j}" for j in range(n_raw)))
     stats = ctx.initial_stats(layout)
-    snap = learner.initial_snapshot(space.n_components, cfg.n_features, cfg.prior_precision)
+    snap = learner.initial_snapshot(space.n_components, cfg.n_features, cfg.prior_precision,
+                                    cfg.slope_precision)
 
     n = cfg.n_decisions
     types = rng.integers(0, cfg.n_user_types, n)
@@ -148,7 +150,8 @@ def run(cfg: SimConfig | None = None) -> SimResult:
                                                   choices[start:stop]]).astype(np.float64)
         t = time.perf_counter()  # outcomes of this batch arrive now
         snap = learner.update_posteriors(snap, space.combo_components, choices[start:stop],
-                                         xs[start:stop], rewards, cfg.learner)
+                                         xs[start:stop], rewards, cfg.learner,
+                                         weight=space.component_weight)
         learn_time += time.perf_counter() - t
         learned += stop - start
         stats = ctx.update_stats(layout, stats, raw[start:stop])

@@ -146,6 +146,8 @@ def risk_metrics(rows: list[dict]) -> dict[str, float]:
 def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
     from nudge.bench import policy_sim
     from nudge.kernels import policy
+    from nudge.kernels.learner import LearnerParams
+    from nudge.server.decisions.campaign import Exploration
 
     rows = []
     for regime in config.regimes:
@@ -155,9 +157,12 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
     policies = {}
     for mode in (policy.MODE_SQUARECB, policy.MODE_THOMPSON):
         progress(f"quality: policy simulation, {mode}, {config.policy_decisions:,} decisions")
+        e = Exploration()
         sim = policy_sim.run(policy_sim.SimConfig(
             n_decisions=config.policy_decisions, seed=config.seed,
-            policy=_campaign_default(mode, len(policy_sim.DIMS))))
+            policy=_campaign_default(mode, len(policy_sim.DIMS)),
+            learner=LearnerParams(forgetting=e.forgetting, link=e.link),
+            prior_precision=e.prior_precision, slope_precision=e.slope_precision))
         policies[mode] = {"policy_last_fifth": sim.policy_last, "oracle_last_fifth":
                           sim.oracle_last, "random_last_fifth": sim.random_last,
                           "ratio_to_oracle": sim.ratio}

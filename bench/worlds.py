@@ -419,7 +419,7 @@ def run_in_process(cfg: RunConfig) -> RunResult:
     no_buckets = np.zeros(0, dtype=np.int64)
     space = campaign.space
     params = model.policy_params
-    learn = lrn.LearnerParams(forgetting=campaign.exploration.forgetting)
+    learn = model.learner_params
     kmask = np.ones(space.n_components, dtype=np.uint8)
     snapshot, stats = model.snapshot, model.stats
     seeds = np.random.default_rng([cfg.seed, 7]).integers(1, 2**62, cfg.decisions)
@@ -443,7 +443,7 @@ def run_in_process(cfg: RunConfig) -> RunResult:
             result.record(i, p, choice, got.propensity)
             rewards[i - start] = float(coins[i] < p[choice])
         snapshot = lrn.update_posteriors(snapshot, space.combo_components, chosen, xs, rewards,
-                                         learn)
+                                         learn, weight=space.component_weight)
         stats = ctx.update_stats(model.layout, stats, raw[start:stop])
     result.seconds = time.perf_counter() - started
     return result

@@ -51,11 +51,17 @@ from nudge.kernels.snapshot import PolicySnapshot
 # Layout of the learner parameter array handed to the kernel.
 L_FORGETTING = 0
 L_PRIOR_PRECISION = 1
-N_LEARNER_PARAMS = 2
+L_SLOPE_PRECISION = 2  # logistic link: prior precision of every feature but the bias
+N_LEARNER_PARAMS = 3
+
+LINK_IDENTITY = "identity"
+LINK_LOGISTIC = "logistic"
+DEFAULT_LINK = LINK_IDENTITY
 
 # Shipped defaults (a campaign's [exploration] table defaults to these).
 DEFAULT_FORGETTING = 0.9999
 DEFAULT_PRIOR_PRECISION = 1.0
+DEFAULT_SLOPE_PRECISION = 1.0
 
 # --------------------------------------------------------------------------- kernels
 
@@ -108,7 +114,8 @@ def _update_kernel(precision, b, mean_t, factor_t, n_eff, combo_components, chos
     components touched, or -1 - c if component c lost positive definiteness (cannot happen
     with α > 0 unless the state was corrupted)."""
     lam = params[L_FORGETTING]
-    pull = (1.0 - lam) * params[L_PRIOR_PRECISION]
+    pull0 = (1.0 - lam) * params[L_PRIOR_PRECISION]  # the bias
+    pull = (1.0 - lam) * params[L_SLOPE_PRECISION]  # every other feature
     n_comp, d = b.shape
     k = combo_components.shape[1]
     touched = np.zeros(n_comp, dtype=np.uint8)
@@ -126,7 +133,7 @@ def _update_kernel(precision, b, mean_t, factor_t, n_eff, combo_components, chos
                 xi = x[i]
                 for m in range(d):
                     a[i, m] = lam * a[i, m] + xi * x[m]
-                a[i, i] += pull
+                a[i, i] += pull0 if i == 0 else pull
                 b[c, i] = lam * b[c, i] + r * xi
             n_eff[c] = lam * n_eff[c] + 1.0
     work = np.zeros((d, d))
@@ -158,42 +165,212 @@ def _update_kernel(precision, b, mean_t, factor_t, n_eff, combo_components, chos
     return n_touched
 
 
+@njit(
+    jit.i8(
+        jit.f8_3d, jit.f8_2d, jit.f8_2d, jit.f8_2d, jit.f8_1d,
+        jit.f8_1d, jit.i4_2d_ro, jit.f8_1d_ro, jit.i8_1d_ro, jit.f8_2d_ro, jit.f8_1d_ro,
+        jit.f8_1d_ro,
+    ),
+    **jit.NOGIL,
+)
+def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo_components,
+                            weight, chosen, xs, rewards, params):
+    """The logistic link, in place: the combination's logit is ``η = Σ_c w_c·μ_c·x`` and
+    ``P(reward) = σ(η)`` (``rewards`` in [0, 1]). Each outcome is one extended-Kalman step
+    on the joint logit with the components' covariances kept block-diagonal: with
+    ``p = σ(η)``, ``h = p(1 − p)`` and the logit's predictive variance
+    ``v = Σ_c w_c²·xᵀΣ_c x``, every component of the combination moves by
+    ``Σ_c x·w_c·(r − p) / (1 + h·v)``, so the components share the residual in proportion
+    to their uncertainty (no overshoot: the shared step is one Newton step on the sum).
+    Covariances are downdated within the batch (Sherman–Morrison on a working copy);
+    precisions accumulate ``h_c·w_c²·x xᵀ`` (the block's own curvature,
+    ``h_c = h / (1 + h·(v − w_c²·xᵀΣ_c x))``), forget once per batch
+    (``A ← λⁿ·A + (1 − λⁿ)·diag(prior)`` for n observations), are re-factored at the end
+    of the batch as in :func:`_update_kernel`, and ``b_c = A_c μ_c`` is stored so the
+    natural parameters stay the state.
+
+    ``offset = [o, s²]``: one shared intercept in every arm's logit (``η = o + Σ…``), with
+    its variance, updated in the same step. It takes the base rate: starting every arm at
+    logit 0 (a 50% rate) and letting each learn the base rate on its own made every arm
+    tried less look better than the ones tried, so the first thousands of decisions went to
+    spreading trials. The policy never reads it (every arm has it: rankings do not change).
+    Returns the number of components touched, or ``-1 - c`` if component c lost positive
+    definiteness."""
+    lam = params[L_FORGETTING]
+    n_comp, d = b.shape
+    k = combo_components.shape[1]
+    touched = np.zeros(n_comp, dtype=np.uint8)
+    sigma = np.zeros((n_comp, d, d))
+    sx = np.zeros((k, d))
+    qs = np.zeros(k)
+    seen = np.zeros(n_comp, dtype=np.int64)
+    for t in range(xs.shape[0]):
+        x = xs[t]
+        row = combo_components[chosen[t]]
+        offset[1] /= lam
+        eta = offset[0]
+        v = offset[1]
+        n_row = 0
+        for j in range(k):
+            c = row[j]
+            if c < 0:
+                break
+            n_row += 1
+            if touched[c] == 0:  # Σ_c = F_c F_cᵀ from the published factor, once per batch
+                touched[c] = 1
+                sg = sigma[c]
+                p = 0
+                for jj in range(d):
+                    for i in range(jj, d):
+                        sg[jj, i] = factor_t[p, c]
+                        p += 1
+                fu = sg.copy()  # upper-triangular F_c
+                for i in range(d):
+                    for m in range(d):
+                        acc = 0.0
+                        for q in range(max(i, m), d):
+                            acc += fu[i, q] * fu[m, q]
+                        sg[i, m] = acc
+            sg = sigma[c]
+            for i in range(d):  # Σx as a sum of rows (Σ symmetric): no reduction to vectorise
+                sx[j, i] = 0.0
+            sxj = sx[j]
+            for m in range(d):
+                xm = x[m]
+                srow = sg[m]
+                for i in range(d):
+                    sxj[i] += srow[i] * xm
+            mu_x = 0.0
+            q = 0.0
+            for i in range(d):
+                q += sx[j, i] * x[i]
+                mu_x += mean_t[i, c] * x[i]
+            qs[j] = q
+            eta += weight[c] * mu_x
+            v += weight[c] * weight[c] * q
+        if eta > 30.0:
+            eta = 30.0
+        elif eta < -30.0:
+            eta = -30.0
+        p_hat = 1.0 / (1.0 + np.exp(-eta))
+        h = p_hat * (1.0 - p_hat)
+        if h < 1e-6:
+            h = 1e-6
+        g = rewards[t] - p_hat
+        denom = 1.0 + h * v
+        s_o = offset[1]
+        offset[0] += s_o * g / denom
+        offset[1] = s_o - h * s_o * s_o / denom
+        for j in range(n_row):
+            c = row[j]
+            wc = weight[c]
+            step = wc * g / denom
+            down = h * wc * wc / denom
+            sg = sigma[c]
+            sxj = sx[j]
+            for i in range(d):
+                mean_t[i, c] += step * sxj[i]
+                si = down * sxj[i]
+                srow = sg[i]
+                for m in range(d):
+                    srow[m] -= si * sxj[m]
+            hc = h * wc * wc / (1.0 + h * (v - wc * wc * qs[j]))
+            a = precision[c]
+            for i in range(d):  # the lower triangle (what the factorisation reads)
+                hx = hc * x[i]
+                arow = a[i]
+                for m in range(i + 1):
+                    arow[m] += hx * x[m]
+            seen[c] += 1
+            n_eff[c] = lam * n_eff[c] + 1.0
+    work = np.zeros((d, d))
+    f = np.zeros((d, d))
+    n_touched = 0
+    for c in range(n_comp):
+        if touched[c] == 0:
+            continue
+        n_touched += 1
+        # Forgetting for the batch's n observations of c at once (the batch's own
+        # curvature decays with the rest; at λ^n ≈ 1 the difference is negligible).
+        decay = lam ** seen[c]
+        a = precision[c]
+        for i in range(d):
+            for m in range(i + 1):
+                a[i, m] *= decay
+                a[m, i] = a[i, m]
+            a[i, i] += (1.0 - decay) * (params[L_PRIOR_PRECISION] if i == 0
+                                        else params[L_SLOPE_PRECISION])
+        if not _inverse_factor(a, f, work):
+            return -1 - c
+        p = 0
+        for j in range(d):
+            for i in range(j, d):
+                factor_t[p, c] = f[j, i]
+                p += 1
+        for i in range(d):
+            acc = 0.0
+            for j in range(d):
+                acc += a[i, j] * mean_t[j, c]
+            b[c, i] = acc
+    return n_touched
+
+
 # --------------------------------------------------------------------------- public API
 
 
 @dataclass(frozen=True)
 class LearnerParams:
-    """Learner configuration. ``forgetting`` is λ per observation of a component."""
+    """Learner configuration. ``forgetting`` is λ per observation of a component.
+
+    ``link``: ``"identity"`` regresses each component on the raw reward independently;
+    ``"logistic"`` fits the combination's summed score as a logit of the reward rescaled
+    from ``reward_range`` to [0, 1] (clipped), one shared-credit Kalman step per outcome
+    (:func:`_update_logistic_kernel`)."""
 
     forgetting: float = DEFAULT_FORGETTING
+    link: str = LINK_IDENTITY
+    reward_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         if not (0.0 < self.forgetting <= 1.0):
             raise ValueError(
                 f"forgetting: must be in (0, 1] (1 = never forget), got {self.forgetting!r}"
             )
+        if self.link not in (LINK_IDENTITY, LINK_LOGISTIC):
+            raise ValueError(f"link: must be {LINK_IDENTITY!r} or {LINK_LOGISTIC!r}, "
+                             f"got {self.link!r}")
+        low, high = self.reward_range
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise ValueError(f"reward_range: needs finite low < high, got {self.reward_range}")
 
 
 def initial_snapshot(
-    n_components: int, n_features: int, prior_precision: float = DEFAULT_PRIOR_PRECISION
+    n_components: int, n_features: int, prior_precision: float = DEFAULT_PRIOR_PRECISION,
+    slope_precision: float | None = None,
 ) -> PolicySnapshot:
-    """The prior for every component: mean 0, precision α·I."""
+    """The prior for every component: mean 0, precision ``diag(α, β, …, β)`` — α on the
+    bias (``prior_precision``), β on every other feature (``slope_precision``, default α)."""
     if n_components < 1 or n_features < 1:
         raise ValueError(
             f"n_components, n_features: must be >= 1, got {n_components}, {n_features}"
         )
     if not (np.isfinite(prior_precision) and prior_precision > 0.0):
         raise ValueError(f"prior_precision: must be finite and > 0, got {prior_precision!r}")
-    eye = np.eye(n_features)
-    packed = eye[np.triu_indices(n_features)] / np.sqrt(prior_precision)
+    slope = prior_precision if slope_precision is None else slope_precision
+    if not (np.isfinite(slope) and slope > 0.0):
+        raise ValueError(f"slope_precision: must be finite and > 0, got {slope_precision!r}")
+    alpha = np.full(n_features, float(slope))
+    alpha[0] = prior_precision
+    packed = np.diag(1.0 / np.sqrt(alpha))[np.triu_indices(n_features)]
     return PolicySnapshot(
         mean_t=np.zeros((n_features, n_components)),
         factor_t=np.repeat(packed[:, None], n_components, axis=1),
-        precision=np.broadcast_to(eye * prior_precision,
+        precision=np.broadcast_to(np.diag(alpha),
                                   (n_components, n_features, n_features)).copy(),
         b=np.zeros((n_components, n_features)),
         n_eff=np.zeros(n_components),
         prior_precision=float(prior_precision),
+        slope_precision=float(slope),
     )
 
 
@@ -204,6 +381,7 @@ def update_posteriors(
     contexts: np.ndarray,
     rewards: np.ndarray,
     params: LearnerParams | None = None,
+    weight: np.ndarray | None = None,
 ) -> PolicySnapshot:
     """Learn from a batch of outcomes; returns a new snapshot, ``snapshot`` is untouched.
 
@@ -211,7 +389,8 @@ def update_posteriors(
     array the policy scores with, -1 padded); ``chosen[n]`` the combination each decision
     chose (the "send nothing" combination updates the nothing component); ``contexts[n, d]``
     the context each decision saw; ``rewards[n]`` the raw rewards. Rows are applied in
-    order, so with forgetting the last row weighs most.
+    order, so with forgetting the last row weighs most. The logistic link also needs the
+    space's ``component_weight`` (``weight[C]``), with which the policy sums the scores.
     """
     params = params or LearnerParams()
     n_comp, d = snapshot.n_components, snapshot.n_features
@@ -233,15 +412,30 @@ def update_posteriors(
         raise ValueError("contexts, rewards: must be finite (no NaN or inf)")
     state = [a.copy() for a in (snapshot.precision, snapshot.b, snapshot.mean_t,
                                 snapshot.factor_t, snapshot.n_eff)]
-    kparams = np.array([params.forgetting, snapshot.prior_precision])
-    status = _update_kernel(state[0], state[1], state[2], state[3], state[4], combos, chosen_a, xs,
-                            r, kparams)
+    kparams = np.array([params.forgetting, snapshot.prior_precision, snapshot.slope_precision])
+    if params.link == LINK_LOGISTIC:
+        if weight is None:
+            raise ValueError("weight: the logistic link needs the space's component_weight")
+        wts = typed_array(weight, "weight", np.float64, 1)
+        if wts.shape != (n_comp,):
+            raise ValueError(f"weight: shape must be ({n_comp},), got {wts.shape}")
+        low, high = params.reward_range
+        y = np.clip((r - low) / (high - low), 0.0, 1.0)
+        offset = np.array([snapshot.offset, snapshot.offset_var])
+        status = _update_logistic_kernel(state[0], state[1], state[2], state[3], state[4],
+                                         offset, combos, wts, chosen_a, xs, y, kparams)
+    else:
+        offset = np.array([snapshot.offset, snapshot.offset_var])
+        status = _update_kernel(state[0], state[1], state[2], state[3], state[4], combos,
+                                chosen_a, xs, r, kparams)
     if status < 0:  # only reachable if the state was corrupted outside this module
         raise ValueError(f"snapshot: precision of component {-1 - status} is not positive "
                          "definite")
     precision, b, mean_t, factor_t, n_eff = state
     return PolicySnapshot(mean_t=mean_t, factor_t=factor_t, precision=precision, b=b, n_eff=n_eff,
                           prior_precision=snapshot.prior_precision,
+                          slope_precision=snapshot.slope_precision,
+                          offset=float(offset[0]), offset_var=float(offset[1]),
                           version=snapshot.version + 1)
 
 
@@ -249,4 +443,6 @@ def warm_up() -> None:
     """Call every kernel once on tiny inputs (load from cache before SERVING)."""
     snap = initial_snapshot(2, 2)
     combos = np.array([[0, 1], [1, -1]], dtype=np.int32)
-    update_posteriors(snap, combos, np.array([0, 1]), np.ones((2, 2)), np.array([1.0, 0.0]))
+    for link in (LINK_IDENTITY, LINK_LOGISTIC):
+        update_posteriors(snap, combos, np.array([0, 1]), np.ones((2, 2)), np.array([1.0, 0.0]),
+                          LearnerParams(link=link), weight=np.array([0.5, 1.0]))

@@ -15,6 +15,10 @@ import numpy as np
 
 from nudge.kernels.jit import frozen_array
 
+# Prior variance of the logistic link's shared intercept (logit units: wide enough for any
+# base rate from 0.1% to 99.9% within about three standard deviations).
+OFFSET_PRIOR_VARIANCE = 4.0
+
 
 @dataclass(frozen=True)
 class PolicySnapshot:
@@ -39,12 +43,22 @@ class PolicySnapshot:
     n_eff: np.ndarray
     prior_precision: float
     version: int = 0
+    # Prior precision of every feature but the bias (None: ``prior_precision``).
+    slope_precision: float | None = None
+    # The logistic link's shared intercept and its variance (the policy never reads them:
+    # every arm has the same; see ``nudge.kernels.learner._update_logistic_kernel``).
+    offset: float = 0.0
+    offset_var: float = OFFSET_PRIOR_VARIANCE
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.prior_precision) and self.prior_precision > 0.0):
-            raise ValueError(
-                f"prior_precision: must be finite and > 0, got {self.prior_precision!r}"
-            )
+        if self.slope_precision is None:
+            object.__setattr__(self, "slope_precision", self.prior_precision)
+        for name in ("prior_precision", "slope_precision", "offset_var"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0.0):
+                raise ValueError(f"{name}: must be finite and > 0, got {value!r}")
+        if not np.isfinite(self.offset):
+            raise ValueError(f"offset: must be finite, got {self.offset!r}")
         mean_t = frozen_array(self.mean_t, "mean_t", np.float64, 2)
         d, n_comp = mean_t.shape
         if n_comp < 1 or d < 1:

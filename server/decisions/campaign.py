@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from nudge.kernels.action_space import ActionSpace, build_action_space
-from nudge.kernels.learner import DEFAULT_FORGETTING, DEFAULT_PRIOR_PRECISION
+from nudge.kernels.learner import (
+    DEFAULT_FORGETTING,
+    DEFAULT_LINK,
+    DEFAULT_PRIOR_PRECISION,
+    DEFAULT_SLOPE_PRECISION,
+    LINK_IDENTITY,
+    LINK_LOGISTIC,
+)
 from nudge.kernels.policy import DEFAULT_POLICY
 from nudge.server.decisions.triggers import Trigger, parse_triggers
 from nudge.server.errors import CampaignError
@@ -34,6 +41,7 @@ PAIRS = ((1, 2), (0, 4))
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 ALGORITHMS = ("squarecb", "thompson")
+LINKS = (LINK_LOGISTIC, LINK_IDENTITY)
 # How many times the goal's value one outcome may be worth at most (Goal.reward_range).
 MAX_REWARD_MULTIPLE = 10.0
 
@@ -145,8 +153,14 @@ class Exploration:
     algorithm: str = DEFAULT_POLICY.mode
     # Observation noise variance of the per-component Bayesian regressions.
     noise_variance: float = DEFAULT_POLICY.noise_variance
-    # Prior precision (ridge) of each component's weights.
+    # Prior precision (ridge) of each component's bias weight …
     prior_precision: float = DEFAULT_PRIOR_PRECISION
+    # … and of its other weights (the context's features).
+    slope_precision: float = DEFAULT_SLOPE_PRECISION
+    # How a component's scores become a reward: "logistic" (the combination's summed score
+    # is a logit, components share each outcome's credit) or "identity" (each component
+    # regresses the raw reward on its own).
+    link: str = DEFAULT_LINK
     # Per-update forgetting factor (< 1 tracks drift; 1 never forgets).
     forgetting: float = DEFAULT_FORGETTING
     # SquareCB learning rate, scaled by the number of allowed actions.
@@ -450,6 +464,11 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
             e.get("prior_precision", defaults.prior_precision), "exploration.prior_precision",
             source, 1e-6, 1e6,
         ),
+        slope_precision=_number(
+            e.get("slope_precision", defaults.slope_precision), "exploration.slope_precision",
+            source, 1e-6, 1e6,
+        ),
+        link=_link(e.get("link", defaults.link), source),
         forgetting=_number(
             e.get("forgetting", defaults.forgetting), "exploration.forgetting", source, 0.9, 1.0
         ),
@@ -468,6 +487,12 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
         explore_all=_number(e.get("explore_all", defaults.explore_all),
                             "exploration.explore_all", source, 0.0, 1.0),
     )
+
+
+def _link(value: Any, source: str) -> str:
+    if value not in LINKS:
+        raise _fail(source, "exploration.link", f"must be one of {list(LINKS)}")
+    return str(value)
 
 
 def _bool(value: Any, key: str, source: str) -> bool:

@@ -216,9 +216,10 @@ class Learner:
         if not (np.isfinite(contexts).all() and np.isfinite(rewards).all()):
             raise ValueError("context or reward: must be finite")
         raw = np.array([[np.nan if v is None else v for v in r.raw] for r in usable])
+        space = model.campaign.space
         snapshot = lrn.update_posteriors(
-            model.snapshot, model.campaign.space.combo_components, chosen, contexts, rewards,
-            lrn.LearnerParams(forgetting=model.campaign.exploration.forgetting),
+            model.snapshot, space.combo_components, chosen, contexts, rewards,
+            model.learner_params, weight=space.component_weight,
         )
         stats = ctx.update_stats(model.layout, model.stats, raw)
         return CampaignModel(model.campaign, model.layout, snapshot, stats, model.learned_seq)

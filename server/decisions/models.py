@@ -49,11 +49,23 @@ class CampaignModel:
             mc_max_samples=e.propensity_samples,
         )
 
+    @cached_property
+    def learner_params(self) -> lrn.LearnerParams:
+        """How outcomes update this campaign's model. The logistic link reads a reward on
+        [worst, goal value]: the worst is an opt-out, or every message's contact cost."""
+        e, goal = self.campaign.exploration, self.campaign.goal
+        most_messages = max((f.count for f in self.campaign.frequencies), default=1)
+        worst = -max(goal.opt_out_cost, goal.contact_cost * most_messages, 0.0)
+        best = goal.value if goal.value > worst else worst + 1.0
+        return lrn.LearnerParams(forgetting=e.forgetting, link=e.link,
+                                 reward_range=(worst, best))
+
     @classmethod
     def initial(cls, campaign: Campaign) -> CampaignModel:
         layout = context_layout(campaign)
         snapshot = lrn.initial_snapshot(
-            campaign.n_components, layout.n_features, campaign.exploration.prior_precision
+            campaign.n_components, layout.n_features, campaign.exploration.prior_precision,
+            campaign.exploration.slope_precision,
         )
         return cls(campaign, layout, snapshot, ctx.initial_stats(layout))
 

@@ -7,6 +7,7 @@ import pytest
 
 from nudge.kernels import learner
 from nudge.kernels.learner import LearnerParams, initial_snapshot, update_posteriors
+from nudge.kernels.snapshot import OFFSET_PRIOR_VARIANCE
 
 D = 5
 
@@ -158,3 +159,120 @@ def test_validation_errors() -> None:
 
 def test_warm_up_runs() -> None:
     learner.warm_up()
+
+
+# --------------------------------------------------------------------------- logistic link
+
+WEIGHT = np.array([0.5, 0.5, 0.5, 1 / 3, 1 / 3, 1.0])  # 1/k per combination, 1 for "nothing"
+
+
+def _logistic_reference(combos, chosen, xs, y, lam, alpha, slope, n_comp, start=None):
+    """The shared-credit Kalman steps written out with dense numpy, one outcome at a time."""
+    prior = np.full(D, slope)
+    prior[0] = alpha
+    if start is None:
+        a = np.broadcast_to(np.diag(prior), (n_comp, D, D)).copy()
+        mu = np.zeros((n_comp, D))
+    else:
+        a, mu = start.precision.copy(), start.mu.copy()
+    sigma = np.array([np.linalg.inv(m) for m in a])
+    seen = np.zeros(n_comp)
+    o, s2 = (0.0, OFFSET_PRIOR_VARIANCE) if start is None else (start.offset, start.offset_var)
+    for ch, x, r in zip(chosen, xs, y, strict=True):
+        comps = [c for c in combos[ch] if c >= 0]
+        sx = {c: sigma[c] @ x for c in comps}
+        q = {c: x @ sx[c] for c in comps}
+        s2 /= lam
+        eta = float(np.clip(o + sum(WEIGHT[c] * mu[c] @ x for c in comps), -30, 30))
+        v = s2 + sum(WEIGHT[c] ** 2 * q[c] for c in comps)
+        p = 1 / (1 + np.exp(-eta))
+        h = max(p * (1 - p), 1e-6)
+        o += s2 * (r - p) / (1 + h * v)
+        s2 -= h * s2 * s2 / (1 + h * v)
+        for c in comps:
+            w2 = WEIGHT[c] ** 2
+            mu[c] += WEIGHT[c] * (r - p) / (1 + h * v) * sx[c]
+            sigma[c] -= h * w2 / (1 + h * v) * np.outer(sx[c], sx[c])
+            a[c] += h * w2 / (1 + h * (v - w2 * q[c])) * np.outer(x, x)
+            seen[c] += 1
+    for c in range(n_comp):
+        if seen[c]:
+            decay = lam ** seen[c]
+            a[c] = decay * a[c] + (1 - decay) * np.diag(prior)
+    return a, mu, o, s2
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.97])
+def test_logistic_update_matches_reference(lam: float) -> None:
+    rng = np.random.default_rng(11)
+    snap = initial_snapshot(6, D, prior_precision=0.7, slope_precision=4.0)
+    params = LearnerParams(lam, link=learner.LINK_LOGISTIC)
+    chosen, xs, _ = _batch(rng, 80)
+    y = (rng.random(80) < 0.3).astype(float)
+    new = update_posteriors(snap, _combos(), chosen, xs, y, params, weight=WEIGHT)
+    a, mu, o, s2 = _logistic_reference(_combos(), chosen, xs, y, lam, 0.7, 4.0, 6)
+    assert np.allclose(new.precision, a, rtol=1e-10, atol=1e-12)
+    assert np.allclose(new.mu, mu, rtol=1e-9, atol=1e-12)
+    assert (new.offset, new.offset_var) == pytest.approx((o, s2), rel=1e-10)
+    # A second batch starts from the published factor, not from the working covariance.
+    chosen2, xs2, _ = _batch(rng, 40)
+    y2 = (rng.random(40) < 0.3).astype(float)
+    newer = update_posteriors(new, _combos(), chosen2, xs2, y2, params, weight=WEIGHT)
+    a2, mu2, o2, _ = _logistic_reference(_combos(), chosen2, xs2, y2, lam, 0.7, 4.0, 6,
+                                         start=new)
+    assert newer.offset == pytest.approx(o2, rel=1e-10)
+    assert np.allclose(newer.precision, a2, rtol=1e-9, atol=1e-11)
+    assert np.allclose(newer.mu, mu2, rtol=1e-8, atol=1e-11)
+    for c in range(6):
+        f = newer.cov_factor(c)
+        assert np.allclose(f @ f.T, np.linalg.inv(a2[c]), rtol=1e-9, atol=1e-12)
+        assert np.allclose(newer.b[c], a2[c] @ mu2[c], rtol=1e-9, atol=1e-11)
+
+
+def test_logistic_link_learns_an_additive_logit() -> None:
+    """Two dimensions whose effects add on the logit, 4% base rate: the summed scores rank
+    the combinations as the truth does, which independent regressions of the raw reward
+    on each component are not asked to do."""
+    rng = np.random.default_rng(12)
+    combos = np.array([[i, 3 + j] for i in range(3) for j in range(3)], dtype=np.int32)
+    weight = np.full(6, 0.5)
+    d = 3
+    effects = rng.normal(0.0, 0.8, (6, d))
+    n = 20_000
+    xs = np.concatenate([np.ones((n, 1)), rng.normal(size=(n, d - 1))], axis=1)
+    chosen = rng.integers(0, 9, n)
+    logit = -3.5 + np.einsum("nd,nkd->n", xs, effects[combos[chosen]])
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    snap = initial_snapshot(6, d, prior_precision=1.0, slope_precision=1.0)
+    for s in range(0, n, 250):
+        snap = update_posteriors(snap, combos, chosen[s:s + 250], xs[s:s + 250], y[s:s + 250],
+                                 LearnerParams(1.0, link=learner.LINK_LOGISTIC), weight=weight)
+    test = np.concatenate([np.ones((200, 1)), rng.normal(size=(200, d - 1))], axis=1)
+    truth = np.einsum("nd,kjd->nk", test, effects[combos])
+    fitted = np.einsum("nd,kjd->nk", test, 0.5 * snap.mu[combos])
+    agree = (truth.argmax(axis=1) == fitted.argmax(axis=1)).mean()
+    assert agree >= 0.85
+    centred = [np.corrcoef(t - t.mean(), f - f.mean())[0, 1] for t, f in zip(truth, fitted,
+                                                                             strict=True)]
+    assert np.mean(centred) > 0.9
+
+
+def test_logistic_link_needs_weights_and_rescales_rewards() -> None:
+    snap = initial_snapshot(6, D)
+    chosen, xs, _ = _batch(np.random.default_rng(13), 30)
+    params = LearnerParams(1.0, link=learner.LINK_LOGISTIC, reward_range=(-2.0, 1.0))
+    with pytest.raises(ValueError, match="weight"):
+        update_posteriors(snap, _combos(), chosen, xs, np.zeros(30), params)
+    # Rewards map from [-2, 1] onto [0, 1] and are clipped there: 4 is a 1, -5 a 0.
+    raw = np.array([4.0, -5.0, 1.0, -2.0] * 7 + [0.0, 0.0])
+    scaled = np.clip((raw + 2.0) / 3.0, 0.0, 1.0)
+    got = update_posteriors(snap, _combos(), chosen, xs, raw, params, weight=WEIGHT)
+    want = update_posteriors(snap, _combos(), chosen, xs, scaled,
+                             LearnerParams(1.0, link=learner.LINK_LOGISTIC), weight=WEIGHT)
+    assert np.allclose(got.mean_t, want.mean_t)
+    with pytest.raises(ValueError, match="link"):
+        LearnerParams(link="probit")
+    with pytest.raises(ValueError, match="reward_range"):
+        LearnerParams(reward_range=(1.0, 1.0))
+    with pytest.raises(ValueError, match="slope_precision"):
+        initial_snapshot(2, 2, slope_precision=-1.0)

@@ -39,7 +39,8 @@ def encode(
     buffer = io.BytesIO()
     np.savez(
         buffer, mean_t=s.mean_t, factor_t=s.factor_t, precision=s.precision, b=s.b,
-        n_eff=s.n_eff, prior=np.array([s.prior_precision]), version=np.array([s.version]),
+        n_eff=s.n_eff, prior=np.array([s.prior_precision, s.slope_precision]),
+        offset=np.array([s.offset, s.offset_var]), version=np.array([s.version]),
         stats_mean=st.mean, stats_var=st.var, stats_count=st.count,
         features=np.array(features), components=np.array(components),
     )
@@ -52,6 +53,11 @@ def decode(raw: bytes) -> StoredModel:
             mean_t=data["mean_t"], factor_t=data["factor_t"], precision=data["precision"],
             b=data["b"], n_eff=data["n_eff"], prior_precision=float(data["prior"][0]),
             version=int(data["version"][0]),
+            # Models stored before the slope prior had one prior for every feature.
+            slope_precision=float(data["prior"][-1]),
+            # … and no shared intercept.
+            **({"offset": float(data["offset"][0]), "offset_var": float(data["offset"][1])}
+               if "offset" in data.files else {}),
         )
         stats = ctx.ContextStats(
             mean=data["stats_mean"], var=data["stats_var"], count=data["stats_count"]

@@ -46,6 +46,8 @@ def test_parse_defaults_are_the_kernels_defaults() -> None:
         p.mode, p.noise_variance, p.gamma_scale, p.mc_samples)
     assert e.forgetting == learner.LearnerParams().forgetting
     assert e.prior_precision == learner.DEFAULT_PRIOR_PRECISION
+    assert e.slope_precision == learner.DEFAULT_SLOPE_PRECISION
+    assert e.link == learner.DEFAULT_LINK
     assert policy.PolicyParams() == p
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,25 @@ def test_model_codec_round_trips() -> None:
     np.testing.assert_array_equal(stored.snapshot.mean_t, snapshot.mean_t)
     np.testing.assert_array_equal(stored.stats.var, stats.var)
     assert stored.snapshot.version == snapshot.version
+
+
+def test_model_codec_keeps_the_priors_and_the_shared_intercept() -> None:
+    snapshot = dataclasses.replace(lrn.initial_snapshot(3, 2, 0.5, 4.0), offset=-3.2,
+                                   offset_var=0.01)
+    stats = ctx.ContextStats(mean=np.zeros(1), var=np.ones(1), count=np.zeros(1))
+    back = models.decode(models.encode(snapshot, stats, ["bias", "f"], ["a", "b", "c"]))
+    s = back.snapshot
+    assert (s.prior_precision, s.slope_precision, s.offset, s.offset_var) == (0.5, 4.0, -3.2,
+                                                                              0.01)
+    # A model stored before either (one prior, no intercept) reads with both defaulted.
+    buffer = io.BytesIO()
+    old = {k: v for k, v in np.load(io.BytesIO(models.encode(snapshot, stats, ["bias", "f"],
+                                                             ["a", "b", "c"]))).items()
+           if k != "offset"}
+    old["prior"] = np.array([0.5])
+    np.savez(buffer, **old)
+    s = models.decode(buffer.getvalue()).snapshot
+    assert (s.prior_precision, s.slope_precision, s.offset) == (0.5, 0.5, 0.0)
 
 
 def test_user_records_are_sparse_and_dense_ones_still_read(tmp_path: Path) -> None:
