@@ -120,6 +120,11 @@ EXPLORATION = """
 algorithm = "squarecb"
 gamma_scale = {gamma_scale}
 forgetting = 0.99995
+# Rewards here mix conversions, opt-out penalties and contact costs; the identity link and
+# one prior for every weight are what the simulator's targets were met with (the logistic
+# link's default gamma_scale is on another scale).
+link = "identity"
+slope_precision = 1.0
 
 [context]
 event_types = ["app_opened", "loan_simulated", "salary_received", "savings_deposit",

@@ -13,7 +13,8 @@ Between rounds, with the server dead, the harness opens the store itself and che
 - every acknowledged outcome (ReportOutcome, or a goal event after a decision) is settled
   with its reward and appears once in the rewards log; a settled decision stays settled;
 - the learner's stored models are the rewards log up to its stored position, each outcome
-  applied once (recomputed here from the log, with the campaign's forgetting of 1);
+  applied once (recomputed here from the log, with the campaign's forgetting of 1 and
+  identity link);
 - a delivery acknowledged SENT stays SENT and is never streamed again; one streamed but
   not acknowledged is still leased (or sent, if only the reply was lost).
 
@@ -90,6 +91,9 @@ holdout = 0.0
 algorithm = "squarecb"
 forgetting = 1.0
 nothing_arm = false
+# The identity link's b is a sum over the rewards log, so the check below recomputes it
+# exactly; the logistic link's state depends on the order and batching of its steps.
+link = "identity"
 """
 GOAL_VALUE = 1.0
 LEASE_SECONDS = 1

@@ -136,7 +136,9 @@ def _policy(n_combos: int, mode: str, features: int, raw: bool) -> Prepared:
     return Prepared(call, note=f"{what}; decide()")
 
 
-def _learner(n_combos: int, features: int, batch: int) -> Prepared:
+def _learner(n_combos: int, features: int, batch: int, link: str) -> Prepared:
+    """One batch of rewards through the learner with this link (the campaign default's
+    is ``learner_update``)."""
     from nudge.kernels import learner
 
     space, snap, _ = _trained(n_combos, features, n_updates=batch)
@@ -145,12 +147,15 @@ def _learner(n_combos: int, features: int, batch: int) -> Prepared:
     xs[:, 0] = 1.0
     chosen = rng.integers(0, space.n_combos, batch)
     rewards = (rng.random(batch) < 0.1).astype(np.float64)
+    params = learner.LearnerParams(link=link)
 
     def call() -> None:
-        learner.update_posteriors(snap, space.combo_components, chosen, xs, rewards)
+        learner.update_posteriors(snap, space.combo_components, chosen, xs, rewards, params,
+                                  weight=space.component_weight)
 
     return Prepared(call, items_per_call=batch,
-                    note=f"{batch} rewards per batch, {n_combos:,} combos × {features} features")
+                    note=f"{link} link, {batch} rewards per batch, {n_combos:,} combos × "
+                         f"{features} features")
 
 
 def _risk_inputs(n: int):
@@ -235,8 +240,12 @@ def cases(config: KernelsConfig) -> Iterator[KernelCase]:
                 yield KernelCase(name, f"policy-{mode}",
                                  partial(_policy, n, mode, config.features, raw))
     big = max(config.policy_combos)
-    yield KernelCase("learner_update", "learner",
-                     lambda: _learner(big, config.features, config.learner_batch))
+    from nudge.kernels.learner import DEFAULT_LINK, LINK_IDENTITY, LINK_LOGISTIC
+
+    for link in (LINK_LOGISTIC, LINK_IDENTITY):
+        name = "learner_update" if link == DEFAULT_LINK else f"learner_update_{link}"
+        yield KernelCase(name, "learner",
+                         partial(_learner, big, config.features, config.learner_batch, link))
     yield KernelCase("risk_score_single", "risk", _risk_single)
     yield KernelCase("risk_score_single_wrapper", "risk", _risk_single_wrapper)
     yield KernelCase("risk_score_batch", "risk", lambda: _risk_batch(config.risk_batch))

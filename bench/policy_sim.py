@@ -27,6 +27,7 @@ import numpy as np
 from nudge.kernels import context as ctx
 from nudge.kernels import learner, policy
 from nudge.kernels.action_space import ActionSpace, build_action_space
+from nudge.kernels.learner import DEFAULT_INTERCEPT_VARIANCE
 
 DIMS = (6, 5, 6, 4, 5)  # message, channel, send-time slot, frequency, offer
 PAIRS = ((1, 2), (0, 4))  # channel × send time, message × offer
@@ -45,6 +46,7 @@ class SimConfig:
     learner: learner.LearnerParams = field(default_factory=learner.LearnerParams)
     prior_precision: float = 1.0
     slope_precision: float | None = None  # None: prior_precision
+    intercept_variance: float = DEFAULT_INTERCEPT_VARIANCE
     latency_samples: int = 2000
     mc_latency_samples: int = 200
 
@@ -128,7 +130,7 @@ def run(cfg: SimConfig | None = None) -> SimResult:
     layout = ctx.ContextLayout(numeric=tuple(f"f{j}" for j in range(n_raw)))
     stats = ctx.initial_stats(layout)
     snap = learner.initial_snapshot(space.n_components, cfg.n_features, cfg.prior_precision,
-                                    cfg.slope_precision)
+                                    cfg.slope_precision, cfg.intercept_variance)
 
     n = cfg.n_decisions
     types = rng.integers(0, cfg.n_user_types, n)

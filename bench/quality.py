@@ -162,7 +162,8 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
             n_decisions=config.policy_decisions, seed=config.seed,
             policy=_campaign_default(mode, len(policy_sim.DIMS)),
             learner=LearnerParams(forgetting=e.forgetting, link=e.link),
-            prior_precision=e.prior_precision, slope_precision=e.slope_precision))
+            prior_precision=e.prior_precision, slope_precision=e.slope_precision,
+            intercept_variance=e.intercept_variance))
         policies[mode] = {"policy_last_fifth": sim.policy_last, "oracle_last_fifth":
                           sim.oracle_last, "random_last_fifth": sim.random_last,
                           "ratio_to_oracle": sim.ratio}

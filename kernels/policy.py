@@ -585,7 +585,7 @@ class PolicyParams:
 
     mode: str = MODE_SQUARECB
     noise_variance: float = 0.05
-    gamma_scale: float = 1000.0
+    gamma_scale: float = 50.0
     local_dims: int = 0
     explore_all: float = 0.02
     mc_samples: int = 32

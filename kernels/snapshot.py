@@ -48,15 +48,18 @@ class PolicySnapshot:
     # The logistic link's shared intercept and its variance (the policy never reads them:
     # every arm has the same; see ``nudge.kernels.learner._update_logistic_kernel``).
     offset: float = 0.0
-    offset_var: float = OFFSET_PRIOR_VARIANCE
+    offset_var: float = 0.0
 
     def __post_init__(self) -> None:
         if self.slope_precision is None:
             object.__setattr__(self, "slope_precision", self.prior_precision)
-        for name in ("prior_precision", "slope_precision", "offset_var"):
+        for name in ("prior_precision", "slope_precision"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0.0):
                 raise ValueError(f"{name}: must be finite and > 0, got {value!r}")
+        if not (np.isfinite(self.offset_var) and self.offset_var >= 0.0):
+            raise ValueError(f"offset_var: must be finite and >= 0 (0: no shared intercept), "
+                             f"got {self.offset_var!r}")
         if not np.isfinite(self.offset):
             raise ValueError(f"offset: must be finite, got {self.offset!r}")
         mean_t = frozen_array(self.mean_t, "mean_t", np.float64, 2)

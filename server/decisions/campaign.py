@@ -24,6 +24,7 @@ import numpy as np
 from nudge.kernels.action_space import ActionSpace, build_action_space
 from nudge.kernels.learner import (
     DEFAULT_FORGETTING,
+    DEFAULT_INTERCEPT_VARIANCE,
     DEFAULT_LINK,
     DEFAULT_PRIOR_PRECISION,
     DEFAULT_SLOPE_PRECISION,
@@ -157,6 +158,9 @@ class Exploration:
     prior_precision: float = DEFAULT_PRIOR_PRECISION
     # … and of its other weights (the context's features).
     slope_precision: float = DEFAULT_SLOPE_PRECISION
+    # Prior variance of the logistic link's shared intercept, which takes the base rate
+    # (0: none; every component then learns the base rate on its own).
+    intercept_variance: float = DEFAULT_INTERCEPT_VARIANCE
     # How a component's scores become a reward: "logistic" (the combination's summed score
     # is a logit, components share each outcome's credit) or "identity" (each component
     # regresses the raw reward on its own).
@@ -469,6 +473,10 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
             source, 1e-6, 1e6,
         ),
         link=_link(e.get("link", defaults.link), source),
+        intercept_variance=_number(
+            e.get("intercept_variance", defaults.intercept_variance),
+            "exploration.intercept_variance", source, 0.0, 1e3,
+        ),
         forgetting=_number(
             e.get("forgetting", defaults.forgetting), "exploration.forgetting", source, 0.9, 1.0
         ),

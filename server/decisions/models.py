@@ -65,7 +65,7 @@ class CampaignModel:
         layout = context_layout(campaign)
         snapshot = lrn.initial_snapshot(
             campaign.n_components, layout.n_features, campaign.exploration.prior_precision,
-            campaign.exploration.slope_precision,
+            campaign.exploration.slope_precision, campaign.exploration.intercept_variance,
         )
         return cls(campaign, layout, snapshot, ctx.initial_stats(layout))
 

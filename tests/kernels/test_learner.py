@@ -205,7 +205,8 @@ def _logistic_reference(combos, chosen, xs, y, lam, alpha, slope, n_comp, start=
 @pytest.mark.parametrize("lam", [1.0, 0.97])
 def test_logistic_update_matches_reference(lam: float) -> None:
     rng = np.random.default_rng(11)
-    snap = initial_snapshot(6, D, prior_precision=0.7, slope_precision=4.0)
+    snap = initial_snapshot(6, D, prior_precision=0.7, slope_precision=4.0,
+                            intercept_variance=OFFSET_PRIOR_VARIANCE)
     params = LearnerParams(lam, link=learner.LINK_LOGISTIC)
     chosen, xs, _ = _batch(rng, 80)
     y = (rng.random(80) < 0.3).astype(float)
@@ -276,3 +277,18 @@ def test_logistic_link_needs_weights_and_rescales_rewards() -> None:
         LearnerParams(reward_range=(1.0, 1.0))
     with pytest.raises(ValueError, match="slope_precision"):
         initial_snapshot(2, 2, slope_precision=-1.0)
+
+
+def test_no_shared_intercept_when_its_variance_is_zero() -> None:
+    rng = np.random.default_rng(14)
+    chosen, xs, _ = _batch(rng, 50)
+    y = (rng.random(50) < 0.2).astype(float)
+    params = LearnerParams(0.99, link=learner.LINK_LOGISTIC)
+    off = update_posteriors(initial_snapshot(6, D, intercept_variance=0.0), _combos(), chosen,
+                            xs, y, params, weight=WEIGHT)
+    assert (off.offset, off.offset_var) == (0.0, 0.0)
+    on = update_posteriors(initial_snapshot(6, D, intercept_variance=OFFSET_PRIOR_VARIANCE),
+                           _combos(), chosen, xs, y, params, weight=WEIGHT)
+    assert on.offset < -0.5  # a 20% rate: the intercept moved towards its logit
+    with pytest.raises(ValueError, match="offset_var"):
+        initial_snapshot(2, 2, intercept_variance=-1.0)

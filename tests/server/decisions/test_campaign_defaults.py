@@ -48,6 +48,7 @@ def test_parse_defaults_are_the_kernels_defaults() -> None:
     assert e.prior_precision == learner.DEFAULT_PRIOR_PRECISION
     assert e.slope_precision == learner.DEFAULT_SLOPE_PRECISION
     assert e.link == learner.DEFAULT_LINK
+    assert e.intercept_variance == learner.DEFAULT_INTERCEPT_VARIANCE
     assert policy.PolicyParams() == p
 
 
