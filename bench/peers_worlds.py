@@ -230,9 +230,9 @@ def run(config: WorldPeersConfig, progress: Callable[[str], None] = lambda _: No
         if missing("vowpalwabbit") is None:
             progress(f"peers: world {name}, VW --cb_explore_adf --squarecb "
                      f"(time box {config.vw_seconds:g} s)")
+            vw = run_vowpal_wabbit(cfg, config.vw_seconds, config.vw_gamma_scale)
             rows.append({"world": name, "learner": "VW --cb_explore_adf --squarecb",
-                         **_curve(run_vowpal_wabbit(cfg, config.vw_seconds,
-                                                    config.vw_gamma_scale))})
+                         **_curve(vw), "nudge_same": ours.ratio(0, vw.decisions)})
         if missing("sklearn") is None:
             progress(f"peers: world {name}, offline logistic regression on a random log")
             marks = tuple(k for k in w.CURVE_AT if k <= config.decisions)
@@ -253,17 +253,20 @@ def _curve(r: w.RunResult) -> dict[str, Any]:
     n = r.decisions
     return {"decisions": n, "last_fifth": s["last_fifth"] if n >= 5_000 else None,
             "from_5k_to_10k": s["from_5k_to_10k"], "curve": s["curve"],
-            "seconds": round(r.seconds, 1)}
+            "all": r.ratio(0, n) if n else None, "seconds": round(r.seconds, 1)}
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| world | learner | decisions | @2k | @5k | @10k | @30k | 5k–10k | last fifth |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| world | learner | decisions | @2k | @5k | @10k | @30k | 5k–10k | last fifth | "
+             "all its decisions (nudge on the same) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         c = r["curve"]
+        same = f" ({r['nudge_same']:.3f})" if "nudge_same" in r else ""
         lines.append(f"| {r['world']} | {r['learner']} | {r['decisions']:,} | "
                      + " | ".join(w._f(c.get(str(k))) for k in w.CURVE_AT)
-                     + f" | {w._f(r['from_5k_to_10k'])} | {w._f(r['last_fifth'])} |")
+                     + f" | {w._f(r['from_5k_to_10k'])} | {w._f(r['last_fifth'])} | "
+                     + f"{w._f(r.get('all'))}{same} |")
     return "\n".join(lines)
 
 
