@@ -100,18 +100,7 @@ def pack_entry(hour: int, key: int, amount: float) -> bytes:
 def append(txn: lmdb.Transaction, dbs: Dbs, user_id: str, entries: bytes) -> None:
     """Append packed entries to the user's summary (compacting when it crossed a power of
     two entries)."""
-    db = dbs[NAME]
-    key = user_id.encode()
-    old = txn.get(key, db=db)
-    if old is None:
-        txn.put(key, entries, db=db)
-        return
-    before = len(old) // ENTRY_BYTES
-    after = before + len(entries) // ENTRY_BYTES
-    raw = bytes(old) + entries
-    if after >= COMPACT_FROM and after.bit_length() > before.bit_length():
-        raw = compact(raw)
-    txn.put(key, raw, db=db)
+    append_many(txn, dbs, {user_id.encode(): entries})
 
 
 def append_many(txn: lmdb.Transaction, dbs: Dbs, rows: dict[bytes, bytes]) -> None:
