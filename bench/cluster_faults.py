@@ -16,6 +16,11 @@ node in even rounds, a NATS server in odd ones. Then the harness checks:
   here), no lease can be renewed meanwhile, and the nodes take their partitions again;
 - exactly once: every user's stored ``event_count`` (GetUser, answered by the partition's
   current owner) equals the number of distinct events acknowledged for that user;
+- outcomes: every other decision gets a ReportOutcome, resent (same decision id) until
+  acknowledged; afterwards each acknowledged outcome, reported again through the
+  cluster, must find its decision (not NOT_FOUND: the decision survived the kill) already
+  settled (attributed=false: its outcome survived and was settled exactly once); and a
+  sample of acknowledged decisions left without an outcome must still be known;
 
 and restarts the killed process (same data or store folder), which rejoins: a node takes
 its partitions back from the survivors after catching up from the log.
@@ -60,6 +65,7 @@ class Report:
     rounds: int = 0
     events: int = 0
     decisions: int = 0
+    outcomes: int = 0
     problems: list[str] = field(default_factory=list)
     failover_seconds: list[float] = field(default_factory=list)  # node kills
     nats_failover_seconds: list[float] = field(default_factory=list)  # NATS server kills
@@ -80,6 +86,8 @@ class Producer:
         self.tag = tag
         self.acked: Counter[str] = Counter()
         self.decisions = 0
+        self.reported: list[str] = []  # decisions whose outcome was acknowledged
+        self.unreported: list[str] = []  # acknowledged decisions left without one
         self.stop = threading.Event()
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._run, name=f"producer-{tag}")
@@ -100,10 +108,26 @@ class Producer:
                 n += 1
                 self._send_until_acked(client, batch)
                 try:
-                    client.decide(f"U{self.rng.randrange(USERS)}")
+                    decision = client.decide(f"U{self.rng.randrange(USERS)}")
                     self.decisions += 1
                 except grpc.RpcError:
-                    pass  # a failover in progress: the failover check times it
+                    continue  # a failover in progress: the failover check times it
+                if n % 2:
+                    self._report_until_acked(client, decision.decision_id)
+                else:
+                    self.unreported.append(decision.decision_id)
+
+    def _report_until_acked(self, client: Client, decision_id: str) -> None:
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            try:
+                client.report_outcome(decision_id, 1.0)
+            except grpc.RpcError:
+                time.sleep(0.05)
+                continue
+            self.reported.append(decision_id)
+            return
+        self.errors.append(f"an outcome was not acknowledged in 60 s ({self.tag})")
 
     def _send_until_acked(self, client: Client, batch: list) -> None:
         deadline = time.monotonic() + 60.0
@@ -167,6 +191,25 @@ def _converged(cluster: LocalCluster, expected: Counter[str]) -> list[str]:
         time.sleep(0.2)
 
 
+def _outcomes_kept(cluster: LocalCluster, reported: list[str],
+                   unreported: list[str]) -> list[str]:
+    """Each acknowledged outcome's decision is known and settled (reporting it again
+    attributes nothing); acknowledged decisions without an outcome are still known."""
+    problems: list[str] = []
+    with Client(cluster.client_target, timeout=5.0, retries=8, backoff=0.2) as client:
+        for decision_id, must_be_settled in ([(d, True) for d in reported]
+                                             + [(d, False) for d in unreported]):
+            try:
+                attributed = client.report_outcome(decision_id, 1.0)
+            except grpc.RpcError as exc:
+                problems.append(f"decision {decision_id}: {exc.code().name} "
+                                f"({'outcome acknowledged' if must_be_settled else 'decided'})")
+                continue
+            if must_be_settled and attributed:
+                problems.append(f"decision {decision_id}: its acknowledged outcome was lost")
+    return problems
+
+
 def partition_map(target: str) -> dict[int, str]:
     with grpc.insecure_channel(target) as channel:
         info = dgrpc.DiagnosticsServiceStub(channel).GetServerInfo(
@@ -196,6 +239,8 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
     cluster = LocalCluster(base_dir, 3, PARTITIONS, LEASE_SECONDS)
     cluster.start()
     expected: Counter[str] = Counter()
+    reported: list[str] = []
+    unreported: list[str] = []
     try:
         if not _wait_all_owned(cluster):
             report.problems.append("partitions not all owned after start")
@@ -221,6 +266,9 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
                 expected.update(p.acked)
                 report.events += sum(p.acked.values())
                 report.decisions += p.decisions
+                report.outcomes += len(p.reported)
+                reported += p.reported
+                unreported += p.unreported[:10]
                 report.problems += p.errors
             node_round = what.startswith("node")
             bound = LEASE_SECONDS + (FAILOVER_SLACK_SECONDS if node_round
@@ -237,6 +285,11 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
                 report.problems.append(f"round {r}: some user not answered after killing {what}")
             wrong = _converged(cluster, expected)
             report.problems += [f"round {r} (killed {what}): {w}" for w in wrong[:10]]
+            lost = _outcomes_kept(cluster, reported, unreported)
+            report.problems += [f"round {r} (killed {what}): {w}" for w in lost[:10]]
+            # Reported now (by the check itself): the next rounds check them as settled.
+            reported += unreported
+            unreported = []
             # Bring the victim back (same folders) and let it rejoin before the next round.
             if what.startswith("node"):
                 node = cluster.nodes[victim]
@@ -264,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nudge-cluster-faults-") as folder:
         report = run(args.rounds, Path(folder), args.seed, progress=print)
     print(f"{report.rounds} rounds ({', '.join(report.kills)}): {report.events} events "
-          f"acknowledged, {report.decisions} decisions (lease {LEASE_SECONDS}s)")
+          f"acknowledged, {report.decisions} decisions, {report.outcomes} outcomes "
+          f"acknowledged (lease {LEASE_SECONDS}s)")
     for kind, times in (("a node", report.failover_seconds),
                         ("a NATS server", report.nats_failover_seconds)):
         if times:
@@ -272,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"median {sorted(times)[len(times) // 2]:.2f}s ({len(times)} rounds)")
     for problem in report.problems:
         print(f"PROBLEM: {problem}")
-    print("OK: nothing acknowledged lost or doubled" if report.ok else
+    print("OK: no acknowledged event, decision or outcome lost or doubled" if report.ok else
           f"{len(report.problems)} problems")
     return 0 if report.ok else 1
 

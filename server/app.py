@@ -322,6 +322,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         store, writer, risk_engine, campaigns, config.half_life_seconds, config.default_campaign,
         config.random_seed,
     )
+    if cluster is not None:
+        cluster.attach(decisions)  # decisions and outcomes through the replicated log
     # Followers adopt the models the leader stores, so a shared store's leader stores often.
     learner = Learner(store, writer, decisions, clock,
                       persist_every=SHARED_PERSIST_SECONDS if config.shared_store else 5.0)

@@ -41,6 +41,11 @@ class NotFound(NudgeError):
     code = "NOT_FOUND"
 
 
+class NotServedHere(NotFound):
+    """(Cluster) This node knows the record but no longer serves its partition: the
+    owner answers; when no node does (a failover in progress) the call is UNAVAILABLE."""
+
+
 class Unavailable(NudgeError):
     """Transient: warming up, shutting down, or the store cannot write right now."""
 

@@ -29,6 +29,14 @@ expired since the last renewal it saw succeed (``FENCE_FRACTION``), so a node cu
 from NATS stops answering for it before anyone else can take it. ``node.<hex id>`` keys
 (same TTL) are the membership list, with each node's gRPC address.
 
+**Decisions and outcomes go through the log too.** Decide's record is published to the
+user's partition subject (header ``Nudge-Kind: decision``, ``Nats-Msg-Id`` the decision
+id) before Decide answers; ReportOutcome, on the owner of the decision's user, publishes
+the outcome (``Nudge-Kind: outcome``) and answers once this node applied it: the owner
+stores a logged decision it does not have yet (a new owner after a failover) and settles
+a logged outcome in the group commit that also stores the position, so a retried or
+replayed outcome finds the decision settled and is learned once.
+
 Everything NATS runs on one asyncio loop in a thread of its own; the gRPC threads call in
 through ``run_coroutine_threadsafe``.
 """
@@ -41,11 +49,12 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 import nats.errors
@@ -60,12 +69,17 @@ from nats.js.api import (
 
 from nudge.server.cluster.partitions import partition_of, preferred_owner
 from nudge.server.config import Config
-from nudge.server.errors import InvalidArgument, Unavailable
+from nudge.server.errors import InvalidArgument, NotFound, NotServedHere, Unavailable
 from nudge.server.inputs.events import ValidEvent, validate_event
 from nudge.server.storage.ingest import EventWriter, LoggedEvents, TrackResult, log_record
 from nudge.server.storage.store import Store
-from nudge.server.storage.tables import meta
+from nudge.server.storage.tables import deadlines, meta, open_decisions
+from nudge.server.storage.tables import decisions as decision_table
+from nudge.server.storage.tables.decisions import DecisionRecord
 from nudge.v1 import decision_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from nudge.server.decisions.engine import DecisionEngine
 
 log = logging.getLogger("nudge.server.cluster")
 T = TypeVar("T")
@@ -87,6 +101,13 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 # refuses messages over 1 MiB by default; 256 events of the largest allowed size would
 # not fit, ordinary ones use a few hundred bytes each).
 EVENTS_PER_RECORD = 256
+# What a log record holds (header ``Nudge-Kind``; none: events).
+KIND = "Nudge-Kind"
+DECISION = "decision"
+OUTCOME = "outcome"
+# Outcomes applied lately, by stream sequence: ReportOutcome's reply (the publish's
+# acknowledgement and the apply race; both run on the loop).
+RECENT_RESULTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -110,7 +131,8 @@ class _Owned:
     applied: int  # stream sequence stored in LMDB with the state
     target: int  # the log's last sequence for the partition when the lease was taken
     queued: int = 0  # last sequence handed to the writer (or buffered)
-    buffer: list[ValidEvent] = field(default_factory=list)
+    # Records delivered, not yet handed to the writer: (sequence, kind, payload).
+    buffer: list[tuple[int, str, Any]] = field(default_factory=list)
     pending: int = 0  # messages the consumer said were still to come
     subscription: Any = None
     failed: bool = False
@@ -152,6 +174,9 @@ class ClusterNode:
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._decisions: DecisionEngine | None = None
+        self._results: OrderedDict[int, bool | Exception] = OrderedDict()
+        self._waiters: dict[int, asyncio.Future[bool]] = {}
 
     # -- from other threads ----------------------------------------------------------------
 
@@ -188,6 +213,24 @@ class ClusterNode:
     def publish_events(self, events: list[ValidEvent]) -> Future[TrackResult]:
         """Append events to the replicated log; resolves once JetStream stored them all."""
         return asyncio.run_coroutine_threadsafe(self._publish(events), self._loop)
+
+    def attach(self, decisions: DecisionEngine) -> None:
+        """Decisions and outcomes go through the log from now on (see the docstring)."""
+        self._decisions = decisions
+        decisions.log_decision = self.publish_decision
+        decisions.outcomes.log_outcome = self.publish_outcome
+
+    def publish_decision(self, record: DecisionRecord) -> Future[int]:
+        """Append a decision's record to the log; resolves once JetStream stored it."""
+        partition = partition_of(record.user_id, self.partitions)
+        return asyncio.run_coroutine_threadsafe(self._publish_record(
+            partition, DECISION, record.to_bytes(), record.decision_id), self._loop)
+
+    def publish_outcome(self, user_id: str, decision_id: str, reward: float) -> Future[bool]:
+        """Append an outcome to the log (here, on the owner of the decision's user) and
+        resolve with whether it was attributed, once this node applied it."""
+        return asyncio.run_coroutine_threadsafe(
+            self._report(user_id, decision_id, reward), self._loop)
 
     def route(self, user_id: str) -> Route:
         """Where a call about ``user_id`` (as stored) is answered."""
@@ -336,6 +379,54 @@ class ClusterNode:
         duplicates = sum(n for ack, n in zip(done, sizes, strict=True) if ack.duplicate)
         self.published += len(events)
         return TrackResult(len(events) - duplicates, duplicates)
+
+    async def _publish_record(
+        self, partition: int, kind: str, data: bytes, msg_id: str | None = None
+    ) -> int:
+        if self._js is None or self._closing:
+            raise Unavailable("cluster: not connected; retry with the same ids")
+        headers = {KIND: kind}
+        if msg_id is not None:
+            headers["Nats-Msg-Id"] = f"{kind}:{msg_id}"
+        try:
+            ack = await self._js.publish(f"{EVENTS_SUBJECT}.{partition}", data,
+                                         headers=headers, timeout=PUBLISH_TIMEOUT_SECONDS)
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise Unavailable(f"the replicated log did not acknowledge the {kind} ({exc}); "
+                              "retry with the same ids") from None
+        return int(ack.seq)
+
+    async def _report(self, user_id: str, decision_id: str, reward: float) -> bool:
+        route = self.route(user_id)
+        if not route.local:  # the owner settles it (and answers): asked next
+            raise NotServedHere(f"decision_id: {decision_id!r} is not served on "
+                                f"{self.node_id} ({route.reason or 'moved'})")
+        data = json.dumps({"decision_id": decision_id, "reward": reward}).encode()
+        seq = await self._publish_record(route.partition, OUTCOME, data)
+        result = self._results.get(seq)
+        if result is None:
+            waiter = self._waiters.setdefault(seq, self._loop.create_future())
+            try:
+                result = await asyncio.wait_for(asyncio.shield(waiter),
+                                                PUBLISH_TIMEOUT_SECONDS * 2)
+            except TimeoutError:
+                raise Unavailable(f"decision_id: the outcome is logged but partition "
+                                  f"{route.partition} moved before applying it here; a retry "
+                                  "answers attributed=false once it is settled") from None
+            finally:
+                self._waiters.pop(seq, None)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _applied_outcome(self, seq: int, result: bool | Exception) -> None:
+        waiter = self._waiters.pop(seq, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)  # type: ignore[arg-type]
+            return
+        self._results[seq] = result
+        while len(self._results) > RECENT_RESULTS:
+            self._results.popitem(last=False)
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -489,13 +580,19 @@ class ClusterNode:
         owned.pending = msg.metadata.num_pending
         if seq <= owned.queued or self._owned.get(owned.partition) is not owned:
             return
-        now = time.time()
-        for index, proto in enumerate(pb.TrackRequest.FromString(msg.data).events):
-            try:
-                owned.buffer.append(validate_event(proto, index, now))
-            except InvalidArgument as exc:  # validated before it was logged: a bug
-                log.error("cluster: skipping an event of log entry %d (partition %d): %s",
-                          seq, owned.partition, exc)
+        kind = (msg.headers or {}).get(KIND, "")
+        if kind == DECISION:
+            owned.buffer.append((seq, kind, DecisionRecord.from_bytes(msg.data)))
+        elif kind == OUTCOME:
+            owned.buffer.append((seq, kind, json.loads(msg.data)))
+        else:
+            now = time.time()
+            for index, proto in enumerate(pb.TrackRequest.FromString(msg.data).events):
+                try:
+                    owned.buffer.append((seq, "", validate_event(proto, index, now)))
+                except InvalidArgument as exc:  # validated before it was logged: a bug
+                    log.error("cluster: skipping an event of log entry %d (partition %d): "
+                              "%s", seq, owned.partition, exc)
         owned.queued = seq
         assert self._wake is not None
         self._wake.set()
@@ -508,21 +605,80 @@ class ClusterNode:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batches: list[tuple[_Owned, int, Future[TrackResult]]] = []
+            batches: list[tuple[_Owned, int, str, Future[Any]]] = []
             for owned in list(self._owned.values()):
                 if owned.queued > owned.applied:
-                    events, owned.buffer = owned.buffer, []
-                    batch = LoggedEvents(events, owned.partition, owned.queued)
-                    batches.append((owned, owned.queued, self.writer.submit_logged(batch)))
-            for owned, seq, future in batches:
+                    records, owned.buffer = owned.buffer, []
+                    batches += self._submit(owned, records)
+            for owned, seq, kind, future in batches:
                 try:
-                    await asyncio.wrap_future(future)
+                    try:
+                        result = await asyncio.wrap_future(future)
+                    except NotFound as exc:  # an outcome for a decision never logged
+                        result = exc
+                    if kind == OUTCOME:
+                        self._applied_outcome(seq, result)
                     owned.applied = max(owned.applied, seq)
                 except Exception as exc:
                     log.error("cluster: applying partition %d failed (%s); giving it up",
                               owned.partition, exc)
                     owned.failed = True  # released at the next lease round; taken again
                     # from the position stored with the state
+
+
+    def _submit(
+        self, owned: _Owned, records: list[tuple[int, str, Any]]
+    ) -> list[tuple[_Owned, int, str, Future[Any]]]:
+        """Hand one partition's delivered records to the writer in log order: runs of
+        events as LoggedEvents, each decision and outcome as a job; each writes its
+        sequence as the partition's position in its own transaction (positions only
+        grow, so a commit holding several is at the last)."""
+        partition = owned.partition
+        out: list[tuple[_Owned, int, str, Future[Any]]] = []
+        events: list[ValidEvent] = []
+        last = 0
+        for seq, kind, payload in records:
+            if kind == "":
+                events.append(payload)
+                last = seq
+                continue
+            if events:
+                out.append((owned, last, "", self.writer.submit_logged(
+                    LoggedEvents(events, partition, last))))
+                events = []
+            out.append((owned, seq, kind, self._submit_record(partition, seq, kind, payload)))
+        if events or not out:
+            last = last if events else owned.queued
+            out.append((owned, last, "", self.writer.submit_logged(
+                LoggedEvents(events, partition, last))))
+        return out
+
+    def _submit_record(self, partition: int, seq: int, kind: str, payload: Any) -> Future[Any]:
+        dbs = self.store.dbs
+
+        def position(txn: Any) -> None:
+            meta.put_applied_position(txn, dbs, partition, seq)
+
+        decisions = self._decisions
+        if kind == OUTCOME:
+            if decisions is None:  # not attached (no decisions here): keep the position
+                return self.writer.submit_job(position)
+            return decisions.outcomes.settle_logged(
+                str(payload["decision_id"]), float(payload["reward"]), position)
+        record: DecisionRecord = payload
+
+        def store_decision(txn: Any) -> None:
+            position(txn)
+            if decisions is not None and decisions.pending.knows(record.decision_id):
+                return  # made here: the write-behind stores it
+            if decision_table.exists(txn, dbs, record.decision_id):
+                return  # stored already (here, or by an earlier apply)
+            decision_table.put(txn, dbs, record)
+            if record.status == "open":
+                open_decisions.add(txn, dbs, record.user_id, record.decision_id)
+                deadlines.add(txn, dbs, record.window_end, record.decision_id)
+
+        return self.writer.submit_job(store_decision)
 
 
 def _log_record(events: list[ValidEvent]) -> tuple[bytes, str]:

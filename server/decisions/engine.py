@@ -60,6 +60,9 @@ TOP_FEATURE_REASONS = 3
 UserRead = tuple["memoryview[float] | None", UserProfile | None, list[Contact]]
 # The same, and whether credit offers are withheld (DecideBatch reads both in one go).
 Prefetched = tuple["memoryview[float] | None", UserProfile | None, list[Contact], bool]
+# Bounds the wait for the log's acknowledgement (the publish itself gives up sooner, with
+# UNAVAILABLE).
+LOG_DECISION_TIMEOUT_SECONDS = 10.0
 
 
 class CampaignPlan:
@@ -203,6 +206,10 @@ class DecisionEngine:
         self._plans = {name: CampaignPlan(m) for name, m in self.cache.models.items()}
         self.pending = PendingDecisions(store, writer)
         self.outcomes = Outcomes(store, writer, self.pending, campaigns)
+        # Cluster mode: a decision's record goes to the replicated log before Decide
+        # answers (the future resolves once JetStream stored it), so a new owner of the
+        # user's partition has it after a failover.
+        self.log_decision: Callable[[DecisionRecord], Future[Any]] | None = None
 
     # -- Decide --------------------------------------------------------------------------
 
@@ -398,6 +405,8 @@ class DecisionEngine:
                            for at in times]
                 record.messages = len(times)
             self.pending.add(record, planned, after_reply)
+            if self.log_decision is not None:
+                self.log_decision(record).result(LOG_DECISION_TIMEOUT_SECONDS)
         return DecisionOutcome(
             decision_id=decision_id,
             actions=actions,

@@ -60,6 +60,10 @@ class Outcomes:
         self.pending = pending
         # Called after a commit that settled decisions (the learner wakes).
         self.on_settled: Callable[[], None] = lambda: None
+        # Cluster mode: ReportOutcome appends (user id, decision id, reward) to the
+        # replicated log instead of settling here; the partition's owner settles it when
+        # it applies the record (``settle_logged``), exactly once.
+        self.log_outcome: Callable[[str, str, float], Future[bool]] | None = None
         self.replace_campaigns(campaigns)
         writer.add_event_hook(self._on_events)
 
@@ -75,9 +79,36 @@ class Outcomes:
         attributed (False when it was already settled) once durable."""
         if not math.isfinite(reward):
             raise InvalidArgument("reward", "must be finite")
+        campaign_name = self.pending.campaign_of(decision_id)
+        if campaign_name is None:
+            campaign_name = self._stored(decision_id)
+        if campaign_name is None:
+            raise NotFound(f"decision_id: {decision_id!r} is unknown")
+        campaign = self.campaigns.get(campaign_name)
+        if campaign is not None:
+            low, high = campaign.goal.reward_range
+            if not low <= reward <= high:
+                raise InvalidArgument(
+                    "reward", f"must be in [{low:g}, {high:g}] for campaign {campaign_name} "
+                    "(from -max(opt_out_cost, goal value) to goal value × 10)"
+                )
+        if self.log_outcome is not None:
+            user_id = self.pending.user_of(decision_id) or self._stored_user(decision_id)
+            return self.log_outcome(user_id, decision_id, reward)
+        return self.settle_logged(decision_id, reward)
+
+    def settle_logged(
+        self, decision_id: str, reward: float,
+        position: Callable[[lmdb.Transaction], None] | None = None,
+    ) -> Future[bool]:
+        """Settle a decision in the next group commit (``position`` writes, in the same
+        transaction, the log position this came from); the future says whether it was
+        attributed (False when already settled) once durable, NotFound when unknown."""
         result: dict[str, Any] = {}
 
         def job(txn: lmdb.Transaction) -> None:
+            if position is not None:
+                position(txn)
             result["written"] = self.pending.write(txn)
             record = decision_table.get(txn, self.store.dbs, decision_id)
             if record is None:
@@ -102,21 +133,15 @@ class Outcomes:
                     self.on_settled()
                 future.set_result(bool(result.get("attributed")))
 
-        campaign_name = self.pending.campaign_of(decision_id)
-        if campaign_name is None:
-            campaign_name = self._stored(decision_id)
-        if campaign_name is None:
-            raise NotFound(f"decision_id: {decision_id!r} is unknown")
-        campaign = self.campaigns.get(campaign_name)
-        if campaign is not None:
-            low, high = campaign.goal.reward_range
-            if not low <= reward <= high:
-                raise InvalidArgument(
-                    "reward", f"must be in [{low:g}, {high:g}] for campaign {campaign_name} "
-                    "(from -max(opt_out_cost, goal value) to goal value × 10)"
-                )
         self.writer.submit_job(job).add_done_callback(done)
         return future
+
+    def _stored_user(self, decision_id: str) -> str:
+        with self.store.read() as txn:
+            found = decision_table.get_fields(txn, self.store.dbs, decision_id)
+        if found is None:
+            raise NotFound(f"decision_id: {decision_id!r} is unknown")
+        return str(found["user_id"])
 
     def _stored(self, decision_id: str) -> str | None:
         """The campaign of a stored decision, None when it is not stored. On a shared store

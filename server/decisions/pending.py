@@ -68,6 +68,12 @@ class PendingDecisions:
         with self._lock:
             return decision_id in self._records
 
+    def user_of(self, decision_id: str) -> str | None:
+        """The user of a decision not yet stored; None when it is not pending."""
+        with self._lock:
+            record = self._records.get(decision_id)
+            return None if record is None else record.user_id
+
     def campaign_of(self, decision_id: str) -> str | None:
         """The campaign of a decision not yet stored; None when it is not pending."""
         with self._lock:

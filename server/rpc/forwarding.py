@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from nudge.server.errors import NotFound
+from nudge.server.errors import NotFound, NotServedHere, Unavailable
 from nudge.server.rpc.handlers import Behaviour, wrap_behaviour
 
 FORWARDED = "nudge-forwarded"
@@ -192,11 +192,13 @@ class FindByIdInterceptor(grpc.ServerInterceptor):
             def found(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     return behaviour(request, context)
-                except NotFound:
+                except NotFound as exc:
                     for address in self.router.peers():
                         reply = self.forwarding.ask(method, request, context, address)
                         if reply is not None:
                             return reply
+                    if isinstance(exc, NotServedHere):  # its owner is still catching up
+                        raise Unavailable(f"{exc}; retry with the same ids") from None
                     raise
 
             return found

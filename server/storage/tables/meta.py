@@ -92,4 +92,8 @@ def applied_position(txn: lmdb.Transaction, dbs: Dbs, partition: int) -> int:
 
 
 def put_applied_position(txn: lmdb.Transaction, dbs: Dbs, partition: int, seq: int) -> None:
+    """Positions only grow: one commit may apply a partition's records through several
+    submissions (events, decisions, outcomes), in any order within the commit."""
+    if seq <= applied_position(txn, dbs, partition):
+        return
     txn.put(APPLIED_PREFIX + str(partition).encode(), str(seq).encode(), db=dbs[NAME])

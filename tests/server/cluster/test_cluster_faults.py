@@ -25,7 +25,7 @@ def test_kill_a_node_then_a_nats_server_loses_and_doubles_nothing(tmp_path: Path
     report = cluster_faults.run(2, tmp_path / "run", seed=2)
     assert report.problems == []
     assert [k[:4] for k in report.kills] == ["node", "nats"]
-    assert report.events > 500 and report.decisions > 10
+    assert report.events > 500 and report.decisions > 10 and report.outcomes > 5
     lease = cluster_faults.LEASE_SECONDS
     assert len(report.failover_seconds) == 1 and len(report.nats_failover_seconds) == 1
     assert report.failover_seconds[0] <= lease + cluster_faults.FAILOVER_SLACK_SECONDS
