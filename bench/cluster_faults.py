@@ -118,11 +118,17 @@ class Producer:
                     self.unreported.append(decision.decision_id)
 
     def _report_until_acked(self, client: Client, decision_id: str) -> None:
+        """Resend until acknowledged; once the round ends, an outcome still not
+        acknowledged is left (its decision is checked like one never reported), so
+        that waiting on it does not delay the failover check."""
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline:
             try:
                 client.report_outcome(decision_id, 1.0)
             except grpc.RpcError:
+                if self.stop.is_set():
+                    self.unreported.append(decision_id)
+                    return
                 time.sleep(0.05)
                 continue
             self.reported.append(decision_id)

@@ -322,8 +322,6 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         store, writer, risk_engine, campaigns, config.half_life_seconds, config.default_campaign,
         config.random_seed,
     )
-    if cluster is not None:
-        cluster.attach(decisions)  # decisions and outcomes through the replicated log
     # Followers adopt the models the leader stores, so a shared store's leader stores often.
     learner = Learner(store, writer, decisions, clock,
                       persist_every=SHARED_PERSIST_SECONDS if config.shared_store else 5.0)
@@ -339,6 +337,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     )
     outbox = Outbox(store, writer, config.lease_seconds, config.cross_channel_gap_seconds)
     journeys = Journeys(store, writer, decisions, outbox, campaign_triggers(campaigns), clock)
+    if cluster is not None:  # decisions, outcomes, journeys and acks through the log
+        cluster.attach(decisions, outbox, journeys)
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(outbox, clock, readiness), server
     )

@@ -29,13 +29,19 @@ expired since the last renewal it saw succeed (``FENCE_FRACTION``), so a node cu
 from NATS stops answering for it before anyone else can take it. ``node.<hex id>`` keys
 (same TTL) are the membership list, with each node's gRPC address.
 
-**Decisions and outcomes go through the log too.** Decide's record is published to the
-user's partition subject (header ``Nudge-Kind: decision``, ``Nats-Msg-Id`` the decision
-id) before Decide answers; ReportOutcome, on the owner of the decision's user, publishes
-the outcome (``Nudge-Kind: outcome``) and answers once this node applied it: the owner
-stores a logged decision it does not have yet (a new owner after a failover) and settles
-a logged outcome in the group commit that also stores the position, so a retried or
-replayed outcome finds the decision settled and is learned once.
+**Decisions, outcomes, journeys and acknowledgements go through the log too**, on the
+user's partition subject, told apart by the header ``Nudge-Kind``. Decide's record
+(``decision``, ``Nats-Msg-Id`` the decision id) is published before Decide answers.
+ReportOutcome (``outcome``), a journey's deliveries with the trigger they answer
+(``journey``) and AckDelivery (``ack``) are published by the owner of the user's
+partition, which answers once it applied the record itself (a node that knows the record
+but no longer serves the partition says NotServedHere: the owner is asked). The owner
+applies each in the group commit that stores the position: it stores a logged decision
+it lacks (a new owner after a failover), settles an outcome once (a replay finds it
+settled), schedules a journey's deliveries (same ids) and forgets its trigger, and
+records SENT or FAILED (a fallback gets an id derived from the failed delivery, the same
+on every store). Leases to adapters are not logged: a new owner streams again what the
+old one leased and never heard back about, and never what was acknowledged SENT.
 
 Everything NATS runs on one asyncio loop in a thread of its own; the gRPC threads call in
 through ``run_coroutine_threadsafe``.
@@ -69,17 +75,26 @@ from nats.js.api import (
 
 from nudge.server.cluster.partitions import partition_of, preferred_owner
 from nudge.server.config import Config
-from nudge.server.errors import InvalidArgument, NotFound, NotServedHere, Unavailable
+from nudge.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotServedHere,
+    Unavailable,
+)
 from nudge.server.inputs.events import ValidEvent, validate_event
 from nudge.server.storage.ingest import EventWriter, LoggedEvents, TrackResult, log_record
 from nudge.server.storage.store import Store
-from nudge.server.storage.tables import deadlines, meta, open_decisions
+from nudge.server.storage.tables import deadlines, meta, open_decisions, triggered
 from nudge.server.storage.tables import decisions as decision_table
 from nudge.server.storage.tables.decisions import DecisionRecord
+from nudge.server.storage.tables.deliveries import Delivery
 from nudge.v1 import decision_service_pb2 as pb
 
 if TYPE_CHECKING:
     from nudge.server.decisions.engine import DecisionEngine
+    from nudge.server.decisions.journeys import Journeys
+    from nudge.server.decisions.outbox import Outbox
 
 log = logging.getLogger("nudge.server.cluster")
 T = TypeVar("T")
@@ -105,6 +120,10 @@ EVENTS_PER_RECORD = 256
 KIND = "Nudge-Kind"
 DECISION = "decision"
 OUTCOME = "outcome"
+ACK = "ack"  # a delivery's SENT or FAILED acknowledgement
+JOURNEY = "journey"  # a journey's deliveries and the trigger they answer
+# Kinds whose publisher (the owner) answers its caller with what applying them did.
+ANSWERED = (OUTCOME, ACK, JOURNEY)
 # Outcomes applied lately, by stream sequence: ReportOutcome's reply (the publish's
 # acknowledgement and the apply race; both run on the loop).
 RECENT_RESULTS = 10_000
@@ -175,8 +194,9 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._decisions: DecisionEngine | None = None
-        self._results: OrderedDict[int, bool | Exception] = OrderedDict()
-        self._waiters: dict[int, asyncio.Future[bool]] = {}
+        self._outbox: Outbox | None = None
+        self._results: OrderedDict[int, Any] = OrderedDict()
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
 
     # -- from other threads ----------------------------------------------------------------
 
@@ -214,11 +234,28 @@ class ClusterNode:
         """Append events to the replicated log; resolves once JetStream stored them all."""
         return asyncio.run_coroutine_threadsafe(self._publish(events), self._loop)
 
-    def attach(self, decisions: DecisionEngine) -> None:
-        """Decisions and outcomes go through the log from now on (see the docstring)."""
+    def attach(self, decisions: DecisionEngine, outbox: Outbox, journeys: Journeys) -> None:
+        """Decisions, outcomes, journeys' deliveries and delivery acknowledgements go
+        through the log from now on, and journeys and the outbox serve only the
+        partitions this node serves (see the docstring)."""
         self._decisions = decisions
+        self._outbox = outbox
         decisions.log_decision = self.publish_decision
         decisions.outcomes.log_outcome = self.publish_outcome
+        outbox.serves = journeys.serves = self.serves
+        outbox.log_ack = self._publisher(ACK, "delivery_id")
+        journeys.log_scheduled = self._publisher(JOURNEY, "a journey's user")
+
+    def serves(self, user_id: str) -> bool:
+        """This node serves the user's partition now (owned, caught up, lease fresh)."""
+        return self.route(user_id).local
+
+    def _publisher(self, kind: str, what: str) -> Any:
+        def publish(user_id: str, payload: dict[str, Any]) -> Future[Any]:
+            return asyncio.run_coroutine_threadsafe(
+                self._publish_applied(user_id, kind, payload, what), self._loop)
+
+        return publish
 
     def publish_decision(self, record: DecisionRecord) -> Future[int]:
         """Append a decision's record to the log; resolves once JetStream stored it."""
@@ -229,8 +266,9 @@ class ClusterNode:
     def publish_outcome(self, user_id: str, decision_id: str, reward: float) -> Future[bool]:
         """Append an outcome to the log (here, on the owner of the decision's user) and
         resolve with whether it was attributed, once this node applied it."""
-        return asyncio.run_coroutine_threadsafe(
-            self._report(user_id, decision_id, reward), self._loop)
+        return asyncio.run_coroutine_threadsafe(self._publish_applied(
+            user_id, OUTCOME, {"decision_id": decision_id, "reward": reward},
+            f"decision_id: {decision_id!r}"), self._loop)
 
     def route(self, user_id: str) -> Route:
         """Where a call about ``user_id`` (as stored) is answered."""
@@ -396,13 +434,17 @@ class ClusterNode:
                               "retry with the same ids") from None
         return int(ack.seq)
 
-    async def _report(self, user_id: str, decision_id: str, reward: float) -> bool:
+    async def _publish_applied(
+        self, user_id: str, kind: str, payload: dict[str, Any], what: str
+    ) -> Any:
+        """Publish a record about a user of a partition this node serves and answer with
+        what applying it here did (its result, or the error it met)."""
         route = self.route(user_id)
-        if not route.local:  # the owner settles it (and answers): asked next
-            raise NotServedHere(f"decision_id: {decision_id!r} is not served on "
-                                f"{self.node_id} ({route.reason or 'moved'})")
-        data = json.dumps({"decision_id": decision_id, "reward": reward}).encode()
-        seq = await self._publish_record(route.partition, OUTCOME, data)
+        if not route.local:  # the owner applies it (and answers): asked next
+            raise NotServedHere(f"{what} is not served on {self.node_id} "
+                                f"({route.reason or 'moved'})")
+        data = json.dumps(payload).encode()
+        seq = await self._publish_record(route.partition, kind, data)
         result = self._results.get(seq)
         if result is None:
             waiter = self._waiters.setdefault(seq, self._loop.create_future())
@@ -410,19 +452,19 @@ class ClusterNode:
                 result = await asyncio.wait_for(asyncio.shield(waiter),
                                                 PUBLISH_TIMEOUT_SECONDS * 2)
             except TimeoutError:
-                raise Unavailable(f"decision_id: the outcome is logged but partition "
+                raise Unavailable(f"{what}: the {kind} is logged but partition "
                                   f"{route.partition} moved before applying it here; a retry "
-                                  "answers attributed=false once it is settled") from None
+                                  "finds it applied") from None
             finally:
                 self._waiters.pop(seq, None)
         if isinstance(result, Exception):
             raise result
         return result
 
-    def _applied_outcome(self, seq: int, result: bool | Exception) -> None:
+    def _applied(self, seq: int, result: Any) -> None:
         waiter = self._waiters.pop(seq, None)
         if waiter is not None and not waiter.done():
-            waiter.set_result(result)  # type: ignore[arg-type]
+            waiter.set_result(result)
             return
         self._results[seq] = result
         while len(self._results) > RECENT_RESULTS:
@@ -583,7 +625,7 @@ class ClusterNode:
         kind = (msg.headers or {}).get(KIND, "")
         if kind == DECISION:
             owned.buffer.append((seq, kind, DecisionRecord.from_bytes(msg.data)))
-        elif kind == OUTCOME:
+        elif kind in ANSWERED:
             owned.buffer.append((seq, kind, json.loads(msg.data)))
         else:
             now = time.time()
@@ -614,10 +656,10 @@ class ClusterNode:
                 try:
                     try:
                         result = await asyncio.wrap_future(future)
-                    except NotFound as exc:  # an outcome for a decision never logged
-                        result = exc
-                    if kind == OUTCOME:
-                        self._applied_outcome(seq, result)
+                    except (NotFound, FailedPrecondition) as exc:
+                        result = exc  # the record's answer (an unknown decision, ...)
+                    if kind in ANSWERED:
+                        self._applied(seq, result)
                     owned.applied = max(owned.applied, seq)
                 except Exception as exc:
                     log.error("cluster: applying partition %d failed (%s); giving it up",
@@ -659,12 +701,22 @@ class ClusterNode:
         def position(txn: Any) -> None:
             meta.put_applied_position(txn, dbs, partition, seq)
 
-        decisions = self._decisions
+        decisions, outbox = self._decisions, self._outbox
+        if kind in ANSWERED and (decisions is None or outbox is None):
+            return self.writer.submit_job(position)  # not attached: keep the position
         if kind == OUTCOME:
-            if decisions is None:  # not attached (no decisions here): keep the position
-                return self.writer.submit_job(position)
+            assert decisions is not None
             return decisions.outcomes.settle_logged(
                 str(payload["decision_id"]), float(payload["reward"]), position)
+        if kind == ACK:
+            assert outbox is not None
+            return outbox.ack_logged(payload, position)
+        if kind == JOURNEY:
+            assert outbox is not None
+            journey = [Delivery.from_bytes(d.encode()) for d in payload["deliveries"]]
+            return outbox.schedule_logged(
+                journey, bytes.fromhex(payload["key"]), position,
+                lambda txn, key: triggered.delete(txn, dbs, key))
         record: DecisionRecord = payload
 
         def store_decision(txn: Any) -> None:

@@ -15,6 +15,8 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 import lmdb
 
@@ -31,6 +33,8 @@ from nudge.server.storage.tables import triggered
 
 log = logging.getLogger(__name__)
 ALTERNATIVES = 16
+# Cluster mode: how long storing a journey may wait for the log and the owner's apply.
+LOGGED_JOURNEY_TIMEOUT_SECONDS = 20.0
 
 
 def campaign_triggers(campaigns: dict[str, Campaign]) -> list[Trigger]:
@@ -60,6 +64,13 @@ class Journeys:
         self._process_lock = threading.Lock()
         self.processed = 0
         self.failed = 0
+        # Cluster mode: only triggers of users whose partition this node serves are
+        # decided here, and a journey's deliveries (with the trigger they answer) go
+        # through the replicated log: ``log_scheduled(user_id, journey)`` resolves once
+        # this node, the owner, applied them, so the trigger is gone before the next pass
+        # and a new owner replaying the log schedules the same deliveries, never others.
+        self.serves: Callable[[str], bool] = lambda _user_id: True
+        self.log_scheduled: Callable[[str, dict[str, Any]], Future[Any]] | None = None
         writer.add_event_hook(self._on_events)
         self._thread = threading.Thread(target=self._run, name="nudge-journeys", daemon=True)
 
@@ -136,6 +147,8 @@ class Journeys:
         with self.store.read() as txn:
             pending = triggered.pending(txn, self.store.dbs)
         for key, record in pending:
+            if not self.serves(str(record.get("user", ""))):
+                continue  # another node's partition (cluster): its owner decides it
             # One trigger never blocks another: one that cannot be decided for an
             # unexpected reason is dropped (logged, counted); one the store refused stays
             # recorded for the next pass.
@@ -154,7 +167,13 @@ class Journeys:
                 triggered.delete(txn, self.store.dbs, key)
 
             try:
-                self.writer.submit_job(job).result()
+                if self.log_scheduled is not None:
+                    journey = {"key": key.hex(),
+                               "deliveries": [d.to_bytes().decode() for d in deliveries]}
+                    self.log_scheduled(str(record.get("user", "")), journey).result(
+                        LOGGED_JOURNEY_TIMEOUT_SECONDS)
+                else:
+                    self.writer.submit_job(job).result()
             except NudgeError as exc:
                 log.warning("a journey could not be stored, kept for the next pass: %s",
                             exc.message)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from hashlib import blake2b
 from typing import Any
 
 import lmdb
@@ -41,8 +43,19 @@ from nudge.server.storage.tables.deliveries import (
 DUPLICATE_WINDOW = 7 * 86_400.0
 
 
+# Cluster mode: how long an acknowledgement may wait for the log and the owner's apply.
+LOGGED_ACK_TIMEOUT_SECONDS = 20.0
+
+
 def new_delivery_id() -> str:
     return uuid.uuid4().hex
+
+
+def fallback_delivery_id(failed_id: str) -> str:
+    """(Cluster) The fallback of a failed delivery gets an id derived from it: every
+    store applying the logged FAILED acknowledgement schedules the same fallback, so a
+    new owner never sends under another id what the old one may have sent."""
+    return blake2b(f"fallback:{failed_id}".encode(), digest_size=16).hexdigest()
 
 
 class Outbox:
@@ -57,6 +70,11 @@ class Outbox:
         self.writer = writer
         self.default_lease_seconds = default_lease_seconds
         self.cross_channel_gap = cross_channel_gap
+        # Cluster mode: leases go out only for users whose partition this node serves,
+        # and an acknowledgement goes through the replicated log (``log_ack(user_id,
+        # answer)`` resolves with what ``ack_logged`` applied on this node, the owner).
+        self.serves: Callable[[str], bool] = lambda _user_id: True
+        self.log_ack: Callable[[str, dict[str, Any]], Future[Delivery | None]] | None = None
         # Set whenever something may have become due: streams wake instead of polling.
         self.changed = threading.Condition()
 
@@ -126,6 +144,8 @@ class Outbox:
                 continue
             if channels and d.channel not in channels:
                 continue
+            if not self.serves(d.user_id):  # another node's partition (cluster): its owner
+                continue
             if d.status == LEASED and d.cancel_requested:
                 d.status, d.detail = CANCELLED, "cancelled: the goal came first (lease expired)"
                 self._put(txn, d, key)
@@ -172,16 +192,73 @@ class Outbox:
 
     def ack(self, delivery_id: str, sent: bool, detail: str, now: float) -> Delivery | None:
         """Record an adapter's answer; on failure, return the fallback delivery scheduled."""
+        if self.log_ack is not None:
+            return self._ack_through_log(delivery_id, sent, detail, now)
         result: dict[str, Any] = {}
+        self.writer.submit_job(self._ack_job(delivery_id, sent, detail, now, result)).result()
+        if "error" in result:
+            raise result["error"]
+        if "fallback" in result:
+            self.notify()
+        return result.get("fallback")
+
+    def _ack_through_log(
+        self, delivery_id: str, sent: bool, detail: str, now: float
+    ) -> Delivery | None:
+        assert self.log_ack is not None
+        d = self.get(delivery_id)
+        if d is None:
+            raise NotFound(f"delivery_id: {delivery_id!r} is unknown")
+        if d.status not in (LEASED, SENT if sent else FAILED):
+            raise FailedPrecondition(
+                f"delivery_id: {delivery_id!r} is {d.status}, not leased; only a leased "
+                "delivery can be acknowledged")
+        answer = {"delivery_id": delivery_id, "sent": sent, "detail": detail, "now": now}
+        fallback = self.log_ack(d.user_id, answer).result(LOGGED_ACK_TIMEOUT_SECONDS)
+        if fallback is not None:
+            self.notify()
+        return fallback
+
+    def ack_logged(
+        self, answer: dict[str, Any], position: Callable[[lmdb.Transaction], None]
+    ) -> Future[Delivery | None]:
+        """(Cluster, the owner) Apply an acknowledgement from the log, with the log
+        position in the same transaction. A delivery still SCHEDULED here was leased by
+        the partition's previous owner (leases are not logged): its answer stands."""
+        result: dict[str, Any] = {}
+        job = self._ack_job(str(answer["delivery_id"]), bool(answer["sent"]),
+                            str(answer["detail"]), float(answer["now"]), result, position)
+        future: Future[Delivery | None] = Future()
+
+        def done(committed: Future[None]) -> None:
+            error = committed.exception() or result.get("error")
+            if error is not None:
+                future.set_exception(error)
+                return
+            if "fallback" in result:
+                self.notify()
+            future.set_result(result.get("fallback"))
+
+        self.writer.submit_job(job).add_done_callback(done)
+        return future
+
+    def _ack_job(
+        self, delivery_id: str, sent: bool, detail: str, now: float, result: dict[str, Any],
+        position: Callable[[lmdb.Transaction], None] | None = None,
+    ) -> Callable[[lmdb.Transaction], None]:
+        logged = position is not None
 
         def job(txn: lmdb.Transaction) -> None:
+            if position is not None:
+                position(txn)
+            result.clear()
             d = self._get(txn, delivery_id)
             if d is None:
                 result["error"] = NotFound(f"delivery_id: {delivery_id!r} is unknown")
                 return
             if d.status == (SENT if sent else FAILED):
                 return  # a retried acknowledgement
-            if d.status != LEASED:
+            if d.status != LEASED and not (logged and d.status == SCHEDULED):
                 result["error"] = FailedPrecondition(
                     f"delivery_id: {delivery_id!r} is {d.status}, not leased; only a leased "
                     "delivery can be acknowledged"
@@ -195,7 +272,7 @@ class Outbox:
                 return
             d.status = FAILED
             self._put(txn, d, key)
-            fallback = self._fallback(txn, d, now)
+            fallback = self._fallback(txn, d, now, logged)
             if fallback is not None:
                 self.schedule(txn, [fallback])
                 result["fallback"] = fallback
@@ -206,26 +283,42 @@ class Outbox:
             else:
                 self._never_sent(txn, d)
 
-        self.writer.submit_job(job).result()
-        if "error" in result:
-            raise result["error"]
-        if "fallback" in result:
-            self.notify()
-        return result.get("fallback")
+        return job
+
+    def schedule_logged(
+        self, deliveries_: list[Delivery], done_key: bytes | None,
+        position: Callable[[lmdb.Transaction], None],
+        forget: Callable[[lmdb.Transaction, bytes], None],
+    ) -> Future[None]:
+        """(Cluster, the owner) Apply a journey's deliveries from the log: schedule the
+        ones not stored yet and ``forget`` the trigger they answer, with the position."""
+
+        def job(txn: lmdb.Transaction) -> None:
+            position(txn)
+            self.schedule(txn, [d for d in deliveries_ if self._get(txn, d.delivery_id) is None])
+            if done_key is not None:
+                forget(txn, done_key)
+
+        future = self.writer.submit_job(job)
+        future.add_done_callback(lambda _f: self.notify())
+        return future
 
     def _never_sent(self, txn: lmdb.Transaction, d: Delivery) -> None:
         """A delivery that will not reach the user stops counting against the caps."""
         contacts.forget(txn, self.store.dbs, d.user_id, d.decision_id, d.channel,
                         d.due_at)
 
-    def _fallback(self, txn: lmdb.Transaction, failed: Delivery, now: float) -> Delivery | None:
+    def _fallback(
+        self, txn: lmdb.Transaction, failed: Delivery, now: float, logged: bool = False
+    ) -> Delivery | None:
         tried = {d.channel for d in self.user_deliveries(txn, failed.user_id)
                  if d.decision_id == failed.decision_id}
         for i, alt in enumerate(failed.alternatives):
             if alt["channel"] in tried:
                 continue
             return Delivery(
-                delivery_id=new_delivery_id(), decision_id=failed.decision_id,
+                delivery_id=fallback_delivery_id(failed.delivery_id) if logged
+                else new_delivery_id(), decision_id=failed.decision_id,
                 user_id=failed.user_id, campaign=failed.campaign, channel=alt["channel"],
                 message=alt["message"], text=alt["text"], offer=alt["offer"], due_at=now,
                 alternatives=failed.alternatives[i + 1:], cancel_on=failed.cancel_on,
