@@ -209,7 +209,9 @@ class Outbox:
         d = self.get(delivery_id)
         if d is None:
             raise NotFound(f"delivery_id: {delivery_id!r} is unknown")
-        if d.status not in (LEASED, SENT if sent else FAILED):
+        # SCHEDULED here may have been leased by the partition's previous owner (leases
+        # are not logged): the adapter's answer about it stands.
+        if d.status not in (LEASED, SCHEDULED, SENT if sent else FAILED):
             raise FailedPrecondition(
                 f"delivery_id: {delivery_id!r} is {d.status}, not leased; only a leased "
                 "delivery can be acknowledged")
