@@ -34,6 +34,7 @@ from nudge.server.decisions.journeys import Journeys, campaign_triggers
 from nudge.server.decisions.learner import Learner
 from nudge.server.decisions.outbox import Outbox
 from nudge.server.errors import NudgeError
+from nudge.server.gc_tuning import tune_for_serving
 from nudge.server.risk.engine import RiskEngine
 from nudge.server.rpc.admin_service import AdminServicer
 from nudge.server.rpc.auth import AuthInterceptor, TokenStore
@@ -471,6 +472,7 @@ def serve(server: NudgeServer, on_ready: Callable[[], None] | None = None) -> No
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
     server.start()
+    tune_for_serving()
     if on_ready is not None:
         on_ready()
     server.wait()
