@@ -57,8 +57,34 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+class _OwnProcess:
+    """A child process this cluster started: whether it runs, SIGKILL, SIGTERM."""
+
+    process: subprocess.Popen[bytes] | None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no lease release — a crash."""
+        if self.process is not None and self.running:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a nudge node drains, releases its partitions, commits and closes),
+        SIGKILL if it has not ended within ``timeout`` seconds."""
+        if self.process is not None and self.running:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 @dataclass
-class NatsServer:
+class NatsServer(_OwnProcess):
     name: str
     port: int
     cluster_port: int
@@ -82,26 +108,12 @@ class NatsServer:
                 stdout=log, stderr=subprocess.STDOUT,
             )
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.process is not None and self.running:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.running:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def stop(self, timeout: float = 15.0) -> None:
+        super().stop(timeout)
 
 
 @dataclass
-class NudgeNode:
+class NudgeNode(_OwnProcess):
     node_id: str
     port: int
     data_dir: Path
@@ -139,24 +151,6 @@ class NudgeNode:
         raise TimeoutError(f"node {self.node_id} did not start:\n"
                            f"{self.log_path.read_text()[-4000:]}")
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no drain, no lease release — a crash."""
-        if self.process is not None and self.running:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM: drain, release partitions, commit, close."""
-        if self.process is not None and self.running:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @dataclass
