@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import lmdb
@@ -63,22 +63,6 @@ def append_all(
     txn.cursor(db=dbs[EVENTS]).putmulti(zip(seqs, payloads, strict=True), append=True)
     txn.cursor(db=dbs[SEEN]).putmulti(sorted(zip(seen_keys, seqs, strict=True)))
     return sequence + len(payloads)
-
-
-def append(
-    txn: lmdb.Transaction, dbs: Dbs, sequence: int,
-    events: Iterable[tuple[str, str, bytes]],
-) -> int:
-    """Append ``(user id, event id, serialized event)`` to the log from ``sequence`` on
-    and mark their ids seen for their users; returns the next free sequence."""
-    log_cursor = txn.cursor(db=dbs[EVENTS])
-    seen_db = dbs[SEEN]
-    for user_id, event_id, payload in events:
-        seq = sequence_key(sequence)
-        log_cursor.put(seq, payload, append=True)
-        txn.put(keys.pair(user_id, event_id), seq, db=seen_db)
-        sequence += 1
-    return sequence
 
 
 def rekey_seen_by_user(txn: lmdb.Transaction, dbs: Dbs) -> int:

@@ -143,10 +143,6 @@ def profile(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> UserProfile:
     return UserProfile.from_bytes(txn.get(user_id.encode(), db=dbs[PROFILES]))
 
 
-def put_profile(txn: lmdb.Transaction, dbs: Dbs, user_id: str, value: UserProfile) -> None:
-    txn.put(user_id.encode(), value.to_bytes(), db=dbs[PROFILES])
-
-
 def records(txn: lmdb.Transaction, dbs: Dbs) -> Iterator[tuple[str, np.ndarray]]:
     """Every user's id and state record."""
     for key, value in txn.cursor(db=dbs[USERS]):
