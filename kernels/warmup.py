@@ -11,6 +11,7 @@ KERNEL_MODULES = (
     "nudge.kernels.sparse_codec",
     "nudge.kernels.risk_model",
     "nudge.kernels.context",
+    "nudge.kernels.user_context",
     "nudge.kernels.learner",
     "nudge.kernels.rng",
     "nudge.kernels.policy",

@@ -66,11 +66,15 @@ class Message:
         """Whether ``values`` fill the template: every property present and of a kind its
         format takes. A message that cannot be filled for this user is masked, as a
         missing property is, never an error for the whole request."""
+        return self.text_or_none(values) is not None
+
+    def text_or_none(self, values: Mapping[str, Any]) -> str | None:
+        """The filled template, or None when ``values`` do not fill it (:meth:`fills`):
+        Decide keeps the text it tried, so a chosen message is not rendered twice."""
         try:
-            self.render(values)
+            return self.render(values)
         except (KeyError, ValueError, TypeError, IndexError, AttributeError):
-            return False
-        return True
+            return None
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,10 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from nudge.kernels import context as ctx
 from nudge.kernels import contributions, policy
 from nudge.kernels.policy import MAX_TOP_K
 from nudge.server.decisions.campaign import Campaign, Message
-from nudge.server.decisions.features import FeaturePlan, raw_features
+from nudge.server.decisions.features import FeaturePlan, user_context
 from nudge.server.decisions.guardrails import (
     SUPPRESS_HOLDOUT,
     SUPPRESS_NOTHING_BEST,
@@ -55,11 +54,11 @@ from nudge.server.storage.tables.decisions import DecisionRecord
 from nudge.server.storage.tables.users import UserProfile
 
 TOP_FEATURE_REASONS = 3
-# A user as Decide reads it: state record (float64s; None: no event stored), profile and
-# recent contacts.
-UserRead = tuple["memoryview[float] | None", UserProfile | None, list[Contact]]
+# A user as Decide reads it: the state record's stored bytes (None: no event stored; the
+# feature kernel decodes them), profile and recent contacts.
+UserRead = tuple[bytes | None, UserProfile | None, list[Contact]]
 # The same, and whether credit offers are withheld (DecideBatch reads both in one go).
-Prefetched = tuple["memoryview[float] | None", UserProfile | None, list[Contact], bool]
+Prefetched = tuple[bytes | None, UserProfile | None, list[Contact], bool]
 # Bounds the wait for the log's acknowledgement (the publish itself gives up sooner, with
 # UNAVAILABLE).
 LOG_DECISION_TIMEOUT_SECONDS = 10.0
@@ -317,8 +316,17 @@ class DecisionEngine:
         known = properties.keys()
         # Present is not enough: a value of the wrong kind ("lots" for {amount:,.0f})
         # cannot fill the template, so that message is masked for this user.
-        renderable = [known >= needs and (not needs or m.fills(properties))
-                      for needs, m in zip(plan.message_needs, campaign.messages, strict=True)]
+        # The texts filled here are the actions' texts (by message name).
+        texts: dict[str, str] = {}
+        renderable = []
+        for wanted, m in zip(plan.message_needs, campaign.messages, strict=True):
+            if not wanted:
+                renderable.append(True)
+            elif known >= wanted and (text := m.text_or_none(properties)) is not None:
+                texts[m.name] = text
+                renderable.append(True)
+            else:
+                renderable.append(False)
         consents = {c: g for c, (g, _) in profile.consents.items()} if profile else {}
         if clocks is None:
             when = local_now(now, tz)
@@ -343,12 +351,11 @@ class DecisionEngine:
                 f"user's events ({needs})",
             )
         decision_id, seed = self._new_ids()
-        raw, buckets = raw_features(
-            plan.features, state, self.store.type_slots, now, when.hour, request.numbers,
-            request.strings, self.half_life_seconds,
+        raw, x = user_context(
+            plan.features, model.stats, state, self.store.type_slots, now, when.hour,
+            request.numbers, request.strings, self.half_life_seconds,
             [c.time for c in contacts] if plan.features.contacts is not None else (),
         )
-        x = ctx.build_context_trusted(model.layout, model.stats, raw, buckets)
         reasons: list[tuple[str, str, float]] = [(c, d, 0.0) for c, d in guard.trace]
         record = DecisionRecord(
             decision_id=decision_id, user_id=user_id, campaign=campaign.name, time=now,
@@ -383,7 +390,7 @@ class DecisionEngine:
                                         strict=True):
                     if combo != campaign.nothing_combo and len(actions) < top_k:
                         actions.append(
-                            self._action(plan, combo, score, guard.send_at, properties)
+                            self._action(plan, combo, score, guard.send_at, properties, texts)
                         )
                 if request.explain:
                     reasons = self._feature_reasons(model, plan, x, choice.choice) + reasons
@@ -441,17 +448,22 @@ class DecisionEngine:
         self, txn: lmdb.Transaction, user_id: str, now: float, pending: list[Contact]
     ) -> UserRead:
         dbs = self.store.dbs
-        record = users.record(txn, dbs, user_id)
-        state = profile = None
-        if record is not None:
-            state = memoryview(record.tobytes()).cast("d")
+        state = users.record_bytes(txn, dbs, user_id)
+        profile = None
+        if state is not None:
             profile = users.profile(txn, dbs, user_id)
-        stored = [Contact(*c) for c in contact_table.rows(txn, dbs, user_id)]
+        stored = contact_table.rows(txn, dbs, user_id)
         if not pending and not stored:
             return state, profile, []
-        # Count each of a decision's messages once (stored and pending may both hold it).
-        unique = {(c.decision_id, c.time): c for c in [*stored, *pending]}
-        return state, profile, [c for c in unique.values() if now - c.time < CONTACT_MEMORY]
+        # Count each of a decision's messages once (stored and pending may both hold it):
+        # keyed on the raw rows (time first, decision last, as Contact's fields), the last
+        # copy of a key wins; only the contacts still remembered become Contacts.
+        unique: dict[tuple[str, float], Contact | list[Any]] = {(c[3], c[0]): c for c in stored}
+        for c in pending:
+            unique[(c.decision_id, c.time)] = c
+        make = Contact._make
+        return state, profile, [c if type(c) is Contact else make(c)
+                                for c in unique.values() if now - c[0] < CONTACT_MEMORY]
 
     @staticmethod
     def _action(
@@ -460,15 +472,17 @@ class DecisionEngine:
         score: float,
         send_at: list[float],
         properties: dict[str, Any],
+        texts: dict[str, str],
     ) -> ActionOut:
         message, channel, slot, frequency, offer = plan.combos[combo]
+        text = texts.get(message.name)
         return ActionOut(
             message=message.name,
             channel=channel,
             send_at=send_at[slot],
             frequency=frequency,
             offer=offer,
-            text=message.render(properties),
+            text=message.render(properties) if text is None else text,
             score=score,
         )
 

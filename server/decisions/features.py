@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from nudge.kernels import user_context as uc
 from nudge.kernels import user_state as u
-from nudge.kernels.context import ContextLayout
+from nudge.kernels.context import ContextLayout, ContextParams, ContextStats
 from nudge.server.decisions.campaign import Campaign
 
 BASE_FEATURES = (
@@ -32,6 +33,14 @@ CONTACT_FEATURES = ("contacts_7d", "contact_recency_hours")
 CONTACT_WINDOW_SECONDS = 7 * 86_400.0
 _NO_BUCKETS = np.zeros(0, dtype=np.int64)
 _NO_BUCKETS.flags.writeable = False
+# user_context's empty inputs: writable, as the kernel's one signature takes them (it
+# never writes them).
+_NO_TIMES = np.zeros(0)
+_NO_STRINGS = np.zeros(0, dtype=np.int64)
+_NO_RECORD = np.zeros(0, dtype=np.uint8)
+_NO_RECORD.flags.writeable = False
+# Decide standardises with the default context parameters (as build_context_trusted).
+_CONTEXT_PARAMS = ContextParams().as_array()
 
 
 def context_layout(campaign: Campaign) -> ContextLayout:
@@ -66,6 +75,63 @@ class FeaturePlan:
         # (request string name, layout name, buckets), in layout order.
         self.strings = tuple((name[len("request."):], name, k) for name, k in layout.strings)
         self.bucket = layout.bucket
+        # For user_context: the request numbers' names in the kernel plan's order, the
+        # layout's arrays, and the plan itself per state of the type registry (a count
+        # feature's slot is the registry's; a reset replaces the dict, new types grow it).
+        self.number_names = tuple(n for n, _ in self.numbers)
+        self.n_features = layout.n_features
+        self.offsets, self.log1p, _ = layout.kernel_arrays
+        self._kernel_plan: tuple[tuple[int, int], np.ndarray] | None = None
+
+    def kernel_plan(self, type_slots: Mapping[str, int]) -> np.ndarray:
+        """The positions as kernels/user_context.py's ``plan`` (read-only, cached)."""
+        key = (id(type_slots), len(type_slots))
+        cached = self._kernel_plan
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        contacts = self.contacts if self.contacts is not None else (-1, -1)
+        counts = [v for t, i in self.counts
+                  for v in (i, type_slots.get(t, -1))]
+        plan = np.array([*self.base, *contacts, len(self.counts), *counts,
+                         len(self.numbers), *(i for _, i in self.numbers)], dtype=np.int64)
+        plan.flags.writeable = False
+        self._kernel_plan = (key, plan)
+        return plan
+
+
+def user_context(
+    plan: FeaturePlan,
+    stats: ContextStats,
+    record: bytes | None,
+    type_slots: Mapping[str, int],
+    now: float,
+    local_hour: float,
+    numbers: Mapping[str, float],
+    strings: Mapping[str, str],
+    half_life_seconds: float,
+    contact_times: Sequence[float] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw, x)``: :func:`raw_features` and ``context.build_context`` of them in one
+    kernel call, from the record's stored bytes (None: no event stored). Raises
+    ValueError on an infinite value, as :func:`raw_features` does."""
+    nan = math.nan
+    raw = np.empty(plan.n_numeric)
+    x = np.empty(plan.n_features)
+    ok = uc.user_context_trusted(
+        _NO_RECORD if record is None else np.frombuffer(record, np.uint8),
+        plan.kernel_plan(type_slots),
+        np.array((now, local_hour, half_life_seconds)),
+        np.array([numbers.get(n, nan) for n in plan.number_names], dtype=np.float64),
+        np.array(contact_times, dtype=np.float64) if contact_times else _NO_TIMES,
+        _NO_STRINGS if not plan.strings else np.array(
+            [plan.bucket(full, strings[name], k) if name in strings else -1
+             for name, full, k in plan.strings], dtype=np.int64),
+        plan.offsets, plan.log1p, stats.mean, stats.var, stats.count, _CONTEXT_PARAMS,
+        raw, x,
+    )
+    if not ok:
+        raise ValueError("raw: must not contain inf (use NaN for a missing value)")
+    return raw, x
 
 
 def raw_features(

@@ -63,8 +63,11 @@ MASKING_CODES = {
 TRACE_MASKED = "MASKED"
 
 
-@dataclass
-class Contact:
+class Contact(NamedTuple):
+    """One message to the user, planned or sent. A tuple in the stored row's order
+    (``tables/contacts.py``): Decide reads dozens per user, and ``Contact._make(row)`` is
+    several times cheaper than a dataclass's ``__init__``."""
+
     time: float
     channel: str
     campaign: str

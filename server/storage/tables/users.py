@@ -93,6 +93,13 @@ def record(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> np.ndarray | None:
     return None if raw is None else decode_record(raw)
 
 
+def record_bytes(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> bytes | None:
+    """The user's state record as stored (a copy; :func:`decode_record` reads it), None
+    if never stored: Decide hands these bytes to its feature kernel as they are."""
+    raw = txn.get(user_id.encode(), db=dbs[USERS])
+    return None if raw is None else bytes(raw)
+
+
 def put_record(txn: lmdb.Transaction, dbs: Dbs, user_id: str, state: np.ndarray) -> None:
     txn.put(user_id.encode(), encode_record(state), db=dbs[USERS])
 

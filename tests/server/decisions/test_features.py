@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
+from nudge.kernels import context as ctx
+from nudge.kernels import user_state
 from nudge.server.decisions.campaign import CampaignError, parse_campaign, shipped_campaigns_dir
-from nudge.server.decisions.features import FeaturePlan, context_layout, raw_features
+from nudge.server.decisions.features import (
+    FeaturePlan,
+    context_layout,
+    raw_features,
+    user_context,
+)
+from nudge.server.storage.tables.users import decode_record, encode_record
 
 NOW = 1_790_000_000.0
 HOUR = 3600.0
@@ -83,3 +92,68 @@ def test_a_known_vocabulary_gives_each_value_its_own_feature() -> None:
 def test_string_features_are_validated(strings: str, message: str) -> None:
     with pytest.raises(CampaignError, match=rf"context\.strings.*{message}"):
         _with_strings(strings)
+
+
+def _random_record(rng: np.random.Generator) -> np.ndarray:
+    """A stored state record: sparse (a few slots set) or dense, times near NOW."""
+    record = np.zeros(user_state.RECORD_LEN)
+    for slot in rng.choice(user_state.RECORD_LEN, size=int(rng.integers(0, 40)), replace=False):
+        record[slot] = rng.normal() * 10.0
+    record[user_state.S_EVENT_COUNT] = rng.integers(1, 500)
+    record[user_state.S_FIRST_SEEN] = NOW - rng.random() * 400 * 86_400.0
+    record[user_state.S_LAST_SEEN] = NOW - rng.random() * 30 * 86_400.0 + 3_600.0
+    record[user_state.S_REF_TIME] = record[user_state.S_LAST_SEEN]
+    record[user_state.S_AMOUNT_COUNT] = rng.choice([0.0, 3.0])
+    if rng.random() < 0.3:
+        record[:] = rng.normal(size=user_state.RECORD_LEN)  # dense on disk
+    return record
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_user_context_kernel_matches_raw_features_and_build_context(seed: int) -> None:
+    """The one-call kernel Decide uses against the Python reference (raw_features, then
+    context.build_context), on fresh random users, requests and model statistics."""
+    rng = np.random.default_rng(seed)
+    text = (SHIPPED.replace("contact_pressure = false", "contact_pressure = true")
+            .replace("numbers = []", 'numbers = ["balance", "score", "age"]')
+            .replace("strings = {}", 'strings = { segment = ["borrower", "saver"], device = 4 }'))
+    campaign = parse_campaign(text, "c.toml")
+    layout = context_layout(campaign)
+    plan = FeaturePlan(campaign, layout)
+    names = list(campaign.context.event_types)
+    for trial in range(60):
+        # Some types registered, some not (a count with no slot is 0).
+        type_slots = {t: int(s) for t, s in zip(names, rng.permutation(64), strict=False)
+                      if rng.random() < 0.7}
+        stats = ctx.update_stats(layout, ctx.initial_stats(layout),
+                                 rng.normal(size=(int(rng.integers(0, 5)),
+                                                  layout.n_numeric)) * 5.0)
+        record = _random_record(rng) if trial % 5 else None
+        stored = None if record is None else encode_record(record)
+        numbers = {n: float(rng.normal() * 100.0) for n in campaign.context.numbers
+                   if rng.random() < 0.7}
+        numbers["not_a_feature"] = 1.0
+        strings = {"segment": str(rng.choice(["borrower", "gig"]))} if trial % 2 else {}
+        times = list(NOW + rng.normal(size=int(rng.integers(0, 4))) * 5 * 86_400.0)
+        hour = float(rng.random() * 24.0)
+        want_raw, buckets = raw_features(
+            plan, None if record is None else decode_record(stored), type_slots, NOW, hour,
+            numbers, strings, 86_400.0, times)
+        want_x = ctx.build_context(layout, stats, want_raw, buckets)
+        raw, x = user_context(plan, stats, stored, type_slots, NOW, hour, numbers, strings,
+                              86_400.0, times)
+        np.testing.assert_array_equal(raw, want_raw)
+        np.testing.assert_allclose(x, want_x, rtol=1e-12, atol=1e-12)
+
+
+def test_user_context_refuses_an_infinite_value_as_raw_features_does() -> None:
+    campaign = _campaign(False)
+    layout = context_layout(campaign)
+    plan = FeaturePlan(campaign, layout)
+    record = np.zeros(user_state.RECORD_LEN)
+    record[user_state.S_EVENT_COUNT] = math.inf
+    stored = encode_record(record)
+    with pytest.raises(ValueError, match="must not contain inf"):
+        raw_features(plan, decode_record(stored), {}, NOW, 1.0, {}, {}, 86_400.0)
+    with pytest.raises(ValueError, match="must not contain inf"):
+        user_context(plan, ctx.initial_stats(layout), stored, {}, NOW, 1.0, {}, {}, 86_400.0)
