@@ -65,3 +65,32 @@ def wrap_holding(
         return held
 
     return wrap_behaviour(handler, unary, streaming)
+
+
+class WrappedByMethod:
+    """An interceptor's wrapped handlers, one per method, reused while grpc hands over the
+    same handler object (its generic handlers keep one per method).
+
+    ``intercept_service`` runs for every call on grpc's polling thread, before the handler
+    starts and while the client waits: wrapping anew builds closures and a new handler
+    tuple per call per interceptor. A wrapper that depends only on the method and the
+    handler is built once instead; a different handler object (another interceptor that
+    builds its own per call) is wrapped anew, as before."""
+
+    def __init__(self) -> None:
+        self._by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler,
+        wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler],
+    ) -> grpc.RpcMethodHandler:
+        """``wrap(handler, method)``, or the one built for this method and handler."""
+        cached = self._by_method.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap(handler, method)
+        # The handler stays referenced, so its identity cannot be reused by another object.
+        self._by_method[method] = (handler, wrapped)
+        return wrapped

@@ -28,6 +28,8 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from nudge.server.rpc.handlers import WrappedByMethod
+
 # 10 µs (an empty handler's own time) to 1 s (far past any budget): 1-2.5-5-7.5 per decade.
 LATENCY_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.000075,
@@ -166,6 +168,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         # Label children resolved once per method: intercept_service runs for every call,
         # in grpc's polling thread.
         self._children_by_method: dict[str, tuple[Any, Any, Any, Callable[[str], Any]]] = {}
+        self._wrapped = WrappedByMethod()
 
     def _children(
         self, method: str, handler: grpc.RpcMethodHandler
@@ -174,11 +177,21 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         if children is None:
             labels = (*_split(method), _rpc_type(handler))
             m = self.metrics
+            # A status code's counter child, found once: ``labels()`` validates and joins
+            # the label values on every call (~10 µs under the profiler, on every RPC).
+            by_code: dict[str, Any] = {}
+
+            def handled(code: str) -> Any:
+                child = by_code.get(code)
+                if child is None:
+                    child = by_code[code] = m.handled.labels(*labels, code)
+                return child
+
             children = (
                 m.started.labels(*labels),
                 m.handling_seconds.labels(*labels),
                 m.cpu_seconds.labels(*labels),
-                lambda code: m.handled.labels(*labels, code),
+                handled,
             )
             self._children_by_method[method] = children
         return children
@@ -247,7 +260,9 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
+        return self._wrapped.get(handler_call_details.method, handler, self._counted)
+
+    def _counted(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         for kind in ("unary_unary", "stream_unary", "unary_stream", "stream_stream"):
             behaviour = getattr(handler, kind)
             if behaviour is None:

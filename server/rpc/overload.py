@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 
 import grpc
 
-from nudge.server.rpc.handlers import wrap_holding
+from nudge.server.rpc.handlers import WrappedByMethod, wrap_holding
 
 # Health and reflection must answer even (especially) under overload, so orchestrators
 # do not kill a server that is merely busy; Echo is the latency floor benchmarks compare
@@ -79,6 +79,7 @@ class StreamLimiter(grpc.ServerInterceptor):
         self._open = dict.fromkeys(self.limits, 0)
         self._lock = threading.Lock()
         self.rejected = 0
+        self._wrapped = WrappedByMethod()
 
     @property
     def total(self) -> int:
@@ -114,7 +115,9 @@ class StreamLimiter(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method not in self.limits:
             return handler
+        return self._wrapped.get(method, handler, self._held)
 
+    def _held(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         return wrap_holding(
             handler, lambda context: self._enter(method, context), lambda: self._leave(method)
         )
@@ -151,6 +154,7 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
         self._waiting = 0
         self.rejected = 0
         self.expired = 0
+        self._wrapped = WrappedByMethod()
 
     @property
     def in_flight(self) -> int:
@@ -237,5 +241,8 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(self.exempt):
             return handler
+        return self._wrapped.get(method, handler, self._held)
+
+    def _held(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         return wrap_holding(handler, lambda context: self._acquire(context, method),
                             self._release)

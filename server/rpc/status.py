@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from nudge.server.errors import NudgeError
-from nudge.server.rpc.handlers import wrap_behaviour
+from nudge.server.rpc.handlers import WrappedByMethod, wrap_behaviour
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,9 @@ def _gone(exc: Exception, context: grpc.ServicerContext, method: str) -> bool:
 
 
 class StatusInterceptor(grpc.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped = WrappedByMethod()
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
@@ -135,10 +138,13 @@ class StatusInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        streamed = handler.request_streaming
-        wrapped = wrap_behaviour(
-            handler, lambda b: _wrap_unary(b, method, streamed),
-            lambda b: _wrap_stream(b, method, streamed),
-        )
-        return wrapped._replace(request_deserializer=_parse_lazily(handler.request_deserializer))
+        return self._wrapped.get(handler_call_details.method, handler, _status_mapped)
+
+
+def _status_mapped(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    streamed = handler.request_streaming
+    wrapped = wrap_behaviour(
+        handler, lambda b: _wrap_unary(b, method, streamed),
+        lambda b: _wrap_stream(b, method, streamed),
+    )
+    return wrapped._replace(request_deserializer=_parse_lazily(handler.request_deserializer))
