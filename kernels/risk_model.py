@@ -903,6 +903,19 @@ def score_learn_one(user: np.ndarray, population: np.ndarray, transaction: np.nd
     return out, feat
 
 
+def score_learn_one_trusted(user: np.ndarray, population: np.ndarray,
+                            transaction: np.ndarray, params: ModelParams = DEFAULT_MODEL_PARAMS
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`score_learn_one` (holding) without its checks, for a caller that built every
+    input itself (ScoreTransaction: writable copies of stored rows, a vector from
+    ``encode_transaction``, which validates). Anything else is undefined."""
+    out = np.empty(DETAIL_LEN)
+    feat = np.empty(FEAT_LEN)
+    _score_learn_one_kernel(user, population, transaction, params.to_array(), True, True,
+                            out, feat)
+    return out, feat
+
+
 def learn_held(users: np.ndarray, rows: np.ndarray, population: np.ndarray,
                features: np.ndarray, params: ModelParams = DEFAULT_MODEL_PARAMS) -> None:
     """Fold held transactions (labelled GENUINE, or past the hold delay unlabelled) into

@@ -66,7 +66,7 @@ from nudge.kernels.risk_model import (
     new_population_state,
     new_user_state,
     score_and_learn,
-    score_learn_one,
+    score_learn_one_trusted,
 )
 from nudge.kernels.risk_model_reasons import explain
 from nudge.server.errors import InvalidArgument, NotFound
@@ -444,7 +444,7 @@ class RiskEngine:
         )
         state = self._state(tx.user_id, txn).copy()
         population = self._population.copy()
-        details, features = score_learn_one(state, population, vector, self.params)
+        details, features = score_learn_one_trusted(state, population, vector, self.params)
         held = bool(details[D_HELD])
         reasons = explain(
             details,

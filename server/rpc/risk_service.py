@@ -49,12 +49,14 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
         tx = validate_transaction(request.transaction, "transaction", self.clock.now())
         tx.user_id = self.pseudonyms(tx.user_id)
         (record,) = self.engine.score([tx])
-        return pb.ScoreTransactionResponse(
-            score=record.score,
-            reasons=_reasons(record),
-            baseline_count=record.baseline_count,
-            held=record.held,
-        )
+        # Filled in place: Reason messages built apart would be copied into the reply.
+        reply = pb.ScoreTransactionResponse(score=record.score,
+                                            baseline_count=record.baseline_count,
+                                            held=record.held)
+        reasons = reply.reasons
+        for c, d, w in record.reasons:
+            reasons.add(code=c, detail=d, weight=w)
+        return reply
 
     def ScoreTransactions(
         self, request: pb.ScoreTransactionsRequest, context: grpc.ServicerContext
