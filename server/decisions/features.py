@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -121,7 +122,8 @@ def user_context(
         _NO_RECORD if record is None else np.frombuffer(record, np.uint8),
         plan.kernel_plan(type_slots),
         np.array((now, local_hour, half_life_seconds)),
-        np.array([numbers.get(n, nan) for n in plan.number_names], dtype=np.float64),
+        np.fromiter(map(numbers.get, plan.number_names, repeat(nan)), np.float64,
+                    len(plan.number_names)),
         np.array(contact_times, dtype=np.float64) if contact_times else _NO_TIMES,
         _NO_STRINGS if not plan.strings else np.array(
             [plan.bucket(full, strings[name], k) if name in strings else -1
