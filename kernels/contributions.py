@@ -41,12 +41,17 @@ def _combo_terms(mean_t, x, weight, row, out):
 
 @njit(
     jit.i8(jit.f8_2d_ro, jit.f8_1d_ro, jit.f8_1d_ro, jit.i4_1d_ro, jit.i8_1d, jit.i8_1d, jit.f8_1d),
-    **jit.NOGIL,
+    **jit.GIL,
 )
 def _top_feature_terms(mean_t, x, weight, row, out_component, out_feature, out_score):
     """The ``len(out_score)`` largest terms of :func:`_combo_terms` by absolute value,
     largest first (ties: earlier component in the row, then lower feature). Returns how many
-    were filled (fewer only when the combination has fewer terms)."""
+    were filled (fewer only when the combination has fewer terms).
+
+    Keeps the GIL: it runs for a few microseconds inside every Decide, and releasing it
+    while another thread runs Python (the decision flusher, grpc's poller) hands that thread
+    the GIL until its switch interval ends (measured: 3,000 calls beside a busy thread, mean
+    425 µs released against 40 µs kept; median 29 against 31)."""
     d = mean_t.shape[0]
     terms = np.empty((row.shape[0], d))
     k = _combo_terms(mean_t, x, weight, row, terms)

@@ -40,6 +40,8 @@ NOGIL_NUMPY_ERRORS: JitOptions = {"cache": True, "nogil": True, "error_model": "
 # invites another thread (the commit writer, grpc's poller) to take it, and the reply then
 # waits tens of microseconds to get it back (measured with bench/rpc_floor.py).
 GIL_NUMPY_ERRORS: JitOptions = {"cache": True, "nogil": False, "error_model": "numpy"}
+# As GIL_NUMPY_ERRORS with Python's error model (a kernel whose semantics include it).
+GIL: JitOptions = {"cache": True, "nogil": False}
 
 # --------------------------------------------------------------------------- Numba types
 
