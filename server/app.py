@@ -138,6 +138,7 @@ class NudgeServer:
     profiler: ProfileInterceptor | None = None
     cluster: ClusterNode | None = None
     forwarding: ForwardingInterceptor | None = None
+    insights_summary: InsightsSummary | None = None
     _metrics_http: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _closed: threading.Event = field(default_factory=threading.Event)
@@ -236,6 +237,8 @@ class NudgeServer:
         self.learner.close()
         self.decisions.close()
         self.risk.close()
+        if self.insights_summary is not None:
+            self.insights_summary.close()  # what is pending, before the writer stops
         self.writer.close()
         self.store.close()
         if self.role is not None:
@@ -269,7 +272,11 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     store = Store(config.data_dir, map_size=config.map_size, max_map_size=config.max_map_size,
                   shared=config.shared_store)
     writer = EventWriter(store, config.half_life_seconds, config.max_batch_events)
-    writer.add_event_hook(InsightsSummary(store))
+    insights_summary = InsightsSummary(store, writer, config.insights_flush_seconds,
+                                       config.insights_value_property)
+    writer.add_event_hook(insights_summary)
+    writer.add_forget_hook(insights_summary.forget)
+    insights_summary.catch_up(writer)  # what a crash left unfolded, before Track is served
     _name_event_types(writer, campaigns)
     readiness = Readiness()
     metrics = Metrics() if config.metrics_port is not None else None
@@ -363,7 +370,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         server,
     )
     insights_service_pb2_grpc.add_InsightsServiceServicer_to_server(
-        InsightsServicer(store, clock, readiness), server
+        InsightsServicer(store, clock, readiness, insights_summary.flush), server
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     for name in ("", *SERVICE_NAMES):
@@ -381,6 +388,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     except RuntimeError as exc:
         decisions.close()
         risk_engine.close()
+        insights_summary.close()
         writer.close()
         store.close()
         if leadership is not None:
@@ -389,7 +397,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     nudge_server = NudgeServer(
         config, server, port, store, writer, risk_engine, decisions, learner, health_servicer,
         readiness, outbox, journeys, retention, metrics, limiter, profiler=profiler,
-        cluster=cluster, forwarding=forwarding,
+        cluster=cluster, forwarding=forwarding, insights_summary=insights_summary,
     )
     if cluster is not None:
         cluster.bind(f"{config.host}:{port}")

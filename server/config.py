@@ -100,6 +100,12 @@ class Config:
     retain_deliveries_seconds: float = 90 * 86_400.0
     retain_transactions_seconds: float = 180 * 86_400.0
     retention_interval_seconds: float = 300.0
+    # Insights (README "Insights"): the per-user summaries are written behind Track's
+    # commits, this many seconds after the first pending one (0: inside them; a restart
+    # folds what a crash left unwritten from the event log). The number property summed as
+    # the value of goal events (ValueDrivers).
+    insights_flush_seconds: float = 5.0
+    insights_value_property: str = "amount"
     # Cluster mode (README "Several machines"): NATS JetStream servers (comma-separated
     # nats:// URLs) holding the replicated log; None keeps the embedded single machine.
     # Also the ``[cluster]`` table of the config file (urls, node_id, partitions, ...).
@@ -159,6 +165,11 @@ class Config:
         for name in retain:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name}: must be >= 0 (0: forever, or no pass)")
+        if not 0 <= self.insights_flush_seconds <= 60:
+            raise ConfigError("insights_flush_seconds: must be in [0, 60]")
+        if not self.insights_value_property or len(self.insights_value_property) > 128:
+            raise ConfigError("insights_value_property: must be a number property's name "
+                              "(1 to 128 characters)")
         if self.retain_events_seconds and self.retain_seen_seconds > self.retain_events_seconds:
             raise ConfigError(
                 "retain_seen_seconds: must not exceed retain_events_seconds (seen ids are "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -89,15 +90,20 @@ def _value_driver(d: insights.Driver) -> pb.ValueDriver:
 
 
 class InsightsServicer(pb_grpc.InsightsServiceServicer):
-    def __init__(self, store: Store, clock: Clock, readiness: Readiness) -> None:
+    def __init__(self, store: Store, clock: Clock, readiness: Readiness,
+                 flush: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.clock = clock
         self.readiness = readiness
+        # The summaries are written behind Track: an analysis first stores what is pending,
+        # so every event acknowledged before the call counts.
+        self._flush = flush
         # One analysis at a time: each decodes every user's summary (about 1 GB at a
         # million users); concurrent callers wait their turn instead of multiplying that.
         self._one_at_a_time = threading.Lock()
 
     def _population(self) -> insights.Population:
+        self._flush()
         with self.store.read() as txn:
             return insights.load_population(txn, self.store.dbs)
 

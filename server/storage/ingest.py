@@ -89,6 +89,7 @@ class EventWriter(GroupCommitWriter):
     ) -> None:
         self.half_life_seconds = half_life_seconds
         self._event_hooks: list[EventHook] = []
+        self._forget_hooks: list[Callable[[str], None]] = []
         # Parsed profiles, written through: this thread is the only writer of profiles, so
         # the cache cannot go stale (it is dropped if a batch fails). Not for a shared
         # store, whose other processes write profiles too.
@@ -125,9 +126,17 @@ class EventWriter(GroupCommitWriter):
     def add_event_hook(self, hook: EventHook) -> None:
         self._event_hooks.append(hook)
 
+    def add_forget_hook(self, forget: Callable[[str], None]) -> None:
+        """``forget(user_id)`` runs inside erasure's job: a hook that holds a user's data
+        in memory for a later commit (the insights summary's write-behind) drops it."""
+        self._forget_hooks.append(forget)
+
     def forget_cached(self, user_id: str) -> None:
-        """Drop the user's cached profile (erasure; the writer thread calls it in a job)."""
+        """Drop what is held in memory of the user (erasure; the writer thread calls it in
+        a job): the cached profile, and what the forget hooks hold."""
         self._profiles.pop(user_id, None)
+        for forget in self._forget_hooks:
+            forget(user_id)
 
     def _batch_failed(self) -> None:
         self._profiles.clear()  # they may hold updates that were not stored

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -75,7 +74,8 @@ class DelayedFlusher:
                     log.exception("%s: the last flush failed", self._thread.name)
                 return
             if self._wake.is_set() or self._pending():
-                time.sleep(self.wait_before_flush())
+                # Waits out the delay, or less when closing (the last flush then runs).
+                self._closing.wait(self.wait_before_flush())
                 try:
                     stored = self._flush() is not False
                 except Exception:  # keep flushing: a dead flusher would store nothing again

@@ -17,6 +17,9 @@ in seconds (``nudge.kernels.insights`` reads them).
   next free id. A name is an event type (``loan_simulated``) or, for an event carrying a
   ``step`` string, its abandoned flow step as JSON ``["flow_abandoned", flow, step]``.
   Key 0 is ``(other)``: every name after the first ``MAX_KEYS - 1`` shares it.
+- in ``meta``: ``insights/position`` -> the next event-log sequence not yet folded into
+  the summaries (8 bytes big-endian), stored in the same transaction as the entries: the
+  summaries are written behind, and a restart folds the log from here on.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ NAME = "insights"
 META = "meta"
 KEY_PREFIX = b"insights/key/"
 NEXT_KEY = b"insights/next_key"
+POSITION = b"insights/position"
 OTHER_KEY = 0
 OTHER_NAME = "(other)"
 MAX_KEYS = 4096
@@ -42,6 +46,7 @@ ENTRY = np.dtype([("hour", "<u4"), ("key", "<u2"), ("count", "<u2"), ("amount", 
 ENTRY_STRUCT = struct.Struct("<IHHf")
 ENTRY_BYTES = ENTRY.itemsize
 MAX_COUNT = 65_535
+COMPACT_BYTES = COMPACT_FROM * ENTRY_BYTES
 
 Dbs = Mapping[str, Any]
 
@@ -77,6 +82,16 @@ def key_id(txn: lmdb.Transaction, dbs: Dbs, name: str) -> int | None:
     return None if raw is None else int.from_bytes(bytes(raw), "little")
 
 
+def position(txn: lmdb.Transaction, dbs: Dbs) -> int | None:
+    """The next event-log sequence the summaries have not folded (None: never stored)."""
+    raw = txn.get(POSITION, db=dbs[META])
+    return None if raw is None else int.from_bytes(bytes(raw), "big")
+
+
+def put_position(txn: lmdb.Transaction, dbs: Dbs, sequence: int) -> None:
+    txn.put(POSITION, sequence.to_bytes(8, "big"), db=dbs[META])
+
+
 def register_key(txn: lmdb.Transaction, dbs: Dbs, name: str) -> int:
     """The name's id, giving it the next free one (``OTHER_KEY`` once the registry is
     full). Inside the write transaction: ids taken by an aborted one are free again."""
@@ -107,23 +122,25 @@ def append_many(txn: lmdb.Transaction, dbs: Dbs, rows: dict[bytes, bytes]) -> No
     """``append`` for many users at once (user key -> packed entries): their summaries read
     with one ``getmulti`` and written with one ``putmulti``, in key order (what a commit of
     many users' events pays per user is then one C call's share, not two Python calls)."""
-    db = dbs[NAME]
     keys = sorted(rows)
-    cursor = txn.cursor(db=db)
-    old = {bytes(k): v for k, v in cursor.getmulti(keys)}
-    out = []
+    cursor = txn.cursor(db=dbs[NAME])
+    # A write transaction's values are bytes (buffers off), so no copy is made here.
+    old: dict[bytes, bytes] = dict(cursor.getmulti(keys))  # type: ignore[arg-type]
+    get = old.get
+    out: list[tuple[bytes, bytes]] = []
+    add = out.append
     for key in keys:
         entries = rows[key]
-        stored = old.get(key)
+        stored = get(key)
         if stored is None:
-            out.append((key, entries))
+            add((key, entries))
             continue
-        before = len(stored) // ENTRY_BYTES
-        after = before + len(entries) // ENTRY_BYTES
-        raw = bytes(stored) + entries
-        if after >= COMPACT_FROM and after.bit_length() > before.bit_length():
+        raw = stored + entries
+        if (len(raw) >= COMPACT_BYTES
+                and (len(raw) // ENTRY_BYTES).bit_length()
+                > (len(stored) // ENTRY_BYTES).bit_length()):
             raw = compact(raw)
-        out.append((key, raw))
+        add((key, raw))
     cursor.putmulti(out)
 
 

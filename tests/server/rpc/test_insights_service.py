@@ -34,6 +34,8 @@ def world_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NudgeServ
     with Client(f"127.0.0.1:{srv.port}", timeout=30.0) as client:
         for batch in world_events(WORLD, 5_000):
             assert client.track(batch).accepted == len(batch)
+    assert srv.insights_summary is not None
+    srv.insights_summary.flush()  # written behind Track: the table is read directly below
     yield srv
     srv.stop()
 
