@@ -183,6 +183,28 @@ class Exploration:
     nothing_arm: bool = True
 
 
+# A "reached" flag looks at most this many days after first seen (the insights summaries
+# keep 400 days), and thresholds past this many events are not a behaviour but a firehose.
+MAX_REACHED_DAYS = 400
+MAX_REACHED_COUNT = 1000
+MAX_REACHED_FLAGS = 16
+
+
+@dataclass(frozen=True)
+class ReachedFlag:
+    """An insight flag as a feature: 1 when the user did ``event`` at least ``at_least``
+    times within ``within_days`` days of first being seen (days counted from the hour of
+    their first event, as the insights' early window is), else 0 — "reached driver X"."""
+
+    event: str
+    at_least: int
+    within_days: int
+
+    @property
+    def feature(self) -> str:
+        return f"reached.{self.event}.{self.at_least}x{self.within_days}d"
+
+
 @dataclass(frozen=True)
 class ContextSpec:
     """Which features describe the user and the request to the policy."""
@@ -197,6 +219,8 @@ class ContextSpec:
     # Contact pressure as features: the user's messages from any campaign in the last 7
     # days and the hours since the last one (fatigue and opt-out risk grow with them).
     contact_pressure: bool = False
+    # Insight flags ("reached driver X"), each a 0/1 feature (``ReachedFlag``).
+    reached: tuple[ReachedFlag, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,6 +247,7 @@ class Campaign:
         """Every event type this campaign names (features, goal, triggers, cancellations):
         each keeps a slot of its own in the type registry."""
         return frozenset((*self.context.event_types, *self.goal.events,
+                          *(f.event for f in self.context.reached),
                           *(t.event for t in self.triggers),
                           *(e for t in self.triggers for e in t.cancel_on)))
 
@@ -551,7 +576,8 @@ def _context(data: dict[str, Any], source: str, goal: Goal) -> ContextSpec:
     c = data.get("context", {})
     if not isinstance(c, dict):
         raise _fail(source, "context", "must be a table")
-    _known(c, {"event_types", "numbers", "strings", "contact_pressure"}, "context", source)
+    _known(c, {"event_types", "numbers", "strings", "contact_pressure", "reached"}, "context",
+           source)
     default = ContextSpec()
     event_types = c.get("event_types", list(default.event_types))
     if not isinstance(event_types, list) or not all(
@@ -580,7 +606,41 @@ def _context(data: dict[str, Any], source: str, goal: Goal) -> ContextSpec:
     if not isinstance(pressure, bool):
         raise _fail(source, "context.contact_pressure", "must be true or false")
     types = tuple(dict.fromkeys([*event_types, *goal.events]))
-    return ContextSpec(types, tuple(numbers), tuple(encodings), pressure)
+    return ContextSpec(types, tuple(numbers), tuple(encodings), pressure,
+                       _reached(c.get("reached", []), source))
+
+
+def _reached(value: Any, source: str) -> tuple[ReachedFlag, ...]:
+    """``reached = [{ event = "pix_sent", at_least = 3, within_days = 7 }, ...]``."""
+    if not isinstance(value, list) or len(value) > MAX_REACHED_FLAGS:
+        raise _fail(source, "context.reached",
+                    f"must be a list of at most {MAX_REACHED_FLAGS} tables "
+                    '{ event = "type", at_least = k, within_days = n }')
+    flags: list[ReachedFlag] = []
+    for i, entry in enumerate(value):
+        key = f"context.reached[{i}]"
+        if not isinstance(entry, dict):
+            raise _fail(source, key, 'must be a table { event = "type", at_least = k, '
+                                     "within_days = n }")
+        _known(entry, {"event", "at_least", "within_days"}, key, source)
+        for part in ("event", "at_least", "within_days"):
+            if part not in entry:
+                raise _fail(source, f"{key}.{part}", "is required")
+        event = entry["event"]
+        if not isinstance(event, str) or not re.fullmatch(r"[a-z][a-z0-9_.]{0,63}", event):
+            raise _fail(source, f"{key}.event", f"must be an event type, got {event!r}")
+        at_least = _count(entry["at_least"], f"{key}.at_least", source)
+        if at_least > MAX_REACHED_COUNT:
+            raise _fail(source, f"{key}.at_least", f"must be at most {MAX_REACHED_COUNT}")
+        days = _count(entry["within_days"], f"{key}.within_days", source)
+        if days > MAX_REACHED_DAYS:
+            raise _fail(source, f"{key}.within_days",
+                        f"must be at most {MAX_REACHED_DAYS} (the summaries' horizon)")
+        flag = ReachedFlag(event, at_least, days)
+        if flag in flags:
+            raise _fail(source, key, "names the same flag as an earlier entry")
+        flags.append(flag)
+    return tuple(flags)
 
 
 def parse_campaign(text: str, source: str) -> Campaign:

@@ -28,6 +28,7 @@ import numpy as np
 from nudge.kernels import contributions, policy
 from nudge.kernels.policy import MAX_TOP_K
 from nudge.server.decisions.campaign import Campaign, Message
+from nudge.server.decisions.early_counts import EarlyCounts
 from nudge.server.decisions.features import FeaturePlan, user_context
 from nudge.server.decisions.guardrails import (
     SUPPRESS_HOLDOUT,
@@ -201,6 +202,7 @@ class DecisionEngine:
         self.writer = writer
         self.risk = risk
         self.half_life_seconds = half_life_seconds
+        self._early_counts = EarlyCounts(store)  # "reached" flags the record cannot settle
         self.cache = ModelCache(campaigns, default_campaign)
         self._plans = {name: CampaignPlan(m) for name, m in self.cache.models.items()}
         self.pending = PendingDecisions(store, writer)
@@ -355,6 +357,7 @@ class DecisionEngine:
             plan.features, model.stats, state, self.store.type_slots, now, when.hour,
             request.numbers, request.strings, self.half_life_seconds,
             [c.time for c in contacts] if plan.features.contacts is not None else (),
+            self._early_counts.of(user_id) if plan.features.reached else None,
         )
         reasons: list[tuple[str, str, float]] = [(c, d, 0.0) for c, d in guard.trace]
         record = DecisionRecord(

@@ -8,7 +8,7 @@ This runs inside every Decide, so the layout's positions are resolved once per c
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
 
 import numpy as np
@@ -17,6 +17,7 @@ from nudge.kernels import user_context as uc
 from nudge.kernels import user_state as u
 from nudge.kernels.context import ContextLayout, ContextParams, ContextStats
 from nudge.server.decisions.campaign import Campaign
+from nudge.server.storage.tables.users import decode_record
 
 BASE_FEATURES = (
     "events_total",
@@ -32,6 +33,8 @@ HEAVY_TAILED = ("events_total", "recency_hours", "tenure_days", "amount_mean", "
 # last 7 days (scheduled ones included), and hours since the last one sent.
 CONTACT_FEATURES = ("contacts_7d", "contact_recency_hours")
 CONTACT_WINDOW_SECONDS = 7 * 86_400.0
+# (event type, hour) -> the user's events of that type before that hour (insights summary).
+EarlyCount = Callable[[str, int], float]
 _NO_BUCKETS = np.zeros(0, dtype=np.int64)
 _NO_BUCKETS.flags.writeable = False
 # user_context's empty inputs: writable, as the kernel's one signature takes them (it
@@ -49,8 +52,9 @@ def context_layout(campaign: Campaign) -> ContextLayout:
     counts = tuple(f"count.{t}" for t in spec.event_types)
     numbers = tuple(f"request.{n}" for n in spec.numbers)
     contacts = CONTACT_FEATURES if spec.contact_pressure else ()
+    reached = tuple(f.feature for f in spec.reached)
     return ContextLayout(
-        numeric=(*BASE_FEATURES, *contacts, *counts, *numbers),
+        numeric=(*BASE_FEATURES, *contacts, *counts, *numbers, *reached),
         strings=tuple((f"request.{name}", k if isinstance(k, int) else len(k) + 1)
                       for name, k in spec.strings),
         log1p=(*HEAVY_TAILED, *contacts, *counts),
@@ -73,6 +77,9 @@ class FeaturePlan:
         self.counts = tuple((t, index[f"count.{t}"]) for t in campaign.context.event_types)
         # (request number name, position).
         self.numbers = tuple((n, index[f"request.{n}"]) for n in campaign.context.numbers)
+        # (event type, at least, within hours, position) of each "reached" insight flag.
+        self.reached = tuple((f.event, f.at_least, 24 * f.within_days, index[f.feature])
+                             for f in campaign.context.reached)
         # (request string name, layout name, buckets), in layout order.
         self.strings = tuple((name[len("request."):], name, k) for name, k in layout.strings)
         self.bucket = layout.bucket
@@ -93,8 +100,12 @@ class FeaturePlan:
         contacts = self.contacts if self.contacts is not None else (-1, -1)
         counts = [v for t, i in self.counts
                   for v in (i, type_slots.get(t, -1))]
+        # The kernel copies "numbers" into their positions: the request numbers, then the
+        # "reached" flags (settled in Python before the call, see ``user_context``).
         plan = np.array([*self.base, *contacts, len(self.counts), *counts,
-                         len(self.numbers), *(i for _, i in self.numbers)], dtype=np.int64)
+                         len(self.numbers) + len(self.reached),
+                         *(i for _, i in self.numbers), *(r[3] for r in self.reached)],
+                        dtype=np.int64)
         plan.flags.writeable = False
         self._kernel_plan = (key, plan)
         return plan
@@ -111,19 +122,31 @@ def user_context(
     strings: Mapping[str, str],
     half_life_seconds: float,
     contact_times: Sequence[float] = (),
+    early_count: EarlyCount | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(raw, x)``: :func:`raw_features` and ``context.build_context`` of them in one
     kernel call, from the record's stored bytes (None: no event stored). Raises
-    ValueError on an infinite value, as :func:`raw_features` does."""
+    ValueError on an infinite value, as :func:`raw_features` does. A campaign with
+    "reached" flags settles them first (:func:`reached_flag`, from the decoded record and
+    ``early_count``) and hands them to the kernel after the request numbers."""
     nan = math.nan
     raw = np.empty(plan.n_numeric)
     x = np.empty(plan.n_features)
+    request_numbers = np.fromiter(map(numbers.get, plan.number_names, repeat(nan)),
+                                  np.float64, len(plan.number_names))
+    if plan.reached:
+        if record is None:
+            flags = [0.0] * len(plan.reached)  # no events yet: nothing reached
+        else:
+            floats = decode_record(record)
+            flags = [reached_flag(floats, type_slots.get(t), t, k, hours, early_count)
+                     for t, k, hours, _ in plan.reached]
+        request_numbers = np.concatenate((request_numbers, np.array(flags)))
     ok = uc.user_context_trusted(
         _NO_RECORD if record is None else np.frombuffer(record, np.uint8),
         plan.kernel_plan(type_slots),
         np.array((now, local_hour, half_life_seconds)),
-        np.fromiter(map(numbers.get, plan.number_names, repeat(nan)), np.float64,
-                    len(plan.number_names)),
+        request_numbers,
         np.array(contact_times, dtype=np.float64) if contact_times else _NO_TIMES,
         _NO_STRINGS if not plan.strings else np.array(
             [plan.bucket(full, strings[name], k) if name in strings else -1
@@ -146,13 +169,16 @@ def raw_features(
     strings: Mapping[str, str],
     half_life_seconds: float,
     contact_times: Sequence[float] = (),
+    early_count: EarlyCount | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(numeric row with NaN for missing, string buckets with -1 for missing).
 
     ``record`` is the user's stored record (kernels/user_state.py layout; any sequence of
     floats), None for a user with no events. ``contact_times`` are the send times of the
     user's recent messages from any campaign. Raises ValueError on an infinite value, as
-    the context builder's public entry would."""
+    the context builder's public entry would. ``early_count(event type, hour)`` counts
+    the user's events of a type before that hour from the insights summary: asked only for
+    a "reached" flag the record cannot settle (see ``reached_flag``)."""
     nan = math.nan
     values = [nan] * plan.n_numeric
     (i_events, i_recency, i_tenure, i_sin, i_cos, i_amount_mean, i_amount_last) = plan.base
@@ -177,6 +203,11 @@ def raw_features(
         for t, i in plan.counts:
             slot = type_slots.get(t)
             values[i] = 0.0 if slot is None else float(record[u.COUNTS + slot]) * decay
+        for t, k, hours, i in plan.reached:
+            values[i] = reached_flag(record, type_slots.get(t), t, k, hours, early_count)
+    else:
+        for _, _, _, i in plan.reached:
+            values[i] = 0.0  # no events yet: nothing reached
     for name, i in plan.numbers:
         if name in numbers:
             values[i] = float(numbers[name])
@@ -191,3 +222,27 @@ def raw_features(
         dtype=np.int64,
     )
     return raw, buckets
+
+
+def reached_flag(
+    record: Sequence[float], slot: int | None, event_type: str, at_least: int, hours: int,
+    early_count: EarlyCount | None,
+) -> float:
+    """1.0 when the user did ``event_type`` at least ``at_least`` times in the ``hours``
+    after the hour of their first event, else 0.0 (NaN: unknown without the summary).
+
+    Settled from the record Decide already read in the usual cases — fewer events of the
+    type in all than the threshold (not reached), or the last one inside the window (all
+    of them were: the total decides) — and only otherwise (a long-time user who kept doing
+    it) by one read of the insights summary, which knows when each event happened."""
+    if slot is None:
+        return 0.0
+    total = float(record[u.TOTALS + slot])
+    if total < at_least:
+        return 0.0
+    until_hour = int(float(record[u.S_FIRST_SEEN]) // 3600.0) + hours
+    if float(record[u.TYPE_LAST + slot]) < until_hour * 3600.0:
+        return 1.0
+    if early_count is None:
+        return math.nan
+    return 1.0 if early_count(event_type, until_hour) >= at_least else 0.0

@@ -4,7 +4,10 @@ into the campaigns folder (``nudge serve --campaigns DIR``).
 - A retention driver becomes a campaign whose **goal is the behaviour** (the driver's
   event type), meant for new users who have not reached it yet: the app asks ``Decide``
   with the campaign's name for users in their first days; the driver's own event type is
-  in ``[context]`` (how far the user already is, as a decayed count), and a generous
+  in ``[context]`` (how far the user already is, as a decayed count), with the insight
+  flag itself (``reached = [{ event, at_least, within_days }]``: 1 once the user did it
+  the driver's number of times in the early window, read by the server at Decide), so
+  the policy learns whom the nudge still helps; and a generous
   ``holdout`` measures whether pushing the behaviour really adds retention — the insight
   is an association adjusted for activity, the holdout is the experiment that confirms it.
 - A churn flow becomes a **trigger on its abandonment** (``[[triggers]]`` with the flow
@@ -45,7 +48,8 @@ def _toml_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
 
-def _common(goal_events: list[str], context_types: list[str], holdout: float) -> str:
+def _common(goal_events: list[str], context_types: list[str], holdout: float,
+            reached: str = "") -> str:
     goal = ", ".join(_toml_string(e) for e in goal_events)
     context = ", ".join(_toml_string(e) for e in dict.fromkeys(context_types))
     return f"""
@@ -78,7 +82,7 @@ holdout = {holdout}
 
 [context]
 event_types = [{context}]
-"""
+{reached}"""
 
 
 def driver_campaign(d: Driver, early_days: int) -> tuple[str, str]:
@@ -99,7 +103,11 @@ description = {_toml_string(f"Help new users reach {d.event_type} ({times} in th
 nudge = {_toml_string(f"Have you tried {d.event_type.replace('_', ' ')}? It takes a minute.")}
 benefit = {_toml_string(f"Customers who use {d.event_type.replace('_', ' ')} get more out "
                         "of their account. Try it today.")}
-""" + _common([d.event_type], [d.event_type, "app_opened"], holdout=0.2)
+""" + _common([d.event_type], [d.event_type, "app_opened"], holdout=0.2,
+              reached=f"# 1 once the user did {d.event_type} {times} in their first "
+                      f"{early_days} days (the insight flag).\n"
+                      f"reached = [{{ event = {_toml_string(d.event_type)}, "
+                      f"at_least = {d.min_count}, within_days = {early_days} }}]\n")
     return name, text
 
 

@@ -152,3 +152,46 @@ def test_triggers_come_from_the_same_read_as_their_campaign(tmp_path: Path) -> N
     assert [t.index for t in triggers] == list(range(len(triggers)))
     path.unlink()
     assert campaign_triggers(campaigns) == list(triggers)
+
+
+REACHED = ('contact_pressure = false\n'
+           'reached = [{ event = "pix_sent", at_least = 3, within_days = 7 }]')
+
+
+def test_reached_flags_parse_into_features_and_named_types() -> None:
+    c = parse_campaign(DEFAULT.replace("contact_pressure = false", REACHED), "c.toml")
+    (flag,) = c.context.reached
+    assert (flag.event, flag.at_least, flag.within_days) == ("pix_sent", 3, 7)
+    assert flag.feature == "reached.pix_sent.3x7d"
+    assert "pix_sent" in c.event_types  # it keeps a slot in the type registry
+    assert parse_campaign(DEFAULT, "c.toml").context.reached == ()
+
+
+@pytest.mark.parametrize(
+    ("reached", "message"),
+    [
+        ('"pix_sent"', "context.reached: must be a list of at most 16 tables"),
+        ('["pix_sent"]', "context.reached[0]: must be a table"),
+        ('[{ event = "pix_sent", at_least = 3 }]', "context.reached[0].within_days: is required"),
+        ('[{ event = "Pix Sent", at_least = 3, within_days = 7 }]',
+         "context.reached[0].event: must be an event type, got 'Pix Sent'"),
+        ('[{ event = "pix_sent", at_least = 0, within_days = 7 }]',
+         "context.reached[0].at_least: must be a whole number ≥ 1, got 0"),
+        ('[{ event = "pix_sent", at_least = 3, within_days = 401 }]',
+         "context.reached[0].within_days: must be at most 400"),
+        ('[{ event = "pix_sent", at_least = 1001, within_days = 7 }]',
+         "context.reached[0].at_least: must be at most 1000"),
+        ('[{ event = "pix_sent", at_least = 3, within_days = 7, days = 2 }]',
+         "context.reached[0].days: unknown key"),
+        ('[{ event = "a", at_least = 1, within_days = 7 }, '
+         '{ event = "a", at_least = 1, within_days = 7 }]',
+         "context.reached[1]: names the same flag as an earlier entry"),
+    ],
+)
+def test_bad_reached_flags_name_the_entry_and_rule(reached: str, message: str) -> None:
+    text = DEFAULT.replace("contact_pressure = false",
+                           f"contact_pressure = false\nreached = {reached}")
+    with pytest.raises(CampaignError) as err:
+        parse_campaign(text, "bad.toml")
+    assert str(err.value).startswith("bad.toml: ")
+    assert message in str(err.value)

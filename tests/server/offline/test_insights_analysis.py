@@ -154,6 +154,13 @@ def test_suggest_writes_campaigns_that_the_server_loads(world_store, tmp_path: P
     assert ("pix_sent",) in goals or ("card_activated",) in goals
     triggered = [c for c in campaigns.values() if c.triggers]
     assert triggered and triggered[0].triggers[0].event == "flow_abandoned"
+    # Each driver campaign reads its own insight flag: reached the driver's threshold in
+    # the early window (7 days by default).
+    for c in campaigns.values():
+        if not c.triggers:
+            (flag,) = c.context.reached
+            assert (flag.event,) == c.goal.events and flag.within_days == 7
+            assert c.name.endswith(f"_{flag.at_least}")
     # What `nudge serve --campaigns DIR` does with the folder.
     server = create_server(Config(port=0, data_dir=tmp_path / "srv", campaigns_dir=out))
     try:
