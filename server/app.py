@@ -370,7 +370,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         server,
     )
     insights_service_pb2_grpc.add_InsightsServiceServicer_to_server(
-        InsightsServicer(store, clock, readiness, insights_summary.flush), server
+        InsightsServicer(store, clock, readiness, insights_summary.flush,
+                         config.insights_value_property), server
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     for name in ("", *SERVICE_NAMES):

@@ -91,8 +91,11 @@ def _value_driver(d: insights.Driver) -> pb.ValueDriver:
 
 class InsightsServicer(pb_grpc.InsightsServiceServicer):
     def __init__(self, store: Store, clock: Clock, readiness: Readiness,
-                 flush: Callable[[], None] = lambda: None) -> None:
+                 flush: Callable[[], None] = lambda: None,
+                 value_property: str = "amount") -> None:
         self.store = store
+        # The number property ingest sums into the summaries (insights_value_property).
+        self.value_property = value_property
         self.clock = clock
         self.readiness = readiness
         # The summaries are written behind Track: an analysis first stores what is pending,
@@ -159,6 +162,12 @@ class InsightsServicer(pb_grpc.InsightsServiceServicer):
         self, request: pb.ValueDriversRequest, context: grpc.ServicerContext
     ) -> pb.ValueDriversResponse:
         self.readiness.check()
+        if request.value_property and request.value_property != self.value_property:
+            raise InvalidArgument(
+                "value_property",
+                f"the summaries sum {self.value_property!r} (the server's "
+                f"insights_value_property, fixed when events are stored), not "
+                f"{request.value_property!r}")
         top = request.top_fraction or 0.1
         if not 0.0 < top < 1.0:
             raise InvalidArgument("top_fraction", f"must be in [0, 1) (0: 0.1), got {top}")
@@ -180,7 +189,8 @@ class InsightsServicer(pb_grpc.InsightsServiceServicer):
             cohort_users=found.cohort_users, judged_users=found.judged_users,
             too_young=found.too_young, top_value_cut=found.extra.get("value_cut", 0.0),
             drivers=[_value_driver(d) for d in found.drivers],
-            underpowered=[_value_driver(d) for d in found.underpowered], tests=found.tested)
+            underpowered=[_value_driver(d) for d in found.underpowered], tests=found.tested,
+            value_property=self.value_property)
 
 
 def _rate(x: float) -> float:

@@ -148,7 +148,7 @@ class ChurnFlowsResponse(_message.Message):
     def __init__(self, cohort_users: _Optional[int] = ..., judged_users: _Optional[int] = ..., too_young: _Optional[int] = ..., churn_rate: _Optional[float] = ..., flows: _Optional[_Iterable[_Union[ChurnFlow, _Mapping]]] = ..., underpowered: _Optional[_Iterable[_Union[ChurnFlow, _Mapping]]] = ..., tests: _Optional[int] = ...) -> None: ...
 
 class ValueDriversRequest(_message.Message):
-    __slots__ = ("cohort_start", "cohort_end", "goal_event_types", "value_days", "early_days", "top_fraction", "max_drivers", "max_threshold", "min_users")
+    __slots__ = ("cohort_start", "cohort_end", "goal_event_types", "value_days", "early_days", "top_fraction", "max_drivers", "max_threshold", "min_users", "value_property")
     COHORT_START_FIELD_NUMBER: _ClassVar[int]
     COHORT_END_FIELD_NUMBER: _ClassVar[int]
     GOAL_EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class ValueDriversRequest(_message.Message):
     MAX_DRIVERS_FIELD_NUMBER: _ClassVar[int]
     MAX_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MIN_USERS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_PROPERTY_FIELD_NUMBER: _ClassVar[int]
     cohort_start: _timestamp_pb2.Timestamp
     cohort_end: _timestamp_pb2.Timestamp
     goal_event_types: _containers.RepeatedScalarFieldContainer[str]
@@ -167,7 +168,8 @@ class ValueDriversRequest(_message.Message):
     max_drivers: int
     max_threshold: int
     min_users: int
-    def __init__(self, cohort_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cohort_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., goal_event_types: _Optional[_Iterable[str]] = ..., value_days: _Optional[int] = ..., early_days: _Optional[int] = ..., top_fraction: _Optional[float] = ..., max_drivers: _Optional[int] = ..., max_threshold: _Optional[int] = ..., min_users: _Optional[int] = ...) -> None: ...
+    value_property: str
+    def __init__(self, cohort_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cohort_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., goal_event_types: _Optional[_Iterable[str]] = ..., value_days: _Optional[int] = ..., early_days: _Optional[int] = ..., top_fraction: _Optional[float] = ..., max_drivers: _Optional[int] = ..., max_threshold: _Optional[int] = ..., min_users: _Optional[int] = ..., value_property: _Optional[str] = ...) -> None: ...
 
 class ValueDriver(_message.Message):
     __slots__ = ("event_type", "min_count", "users", "top_if_reached", "top_if_not", "lift", "adjusted_lift", "ci_low", "ci_high", "q_value", "p_value", "too_few_users", "text")
@@ -200,7 +202,7 @@ class ValueDriver(_message.Message):
     def __init__(self, event_type: _Optional[str] = ..., min_count: _Optional[int] = ..., users: _Optional[int] = ..., top_if_reached: _Optional[float] = ..., top_if_not: _Optional[float] = ..., lift: _Optional[float] = ..., adjusted_lift: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., q_value: _Optional[float] = ..., p_value: _Optional[float] = ..., too_few_users: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ValueDriversResponse(_message.Message):
-    __slots__ = ("cohort_users", "judged_users", "too_young", "top_value_cut", "drivers", "underpowered", "tests")
+    __slots__ = ("cohort_users", "judged_users", "too_young", "top_value_cut", "drivers", "underpowered", "tests", "value_property")
     COHORT_USERS_FIELD_NUMBER: _ClassVar[int]
     JUDGED_USERS_FIELD_NUMBER: _ClassVar[int]
     TOO_YOUNG_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +210,7 @@ class ValueDriversResponse(_message.Message):
     DRIVERS_FIELD_NUMBER: _ClassVar[int]
     UNDERPOWERED_FIELD_NUMBER: _ClassVar[int]
     TESTS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_PROPERTY_FIELD_NUMBER: _ClassVar[int]
     cohort_users: int
     judged_users: int
     too_young: int
@@ -215,4 +218,5 @@ class ValueDriversResponse(_message.Message):
     drivers: _containers.RepeatedCompositeFieldContainer[ValueDriver]
     underpowered: _containers.RepeatedCompositeFieldContainer[ValueDriver]
     tests: int
-    def __init__(self, cohort_users: _Optional[int] = ..., judged_users: _Optional[int] = ..., too_young: _Optional[int] = ..., top_value_cut: _Optional[float] = ..., drivers: _Optional[_Iterable[_Union[ValueDriver, _Mapping]]] = ..., underpowered: _Optional[_Iterable[_Union[ValueDriver, _Mapping]]] = ..., tests: _Optional[int] = ...) -> None: ...
+    value_property: str
+    def __init__(self, cohort_users: _Optional[int] = ..., judged_users: _Optional[int] = ..., too_young: _Optional[int] = ..., top_value_cut: _Optional[float] = ..., drivers: _Optional[_Iterable[_Union[ValueDriver, _Mapping]]] = ..., underpowered: _Optional[_Iterable[_Union[ValueDriver, _Mapping]]] = ..., tests: _Optional[int] = ..., value_property: _Optional[str] = ...) -> None: ...

@@ -135,3 +135,15 @@ def test_bad_value_request(stub: pb_grpc.InsightsServiceStub) -> None:
         stub.ValueDrivers(pb.ValueDriversRequest(top_fraction=1.5))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "top_fraction" in (err.value.details() or "")
+
+
+def test_value_property_is_the_server_s_and_another_is_refused(
+    stub: pb_grpc.InsightsServiceStub,
+) -> None:
+    assert stub.ValueDrivers(pb.ValueDriversRequest()).value_property == "amount"
+    same = stub.ValueDrivers(pb.ValueDriversRequest(value_property="amount"))
+    assert same.drivers[0].event_type == "investment_viewed"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ValueDrivers(pb.ValueDriversRequest(value_property="principal"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "value_property" in (err.value.details() or "")

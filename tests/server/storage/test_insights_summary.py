@@ -155,3 +155,29 @@ def test_erasure_drops_the_user_s_pending_entries(tmp_path: Path) -> None:
         summary.close()
         writer.close()
         store.close()
+
+
+def test_the_value_property_is_configurable(tmp_path: Path) -> None:
+    """``insights_value_property = "principal"``: the goal events' principal, not their
+    amount, is what the summaries sum (events without it count 0)."""
+    from nudge.clients import make_event
+
+    store = Store(tmp_path / "d")
+    writer = EventWriter(store, 7 * 86_400.0)
+    summary = InsightsSummary(store, writer, 30.0, value_property="principal")
+    writer.add_event_hook(summary)
+    try:
+        t = 1_790_000_000.0
+        raw = [make_event("u1", "loan_completed", time=t, event_id="a",
+                          numbers={"amount": 5.0, "principal": 1_000.0}),
+               make_event("u1", "loan_completed", time=t + 60, event_id="b",
+                          numbers={"amount": 7.0})]
+        writer.submit([validate_event(ev, i, t + 3_600) for i, ev in enumerate(raw)]).result()
+        summary.flush()
+        with store.read() as txn:
+            got = table.entries(txn, store.dbs, "u1")
+        assert sorted(got["amount"].tolist()) == [0.0, 1_000.0]
+    finally:
+        summary.close()
+        writer.close()
+        store.close()
