@@ -27,8 +27,19 @@ inflection the reached group is diluted with users who do not get the effect; ab
 effect stays about the same but fewer users reach it, so the interval widens. (Taking the
 largest lower bound instead let a small group's noise pick a far-too-high k in 4 of 20
 development runs, seeds 1-5 of every world of ``bench/insight_worlds.py``; the bench
-reports seeds never used in development.) Events rank by the lower 95% bound of their
-effect at that threshold: the effect we are most sure of first. Every event × threshold
+reports seeds never used in development.) Events rank by a lower bound of their effect at
+that threshold: the effect we are most sure of first. The bound allows for the threshold
+having been *chosen* as the best of the ``m`` the event tried (Bonferroni over them:
+``z`` at ``1 - 0.025 / m``; the reported interval stays the plain 95% one): picking the
+most significant of many thresholds favours an estimate that came out high by chance
+(the winner's curse), and an activity marker with counts high enough to try all 15
+thresholds has more chances at it than a driver most users do once or twice. (Changed
+once, on that ground, after the plain 95% bound let a decoy at threshold 15 outrank a
+planted driver on ``baseline`` seed 0; it fixed the ``high_thresholds`` seed-17 failure
+of the bench's seeds 11-20 and not the ``heavy_decoys`` one, whose decoys carry +6 to +8
+points of residual confounding at ordinary thresholds — a finer count binning, also
+tried, did not reduce it: within a stratum the candidate's own count still measures the
+latent activity, which binning the others' counts cannot remove.) Every event × threshold
 tried gets a two-sided p-value (normal approximation), and Benjamini–Hochberg q-values are
 computed over all of them. A comparison with fewer than ``min_users`` users on either side
 is not tested and never ranked: an event none of whose thresholds qualify is reported
@@ -40,6 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import lmdb
@@ -316,6 +328,7 @@ def _drivers(pop: Population, est: Estimates, keys: list[int], name_of: Any,
     q = benjamini_hochberg(np.where(est.tested, est.p, np.nan))
     ranked: list[Driver] = []
     underpowered: list[Driver] = []
+    rank_low: dict[int, float] = {}
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(est.tested, est.rd / est.se, -np.inf)
     for row, key in enumerate(keys):
@@ -325,9 +338,19 @@ def _drivers(pop: Population, est: Estimates, keys: list[int], name_of: Any,
                 underpowered.append(_driver(name_of(key), key, est, row, k, q, tested=False))
             continue
         k = int(np.argmax(z[row]))
-        ranked.append(_driver(name_of(key), key, est, row, k, q, tested=True))
-    ranked.sort(key=lambda d: -d.ci_low)
+        d = _driver(name_of(key), key, est, row, k, q, tested=True)
+        # The lower bound the event ranks by allows for its threshold having been picked
+        # as the best of the m it tried (Bonferroni over them: z at 1 - 0.025 / m).
+        m = int(est.tested[row].sum())
+        rank_low[id(d)] = d.adjusted_lift - _z_upper(0.025 / m) * float(est.se[row, k])
+        ranked.append(d)
+    ranked.sort(key=lambda d: -rank_low[id(d)])
     return ranked, underpowered, int(est.tested.sum())
+
+
+def _z_upper(tail: float) -> float:
+    """The standard normal's quantile with ``tail`` above it."""
+    return NormalDist().inv_cdf(1.0 - tail)
 
 
 def _driver(name: str, key: int, est: Estimates, row: int, k: int, q: np.ndarray,
