@@ -196,15 +196,17 @@ class InsightsSummary:
         entries = (chunks[0].entries if len(chunks) == 1
                    else np.concatenate([c.entries for c in chunks]))
         if users:
-            row_of = {u: i for i, u in enumerate(dict.fromkeys(users))}
+            # Rows in key order: the users' slices of the sorted entries line up with the
+            # keys LMDB wants sorted, so the table appends them in one pass.
+            # (UTF-8 sorts as code points do: the ids sort as their keys will.)
+            ids = sorted(set(users))
+            row_of = {u: i for i, u in enumerate(ids)}
+            keys = [u.encode() for u in ids]
             rows = np.fromiter(map(row_of.__getitem__, users), np.int64, len(users))
             order = np.argsort(rows, kind="stable")
-            ends = np.cumsum(np.bincount(rows, minlength=len(row_of))) * insights.ENTRY_BYTES
-            raw = entries[order].tobytes()
-            starts = [0, *ends[:-1].tolist()]
-            insights.append_many(txn, self.store.dbs, {
-                user.encode(): raw[a:b]
-                for user, a, b in zip(row_of, starts, ends.tolist(), strict=True)})
+            ends = np.cumsum(np.bincount(rows, minlength=len(keys))) * insights.ENTRY_BYTES
+            insights.append_sorted(txn, self.store.dbs, keys, entries[order].tobytes(),
+                                   ends.tolist())
         insights.put_position(txn, self.store.dbs, chunks[-1].position)
 
     def _write_pending(self, txn: lmdb.Transaction) -> Folded:

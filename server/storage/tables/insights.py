@@ -144,6 +144,32 @@ def append_many(txn: lmdb.Transaction, dbs: Dbs, rows: dict[bytes, bytes]) -> No
     cursor.putmulti(out)
 
 
+def append_sorted(txn: lmdb.Transaction, dbs: Dbs, keys: list[bytes], raw: bytes,
+                  ends: list[int]) -> None:
+    """``append_many`` for keys already sorted (no duplicates), user ``i``'s entries being
+    ``raw[ends[i - 1]:ends[i]]``: the write-behind flush's form (no dictionary between)."""
+    cursor = txn.cursor(db=dbs[NAME])
+    old: dict[bytes, bytes] = dict(cursor.getmulti(keys))  # type: ignore[arg-type]
+    get = old.get
+    out: list[tuple[bytes, bytes]] = []
+    add = out.append
+    start = 0
+    for key, end in zip(keys, ends, strict=True):
+        entries = raw[start:end]
+        start = end
+        stored = get(key)
+        if stored is None:
+            add((key, entries))
+            continue
+        merged = stored + entries
+        if (len(merged) >= COMPACT_BYTES
+                and (len(merged) // ENTRY_BYTES).bit_length()
+                > (len(stored) // ENTRY_BYTES).bit_length()):
+            merged = compact(merged)
+        add((key, merged))
+    cursor.putmulti(out)
+
+
 def compact(raw: bytes) -> bytes:
     """Merge entries of one key on one day, drop those past ``HORIZON_DAYS``."""
     e = np.frombuffer(raw, ENTRY)
