@@ -265,37 +265,35 @@ class InsightsSummary:
         without a position: one written by the inline version (a key registry exists)
         was folded up to its last event; one from before insights is back-filled."""
         dbs = self.store.dbs
-        with self.store.read() as txn:
+
+        # Each batch reads the position inside the transaction that moves it: several
+        # processes of a shared store starting together never fold an event twice.
+        def job(txn: lmdb.Transaction) -> tuple[int, Callable[[], None] | None]:
             end = event_table.last_sequence(txn, dbs) + 1
-            start = insights.position(txn, dbs)
+            stored = start = insights.position(txn, dbs)
             if start is None:
                 inline = len(insights.key_ids(txn, dbs)) > 1
                 start = end if inline else event_table.first_sequence(txn, dbs)
-        folded = 0
-        while start < end:
-            with self.store.read() as txn:
-                logged = event_table.logged(txn, dbs, start, end, CATCH_UP_BATCH)
+            logged = event_table.logged(txn, dbs, start, end, CATCH_UP_BATCH)
             if not logged:
-                break
-            start = logged[-1][0] + 1
+                if stored != end:  # nothing left before the end: the position is there
+                    insights.put_position(txn, dbs, end)
+                return 0, None
             events = [_replayed(payload) for _, payload in logged]
-            at = start
+            new: dict[str, int] = {}
+            self._fold(txn, [self._chunk(txn, events, new, logged[-1][0] + 1)])
+            return len(events), self._remember(new) if new else None
 
-            def job(txn: lmdb.Transaction, evs: list[ValidEvent] = events, pos: int = at
-                    ) -> Callable[[], None] | None:
-                new: dict[str, int] = {}
-                self._fold(txn, [self._chunk(txn, evs, new, pos)])
-                return self._remember(new) if new else None
-
-            remember = writer.submit_job(job).result()
+        folded = 0
+        while True:
+            n, remember = writer.submit_job(job).result()
             if remember is not None:
                 remember()
-            folded += len(events)
+            if not n:
+                break
+            folded += n
         if folded:
             log.info("insights: %d logged events folded into the summaries on start", folded)
-        with self.store.read() as txn:
-            if insights.position(txn, dbs) is None:
-                writer.submit_job(lambda t: insights.put_position(t, dbs, end)).result()
         return folded
 
     def flush(self) -> None:
