@@ -275,7 +275,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     insights_summary = InsightsSummary(store, writer, config.insights_flush_seconds,
                                        config.insights_value_property)
     writer.add_event_hook(insights_summary)
-    writer.add_forget_hook(insights_summary.forget)
+    writer.add_forget_hook("insights", insights_summary.forget)
     insights_summary.catch_up(writer)  # what a crash left unfolded, before Track is served
     _name_event_types(writer, campaigns)
     readiness = Readiness()

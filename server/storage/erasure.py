@@ -71,7 +71,7 @@ def erase_user(writer: EventWriter, user_id: str) -> Erasure:
 
     def job(txn: lmdb.Transaction) -> Erasure:
         deleted: Counter[str] = Counter()
-        writer.forget_cached(user_id)
+        held = writer.forget_cached(user_id)  # what waits in memory for a later commit
         if users.record(txn, dbs, user_id) is not None:
             deleted["users"] += 1
         users.delete(txn, dbs, user_id)
@@ -85,7 +85,7 @@ def erase_user(writer: EventWriter, user_id: str) -> Erasure:
         if risk_baselines.stored(txn, dbs, user_id):
             deleted["risk"] += 1
         risk_baselines.delete(txn, dbs, user_id)
-        if insights.delete(txn, dbs, user_id):
+        if insights.delete(txn, dbs, user_id) | ("insights" in held):
             deleted["insights"] += 1
         # Keyed by user: a prefix read inside the write finds every one, late ones too.
         for scored_key in transactions.of_user(txn, dbs, user_id):

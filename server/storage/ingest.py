@@ -89,7 +89,7 @@ class EventWriter(GroupCommitWriter):
     ) -> None:
         self.half_life_seconds = half_life_seconds
         self._event_hooks: list[EventHook] = []
-        self._forget_hooks: list[Callable[[str], None]] = []
+        self._forget_hooks: list[tuple[str, Callable[[str], bool]]] = []
         # Parsed profiles, written through: this thread is the only writer of profiles, so
         # the cache cannot go stale (it is dropped if a batch fails). Not for a shared
         # store, whose other processes write profiles too.
@@ -126,17 +126,18 @@ class EventWriter(GroupCommitWriter):
     def add_event_hook(self, hook: EventHook) -> None:
         self._event_hooks.append(hook)
 
-    def add_forget_hook(self, forget: Callable[[str], None]) -> None:
+    def add_forget_hook(self, name: str, forget: Callable[[str], bool]) -> None:
         """``forget(user_id)`` runs inside erasure's job: a hook that holds a user's data
-        in memory for a later commit (the insights summary's write-behind) drops it."""
-        self._forget_hooks.append(forget)
+        in memory for a later commit (the insights summary's write-behind) drops it, and
+        says whether it held any (erasure reports it under ``name``)."""
+        self._forget_hooks.append((name, forget))
 
-    def forget_cached(self, user_id: str) -> None:
+    def forget_cached(self, user_id: str) -> set[str]:
         """Drop what is held in memory of the user (erasure; the writer thread calls it in
-        a job): the cached profile, and what the forget hooks hold."""
+        a job): the cached profile, and what the forget hooks hold. Returns the names of
+        the hooks that held some."""
         self._profiles.pop(user_id, None)
-        for forget in self._forget_hooks:
-            forget(user_id)
+        return {name for name, forget in self._forget_hooks if forget(user_id)}
 
     def _batch_failed(self) -> None:
         self._profiles.clear()  # they may hold updates that were not stored

@@ -238,10 +238,10 @@ class InsightsSummary:
                 del self._pending[:folded.chunks]
             return True
 
-    def forget(self, user_id: str) -> None:
+    def forget(self, user_id: str) -> bool:
         """(Writer thread, inside erasure's job.) Drop the user's pending entries, so a
         later flush cannot bring back what erasure deleted; restored if the erasure's
-        transaction is rolled back (``on_abort``)."""
+        transaction is rolled back (``on_abort``). Returns whether it held any."""
         with self._lock:
             replaced = {}
             for i, chunk in enumerate(self._pending):
@@ -256,6 +256,7 @@ class InsightsSummary:
 
         if self._writer is not None:
             self._writer.on_abort(undo)
+        return bool(replaced)
 
     # -- lifecycle -------------------------------------------------------------------------
 
