@@ -225,8 +225,8 @@ def raw_features(
 
 
 def reached_flag(
-    record: Sequence[float], slot: int | None, event_type: str, at_least: int, hours: int,
-    early_count: EarlyCount | None,
+    record: Sequence[float] | np.ndarray, slot: int | None, event_type: str, at_least: int,
+    hours: int, early_count: EarlyCount | None,
 ) -> float:
     """1.0 when the user did ``event_type`` at least ``at_least`` times in the ``hours``
     after the hour of their first event, else 0.0 (NaN: unknown without the summary).
