@@ -299,6 +299,20 @@ class ClusterNode:
     def ready_partitions(self) -> list[int]:
         return sorted(p for p, o in self._owned.items() if o.ready)
 
+    def caught_up(self, budget: float) -> frozenset[int]:
+        """The partitions this node owns whose store has applied every record the log
+        held for them when this was called (their last sequence, read from JetStream
+        now), waiting up to ``budget`` seconds for them to get there. A record
+        acknowledged before the call that this store lacks is in no such partition: an
+        unknown decision or delivery id is "not found" for these (forwarding.py)."""
+        if budget <= 0 or not self._thread.is_alive():
+            return frozenset()
+        try:
+            return self._call(self._caught_up(budget), budget + 2.0)
+        except Exception as exc:
+            log.warning("cluster: could not read the log's end: %r", exc)
+            return frozenset()
+
     def replication_lag(self) -> int:
         """Log entries of owned partitions not yet applied here (for a gauge)."""
         return sum(o.pending + (o.queued - o.applied) for o in list(self._owned.values()))
@@ -390,6 +404,26 @@ class ClusterNode:
                 log.warning("cluster: could not remove membership key")
         if self._nc is not None:
             await self._nc.drain()
+
+    async def _caught_up(self, budget: float) -> frozenset[int]:
+        deadline = time.monotonic() + budget
+        owned = dict(self._owned)
+
+        async def last(partition: int) -> int:
+            try:
+                found = await self._js.get_last_msg(STREAM, f"{EVENTS_SUBJECT}.{partition}")
+            except nats.js.errors.NotFoundError:
+                return 0
+            return int(found.seq or 0)
+
+        ends = await asyncio.gather(*(asyncio.wait_for(last(p), budget) for p in owned),
+                                    return_exceptions=True)
+        targets = {p: end for p, end in zip(owned, ends, strict=True) if isinstance(end, int)}
+        while True:
+            done = frozenset(p for p, end in targets.items() if owned[p].applied >= end)
+            if len(done) == len(targets) or time.monotonic() >= deadline:
+                return done
+            await asyncio.sleep(0.02)
 
     # -- the log ---------------------------------------------------------------------------
 

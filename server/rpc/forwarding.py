@@ -16,6 +16,16 @@ Calls that name a decision or a delivery, not a user (ReportOutcome, AckDelivery
 where that record lives: here if this node knows it, else on the first other node that
 does (``FindByIdInterceptor``: each asked once, marked forwarded). Decision and delivery
 ids do not name a partition, so this costs up to one hop per other node.
+
+**NOT_FOUND only when the whole log was looked at.** Right after a move (a node's or a NATS
+server's death) the new owner of a partition may still be applying the log, and a decision
+the old owner made is in the log but in no store yet: "unknown" would be a wrong answer
+the caller does not retry. So a node that does not know the record first waits (briefly)
+until each partition it owns has applied the log up to the partition's last record as
+JetStream has it *now* — after the caller was acknowledged the record, so the record, if
+it exists, is below that — looks again, and says which partitions it can vouch for
+(trailing metadata ``nudge-vouched``). The call is NOT_FOUND only when the vouches of the
+nodes asked cover every partition; otherwise UNAVAILABLE, and the caller retries.
 """
 
 from __future__ import annotations
@@ -30,6 +40,12 @@ from nudge.server.errors import NotFound, NotServedHere, Unavailable
 from nudge.server.rpc.handlers import Behaviour, wrap_behaviour
 
 FORWARDED = "nudge-forwarded"
+# Trailing metadata of a find-by-id NOT_FOUND: the partitions the answering node had
+# applied up to the log's end when it looked ("3,5,17"), for which "unknown" is true.
+VOUCHED = "nudge-vouched"
+# How long a node not knowing a record waits for its partitions to apply the log's end
+# (at most a quarter of the caller's remaining deadline).
+CATCH_UP_WAIT_SECONDS = 1.5
 # Methods never forwarded: Track's events go to the log from any node.
 NOT_ROUTED = ("/nudge.v1.DecisionService/Track",)
 # Calls about a record of the node that made it, found by asking the nodes in turn.
@@ -52,9 +68,11 @@ class RouteLike(Protocol):
 
 class Router(Protocol):
     node_id: str
+    partitions: int
 
     def route(self, user_id: str) -> RouteLike: ...
     def peers(self) -> list[str]: ...
+    def caught_up(self, budget: float) -> frozenset[int]: ...
 
 
 class ForwardingInterceptor(grpc.ServerInterceptor):
@@ -113,16 +131,19 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
 
     def ask(
         self, method: str, request: Any, context: grpc.ServicerContext, address: str
-    ) -> Any:
+    ) -> tuple[Any, frozenset[int]]:
         """The call answered by the node at ``address``: its reply, or None when it does
-        not know the record either (NOT_FOUND) or is unreachable; other errors end the
-        call with that node's status."""
+        not know the record either (NOT_FOUND, with the partitions it vouched for) or is
+        unreachable (vouching for none); other errors end the call with that node's
+        status."""
         try:
-            return self._call(method, request, context, address)
+            return self._call(method, request, context, address), frozenset()
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
-            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
-                return None
+            if code == grpc.StatusCode.NOT_FOUND:
+                return None, _vouched(exc)
+            if code == grpc.StatusCode.UNAVAILABLE:
+                return None, frozenset()
             details = exc.details() if hasattr(exc, "details") else str(exc)
             context.abort(code, details or f"asked {address}: {code.name}")
             raise AssertionError("abort raises") from None
@@ -170,7 +191,8 @@ def _user_id(request: Any) -> str | None:
 
 class FindByIdInterceptor(grpc.ServerInterceptor):
     """ReportOutcome and AckDelivery: run here, and when this node does not know the
-    decision or delivery (NOT_FOUND, which changes nothing), ask the other nodes in turn.
+    decision or delivery (NOT_FOUND, which changes nothing), ask the other nodes in turn;
+    NOT_FOUND only once every partition was vouched for (see the module docstring).
     Sits inside the status interceptor, so it sees the handler's NotFound as raised."""
 
     def __init__(self, router: Router, forwarding: ForwardingInterceptor) -> None:
@@ -185,25 +207,83 @@ class FindByIdInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method not in FOUND_BY_ID or not handler.unary_unary:
             return handler
-        if any(k == FORWARDED for k, _ in handler_call_details.invocation_metadata):
-            return handler  # asked by another node: answer from here only
+        forwarded = any(k == FORWARDED for k, _ in handler_call_details.invocation_metadata)
 
         def unary(behaviour: Behaviour) -> Behaviour:
             def found(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     return behaviour(request, context)
                 except NotFound as exc:
-                    for address in self.router.peers():
-                        reply = self.forwarding.ask(method, request, context, address)
-                        if reply is not None:
-                            return reply
-                    if isinstance(exc, NotServedHere):  # its owner is still catching up
-                        raise Unavailable(f"{exc}; retry with the same ids") from None
-                    raise
+                    first = exc
+                if forwarded:  # asked by another node: answer from here only
+                    if isinstance(first, NotServedHere):
+                        raise first
+                    return self._caught_up_and_again(behaviour, request, context)
+                known = isinstance(first, NotServedHere)  # here, but not served here
+                vouched: set[int] = set()
+                for address in self.router.peers():
+                    reply, theirs = self.forwarding.ask(method, request, context, address)
+                    if reply is not None:
+                        return reply
+                    vouched |= theirs
+                if not known:
+                    try:
+                        return self._caught_up_and_again(behaviour, request, context)
+                    except NotServedHere:
+                        known = True
+                    except _Unknown as unknown:
+                        vouched |= unknown.vouched
+                if known:  # its owner is still catching up
+                    raise Unavailable(f"{first}; retry with the same ids") from None
+                missing = set(range(self.router.partitions)) - vouched
+                if missing:
+                    raise Unavailable(
+                        f"{first} on the nodes that have applied the log, and partitions "
+                        f"{_ranges(missing)} are still being applied after a move; retry "
+                        "with the same ids") from None
+                raise first
 
             return found
 
         return wrap_behaviour(handler, unary, lambda behaviour: behaviour)
+
+    def _caught_up_and_again(
+        self, behaviour: Behaviour, request: Any, context: grpc.ServicerContext
+    ) -> Any:
+        """Wait until this node's partitions have applied the log's end, look again, and
+        when still unknown raise NotFound saying which partitions vouch for it."""
+        remaining = context.time_remaining()
+        budget = CATCH_UP_WAIT_SECONDS if remaining is None else max(
+            0.0, min(CATCH_UP_WAIT_SECONDS, remaining / 4))
+        vouched = self.router.caught_up(budget)
+        try:
+            return behaviour(request, context)
+        except NotServedHere:
+            raise
+        except NotFound as exc:
+            context.set_trailing_metadata(((VOUCHED, ",".join(map(str, sorted(vouched)))),))
+            raise _Unknown(exc.message, vouched) from None
+
+
+class _Unknown(NotFound):
+    """NOT_FOUND on the partitions in ``vouched`` (the node applied the log's end)."""
+
+    def __init__(self, message: str, vouched: frozenset[int]) -> None:
+        super().__init__(message)
+        self.vouched = vouched
+
+
+def _vouched(exc: grpc.RpcError) -> frozenset[int]:
+    metadata = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in metadata or ():
+        if key == VOUCHED and value:
+            return frozenset(int(p) for p in str(value).split(","))
+    return frozenset()
+
+
+def _ranges(partitions: set[int]) -> str:
+    shown = sorted(partitions)
+    return ", ".join(map(str, shown[:8])) + (f" (+{len(shown) - 8})" if len(shown) > 8 else "")
 
 
 _REPLY_TYPES: dict[str, Any] = {}

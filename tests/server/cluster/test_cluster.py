@@ -5,17 +5,21 @@ the replicated log and applied once by the owner. (Killing processes: test_clust
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import urllib.request
 from collections.abc import Iterator
 
 import grpc
+import nats
 import pytest
 
 from nudge.clients import Client, make_event
 from nudge.server.cluster.local import LocalCluster
+from nudge.server.cluster.node import DECISION, EVENTS_SUBJECT, KIND, STREAM
 from nudge.server.cluster.partitions import partition_of
+from nudge.server.storage.tables.decisions import DecisionRecord
 from nudge.v1 import decision_service_pb2 as pb
 from nudge.v1 import decision_service_pb2_grpc as pb_grpc
 from nudge.v1 import diagnostics_service_pb2 as dpb
@@ -149,3 +153,65 @@ def test_malformed_bytes_are_invalid_argument_on_a_cluster_node(cluster: LocalCl
         with pytest.raises(grpc.RpcError) as raised:
             call(b"\xff\xff\xff\xff", timeout=10)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_logged_decision_its_owner_has_not_applied_yet_is_never_not_found(
+        cluster: LocalCluster) -> None:
+    """What a new owner sees after a move: a decision record in the log (made by the old
+    owner) behind a backlog it is still applying. ReportOutcome naming it must not say
+    NOT_FOUND (the caller would not retry): it waits for the owner to catch up and
+    answers, or is UNAVAILABLE until then; an id in no partition of the log is NOT_FOUND."""
+    infos = _settled(cluster)
+    owners = dict(infos[0].partition_owners)
+    user = next(f"late-{i}" for i in range(100)
+                if owners[partition_of(f"late-{i}", PARTITIONS)] == "node1")
+    partition = partition_of(user, PARTITIONS)
+    with Client(cluster.nodes[0].target, retries=8) as client:
+        client.track([make_event(user, "app_opened")])
+        _event_count(client, user)
+        made = client.decide(user)
+    logged = asyncio.run(_logged_decision(cluster.urls, partition, made.decision_id))
+    rounds, answered_early = 5, 0
+    for r in range(rounds):
+        copy = DecisionRecord.from_bytes(logged.to_bytes())
+        copy.decision_id = f"{made.decision_id}-late{r}"
+        with Client(cluster.nodes[2].target) as client:  # a backlog for the owner to apply
+            for b in range(6):
+                client.track([make_event(user, "app_opened", event_id=f"late{r}-{b}-{i}")
+                              for i in range(500)])
+        asyncio.run(_publish_decision(cluster.urls, partition, copy))
+        deadline = time.monotonic() + 30.0
+        with Client(cluster.nodes[0].target, retries=0) as client:  # not the owner
+            while True:
+                try:
+                    assert client.report_outcome(copy.decision_id, 1.0) is True
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    assert time.monotonic() < deadline
+                    answered_early += 1
+                    time.sleep(0.05)
+    with Client(cluster.nodes[0].target, retries=8) as client:
+        with pytest.raises(grpc.RpcError) as raised:
+            client.report_outcome(f"{made.decision_id}-never", 1.0)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _logged_decision(urls: str, partition: int, decision_id: str) -> DecisionRecord:
+    nc = await nats.connect(servers=urls.split(","))
+    try:
+        found = await nc.jetstream().get_last_msg(STREAM, f"{EVENTS_SUBJECT}.{partition}")
+        record = DecisionRecord.from_bytes(found.data or b"")
+        assert record.decision_id == decision_id
+        return record
+    finally:
+        await nc.close()
+
+
+async def _publish_decision(urls: str, partition: int, record: DecisionRecord) -> None:
+    nc = await nats.connect(servers=urls.split(","))
+    try:
+        await nc.jetstream().publish(f"{EVENTS_SUBJECT}.{partition}", record.to_bytes(),
+                                     headers={KIND: DECISION})
+    finally:
+        await nc.close()
