@@ -21,6 +21,9 @@ node in even rounds, a NATS server in odd ones. Then the harness checks:
   cluster, must find its decision (not NOT_FOUND: the decision survived the kill) already
   settled (attributed=false: its outcome survived and was settled exactly once); and a
   sample of acknowledged decisions left without an outcome must still be known;
+- one model: every live node decides with the same model versions, learned (by the
+  cluster's one learner, whose node may be the one killed) from exactly the outcomes
+  settled, each once;
 
 and restarts the killed process (same data or store folder), which rejoins: a node takes
 its partitions back from the survivors after catching up from the log.
@@ -32,10 +35,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +49,8 @@ from pathlib import Path
 import grpc
 
 from nudge.clients import Client, make_event
-from nudge.server.cluster.local import LocalCluster
+from nudge.server.cluster.local import LocalCluster, NudgeNode
+from nudge.server.decisions.guardrails import SUPPRESS_NOTHING_BEST
 from nudge.v1 import diagnostics_service_pb2 as dpb
 from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
 
@@ -77,6 +83,10 @@ class Report:
     # Decisions answered UNAVAILABLE after a kill, then found when asked again within
     # CATCH_UP_SECONDS (their owner catching up: the retryable answer).
     late_decisions: list[str] = field(default_factory=list)
+    learned: int = 0  # outcomes the cluster's one model learned, each once
+    # From the outcomes check's end (its own outcomes the last) to every node deciding
+    # with models that learned them all.
+    learn_seconds: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +105,10 @@ class Producer:
         self.decisions = 0
         self.reported: list[str] = []  # decisions whose outcome was acknowledged
         self.unreported: list[str] = []  # acknowledged decisions left without one
+        self.attempted: list[str] = []  # an outcome sent, not acknowledged by the round's end
+        # Decision id -> whether its outcome is learned (the policy decided, not a
+        # guardrail: a guardrail's decision is not learned).
+        self.learnable: dict[str, bool] = {}
         self.stop = threading.Event()
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._run, name=f"producer-{tag}")
@@ -117,6 +131,8 @@ class Producer:
                 try:
                     decision = client.decide(f"U{self.rng.randrange(USERS)}")
                     self.decisions += 1
+                    self.learnable[decision.decision_id] = decision.suppressed_reason in (
+                        "", SUPPRESS_NOTHING_BEST)
                 except grpc.RpcError:
                     continue  # a failover in progress: the failover check times it
                 if n % 2:
@@ -126,7 +142,7 @@ class Producer:
 
     def _report_until_acked(self, client: Client, decision_id: str) -> None:
         """Resend until acknowledged; once the round ends, an outcome still not
-        acknowledged is left (its decision is checked like one never reported), so
+        acknowledged is left (its decision is checked like one never reported, always), so
         that waiting on it does not delay the failover check."""
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline:
@@ -138,7 +154,7 @@ class Producer:
                                        f"it was acknowledged ({self.tag})")
                     return
                 if self.stop.is_set():
-                    self.unreported.append(decision_id)
+                    self.attempted.append(decision_id)
                     return
                 time.sleep(0.05)
                 continue
@@ -240,6 +256,42 @@ def _outcomes_kept(cluster: LocalCluster, reported: list[str],
     return problems
 
 
+def _learned(node: NudgeNode) -> int:
+    """``nudge_cluster_learned_outcomes`` of a node's latest start: outcomes the models it
+    decides with learned."""
+    url = re.findall(r"metrics on (http://\S+/metrics)", node.log_path.read_text())[-1]
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        found = re.search(r"^nudge_cluster_learned_outcomes (\S+)$", reply.read().decode(),
+                          re.M)
+    return -1 if found is None else int(float(found.group(1)))
+
+
+def _learned_everywhere(cluster: LocalCluster, must_learn: int) -> list[str]:
+    """Every live node decides with the same model versions, learned from exactly the
+    outcomes settled (once each); waits for the learner and the nodes' adoption."""
+    deadline = time.monotonic() + CHECK_TIMEOUT_SECONDS
+    while True:
+        try:
+            nodes = [n for n in cluster.nodes if n.running]
+            counts = [_learned(n) for n in nodes]
+            versions = [sorted(_info(n.target).model_versions.items()) for n in nodes]
+        except (grpc.RpcError, OSError, IndexError):
+            counts, versions = [], [[]]
+        if counts and all(c == must_learn for c in counts) and all(
+                v == versions[0] for v in versions):
+            return []
+        if any(c > must_learn for c in counts) or time.monotonic() > deadline:
+            return [f"learned outcomes per node {counts}, {must_learn} settled; model "
+                    f"versions {versions}"]
+        time.sleep(0.2)
+
+
+def _info(target: str) -> dpb.GetServerInfoResponse:
+    with grpc.insecure_channel(target) as channel:
+        return dgrpc.DiagnosticsServiceStub(channel).GetServerInfo(
+            dpb.GetServerInfoRequest(), timeout=5.0)
+
+
 def partition_map(target: str) -> dict[int, str]:
     with grpc.insecure_channel(target) as channel:
         info = dgrpc.DiagnosticsServiceStub(channel).GetServerInfo(
@@ -266,11 +318,13 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
         progress: Callable[[str], object] = lambda _line: None) -> Report:
     rng = random.Random(seed)
     report = Report()
-    cluster = LocalCluster(base_dir, 3, PARTITIONS, LEASE_SECONDS)
+    cluster = LocalCluster(base_dir, 3, PARTITIONS, LEASE_SECONDS,
+                           extra_args=["--metrics-port", "0"])
     cluster.start()
     expected: Counter[str] = Counter()
     reported: list[str] = []
     unreported: list[str] = []
+    learnable: dict[str, bool] = {}
     try:
         if not _wait_all_owned(cluster):
             report.problems.append("partitions not all owned after start")
@@ -298,7 +352,10 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
                 report.decisions += p.decisions
                 report.outcomes += len(p.reported)
                 reported += p.reported
-                unreported += p.unreported[:10]
+                # Every decision an outcome was sent for is checked (and so settled):
+                # the learned count must then be exact.
+                unreported += p.unreported[:10] + p.attempted
+                learnable.update(p.learnable)
                 report.problems += p.errors
             node_round = what.startswith("node")
             bound = LEASE_SECONDS + (FAILOVER_SLACK_SECONDS if node_round
@@ -320,6 +377,13 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
             # Reported now (by the check itself): the next rounds check them as settled.
             reported += unreported
             unreported = []
+            must_learn = sum(learnable.get(d, False) for d in set(reported))
+            asked = time.monotonic()
+            wrong = _learned_everywhere(cluster, must_learn)
+            report.problems += [f"round {r} (killed {what}): {w}" for w in wrong]
+            report.learned = must_learn
+            if not wrong:
+                report.learn_seconds.append(time.monotonic() - asked)
             # Bring the victim back (same folders) and let it rejoin before the next round.
             if what.startswith("node"):
                 node = cluster.nodes[victim]
@@ -354,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         if times:
             print(f"every user answered again after killing {kind}: max {max(times):.2f}s, "
                   f"median {sorted(times)[len(times) // 2]:.2f}s ({len(times)} rounds)")
+    print(f"the cluster's one model learned {report.learned} outcomes, each once, on every "
+          f"node; every node had adopted it {max(report.learn_seconds, default=0):.2f}s "
+          "(max) after the last outcome")
     if report.late_decisions:
         print(f"UNAVAILABLE then found within {CATCH_UP_SECONDS:.0f}s (the owner catching "
               f"up after a kill): {len(set(report.late_decisions))} decisions")

@@ -346,7 +346,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     outbox = Outbox(store, writer, config.lease_seconds, config.cross_channel_gap_seconds)
     journeys = Journeys(store, writer, decisions, outbox, campaign_triggers(campaigns), clock)
     if cluster is not None:  # decisions, outcomes, journeys and acks through the log
-        cluster.attach(decisions, outbox, journeys)
+        cluster.attach(decisions, outbox, journeys, learner)
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(outbox, clock, readiness), server
     )
@@ -355,7 +355,9 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     info = ServerInfo(
         worker=config.worker_index,
         workers=config.workers,
-        leader=lambda: leadership is None or leadership.leading,
+        # Cluster mode: whether this node runs the cluster's learner.
+        leader=(lambda: cluster.model_state()[2]) if cluster is not None else (
+            lambda: leadership is None or leadership.leading),
         models=lambda: {n: (m.version, m.learned_seq) for n, m in decisions.models.items()},
         node_id=cluster.node_id if cluster is not None else "",
         partition_owners=cluster.partition_map if cluster is not None else None,

@@ -73,6 +73,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from nudge.server.cluster.model_sync import ClusterModels
 from nudge.server.cluster.partitions import partition_of, preferred_owner
 from nudge.server.config import Config
 from nudge.server.errors import (
@@ -94,6 +95,7 @@ from nudge.v1 import decision_service_pb2 as pb
 if TYPE_CHECKING:
     from nudge.server.decisions.engine import DecisionEngine
     from nudge.server.decisions.journeys import Journeys
+    from nudge.server.decisions.learner import Learner
     from nudge.server.decisions.outbox import Outbox
 
 log = logging.getLogger("nudge.server.cluster")
@@ -197,6 +199,30 @@ class ClusterNode:
         self._outbox: Outbox | None = None
         self._results: OrderedDict[int, Any] = OrderedDict()
         self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self.models: ClusterModels | None = None
+        self.fence_fraction = FENCE_FRACTION
+
+    # -- for cluster/model_sync.py ---------------------------------------------------------
+
+    @property
+    def js(self) -> Any:
+        return self._js
+
+    @property
+    def kv(self) -> Any:
+        return self._kv
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the cluster's loop from another thread; its result."""
+        return self._call(coro, timeout)
+
+    def owns(self, user_id: str) -> bool:
+        """This node holds the lease of the user's partition (caught up or not)."""
+        return partition_of(user_id, self.partitions) in self._owned
 
     # -- from other threads ----------------------------------------------------------------
 
@@ -234,10 +260,13 @@ class ClusterNode:
         """Append events to the replicated log; resolves once JetStream stored them all."""
         return asyncio.run_coroutine_threadsafe(self._publish(events), self._loop)
 
-    def attach(self, decisions: DecisionEngine, outbox: Outbox, journeys: Journeys) -> None:
+    def attach(self, decisions: DecisionEngine, outbox: Outbox, journeys: Journeys,
+               learner: Learner) -> None:
         """Decisions, outcomes, journeys' deliveries and delivery acknowledgements go
         through the log from now on, and journeys and the outbox serve only the
-        partitions this node serves (see the docstring)."""
+        partitions this node serves (see the docstring); settled outcomes go to the
+        cluster's one learner and this node decides with its models (model_sync.py)."""
+        self.models = ClusterModels(self, learner)
         self._decisions = decisions
         self._outbox = outbox
         decisions.log_decision = self.publish_decision
@@ -313,6 +342,12 @@ class ClusterNode:
             log.warning("cluster: could not read the log's end: %r", exc)
             return frozenset()
 
+    def model_state(self) -> tuple[int, int, bool]:
+        """(rewards stream position, outcomes learned, leads the learner) of the models
+        this node decides with."""
+        m = self.models
+        return (0, 0, False) if m is None else (m.position, m.learned, m.leading)
+
     def replication_lag(self) -> int:
         """Log entries of owned partitions not yet applied here (for a gauge)."""
         return sum(o.pending + (o.queued - o.applied) for o in list(self._owned.values()))
@@ -335,6 +370,8 @@ class ClusterNode:
             try:
                 await self._ensure_stream()
                 self._kv = await self._ensure_bucket()
+                if self.models is not None:
+                    await self.models.setup()
                 break
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError,
                     nats.js.errors.APIError) as exc:
@@ -390,11 +427,15 @@ class ClusterNode:
                 await asyncio.sleep(0.25)
         self._tasks = [asyncio.create_task(self._lease_loop()),
                        asyncio.create_task(self._apply_loop())]
+        if self.models is not None:
+            self.models.start()
 
     async def _close(self) -> None:
         self._closing = True
         for task in self._tasks:
             task.cancel()
+        if self.models is not None:
+            await self.models.close()  # publishes what it learned, releases the lead
         for owned in list(self._owned.values()):
             await self._give_up(owned, release=True)
         if self._kv is not None:

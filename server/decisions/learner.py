@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lmdb
 import numpy as np
@@ -63,6 +63,12 @@ class Learner:
         # update that would not be finite).
         self.quarantined = 0
         self._dirty = False
+        # Cluster mode (cluster/models.py): settled outcomes are shipped to the cluster's
+        # rewards stream instead of learned here (one learner for the cluster learns them
+        # and every node adopts its models), and only decisions of partitions this node
+        # applies are expired.
+        self.ship: Callable[[list[DecisionRecord]], None] | None = None
+        self.expires: Callable[[str], bool] = lambda _user_id: True
         self._step_lock = threading.Lock()
         self._caught_up_at = clock.now()
         self._wake = threading.Event()
@@ -152,6 +158,8 @@ class Learner:
             for key in due:
                 record = decision_table.get(txn, store.dbs, deadlines.decision_id(key))
                 if record is not None and record.status == "open":
+                    if not self.expires(record.user_id):
+                        continue  # another node's partition: its owner expires it
                     settled += settle(txn, store, record, 0.0)
                 else:  # settled meanwhile, or lost: the deadline has nothing left to do
                     deadlines.delete(txn, store.dbs, key)
@@ -171,6 +179,32 @@ class Learner:
                     break
         if not records:
             return 0
+        if self.ship is not None:
+            self.ship([record for _, record in records])
+        else:
+            self._learn(records)
+        self.learned_seq = records[-1][0]
+        self.learned += len(records)
+        self._dirty = True
+        return len(records)
+
+    def learn_logged(self, records: list[tuple[int, DecisionRecord]]) -> None:
+        """(Cluster, the learner's leader) Learn records of the cluster's rewards stream,
+        numbered by their stream sequence."""
+        with self._step_lock:
+            self._learn(records)
+
+    def adopt(self, stored: dict[str, model_table.StoredModel], position: int) -> None:
+        """(Cluster) Decide with the models the cluster's learner published, learned up
+        to ``position`` of the rewards stream."""
+        with self._step_lock:
+            for name, model in stored.items():
+                initial = self.engine.models.get(name)
+                fitted = None if initial is None else fit_stored(model, initial, position)
+                if fitted is not None:
+                    self.engine.models[name] = fitted
+
+    def _learn(self, records: list[tuple[int, DecisionRecord]]) -> None:
         by_campaign: dict[str, list[DecisionRecord]] = defaultdict(list)
         for _, record in records:
             by_campaign[record.campaign].append(record)
@@ -198,10 +232,6 @@ class Learner:
             self.engine.models[name] = CampaignModel(
                 model.campaign, model.layout, model.snapshot, model.stats, records[-1][0]
             )
-        self.learned_seq = records[-1][0]
-        self.learned += len(records)
-        self._dirty = True
-        return len(records)
 
     @staticmethod
     def _learned(model: CampaignModel, usable: list[DecisionRecord]) -> CampaignModel:

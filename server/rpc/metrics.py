@@ -291,6 +291,7 @@ class ClusterView(Protocol):
 
     def replication_lag(self) -> int: ...
     def ready_partitions(self) -> list[int]: ...
+    def model_state(self) -> tuple[int, int, bool]: ...
 
 
 def add_cluster_gauges(metrics: Metrics, cluster: ClusterView) -> None:
@@ -306,3 +307,13 @@ def add_cluster_gauges(metrics: Metrics, cluster: ClusterView) -> None:
     Gauge("nudge_cluster_partition_moves",
           "Partitions this node took or gave up since it started.",
           registry=r).set_function(lambda: cluster.moves)
+    Gauge("nudge_cluster_model_position",
+          "Position in the cluster's rewards stream the models this node decides with "
+          "learned up to (the same on every node once they adopted the last published).",
+          registry=r).set_function(lambda: cluster.model_state()[0])
+    Gauge("nudge_cluster_learned_outcomes",
+          "Settled outcomes the models this node decides with learned (cluster-wide).",
+          registry=r).set_function(lambda: cluster.model_state()[1])
+    Gauge("nudge_cluster_learner_leader",
+          "1 when this node runs the cluster's learner.",
+          registry=r).set_function(lambda: int(cluster.model_state()[2]))

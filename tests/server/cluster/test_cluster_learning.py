@@ -1,0 +1,126 @@
+"""One model for the cluster: outcomes reported through every node are learned once by
+the cluster's one learner (a lease-elected node), including across a SIGKILL of that
+learner, and every node ends up deciding with the same model version. (Own cluster:
+3 NATS servers + 3 nodes.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+
+from nudge.clients import Client, make_event
+from nudge.server.cluster.local import LocalCluster, NudgeNode
+from nudge.server.cluster.model_sync import REWARDS_STREAM
+from nudge.server.decisions.guardrails import SUPPRESS_NOTHING_BEST
+from nudge.v1 import diagnostics_service_pb2 as dpb
+from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+PARTITIONS = 8
+USERS = 30
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    running = LocalCluster(tmp_path / "c", 3, PARTITIONS, 2.0,
+                           extra_args=["--metrics-port", "0"])
+    running.start()
+    yield running
+    running.stop()
+
+
+def _info(node: NudgeNode) -> dpb.GetServerInfoResponse:
+    with grpc.insecure_channel(node.target) as channel:
+        return dgrpc.DiagnosticsServiceStub(channel).GetServerInfo(
+            dpb.GetServerInfoRequest(), timeout=5)
+
+
+def _learned(node: NudgeNode) -> int:
+    """The node's ``nudge_cluster_learned_outcomes`` (metrics of its latest start)."""
+    url = re.findall(r"metrics on (http://\S+/metrics)", node.log_path.read_text())[-1]
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    found = re.search(r"^nudge_cluster_learned_outcomes (\S+)$", text, re.M)
+    assert found is not None
+    return int(float(found.group(1)))
+
+
+def _report_through(nodes: list[NudgeNode], users: list[str], tag: str) -> int:
+    """Decide for each user through one node and report its outcome through the next;
+    resent until acknowledged. Returns how many outcomes the learner must learn
+    (attributed, and the policy decided, not a guardrail)."""
+    must_learn = 0
+    for i, user in enumerate(users):
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                with Client(nodes[i % len(nodes)].target, retries=8) as client:
+                    decision = client.decide(user)
+                with Client(nodes[(i + 1) % len(nodes)].target, retries=8) as client:
+                    attributed = client.report_outcome(decision.decision_id, 1.0)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and (
+                    time.monotonic() < deadline), f"{tag} {user}: {exc.code()} {exc.details()}"
+                time.sleep(0.1)
+        assert attributed
+        # A guardrail's decision is not learned; the policy's "nothing" is.
+        must_learn += decision.suppressed_reason in ("", SUPPRESS_NOTHING_BEST)
+    return must_learn
+
+
+def _converged(nodes: list[NudgeNode], learned: int, timeout: float = 30.0) -> list[str]:
+    """Every node decides with the same model versions, learned from exactly ``learned``
+    outcomes; returns the versions."""
+    deadline = time.monotonic() + timeout
+    while True:
+        infos = [_info(n) for n in nodes]
+        counts = [_learned(n) for n in nodes]
+        versions = [sorted(i.model_versions.items()) for i in infos]
+        if counts == [learned] * len(nodes) and all(v == versions[0] for v in versions):
+            assert sum(i.leader for i in infos) <= 1
+            return [v for _, v in versions[0]]
+        assert time.monotonic() < deadline, f"not converged: {counts} {versions} ({learned})"
+        time.sleep(0.2)
+
+
+async def _rewards_logged(urls: str) -> int:
+    nc = await nats.connect(servers=urls.split(","))
+    try:
+        return int((await nc.jetstream().stream_info(REWARDS_STREAM)).state.messages)
+    finally:
+        await nc.close()
+
+
+def test_one_model_learns_every_outcome_once_across_a_learner_kill(
+        cluster: LocalCluster) -> None:
+    users = [f"learn-{u}" for u in range(USERS)]
+    with Client(cluster.nodes[0].target, retries=8) as client:
+        client.track([make_event(u, "app_opened") for u in users])
+    time.sleep(1.0)  # the owners apply the events
+    third = USERS // 3
+    must_learn = _report_through(cluster.nodes, users[:third], "before")
+    first = _converged(cluster.nodes, must_learn)
+    assert all(not v.endswith("/v0") for v in first)  # learned something
+    leader = next(n for n in cluster.nodes if _info(n).leader)
+    # More outcomes, and at once SIGKILL the learner: it dies having learned some of them
+    # (or not yet), published or not; its successor learns each exactly once.
+    must_learn += _report_through(cluster.nodes, users[third:2 * third], "before the kill")
+    leader.kill()
+    survivors = [n for n in cluster.nodes if n is not leader]
+    must_learn += _report_through(survivors, users[2 * third:], "after the kill")
+    after = _converged(survivors, must_learn)
+    assert after != first
+    assert asyncio.run(_rewards_logged(cluster.urls)) == must_learn
+    leader.start()  # the killed node rejoins and adopts the same models
+    leader.wait_serving()
+    assert _converged(cluster.nodes, must_learn) == after
