@@ -120,6 +120,9 @@ class ClusterModels:
         self._last_publish = 0.0
         self._previous_blob: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Learning, publishing and adopting one at a time: a publish must never catch the
+        # models halfway through a batch (ahead of the position it stores).
+        self._models_lock = asyncio.Lock()
         learner.ship = self.ship
         learner.expires = node.owns
 
@@ -272,25 +275,27 @@ class ClusterModels:
                 continue
             if time.monotonic() >= self._fence:
                 continue  # the lease may have passed to another node: learn nothing
-            records = [(s, r) for s, r in self._buffer if s > self.position]
-            self._buffer = []
-            if not records:
-                continue
-            try:
-                await loop.run_in_executor(None, self.learner.learn_logged, records)
-            except Exception:
-                log.exception("cluster: learning failed; reloading the published models")
-                await self._stop_leading(release=True)
-                continue
-            self.position = records[-1][0]
-            self.learned += len(records)
-            self._dirty = True
+            async with self._models_lock:
+                records = [(s, r) for s, r in self._buffer if s > self.position]
+                self._buffer = []
+                if not records or not self.leading:
+                    continue
+                try:
+                    await loop.run_in_executor(None, self.learner.learn_logged, records)
+                except Exception:
+                    log.exception("cluster: learning failed; reloading the published models")
+                    await self._stop_leading(release=True)
+                    continue
+                self.position = records[-1][0]
+                self.learned += len(records)
+                self._dirty = True
 
     async def _publish(self) -> None:
         """Store the models with their position: the blob first, then the head by
         compare-and-set (a leader that lost the lease fails here and stops)."""
-        models = {n: encode_model(m) for n, m in dict(self.learner.engine.models).items()}
-        position, learned = self.position, self.learned
+        async with self._models_lock:
+            models = {n: encode_model(m) for n, m in dict(self.learner.engine.models).items()}
+            position, learned = self.position, self.learned
         name = f"models-{position}-{self.node.node_id.encode().hex()}"
         await self._blobs.put(name, encode_blob(models))
         head = json.dumps({"blob": name, "position": position, "learned": learned,
@@ -330,8 +335,9 @@ class ClusterModels:
         except nats.js.errors.NotFoundError:
             return  # replaced meanwhile: the next round reads the newer head
         stored = decode_blob(blob.data or b"")
-        await asyncio.get_running_loop().run_in_executor(
-            None, self.learner.adopt, stored, int(head["position"]))
-        self.position, self.learned = int(head["position"]), int(head["learned"])
-        self._head_revision = entry.revision
+        async with self._models_lock:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.learner.adopt, stored, int(head["position"]))
+            self.position, self.learned = int(head["position"]), int(head["learned"])
+            self._head_revision = entry.revision
 

@@ -171,12 +171,12 @@ def test_a_logged_decision_its_owner_has_not_applied_yet_is_never_not_found(
         _event_count(client, user)
         made = client.decide(user)
     logged = asyncio.run(_logged_decision(cluster.urls, partition, made.decision_id))
-    rounds, answered_early = 5, 0
-    for r in range(rounds):
+    for r in range(3):
         copy = DecisionRecord.from_bytes(logged.to_bytes())
         copy.decision_id = f"{made.decision_id}-late{r}"
         with Client(cluster.nodes[2].target) as client:  # a backlog for the owner to apply
-            for b in range(6):
+            # (2,500 events: without the catch-up wait the next call is NOT_FOUND)
+            for b in range(5):
                 client.track([make_event(user, "app_opened", event_id=f"late{r}-{b}-{i}")
                               for i in range(500)])
         asyncio.run(_publish_decision(cluster.urls, partition, copy))
@@ -189,7 +189,6 @@ def test_a_logged_decision_its_owner_has_not_applied_yet_is_never_not_found(
                 except grpc.RpcError as exc:
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
                     assert time.monotonic() < deadline
-                    answered_early += 1
                     time.sleep(0.05)
     with Client(cluster.nodes[0].target, retries=8) as client:
         with pytest.raises(grpc.RpcError) as raised:
