@@ -346,7 +346,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     outbox = Outbox(store, writer, config.lease_seconds, config.cross_channel_gap_seconds)
     journeys = Journeys(store, writer, decisions, outbox, campaign_triggers(campaigns), clock)
     if cluster is not None:  # decisions, outcomes, journeys and acks through the log
-        cluster.attach(decisions, outbox, journeys, learner)
+        cluster.attach(decisions, outbox, journeys, learner, risk_engine)
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(outbox, clock, readiness), server
     )

@@ -43,6 +43,13 @@ records SENT or FAILED (a fallback gets an id derived from the failed delivery, 
 on every store). Leases to adapters are not logged: a new owner streams again what the
 old one leased and never heard back about, and never what was acknowledged SENT.
 
+**Fraud scoring too.** ScoreTransaction answers from the owner's memory as on one machine,
+then logs the records it answered (``scored``) and replies once JetStream stored them; a
+store that lacks them (a new owner after a failover) stores each as answered and folds
+the ones that were learned into the customer's and the population's rows. LabelTransaction
+is logged (``label``) by the owner, which answers once it applied it; a new owner applies
+the same label to the same record (the scored record precedes it in the log).
+
 Everything NATS runs on one asyncio loop in a thread of its own; the gRPC threads call in
 through ``run_coroutine_threadsafe``.
 """
@@ -90,6 +97,7 @@ from nudge.server.storage.tables import deadlines, meta, open_decisions, trigger
 from nudge.server.storage.tables import decisions as decision_table
 from nudge.server.storage.tables.decisions import DecisionRecord
 from nudge.server.storage.tables.deliveries import Delivery
+from nudge.server.storage.tables.transactions import TransactionRecord, TxKey
 from nudge.v1 import decision_service_pb2 as pb
 
 if TYPE_CHECKING:
@@ -97,6 +105,7 @@ if TYPE_CHECKING:
     from nudge.server.decisions.journeys import Journeys
     from nudge.server.decisions.learner import Learner
     from nudge.server.decisions.outbox import Outbox
+    from nudge.server.risk.engine import RiskEngine
 
 log = logging.getLogger("nudge.server.cluster")
 T = TypeVar("T")
@@ -124,8 +133,10 @@ DECISION = "decision"
 OUTCOME = "outcome"
 ACK = "ack"  # a delivery's SENT or FAILED acknowledgement
 JOURNEY = "journey"  # a journey's deliveries and the trigger they answer
+SCORED = "scored"  # ScoreTransaction's records, as answered
+LABEL = "label"  # LabelTransaction
 # Kinds whose publisher (the owner) answers its caller with what applying them did.
-ANSWERED = (OUTCOME, ACK, JOURNEY)
+ANSWERED = (OUTCOME, ACK, JOURNEY, LABEL)
 # Outcomes applied lately, by stream sequence: ReportOutcome's reply (the publish's
 # acknowledgement and the apply race; both run on the loop).
 RECENT_RESULTS = 10_000
@@ -196,6 +207,7 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._decisions: DecisionEngine | None = None
+        self._risk: RiskEngine | None = None
         self._outbox: Outbox | None = None
         self._results: OrderedDict[int, Any] = OrderedDict()
         self._waiters: dict[int, asyncio.Future[Any]] = {}
@@ -261,7 +273,7 @@ class ClusterNode:
         return asyncio.run_coroutine_threadsafe(self._publish(events), self._loop)
 
     def attach(self, decisions: DecisionEngine, outbox: Outbox, journeys: Journeys,
-               learner: Learner) -> None:
+               learner: Learner, risk: RiskEngine) -> None:
         """Decisions, outcomes, journeys' deliveries and delivery acknowledgements go
         through the log from now on, and journeys and the outbox serve only the
         partitions this node serves (see the docstring); settled outcomes go to the
@@ -274,6 +286,24 @@ class ClusterNode:
         outbox.serves = journeys.serves = self.serves
         outbox.log_ack = self._publisher(ACK, "delivery_id")
         journeys.log_scheduled = self._publisher(JOURNEY, "a journey's user")
+        self._risk = risk
+        risk.log_scored = self.publish_scored
+        risk.log_label = self._publisher(LABEL, "transaction_id")
+
+    def publish_scored(self, records: list[tuple[TxKey, TransactionRecord]]) -> Future[Any]:
+        """Append scored transactions' records to their users' partitions of the log;
+        resolves once JetStream stored them all."""
+        return asyncio.run_coroutine_threadsafe(self._publish_scored(records), self._loop)
+
+    async def _publish_scored(self, records: list[tuple[TxKey, TransactionRecord]]) -> None:
+        by_partition: dict[int, list[list[str]]] = {}
+        for (user_id, transaction_id), record in records:
+            by_partition.setdefault(partition_of(user_id, self.partitions), []).append(
+                [user_id, transaction_id, record.to_bytes().decode()])
+        await asyncio.gather(*(
+            self._publish_record(partition, SCORED, json.dumps(mine).encode(),
+                                 blake2b(json.dumps(mine).encode(), digest_size=16).hexdigest())
+            for partition, mine in by_partition.items()))
 
     def serves(self, user_id: str) -> bool:
         """This node serves the user's partition now (owned, caught up, lease fresh)."""
@@ -516,8 +546,10 @@ class ClusterNode:
         what applying it here did (its result, or the error it met)."""
         route = self.route(user_id)
         if not route.local:  # the owner applies it (and answers): asked next
-            raise NotServedHere(f"{what} is not served on {self.node_id} "
-                                f"({route.reason or 'moved'})")
+            # (a label names its user: it was routed to this node, which lost the partition
+            # meanwhile; the caller retries and reaches the new owner)
+            raise (Unavailable if kind == LABEL else NotServedHere)(
+                f"{what} is not served on {self.node_id} ({route.reason or 'moved'})")
         data = json.dumps(payload).encode()
         seq = await self._publish_record(route.partition, kind, data)
         result = self._results.get(seq)
@@ -702,6 +734,10 @@ class ClusterNode:
             owned.buffer.append((seq, kind, DecisionRecord.from_bytes(msg.data)))
         elif kind in ANSWERED:
             owned.buffer.append((seq, kind, json.loads(msg.data)))
+        elif kind == SCORED:
+            owned.buffer.append((seq, kind, [
+                ((u, t), TransactionRecord.from_bytes(r.encode()))
+                for u, t, r in json.loads(msg.data)]))
         else:
             now = time.time()
             for index, proto in enumerate(pb.TrackRequest.FromString(msg.data).events):
@@ -776,9 +812,16 @@ class ClusterNode:
         def position(txn: Any) -> None:
             meta.put_applied_position(txn, dbs, partition, seq)
 
-        decisions, outbox = self._decisions, self._outbox
-        if kind in ANSWERED and (decisions is None or outbox is None):
+        decisions, outbox, risk = self._decisions, self._outbox, self._risk
+        if kind in (*ANSWERED, SCORED) and (decisions is None or outbox is None
+                                             or risk is None):
             return self.writer.submit_job(position)  # not attached: keep the position
+        if kind == SCORED:
+            assert risk is not None
+            return risk.apply_logged_scores(payload, position)
+        if kind == LABEL:
+            assert risk is not None
+            return risk.apply_logged_label(payload, position)
         if kind == OUTCOME:
             assert decisions is not None
             return decisions.outcomes.settle_logged(

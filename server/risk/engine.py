@@ -95,6 +95,8 @@ DEFAULT_HOLD_SECONDS = 7 * 86_400.0
 EXPIRY_INTERVAL = 1.0
 EXPIRY_BATCH = 5_000
 _ROW0 = np.zeros(1, np.int64)
+# Cluster mode: how long ScoreTransaction waits for the log to store its record.
+LOG_TIMEOUT = 10.0
 
 
 class RiskEngine:
@@ -128,6 +130,13 @@ class RiskEngine:
         self._expiry_stop = threading.Event()
         self._expiry_thread: threading.Thread | None = None
         writer.add_event_hook(self._on_events)
+        # Cluster mode (cluster/node.py): scored records go to their users' partitions of
+        # the replicated log before ScoreTransaction answers, and a label is logged and
+        # applied by the partition's owner (``apply_logged_*``), so a new owner after a
+        # failover has both.
+        self.log_scored: Callable[[list[tuple[TxKey, TransactionRecord]]], Future[Any]] | None = (
+            None)
+        self.log_label: Callable[[str, dict[str, Any]], Future[Any]] | None = None
 
     # -- public operations ---------------------------------------------------------------
 
@@ -143,6 +152,9 @@ class RiskEngine:
         with self._lock, self.store.read() as txn:
             records = self._score_in_lock(transactions, learn_only, txn)
             self._write_behind.request()
+        if self.log_scored is not None:
+            keys = [(tx.user_id, tx.transaction_id) for tx in transactions]
+            self.log_scored(list(zip(keys, records, strict=True))).result(LOG_TIMEOUT)
         return records
 
     def expire_holds(self) -> int:
@@ -198,6 +210,13 @@ class RiskEngine:
         if label not in LABELS:
             raise InvalidArgument("label", "must be TRANSACTION_LABEL_FRAUD or _GENUINE")
         key = (user_id, transaction_id)
+        if self.log_label is not None:
+            with self._lock, self.store.read() as txn:
+                if self._record(key, txn) is None:
+                    raise NotFound(f"transaction_id: {transaction_id!r} was never scored for "
+                                   "this user")
+            return self.log_label(user_id, {"user_id": user_id, "transaction_id": transaction_id,
+                                            "label": label})
         if self.store.shared:
             return self._label_committed(key, label)
         with self._lock, self.store.read() as txn:
@@ -214,6 +233,88 @@ class RiskEngine:
                 future.set_result(in_baseline)
 
         flushed.add_done_callback(settle)
+        return future
+
+    def apply_logged_scores(
+        self, records: list[tuple[TxKey, TransactionRecord]],
+        position: Callable[[lmdb.Transaction], None],
+    ) -> Future[Any]:
+        """(Cluster, the owner) Store scored records from the log that this store lacks
+        (a new owner after a failover; the node that scored them has them), in the
+        transaction that stores the log position: each as it was answered, folded into the
+        customer's and the population's rows when it was (the fold a GENUINE label does),
+        its hold left waiting when held."""
+        def job(txn: lmdb.Transaction) -> tuple[Any, ...]:
+            position(txn)
+            fresh: list[TxKey] = []
+            with self._lock:
+                for key, logged in records:
+                    if self._record(key, txn) is not None:
+                        continue
+                    record = logged.copy()
+                    features = record.model_features
+                    if record.in_baseline and features is not None:
+                        self._learn_held(record.user_id,
+                                         np.asarray(features, dtype=np.float64).reshape(1, -1),
+                                         txn)
+                    elif record.waiting:
+                        self._held_at[key[0]] = max(self._held_at.get(key[0], -math.inf),
+                                                    record.time)
+                    self._records[key] = record
+                    self._clock = max(self._clock, record.time)
+                    fresh.append(key)
+            if not fresh:
+                return ({}, {})
+            return self._write(txn, {k[0] for k in fresh}, fresh)
+
+        return self._committed(job, lambda _written: None)
+
+    def apply_logged_label(
+        self, payload: dict[str, Any], position: Callable[[lmdb.Transaction], None]
+    ) -> Future[Any]:
+        """(Cluster, the owner) Apply a logged label (with the log position, in one
+        transaction); resolves with ``in_baseline``, or NotFound."""
+        key = (str(payload["user_id"]), str(payload["transaction_id"]))
+        result: dict[str, Any] = {}
+
+        def job(txn: lmdb.Transaction) -> tuple[Any, ...]:
+            position(txn)
+            with self._lock:
+                try:
+                    record = self._label_one(key, str(payload["label"]), txn)
+                except NotFound as exc:
+                    result["error"] = exc
+                    return ({}, {})
+                result["in_baseline"] = record.in_baseline
+            return self._write(txn, [key[0]], [key])
+
+        def answer(_written: Any) -> Any:
+            if "error" in result:
+                raise result["error"]
+            return result["in_baseline"]
+
+        return self._committed(job, answer)
+
+    def _committed(
+        self, job: Callable[[lmdb.Transaction], tuple[Any, ...]], answer: Callable[[Any], Any]
+    ) -> Future[Any]:
+        """Run ``job`` in the group commit; once durable, drop what it stored from the
+        overlay and resolve with ``answer`` (or what it raised)."""
+        future: Future[Any] = Future()
+
+        def done(committed: Future[Any]) -> None:
+            error = committed.exception()
+            if error is not None:
+                future.set_exception(error)
+                return
+            written = committed.result()
+            self._forget(*written)
+            try:
+                future.set_result(answer(written))
+            except Exception as exc:
+                future.set_exception(exc)
+
+        self.writer.submit_job(job).add_done_callback(done)
         return future
 
     def recently_anomalous(self, user_id: str, now: float) -> bool:

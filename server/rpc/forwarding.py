@@ -14,8 +14,8 @@ Track is not forwarded: any node appends events to the replicated log (cluster.n
 
 Calls that name a decision or a delivery, not a user (ReportOutcome, AckDelivery), run
 where that record lives: here if this node knows it, else on the first other node that
-does (``FindByIdInterceptor``: each asked once, marked forwarded). Decision and delivery
-ids do not name a partition, so this costs up to one hop per other node.
+does (``FindByIdInterceptor``: all asked at once, each once, marked forwarded). Decision
+and delivery ids do not name a partition, so this costs a call to every other node.
 
 **NOT_FOUND only when the whole log was looked at.** Right after a move (a node's or a NATS
 server's death) the new owner of a partition may still be applying the log, and a decision
@@ -46,9 +46,11 @@ VOUCHED = "nudge-vouched"
 # How long a node not knowing a record waits for its partitions to apply the log's end
 # (at most a quarter of the caller's remaining deadline).
 CATCH_UP_WAIT_SECONDS = 1.5
+# The share of the caller's remaining deadline another node is asked with.
+ASK_SHARE = 0.8
 # Methods never forwarded: Track's events go to the log from any node.
 NOT_ROUTED = ("/nudge.v1.DecisionService/Track",)
-# Calls about a record of the node that made it, found by asking the nodes in turn.
+# Calls about a record of the node that made it, found by asking the other nodes.
 FOUND_BY_ID = ("/nudge.v1.DecisionService/ReportOutcome",
                "/nudge.v1.DeliveryService/AckDelivery")
 _HOP_HEADERS = {"grpc-timeout", "te", "content-type", "user-agent", "grpc-accept-encoding",
@@ -131,22 +133,29 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
 
     def ask(
         self, method: str, request: Any, context: grpc.ServicerContext, address: str
-    ) -> tuple[Any, frozenset[int]]:
-        """The call answered by the node at ``address``: its reply, or None when it does
-        not know the record either (NOT_FOUND, with the partitions it vouched for) or is
-        unreachable (vouching for none); other errors end the call with that node's
-        status."""
-        try:
-            return self._call(method, request, context, address), frozenset()
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
-            if code == grpc.StatusCode.NOT_FOUND:
-                return None, _vouched(exc)
-            if code == grpc.StatusCode.UNAVAILABLE:
-                return None, frozenset()
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            context.abort(code, details or f"asked {address}: {code.name}")
-            raise AssertionError("abort raises") from None
+    ) -> Callable[[], tuple[Any, frozenset[int]]]:
+        """Ask the node at ``address`` (now, in the background, with ``ASK_SHARE`` of the
+        caller's remaining deadline: an answer must be left time to say UNAVAILABLE);
+        the function returned waits for its answer: its reply, or None when it does not
+        know the record either (NOT_FOUND, with the partitions it vouched for) or is
+        unreachable or late (vouching for none); other errors end the call with that
+        node's status."""
+        future = self._call(method, request, context, address, share=ASK_SHARE, wait=False)
+
+        def answer() -> tuple[Any, frozenset[int]]:
+            try:
+                return future.result(), frozenset()
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNAVAILABLE
+                if code == grpc.StatusCode.NOT_FOUND:
+                    return None, _vouched(exc)
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return None, frozenset()
+                details = exc.details() if hasattr(exc, "details") else str(exc)
+                context.abort(code, details or f"asked {address}: {code.name}")
+                raise AssertionError("abort raises") from None
+
+        return answer
 
     def _forward(
         self, method: str, request: Any, context: grpc.ServicerContext, address: str
@@ -159,7 +168,8 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
             context.abort(code, details or f"forwarded to {address}: {code.name}")
 
     def _call(
-        self, method: str, request: Any, context: grpc.ServicerContext, address: str
+        self, method: str, request: Any, context: grpc.ServicerContext, address: str,
+        share: float = 1.0, wait: bool = True,
     ) -> Any:
         reply_type = _reply_type(method)
         call = self._channel(address).unary_unary(
@@ -170,8 +180,10 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
                     if k not in _HOP_HEADERS and not k.startswith(":")]
         metadata.append((FORWARDED, self.router.node_id))
         remaining = context.time_remaining()
-        timeout = None if remaining is None or remaining > 86_400 else remaining
+        timeout = None if remaining is None or remaining > 86_400 else remaining * share
         self.forwarded += 1
+        if not wait:
+            return call.future(request, metadata=metadata, timeout=timeout)
         return call(request, metadata=metadata, timeout=timeout)
 
 
@@ -191,7 +203,7 @@ def _user_id(request: Any) -> str | None:
 
 class FindByIdInterceptor(grpc.ServerInterceptor):
     """ReportOutcome and AckDelivery: run here, and when this node does not know the
-    decision or delivery (NOT_FOUND, which changes nothing), ask the other nodes in turn;
+    decision or delivery (NOT_FOUND, which changes nothing), ask the other nodes at once;
     NOT_FOUND only once every partition was vouched for (see the module docstring).
     Sits inside the status interceptor, so it sees the handler's NotFound as raised."""
 
@@ -221,11 +233,9 @@ class FindByIdInterceptor(grpc.ServerInterceptor):
                     return self._caught_up_and_again(behaviour, request, context)
                 known = isinstance(first, NotServedHere)  # here, but not served here
                 vouched: set[int] = set()
-                for address in self.router.peers():
-                    reply, theirs = self.forwarding.ask(method, request, context, address)
-                    if reply is not None:
-                        return reply
-                    vouched |= theirs
+                # The other nodes are asked at once, and look while this one looks again.
+                answers = [self.forwarding.ask(method, request, context, address)
+                           for address in self.router.peers()]
                 if not known:
                     try:
                         return self._caught_up_and_again(behaviour, request, context)
@@ -233,6 +243,11 @@ class FindByIdInterceptor(grpc.ServerInterceptor):
                         known = True
                     except _Unknown as unknown:
                         vouched |= unknown.vouched
+                for answer in answers:
+                    reply, theirs = answer()
+                    if reply is not None:
+                        return reply
+                    vouched |= theirs
                 if known:  # its owner is still catching up
                     raise Unavailable(f"{first}; retry with the same ids") from None
                 missing = set(range(self.router.partitions)) - vouched

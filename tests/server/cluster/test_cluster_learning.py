@@ -1,7 +1,8 @@
-"""One model for the cluster: outcomes reported through every node are learned once by
-the cluster's one learner (a lease-elected node), including across a SIGKILL of that
-learner, and every node ends up deciding with the same model version. (Own cluster:
-3 NATS servers + 3 nodes.)
+"""What the cluster keeps across a SIGKILL besides events and decisions: one model, with
+outcomes reported through every node learned once by the cluster's one learner (a
+lease-elected node), every node deciding with the same model version; and the scored
+transactions and labels of a partition, through the log. (Own cluster: 3 NATS servers +
+3 nodes, shared by the tests of this file, which restart what they kill.)
 """
 
 from __future__ import annotations
@@ -10,28 +11,30 @@ import asyncio
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import grpc
 import nats
 import pytest
 
-from nudge.clients import Client, make_event
+from nudge.clients import Client, make_event, make_transaction
 from nudge.server.cluster.local import LocalCluster, NudgeNode
 from nudge.server.cluster.model_sync import REWARDS_STREAM
+from nudge.server.cluster.partitions import partition_of
 from nudge.server.decisions.guardrails import SUPPRESS_NOTHING_BEST
 from nudge.v1 import diagnostics_service_pb2 as dpb
 from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 PARTITIONS = 8
+T = TypeVar("T")
 USERS = 30
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    running = LocalCluster(tmp_path / "c", 3, PARTITIONS, 2.0,
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    running = LocalCluster(tmp_path_factory.mktemp("c"), 3, PARTITIONS, 2.0,
                            extra_args=["--metrics-port", "0"])
     running.start()
     yield running
@@ -124,3 +127,58 @@ def test_one_model_learns_every_outcome_once_across_a_learner_kill(
     leader.start()  # the killed node rejoins and adopts the same models
     leader.wait_serving()
     assert _converged(cluster.nodes, must_learn) == after
+
+
+def _all_owned(cluster: LocalCluster, timeout: float = 30.0) -> dict[int, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        owners = dict(_info(cluster.nodes[0]).partition_owners)
+        live = {n.node_id for n in cluster.nodes}
+        if len(owners) == PARTITIONS and set(owners.values()) == live:
+            return owners
+        assert time.monotonic() < deadline, owners
+        time.sleep(0.2)
+
+
+def _until_answered(call: Callable[[], T], timeout: float = 30.0) -> T:
+    """``call()`` once the survivors serve the partition (UNAVAILABLE meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, (
+                exc.code(), exc.details())
+            time.sleep(0.1)
+
+
+def test_scored_transactions_and_labels_survive_their_owner(cluster: LocalCluster) -> None:
+    owners = _all_owned(cluster)
+    owner = cluster.nodes[2]
+    user = next(f"card-{i}" for i in range(500)
+                if owners[partition_of(f"card-{i}", PARTITIONS)] == owner.node_id)
+
+    def tx(i: int) -> Any:
+        return make_transaction(user, 20.0 + i, transaction_id=f"t{i}", country="PT",
+                                merchant_category="grocery", channel="card", device_id="d1")
+
+    with Client(cluster.nodes[0].target, retries=8) as client:  # forwarded to the owner
+        first = [client.score_transaction(tx(i)) for i in range(6)]
+        client.label_transaction("t1", "genuine", user_id=user)
+    # What the owner's baseline learned: every transaction not held, and t1 (GENUINE).
+    learned = sum(not r.held for r in first) + first[1].held
+    owner.kill()
+    with Client(cluster.nodes[0].target, retries=2) as client:
+        again = _until_answered(lambda: client.score_transaction(tx(0)))
+        assert (again.score, again.baseline_count, again.held) == (
+            first[0].score, first[0].baseline_count, first[0].held)  # the stored answer
+        after = _until_answered(lambda: client.score_transaction(tx(6)))
+        assert after.baseline_count == learned  # the dead owner's history, learned here
+        # t1's GENUINE label came through the log: labelled again it stays in the baseline.
+        assert _until_answered(lambda: client.label_transaction("t1", "fraud", user_id=user))
+        with pytest.raises(grpc.RpcError) as raised:
+            client.label_transaction("never-scored", "fraud", user_id=user)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    owner.start()
+    owner.wait_serving()
+    _all_owned(cluster)
