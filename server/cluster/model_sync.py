@@ -81,6 +81,7 @@ PUBLISH_EVERY_SECONDS = 1.0
 LEARN_EVERY_SECONDS = 0.1
 SHIP_TIMEOUT_SECONDS = 10.0
 ROUNDS_PER_LEASE = 4  # as the partitions' leases: a lease survives three missed rounds
+ROUND_TIMEOUT_SECONDS = 5.0
 
 
 def reward_subject(decision_id: str) -> str:
@@ -124,7 +125,7 @@ class ClusterModels:
         # models halfway through a batch (ahead of the position it stores).
         self._models_lock = asyncio.Lock()
         learner.ship = self.ship
-        learner.expires = node.owns
+        learner.expires = node.expires_here
 
     # -- setup (on the loop) ---------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class ClusterModels:
         if self.leading:
             if self._dirty:
                 with contextlib.suppress(Exception):
-                    await self._publish()
+                    await asyncio.wait_for(self._publish(), ROUND_TIMEOUT_SECONDS)
             await self._stop_leading(release=True)
 
     # -- shipping (from the learner thread) ------------------------------------------------
@@ -202,7 +203,10 @@ class ClusterModels:
         while True:
             await asyncio.sleep(self.node.lease_seconds / ROUNDS_PER_LEASE)
             try:
-                await self.lease_round(time.monotonic())
+                # Bounded: reading a blob waits on its chunks with no timeout of its own,
+                # and a NATS server dying meanwhile must not stop this node adopting models.
+                await asyncio.wait_for(self.lease_round(time.monotonic()),
+                                       max(ROUND_TIMEOUT_SECONDS, self.node.lease_seconds * 2))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -236,6 +236,16 @@ class ClusterNode:
         """This node holds the lease of the user's partition (caught up or not)."""
         return partition_of(user_id, self.partitions) in self._owned
 
+    def expires_here(self, user_id: str) -> bool | None:
+        """Whether this node expires the user's open decisions: True when it owns the
+        partition, False when another node does (that node expires them), None while
+        nobody does (a failover: keep them for whoever takes it, maybe this node)."""
+        partition = partition_of(user_id, self.partitions)
+        if partition in self._owned:
+            return True
+        owner = self._owners.get(partition)
+        return None if owner is None or owner == self.node_id else False
+
     # -- from other threads ----------------------------------------------------------------
 
     def bind(self, address: str) -> None:

@@ -63,12 +63,13 @@ class Learner:
         # update that would not be finite).
         self.quarantined = 0
         self._dirty = False
-        # Cluster mode (cluster/models.py): settled outcomes are shipped to the cluster's
+        # Cluster mode (cluster/model_sync.py): settled outcomes are shipped to the cluster's
         # rewards stream instead of learned here (one learner for the cluster learns them
         # and every node adopts its models), and only decisions of partitions this node
         # applies are expired.
         self.ship: Callable[[list[DecisionRecord]], None] | None = None
-        self.expires: Callable[[str], bool] = lambda _user_id: True
+        # (True: expire it here; False: another node's, which expires it; None: not now.)
+        self.expires: Callable[[str], bool | None] = lambda _user_id: True
         self._step_lock = threading.Lock()
         self._caught_up_at = clock.now()
         self._wake = threading.Event()
@@ -157,11 +158,13 @@ class Learner:
             settled = 0
             for key in due:
                 record = decision_table.get(txn, store.dbs, deadlines.decision_id(key))
-                if record is not None and record.status == "open":
-                    if not self.expires(record.user_id):
-                        continue  # another node's partition: its owner expires it
+                here = record is not None and self.expires(record.user_id)
+                if record is not None and record.status == "open" and here:
                     settled += settle(txn, store, record, 0.0)
-                else:  # settled meanwhile, or lost: the deadline has nothing left to do
+                elif here is None:  # (cluster) its partition has no owner right now
+                    continue
+                else:  # settled meanwhile, or lost, or (cluster) another node's partition,
+                    # which its owner expires: the deadline has nothing left to do here
                     deadlines.delete(txn, store.dbs, key)
             return settled
 
