@@ -121,6 +121,8 @@ DUPLICATE_WINDOW_SECONDS = 600.0
 FENCE_FRACTION = 0.75
 # Lease rounds per lease period: a lease survives three missed rounds.
 ROUNDS_PER_LEASE = 4
+# How long the servers keep a lease read's consumer once it is left (the minimum).
+WATCHER_INACTIVE_SECONDS = 2.0
 START_TIMEOUT_SECONDS = 60.0
 PUBLISH_TIMEOUT_SECONDS = 5.0
 # Events of one Track call and partition share a log record, up to this many (NATS
@@ -609,7 +611,11 @@ class ClusterNode:
 
     async def _read_leases(self) -> dict[str, Any]:
         """Every live key of the lease bucket (deleted and expired ones are absent)."""
-        watcher = await self._kv.watchall()
+        # Each read is a consumer on the bucket; the client's default keeps a stopped one
+        # on the servers for 5 minutes, and at four reads per lease per node hundreds pile
+        # up, which the JetStream leaders must carry through a server's death.
+        watcher = await self._kv.watchall(
+            inactive_threshold=max(WATCHER_INACTIVE_SECONDS, self._round_seconds * 2))
         entries: dict[str, Any] = {}
         try:
             while True:
