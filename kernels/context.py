@@ -49,6 +49,22 @@ def _transform(v, log1p):
     return v
 
 
+@njit(jit.f8(jit.f8, jit.u1, jit.f8, jit.f8, jit.f8, jit.f8, jit.f8), **jit.NOGIL)
+def standard_score(v, log1p, mean, var, count, clip, floor):
+    """One number's entry in ``x``: its transformed z-score against the running stats,
+    clipped to ±``clip``; 0.0 (the missing value's entry) when ``v`` is NaN or the stats
+    cannot standardise it yet (fewer than 2 values, variance at or below ``floor``).
+    Shared by every kernel that builds a context row, so they cannot drift apart."""
+    if np.isnan(v) or count < 2.0 or not var > floor:
+        return 0.0
+    z = (_transform(v, log1p) - mean) / np.sqrt(var)
+    if z > clip:
+        return clip
+    if z < -clip:
+        return -clip
+    return z
+
+
 @njit(
     jit.void(
         jit.f8_2d_ro, jit.i8_2d_ro, jit.i8_1d_ro, jit.u1_1d_ro, jit.f8_1d_ro, jit.f8_1d_ro,
@@ -70,15 +86,8 @@ def _build_contexts(raw, buckets, offsets, log1p, mean, var, count, params, out)
             row[i] = 0.0
         row[0] = 1.0
         for j in range(m):
-            v = raw[t, j]
-            if np.isnan(v) or count[j] < 2.0 or not var[j] > floor:
-                continue
-            z = (_transform(v, log1p[j]) - mean[j]) / np.sqrt(var[j])
-            if z > clip:
-                z = clip
-            elif z < -clip:
-                z = -clip
-            row[1 + j] = z
+            row[1 + j] = standard_score(raw[t, j], log1p[j], mean[j], var[j], count[j],
+                                        clip, floor)
         for g in range(buckets.shape[1]):
             b = buckets[t, g]
             if b >= 0:

@@ -33,7 +33,7 @@ from numba import njit
 
 from nudge.kernels import jit
 from nudge.kernels import user_state as u
-from nudge.kernels.context import C_CLIP, C_VAR_FLOOR, _transform
+from nudge.kernels.context import C_CLIP, C_VAR_FLOOR, standard_score
 
 PL_BASE = 0
 PL_CONTACTS = 7
@@ -128,15 +128,8 @@ def _user_context(record, plan, clock, numbers, contact_times, buckets, offsets,
         out_x[i] = 0.0
     out_x[0] = 1.0
     for j in range(m):
-        v = out_raw[j]
-        if np.isnan(v) or count[j] < 2.0 or not var[j] > floor:
-            continue
-        z = (_transform(v, log1p[j]) - mean[j]) / np.sqrt(var[j])
-        if z > clip:
-            z = clip
-        elif z < -clip:
-            z = -clip
-        out_x[1 + j] = z
+        out_x[1 + j] = standard_score(out_raw[j], log1p[j], mean[j], var[j], count[j], clip,
+                                      floor)
     for g in range(buckets.shape[0]):
         b = buckets[g]
         if b >= 0:
