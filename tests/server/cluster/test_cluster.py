@@ -9,7 +9,6 @@ import asyncio
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import grpc
 import nats
@@ -26,16 +25,7 @@ from nudge.v1 import diagnostics_service_pb2 as dpb
 from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
-PARTITIONS = 8
 
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = LocalCluster(tmp_path_factory.mktemp("cluster"), 3, PARTITIONS, 2.0,
-                           extra_args=["--metrics-port", "0"])
-    running.start()
-    yield running
-    running.stop()
 
 
 def _info(target: str) -> dpb.GetServerInfoResponse:
@@ -52,7 +42,7 @@ def _settled(cluster: LocalCluster, timeout: float = 20.0) -> list[dpb.GetServer
         ready = sorted(p for info in infos for p in info.ready_partitions)
         maps = [dict(info.partition_owners) for info in infos]
         spread = set(maps[0].values()) == {n.node_id for n in cluster.nodes}
-        if ready == list(range(PARTITIONS)) and all(m == maps[0] for m in maps) and spread:
+        if ready == list(range(cluster.partitions)) and all(m == maps[0] for m in maps) and spread:
             return infos
         assert time.monotonic() < deadline, f"not settled: {ready} {maps}"
         time.sleep(0.2)
@@ -104,7 +94,7 @@ def test_a_forwarded_call_is_never_forwarded_again(cluster: LocalCluster) -> Non
     infos = _settled(cluster)
     owners = dict(infos[0].partition_owners)
     user = next(f"hop-{i}" for i in range(100)
-                if owners[partition_of(f"hop-{i}", PARTITIONS)] != "node0")
+                if owners[partition_of(f"hop-{i}", cluster.partitions)] != "node0")
     with grpc.insecure_channel(cluster.nodes[0].target) as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
@@ -133,7 +123,7 @@ def test_an_outcome_reaches_the_node_that_made_the_decision(cluster: LocalCluste
     infos = _settled(cluster)
     owners = dict(infos[0].partition_owners)
     user = next(f"outcome-{i}" for i in range(100)
-                if owners[partition_of(f"outcome-{i}", PARTITIONS)] == "node1")
+                if owners[partition_of(f"outcome-{i}", cluster.partitions)] == "node1")
     with Client(cluster.nodes[0].target, retries=8) as client:
         client.track([make_event(user, "app_opened")])
         _event_count(client, user)
@@ -164,8 +154,8 @@ def test_a_logged_decision_its_owner_has_not_applied_yet_is_never_not_found(
     infos = _settled(cluster)
     owners = dict(infos[0].partition_owners)
     user = next(f"late-{i}" for i in range(100)
-                if owners[partition_of(f"late-{i}", PARTITIONS)] == "node1")
-    partition = partition_of(user, PARTITIONS)
+                if owners[partition_of(f"late-{i}", cluster.partitions)] == "node1")
+    partition = partition_of(user, cluster.partitions)
     with Client(cluster.nodes[0].target, retries=8) as client:
         client.track([make_event(user, "app_opened")])
         _event_count(client, user)

@@ -11,7 +11,7 @@ import asyncio
 import re
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -27,18 +27,9 @@ from nudge.v1 import diagnostics_service_pb2 as dpb
 from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
-PARTITIONS = 8
 T = TypeVar("T")
 USERS = 30
 
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = LocalCluster(tmp_path_factory.mktemp("c"), 3, PARTITIONS, 2.0,
-                           extra_args=["--metrics-port", "0"])
-    running.start()
-    yield running
-    running.stop()
 
 
 def _info(node: NudgeNode) -> dpb.GetServerInfoResponse:
@@ -134,7 +125,7 @@ def _all_owned(cluster: LocalCluster, timeout: float = 30.0) -> dict[int, str]:
     while True:
         owners = dict(_info(cluster.nodes[0]).partition_owners)
         live = {n.node_id for n in cluster.nodes}
-        if len(owners) == PARTITIONS and set(owners.values()) == live:
+        if len(owners) == cluster.partitions and set(owners.values()) == live:
             return owners
         assert time.monotonic() < deadline, owners
         time.sleep(0.2)
@@ -156,7 +147,7 @@ def test_scored_transactions_and_labels_survive_their_owner(cluster: LocalCluste
     owners = _all_owned(cluster)
     owner = cluster.nodes[2]
     user = next(f"card-{i}" for i in range(500)
-                if owners[partition_of(f"card-{i}", PARTITIONS)] == owner.node_id)
+                if owners[partition_of(f"card-{i}", cluster.partitions)] == owner.node_id)
 
     def tx(i: int) -> Any:
         return make_transaction(user, 20.0 + i, transaction_id=f"t{i}", country="PT",
