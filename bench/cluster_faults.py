@@ -68,6 +68,7 @@ CHECK_TIMEOUT_SECONDS = 30.0
 # (its new owner applying the log: retryable) before it counts as a problem. NOT_FOUND for
 # one is a problem at once: the decision was lost, or a node said "unknown" too early.
 CATCH_UP_SECONDS = 20.0
+RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 @dataclass
@@ -80,8 +81,8 @@ class Report:
     failover_seconds: list[float] = field(default_factory=list)  # node kills
     nats_failover_seconds: list[float] = field(default_factory=list)  # NATS server kills
     kills: list[str] = field(default_factory=list)
-    # Decisions answered UNAVAILABLE after a kill, then found when asked again within
-    # CATCH_UP_SECONDS (their owner catching up: the retryable answer).
+    # Decisions answered UNAVAILABLE (or not within the call's deadline) after a kill, then
+    # found when asked again within CATCH_UP_SECONDS (their owner catching up: retryable).
     late_decisions: list[str] = field(default_factory=list)
     learned: int = 0  # outcomes the cluster's one model learned, each once
     # From the outcomes check's end (its own outcomes the last) to every node deciding
@@ -239,8 +240,11 @@ def _outcomes_kept(cluster: LocalCluster, reported: list[str],
                     break
                 except grpc.RpcError as exc:
                     # UNAVAILABLE while the decision's new owner is still applying the
-                    # log after a kill: counted, then asked again (as a caller does).
-                    if (exc.code() == grpc.StatusCode.UNAVAILABLE
+                    # log after a kill, or a call past its 5 s deadline on a loaded box
+                    # (seen once at load average ~20 after a NATS server's death): counted,
+                    # then asked again with the same id (as a caller does; the outcome is
+                    # idempotent). Still failing after CATCH_UP_SECONDS is a problem.
+                    if (exc.code() in RETRIED_CODES
                             and time.monotonic() < deadline):
                         late.append(decision_id)
                         time.sleep(0.5)
@@ -422,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
           f"node; every node had adopted it {max(report.learn_seconds, default=0):.2f}s "
           "(max) after the last outcome")
     if report.late_decisions:
-        print(f"UNAVAILABLE then found within {CATCH_UP_SECONDS:.0f}s (the owner catching "
-              f"up after a kill): {len(set(report.late_decisions))} decisions")
+        print(f"UNAVAILABLE or past the call deadline, then found within "
+              f"{CATCH_UP_SECONDS:.0f}s (the owner catching up after a kill): "
+              f"{len(set(report.late_decisions))} decisions")
     for problem in report.problems:
         print(f"PROBLEM: {problem}")
     print("OK: no acknowledged event, decision or outcome lost or doubled" if report.ok else
