@@ -115,39 +115,15 @@ def pack_entry(hour: int, key: int, amount: float) -> bytes:
 def append(txn: lmdb.Transaction, dbs: Dbs, user_id: str, entries: bytes) -> None:
     """Append packed entries to the user's summary (compacting when it crossed a power of
     two entries)."""
-    append_many(txn, dbs, {user_id.encode(): entries})
-
-
-def append_many(txn: lmdb.Transaction, dbs: Dbs, rows: dict[bytes, bytes]) -> None:
-    """``append`` for many users at once (user key -> packed entries): their summaries read
-    with one ``getmulti`` and written with one ``putmulti``, in key order (what a commit of
-    many users' events pays per user is then one C call's share, not two Python calls)."""
-    keys = sorted(rows)
-    cursor = txn.cursor(db=dbs[NAME])
-    # A write transaction's values are bytes (buffers off), so no copy is made here.
-    old: dict[bytes, bytes] = dict(cursor.getmulti(keys))  # type: ignore[arg-type]
-    get = old.get
-    out: list[tuple[bytes, bytes]] = []
-    add = out.append
-    for key in keys:
-        entries = rows[key]
-        stored = get(key)
-        if stored is None:
-            add((key, entries))
-            continue
-        raw = stored + entries
-        if (len(raw) >= COMPACT_BYTES
-                and (len(raw) // ENTRY_BYTES).bit_length()
-                > (len(stored) // ENTRY_BYTES).bit_length()):
-            raw = compact(raw)
-        add((key, raw))
-    cursor.putmulti(out)
+    append_sorted(txn, dbs, [user_id.encode()], entries, [len(entries)])
 
 
 def append_sorted(txn: lmdb.Transaction, dbs: Dbs, keys: list[bytes], raw: bytes,
                   ends: list[int]) -> None:
-    """``append_many`` for keys already sorted (no duplicates), user ``i``'s entries being
-    ``raw[ends[i - 1]:ends[i]]``: the write-behind flush's form (no dictionary between)."""
+    """``append`` for many users at once, ``keys`` sorted (no duplicates), user ``i``'s
+    entries being ``raw[ends[i - 1]:ends[i]]`` (the write-behind flush's form): their
+    summaries read with one ``getmulti`` and written with one ``putmulti``, in key order,
+    so what a commit pays per user is one C call's share, not two Python calls."""
     cursor = txn.cursor(db=dbs[NAME])
     old: dict[bytes, bytes] = dict(cursor.getmulti(keys))  # type: ignore[arg-type]
     get = old.get
