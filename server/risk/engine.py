@@ -391,25 +391,16 @@ class RiskEngine:
         return records
 
     def _label_committed(self, key: TxKey, label: str) -> Future[bool]:
-        def job(txn: lmdb.Transaction) -> tuple[bool, tuple]:
+        in_baseline: list[bool] = []
+
+        def job(txn: lmdb.Transaction) -> tuple[Any, ...]:
             with self._lock:
                 self._reload(txn, [key[0]], [key])
                 record = self._label_one(key, label, txn)
-            return record.in_baseline, self._write(txn, [record.user_id], [key])
+            in_baseline.append(record.in_baseline)
+            return self._write(txn, [record.user_id], [key])
 
-        future: Future[bool] = Future()
-
-        def settle(committed: Future[tuple[bool, tuple]]) -> None:
-            error = committed.exception()
-            if error is not None:
-                future.set_exception(error)
-                return
-            in_baseline, written = committed.result()
-            self._forget(*written)
-            future.set_result(in_baseline)
-
-        self.writer.submit_job(job).add_done_callback(settle)
-        return future
+        return self._committed(job, lambda _written: in_baseline[0])
 
     def _reload(
         self, txn: lmdb.Transaction, users: Iterable[str], transaction_ids: Iterable[TxKey]
