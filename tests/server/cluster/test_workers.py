@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import lmdb
@@ -314,3 +315,33 @@ def test_sighup_reloads_the_campaigns_of_every_worker(
             assert time.monotonic() < deadline, workers.log_path.read_text()
             time.sleep(0.1)
     assert workers.log_path.read_text().count("campaigns reloaded") == 2
+
+
+def test_labels_through_either_worker_fold_a_hold_in_once(pair: dict[int, Client]) -> None:
+    """The shared store's label path (each label its own commit, read back inside it):
+    GENUINE through one worker folds the held transaction in, the same label through the
+    other worker answers the same and folds nothing more, FRAUD keeps a hold out, and an
+    id never scored is NOT_FOUND naming the field."""
+    base = time.time() - 3 * 86_400.0
+    user_id = "label-user"
+
+    def score(worker: int, tx_id: str, amount: float, country: str, device: str,
+              at: float) -> Any:
+        return pair[worker].score_transaction(make_transaction(
+            user_id, amount, transaction_id=tx_id, merchant_category="5411",
+            country=country, channel="card", device_id=device, time=at))
+
+    for i in range(20):
+        score(i % 2, f"label-{i}", 40.0 + (i % 3), "BR", "d1", base + i * 3_600.0)
+    trip = score(1, "label-trip", 2_500.0, "NG", "laptop", base + 86_400.0)
+    ato = score(0, "label-ato", 3_000.0, "RU", "other", base + 86_400.0 + 60.0)
+    assert trip.held and ato.held
+    assert pair[0].label_transaction("label-trip", "genuine", user_id=user_id) is True
+    assert pair[1].label_transaction("label-trip", "genuine", user_id=user_id) is True
+    assert pair[1].label_transaction("label-ato", "fraud", user_id=user_id) is False
+    after = score(0, "label-after", 41.0, "BR", "d1", base + 86_400.0 + 120.0)
+    assert after.baseline_count == 21  # the 20, and the trip once; not the takeover
+    with pytest.raises(grpc.RpcError) as err:
+        pair[1].label_transaction("label-never", "fraud", user_id=user_id)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "transaction_id" in (err.value.details() or "")
