@@ -31,13 +31,15 @@ from NATS stops answering for it before anyone else can take it. ``node.<hex id>
 
 **Decisions, outcomes, journeys and acknowledgements go through the log too**, on the
 user's partition subject, told apart by the header ``Nudge-Kind``. Decide's record
-(``decision``, ``Nats-Msg-Id`` the decision id) is published before Decide answers.
+(``decision``, ``Nats-Msg-Id`` the decision id, and the contacts it plans in the header
+``Nudge-Contacts``) is published before Decide answers.
 ReportOutcome (``outcome``), a journey's deliveries with the trigger they answer
 (``journey``) and AckDelivery (``ack``) are published by the owner of the user's
 partition, which answers once it applied the record itself (a node that knows the record
 but no longer serves the partition says NotServedHere: the owner is asked). The owner
 applies each in the group commit that stores the position: it stores a logged decision
-it lacks (a new owner after a failover), settles an outcome once (a replay finds it
+it lacks (a new owner after a failover) with its planned contacts, so the caps count
+them there as on the node that decided, settles an outcome once (a replay finds it
 settled), schedules a journey's deliveries (same ids) and forgets its trigger, and
 records SENT or FAILED (a fallback gets an id derived from the failed delivery, the same
 on every store). Leases to adapters are not logged: a new owner streams again what the
@@ -83,6 +85,7 @@ from nats.js.api import (
 from nudge.server.cluster.model_sync import ClusterModels
 from nudge.server.cluster.partitions import partition_of, preferred_owner
 from nudge.server.config import Config
+from nudge.server.decisions.pending import CONTACT_MEMORY
 from nudge.server.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -93,6 +96,7 @@ from nudge.server.errors import (
 from nudge.server.inputs.events import ValidEvent, validate_event
 from nudge.server.storage.ingest import EventWriter, LoggedEvents, TrackResult, log_record
 from nudge.server.storage.store import Store
+from nudge.server.storage.tables import contacts as contact_table
 from nudge.server.storage.tables import deadlines, meta, open_decisions, triggered
 from nudge.server.storage.tables import decisions as decision_table
 from nudge.server.storage.tables.decisions import DecisionRecord
@@ -102,6 +106,7 @@ from nudge.v1 import decision_service_pb2 as pb
 
 if TYPE_CHECKING:
     from nudge.server.decisions.engine import DecisionEngine
+    from nudge.server.decisions.guardrails import Contact
     from nudge.server.decisions.journeys import Journeys
     from nudge.server.decisions.learner import Learner
     from nudge.server.decisions.outbox import Outbox
@@ -131,6 +136,9 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 EVENTS_PER_RECORD = 256
 # What a log record holds (header ``Nudge-Kind``; none: events).
 KIND = "Nudge-Kind"
+# A decision's planned contacts (JSON rows ``[time, channel, campaign, decision_id]``, as
+# ``tables/contacts.py`` stores them): a new owner counts them against the caps.
+CONTACTS = "Nudge-Contacts"
 DECISION = "decision"
 OUTCOME = "outcome"
 ACK = "ack"  # a delivery's SENT or FAILED acknowledgement
@@ -328,11 +336,13 @@ class ClusterNode:
 
         return publish
 
-    def publish_decision(self, record: DecisionRecord) -> Future[int]:
-        """Append a decision's record to the log; resolves once JetStream stored it."""
+    def publish_decision(self, record: DecisionRecord, planned: list[Contact]) -> Future[int]:
+        """Append a decision's record, with the contacts it plans, to the log; resolves
+        once JetStream stored it."""
         partition = partition_of(record.user_id, self.partitions)
+        headers = {CONTACTS: json.dumps([list(c) for c in planned])} if planned else None
         return asyncio.run_coroutine_threadsafe(self._publish_record(
-            partition, DECISION, record.to_bytes(), record.decision_id), self._loop)
+            partition, DECISION, record.to_bytes(), record.decision_id, headers), self._loop)
 
     def publish_outcome(self, user_id: str, decision_id: str, reward: float) -> Future[bool]:
         """Append an outcome to the log (here, on the owner of the decision's user) and
@@ -402,6 +412,7 @@ class ClusterNode:
             servers=self.urls, name=f"nudge-{self.node_id}", max_reconnect_attempts=-1,
             reconnect_time_wait=0.25, connect_timeout=2,
             error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
         )
         self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_SECONDS)
         # Lease operations time out within a lease round: a round stuck on a NATS server
@@ -432,6 +443,10 @@ class ClusterNode:
     async def _on_disconnect(self) -> None:
         if not self._closing:
             log.warning("cluster: disconnected from NATS; reconnecting")
+
+    async def _on_reconnect(self) -> None:
+        if not self._closing:
+            log.warning("cluster: reconnected to NATS at %s", self._nc.connected_url.netloc)
 
     async def _ensure_stream(self) -> None:
         config = StreamConfig(
@@ -536,11 +551,12 @@ class ClusterNode:
         return TrackResult(len(events) - duplicates, duplicates)
 
     async def _publish_record(
-        self, partition: int, kind: str, data: bytes, msg_id: str | None = None
+        self, partition: int, kind: str, data: bytes, msg_id: str | None = None,
+        extra: dict[str, str] | None = None,
     ) -> int:
         if self._js is None or self._closing:
             raise Unavailable("cluster: not connected; retry with the same ids")
-        headers = {KIND: kind}
+        headers = {KIND: kind, **(extra or {})}
         if msg_id is not None:
             headers["Nats-Msg-Id"] = f"{kind}:{msg_id}"
         try:
@@ -745,9 +761,11 @@ class ClusterNode:
         owned.pending = msg.metadata.num_pending
         if seq <= owned.queued or self._owned.get(owned.partition) is not owned:
             return
-        kind = (msg.headers or {}).get(KIND, "")
+        headers = msg.headers or {}
+        kind = headers.get(KIND, "")
         if kind == DECISION:
-            owned.buffer.append((seq, kind, DecisionRecord.from_bytes(msg.data)))
+            planned = [tuple(c) for c in json.loads(headers.get(CONTACTS, "[]"))]
+            owned.buffer.append((seq, kind, (DecisionRecord.from_bytes(msg.data), planned)))
         elif kind in ANSWERED:
             owned.buffer.append((seq, kind, json.loads(msg.data)))
         elif kind == SCORED:
@@ -851,15 +869,19 @@ class ClusterNode:
             return outbox.schedule_logged(
                 journey, bytes.fromhex(payload["key"]), position,
                 lambda txn, key: triggered.delete(txn, dbs, key))
-        record: DecisionRecord = payload
+        record: DecisionRecord
+        planned: list[contact_table.Row]
+        record, planned = payload
 
         def store_decision(txn: Any) -> None:
             position(txn)
             if decisions is not None and decisions.pending.knows(record.decision_id):
-                return  # made here: the write-behind stores it
+                return  # made here: the write-behind stores it (contacts included)
             if decision_table.exists(txn, dbs, record.decision_id):
                 return  # stored already (here, or by an earlier apply)
             decision_table.put(txn, dbs, record)
+            if planned:  # the caps count them here as on the node that decided
+                contact_table.add(txn, dbs, record.user_id, planned, CONTACT_MEMORY)
             if record.status == "open":
                 open_decisions.add(txn, dbs, record.user_id, record.decision_id)
                 deadlines.add(txn, dbs, record.window_end, record.decision_id)

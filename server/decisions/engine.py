@@ -210,7 +210,7 @@ class DecisionEngine:
         # Cluster mode: a decision's record goes to the replicated log before Decide
         # answers (the future resolves once JetStream stored it), so a new owner of the
         # user's partition has it after a failover.
-        self.log_decision: Callable[[DecisionRecord], Future[Any]] | None = None
+        self.log_decision: Callable[[DecisionRecord, list[Contact]], Future[Any]] | None = None
 
     # -- Decide --------------------------------------------------------------------------
 
@@ -416,7 +416,7 @@ class DecisionEngine:
                 record.messages = len(times)
             self.pending.add(record, planned, after_reply)
             if self.log_decision is not None:
-                self.log_decision(record).result(LOG_DECISION_TIMEOUT_SECONDS)
+                self.log_decision(record, planned).result(LOG_DECISION_TIMEOUT_SECONDS)
         return DecisionOutcome(
             decision_id=decision_id,
             actions=actions,

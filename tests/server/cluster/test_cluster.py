@@ -6,9 +6,11 @@ the replicated log and applied once by the owner. (Killing processes: test_clust
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import urllib.request
+from datetime import UTC, datetime
 
 import grpc
 import nats
@@ -16,8 +18,9 @@ import pytest
 
 from nudge.clients import Client, make_event
 from nudge.server.cluster.local import LocalCluster
-from nudge.server.cluster.node import DECISION, EVENTS_SUBJECT, KIND, STREAM
+from nudge.server.cluster.node import CONTACTS, DECISION, EVENTS_SUBJECT, KIND, STREAM
 from nudge.server.cluster.partitions import partition_of
+from nudge.server.decisions.guardrails import SUPPRESS_CAP, SUPPRESS_HOLDOUT
 from nudge.server.storage.tables.decisions import DecisionRecord
 from nudge.v1 import decision_service_pb2 as pb
 from nudge.v1 import decision_service_pb2_grpc as pb_grpc
@@ -197,10 +200,64 @@ async def _logged_decision(urls: str, partition: int, decision_id: str) -> Decis
         await nc.close()
 
 
-async def _publish_decision(urls: str, partition: int, record: DecisionRecord) -> None:
+async def _publish_decision(urls: str, partition: int, record: DecisionRecord,
+                            headers: dict[str, str] | None = None) -> None:
     nc = await nats.connect(servers=urls.split(","))
     try:
         await nc.jetstream().publish(f"{EVENTS_SUBJECT}.{partition}", record.to_bytes(),
-                                     headers={KIND: DECISION})
+                                     headers={KIND: DECISION, **(headers or {})})
     finally:
         await nc.close()
+
+
+def test_a_logged_decision_s_planned_contacts_count_on_the_owner_that_applies_it(
+        cluster: LocalCluster) -> None:
+    """What a new owner sees after a failover: a decision it did not make, in the log. The
+    contacts that decision planned count against the caps here as they did on the node
+    that made it (the shipped campaign allows two messages a day on all channels)."""
+    infos = _settled(cluster)
+    owners = dict(infos[0].partition_owners)
+    offset = (12 - datetime.now(UTC).hour + 12) % 24 - 12  # about noon: no quiet hours
+    zone = "Etc/GMT" + (f"{-offset:+d}" if offset else "")
+    strings = {"tz": zone, **{f"consent.{c}": "granted"
+                              for c in ("push", "whatsapp", "sms", "email", "in_app")}}
+    with Client(cluster.nodes[0].target, retries=8) as client:
+        users = [f"capped-{i}" for i in range(40)
+                 if owners[partition_of(f"capped-{i}", cluster.partitions)] == "node1"]
+        client.track([make_event(u, "app_opened", strings=strings) for u in users])
+        for u in users:
+            _event_count(client, u)
+        # Two users the policy would contact now (not held out, not capped).
+        chosen = [u for u in users
+                  if client.decide(u, dry_run=True).suppressed_reason
+                  not in (SUPPRESS_HOLDOUT, SUPPRESS_CAP)][:2]
+        assert len(chosen) == 2
+        maker = next(u for u in users if u not in chosen)
+        made = client.decide(maker)
+    logged = asyncio.run(_logged_decision(
+        cluster.urls, partition_of(maker, cluster.partitions), made.decision_id))
+    now = time.time()
+    for user, with_contacts in zip(chosen, (True, False), strict=True):
+        copy = DecisionRecord.from_bytes(logged.to_bytes())
+        copy.user_id, copy.decision_id = user, f"{made.decision_id}-{user}"
+        planned = [[now - 60.0, "push", copy.campaign, copy.decision_id],
+                   [now - 30.0, "sms", copy.campaign, copy.decision_id]]
+        asyncio.run(_publish_decision(
+            cluster.urls, partition_of(user, cluster.partitions), copy,
+            {CONTACTS: json.dumps(planned)} if with_contacts else {}))
+    with Client(cluster.nodes[2].target, retries=8) as client:
+        for user in chosen:  # applied by the owner: an outcome for it is attributed
+            deadline = time.monotonic() + 20.0
+            while True:
+                try:
+                    assert client.report_outcome(f"{made.decision_id}-{user}", 0.0) is True
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() in (grpc.StatusCode.UNAVAILABLE,
+                                          grpc.StatusCode.NOT_FOUND), exc.details()
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+        capped, control = (client.decide(u, dry_run=True).suppressed_reason for u in chosen)
+    assert capped == SUPPRESS_CAP
+    assert control not in (SUPPRESS_CAP, SUPPRESS_HOLDOUT)
+
