@@ -3,8 +3,8 @@
 Each node settles the decisions of the partitions it applies (goal events, ReportOutcome's
 logged outcomes, expiry) in its own LMDB, appending them to its local rewards log as on
 one machine. In cluster mode that node's learner thread does not learn from them: it
-**ships** each settled decision of a partition it owns (the decision record with its
-reward) to the JetStream stream ``NUDGE_REWARDS``, on a subject of its own
+**ships** each decision it settled (the decision record with its reward) to the
+JetStream stream ``NUDGE_REWARDS``, on a subject of its own
 (``nudge.rewards.<hash of the decision id>``), published with
 ``Nats-Expected-Last-Subject-Sequence: 0``: JetStream stores the first and refuses every
 later copy, whenever it comes. Copies do come: a node resends after a crash what it had
@@ -58,6 +58,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from nudge.server.cluster.kv_lease import KvLease
 from nudge.server.decisions.models import encode_model
 from nudge.server.errors import Unavailable
 from nudge.server.storage.tables import models as model_table
@@ -111,7 +112,7 @@ class ClusterModels:
         self.shipped = 0
         self.published = 0
         self._head_revision = 0
-        self._lease_revision = 0
+        self._lease: KvLease | None = None  # the learner's, once the bucket is open
         self._fence = 0.0
         self._blobs: Any = None
         self._heads: Any = None
@@ -172,14 +173,21 @@ class ClusterModels:
     # -- shipping (from the learner thread) ------------------------------------------------
 
     def ship(self, records: list[DecisionRecord]) -> None:
-        """Publish the settled decisions of partitions this node owns to the rewards
-        stream; returns once JetStream stored each (or already held it). Others' are not
-        this node's to ship: their owner settles and ships them."""
-        mine = [r for r in records if self.node.owns(r.user_id)]
-        if mine and self.node.closing:  # kept in the rewards log: shipped after a restart
+        """Publish decisions this node settled to the rewards stream; returns once
+        JetStream stored each (or already held it), raises otherwise (the learner thread
+        tries the same records again at its next step).
+
+        Every one, whether or not this node still owns the user's partition: a node
+        settles only while it owns a partition (applying its log, or expiring), and a
+        lease can lapse between the settle and the ship — a NATS server dying makes the
+        ship fail and the lease expire together. Skipping those would lose them for good
+        when the same node takes the partition back (it resumes after the settle, so it
+        never settles them again). Shipping them is safe: the stream keeps the first
+        copy of a decision and refuses any other, so each is learned once."""
+        if records and self.node.closing:  # kept in the rewards log: shipped after a restart
             raise Unavailable("cluster: closing; settled outcomes are shipped at the next start")
-        if mine:
-            self.node.run(self._ship(mine), SHIP_TIMEOUT_SECONDS + 2.0)
+        if records:
+            self.node.run(self._ship(records), SHIP_TIMEOUT_SECONDS + 2.0)
 
     async def _ship(self, records: list[DecisionRecord]) -> None:
         async def one(record: DecisionRecord) -> None:
@@ -215,26 +223,21 @@ class ClusterModels:
     async def lease_round(self, started: float) -> None:
         """Renew or take the learner's lease; follow the published models when not
         leading; publish when leading and something was learned."""
-        kv = self.node.kv
-        value = self.node.node_id.encode()
+        if self._lease is None:
+            self._lease = KvLease(self.node.kv, LEARNER_KEY, self.node.node_id)
+        lease = self._lease
         if self.leading:
             try:
-                self._lease_revision = await kv.update(LEARNER_KEY, value,
-                                                       last=self._lease_revision)
-                self._fence = started + self.node.lease_seconds * self.node.fence_fraction
-            except nats.js.errors.KeyWrongLastSequenceError:
-                log.warning("cluster: lost the learner's lease")
-                await self._stop_leading(release=False)
+                if await lease.keep():
+                    self._fence = started + self.node.lease_seconds * self.node.fence_fraction
+                else:
+                    log.warning("cluster: lost the learner's lease")
+                    await self._stop_leading(release=False)
             except Exception as exc:
                 log.warning("cluster: could not renew the learner's lease: %s", exc)
-        elif not self.node.closing:
-            try:
-                self._lease_revision = await kv.create(LEARNER_KEY, value)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                pass  # another node leads
-            else:
-                self._fence = started + self.node.lease_seconds * self.node.fence_fraction
-                await self._start_leading()
+        elif not self.node.closing and await lease.take():  # False: another node leads
+            self._fence = started + self.node.lease_seconds * self.node.fence_fraction
+            await self._start_leading()
         if not self.leading:
             await self._follow()
         elif self._dirty and time.monotonic() - self._last_publish >= PUBLISH_EVERY_SECONDS:
@@ -253,6 +256,7 @@ class ClusterModels:
 
         self._subscription = await self.node.js.subscribe(
             f"{REWARDS_SUBJECT}.*", cb=deliver, ordered_consumer=True,
+            idle_heartbeat=self.node.heartbeat_seconds,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                   opt_start_seq=start))
         log.info("cluster: %s leads the learner, from position %d of %s (%d outcomes "
@@ -266,9 +270,8 @@ class ClusterModels:
             with contextlib.suppress(Exception):
                 await self._subscription.unsubscribe()
             self._subscription = None
-        if release:
-            with contextlib.suppress(Exception):
-                await self.node.kv.delete(LEARNER_KEY, last=self._lease_revision)
+        if release and self._lease is not None:
+            await self._lease.release()
         self._head_revision = 0  # adopt the published models again: ours may be ahead
 
     async def _learn_loop(self) -> None:

@@ -82,6 +82,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from nudge.server.cluster.kv_lease import KvLease
 from nudge.server.cluster.model_sync import ClusterModels
 from nudge.server.cluster.partitions import partition_of, preferred_owner
 from nudge.server.config import Config
@@ -126,6 +127,8 @@ DUPLICATE_WINDOW_SECONDS = 600.0
 FENCE_FRACTION = 0.75
 # Lease rounds per lease period: a lease survives three missed rounds.
 ROUNDS_PER_LEASE = 4
+# The shortest idle heartbeat asked of JetStream for an ordered consumer.
+HEARTBEAT_FLOOR_SECONDS = 0.25
 # How long the servers keep a lease read's consumer once it is left (the minimum).
 WATCHER_INACTIVE_SECONDS = 2.0
 START_TIMEOUT_SECONDS = 60.0
@@ -169,7 +172,7 @@ class _Owned:
     """A partition this node holds the lease of, and where its apply stands."""
 
     partition: int
-    revision: int
+    lease: KvLease
     applied: int  # stream sequence stored in LMDB with the state
     target: int  # the log's last sequence for the partition when the lease was taken
     queued: int = 0  # last sequence handed to the writer (or buffered)
@@ -178,6 +181,9 @@ class _Owned:
     pending: int = 0  # messages the consumer said were still to come
     subscription: Any = None
     failed: bool = False
+    taken_at: float = field(default_factory=time.monotonic)
+    # Set once the partition first caught up (logged: how long a move's catch-up took).
+    ready_after: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -241,10 +247,6 @@ class ClusterNode:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the cluster's loop from another thread; its result."""
         return self._call(coro, timeout)
-
-    def owns(self, user_id: str) -> bool:
-        """This node holds the lease of the user's partition (caught up or not)."""
-        return partition_of(user_id, self.partitions) in self._owned
 
     def expires_here(self, user_id: str) -> bool | None:
         """Whether this node expires the user's open decisions: True when it owns the
@@ -615,6 +617,16 @@ class ClusterNode:
     def _round_seconds(self) -> float:
         return self.lease_seconds / ROUNDS_PER_LEASE
 
+    @property
+    def heartbeat_seconds(self) -> float:
+        """The idle heartbeat of this node's ordered consumers (a partition's log, the
+        learner's rewards). The client recreates an ordered consumer once two heartbeats
+        are missed; its default (5 s, so 10-20 s) left a partition whose consumer lived
+        on a NATS server that died stalled mid catch-up for longer than the failover
+        budget. A lease round's length keeps that within about two rounds, for one small
+        message per consumer and round while idle."""
+        return max(HEARTBEAT_FLOOR_SECONDS, self._round_seconds)
+
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(self._round_seconds)
@@ -657,11 +669,10 @@ class ClusterNode:
                 await self._give_up(owned, release=True)
                 continue
             try:
-                owned.revision = await self._kv.update(
-                    f"part.{partition}", self.node_id.encode(), last=owned.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                log.warning("cluster: lost partition %d (its lease expired)", partition)
-                await self._give_up(owned, release=False)
+                if not await owned.lease.keep():
+                    log.warning("cluster: lost partition %d (its lease lapsed; another node holds "
+                                "it)", partition)
+                    await self._give_up(owned, release=False)
             except Exception:
                 renewed = False
         if renewed:
@@ -710,9 +721,8 @@ class ClusterNode:
 
     async def _take(self, partition: int) -> bool:
         """Take the lease of a free partition and start applying it from the log."""
-        try:
-            revision = await self._kv.create(f"part.{partition}", self.node_id.encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
+        lease = KvLease(self._kv, f"part.{partition}", self.node_id)
+        if not await lease.take():
             return False  # someone else took it first
         with self.store.read() as txn:
             applied = meta.applied_position(txn, self.store.dbs, partition)
@@ -721,7 +731,9 @@ class ClusterNode:
             last = (await self._js.get_last_msg(STREAM, subject)).seq or 0
         except nats.js.errors.NotFoundError:
             last = 0
-        owned = _Owned(partition, revision, applied, last, queued=applied)
+        owned = _Owned(partition, lease, applied, last, queued=applied)
+        if owned.ready:
+            owned.ready_after = 0.0  # nothing to catch up
         self._owned[partition] = owned
         self.moves += 1
         # Ordered push consumer (ephemeral, flow-controlled, recreated by the client on a
@@ -731,7 +743,7 @@ class ClusterNode:
             await self._on_message(owned, msg)
 
         owned.subscription = await self._js.subscribe(
-            subject, cb=deliver, ordered_consumer=True,
+            subject, cb=deliver, ordered_consumer=True, idle_heartbeat=self.heartbeat_seconds,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                   opt_start_seq=applied + 1),
         )
@@ -748,11 +760,7 @@ class ClusterNode:
             with contextlib.suppress(Exception):
                 await owned.subscription.unsubscribe()
         if release:
-            try:
-                await self._kv.delete(f"part.{owned.partition}", last=owned.revision)
-            except Exception as exc:
-                log.warning("cluster: could not release partition %d: %s",
-                            owned.partition, exc)
+            await owned.lease.release()
 
     # -- applying the log ------------------------------------------------------------------
 
@@ -806,6 +814,10 @@ class ClusterNode:
                     if kind in ANSWERED:
                         self._applied(seq, result)
                     owned.applied = max(owned.applied, seq)
+                    if owned.ready_after is None and owned.ready:
+                        owned.ready_after = time.monotonic() - owned.taken_at
+                        log.info("cluster: partition %d caught up %.2fs after it was taken "
+                                 "(log at %d)", owned.partition, owned.ready_after, seq)
                 except Exception as exc:
                     log.error("cluster: applying partition %d failed (%s); giving it up",
                               owned.partition, exc)

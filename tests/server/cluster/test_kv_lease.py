@@ -1,0 +1,123 @@
+"""The lease every partition and the learner are held by, against a real NATS server
+(one, JetStream on, in a temp folder): taken once, renewed by its holder only, lost when
+its TTL runs out, released only by its holder."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import nats.js.errors
+import pytest
+from nats.js.api import KeyValueConfig
+
+from nudge.server.cluster.kv_lease import KvLease
+from nudge.server.cluster.local import free_ports, nats_server_binary
+
+pytestmark = [pytest.mark.timeout(120)]
+TTL = 1.0
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    (port,) = free_ports(1)
+    log = tmp_path / "nats.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js",
+             "-sd", str(tmp_path / "js")], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while b"Server is ready" not in log.read_bytes():
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+async def _bucket(url: str) -> tuple[object, object]:
+    nc = await nats.connect(url)
+    kv = await nc.jetstream().create_key_value(
+        KeyValueConfig(bucket="leases", ttl=TTL, history=1))
+    return nc, kv
+
+
+def test_one_holder_at_a_time_and_a_lapsed_lease_is_lost(nats_url: str) -> None:
+    async def scenario() -> None:
+        nc, kv = await _bucket(nats_url)
+        try:
+            a, b = KvLease(kv, "part.3", "node-a"), KvLease(kv, "part.3", "node-b")
+            assert await a.take() and a.held
+            assert not await b.take() and not b.held  # held: refused
+            for _ in range(3):  # renewed within the TTL: kept past it
+                await asyncio.sleep(TTL / 2)
+                assert await a.renew()
+            assert not await b.take()
+            # a stops renewing (a dead node): the key expires and b takes it.
+            deadline = time.monotonic() + 15
+            while not await b.take():
+                assert time.monotonic() < deadline, "the lease never lapsed"
+                await asyncio.sleep(0.2)
+            assert not await a.keep()  # lapsed, and b holds it now: lost
+            assert not await a.renew() and not a.held  # a must stop acting on it
+            await a.release()  # not held: b's lease is untouched
+            assert await b.renew()
+            entry = await kv.get("part.3")
+            assert entry.value == b"node-b"
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+def test_release_frees_the_key_at_once_but_only_for_its_holder(nats_url: str) -> None:
+    async def scenario() -> None:
+        nc, kv = await _bucket(nats_url)
+        try:
+            a, b = KvLease(kv, "learner", "node-a"), KvLease(kv, "learner", "node-b")
+            assert await a.take()
+            stale = KvLease(kv, "learner", "node-a")
+            stale.revision = a.revision
+            assert await a.renew()  # the stale copy's revision is now behind
+            await stale.release()  # a compare-and-set on an old revision: refused, logged
+            assert not await b.take()
+            await a.release()  # the holder: deleted, takeable before any TTL
+            assert not a.held
+            assert await b.take()
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_lapsed_lease_no_one_took_is_kept_by_its_holder(nats_url: str) -> None:
+    """What a JetStream leader election does: no renewal for longer than the TTL, then
+    every key expired. The holder takes its own key back at once (``keep``), the others
+    cannot take it meanwhile."""
+
+    async def scenario() -> None:
+        nc, kv = await _bucket(nats_url)
+        try:
+            a, b = KvLease(kv, "part.5", "node-a"), KvLease(kv, "part.5", "node-b")
+            assert await a.take()
+            deadline = time.monotonic() + 15
+            while True:  # until the key has expired (a renewal on its revision fails)
+                await asyncio.sleep(0.3)
+                try:
+                    await kv.get("part.5")
+                except nats.js.errors.KeyNotFoundError:
+                    break
+                assert time.monotonic() < deadline, "the lease never lapsed"
+            assert await a.keep() and a.held
+            assert not await b.take()
+            assert (await kv.get("part.5")).value == b"node-a"
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
