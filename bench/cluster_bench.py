@@ -32,8 +32,9 @@ from pathlib import Path
 import grpc
 
 from nudge.bench.cluster_faults import (
+    FAILOVER_SLACK_SECONDS,
     USERS,
-    _every_user_decides,
+    FailoverCheck,
     _wait_all_owned,
     partition_map,
 )
@@ -150,8 +151,11 @@ def run(events: int = 20_000, samples: int = 200,
             progress("failover: SIGKILL node1")
             cluster.nodes[1].kill()
             killed = time.monotonic()
-            answered = _every_user_decides(cluster, killed + 60.0)
-            result["failover_seconds"] = time.monotonic() - killed if answered else None
+            check = FailoverCheck(cluster, killed,
+                                  killed + LEASE_SECONDS + FAILOVER_SLACK_SECONDS + 1.0,
+                                  killed + 60.0)
+            check.start()
+            result["failover_seconds"] = check.join()
         finally:
             cluster.stop()
     return result

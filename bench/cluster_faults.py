@@ -80,6 +80,10 @@ class Report:
     problems: list[str] = field(default_factory=list)
     failover_seconds: list[float] = field(default_factory=list)  # node kills
     nats_failover_seconds: list[float] = field(default_factory=list)  # NATS server kills
+    # Per round, the longest a Track batch waited for its acknowledgement (resent with the
+    # same ids meanwhile): reported, not bounded: JetStream acknowledges nothing until the
+    # log's partition has a leader again, and a batch is never lost meanwhile.
+    track_wait_seconds: list[float] = field(default_factory=list)
     kills: list[str] = field(default_factory=list)
     # Decisions answered UNAVAILABLE (or not within the call's deadline) after a kill, then
     # found when asked again within CATCH_UP_SECONDS (their owner catching up: retryable).
@@ -112,6 +116,9 @@ class Producer:
         self.learnable: dict[str, bool] = {}
         self.stop = threading.Event()
         self.errors: list[str] = []
+        # The longest a batch waited from its first send to its acknowledgement: Track's
+        # unavailability around a kill, as a producer resending with the same ids sees it.
+        self.longest_track_wait = 0.0
         self._thread = threading.Thread(target=self._run, name=f"producer-{tag}")
 
     def start(self) -> None:
@@ -164,31 +171,64 @@ class Producer:
         self.errors.append(f"an outcome was not acknowledged in 60 s ({self.tag})")
 
     def _send_until_acked(self, client: Client, batch: list) -> None:
-        deadline = time.monotonic() + 60.0
+        first = time.monotonic()
+        deadline = first + 60.0
         while time.monotonic() < deadline:
             try:
                 client.track(batch)
             except grpc.RpcError:
                 time.sleep(0.05)
                 continue
+            self.longest_track_wait = max(self.longest_track_wait, time.monotonic() - first)
             for ev in batch:
                 self.acked[ev.user_id] += 1
             return
         self.errors.append(f"a batch was not acknowledged in 60 s ({self.tag})")
 
 
-def _every_user_decides(cluster: LocalCluster, deadline: float) -> bool:
-    """Decide answers for every user (through the cluster's client: any node that is up)
-    before ``deadline``."""
-    pending = [f"U{u}" for u in range(USERS)]
-    with Client(cluster.client_target, timeout=2.0, retries=0) as client:
-        while pending and time.monotonic() < deadline:
-            try:
-                client.decide(pending[0], dry_run=True)
-                pending.pop(0)
-            except grpc.RpcError:
-                time.sleep(0.05)
-    return not pending
+class FailoverCheck:
+    """Decide (dry run) for every user, pass after pass on a thread of its own, from the
+    kill until ``until`` (the failover bound and a little more): failover ends with the
+    first pass in which every user was answered *and after which none failed again*, so
+    an answer that comes back and is lost again (a lease fenced while JetStream elects a
+    leader, seconds after the kill) counts to the end of that second outage."""
+
+    def __init__(self, cluster: LocalCluster, killed_at: float, until: float,
+                 deadline: float) -> None:
+        self._spent: float | None = None
+
+        def check() -> None:
+            users = [f"U{u}" for u in range(USERS)]
+            recovered_at: float | None = None
+            with Client(cluster.client_target, timeout=2.0, retries=0) as client:
+                while time.monotonic() < deadline:
+                    clean = True
+                    for user in users:
+                        try:
+                            client.decide(user, dry_run=True)
+                        except grpc.RpcError:
+                            clean = False
+                    now = time.monotonic()
+                    if not clean:
+                        recovered_at = None
+                    elif recovered_at is None:
+                        recovered_at = now
+                    if clean and now >= until:
+                        break
+                    time.sleep(0.05)
+            if recovered_at is not None:
+                self._spent = recovered_at - killed_at
+
+        self._thread = threading.Thread(target=check, name="failover-check")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> float | None:
+        """Seconds from the kill to the end of the last outage; None: some user was still
+        not answered at the deadline."""
+        self._thread.join()
+        return self._spent
 
 
 def _stored_counts(cluster: LocalCluster) -> Counter[str]:
@@ -348,6 +388,15 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
                 cluster.nats[victim].kill()
             killed_at = time.monotonic()
             report.kills.append(what)
+            node_round = what.startswith("node")
+            bound = LEASE_SECONDS + (FAILOVER_SLACK_SECONDS if node_round
+                                     else NATS_ELECTION_SECONDS)
+            # The failover clock runs beside the producers, from the kill: their Track
+            # batches wait for JetStream (a dead server's stream leaders re-elected) and
+            # must not be counted in how soon Decide answers again.
+            failover = FailoverCheck(cluster, killed_at, killed_at + bound + 1.0,
+                                      killed_at + bound + 30.0)
+            failover.start()
             time.sleep(0.5 + rng.random())
             for p in producers:
                 p.join()
@@ -361,11 +410,9 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
                 unreported += p.unreported[:10] + p.attempted
                 learnable.update(p.learnable)
                 report.problems += p.errors
-            node_round = what.startswith("node")
-            bound = LEASE_SECONDS + (FAILOVER_SLACK_SECONDS if node_round
-                                     else NATS_ELECTION_SECONDS)
-            if _every_user_decides(cluster, killed_at + bound + 30.0):
-                spent = time.monotonic() - killed_at
+            report.track_wait_seconds.append(max(p.longest_track_wait for p in producers))
+            spent = failover.join()
+            if spent is not None:
                 (report.failover_seconds if node_round
                  else report.nats_failover_seconds).append(spent)
                 if spent > bound:
@@ -422,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         if times:
             print(f"every user answered again after killing {kind}: max {max(times):.2f}s, "
                   f"median {sorted(times)[len(times) // 2]:.2f}s ({len(times)} rounds)")
+    if report.track_wait_seconds:
+        print(f"longest a Track batch waited for its acknowledgement (resent meanwhile): "
+              f"max {max(report.track_wait_seconds):.2f}s over the rounds")
     print(f"the cluster's one model learned {report.learned} outcomes, each once, on every "
           f"node; every node had adopted it {max(report.learn_seconds, default=0):.2f}s "
           "(max) after the last outcome")
