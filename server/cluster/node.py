@@ -26,7 +26,9 @@ prefers takes it. We chose KV over an exclusive (single-subscriber) consumer bec
 lease also has to tell *every* node who owns what (for forwarding and GetServerInfo) and
 has to fence: a node serves a partition only until a little before its lease could have
 expired since the last renewal it saw succeed (``FENCE_FRACTION``), so a node cut off
-from NATS stops answering for it before anyone else can take it. ``node.<hex id>`` keys
+from NATS stops answering for it before anyone else can take it. A lease that lapsed
+while the bucket had no leader (a NATS server died) is taken back by its holder at its
+next round if no one else took it (``kv_lease.KvLease.keep``). ``node.<hex id>`` keys
 (same TTL) are the membership list, with each node's gRPC address.
 
 **Decisions, outcomes, journeys and acknowledgements go through the log too**, on the
