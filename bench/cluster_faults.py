@@ -196,6 +196,8 @@ class FailoverCheck:
     def __init__(self, cluster: LocalCluster, killed_at: float, until: float,
                  deadline: float) -> None:
         self._spent: float | None = None
+        # The last call that failed: when, for whom, and how (a problem report names it).
+        self.last_failure = ""
 
         def check() -> None:
             users = [f"U{u}" for u in range(USERS)]
@@ -206,8 +208,11 @@ class FailoverCheck:
                     for user in users:
                         try:
                             client.decide(user, dry_run=True)
-                        except grpc.RpcError:
+                        except grpc.RpcError as exc:
                             clean = False
+                            self.last_failure = (
+                                f"+{time.monotonic() - killed_at:.1f}s {user}: "
+                                f"{exc.code().name} {(exc.details() or '')[:160]}")
                     now = time.monotonic()
                     if not clean:
                         recovered_at = None
@@ -418,9 +423,10 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
                 if spent > bound:
                     report.problems.append(
                         f"round {r}: Decide answered every user {spent:.1f}s after killing "
-                        f"{what} (bound {bound:.1f}s)")
+                        f"{what} (bound {bound:.1f}s; last failure {failover.last_failure})")
             else:
-                report.problems.append(f"round {r}: some user not answered after killing {what}")
+                report.problems.append(f"round {r}: some user not answered after killing "
+                                       f"{what} (last failure {failover.last_failure})")
             wrong = _converged(cluster, expected)
             report.problems += [f"round {r} (killed {what}): {w}" for w in wrong[:10]]
             lost = _outcomes_kept(cluster, reported, unreported, report.late_decisions)
