@@ -47,10 +47,28 @@ class KvLease:
 
     async def renew(self) -> bool:
         """Compare-and-set on the last revision: False when the lease was lost (it expired;
-        someone may hold it). Raises when NATS did not answer: nothing is known then."""
+        someone may hold it). Raises when NATS did not answer: nothing is known then.
+
+        A renewal whose answer timed out may still have been stored: the key then holds
+        this holder's value at a newer revision than the one kept here, and the next
+        compare-and-set fails on it. That is this holder's own write, not a loss (on a
+        loaded host every lease of a node was "lost" this way at once, and moved): the
+        key is read, and a value that is still ours is renewed from its revision."""
         try:
             self.revision = await self.kv.update(self.key, self.value, last=self.revision)
+            return True
         except nats.js.errors.KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self.kv.get(self.key)
+        except nats.js.errors.KeyNotFoundError:
+            entry = None
+        if entry is None or entry.value != self.value or not entry.revision:
+            self.revision = 0
+            return False
+        try:
+            self.revision = await self.kv.update(self.key, self.value, last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:  # changed again meanwhile
             self.revision = 0
             return False
         return True

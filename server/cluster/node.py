@@ -706,6 +706,7 @@ class ClusterNode:
         # before the others re-registered, would make this node "preferred" for all.
         settled = set(members) == self._last_members
         self._last_members = set(members)
+        free: list[int] = []
         for partition in range(self.partitions):
             wanted = preferred_owner(partition, members)
             owner = owners.get(partition)
@@ -715,8 +716,15 @@ class ClusterNode:
                     log.info("cluster: handing partition %d to %s", partition, wanted)
                     await self._give_up(self._owned[partition], release=True)
                     owners.pop(partition, None)
-            elif (owner is None and wanted == self.node_id and settled and not self._closing
-                  and await self._take(partition)):
+            elif owner is None and wanted == self.node_id and settled and not self._closing:
+                free.append(partition)
+        # A dead node's partitions are taken together (three round trips each: the lease,
+        # the log's end, the consumer), not one after another: failover is one take long.
+        taken = await asyncio.gather(*(self._take(p) for p in free), return_exceptions=True)
+        for partition, took in zip(free, taken, strict=True):
+            if isinstance(took, BaseException):  # its lease (if taken) lapses unrenewed
+                log.warning("cluster: could not take partition %d: %r", partition, took)
+            elif took:
                 owners[partition] = self.node_id
         self._members, self._owners = members, owners
 

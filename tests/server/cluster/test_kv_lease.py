@@ -121,3 +121,26 @@ def test_a_lapsed_lease_no_one_took_is_kept_by_its_holder(nats_url: str) -> None
             await nc.close()
 
     asyncio.run(scenario())
+
+
+def test_a_renewal_stored_but_unanswered_is_not_a_loss(nats_url: str) -> None:
+    """On a loaded host a renewal can time out in the client after the server stored it:
+    the key is then ours at a revision the lease does not know. The next renewal must
+    keep the lease, not give it up (and must still fail if the key is someone else's)."""
+
+    async def scenario() -> None:
+        nc, kv = await _bucket(nats_url)
+        try:
+            a = KvLease(kv, "part.7", "node-a")
+            assert await a.take()
+            stored = await kv.update("part.7", b"node-a", last=a.revision)  # answer "lost"
+            assert stored != a.revision
+            assert await a.renew() and a.held
+            assert a.revision > stored
+            # Someone else's value at a newer revision is a loss.
+            await kv.update("part.7", b"node-b", last=a.revision)
+            assert not await a.renew() and not a.held
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
