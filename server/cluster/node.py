@@ -630,8 +630,16 @@ class ClusterNode:
         return max(HEARTBEAT_FLOOR_SECONDS, self._round_seconds)
 
     async def _lease_loop(self) -> None:
+        """A round every ``_round_seconds`` from the last one's *start*, not its end: a
+        round that timed out (a loaded host, a NATS server dying) is followed at once by
+        the next, which renews before the fence runs out, instead of a full round later."""
+        next_at = time.monotonic()
         while True:
-            await asyncio.sleep(self._round_seconds)
+            next_at += self._round_seconds
+            now = time.monotonic()
+            if next_at < now - self._round_seconds:  # far behind: no burst of rounds
+                next_at = now
+            await asyncio.sleep(max(0.0, next_at - now))
             try:
                 await self._lease_round()
             except asyncio.CancelledError:
