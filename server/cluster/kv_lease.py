@@ -32,6 +32,9 @@ class KvLease:
         self.key = key
         self.value = holder.encode()
         self.revision = 0
+        # Released (a hand-over, a clean stop): ``keep`` neither renews nor takes it back,
+        # even when it was in flight as the release ran, until ``take`` holds it again.
+        self.released = False
 
     @property
     def held(self) -> bool:
@@ -43,6 +46,7 @@ class KvLease:
             self.revision = await self.kv.create(self.key, self.value)
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
+        self.released = False
         return True
 
     async def renew(self) -> bool:
@@ -82,11 +86,14 @@ class KvLease:
         key is past its TTL. The holder was fenced meanwhile (it stopped acting on the
         lease when its renewals stopped), so taking the key back at once is as safe as
         any other take, and spares the partition a move to nowhere and back."""
-        return await self.renew() or await self.take()
+        if not self.held or self.released:
+            return False
+        return await self.renew() or (not self.released and await self.take())
 
     async def release(self) -> None:
         """Delete the key (only if still ours) so another node can take it at once instead
         of after the TTL; a failure only delays that, so it is logged, not raised."""
+        self.released = True
         revision, self.revision = self.revision, 0
         if not revision:
             return

@@ -67,7 +67,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -480,13 +480,15 @@ class ClusterNode:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS / 2
         while True:  # a bucket just created may still be electing its leader
             try:
+                await self._renew_round()
                 await self._lease_round()
                 break
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
                 if time.monotonic() > deadline:
                     raise Unavailable(f"cluster: cannot join: {exc!r}") from None
                 await asyncio.sleep(0.25)
-        self._tasks = [asyncio.create_task(self._lease_loop()),
+        self._tasks = [asyncio.create_task(self._every_round(self._renew_round, "renewal")),
+                       asyncio.create_task(self._every_round(self._lease_round, "lease round")),
                        asyncio.create_task(self._apply_loop())]
         if self.models is not None:
             self.models.start()
@@ -629,10 +631,16 @@ class ClusterNode:
         message per consumer and round while idle."""
         return max(HEARTBEAT_FLOOR_SECONDS, self._round_seconds)
 
-    async def _lease_loop(self) -> None:
-        """A round every ``_round_seconds`` from the last one's *start*, not its end: a
+    async def _every_round(self, round_: Callable[[], Awaitable[None]], what: str) -> None:
+        """``round_`` every ``_round_seconds`` from the last one's *start*, not its end: a
         round that timed out (a loaded host, a NATS server dying) is followed at once by
-        the next, which renews before the fence runs out, instead of a full round later."""
+        the next instead of a full round later.
+
+        Two of these run: the renewals (which only need the lease bucket's stream leader)
+        and the lease round (membership, reading the bucket, takes and hand-overs, which
+        need the JetStream meta leader and take several round trips). Renewing inside the
+        lease round let a slow read on a loaded host delay the next renewal past the
+        fence, and the node stopped answering for partitions nobody else wanted."""
         next_at = time.monotonic()
         while True:
             next_at += self._round_seconds
@@ -641,11 +649,11 @@ class ClusterNode:
                 next_at = now
             await asyncio.sleep(max(0.0, next_at - now))
             try:
-                await self._lease_round()
+                await round_()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("cluster: lease round failed: %s", exc)
+                log.warning("cluster: %s failed: %s", what, exc)
 
     async def _read_leases(self) -> dict[str, Any]:
         """Every live key of the lease bucket (deleted and expired ones are absent)."""
@@ -668,20 +676,20 @@ class ClusterNode:
             await watcher.stop()
         return entries
 
-    async def _lease_round(self) -> None:
+    async def _renew_round(self) -> None:
+        """Renew every lease this node holds, from the revisions it wrote (an update needs
+        only the bucket's stream leader; reading the bucket needs the JetStream meta
+        leader, which a dead NATS server may have been), and move the fence on when all
+        were renewed. All at once: one round trip, not one per partition in turn."""
         started = time.monotonic()
-        # Renew first, from the revisions this node wrote: an update needs only the
-        # bucket's stream leader, while reading the bucket (a watcher is a consumer) needs
-        # the JetStream meta leader, which a dead NATS server may have been.
-        # All at once: one round trip for the round, not one per partition in turn (a
-        # node holds a third of the partitions, and on a loaded host a dozen awaits in a
-        # row can outlast the fence).
         for owned in [o for o in self._owned.values() if o.failed]:
             await self._give_up(owned, release=True)
         held = list(self._owned.values())
         kept = await asyncio.gather(*(o.lease.keep() for o in held), return_exceptions=True)
         renewed = True
         for owned, result in zip(held, kept, strict=True):
+            if self._owned.get(owned.partition) is not owned:
+                continue  # handed over or given up meanwhile (by the lease round)
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
@@ -692,6 +700,10 @@ class ClusterNode:
                 await self._give_up(owned, release=False)
         if renewed:
             self._fence = started + self.lease_seconds * FENCE_FRACTION
+
+    async def _lease_round(self) -> None:
+        """Membership, the partition map, takes and hand-overs (renewals: ``_renew_round``)."""
+        started = time.monotonic()
         await self._kv.put(self._member_key, json.dumps(
             {"id": self.node_id, "address": self.address}).encode())
         entries = await self._read_leases()

@@ -144,3 +144,24 @@ def test_a_renewal_stored_but_unanswered_is_not_a_loss(nats_url: str) -> None:
             await nc.close()
 
     asyncio.run(scenario())
+
+
+def test_a_released_lease_is_not_kept_until_taken_again(nats_url: str) -> None:
+    """A hand-over releases the key for the next holder; a renewal round that still holds
+    the lease object must not take it back. (The learner reuses one object: taking it
+    again makes it keepable again.)"""
+
+    async def scenario() -> None:
+        nc, kv = await _bucket(nats_url)
+        try:
+            a, b = KvLease(kv, "part.9", "node-a"), KvLease(kv, "part.9", "node-b")
+            assert await a.take()
+            await a.release()
+            assert not await a.keep()  # not re-created behind the next holder's back
+            assert await b.take()
+            await b.release()
+            assert await a.take() and await a.keep()
+        finally:
+            await nc.close()
+
+    asyncio.run(scenario())
