@@ -86,6 +86,44 @@ transactions: logit P(A | history) = logit(pi) + a_u - n ln 2 / half_life, and
 
     score = 1 - (1 - P(A | history)) (1 - P(fraud | x, not A)).
 
+Takeover episodes (a two-state filter over the customer's transactions): a takeover is an
+*episode* of several transactions, and its first one often slips under the hold (a young
+account: every value is "new" for genuine customers too, so it is weak evidence). It is
+then learned, and judged alone, each later attacker transaction reusing that device and
+country looks "seen": evidence *against* fraud. Judged as a sequence it is not. Let F_t be
+"transaction t is the attacker's", with the hidden-Markov prior
+
+    P(F_t | F_{t-1}) = s = exp(-dt / tau)    (the episode is still going dt later)
+    P(F_t | not F_{t-1}) = pi                (a new episode starts; the prior rate)
+
+and p = P(F_{t-1} | x_1..t-1), the previous transaction's score (kept in the customer's
+row with its time and values). The forward recursion, with a = p s the prior mass of
+"continuing" (an episode that ended is folded into "genuine"):
+
+    odds(F_t | x_1..t) = pi/(1-pi) e^{z} + a / ((1-a)(1-pi)) e^{z_cont},
+
+z = sum_f w_f e_f the evidence of a *starting* takeover above, z_cont = sum_f w_f e'_f that
+of a *continuing* one: the attacker is the same person as at t-1, so for a categorical
+
+    e'_f = log(k_f / r_f(n))            if x_f equals the previous transaction's value,
+    e'_f = log(1 - k_f) + e_f           if it differs (a switch, then valued as a start),
+
+k_f (``attacker_keeps``) the chance an attacker repeats its previous value and r_f(n) the
+chance a *genuine* customer with n values does (learned from the population: per
+categorical and history bucket, learned transactions that repeated the previous scored
+one's value, add-half smoothed). Hour and velocity are set by the previous transaction's
+time under both hypotheses, so e'_hour = e'_velocity = 0 (timing enters once, through s);
+amount keeps e_f (the attacker spends as attackers do). When nothing suspicious came
+before, p << pi and the recursion is the single-transaction posterior; a weak first
+attacker transaction (p a few times pi) followed minutes later by one that repeats it
+(e' > 0 where the single-transaction e was < 0) now adds up, which is the evidence the
+single-transaction model threw away. The filter forgets on the episode's time scale tau
+(``episode_timescale_s``: cash-out after a takeover takes minutes to hours), not by
+counts, so a customer's ordinary life a day later is judged alone again. What it does not
+fix: a genuine customer whose held transaction scored high carries that belief into their
+next ones within tau, tempered only by z_cont (the same judgment a reviewer makes from the
+open case); the held transaction's GENUINE label or hold delay does not reach back.
+
 Labels train w by online logistic regression (SGD, L2 pull towards 1, w_f >= 0). A FRAUD
 label is paired with one recently learned (presumed genuine) transaction from a ring in
 the population state: a balanced case-control pair, for which the sample's logit is
@@ -99,7 +137,7 @@ Velocity counts every scored transaction (a burst stays a burst while held).
 
 State layouts (float64 vectors; offsets are module constants)
 -------------------------------------------------------------
-Customer (``USER_LEN`` = 309 values, 2,472 bytes: one LMDB page): ``U_VERSION``, ``U_N``
+Customer (``USER_LEN`` = 323 values, 2,584 bytes: one LMDB page): ``U_VERSION``, ``U_N``
 (learned transactions), ``U_SEEN`` (scored), ``U_FIRST`` (time of first learned),
 ``U_AMT_N``, ``U_AMT_MEAN``, ``U_AMT_S`` (Welford sum of squares; the count saturates at
 ``amount_memory`` so old habits fade), ``U_RING_POS`` and ``U_RING`` (times of the last 8
@@ -107,16 +145,22 @@ scored transactions), then per categorical a total and bin counts (``U_CAT_TOTAL
 ``U_CAT_OFF[f]``; country 96, merchant category 128, device 32, channel 8 bins, hashed by
 ``nudge.kernels.risk.category_bin``; counts halve when the total passes ``count_cap``), then
 ``U_HOUR`` (24), ``U_ACCOUNT`` (a_u), ``U_RECENT_BIN`` and ``U_RECENT_TIME`` (per
-categorical: the latest value that was new when learned, and when).
+categorical: the latest value that was new when learned, and when), then (layout version
+3) the episode filter's ``U_EP_P`` (the latest scored transaction's score), ``U_EP_TIME``
+and ``U_LAST_BIN`` (its N_CAT bins). Version-2 rows (317 values) are extended by
+:func:`migrate_user_state` (the storage layer does it on read).
 
-Population (``POP_LEN`` = 1,380 values, 11,040 bytes; see the ``P_*`` offsets): novelty
+Population (``POP_LEN`` = 1,604 values, 12,832 bytes; see the ``P_*`` offsets): novelty
 tables (per categorical and history bucket: total, new), later-new-value histograms, the
 hour histogram, amount moments and pooled within-customer variance, the velocity table
 (activity row x k), the takeover model's FRAUD-label counts (novelty, values, hours, k,
 amount moments, no-device), the supervised weights ``P_W`` (7), the case-control ring
 (32 x 7 evidence vectors), the (n_device bucket x country state x device state) table, the
 new-country hour histogram, the first-value histograms and the recent-repeat table
-(per categorical and history bucket: seen, seen-recent).
+(per categorical and history bucket: seen, seen-recent), then (version 3) the
+same-as-last table ``P_SAME`` (per categorical and history bucket: learned right after
+scoring, repeated the previous scored transaction's value); :func:`migrate_population_state`
+extends a version-2 population (1,492 values).
 
 Using it (what the server needs)
 --------------------------------
@@ -161,7 +205,11 @@ from nudge.kernels.risk import (
 
 # 2: distinct from nudge.kernels.risk's baseline layout (1), so a row of one is never
 # taken for the other.
-MODEL_VERSION = 2.0
+# 3: the takeover-episode filter's fields appended to the customer layout and the
+# same-as-last table to the population's (``migrate_user_state`` / ``migrate_population_state``
+# extend version-2 rows).
+MODEL_VERSION = 3.0
+PREV_MODEL_VERSION = 2.0
 N_CAT = 4  # country, merchant category, device, channel (TX_COUNTRY.. order)
 CAT_BINS = (COUNTRY_BINS, MCC_BINS, DEVICE_BINS, CHANNEL_BINS)
 CAT_TX = (TX_COUNTRY, TX_MCC, TX_DEVICE, TX_CHANNEL)
@@ -191,7 +239,13 @@ U_HOUR = _o
 U_ACCOUNT = U_HOUR + HOURS  # evidence (nats) that the account was the attacker's from the start
 U_RECENT_BIN = U_ACCOUNT + 1  # N_CAT: bin of the latest value that was new when learned
 U_RECENT_TIME = U_RECENT_BIN + N_CAT  # N_CAT: when it was learned
-USER_LEN = U_RECENT_TIME + N_CAT
+USER_LEN_V2 = U_RECENT_TIME + N_CAT
+# takeover-episode filter (version 3): P(fraud) of the latest scored transaction, its time,
+# and its bins (-2: none scored yet)
+U_EP_P = USER_LEN_V2
+U_EP_TIME = U_EP_P + 1
+U_LAST_BIN = U_EP_TIME + 1  # N_CAT
+USER_LEN = U_LAST_BIN + N_CAT
 
 # --- population layout ---
 P_VERSION = 0
@@ -243,7 +297,10 @@ for _b in CAT_BINS:
     P_FIRST_OFF.append(_o + 1)
     _o += 1 + _b
 P_RECENT = _o  # [f][bucket][seen, recent]: seen values that were new within recent_window_s
-POP_LEN = P_RECENT + N_CAT * N_HIST * 2
+POP_LEN_V2 = P_RECENT + N_CAT * N_HIST * 2
+# [f][bucket][total, same]: learned transactions repeating the previous scored one's value
+P_SAME = POP_LEN_V2
+POP_LEN = P_SAME + N_CAT * N_HIST * 2
 del _o, _b
 
 # --- features: what a held transaction needs to be learned or trained on later ---
@@ -262,7 +319,9 @@ D_NEW = D_HELD + 1  # N_CAT flags: value new to the customer (-1 missing)
 D_NOVELTY = D_NEW + N_CAT  # nu_f(n) used (genuine chance of a new value)
 D_AMOUNT_RATIO = D_NOVELTY + N_CAT  # (1 + amount) / exp(the customer's predictive location)
 D_ACCOUNT = D_AMOUNT_RATIO + 1  # P(account attacker-run from the start | its history)
-DETAIL_LEN = D_ACCOUNT + 1
+D_EPISODE = D_ACCOUNT + 1  # a: prior chance this transaction continues a takeover episode
+D_CONT_LR = D_EPISODE + 1  # log LR of the continuing attacker (z_cont) vs genuine
+DETAIL_LEN = D_CONT_LR + 1
 
 # --- params ---
 (K_PRIOR, K_HOLD, K_CLIP, K_HOUR_PRIOR, K_NOV_PSEUDO, K_VAR_PSEUDO, K_T_DOF, K_FR_SHIFT,
@@ -273,7 +332,9 @@ K_NODEV = K_FR_VEL + VEL_K
 K_ACCOUNT_HALF = K_NODEV + 1
 K_RECENT_WINDOW = K_ACCOUNT_HALF + 1
 K_ATTACKER_RECENT = K_RECENT_WINDOW + 1
-PARAM_LEN = K_ATTACKER_RECENT + 1
+K_EPISODE = K_ATTACKER_RECENT + 1
+K_KEEP = K_EPISODE + 1  # N_CAT: an attacker's chance to repeat its previous value
+PARAM_LEN = K_KEEP + N_CAT
 
 
 @dataclass(frozen=True)
@@ -301,6 +362,16 @@ class ModelParams:
         attacker_novelty: chance an attacker's country / merchant category / device /
             channel is new to a customer with a long history.
         attacker_velocity: distribution of k (0..7+) under takeover, normalised.
+        attacker_no_device: chance a takeover transaction carries no device id.
+        account_half_life_tx: learned transactions that halve the prior of an account
+            run by the attacker from its start.
+        recent_window_s, attacker_recent: "recent new value" window and the chance a
+            takeover transaction reuses a value that was new within it.
+        episode_timescale_s: tau, the mean life of a takeover episode: P(the customer's
+            next transaction is still the attacker's) decays as exp(-dt / tau); 0 turns the
+            episode filter off (every transaction judged alone).
+        attacker_keeps: chance a continuing attacker repeats its previous transaction's
+            country / merchant category / device / channel.
     """
 
     prior: float = 0.003
@@ -324,6 +395,8 @@ class ModelParams:
     account_half_life_tx: float = 5.0
     recent_window_s: float = 21600.0
     attacker_recent: float = 0.15
+    episode_timescale_s: float = 21600.0
+    attacker_keeps: tuple[float, float, float, float] = (0.9, 0.3, 0.9, 0.6)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -345,6 +418,11 @@ class ModelParams:
             raise ValueError(f"ModelParams.attacker_novelty must be {N_CAT} values in (0, 1)")
         if len(self.attacker_velocity) != VEL_K or min(self.attacker_velocity) <= 0:
             raise ValueError(f"ModelParams.attacker_velocity must be {VEL_K} values > 0")
+        if self.episode_timescale_s < 0:
+            raise ValueError("ModelParams.episode_timescale_s must be >= 0")
+        if len(self.attacker_keeps) != N_CAT or not all(
+                0.0 < r < 1.0 for r in self.attacker_keeps):
+            raise ValueError(f"ModelParams.attacker_keeps must be {N_CAT} values in (0, 1)")
 
     def to_array(self) -> np.ndarray:
         """The read-only float64 vector the kernels take (built once per object)."""
@@ -365,6 +443,8 @@ class ModelParams:
         a[K_ACCOUNT_HALF] = self.account_half_life_tx
         a[K_RECENT_WINDOW] = self.recent_window_s
         a[K_ATTACKER_RECENT] = self.attacker_recent
+        a[K_EPISODE] = self.episode_timescale_s
+        a[K_KEEP:K_KEEP + N_CAT] = self.attacker_keeps
         a.flags.writeable = False
         return a
 
@@ -378,7 +458,31 @@ def new_user_state() -> np.ndarray:
     s[U_VERSION] = MODEL_VERSION
     s[U_RING:U_RING + RING] = -np.inf
     s[U_RECENT_BIN:U_RECENT_BIN + N_CAT] = -1.0
+    s[U_EP_TIME] = -np.inf
+    s[U_LAST_BIN:U_LAST_BIN + N_CAT] = -2.0
     return s
+
+
+def migrate_user_state(old: np.ndarray) -> np.ndarray:
+    """A version-2 customer row (``USER_LEN_V2`` values) in this layout: everything kept,
+    the episode filter empty (no episode open; the next transaction is judged alone)."""
+    if old.shape != (USER_LEN_V2,) or old[0] != PREV_MODEL_VERSION:
+        raise ValueError(f"not a version-{PREV_MODEL_VERSION:g} customer row of "
+                         f"{USER_LEN_V2} values")
+    s = new_user_state()
+    s[1:USER_LEN_V2] = old[1:]
+    return s
+
+
+def migrate_population_state(old: np.ndarray) -> np.ndarray:
+    """A version-2 population (``POP_LEN_V2`` values) in this layout: everything kept, the
+    same-as-last table empty (it fills as transactions are learned)."""
+    if old.shape != (POP_LEN_V2,) or old[0] != PREV_MODEL_VERSION:
+        raise ValueError(f"not a version-{PREV_MODEL_VERSION:g} population of "
+                         f"{POP_LEN_V2} values")
+    p = new_population_state()
+    p[1:POP_LEN_V2] = old[1:]
+    return p
 
 
 def new_population_state() -> np.ndarray:
@@ -612,6 +716,35 @@ def _evidence(user, pop, tx, params, k, ev, det):
     ev[E_VELOCITY] = min(max(math.log(pt / pg), -clip), clip)
 
 
+@njit(jit.f8(_RO1, _RO1, _RO1, _RO1, _RO1), **_JIT)
+def _continuation_llr(user, pop, tx, params, ev):
+    """z_cont = sum_f w_f e'_f: the evidence that a takeover episode *continues* here. A
+    categorical equal to the previous scored transaction's value: log(keep_f / r_f(n)),
+    r_f(n) the population's rate of genuine repeats of the previous value; a different
+    value: log(1 - keep_f) + e_f (a switch, then valued as a fresh takeover's); missing:
+    e_f. Hour and velocity: 0 (set by the previous transaction's time under both
+    hypotheses). Amount: e_f (the attacker spends as attackers do)."""
+    clip = params[K_CLIP]
+    zc = 0.0
+    for f in range(N_EVIDENCE):
+        e = ev[f]
+        if f < N_CAT:
+            b = tx[_CAT_TX[f]]
+            if b >= 0.0:
+                keep = params[K_KEEP + f]
+                if user[U_LAST_BIN + f] == b:
+                    base = P_SAME + (f * N_HIST + int(_hist_bucket(user[_U_CAT_TOTAL[f]]))) * 2
+                    r = (pop[base + 1] + 0.5) / (pop[base] + 1.0)
+                    e = math.log(keep / r)
+                else:
+                    e = math.log1p(-keep) + e
+                e = min(max(e, -clip), clip)
+        elif f != E_AMOUNT:  # hour, velocity
+            e = 0.0
+        zc += pop[P_W + f] * e
+    return zc
+
+
 @njit(jit.void(_RO1, _RO1, _RO1, _RO1, _RW1, _RW1), **_JIT)
 def _score(user, pop, tx, params, out, feat):
     """Score into out (DETAIL_LEN) and feat (FEAT_LEN); nothing is written to user/pop."""
@@ -626,6 +759,19 @@ def _score(user, pop, tx, params, out, feat):
     pi = params[K_PRIOR]
     lp = math.log(pi / (1.0 - pi))
     z += lp
+    # takeover-episode filter: does this transaction continue the previous one's episode?
+    a = 0.0
+    zc = 0.0
+    tau = params[K_EPISODE]
+    dt = tx[TX_TIME] - user[U_EP_TIME]
+    if tau > 0.0 and dt >= 0.0 and user[U_EP_P] > 0.0:
+        a = min(user[U_EP_P] * math.exp(-dt / tau), 1.0 - 1e-9)
+        zc = _continuation_llr(user, pop, tx, params, ev)
+        if a > 0.0:  # logit = log(e^z + a / ((1 - a)(1 - pi)) e^zc), without overflow
+            zc2 = math.log(a) - math.log1p(-a) - math.log1p(-pi) + zc
+            z = max(z, zc2) + math.log1p(math.exp(-abs(z - zc2)))
+    out[D_EPISODE] = a
+    out[D_CONT_LR] = zc
     p_tx = 1.0 / (1.0 + math.exp(-z))
     p_acct = 0.0
     half = params[K_ACCOUNT_HALF]
@@ -655,6 +801,29 @@ def _observe(user, t):
     user[U_RING + pos] = t
     user[U_RING_POS] = (pos + 1) % RING
     user[U_SEEN] += 1.0
+
+
+@njit(jit.void(_RW1, _RO1, _RO1), **_JIT)
+def _remember(user, tx, out):
+    """The episode filter's memory: this transaction's P(fraud), time and values."""
+    user[U_EP_P] = out[D_SCORE]
+    user[U_EP_TIME] = tx[TX_TIME]
+    for f in range(N_CAT):
+        user[U_LAST_BIN + f] = tx[_CAT_TX[f]]
+
+
+@njit(jit.void(_RW1, _RW1, _RO1), **_JIT)
+def _count_same(user, pop, feat):
+    """A transaction learned right after scoring: did it repeat the previous scored
+    transaction's value (r_f(n) of the episode filter's genuine side)?"""
+    for f in range(N_CAT):
+        b = feat[_CAT_TX[f]]
+        if b < 0.0 or user[U_LAST_BIN + f] < -1.0:
+            continue
+        base = P_SAME + (f * N_HIST + int(_hist_bucket(user[_U_CAT_TOTAL[f]]))) * 2
+        pop[base] += 1.0
+        if user[U_LAST_BIN + f] == b:
+            pop[base + 1] += 1.0
 
 
 @njit(jit.void(_RW1, _RW1, _RO1, _RO1), **_JIT)
@@ -808,7 +977,9 @@ def _score_learn_one_kernel(user, pop, tx, params, learn, hold, out, feat):
     if not hold:
         out[D_HELD] = 0.0
     if learn and out[D_HELD] == 0.0:
+        _count_same(user, pop, feat)
         _learn(user, pop, feat, params)
+    _remember(user, tx, out)
 
 
 @njit(jit.void(_RW2, _I8, _RO2, _RW1, _RO1, jit.b1, jit.b1, _RW2, _RW2), **_JIT)
@@ -821,7 +992,9 @@ def _score_learn_batch_kernel(users, rows, txs, pop, params, learn, hold, out, f
         if not hold:
             out[i, D_HELD] = 0.0
         if learn and out[i, D_HELD] == 0.0:
+            _count_same(u, pop, feats[i])
             _learn(u, pop, feats[i], params)
+        _remember(u, txs[i], out[i])
 
 
 @njit(jit.void(_RW2, _I8, _RO2, _RW1, _RO1), **_JIT)

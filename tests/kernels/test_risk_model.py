@@ -68,6 +68,29 @@ def ref_recent(user, pop, tx, f, b, n, p: M.ModelParams):
     return math.log(rr / r) if is_recent else math.log((1 - rr) / (1 - r))
 
 
+def ref_continuation(user, pop, tx, p: M.ModelParams, ev):
+    """z_cont, or None when no episode can be open (nothing scored before, or off)."""
+    if not (p.episode_timescale_s > 0 and user[M.U_EP_P] > 0
+            and tx[TX_TIME] >= user[M.U_EP_TIME]):
+        return None
+    e = ev.copy()
+    e[M.E_HOUR] = e[M.E_VELOCITY] = 0.0
+    for f in range(4):
+        b = tx[M.CAT_TX[f]]
+        if b < 0:
+            continue
+        keep = p.attacker_keeps[f]
+        if user[M.U_LAST_BIN + f] == b:
+            n = user[M.U_CAT_TOTAL[f]]
+            k = max(j for j, edge in enumerate(M.HIST_EDGES) if n >= edge)
+            tot, same = pop[M.P_SAME + (f * M.N_HIST + k) * 2:][:2]
+            e[f] = math.log(keep / ((same + 0.5) / (tot + 1)))
+        else:
+            e[f] = math.log(1 - keep) + ev[f]
+        e[f] = np.clip(e[f], -p.evidence_clip, p.evidence_clip)
+    return float((pop[M.P_W:M.P_W + 7] * e).sum())
+
+
 def ref_evidence(user, pop, tx, p: M.ModelParams):
     clip, fp = p.evidence_clip, p.fraud_pseudo
     fr_total = pop[M.P_FR_HOUR:M.P_FR_HOUR + 24].sum()
@@ -173,6 +196,13 @@ def ref_evidence(user, pop, tx, p: M.ModelParams):
     ev[M.E_VELOCITY] = np.clip(math.log(pt / pg), -clip, clip)
     lp = math.log(p.prior / (1 - p.prior))
     p_tx = 1 / (1 + math.exp(-(lp + (pop[M.P_W:M.P_W + 7] * ev).sum())))
+    z_cont = ref_continuation(user, pop, tx, p, ev)
+    if z_cont is not None:  # the takeover-episode filter: start or continue an episode
+        a = min(user[M.U_EP_P] * math.exp(-(tx[TX_TIME] - user[M.U_EP_TIME])
+                                          / p.episode_timescale_s), 1 - 1e-9)
+        odds = (math.exp(lp + (pop[M.P_W:M.P_W + 7] * ev).sum())
+                + a / ((1 - a) * (1 - p.prior)) * math.exp(z_cont))
+        p_tx = odds / (1 + odds)
     za = lp + user[M.U_ACCOUNT] - user[M.U_N] * math.log(2) / p.account_half_life_tx
     p_acct = 1 / (1 + math.exp(-za))
     return ev, 1 - (1 - p_acct) * (1 - p_tx), kv
@@ -183,6 +213,8 @@ def test_score_matches_reference(seed: int) -> None:
     rng, users, pop, t = random_states(seed)
     for tx in random_txs(rng, 30, t):
         u = users[rng.integers(0, users.shape[0])].copy()
+        if rng.random() < 0.5:  # an episode in any state of belief
+            u[M.U_EP_P] = rng.random()
         score, det, feat = M.score_one(u, pop, tx, PARAMS)
         ev, ref_score, k = ref_evidence(u, pop, tx, PARAMS)
         np.testing.assert_allclose(det[M.D_EVIDENCE:M.D_EVIDENCE + 7], ev, rtol=1e-9,
@@ -415,3 +447,80 @@ def test_score_learn_one_equals_the_batch_and_hold_false_learns_everything() -> 
             assert b.held.any()
         else:
             assert not b.held.any() and users[:, M.U_N].sum() == 120
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_episode_memory_and_same_as_last_counts_match_reference(seed: int) -> None:
+    """After scoring, the customer remembers the transaction's P(fraud), time and values;
+    a transaction learned right away counts, per categorical and history bucket, whether
+    it repeated the previous scored transaction's value (a held one counts nothing)."""
+    rng, users, pop, t = random_states(seed)
+    for tx in random_txs(rng, 10, t):
+        u = users[1:2].copy()
+        p2 = pop.copy()
+        b = M.score_and_learn(u, np.zeros(1, np.int64), p2, tx.reshape(1, -1), PARAMS)
+        assert u[0, M.U_EP_P] == b.scores[0] and u[0, M.U_EP_TIME] == tx[TX_TIME]
+        np.testing.assert_array_equal(u[0, M.U_LAST_BIN:M.U_LAST_BIN + 4],
+                                      tx[list(M.CAT_TX)])
+        ref = pop[M.P_SAME:].copy()
+        if not b.held[0]:
+            for f in range(4):
+                last, v = users[1, M.U_LAST_BIN + f], tx[M.CAT_TX[f]]
+                if v < 0 or last < -1:
+                    continue
+                n = users[1, M.U_CAT_TOTAL[f]]
+                k = max(j for j, e in enumerate(M.HIST_EDGES) if n >= e)
+                ref[(f * M.N_HIST + k) * 2] += 1
+                ref[(f * M.N_HIST + k) * 2 + 1] += last == v
+        np.testing.assert_array_equal(p2[M.P_SAME:], ref)
+        users[1], pop = u[0], p2
+
+
+def test_episode_evidence_accumulates_and_fades() -> None:
+    """A takeover whose first transaction slipped through (scored under the hold) is not
+    forgiven by its own reuse of what it brought: the next attacker transaction minutes
+    later scores higher with the episode filter than judged alone; a day later the episode
+    has faded and the filter adds less than a tenth of the prior."""
+    users = np.tile(M.new_user_state(), (1, 1))
+    pop = M.new_population_state()
+    rng = np.random.default_rng(3)
+    txs = np.array([encode_transaction(float(np.exp(rng.normal(3.5, 0.3))), i * 43200.0,
+                                       float(rng.uniform(9, 20)), "BR", "5411", "phone",
+                                       "online") for i in range(120)])
+    M.score_and_learn(users, np.zeros(120, np.int64), pop, txs, PARAMS)
+    t0 = 121 * 43200.0
+    first = encode_transaction(120.0, t0, 14.0, "BR", "5999", "evil", "online")
+    off = M.ModelParams(episode_timescale_s=0.0)
+    for later, boost in ((600.0, True), (86400.0 * 3, False)):
+        u_on, p_on = users.copy(), pop.copy()
+        b = M.score_and_learn(u_on, np.zeros(1, np.int64), p_on, first.reshape(1, -1),
+                              PARAMS, hold=False)  # slipped through and was learned
+        assert b.scores[0] > PARAMS.prior
+        nxt = encode_transaction(150.0, t0 + later, 14.2, "BR", "5999", "evil", "online")
+        s_on = M.score_one(u_on[0], p_on, nxt, PARAMS)[0]
+        s_alone = M.score_one(u_on[0], p_on, nxt, off)[0]
+        if boost:  # the odds, at least doubled
+            assert s_on / (1 - s_on) > 2 * s_alone / (1 - s_alone)
+        else:
+            assert s_alone <= s_on < s_alone + 0.1 * PARAMS.prior
+
+
+def test_version_2_rows_migrate_keeping_what_was_learned() -> None:
+    rng, users, pop, t = random_states(5)
+    old_u = users[0, :M.USER_LEN_V2].copy()
+    old_u[0] = M.PREV_MODEL_VERSION
+    old_p = pop[:M.POP_LEN_V2].copy()
+    old_p[0] = M.PREV_MODEL_VERSION
+    u, p = M.migrate_user_state(old_u), M.migrate_population_state(old_p)
+    assert u[0] == p[0] == M.MODEL_VERSION
+    np.testing.assert_array_equal(u[1:M.USER_LEN_V2], users[0, 1:M.USER_LEN_V2])
+    np.testing.assert_array_equal(u[M.USER_LEN_V2:], M.new_user_state()[M.USER_LEN_V2:])
+    np.testing.assert_array_equal(p[1:M.POP_LEN_V2], pop[1:M.POP_LEN_V2])
+    assert not p[M.POP_LEN_V2:].any()
+    tx = random_txs(rng, 1, t)[0]
+    score, _det, _feat = M.score_one(u, p, tx, PARAMS)  # no episode open: judged alone
+    assert score == M.score_one(u, p, tx, M.ModelParams(episode_timescale_s=0.0))[0]
+    with pytest.raises(ValueError, match="version-2"):
+        M.migrate_user_state(users[0])
+    with pytest.raises(ValueError, match="version-2"):
+        M.migrate_population_state(pop)

@@ -12,6 +12,10 @@
   -> JSON ``[user id, transaction id]`` for every held transaction still waiting for a label or
   its hold delay (ordered by time, so the due ones come first).
 
+Stores written by layout version 2 (before the takeover-episode filter) read migrated:
+customers and the population keep everything they learned, the new fields start empty, and
+the next write stores the current layout.
+
 Stores written before the likelihood-ratio model hold the surprisal baselines of the old
 ``nudge.kernels.risk`` (layout version 1, 326 values, dense or sparse) under the same user
 keys and the population under ``risk/population``. Those are never read as model state: a
@@ -30,7 +34,16 @@ import lmdb
 import numpy as np
 import orjson
 
-from nudge.kernels.risk_model import MODEL_VERSION, POP_LEN, USER_LEN
+from nudge.kernels.risk_model import (
+    MODEL_VERSION,
+    POP_LEN,
+    POP_LEN_V2,
+    PREV_MODEL_VERSION,
+    USER_LEN,
+    USER_LEN_V2,
+    migrate_population_state,
+    migrate_user_state,
+)
 from nudge.server.storage.tables import keys
 from nudge.server.storage.tables.codecs import decode_sparse, encode_sparse
 
@@ -52,16 +65,28 @@ def _dense(raw: bytes | memoryview | None, length: int) -> np.ndarray | None:
     return state if state[0] == MODEL_VERSION else None
 
 
+def _decode(raw: bytes | memoryview, length: int, version: float) -> np.ndarray | None:
+    try:
+        state = decode_sparse(raw, length)
+    except ValueError:  # another length
+        return None
+    return state if state[0] == version else None
+
+
 def baseline(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> np.ndarray | None:
-    """The customer's state (a copy); None if never scored (or stored in an older layout)."""
+    """The customer's state (a copy); a version-2 row (before the takeover-episode filter)
+    comes back migrated (``migrate_user_state``: all it learned kept); None if never scored
+    or stored in the pre-model layout."""
     raw = txn.get(user_id.encode(), db=dbs[NAME])
     if raw is None:
         return None
-    try:
-        state = decode_sparse(raw, USER_LEN)
-    except ValueError:  # another length: the pre-model layout
-        return None
-    return state if state[0] == MODEL_VERSION else None
+    # a dense version-2 row first: its length could also parse as a sparse current one
+    if len(raw) != USER_LEN_V2 * 8:
+        state = _decode(raw, USER_LEN, MODEL_VERSION)
+        if state is not None:
+            return state
+    old = _decode(raw, USER_LEN_V2, PREV_MODEL_VERSION)
+    return None if old is None else migrate_user_state(old)
 
 
 def stored(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> bool:
@@ -74,8 +99,15 @@ def put_baseline(txn: lmdb.Transaction, dbs: Dbs, user_id: str, state: np.ndarra
 
 
 def population(txn: lmdb.Transaction, dbs: Dbs) -> np.ndarray | None:
-    """The population state as a read-only view valid inside ``txn``."""
-    return _dense(txn.get(POPULATION_KEY, db=dbs[META]), POP_LEN)
+    """The population state as a read-only view valid inside ``txn`` (a version-2 one as a
+    migrated copy: ``migrate_population_state``, all it learned kept)."""
+    raw = txn.get(POPULATION_KEY, db=dbs[META])
+    state = _dense(raw, POP_LEN)
+    if state is None and raw is not None and len(raw) == POP_LEN_V2 * 8:
+        old = np.frombuffer(raw, np.float64)
+        if old[0] == PREV_MODEL_VERSION:
+            return migrate_population_state(old.copy())
+    return state
 
 
 def has_legacy_state(txn: lmdb.Transaction, dbs: Dbs) -> bool:

@@ -154,3 +154,29 @@ def test_risk_baselines_are_sparse_and_dense_ones_still_read(tmp_path: Path) -> 
                 assert risk_baselines.stored(txn, store.dbs, user)
     finally:
         store.close()
+
+
+def test_risk_version_2_rows_read_migrated(tmp_path: Path) -> None:
+    """Customers and the population stored before the takeover-episode filter (layout
+    version 2, shorter rows) read back in the current layout with all they learned."""
+    old = np.zeros(risk_model.USER_LEN_V2)
+    old[[0, 1, 40, 200]] = [risk_model.PREV_MODEL_VERSION, 7.0, -3.0, 4.0]
+    old_pop = np.zeros(risk_model.POP_LEN_V2)
+    old_pop[[0, 5, 900]] = [risk_model.PREV_MODEL_VERSION, 2.0, 3.0]
+    store = Store(tmp_path)
+    try:
+        with store.write() as txn:
+            risk_baselines.put_baseline(txn, store.dbs, "sparse", old)
+            txn.put(b"dense", old.tobytes(), db=store.dbs[risk_baselines.NAME])
+            txn.put(risk_baselines.POPULATION_KEY, old_pop.tobytes(),
+                    db=store.dbs[risk_baselines.META])
+        with store.read() as txn:
+            for user in ("sparse", "dense"):
+                state = risk_baselines.baseline(txn, store.dbs, user)
+                assert state is not None and state.shape == (risk_model.USER_LEN,)
+                np.testing.assert_array_equal(state, risk_model.migrate_user_state(old))
+            pop = risk_baselines.population(txn, store.dbs)
+            assert pop is not None
+            np.testing.assert_array_equal(pop, risk_model.migrate_population_state(old_pop))
+    finally:
+        store.close()
