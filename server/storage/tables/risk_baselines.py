@@ -2,7 +2,7 @@
 
 - ``risk``: user id -> the customer's state (``USER_LEN`` values, layout version
   ``MODEL_VERSION`` in its first value), stored sparse (``codecs.encode_sparse``): the
-  dense 2,472 bytes do not fit a node of a 4 KiB page, so LMDB would give each customer
+  dense 2,584 bytes do not fit a node of a 4 KiB page, so LMDB would give each customer
   its own overflow page; a customer with a few transactions has most slots zero;
 - in ``meta``: ``risk/model/population`` -> the population state (one writer at a time:
   the group commit's write transaction), ``risk/model/clock`` -> JSON event time of the
