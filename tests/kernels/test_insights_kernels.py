@@ -40,15 +40,34 @@ def reference_outcomes(offsets, hours, keys, counts, amounts, activity, retained
     return first, retained, value
 
 
+def _early_grid(offsets, hours, keys, counts, first, u, n_keys, early):
+    sl = slice(offsets[u], offsets[u + 1])
+    day = (hours[sl].astype(np.int64) - first[u]) // 24
+    k, c = keys[sl].astype(np.int64), counts[sl].astype(np.int64)
+    early_mask = (day >= 0) & (day < early)
+    grid = np.zeros((n_keys, early), np.int64)
+    np.add.at(grid, (k[early_mask], day[early_mask]), c[early_mask])
+    return grid
+
+
+def reference_moments(offsets, hours, keys, counts, first, activity, selected, early):
+    n_keys = activity.size
+    rows = []
+    for u in selected:
+        if first[u] < 0:
+            continue
+        act = _early_grid(offsets, hours, keys, counts, first, u, n_keys, early) \
+            * activity[:, None]
+        rows.append(np.append(act.sum(1), (act.sum(0) > 0).sum()).astype(np.float64))
+    x = np.array(rows).reshape(-1, n_keys + 1)
+    return x.sum(0), x.T @ x, len(rows)
+
+
 def reference_tables(offsets, hours, keys, counts, first, outcome, candidate, activity,
-                     selected, early, max_k, edges):
+                     weights, day_weight, selected, early, max_k, edges):
     n_keys = candidate.size
     n_cand = candidate.max() + 1
-    n_bins = edges.size + 1
-    n_strata = (early + 1) * n_bins
-    # Per candidate, every selected user's stratum and count, computed directly.
-    users_n = np.zeros((n_cand, n_strata), np.int64)
-    users_pos = np.zeros((n_cand, n_strata), np.int64)
+    n_strata = edges.size + 1
     reached = np.zeros((n_cand, max_k, n_strata), np.int64)
     reached_pos = np.zeros((n_cand, max_k, n_strata), np.int64)
     base_n = np.zeros(n_strata, np.int64)
@@ -56,32 +75,19 @@ def reference_tables(offsets, hours, keys, counts, first, outcome, candidate, ac
     for u in selected:
         if first[u] < 0:
             continue
-        sl = slice(offsets[u], offsets[u + 1])
-        day = (hours[sl].astype(np.int64) - first[u]) // 24
-        k, c = keys[sl].astype(np.int64), counts[sl].astype(np.int64)
-        early_mask = (day >= 0) & (day < early)
-        grid = np.zeros((n_keys, early), np.int64)
-        np.add.at(grid, (k[early_mask], day[early_mask]), c[early_mask])
-        act = grid * activity[:, None]
-        h0 = (act.sum(0) > 0).sum() * n_bins + np.searchsorted(edges, act.sum(), "right")
-        base_n[h0] += 1
-        base_pos[h0] += outcome[u]
+        grid = _early_grid(offsets, hours, keys, counts, first, u, n_keys, early)
+        days = ((grid * activity[:, None]).sum(0) > 0).sum()
+        score = sum(weights[k] * grid[k].sum() for k in range(n_keys)) + day_weight * days
+        h = np.searchsorted(edges, int(np.floor(score + 0.5)), "right")
+        base_n[h] += 1
+        base_pos[h] += outcome[u]
         for key in range(n_keys):
             cand = candidate[key]
-            if cand < 0:
-                continue
-            own = grid[key]
-            other = act.sum(0) - own
-            h = (other > 0).sum() * n_bins + np.searchsorted(edges, other.sum(), "right")
-            if grid[key].sum() == 0:
-                h = h0
-            users_n[cand, h] += 1
-            users_pos[cand, h] += outcome[u]
-            for j in range(max_k):
+            for j in range(max_k if cand >= 0 else 0):
                 if grid[key].sum() >= j + 1:
                     reached[cand, j, h] += 1
                     reached_pos[cand, j, h] += outcome[u]
-    return reached, reached_pos, users_n, users_pos, base_n, base_pos
+    return reached, reached_pos, base_n, base_pos
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -117,18 +123,25 @@ def test_kernels_match_the_reference(seed: int) -> None:
     selected = np.flatnonzero(rng.random(n_users) < 0.8)
     edges = np.array([1, 3, 6, 12])
     early, max_k = int(rng.integers(3, 9)), 5
+    sums, cross, n = ki.early_moments(offsets, hours, keys, counts, first, activity,
+                                      selected, early)
+    want_s, want_c, want_n = reference_moments(offsets, hours, keys, counts, first,
+                                               activity, selected, early)
+    assert n == want_n
+    np.testing.assert_allclose(sums, want_s)
+    np.testing.assert_allclose(cross, want_c)
+    # Weights with fractions, so rounding the score to a bin is exercised too.
+    weights = np.where(activity == 1, rng.uniform(0.0, 1.5, n_keys), 0.0)
+    day_weight = float(rng.uniform(0.0, 1.0))
     got_t = ki.threshold_tables(offsets, hours, keys, counts, first, retained, candidate,
-                                activity, selected, early, max_k, edges)
+                                activity, weights, day_weight, selected, early, max_k, edges)
     want_t = reference_tables(offsets, hours, keys, counts, first, retained, candidate,
-                              activity, selected, early, max_k, edges)
-    reached, reached_pos, delta_n, delta_pos, base_n, base_pos = got_t
-    np.testing.assert_array_equal(reached, want_t[0])
-    np.testing.assert_array_equal(reached_pos, want_t[1])
-    np.testing.assert_array_equal(base_n + delta_n, want_t[2])
-    np.testing.assert_array_equal(base_pos + delta_pos, want_t[3])
-    np.testing.assert_array_equal(base_n, want_t[4])
-    np.testing.assert_array_equal(base_pos, want_t[5])
+                              activity, weights, day_weight, selected, early, max_k, edges)
+    for g, w in zip(got_t, want_t, strict=True):
+        np.testing.assert_array_equal(g, w)
+    reached, _, base_n, _ = got_t
     assert reached.sum() > 0 and retained.sum() > 0  # the test exercised something
+    assert (base_n > 0).sum() >= 3  # users fell in several strata
 
 
 def test_bad_inputs_name_the_argument() -> None:

@@ -46,8 +46,7 @@ def _tables(strata: list[tuple[int, int, int, int]]):
     a = np.array([[[s[1] for s in strata]]])
     n = np.array([s[0] + s[2] for s in strata])
     pos = np.array([s[1] + s[3] for s in strata])
-    return n1, a, np.zeros((1, len(strata)), np.int64), np.zeros((1, len(strata)), np.int64), \
-        n, pos
+    return n1, a, n, pos
 
 
 def test_mantel_haenszel_against_direct_formulas() -> None:
@@ -87,14 +86,16 @@ def test_planted_truth_on_worlds_not_tuned_on(world: str) -> None:
 
 def test_interval_coverage_over_seeds() -> None:
     covered = intervals = 0
-    for seed in range(21, 25):
+    # 48 intervals: a method whose 95% intervals cover 95% of the time falls below 85% here
+    # with probability 0.2% (binomial; 32 intervals left 2%, and failed once at 27/32).
+    for seed in range(21, 27):
         for world in ("baseline", "heavy_decoys"):
             w = generate(world, seed)
             r = insights_bench.evaluate(w, insights.from_entries(*summary_entries(w)))
             covered += r["covered"]
             intervals += r["intervals"]
-    assert intervals == 32
-    assert covered / intervals >= 0.85  # 90% expected; 32 intervals leave room for chance
+    assert intervals == 48
+    assert covered / intervals >= 0.85
 
 
 @pytest.fixture(scope="module")
