@@ -459,7 +459,7 @@ def _retention_text(d: Driver, early_days: int, window: str) -> str:
             f"time against {_pct(d.outcome_if_not)}")
     if d.too_few_users:
         return base + "; too few users to tell."
-    return (base + f"; against users as active in everything else: {_pts(d.adjusted_lift)} "
+    return (base + f"; against users about as active: {_pts(d.adjusted_lift)} "
             f"points (95% CI {_pts(d.ci_low)} to {_pts(d.ci_high)}, q = {d.q_value:.2g}).")
 
 

@@ -157,9 +157,10 @@ def _sections(report: Report) -> list[tuple[str, str, list[list[str]], list[str]
 
 def markdown(report: Report, picture: str | None) -> str:
     lines = ["# nudge insights", "",
-             "Effects are estimated within users of similar early activity (days active and "
-             "event count without the behaviour itself; Mantel-Haenszel risk difference), in "
-             "points of probability, with 95% intervals and Benjamini-Hochberg q-values.", ""]
+             "Effects are estimated within users of similar early activity (an activity score: "
+             "every event type's early count and days active, each weighed by what it says "
+             "about activity; Mantel-Haenszel risk difference), in points of probability, "
+             "with 95% intervals and Benjamini-Hochberg q-values.", ""]
     if picture:
         lines += [f"![Compass heat map: adjusted lift by early window]({picture})", ""]
     for title, summary, rows, sentences in _sections(report):
