@@ -9,6 +9,7 @@ import time
 KERNEL_MODULES = (
     "nudge.kernels.user_state",
     "nudge.kernels.sparse_codec",
+    "nudge.kernels.user_state_wire",
     "nudge.kernels.risk_model",
     "nudge.kernels.context",
     "nudge.kernels.user_context",

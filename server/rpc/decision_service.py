@@ -26,7 +26,7 @@ from nudge.server.inputs.events import (
 from nudge.server.rpc.deadlines import wait_within_deadline
 from nudge.server.rpc.privacy import Pseudonyms
 from nudge.server.rpc.readiness import Readiness
-from nudge.server.rpc.user_report import fill_user_state
+from nudge.server.rpc.user_report import TypeNames, user_reply
 from nudge.server.storage.ingest import EventWriter, TrackResult
 from nudge.server.storage.store import Store
 from nudge.v1 import decision_service_pb2 as pb
@@ -128,6 +128,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.readiness = readiness
         self.half_life_seconds = half_life_seconds
         self.decisions = decisions
+        self._type_names = TypeNames()
 
     def _pseudonymous(self, events: list[ValidEvent]) -> list[ValidEvent]:
         """Replace user ids by their pseudonyms, in the stored event too (if configured)."""
@@ -186,13 +187,13 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.readiness.check()
         check_id(request.user_id, "user_id")
         user_id = self.pseudonyms(request.user_id)
-        found = self.store.get_user_values(user_id)
-        if found is None:
+        names = self._type_names.arrays(self.store.type_names())
+        half_life = self.half_life_seconds
+        reply = self.store.with_user_bytes(
+            user_id, lambda record, profile: user_reply(record, profile, user_id, names,
+                                                        half_life))
+        if reply is None:
             raise NotFound(f"user_id: no events stored for user {request.user_id!r}")
-        values, profile = found
-        reply = pb.GetUserResponse()
-        fill_user_state(reply.user, user_id, values, profile, self.store.type_names(),
-                        self.half_life_seconds)
         return reply
 
     def Decide(

@@ -38,10 +38,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import numpy as np
@@ -57,6 +57,7 @@ DATABASES = (
     "deliveries", "outbox", "user_deliveries", "triggered", "insights",
 )
 MAX_DBS = 32
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -288,6 +289,16 @@ class Store:
             values: list[float] = record.tolist()
             profile = users.profile(txn, self.dbs, user_id)
         return values, profile
+
+    def with_user_bytes(
+        self, user_id: str, use: Callable[[bytes | memoryview, bytes | memoryview | None], T]
+    ) -> T | None:
+        """``use(record, profile)`` on the user's stored bytes (``users.stored_bytes``),
+        inside one read transaction; None if no event was ever stored. ``use`` must not
+        keep the views: they are valid only until it returns."""
+        with self.read() as txn:
+            found = users.stored_bytes(txn, self.dbs, user_id)
+            return None if found is None else use(*found)
 
     def get_user(self, user_id: str) -> UserView | None:
         """The user's record as plain arrays, or None if no event was ever stored."""

@@ -93,6 +93,27 @@ def record(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> np.ndarray | None:
     return None if raw is None else decode_record(raw)
 
 
+def stored_bytes(
+    txn: lmdb.Transaction, dbs: Dbs, user_id: str
+) -> tuple[bytes | memoryview, bytes | memoryview | None] | None:
+    """The user's record and profile as stored (views valid inside ``txn`` when it was
+    begun with buffers), None if no record: GetUser writes its reply from these bytes."""
+    key = user_id.encode()
+    raw = txn.get(key, db=dbs[USERS])
+    if raw is None:
+        return None
+    return raw, txn.get(key, db=dbs[PROFILES])
+
+
+def tz_and_consents(raw: bytes | memoryview | None) -> tuple[str, list[tuple[str, bool]]]:
+    """A stored profile's time zone and consents (channel, granted), as
+    :meth:`UserProfile.from_bytes` reads them, without building the rest of it."""
+    if raw is None:
+        return UserProfile.tz, []
+    data: dict[str, Any] = orjson.loads(raw)
+    return data["tz"], [(k, bool(v[0])) for k, v in data["consents"].items()]
+
+
 def record_bytes(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> bytes | None:
     """The user's state record as stored (a copy; :func:`decode_record` reads it), None
     if never stored: Decide hands these bytes to its feature kernel as they are."""
