@@ -14,13 +14,18 @@ and a scraper should not need a gRPC token.
 Python and the kernels, without the time spent waiting for the GIL, a lock or an fsync.
 ``nudge bench rpc`` reads both (README "Performance").
 
-Cost: two ``perf_counter`` and two ``thread_time`` calls, a counter increment and two
-histogram observations per RPC — a few microseconds against a ~300 µs gRPC floor.
+Cost on the reply path: two ``perf_counter`` and two ``thread_time`` calls, the started
+counter and one append to a queue per RPC. The two histogram observations and the status
+code's counter (``prometheus_client`` takes a lock and bisects the buckets in Python for
+each: ~3 µs a call, every RPC, before grpc sends the reply) are folded in later, in
+batches, by whoever reads the registry (a scrape, ``get_sample_value``: ``_Folder`` is its
+first collector), or by the call that finds ``MAX_UNFOLDED`` of them waiting.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
@@ -40,6 +45,44 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 _RPC_LABELS = ("grpc_service", "grpc_method", "grpc_type")
+# Finished RPCs kept for the next read before a call folds them in itself: without a
+# scraper the queue must not grow forever (a tuple of four references each, ~10 MB at
+# most); with one it is emptied at every scrape.
+MAX_UNFOLDED = 100_000
+# What a call that finds the queue full folds in beyond its own, so the queue shrinks.
+FOLD_EXTRA = 4
+
+# (handling_seconds child, cpu_seconds child, handled-total child, wall s, cpu s)
+_Sample = tuple[Any, Any, Any, float, float]
+
+
+class _Folder:
+    """A collector that yields nothing: registered first, it folds the finished RPCs'
+    samples into their metrics before the registry collects them."""
+
+    def __init__(self, unfolded: deque[_Sample]) -> None:
+        self._unfolded = unfolded
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        fold(self._unfolded, len(self._unfolded))
+        return []
+
+
+def fold(unfolded: deque[_Sample], n: int) -> None:
+    """Observe up to ``n`` queued samples (oldest first). ``popleft`` is atomic: several
+    folders at once each take different samples."""
+    pop = unfolded.popleft
+    for _ in range(n):
+        try:
+            seconds, cpu, handled, wall, used = pop()
+        except IndexError:
+            return
+        seconds.observe(wall)
+        cpu.observe(used)
+        handled.inc()
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -64,6 +107,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Finished RPCs not yet observed (MetricsInterceptor appends, _Folder drains).
+        self.unfolded: deque[_Sample] = deque()
+        r.register(_Folder(self.unfolded))  # first: it runs before the metrics are read
         self.started = Counter(
             "grpc_server_started_total", "RPCs started on the server.", _RPC_LABELS, registry=r
         )
@@ -200,21 +246,24 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         self, behaviour: Callable[..., Any], method: str, handler: grpc.RpcMethodHandler
     ) -> Callable[..., Any]:
         started, seconds, cpu, handled = self._children(method, handler)
+        unfolded = self.metrics.unfolded
+        append = unfolded.append
+        thread_time, perf_counter = time.thread_time, time.perf_counter
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             started.inc()
-            c0 = time.thread_time()
-            t0 = time.perf_counter()
+            c0 = thread_time()
+            t0 = perf_counter()
             failed = True
             try:
                 response = behaviour(request, context)
                 failed = False
                 return response
             finally:
-                wall, used = time.perf_counter() - t0, time.thread_time() - c0
-                seconds.observe(wall)
-                cpu.observe(used)
-                handled(_code_name(context, failed)).inc()
+                wall, used = perf_counter() - t0, thread_time() - c0
+                append((seconds, cpu, handled(_code_name(context, failed)), wall, used))
+                if len(unfolded) > MAX_UNFOLDED:
+                    fold(unfolded, FOLD_EXTRA)
 
         return wrapped
 

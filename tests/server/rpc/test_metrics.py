@@ -204,3 +204,21 @@ def test_cpu_time_counts_work_not_waiting(metrics: Metrics) -> None:
     assert slept is not None and total is not None
     assert slept < 0.02  # sleeping costs no CPU
     assert total - slept >= 0.05  # the busy loop's 50 ms of CPU are all there
+
+
+def test_unscraped_samples_stay_bounded_and_all_count(
+    channel: grpc.Channel, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Observations wait for a read of the registry; a server nobody scrapes folds them in
+    # itself past MAX_UNFOLDED, a few per call, so the queue stops growing and none is lost.
+    monkeypatch.setattr("nudge.server.rpc.metrics.MAX_UNFOLDED", 10)
+    echo = diagnostics_service_pb2_grpc.DiagnosticsServiceStub(channel)
+    for i in range(40):
+        echo.Echo(diagnostics_service_pb2.EchoRequest(payload=b"x"), timeout=5)
+        assert len(metrics.unfolded) <= 11, i
+    labels = {"grpc_service": "nudge.v1.DiagnosticsService", "grpc_method": "Echo",
+              "grpc_type": "unary"}
+    assert metrics.registry.get_sample_value(
+        "grpc_server_handled_total", {**labels, "grpc_code": "OK"}) == 40
+    assert metrics.registry.get_sample_value("grpc_server_handling_seconds_count", labels) == 40
+    assert not metrics.unfolded
