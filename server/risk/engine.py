@@ -141,17 +141,25 @@ class RiskEngine:
     # -- public operations ---------------------------------------------------------------
 
     def score(
-        self, transactions: list[ValidTransaction], learn_only: bool = False
+        self, transactions: list[ValidTransaction], learn_only: bool = False,
+        after_reply: Callable[[Callable[[], None]], bool] | None = None,
     ) -> list[TransactionRecord]:
         """Score (then learn) each transaction in order; replies without waiting for the
         commit (on a shared store: after it). A transaction id seen before returns its
         first answer unchanged. ``learn_only``: a backfill of history — every transaction
-        is learned, none held, and no reasons are written."""
+        is learned, none held, and no reasons are written.
+
+        ``after_reply(fn)`` runs ``fn`` once the reply has been sent, or returns False if it
+        cannot (the servicer passes grpc's ``context.add_callback``): the flusher is woken
+        then, as Decide's is, not mid-request, where it would take the GIL from the reply."""
         if self.store.shared:
             return self._score_committed(transactions, learn_only)
         with self._lock, self.store.read() as txn:
             records = self._score_in_lock(transactions, learn_only, txn)
-            self._write_behind.request()
+            wake = not self._write_behind.requested
+            self._write_behind.request(wake=after_reply is None)
+        if wake and after_reply is not None and not after_reply(self._write_behind.wake):
+            self._write_behind.wake()
         if self.log_scored is not None:
             keys = [(tx.user_id, tx.transaction_id) for tx in transactions]
             self.log_scored(list(zip(keys, records, strict=True))).result(LOG_TIMEOUT)

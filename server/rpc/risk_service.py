@@ -48,7 +48,7 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
             raise InvalidArgument("transaction", "is required")
         tx = validate_transaction(request.transaction, "transaction", self.clock.now())
         tx.user_id = self.pseudonyms(tx.user_id)
-        (record,) = self.engine.score([tx])
+        (record,) = self.engine.score([tx], after_reply=context.add_callback)
         # Filled in place: Reason messages built apart would be copied into the reply.
         reply = pb.ScoreTransactionResponse(score=record.score,
                                             baseline_count=record.baseline_count,
