@@ -105,7 +105,7 @@ def fill_user_state(
     half_life_seconds: float,
 ) -> None:
     """Fill an empty ``msg`` (the reply's own field: nothing is copied afterwards).
-    ``values``: the stored record as one list (Store.get_user_values)."""
+    ``values``: the stored record as one list (``users.decode_record(...).tolist()``)."""
     s = values
     totals = values[u.TOTALS : u.TOTALS + u.N_TYPES]
     last = values[u.TYPE_LAST : u.TYPE_LAST + u.N_TYPES]

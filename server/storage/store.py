@@ -278,18 +278,6 @@ class Store:
         """A short read transaction; values are zero-copy buffers valid inside it."""
         return _ReadTxn(self)
 
-    def get_user_values(self, user_id: str) -> tuple[list[float], UserProfile] | None:
-        """The user's record as one plain list (RECORD_LEN floats, the layout of
-        kernels/user_state.py) and the profile; None if no event was ever stored. For
-        readers that need Python values, not arrays (GetUser)."""
-        with self.read() as txn:
-            record = users.record(txn, self.dbs, user_id)
-            if record is None:
-                return None
-            values: list[float] = record.tolist()
-            profile = users.profile(txn, self.dbs, user_id)
-        return values, profile
-
     def with_user_bytes(
         self, user_id: str, use: Callable[[bytes | memoryview, bytes | memoryview | None], T]
     ) -> T | None:
