@@ -46,6 +46,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import lmdb
@@ -99,6 +100,21 @@ _ROW0 = np.zeros(1, np.int64)
 LOG_TIMEOUT = 10.0
 
 
+_NOT_READ = object()  # _ReadAhead: left unread, the overlay (or the tz cache) had it
+
+
+@dataclass(slots=True)
+class _ReadAhead:
+    """One transaction's reads from the store, made before the engine's lock: its stored
+    record (idempotent replays), the customer's stored row (decoded, a new array) and time
+    zone; ``_NOT_READ`` / None where the overlay or the cache had it."""
+
+    generation: int
+    record: TransactionRecord | object | None
+    state: np.ndarray | object | None
+    tz: str | None
+
+
 class RiskEngine:
     def __init__(
         self, store: Store, writer: EventWriter, params: ModelParams = DEFAULT_MODEL_PARAMS,
@@ -114,6 +130,9 @@ class RiskEngine:
         self._records: dict[TxKey, TransactionRecord] = {}
         self._time_zones: dict[str, str] = {}
         self._held_at: dict[str, float] = {}
+        # Bumped (inside the lock) whenever an entry leaves the overlay: what was read from
+        # the store before the lock is then checked again (_read_ahead, _still_valid).
+        self._generation = 0
         # The overlay is what is pending: a flush stores all of it.
         self._write_behind = WriteBehind(
             "nudge-risk-flusher", writer, self._lock, lambda txn: self._write(txn),
@@ -154,8 +173,14 @@ class RiskEngine:
         then, as Decide's is, not mid-request, where it would take the GIL from the reply."""
         if self.store.shared:
             return self._score_committed(transactions, learn_only)
-        with self._lock, self.store.read() as txn:
-            records = self._score_in_lock(transactions, learn_only, txn)
+        ahead = self._read_ahead(transactions[0]) if len(transactions) == 1 and not (
+            learn_only) else None
+        with self._lock:
+            if ahead is not None and self._still_valid(ahead, transactions[0]):
+                records = [self._score_one(transactions[0], None, ahead)]
+            else:
+                with self.store.read() as txn:
+                    records = self._score_in_lock(transactions, learn_only, txn)
             wake = not self._write_behind.requested
             self._write_behind.request(wake=after_reply is None)
         if wake and after_reply is not None and not after_reply(self._write_behind.wake):
@@ -417,6 +442,7 @@ class RiskEngine:
         transactions, and re-read the population: the write transaction holds LMDB's
         writer lock, so what it reads now is what every process last committed."""
         dbs = self.store.dbs
+        self._generation += 1
         for user_id in users:
             self._states.pop(user_id, None)
             self._time_zones.pop(user_id, None)
@@ -433,6 +459,43 @@ class RiskEngine:
             population.flags.writeable = False
             self._population = population
         self._clock = max(self._clock, risk_baselines.clock(txn, dbs))
+
+    # -- before the lock: one transaction's reads --------------------------------------
+
+    def _read_ahead(self, tx: ValidTransaction) -> _ReadAhead:
+        """What scoring ``tx`` needs from the store and the overlay does not hold, read
+        before the engine's lock is taken: LMDB reads release the GIL, and a thread that
+        releases it while holding the lock lets every other ScoreTransaction queue on the
+        lock behind it while it waits to get the GIL back. The generation is read before
+        the read transaction begins, so a commit whose overlay entries were dropped after
+        that began shows as a new generation (:meth:`_still_valid`)."""
+        generation = self._generation
+        key = (tx.user_id, tx.transaction_id)
+        dbs = self.store.dbs
+        record: TransactionRecord | object | None = _NOT_READ
+        state: np.ndarray | object | None = _NOT_READ
+        tz: str | None = None
+        with self.store.read() as txn:
+            if key not in self._records:
+                record = transaction_table.get(txn, dbs, key)
+            if tx.user_id not in self._states:
+                state = risk_baselines.baseline(txn, dbs, tx.user_id)
+            if tx.local_hour is None and tx.user_id not in self._time_zones:
+                tz = users.profile(txn, dbs, tx.user_id).tz
+        return _ReadAhead(generation, record, state, tz)
+
+    def _still_valid(self, ahead: _ReadAhead, tx: ValidTransaction) -> bool:
+        """(Inside the lock.) Whether what :meth:`_read_ahead` read is what the store holds
+        for every entry the overlay does not: no overlay entry was dropped since (each drop
+        — after a commit, a rollback, a reload or an erasure — starts a new generation),
+        and what it left unread because the overlay (or the time zone cache) had it, they
+        still have."""
+        return (ahead.generation == self._generation
+                and (ahead.record is not _NOT_READ
+                     or (tx.user_id, tx.transaction_id) in self._records)
+                and (ahead.state is not _NOT_READ or tx.user_id in self._states)
+                and (ahead.tz is not None or tx.local_hour is not None
+                     or tx.user_id in self._time_zones))
 
     # -- inside the lock -----------------------------------------------------------------
 
@@ -534,15 +597,33 @@ class RiskEngine:
             records.append(record)
         return records
 
-    def _score_one(self, tx: ValidTransaction, txn: lmdb.Transaction) -> TransactionRecord:
-        previous = self._record((tx.user_id, tx.transaction_id), txn)
-        if previous is not None:
-            return previous
-        hour = self._local_hour(tx, txn)
+    def _score_one(self, tx: ValidTransaction, txn: lmdb.Transaction | None,
+                   ahead: _ReadAhead | None = None) -> TransactionRecord:
+        """Score and learn one transaction, reading in ``txn``, or (``txn`` None) taking
+        what the overlay does not hold from ``ahead`` (checked by :meth:`_still_valid`)."""
+        key = (tx.user_id, tx.transaction_id)
+        if ahead is None:
+            assert txn is not None
+            previous = self._record(key, txn)
+            if previous is not None:
+                return previous
+            hour = self._local_hour(tx, txn)
+            state = self._state(tx.user_id, txn).copy()
+        else:
+            previous = self._records.get(key)
+            if previous is None:
+                previous = ahead.record  # type: ignore[assignment]  # read: not _NOT_READ
+            if previous is not None:
+                return previous
+            hour = self._local_hour_ahead(tx, ahead.tz)
+            overlay = self._states.get(tx.user_id)
+            stored: np.ndarray | None = ahead.state  # type: ignore[assignment]
+            # A stored row is decoded into a new array, used once: no copy needed.
+            state = overlay.copy() if overlay is not None else (
+                new_user_state() if stored is None else stored)
         vector = encode_transaction(
             tx.amount, tx.time, hour, tx.country, tx.merchant_category, tx.device_id, tx.channel
         )
-        state = self._state(tx.user_id, txn).copy()
         population = self._population.copy()
         details, features = score_learn_one_trusted(state, population, vector, self.params)
         held = bool(details[D_HELD])
@@ -580,6 +661,19 @@ class RiskEngine:
             return tx.local_hour
         return local_hour(tx.time, self._time_zone(tx.user_id, txn))
 
+    def _local_hour_ahead(self, tx: ValidTransaction, read_tz: str | None) -> float:
+        """:meth:`_local_hour` with the time zone read ahead (None: the cache has it)."""
+        if tx.local_hour is not None:
+            return tx.local_hour
+        tz = self._time_zones.get(tx.user_id)
+        if tz is None:
+            assert read_tz is not None  # _still_valid
+            tz = read_tz
+            if len(self._time_zones) >= TIME_ZONE_CACHE:
+                self._time_zones.clear()
+            self._time_zones[tx.user_id] = tz
+        return local_hour(tx.time, tz)
+
     def _time_zone(self, user_id: str, txn: lmdb.Transaction) -> str:
         """The user's time zone, cached: parsing the profile costs more than scoring."""
         tz = self._time_zones.get(user_id)
@@ -599,6 +693,7 @@ class RiskEngine:
     def forget_user(self, user_id: str) -> None:
         """Drop what is cached about an erased user."""
         with self._lock:
+            self._generation += 1
             self._states.pop(user_id, None)
             self._time_zones.pop(user_id, None)
             self._held_at.pop(user_id, None)
@@ -653,6 +748,7 @@ class RiskEngine:
         self, states: dict[str, np.ndarray], records: dict[TxKey, TransactionRecord]
     ) -> None:
         with self._lock:
+            self._generation += 1
             for user_id, state in states.items():
                 if self._states.get(user_id) is state:
                     del self._states[user_id]
@@ -708,6 +804,7 @@ class RiskEngine:
 
         def undo() -> None:
             with self._lock:
+                self._generation += 1
                 states, records, held, population = before
                 # The hook failed before it marked: nothing ran since, restore it all.
                 now = after[0] if after else (
