@@ -50,9 +50,7 @@ from nudge.kernels.snapshot import PolicySnapshot
 
 # Layout of the learner parameter array handed to the kernel.
 L_FORGETTING = 0
-L_PRIOR_PRECISION = 1
-L_SLOPE_PRECISION = 2  # logistic link: prior precision of every feature but the bias
-N_LEARNER_PARAMS = 3
+N_LEARNER_PARAMS = 1  # the prior precisions are the snapshot's ``prior[C, d]``
 
 LINK_IDENTITY = "identity"
 LINK_LOGISTIC = "logistic"
@@ -75,6 +73,11 @@ DEFAULT_SLOPE_PRECISION = 2.0
 # first 2,000 decisions of the dense worlds but cost the types world (README "Does it
 # learn?"); OFFSET_PRIOR_VARIANCE is the value measured.
 DEFAULT_INTERCEPT_VARIANCE = 0.0
+# Whose slope priors are learned (a campaign's ``learned_prior``; logistic link only): no
+# one's, or each pair's cells (one prior per feature per pair, :func:`learn_group_prior`).
+LEARNED_PRIOR_NONE = "none"
+LEARNED_PRIOR_CELLS = "cells"
+DEFAULT_LEARNED_PRIOR = LEARNED_PRIOR_NONE
 
 # --------------------------------------------------------------------------- kernels
 
@@ -117,18 +120,17 @@ def _inverse_factor(a, out, work):
 @njit(
     jit.i8(
         jit.f8_3d, jit.f8_2d, jit.f8_2d, jit.f8_2d, jit.f8_1d,
-        jit.i4_2d_ro, jit.i8_1d_ro, jit.f8_2d_ro, jit.f8_1d_ro, jit.f8_1d_ro,
+        jit.i4_2d_ro, jit.i8_1d_ro, jit.f8_2d_ro, jit.f8_1d_ro, jit.f8_1d_ro, jit.f8_2d_ro,
     ),
     **jit.NOGIL,
 )
 def _update_kernel(precision, b, mean_t, factor_t, n_eff, combo_components, chosen, xs, rewards,
-                   params):
-    """Apply a batch of rewards to the state arrays in place. Returns the number of
-    components touched, or -1 - c if component c lost positive definiteness (cannot happen
-    with α > 0 unless the state was corrupted)."""
+                   params, prior):
+    """Apply a batch of rewards to the state arrays in place (``prior[C, d]`` each
+    component's diagonal prior precision). Returns the number of components touched, or
+    -1 - c if component c lost positive definiteness (cannot happen with a positive prior
+    unless the state was corrupted)."""
     lam = params[L_FORGETTING]
-    pull0 = (1.0 - lam) * params[L_PRIOR_PRECISION]  # the bias
-    pull = (1.0 - lam) * params[L_SLOPE_PRECISION]  # every other feature
     n_comp, d = b.shape
     k = combo_components.shape[1]
     touched = np.zeros(n_comp, dtype=np.uint8)
@@ -146,7 +148,7 @@ def _update_kernel(precision, b, mean_t, factor_t, n_eff, combo_components, chos
                 xi = x[i]
                 for m in range(d):
                     a[i, m] = lam * a[i, m] + xi * x[m]
-                a[i, i] += pull0 if i == 0 else pull
+                a[i, i] += (1.0 - lam) * prior[c, i]
                 b[c, i] = lam * b[c, i] + r * xi
             n_eff[c] = lam * n_eff[c] + 1.0
     work = np.zeros((d, d))
@@ -182,12 +184,12 @@ def _update_kernel(precision, b, mean_t, factor_t, n_eff, combo_components, chos
     jit.i8(
         jit.f8_3d, jit.f8_2d, jit.f8_2d, jit.f8_2d, jit.f8_1d,
         jit.f8_1d, jit.i4_2d_ro, jit.f8_1d_ro, jit.i8_1d_ro, jit.f8_2d_ro, jit.f8_1d_ro,
-        jit.f8_1d_ro,
+        jit.f8_1d_ro, jit.f8_2d_ro,
     ),
     **jit.NOGIL,
 )
 def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo_components,
-                            weight, chosen, xs, rewards, params):
+                            weight, chosen, xs, rewards, params, prior):
     """The logistic link, in place: the combination's logit is ``η = Σ_c w_c·μ_c·x`` and
     ``P(reward) = σ(η)`` (``rewards`` in [0, 1]). Each outcome is one extended-Kalman step
     on the joint logit with the components' covariances kept block-diagonal: with
@@ -311,8 +313,7 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
             for m in range(i + 1):
                 a[i, m] *= decay
                 a[m, i] = a[i, m]
-            a[i, i] += (1.0 - decay) * (params[L_PRIOR_PRECISION] if i == 0
-                                        else params[L_SLOPE_PRECISION])
+            a[i, i] += (1.0 - decay) * prior[c, i]
         if not _inverse_factor(a, f, work):
             return -1 - c
         p = 0
@@ -326,6 +327,62 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
                 acc += a[i, j] * mean_t[j, c]
             b[c, i] = acc
     return n_touched
+
+
+@njit(jit.void(jit.f8_2d_ro, jit.f8_2d_ro, jit.i8, jit.i8, jit.f8_1d), **jit.NOGIL)
+def _group_moments(mean_t, factor_t, start, stop, out):
+    """``out[j] = Σ_c (μ_cj² + Σ_c,jj)`` over components ``start <= c < stop``: each
+    feature's posterior second moment summed over a group (``Σ_c = F_c F_cᵀ``, so
+    ``Σ_c,jj`` is the squared norm of row ``j`` of the packed upper-triangular ``F_c``)."""
+    d = mean_t.shape[0]
+    for j in range(d):
+        out[j] = 0.0
+    p = 0
+    for j in range(d):
+        for _i in range(j, d):
+            for c in range(start, stop):
+                out[j] += factor_t[p, c] * factor_t[p, c]
+            p += 1
+        for c in range(start, stop):
+            out[j] += mean_t[j, c] * mean_t[j, c]
+
+
+@njit(jit.i8(jit.f8_3d, jit.f8_2d, jit.f8_2d, jit.f8_2d, jit.f8_2d, jit.i8, jit.i8,
+             jit.f8_1d_ro), **jit.NOGIL)
+def _reprior_kernel(precision, b, mean_t, factor_t, prior, start, stop, new):
+    """Move components ``start <= c < stop`` to the diagonal prior precision ``new[d]``, in
+    place: ``A_c += diag(new − prior_c)`` (``A_c`` is the data's precision plus the prior
+    it was built with, an invariant forgetting keeps), re-factor, ``μ_c = A_c⁻¹ b_c`` (the
+    precision-weighted mean ``b_c`` is the data's: a zero-mean prior adds nothing to it).
+    Returns 0, or ``-1 - c`` if component c lost positive definiteness."""
+    d = mean_t.shape[0]
+    work = np.zeros((d, d))
+    f = np.zeros((d, d))
+    tmp = np.empty(d)
+    for c in range(start, stop):
+        a = precision[c]
+        for i in range(d):
+            a[i, i] += new[i] - prior[c, i]
+            prior[c, i] = new[i]
+        if not _inverse_factor(a, f, work):
+            return -1 - c
+        p = 0
+        for j in range(d):
+            for i in range(j, d):
+                factor_t[p, c] = f[j, i]
+                p += 1
+        for i in range(d):  # mu = F (Fᵀ b)
+            tmp[i] = 0.0
+        for j in range(d):
+            bj = b[c, j]
+            for i in range(j, d):
+                tmp[i] += f[j, i] * bj
+        for i in range(d):
+            acc = 0.0
+            for j in range(i, d):
+                acc += f[i, j] * tmp[j]
+            mean_t[i, c] = acc
+    return 0
 
 
 # --------------------------------------------------------------------------- public API
@@ -343,6 +400,10 @@ class LearnerParams:
     forgetting: float = DEFAULT_FORGETTING
     link: str = LINK_IDENTITY
     reward_range: tuple[float, float] = (0.0, 1.0)
+    # Component ranges [start, stop) whose slopes' prior precisions are learned, per feature,
+    # from the group's posteriors after every batch (:func:`learn_group_prior`; logistic
+    # link only). Empty: the prior stays where it started.
+    prior_groups: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not (0.0 < self.forgetting <= 1.0):
@@ -355,6 +416,12 @@ class LearnerParams:
         low, high = self.reward_range
         if not (np.isfinite(low) and np.isfinite(high) and low < high):
             raise ValueError(f"reward_range: needs finite low < high, got {self.reward_range}")
+        if self.prior_groups and self.link != LINK_LOGISTIC:
+            raise ValueError("prior_groups: a learned prior needs the logistic link (the "
+                             "identity link's covariance is scaled by the noise variance)")
+        for start, stop in self.prior_groups:
+            if not 0 <= start < stop:
+                raise ValueError(f"prior_groups: need 0 <= start < stop, got ({start}, {stop})")
 
 
 def initial_snapshot(
@@ -429,7 +496,9 @@ def update_posteriors(
         raise ValueError("contexts, rewards: must be finite (no NaN or inf)")
     state = [a.copy() for a in (snapshot.precision, snapshot.b, snapshot.mean_t,
                                 snapshot.factor_t, snapshot.n_eff)]
-    kparams = np.array([params.forgetting, snapshot.prior_precision, snapshot.slope_precision])
+    kparams = np.array([params.forgetting])
+    prior = snapshot.prior
+    assert prior is not None  # filled in by PolicySnapshot
     if params.link == LINK_LOGISTIC:
         if weight is None:
             raise ValueError("weight: the logistic link needs the space's component_weight")
@@ -440,26 +509,69 @@ def update_posteriors(
         y = np.clip((r - low) / (high - low), 0.0, 1.0)
         offset = np.array([snapshot.offset, snapshot.offset_var])
         status = _update_logistic_kernel(state[0], state[1], state[2], state[3], state[4],
-                                         offset, combos, wts, chosen_a, xs, y, kparams)
+                                         offset, combos, wts, chosen_a, xs, y, kparams, prior)
     else:
         offset = np.array([snapshot.offset, snapshot.offset_var])
         status = _update_kernel(state[0], state[1], state[2], state[3], state[4], combos,
-                                chosen_a, xs, r, kparams)
+                                chosen_a, xs, r, kparams, prior)
     if status < 0:  # only reachable if the state was corrupted outside this module
         raise ValueError(f"snapshot: precision of component {-1 - status} is not positive "
                          "definite")
     precision, b, mean_t, factor_t, n_eff = state
+    prior = prior.copy()
+    for start, stop in params.prior_groups:
+        if stop > n_comp:
+            raise ValueError(f"prior_groups: ({start}, {stop}) is past the {n_comp} components")
+        new = learn_group_prior(mean_t, factor_t, prior, start, stop)
+        if new is not None and _reprior_kernel(precision, b, mean_t, factor_t, prior, start,
+                                               stop, new) < 0:
+            raise ValueError("snapshot: a component lost positive definiteness")
     return PolicySnapshot(mean_t=mean_t, factor_t=factor_t, precision=precision, b=b, n_eff=n_eff,
                           prior_precision=snapshot.prior_precision,
                           slope_precision=snapshot.slope_precision,
                           offset=float(offset[0]), offset_var=float(offset[1]),
-                          version=snapshot.version + 1)
+                          version=snapshot.version + 1, prior=prior)
+
+
+# A learned prior moves only when some feature's precision changes by more than this share:
+# each move re-factors every component of the group.
+PRIOR_TOLERANCE = 0.01
+# … and stays within these bounds (a feature no cell uses would otherwise head for infinity).
+PRIOR_BOUNDS = (1e-3, 1e6)
+
+
+def learn_group_prior(
+    mean_t: np.ndarray, factor_t: np.ndarray, prior: np.ndarray, start: int, stop: int
+) -> np.ndarray | None:
+    """The group's new prior precisions (one per feature, the bias kept), or None if none
+    moved by more than ``PRIOR_TOLERANCE``.
+
+    Why: the components of a group (the cells of one pair of dimensions) are exchangeable
+    draws of one effect, ``θ_cj ~ N(0, 1/τ_j)``; how far their slopes spread on feature j
+    is evidence for τ_j, which one component's few observations cannot give. The EM step
+    of that hierarchical model (empirical Bayes, automatic relevance determination) is
+    ``τ_j = n / Σ_c E[θ_cj²] = n / Σ_c (μ_cj² + Σ_c,jj)`` over the group's ``n``
+    posteriors; components not yet observed sit at the prior and pull τ_j toward its
+    current value, so the estimate moves only as the group gathers data. Features no cell
+    depends on (in most worlds, every one: the cells carry constant interactions) shrink
+    toward 0 and stop costing exploration and noise; a feature the cells do depend on keeps
+    a weak prior.
+    """
+    sums = np.empty(mean_t.shape[0])
+    _group_moments(mean_t, factor_t, start, stop, sums)
+    old = prior[start]
+    new = old.copy()
+    new[1:] = np.clip((stop - start) / np.maximum(sums[1:], 1e-12), *PRIOR_BOUNDS)
+    if np.max(np.abs(new / old - 1.0)) <= PRIOR_TOLERANCE:
+        return None
+    return new
 
 
 def warm_up() -> None:
     """Call every kernel once on tiny inputs (load from cache before SERVING)."""
     snap = initial_snapshot(2, 2)
     combos = np.array([[0, 1], [1, -1]], dtype=np.int32)
-    for link in (LINK_IDENTITY, LINK_LOGISTIC):
+    for params in (LearnerParams(link=LINK_IDENTITY),
+                   LearnerParams(link=LINK_LOGISTIC, prior_groups=((0, 2),))):
         update_posteriors(snap, combos, np.array([0, 1]), np.ones((2, 2)), np.array([1.0, 0.0]),
-                          LearnerParams(link=link), weight=np.array([0.5, 1.0]))
+                          params, weight=np.array([0.5, 1.0]))

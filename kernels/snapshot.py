@@ -33,7 +33,12 @@ class PolicySnapshot:
       (``(j, i)`` for ``j <= i``), component innermost. A sampled score's variance is
       ``v²·|F_cᵀx|²``: products, no triangular solves;
     - ``precision[C, d, d]`` = A_c, ``b[C, d]``, ``n_eff[C]`` effective observation counts
-      (the learner's state; the policy reads only ``mean_t`` and ``factor_t``).
+      (the learner's state; the policy reads only ``mean_t`` and ``factor_t``);
+    - ``prior[C, d]``: each component's diagonal prior precision, the one ``A_c`` holds
+      (``A_c = data + diag(prior_c)``; forgetting pulls toward it). Left out (None) it is
+      ``prior_precision`` on the bias and ``slope_precision`` elsewhere for every
+      component; the learner may learn it per group of components
+      (``nudge.kernels.learner.learn_group_prior``).
     """
 
     mean_t: np.ndarray
@@ -49,6 +54,7 @@ class PolicySnapshot:
     # every arm has the same; see ``nudge.kernels.learner._update_logistic_kernel``).
     offset: float = 0.0
     offset_var: float = 0.0
+    prior: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.slope_precision is None:
@@ -76,6 +82,17 @@ class PolicySnapshot:
                 raise ValueError(f"{name}: shape must be {shape} to match mean_t "
                                  f"{mean_t.shape}, got {arr.shape}")
             object.__setattr__(self, name, arr)
+        if self.prior is None:
+            uniform = np.full((n_comp, d), float(self.slope_precision))  # type: ignore[arg-type]
+            uniform[:, 0] = self.prior_precision
+            object.__setattr__(self, "prior", uniform)
+        prior = frozen_array(self.prior, "prior", np.float64, 2)
+        if prior.shape != (n_comp, d):
+            raise ValueError(f"prior: shape must be {(n_comp, d)} to match mean_t "
+                             f"{mean_t.shape}, got {prior.shape}")
+        if not (np.isfinite(prior).all() and (prior > 0.0).all()):
+            raise ValueError("prior: every prior precision must be finite and > 0")
+        object.__setattr__(self, "prior", prior)
 
     @property
     def n_components(self) -> int:

@@ -25,9 +25,12 @@ from nudge.kernels.action_space import ActionSpace, build_action_space
 from nudge.kernels.learner import (
     DEFAULT_FORGETTING,
     DEFAULT_INTERCEPT_VARIANCE,
+    DEFAULT_LEARNED_PRIOR,
     DEFAULT_LINK,
     DEFAULT_PRIOR_PRECISION,
     DEFAULT_SLOPE_PRECISION,
+    LEARNED_PRIOR_CELLS,
+    LEARNED_PRIOR_NONE,
     LINK_IDENTITY,
     LINK_LOGISTIC,
 )
@@ -43,6 +46,7 @@ NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 ALGORITHMS = ("squarecb", "thompson")
 LINKS = (LINK_LOGISTIC, LINK_IDENTITY)
+LEARNED_PRIORS = (LEARNED_PRIOR_NONE, LEARNED_PRIOR_CELLS)
 # How many times the goal's value one outcome may be worth at most (Goal.reward_range).
 MAX_REWARD_MULTIPLE = 10.0
 
@@ -169,6 +173,10 @@ class Exploration:
     # is a logit, components share each outcome's credit) or "identity" (each component
     # regresses the raw reward on its own).
     link: str = DEFAULT_LINK
+    # Which components' slope priors are learned from the data (logistic link): "cells"
+    # (each pair's cells share one prior per feature, set by empirical Bayes after every
+    # batch) or "none" (every component keeps slope_precision).
+    learned_prior: str = DEFAULT_LEARNED_PRIOR
     # Per-update forgetting factor (< 1 tracks drift; 1 never forgets).
     forgetting: float = DEFAULT_FORGETTING
     # SquareCB learning rate, scaled by the number of allowed actions.
@@ -502,6 +510,8 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
             source, 1e-6, 1e6,
         ),
         link=_link(e.get("link", defaults.link), source),
+        learned_prior=_choice(e.get("learned_prior", defaults.learned_prior), LEARNED_PRIORS,
+                              "exploration.learned_prior", source),
         intercept_variance=_number(
             e.get("intercept_variance", defaults.intercept_variance),
             "exploration.intercept_variance", source, 0.0, 1e3,
@@ -529,6 +539,12 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
 def _link(value: Any, source: str) -> str:
     if value not in LINKS:
         raise _fail(source, "exploration.link", f"must be one of {list(LINKS)}")
+    return str(value)
+
+
+def _choice(value: Any, choices: tuple[str, ...], key: str, source: str) -> str:
+    if value not in choices:
+        raise _fail(source, key, f"must be one of {list(choices)}")
     return str(value)
 
 

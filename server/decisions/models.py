@@ -58,7 +58,21 @@ class CampaignModel:
         worst = -max(goal.opt_out_cost, goal.contact_cost * most_messages, 0.0)
         best = goal.value if goal.value > worst else worst + 1.0
         return lrn.LearnerParams(forgetting=e.forgetting, link=e.link,
-                                 reward_range=(worst, best))
+                                 reward_range=(worst, best), prior_groups=self._prior_groups)
+
+    @property
+    def _prior_groups(self) -> tuple[tuple[int, int], ...]:
+        """Each pair's cells, as component ranges, when their prior is learned (the
+        logistic link only: the identity link ignores ``learned_prior``)."""
+        e, space = self.campaign.exploration, self.campaign.space
+        if e.link != lrn.LINK_LOGISTIC or e.learned_prior != lrn.LEARNED_PRIOR_CELLS:
+            return ()
+        sizes = space.dim_sizes
+        groups, start = [], sum(sizes)
+        for a, b in space.pairs:
+            groups.append((start, start + sizes[a] * sizes[b]))
+            start += sizes[a] * sizes[b]
+        return tuple(groups)
 
     @classmethod
     def initial(cls, campaign: Campaign) -> CampaignModel:

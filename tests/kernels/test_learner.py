@@ -292,3 +292,62 @@ def test_no_shared_intercept_when_its_variance_is_zero() -> None:
     assert on.offset < -0.5  # a 20% rate: the intercept moved towards its logit
     with pytest.raises(ValueError, match="offset_var"):
         initial_snapshot(2, 2, intercept_variance=-1.0)
+
+
+# --------------------------------------------------------------------------- learned prior
+
+
+def test_group_prior_is_the_em_step_and_the_group_moves_to_it() -> None:
+    """Components 2..4 share a learned prior: after a batch, their precisions hold the
+    same data plus the new prior, their means and factors follow from them, and the prior
+    is ``n / Σ_c (μ_cj² + Σ_c,jj)`` of the posteriors it replaced (numpy, written out)."""
+    rng = np.random.default_rng(15)
+    snap = initial_snapshot(6, D, prior_precision=0.7, slope_precision=2.0)
+    chosen, xs, _ = _batch(rng, 120)
+    y = (rng.random(120) < 0.3).astype(float)
+    fixed = update_posteriors(snap, _combos(), chosen, xs, y,
+                              LearnerParams(0.99, link=learner.LINK_LOGISTIC), weight=WEIGHT)
+    learned = update_posteriors(
+        snap, _combos(), chosen, xs, y,
+        LearnerParams(0.99, link=learner.LINK_LOGISTIC, prior_groups=((2, 5),)), weight=WEIGHT)
+    group = range(2, 5)
+    second = sum(fixed.mu[c] ** 2 + np.diag(np.linalg.inv(fixed.precision[c])) for c in group)
+    want = np.concatenate([[0.7], np.clip(3 / second[1:], *learner.PRIOR_BOUNDS)])
+    assert not np.allclose(want, fixed.prior[2])  # the test would show nothing otherwise
+    for c in range(6):
+        prior = want if c in group else fixed.prior[c]
+        assert np.allclose(learned.prior[c], prior, rtol=1e-10)
+        data = fixed.precision[c] - np.diag(fixed.prior[c])
+        assert np.allclose(learned.precision[c], data + np.diag(prior), rtol=1e-10, atol=1e-12)
+        assert np.allclose(learned.mu[c], np.linalg.solve(learned.precision[c], fixed.b[c]),
+                           rtol=1e-9, atol=1e-12)
+        f = learned.cov_factor(c)
+        assert np.allclose(f @ f.T, np.linalg.inv(learned.precision[c]), rtol=1e-9, atol=1e-12)
+    # Forgetting in the next batch pulls the group toward its new prior, not the old one.
+    chosen2, xs2, _ = _batch(rng, 60)
+    y2 = (rng.random(60) < 0.3).astype(float)
+    newer = update_posteriors(learned, _combos(), chosen2, xs2, y2,
+                              LearnerParams(0.99, link=learner.LINK_LOGISTIC), weight=WEIGHT)
+    a, _, _, _ = _logistic_reference(_combos(), chosen2, xs2, y2, 0.99, 0.7, 2.0, 6,
+                                     start=learned)
+    for c in group:  # the reference's pull is toward the old prior: correct for it
+        seen = sum(c in _combos()[ch] for ch in chosen2)
+        a[c] += (1 - 0.99 ** seen) * np.diag(want - fixed.prior[c])
+    assert np.allclose(newer.precision, a, rtol=1e-9, atol=1e-11)
+
+
+def test_group_prior_stays_put_when_nothing_moved_and_needs_the_logistic_link() -> None:
+    snap = initial_snapshot(6, D)
+    same = update_posteriors(
+        snap, _combos(), np.zeros(0, np.int64), np.zeros((0, D)), np.zeros(0),
+        LearnerParams(link=learner.LINK_LOGISTIC, prior_groups=((2, 5),)), weight=WEIGHT)
+    assert np.array_equal(same.prior, snap.prior)  # untouched components are the prior
+    assert np.array_equal(same.mean_t, snap.mean_t)
+    with pytest.raises(ValueError, match="prior_groups"):
+        LearnerParams(link=learner.LINK_IDENTITY, prior_groups=((0, 2),))
+    with pytest.raises(ValueError, match="prior_groups"):
+        LearnerParams(link=learner.LINK_LOGISTIC, prior_groups=((3, 3),))
+    with pytest.raises(ValueError, match="prior_groups"):
+        update_posteriors(snap, _combos(), np.zeros(0, np.int64), np.zeros((0, D)),
+                          np.zeros(0), LearnerParams(link=learner.LINK_LOGISTIC,
+                                                     prior_groups=((2, 9),)), weight=WEIGHT)

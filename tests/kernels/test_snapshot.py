@@ -37,3 +37,15 @@ def test_validation_errors() -> None:
     with pytest.raises(ValueError, match="mean_t: dtype must be float64"):
         PolicySnapshot(**(arrays | {"mean_t": arrays["mean_t"].astype(np.float32)}),
                        prior_precision=1.0)
+
+
+def test_prior_defaults_per_component_and_is_checked() -> None:
+    arrays = _arrays()
+    snap = PolicySnapshot(**arrays, prior_precision=0.5, slope_precision=3.0)
+    assert np.array_equal(snap.prior, [[0.5, 3.0, 3.0], [0.5, 3.0, 3.0]])
+    assert not snap.prior.flags.writeable
+    with pytest.raises(ValueError, match="prior: shape must be"):
+        PolicySnapshot(**arrays, prior_precision=1.0, prior=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="prior: every prior precision"):
+        PolicySnapshot(**arrays, prior_precision=1.0, prior=np.zeros((2, 3)))
+

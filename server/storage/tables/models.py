@@ -41,7 +41,7 @@ def encode(
         buffer, mean_t=s.mean_t, factor_t=s.factor_t, precision=s.precision, b=s.b,
         n_eff=s.n_eff, prior=np.array([s.prior_precision, s.slope_precision]),
         offset=np.array([s.offset, s.offset_var]), version=np.array([s.version]),
-        stats_mean=st.mean, stats_var=st.var, stats_count=st.count,
+        component_prior=s.prior, stats_mean=st.mean, stats_var=st.var, stats_count=st.count,
         features=np.array(features), components=np.array(components),
     )
     return buffer.getvalue()
@@ -58,6 +58,8 @@ def decode(raw: bytes) -> StoredModel:
             # … and no shared intercept.
             **({"offset": float(data["offset"][0]), "offset_var": float(data["offset"][1])}
                if "offset" in data.files else {}),
+            # … and one prior for every component (built from ``prior`` above).
+            prior=data["component_prior"] if "component_prior" in data.files else None,
         )
         stats = ctx.ContextStats(
             mean=data["stats_mean"], var=data["stats_var"], count=data["stats_count"]

@@ -101,6 +101,8 @@ def test_guardrails_can_be_turned_off() -> None:
          "guardrails.quiet_hours: start and end must differ"),
         ("per_channel_day = 1", "per_channel_day = -1", "guardrails.caps.per_channel_day"),
         ('algorithm = "squarecb"', 'algorithm = "greedy"', "exploration.algorithm: must be one of"),
+        ('algorithm = "squarecb"', 'learned_prior = "all"',
+         "exploration.learned_prior: must be one of"),
         ("[goal]", "[gaol]\nx = 1\n[goal]", "gaol: unknown key"),
         ("one_step = \"You're", "one_step = \"{amount.real} You're",
          "messages.one_step: placeholder {amount.real} must be a plain property name"),

@@ -49,9 +49,25 @@ def test_parse_defaults_are_the_kernels_defaults() -> None:
     assert e.slope_precision == learner.DEFAULT_SLOPE_PRECISION
     assert e.link == learner.DEFAULT_LINK
     assert e.intercept_variance == learner.DEFAULT_INTERCEPT_VARIANCE
+    assert e.learned_prior == learner.DEFAULT_LEARNED_PRIOR
     assert policy.PolicyParams() == p
 
 
 def test_an_empty_exploration_table_is_the_same_as_none() -> None:
     empty = _without_exploration(SHIPPED) + "\n[exploration]\n"
     assert parse_campaign(empty, "empty").exploration == Exploration()
+
+
+def test_a_learned_cell_prior_covers_each_pairs_cells_with_the_logistic_link() -> None:
+    from nudge.server.decisions.models import CampaignModel
+
+    base = _without_exploration(SHIPPED) + '\n[exploration]\nlearned_prior = "cells"\n'
+    model = CampaignModel.initial(parse_campaign(base, "cells"))
+    space = model.campaign.space
+    start, groups = sum(space.dim_sizes), []
+    for a, b in space.pairs:
+        groups.append((start, start + space.dim_sizes[a] * space.dim_sizes[b]))
+        start = groups[-1][1]
+    assert model.learner_params.prior_groups == tuple(groups)
+    identity = CampaignModel.initial(parse_campaign(base + 'link = "identity"\n', "identity"))
+    assert identity.learner_params.prior_groups == ()  # the identity link ignores it

@@ -86,11 +86,20 @@ def test_model_codec_keeps_the_priors_and_the_shared_intercept() -> None:
     buffer = io.BytesIO()
     old = {k: v for k, v in np.load(io.BytesIO(models.encode(snapshot, stats, ["bias", "f"],
                                                              ["a", "b", "c"]))).items()
-           if k != "offset"}
+           if k not in ("offset", "component_prior")}
     old["prior"] = np.array([0.5])
     np.savez(buffer, **old)
     s = models.decode(buffer.getvalue()).snapshot
     assert (s.prior_precision, s.slope_precision, s.offset) == (0.5, 0.5, 0.0)
+    np.testing.assert_array_equal(s.prior, np.full((3, 2), 0.5))
+
+
+def test_model_codec_keeps_a_learned_prior_per_component() -> None:
+    prior = np.array([[0.5, 4.0], [0.5, 17.0], [0.5, 0.25]])
+    snapshot = dataclasses.replace(lrn.initial_snapshot(3, 2, 0.5, 4.0), prior=prior)
+    stats = ctx.ContextStats(mean=np.zeros(1), var=np.ones(1), count=np.zeros(1))
+    back = models.decode(models.encode(snapshot, stats, ["bias", "f"], ["a", "b", "c"]))
+    np.testing.assert_array_equal(back.snapshot.prior, prior)
 
 
 def test_user_records_are_sparse_and_dense_ones_still_read(tmp_path: Path) -> None:
