@@ -34,6 +34,7 @@ from nudge.bench.risk_worlds import WORLDS
 
 if TYPE_CHECKING:
     from nudge.kernels.policy import PolicyParams
+    from nudge.server.decisions.campaign import Exploration
 
 HISTORY_KEYS = ("ap_0_4", "ap_5_19", "ap_20_up")
 
@@ -161,7 +162,8 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
         sim = policy_sim.run(policy_sim.SimConfig(
             n_decisions=config.policy_decisions, seed=config.seed,
             policy=_campaign_default(mode, len(policy_sim.DIMS)),
-            learner=LearnerParams(forgetting=e.forgetting, link=e.link),
+            learner=LearnerParams(forgetting=e.forgetting, link=e.link,
+                                  prior_groups=_prior_groups(e)),
             prior_precision=e.prior_precision, slope_precision=e.slope_precision,
             intercept_variance=e.intercept_variance))
         policies[mode] = {"policy_last_fifth": sim.policy_last, "oracle_last_fifth":
@@ -173,6 +175,17 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
     return {"worlds": worlds, **found,
             "risk": {"regimes": rows, "river_customers": config.river_customers},
             "policy": policies, "metrics": metrics}
+
+
+def _prior_groups(e: Exploration) -> tuple[tuple[int, int], ...]:
+    """The groups a campaign with these settings learns a prior for, in policy_sim's space
+    (as ``CampaignModel.learner_params`` would give them)."""
+    from nudge.bench import policy_sim
+    from nudge.kernels import learner
+
+    if e.link != learner.LINK_LOGISTIC or e.learned_prior != learner.LEARNED_PRIOR_CELLS:
+        return ()
+    return learner.pair_cell_groups(policy_sim.DIMS, policy_sim.PAIRS)
 
 
 def _insights(config: QualityConfig, progress: Callable[[str], None],

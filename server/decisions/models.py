@@ -67,12 +67,7 @@ class CampaignModel:
         e, space = self.campaign.exploration, self.campaign.space
         if e.link != lrn.LINK_LOGISTIC or e.learned_prior != lrn.LEARNED_PRIOR_CELLS:
             return ()
-        sizes = space.dim_sizes
-        groups, start = [], sum(sizes)
-        for a, b in space.pairs:
-            groups.append((start, start + sizes[a] * sizes[b]))
-            start += sizes[a] * sizes[b]
-        return tuple(groups)
+        return lrn.pair_cell_groups(space.dim_sizes, space.pairs)
 
     @classmethod
     def initial(cls, campaign: Campaign) -> CampaignModel:
