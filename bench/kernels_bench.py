@@ -147,15 +147,19 @@ def _learner(n_combos: int, features: int, batch: int, link: str) -> Prepared:
     xs[:, 0] = 1.0
     chosen = rng.integers(0, space.n_combos, batch)
     rewards = (rng.random(batch) < 0.1).astype(np.float64)
-    params = learner.LearnerParams(link=link)
+    # The campaign default learns the pair cells' prior (logistic link): measure that.
+    groups = (learner.pair_cell_groups(space.dim_sizes, space.pairs)
+              if link == learner.LINK_LOGISTIC
+              and learner.DEFAULT_LEARNED_PRIOR == learner.LEARNED_PRIOR_CELLS else ())
+    params = learner.LearnerParams(link=link, prior_groups=groups)
 
     def call() -> None:
         learner.update_posteriors(snap, space.combo_components, chosen, xs, rewards, params,
                                   weight=space.component_weight)
 
     return Prepared(call, items_per_call=batch,
-                    note=f"{link} link, {batch} rewards per batch, {n_combos:,} combos × "
-                         f"{features} features")
+                    note=f"{link} link{', learned cell prior' if groups else ''}, {batch} "
+                         f"rewards per batch, {n_combos:,} combos × {features} features")
 
 
 def _risk_inputs(n: int):

@@ -31,6 +31,13 @@ Accumulating ``A`` exactly and re-inverting each touched component once per batc
 d³/2 flops per touched component per batch; with rewards arriving in batches (they arrive late
 anyway) that is far cheaper per reward than d³ per reward, and it cannot drift.
 
+Priors are per component (``PolicySnapshot.prior[C, d]``, diagonal): ``A_c`` is always
+the data's precision plus ``diag(prior_c)``, which forgetting preserves. A group of
+components can have its prior learned from its own posteriors after every batch
+(``LearnerParams.prior_groups``, :func:`learn_group_prior`): moving a component to a new
+prior adds the difference to ``A_c`` and keeps ``b_c``, exactly the posterior that prior
+would have given on the same data.
+
 Snapshots: deciders read a :class:`PolicySnapshot` whose arrays are read-only. The learner
 never writes into the arrays being read: :func:`update_posteriors` copies the state, updates
 the copies and returns a *new* snapshot (``version + 1``); the server publishes it by swapping
@@ -66,8 +73,9 @@ DEFAULT_PRIOR_PRECISION = 1.0
 # standard error of such a mean is about 0.012), while bench/policy_sim.py's world, whose
 # user types move each component's logit by several prior standard deviations, is not:
 # 0.932 / 0.900 of the oracle on seeds 0 / 1 at 2, 0.836 / 0.819 at 3 (its budget is 0.85).
-# A prior learned across components (per feature, by EM) was tried instead and is not used:
-# README "Does it learn?".
+# It is where the dimension values' slopes start and stay; the pair cells' prior starts here
+# and is then learned (DEFAULT_LEARNED_PRIOR). Learning the dimension values' prior too was
+# tried and is not used: README "Does it learn?".
 DEFAULT_SLOPE_PRECISION = 2.0
 # The shared intercept is off by default: through the server on seeds 1-2 it sped up the
 # first 2,000 decisions of the dense worlds but cost the types world (README "Does it
