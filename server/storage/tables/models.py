@@ -41,7 +41,8 @@ def encode(
         buffer, mean_t=s.mean_t, factor_t=s.factor_t, precision=s.precision, b=s.b,
         n_eff=s.n_eff, prior=np.array([s.prior_precision, s.slope_precision]),
         offset=np.array([s.offset, s.offset_var]), version=np.array([s.version]),
-        component_prior=s.prior, stats_mean=st.mean, stats_var=st.var, stats_count=st.count,
+        component_prior=np.asarray(s.prior),
+        stats_mean=st.mean, stats_var=st.var, stats_count=st.count,
         features=np.array(features), components=np.array(components),
     )
     return buffer.getvalue()
