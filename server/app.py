@@ -38,6 +38,7 @@ from nudge.server.gc_tuning import tune_for_serving
 from nudge.server.risk.engine import RiskEngine
 from nudge.server.rpc.admin_service import AdminServicer
 from nudge.server.rpc.auth import AuthInterceptor, TokenStore
+from nudge.server.rpc.batch_routing import BatchRouter
 from nudge.server.rpc.decision_service import DecisionServicer
 from nudge.server.rpc.delivery_service import DeliveryServicer
 from nudge.server.rpc.diagnostics_service import DiagnosticsServicer, ServerInfo
@@ -323,6 +324,8 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
+    batches = (BatchRouter(cluster, forwarding)
+               if cluster is not None and forwarding is not None else None)
     risk_engine = RiskEngine(store, writer, ModelParams(prior=config.risk_prior),
                              config.risk_hold_seconds)
     pseudonyms = Pseudonyms(config.pseudonymize_key)
@@ -337,6 +340,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         DecisionServicer(
             store, writer, clock, readiness, config.half_life_seconds, decisions, pseudonyms,
             submit_events=cluster.publish_events if cluster is not None else None,
+            batches=batches,
         ),
         server,
     )

@@ -357,7 +357,10 @@ class ClusterNode:
 
     def route(self, user_id: str) -> Route:
         """Where a call about ``user_id`` (as stored) is answered."""
-        partition = partition_of(user_id, self.partitions)
+        return self.route_partition(partition_of(user_id, self.partitions))
+
+    def route_partition(self, partition: int) -> Route:
+        """Where a call about a user of ``partition`` is answered."""
         owned = self._owned.get(partition)
         if owned is not None:
             if time.monotonic() >= self._fence:

@@ -262,10 +262,13 @@ class DecisionEngine:
         read = self._read_users([requests[i] for i in first.values()])
         clocks: dict[tuple[float, str], LocalNow] = {}
         out = []
+        # Cluster mode: the chunk's decision records go to the log at once and are waited
+        # for together (one replication round trip a chunk, not one a user).
+        logged: list[Future[Any]] = []
         for i, request in enumerate(requests):
             user = read.pop(request.user_id) if first[request.user_id] == i else None
             try:
-                out.append(self.decide(request, None, user, clocks))
+                out.append(self.decide(request, None, user, clocks, logged))
             except InvalidArgument as exc:
                 if exc.field != "numbers/strings":
                     raise
@@ -277,6 +280,8 @@ class DecisionEngine:
                     reasons=[(TRACE_PROPERTIES, exc.rule, 0.0)],
                     model_version=self.campaign_model(request.campaign).version,
                 ))
+        for future in logged:
+            future.result(LOG_DECISION_TIMEOUT_SECONDS)
         return out
 
     def decide(
@@ -285,6 +290,7 @@ class DecisionEngine:
         after_reply: Callable[[Callable[[], None]], bool] | None = None,
         user: Prefetched | None = None,
         clocks: dict[tuple[float, str], LocalNow] | None = None,
+        logged: list[Future[Any]] | None = None,
     ) -> DecisionOutcome:
         """Decide for one user now. Every step runs between gRPC calls that evict the CPU
         caches, so campaign-derived work lives in CampaignPlan, kernels are called through
@@ -416,7 +422,11 @@ class DecisionEngine:
                 record.messages = len(times)
             self.pending.add(record, planned, after_reply)
             if self.log_decision is not None:
-                self.log_decision(record, planned).result(LOG_DECISION_TIMEOUT_SECONDS)
+                future = self.log_decision(record, planned)
+                if logged is None:
+                    future.result(LOG_DECISION_TIMEOUT_SECONDS)
+                else:  # a batch waits for its chunk's records together
+                    logged.append(future)
         return DecisionOutcome(
             decision_id=decision_id,
             actions=actions,

@@ -13,9 +13,10 @@ import grpc
 
 from nudge.kernels.policy import MAX_TOP_K
 from nudge.server.clock import Clock
+from nudge.server.cluster.partitions import partition_of
 from nudge.server.decisions.audience import Segment, segment_users
 from nudge.server.decisions.engine import DecideInput, DecisionEngine, DecisionOutcome
-from nudge.server.errors import InvalidArgument, NotFound
+from nudge.server.errors import InvalidArgument, NotFound, Unavailable
 from nudge.server.inputs.events import (
     ValidEvent,
     check_id,
@@ -23,6 +24,8 @@ from nudge.server.inputs.events import (
     timestamp_seconds,
     validate_events,
 )
+from nudge.server.rpc import batch_routing
+from nudge.server.rpc.batch_routing import BatchRouter
 from nudge.server.rpc.deadlines import wait_within_deadline
 from nudge.server.rpc.privacy import Pseudonyms
 from nudge.server.rpc.readiness import Readiness
@@ -99,6 +102,18 @@ def _fill_decision(reply: pb.DecideResponse | pb.BatchDecision,
         send_at.seconds, send_at.nanos = divmod(round(a.send_at * 1e9), 1_000_000_000)
 
 
+def _settings_request(settings: _BatchSettings) -> pb.DecideBatchRequest:
+    """A batch's settings as its owners are asked them (cluster mode): the time resolved
+    here, so every decision of the batch is taken at the same time."""
+    s = settings
+    request = pb.DecideBatchRequest(campaign=s.campaign, top_k=s.top_k, dry_run=s.dry_run,
+                                    include_reasons=s.include_reasons)
+    request.numbers.update(s.numbers)
+    request.strings.update(s.strings)
+    request.time.seconds, request.time.nanos = divmod(round(s.time * 1e9), 1_000_000_000)
+    return request
+
+
 def _wait(future: Future[TrackResult], context: grpc.ServicerContext) -> TrackResult:
     return wait_within_deadline(
         future,
@@ -118,6 +133,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         decisions: DecisionEngine,
         pseudonyms: Pseudonyms | None = None,
         submit_events: Callable[[list[ValidEvent]], Future[TrackResult]] | None = None,
+        batches: BatchRouter | None = None,
     ) -> None:
         self.pseudonyms = pseudonyms or Pseudonyms(None)
         self.store = store
@@ -129,6 +145,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.half_life_seconds = half_life_seconds
         self.decisions = decisions
         self._type_names = TypeNames()
+        # Cluster mode: DecideBatch's users are decided by their partitions' owners.
+        self.batches = batches
 
     def _pseudonymous(self, events: list[ValidEvent]) -> list[ValidEvent]:
         """Replace user ids by their pseudonyms, in the stored event too (if configured)."""
@@ -225,6 +243,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     ) -> Iterator[pb.DecideBatchResponse]:
         self.readiness.check()
         settings: _BatchSettings | None = None
+        decided = [0]  # users decided so far (a forwarded batch refuses only before any)
         for index, message in enumerate(request_iterator):
             try:
                 if settings is None:
@@ -239,7 +258,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     check_id(user_id, f"user_ids[{j}]")
             except InvalidArgument as exc:
                 raise InvalidArgument(f"messages[{index}].{exc.field}", exc.rule) from None
-            if message.HasField("segment"):
+            if self.batches is not None:  # cluster mode: each user decided by its owner
+                yield from self._routed(settings, message, context, decided)
+            elif message.HasField("segment"):
                 for chunk in segment_users(self.store, settings.segment(message.segment)):
                     yield self._decide_chunk(settings, chunk, chunk)
             else:
@@ -248,6 +269,67 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     asked = ids[start : start + BATCH_CHUNK]
                     yield self._decide_chunk(settings, asked,
                                              [self.pseudonyms(i) for i in asked])
+
+    def _routed(self, settings: _BatchSettings, message: pb.DecideBatchRequest,
+                context: grpc.ServicerContext, decided: list[int]
+                ) -> Iterator[pb.DecideBatchResponse]:
+        """One message of a DecideBatch in cluster mode (batch_routing.py): coordinated
+        here, or — forwarded by a coordinator — decided here for users this node serves,
+        refused before deciding anyone otherwise."""
+        batches = self.batches
+        assert batches is not None
+        serves = batches.router
+        if batch_routing.is_forwarded(context):
+            if message.HasField("segment"):
+                mine = batch_routing.forwarded_partitions(context) or frozenset()
+                lost = sorted(p for p in mine if not serves.route_partition(p).local)
+                if lost:
+                    batch_routing.refuse(context, f"partitions {lost} are not served here")
+                for chunk in self._segment_chunks(settings, message, mine):
+                    reply = pb.DecideBatchResponse()
+                    reply.decisions.extend(chunk)
+                    yield reply
+                return
+            stored = [self.pseudonyms(i) for i in message.user_ids]
+            lost_users = [u for u in stored if not serves.route(u).local]
+            if lost_users:
+                what = f"user_ids: {lost_users[0]!r}'s partition is not served here"
+                if decided[0]:  # not the coordinator's one message: nothing to re-route
+                    raise Unavailable(what)
+                batch_routing.refuse(context, what)
+            ids = list(message.user_ids)
+            for start in range(0, len(ids), BATCH_CHUNK):
+                reply = self._decide_chunk(settings, ids[start:start + BATCH_CHUNK],
+                                           stored[start:start + BATCH_CHUNK])
+                decided[0] += len(reply.decisions)
+                yield reply
+            return
+        request = _settings_request(settings)
+        if message.HasField("segment"):
+            request.segment.CopyFrom(message.segment)
+            yield from batches.decide_segment(
+                request, context,
+                lambda mine: self._segment_chunks(settings, message, mine), BATCH_CHUNK)
+            return
+        ids = list(message.user_ids)
+        for start in range(0, len(ids), BATCH_CHUNK):
+            asked = ids[start:start + BATCH_CHUNK]
+            reply = pb.DecideBatchResponse()
+            reply.decisions.extend(batches.decide_ids(
+                request, asked, [self.pseudonyms(i) for i in asked], context,
+                lambda a, s: list(self._decide_chunk(settings, a, s).decisions)))
+            yield reply
+
+    def _segment_chunks(self, settings: _BatchSettings, message: pb.DecideBatchRequest,
+                        partitions: frozenset[int]) -> Iterator[list[pb.BatchDecision]]:
+        """The segment's users of ``partitions`` stored here, decided a chunk at a time
+        (rows of partitions this node held before a move are not its to decide)."""
+        assert self.batches is not None
+        n = self.batches.router.partitions
+        for chunk in segment_users(self.store, settings.segment(message.segment)):
+            mine = [u for u in chunk if partition_of(u, n) in partitions]
+            if mine:
+                yield list(self._decide_chunk(settings, mine, mine).decisions)
 
     def _batch_settings(self, message: pb.DecideBatchRequest) -> _BatchSettings:
         """The first message's settings, validated as Decide validates its request."""

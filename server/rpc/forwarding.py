@@ -31,7 +31,7 @@ nodes asked cover every partition; otherwise UNAVAILABLE, and the caller retries
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import grpc
@@ -55,6 +55,8 @@ FOUND_BY_ID = ("/nudge.v1.DecisionService/ReportOutcome",
                "/nudge.v1.DeliveryService/AckDelivery")
 _HOP_HEADERS = {"grpc-timeout", "te", "content-type", "user-agent", "grpc-accept-encoding",
                 "grpc-encoding", "authority", ":authority"}
+# The coordinator's own marks, never passed on by a forward (batch_routing.py sets its own).
+_NOT_PASSED_ON = {FORWARDED, "nudge-partitions"}
 
 
 class RouteLike(Protocol):
@@ -167,6 +169,31 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
             details = exc.details() if hasattr(exc, "details") else str(exc)
             context.abort(code, details or f"forwarded to {address}: {code.name}")
 
+    def stream(
+        self, method: str, requests: Iterator[Any], context: grpc.ServicerContext,
+        address: str, extra: tuple[tuple[str, str], ...] = (),
+    ) -> Iterator[Any]:
+        """A stream-stream call forwarded to ``address`` (DecideBatch: batch_routing.py),
+        with the caller's metadata and remaining deadline, marked forwarded; its replies."""
+        reply_type = _reply_type(method)
+        call = self._channel(address).stream_stream(
+            method, request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=reply_type.FromString,
+        )
+        remaining = context.time_remaining()
+        timeout = None if remaining is None or remaining > 86_400 else remaining
+        self.forwarded += 1
+        replies: Iterator[Any] = call(requests, metadata=self._metadata(context) + list(extra),
+                                      timeout=timeout)
+        return replies
+
+    def _metadata(self, context: grpc.ServicerContext) -> list[tuple[str, str]]:
+        metadata = [(k, v) for k, v in context.invocation_metadata()
+                    if k not in _HOP_HEADERS and not k.startswith(":")
+                    and k not in _NOT_PASSED_ON]
+        metadata.append((FORWARDED, self.router.node_id))
+        return metadata
+
     def _call(
         self, method: str, request: Any, context: grpc.ServicerContext, address: str,
         share: float = 1.0, wait: bool = True,
@@ -176,9 +203,7 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
             method, request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=reply_type.FromString,
         )
-        metadata = [(k, v) for k, v in context.invocation_metadata()
-                    if k not in _HOP_HEADERS and not k.startswith(":")]
-        metadata.append((FORWARDED, self.router.node_id))
+        metadata = self._metadata(context)
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > 86_400 else remaining * share
         self.forwarded += 1

@@ -261,3 +261,74 @@ def test_a_logged_decision_s_planned_contacts_count_on_the_owner_that_applies_it
     assert capped == SUPPRESS_CAP
     assert control not in (SUPPRESS_CAP, SUPPRESS_HOLDOUT)
 
+
+
+def _noon_strings() -> dict[str, str]:
+    """A time zone where it is about noon now (no quiet hours) and consent on every channel."""
+    offset = (12 - datetime.now(UTC).hour + 12) % 24 - 12
+    zone = "Etc/GMT" + (f"{-offset:+d}" if offset else "")
+    return {"tz": zone, **{f"consent.{c}": "granted"
+                           for c in ("push", "whatsapp", "sms", "email", "in_app")}}
+
+
+def test_decide_batch_decides_each_user_on_its_owner_in_the_order_asked(
+        cluster: LocalCluster) -> None:
+    """The coordinating node (node0) decides only its own users: the others' are decided
+    by their owners, whose contact caps are the proof — users contacted twice today (the
+    shipped campaign's cap) through their owner come back capped, which node0, holding
+    none of their contacts, could not know."""
+    infos = _settled(cluster)
+    owners = dict(infos[0].partition_owners)
+    users = [f"batch-{i}" for i in range(36)]
+    with Client(cluster.nodes[1].target, retries=8) as client:
+        client.track([make_event(u, "app_opened", strings=_noon_strings()) for u in users])
+        for u in users:
+            _event_count(client, u)
+        remote = [u for u in users
+                  if owners[partition_of(u, cluster.partitions)] != "node0"]
+        contacted: list[str] = []
+        for u in remote[:8]:  # two real contacts today: capped from now on
+            made = 0
+            for _ in range(8):
+                made += client.decide(u).suppressed_reason == ""
+                if made == 2:
+                    contacted.append(u)
+                    break
+        expected = {u: client.decide(u, dry_run=True).suppressed_reason for u in users}
+    assert contacted and all(expected[u] == SUPPRESS_CAP for u in contacted)
+    asked = list(reversed(users))
+    with Client(cluster.nodes[0].target, retries=8) as client:
+        batch = list(client.decide_batch(asked, dry_run=True, per_message=10))
+    assert [d.user_id for d in batch] == asked
+    assert {d.user_id for d in batch if d.suppressed_reason == SUPPRESS_CAP} == {
+        u for u in users if expected[u] == SUPPRESS_CAP}
+    assert all(d.model_version and d.propensity > 0 for d in batch)
+
+
+def test_a_segment_batch_covers_every_partition_once(cluster: LocalCluster) -> None:
+    _settled(cluster)
+    users = [f"seg-{i:02d}" for i in range(30)]
+    with Client(cluster.nodes[0].target, retries=8) as client:
+        client.track([make_event(u, "segment_probe") for u in users])
+        for u in users:
+            _event_count(client, u)
+    with Client(cluster.nodes[2].target, retries=8) as client:
+        batch = list(client.decide_batch(
+            segment=pb.Segment(event_types=["segment_probe"]), dry_run=True))
+    assert [d.user_id for d in batch] == sorted(users)  # each once, in user id order
+
+
+def test_a_forwarded_batch_for_a_user_served_elsewhere_is_refused_undecided(
+        cluster: LocalCluster) -> None:
+    infos = _settled(cluster)
+    owners = dict(infos[0].partition_owners)
+    user = next(f"away-{i}" for i in range(100)
+                if owners[partition_of(f"away-{i}", cluster.partitions)] != "node0")
+    with grpc.insecure_channel(cluster.nodes[0].target) as channel:
+        call = pb_grpc.DecisionServiceStub(channel).DecideBatch(
+            iter([pb.DecideBatchRequest(user_ids=[user], dry_run=True)]),
+            metadata=[("nudge-forwarded", "elsewhere")])
+        with pytest.raises(grpc.RpcError) as raised:
+            list(call)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert dict(raised.value.trailing_metadata() or ())["nudge-undecided"] == "1"
