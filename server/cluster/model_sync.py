@@ -59,6 +59,8 @@ from nats.js.api import (
 )
 
 from nudge.server.cluster.kv_lease import KvLease
+from nudge.server.cluster.population_sync import BLOB_KEY as POPULATION_KEY
+from nudge.server.cluster.population_sync import ClusterPopulation
 from nudge.server.decisions.models import encode_model
 from nudge.server.errors import Unavailable
 from nudge.server.storage.tables import models as model_table
@@ -90,12 +92,19 @@ def reward_subject(decision_id: str) -> str:
     return f"{REWARDS_SUBJECT}.{blake2b(decision_id.encode(), digest_size=16).hexdigest()}"
 
 
-def encode_blob(models: dict[str, bytes]) -> bytes:
-    return json.dumps({n: base64.b64encode(m).decode() for n, m in models.items()}).encode()
+def encode_blob(models: dict[str, bytes], extra: dict[str, Any] | None = None) -> bytes:
+    """Every campaign's model, and entries whose names start with "@" (the fraud
+    population), as one JSON blob."""
+    blob: dict[str, Any] = {n: base64.b64encode(m).decode() for n, m in models.items()}
+    return json.dumps({**blob, **(extra or {})}).encode()
 
 
-def decode_blob(raw: bytes) -> dict[str, model_table.StoredModel]:
-    return {n: model_table.decode(base64.b64decode(m)) for n, m in json.loads(raw).items()}
+def decode_blob(raw: bytes) -> tuple[dict[str, model_table.StoredModel], dict[str, Any]]:
+    """The models of a blob, and its "@" entries."""
+    blob = json.loads(raw)
+    return ({n: model_table.decode(base64.b64decode(m)) for n, m in blob.items()
+             if not n.startswith("@")},
+            {n: v for n, v in blob.items() if n.startswith("@")})
 
 
 class ClusterModels:
@@ -103,9 +112,12 @@ class ClusterModels:
     lease, and adopts the published models (see the module docstring). Runs on the
     cluster node's loop; ``ship`` is called from the learner thread."""
 
-    def __init__(self, node: ClusterNode, learner: Learner) -> None:
+    def __init__(self, node: ClusterNode, learner: Learner,
+                 population: ClusterPopulation | None = None) -> None:
         self.node = node
         self.learner = learner
+        # The fraud population: shipped, summed and published with the models.
+        self.population = population
         self.leading = False
         self.position = 0  # rewards stream sequence the models in use learned up to
         self.learned = 0  # outcomes those models learned (over every leader)
@@ -155,6 +167,8 @@ class ClusterModels:
                     bucket=BLOBS_BUCKET, replicas=replicas, storage=StorageType.FILE))
             except nats.js.errors.BadRequestError:
                 self._blobs = await js.object_store(BLOBS_BUCKET)
+        if self.population is not None:
+            await self.population.setup()
         await self._follow()  # decide with the cluster's models from the first call
 
     def start(self) -> None:
@@ -242,6 +256,8 @@ class ClusterModels:
             await self._follow()
         elif self._dirty and time.monotonic() - self._last_publish >= PUBLISH_EVERY_SECONDS:
             await self._publish()
+        if self.population is not None and not self.node.closing:
+            await self.population.ship()
 
     async def _start_leading(self) -> None:
         self._head_revision = 0  # read the head again, whatever this node adopted
@@ -259,6 +275,8 @@ class ClusterModels:
             idle_heartbeat=self.node.heartbeat_seconds,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                   opt_start_seq=start))
+        if self.population is not None:
+            await self.population.start_leading()
         log.info("cluster: %s leads the learner, from position %d of %s (%d outcomes "
                  "learned)", self.node.node_id, self.position, REWARDS_STREAM, self.learned)
 
@@ -270,6 +288,8 @@ class ClusterModels:
             with contextlib.suppress(Exception):
                 await self._subscription.unsubscribe()
             self._subscription = None
+        if self.population is not None:
+            await self.population.stop_leading()
         if release and self._lease is not None:
             await self._lease.release()
         self._head_revision = 0  # adopt the published models again: ours may be ahead
@@ -278,10 +298,12 @@ class ClusterModels:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(LEARN_EVERY_SECONDS)
-            if not self.leading or not self._buffer:
+            if not self.leading or time.monotonic() >= self._fence:
+                continue  # (past the fence the lease may have passed: learn nothing)
+            if self.population is not None and await self.population.learn():
+                self._dirty = True
+            if not self._buffer:
                 continue
-            if time.monotonic() >= self._fence:
-                continue  # the lease may have passed to another node: learn nothing
             async with self._models_lock:
                 records = [(s, r) for s, r in self._buffer if s > self.position]
                 self._buffer = []
@@ -303,8 +325,11 @@ class ClusterModels:
         async with self._models_lock:
             models = {n: encode_model(m) for n, m in dict(self.learner.engine.models).items()}
             position, learned = self.position, self.learned
-        name = f"models-{position}-{self.node.node_id.encode().hex()}"
-        await self._blobs.put(name, encode_blob(models))
+            extra = ({} if self.population is None
+                     else {POPULATION_KEY: self.population.published()})
+        name = (f"models-{position}-{extra.get(POPULATION_KEY, {}).get('position', 0)}-"
+                f"{self.node.node_id.encode().hex()}")
+        await self._blobs.put(name, encode_blob(models, extra))
         head = json.dumps({"blob": name, "position": position, "learned": learned,
                            "leader": self.node.node_id}).encode()
         try:
@@ -341,7 +366,10 @@ class ClusterModels:
             blob = await self._blobs.get(head["blob"])
         except nats.js.errors.NotFoundError:
             return  # replaced meanwhile: the next round reads the newer head
-        stored = decode_blob(blob.data or b"")
+        stored, extra = decode_blob(blob.data or b"")
+        if self.population is not None and POPULATION_KEY in extra:
+            await self.population.adopt(*ClusterPopulation.read_published(
+                extra[POPULATION_KEY]))
         async with self._models_lock:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.learner.adopt, stored, int(head["position"]))

@@ -84,9 +84,11 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from nudge.kernels.risk_model import P_HOUR_TOTAL
 from nudge.server.cluster.kv_lease import KvLease
 from nudge.server.cluster.model_sync import ClusterModels
 from nudge.server.cluster.partitions import partition_of, preferred_owner
+from nudge.server.cluster.population_sync import ClusterPopulation
 from nudge.server.config import Config
 from nudge.server.decisions.pending import CONTACT_MEMORY
 from nudge.server.errors import (
@@ -302,7 +304,7 @@ class ClusterNode:
         through the log from now on, and journeys and the outbox serve only the
         partitions this node serves (see the docstring); settled outcomes go to the
         cluster's one learner and this node decides with its models (model_sync.py)."""
-        self.models = ClusterModels(self, learner)
+        self.models = ClusterModels(self, learner, ClusterPopulation(self, risk))
         self._decisions = decisions
         self._outbox = outbox
         decisions.log_decision = self.publish_decision
@@ -406,6 +408,14 @@ class ClusterNode:
         this node decides with."""
         m = self.models
         return (0, 0, False) if m is None else (m.position, m.learned, m.leading)
+
+    def population_state(self) -> tuple[int, float]:
+        """(NUDGE_POPULATION position adopted, genuine transactions learned) of the fraud
+        population this node scores with (population_sync.py)."""
+        m = self.models
+        if m is None or m.population is None:
+            return (0, 0.0)
+        return (m.population.position, float(m.population.risk.population()[P_HOUR_TOTAL]))
 
     def replication_lag(self) -> int:
         """Log entries of owned partitions not yet applied here (for a gauge)."""
@@ -883,14 +893,18 @@ class ClusterNode:
                 out.append((owned, last, "", self.writer.submit_logged(
                     LoggedEvents(events, partition, last))))
                 events = []
-            out.append((owned, seq, kind, self._submit_record(partition, seq, kind, payload)))
+            # Records logged before this node took the partition were applied by a previous
+            # owner: in the cluster's fraud population already (population_sync.py).
+            out.append((owned, seq, kind, self._submit_record(
+                partition, seq, kind, payload, contributes=seq > owned.target)))
         if events or not out:
             last = last if events else owned.queued
             out.append((owned, last, "", self.writer.submit_logged(
                 LoggedEvents(events, partition, last))))
         return out
 
-    def _submit_record(self, partition: int, seq: int, kind: str, payload: Any) -> Future[Any]:
+    def _submit_record(self, partition: int, seq: int, kind: str, payload: Any,
+                       contributes: bool = True) -> Future[Any]:
         dbs = self.store.dbs
 
         def position(txn: Any) -> None:
@@ -902,10 +916,10 @@ class ClusterNode:
             return self.writer.submit_job(position)  # not attached: keep the position
         if kind == SCORED:
             assert risk is not None
-            return risk.apply_logged_scores(payload, position)
+            return risk.apply_logged_scores(payload, position, contributes)
         if kind == LABEL:
             assert risk is not None
-            return risk.apply_logged_label(payload, position)
+            return risk.apply_logged_label(payload, position, contributes)
         if kind == OUTCOME:
             assert decisions is not None
             return decisions.outcomes.settle_logged(

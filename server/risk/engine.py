@@ -40,11 +40,12 @@ ScoreTransactions with ``learn_only`` learns every transaction without holding (
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,7 @@ from nudge.kernels.risk_model_reasons import explain
 from nudge.server.errors import InvalidArgument, NotFound
 from nudge.server.inputs.events import ValidEvent
 from nudge.server.inputs.transactions import ValidTransaction, transaction_from_event
+from nudge.server.risk import population_merge
 from nudge.server.storage.ingest import EventWriter, local_hour
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import risk_baselines, users
@@ -146,6 +148,8 @@ class RiskEngine:
                 log.warning("risk: this store holds baselines of the pre-model layout; they "
                             "are ignored and every customer starts from the prior")
         self._population.flags.writeable = False
+        # Cluster mode (population_sync.py): the population as of the last delta taken.
+        self._shipped_from = self._population
         self._expiry_stop = threading.Event()
         self._expiry_thread: threading.Thread | None = None
         writer.add_event_hook(self._on_events)
@@ -270,17 +274,19 @@ class RiskEngine:
 
     def apply_logged_scores(
         self, records: list[tuple[TxKey, TransactionRecord]],
-        position: Callable[[lmdb.Transaction], None],
+        position: Callable[[lmdb.Transaction], None], contributes: bool = True,
     ) -> Future[Any]:
         """(Cluster, the owner) Store scored records from the log that this store lacks
         (a new owner after a failover; the node that scored them has them), in the
         transaction that stores the log position: each as it was answered, folded into the
-        customer's and the population's rows when it was (the fold a GENUINE label does),
-        its hold left waiting when held."""
+        customer's row when it was (the fold a GENUINE label does), its hold left waiting
+        when held. Into the population too unless ``contributes`` is False: records a
+        previous owner applied (a new owner catching up) are in the cluster's population
+        already, through that owner's deltas (population_sync.py)."""
         def job(txn: lmdb.Transaction) -> tuple[Any, ...]:
             position(txn)
             fresh: list[TxKey] = []
-            with self._lock:
+            with self._lock, self._population_kept(contributes):
                 for key, logged in records:
                     if self._record(key, txn) is not None:
                         continue
@@ -303,16 +309,18 @@ class RiskEngine:
         return self._committed(job, lambda _written: None)
 
     def apply_logged_label(
-        self, payload: dict[str, Any], position: Callable[[lmdb.Transaction], None]
+        self, payload: dict[str, Any], position: Callable[[lmdb.Transaction], None],
+        contributes: bool = True,
     ) -> Future[Any]:
         """(Cluster, the owner) Apply a logged label (with the log position, in one
-        transaction); resolves with ``in_baseline``, or NotFound."""
+        transaction); resolves with ``in_baseline``, or NotFound. ``contributes``: as
+        :meth:`apply_logged_scores`."""
         key = (str(payload["user_id"]), str(payload["transaction_id"]))
         result: dict[str, Any] = {}
 
         def job(txn: lmdb.Transaction) -> tuple[Any, ...]:
             position(txn)
-            with self._lock:
+            with self._lock, self._population_kept(contributes):
                 try:
                     record = self._label_one(key, str(payload["label"]), txn)
                 except NotFound as exc:
@@ -390,6 +398,40 @@ class RiskEngine:
         """A copy of the population state as this process last saw it."""
         with self._lock:
             return self._population.copy()
+
+    # -- cluster mode: one population for every node (cluster/population_sync.py) --------
+
+    def population_delta(self) -> np.ndarray | None:
+        """What this node's population learned since the last call, in the additive form
+        (``population_merge``), or None when nothing."""
+        with self._lock:
+            now = self._population
+            gained = population_merge.delta(now, self._shipped_from)
+            self._shipped_from = now
+        return gained if np.any(gained) else None
+
+    def adopt_population(self, base: np.ndarray, extra: np.ndarray) -> None:
+        """Score with the cluster's population: ``base`` (additive form, every node's
+        deltas up to a stream position) plus ``extra`` (this node's deltas not in it yet)
+        plus what this node learned since its last delta was taken."""
+        with self._lock:
+            unshipped = population_merge.delta(self._population, self._shipped_from)
+            local = self._population
+            self._set_population(population_merge.from_additive(base + extra + unshipped,
+                                                                local))
+            shipped_from = population_merge.from_additive(base + extra, local)
+            shipped_from.flags.writeable = False
+            self._shipped_from = shipped_from
+
+    @contextlib.contextmanager
+    def _population_kept(self, contributes: bool) -> Iterator[None]:
+        """(Inside the lock.) Put the population back as it was unless ``contributes``."""
+        kept = self._population
+        try:
+            yield
+        finally:
+            if not contributes:
+                self._population = kept
 
     def transaction(self, user_id: str, transaction_id: str) -> TransactionRecord | None:
         """The record of a scored transaction (overlay first), or None."""

@@ -341,6 +341,7 @@ class ClusterView(Protocol):
     def replication_lag(self) -> int: ...
     def ready_partitions(self) -> list[int]: ...
     def model_state(self) -> tuple[int, int, bool]: ...
+    def population_state(self) -> tuple[int, float]: ...
 
 
 def add_cluster_gauges(metrics: Metrics, cluster: ClusterView) -> None:
@@ -366,3 +367,11 @@ def add_cluster_gauges(metrics: Metrics, cluster: ClusterView) -> None:
     Gauge("nudge_cluster_learner_leader",
           "1 when this node runs the cluster's learner.",
           registry=r).set_function(lambda: int(cluster.model_state()[2]))
+    Gauge("nudge_cluster_population_position",
+          "Position in NUDGE_POPULATION the fraud population this node scores with "
+          "includes every node's deltas up to.",
+          registry=r).set_function(lambda: cluster.population_state()[0])
+    Gauge("nudge_cluster_population_transactions",
+          "Genuine transactions the fraud population this node scores with learned "
+          "(cluster-wide once adopted, plus this node's own since).",
+          registry=r).set_function(lambda: cluster.population_state()[1])

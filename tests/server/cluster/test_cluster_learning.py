@@ -158,6 +158,7 @@ def test_scored_transactions_and_labels_survive_their_owner(cluster: LocalCluste
         client.label_transaction("t1", "genuine", user_id=user)
     # What the owner's baseline learned: every transaction not held, and t1 (GENUINE).
     learned = sum(not r.held for r in first) + first[1].held
+    _, population = _agreed(cluster)  # the owner's learning is in every node's population
     owner.kill()
     with Client(cluster.nodes[0].target, retries=2) as client:
         again = _until_answered(lambda: client.score_transaction(tx(0)))
@@ -170,6 +171,63 @@ def test_scored_transactions_and_labels_survive_their_owner(cluster: LocalCluste
         with pytest.raises(grpc.RpcError) as raised:
             client.label_transaction("never-scored", "fraud", user_id=user)
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    # The new owner folded the dead owner's history into the customer's row, not again
+    # into the population (the dead owner had shipped it): only t6 is new there.
+    survivors = [n for n in cluster.nodes if n is not owner]
+    _until_same_population(survivors, population + (not after.held))
     owner.start()
     owner.wait_serving()
     _all_owned(cluster)
+
+
+def _population(node: NudgeNode) -> tuple[float, float]:
+    """(NUDGE_POPULATION position, genuine transactions learned) of the fraud population
+    the node scores with (its metrics)."""
+    url = re.findall(r"metrics on (http://\S+/metrics)", node.log_path.read_text())[-1]
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    found = [re.search(rf"^nudge_cluster_population_{name} (\S+)$", text, re.M)
+             for name in ("position", "transactions")]
+    assert found[0] is not None and found[1] is not None
+    return float(found[0].group(1)), float(found[1].group(1))
+
+
+def _agreed(cluster: LocalCluster, timeout: float = 30.0) -> tuple[float, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = [_population(n) for n in cluster.nodes]
+        if all(s == seen[0] for s in seen):
+            return seen[0]
+        assert time.monotonic() < deadline, f"populations differ: {seen}"
+        time.sleep(0.2)
+
+
+def _until_same_population(nodes: list[NudgeNode], expected: float,
+                           timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = [_population(n)[1] for n in nodes]
+        if seen == [expected] * len(nodes):
+            return
+        assert time.monotonic() < deadline, f"{seen} != {expected} on every node"
+        time.sleep(0.2)
+
+
+def test_every_node_scores_with_the_population_of_every_partition(
+        cluster: LocalCluster) -> None:
+    """Each node learns the transactions of its own partitions; the population each scores
+    with counts them all (population_sync.py), not only its own third."""
+    owners = _all_owned(cluster)
+    _, before = _agreed(cluster)
+    users = [f"pop-{i}" for i in range(30)]
+    assert len({owners[partition_of(u, cluster.partitions)] for u in users}) == 3
+    learned = 0
+    for i, user in enumerate(users):
+        with Client(cluster.nodes[i % 3].target, retries=8) as client:
+            for j in range(2):
+                reply = client.score_transaction(make_transaction(
+                    user, 30.0 + j, transaction_id=f"{user}-t{j}", country="PT",
+                    merchant_category="grocery", channel="card", device_id=f"d-{user}"))
+                learned += not reply.held
+    assert learned > 30
+    _until_same_population(cluster.nodes, before + learned)
