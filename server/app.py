@@ -39,6 +39,7 @@ from nudge.server.risk.engine import RiskEngine
 from nudge.server.rpc.admin_service import AdminServicer
 from nudge.server.rpc.auth import AuthInterceptor, TokenStore
 from nudge.server.rpc.batch_routing import BatchRouter
+from nudge.server.rpc.cluster_service import ClusterServicer, SummaryGatherer
 from nudge.server.rpc.decision_service import DecisionServicer
 from nudge.server.rpc.delivery_service import DeliveryServicer
 from nudge.server.rpc.diagnostics_service import DiagnosticsServicer, ServerInfo
@@ -68,6 +69,7 @@ from nudge.server.storage.store import Store
 from nudge.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    cluster_service_pb2_grpc,
     decision_service_pb2,
     decision_service_pb2_grpc,
     delivery_service_pb2,
@@ -375,10 +377,16 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
                       pseudonyms, writer),
         server,
     )
+    gatherer = (SummaryGatherer(store, cluster, forwarding, insights_summary.flush)
+                if cluster is not None and forwarding is not None else None)
     insights_service_pb2_grpc.add_InsightsServiceServicer_to_server(
         InsightsServicer(store, clock, readiness, insights_summary.flush,
-                         config.insights_value_property), server
+                         config.insights_value_property,
+                         gather=gatherer.population if gatherer is not None else None), server
     )
+    if cluster is not None:  # node to node: the summaries of this node's partitions
+        cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
+            ClusterServicer(store, cluster, insights_summary.flush), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -59,6 +59,8 @@ METHOD_SCOPES: dict[str, str] = {
     "/nudge.v1.DeliveryService/": "deliveries",
     # Aggregates over every user (no one user's data): product analysts, not the SDK.
     "/nudge.v1.InsightsService/": "insights",
+    # Node to node (cluster mode): InsightsService's gathering, with its caller's token.
+    "/nudge.v1.ClusterService/ReadSummaries": "insights",
     "/nudge.v1.DiagnosticsService/GetServerInfo": ADMIN,
     "/nudge.v1.AdminService/": ADMIN,
 }

@@ -187,6 +187,21 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
                                       timeout=timeout)
         return replies
 
+    def unary_stream(self, method: str, request: Any, context: grpc.ServicerContext,
+                     address: str) -> Iterator[Any]:
+        """A unary-stream call to ``address`` (ClusterService.ReadSummaries), with the
+        caller's metadata and remaining deadline, marked forwarded; its replies."""
+        call = self._channel(address).unary_stream(
+            method, request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=_reply_type(method).FromString,
+        )
+        remaining = context.time_remaining()
+        timeout = None if remaining is None or remaining > 86_400 else remaining
+        self.forwarded += 1
+        replies: Iterator[Any] = call(request, metadata=self._metadata(context),
+                                      timeout=timeout)
+        return replies
+
     def _metadata(self, context: grpc.ServicerContext) -> list[tuple[str, str]]:
         metadata = [(k, v) for k, v in context.invocation_metadata()
                     if k not in _HOP_HEADERS and not k.startswith(":")

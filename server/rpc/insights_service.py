@@ -92,8 +92,13 @@ def _value_driver(d: insights.Driver) -> pb.ValueDriver:
 class InsightsServicer(pb_grpc.InsightsServiceServicer):
     def __init__(self, store: Store, clock: Clock, readiness: Readiness,
                  flush: Callable[[], None] = lambda: None,
-                 value_property: str = "amount") -> None:
+                 value_property: str = "amount",
+                 gather: Callable[[grpc.ServicerContext], insights.Population] | None = None,
+                 ) -> None:
         self.store = store
+        # Cluster mode: every partition's summaries, from the nodes serving them
+        # (cluster_service.py); one machine: this store's.
+        self._gather = gather
         # The number property ingest sums into the summaries (insights_value_property).
         self.value_property = value_property
         self.clock = clock
@@ -105,7 +110,9 @@ class InsightsServicer(pb_grpc.InsightsServiceServicer):
         # million users); concurrent callers wait their turn instead of multiplying that.
         self._one_at_a_time = threading.Lock()
 
-    def _population(self) -> insights.Population:
+    def _population(self, context: grpc.ServicerContext) -> insights.Population:
+        if self._gather is not None:
+            return self._gather(context)
         self._flush()
         with self.store.read() as txn:
             return insights.load_population(txn, self.store.dbs)
@@ -127,7 +134,7 @@ class InsightsServicer(pb_grpc.InsightsServiceServicer):
             min_users=_positive(request.min_users, "min_users", insights.MIN_USERS, 10**9),
         )
         with self._one_at_a_time:
-            found = insights.retention_drivers(self._population(), query)
+            found = insights.retention_drivers(self._population(context), query)
         return pb.RetentionDriversResponse(
             cohort_users=found.cohort_users, judged_users=found.judged_users,
             too_young=found.too_young, retention=_rate(found.outcome_rate),
@@ -151,7 +158,7 @@ class InsightsServicer(pb_grpc.InsightsServiceServicer):
             min_users=_positive(request.min_users, "min_users", insights.MIN_USERS, 10**9),
         )
         with self._one_at_a_time:
-            found = insights.churn_flows(self._population(), query)
+            found = insights.churn_flows(self._population(context), query)
         return pb.ChurnFlowsResponse(
             cohort_users=found.cohort_users, judged_users=found.judged_users,
             too_young=found.too_young, churn_rate=_rate(found.outcome_rate),
@@ -184,7 +191,7 @@ class InsightsServicer(pb_grpc.InsightsServiceServicer):
             min_users=_positive(request.min_users, "min_users", insights.MIN_USERS, 10**9),
         )
         with self._one_at_a_time:
-            found = insights.value_drivers(self._population(), query)
+            found = insights.value_drivers(self._population(context), query)
         return pb.ValueDriversResponse(
             cohort_users=found.cohort_users, judged_users=found.judged_users,
             too_young=found.too_young, top_value_cut=found.extra.get("value_cut", 0.0),

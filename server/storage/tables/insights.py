@@ -25,7 +25,7 @@ in seconds (``nudge.kernels.insights`` reads them).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import lmdb
@@ -193,6 +193,27 @@ def scan(txn: lmdb.Transaction, dbs: Dbs) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(np.array(lengths, np.int64) // ENTRY_BYTES, out=offsets[1:])
     return offsets, np.frombuffer(buffer, ENTRY)
+
+
+def scan_chunks(txn: lmdb.Transaction, dbs: Dbs, keep: Callable[[str], bool],
+                max_bytes: int) -> Iterator[tuple[np.ndarray, bytes]]:
+    """The summaries of the users ``keep`` accepts, in key order, about ``max_bytes`` of
+    entries at a time: ``(entries per user, the entries' bytes)`` (cluster mode: a node
+    reads the users of the partitions it serves for another node's analysis)."""
+    if NAME not in dbs:
+        return
+    counts: list[int] = []
+    buffer = bytearray()
+    for raw_key, value in txn.cursor(db=dbs[NAME]).iternext(keys=True, values=True):
+        if not keep(bytes(raw_key).decode()):
+            continue
+        buffer += value
+        counts.append(len(value) // ENTRY_BYTES)
+        if len(buffer) >= max_bytes:
+            yield np.array(counts, np.uint32), bytes(buffer)
+            counts, buffer = [], bytearray()
+    if counts:
+        yield np.array(counts, np.uint32), bytes(buffer)
 
 
 def user_ids(txn: lmdb.Transaction, dbs: Dbs) -> Iterator[str]:

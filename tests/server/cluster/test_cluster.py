@@ -22,10 +22,14 @@ from nudge.server.cluster.node import CONTACTS, DECISION, EVENTS_SUBJECT, KIND, 
 from nudge.server.cluster.partitions import partition_of
 from nudge.server.decisions.guardrails import SUPPRESS_CAP, SUPPRESS_HOLDOUT
 from nudge.server.storage.tables.decisions import DecisionRecord
+from nudge.v1 import cluster_service_pb2 as cpb
+from nudge.v1 import cluster_service_pb2_grpc as cpb_grpc
 from nudge.v1 import decision_service_pb2 as pb
 from nudge.v1 import decision_service_pb2_grpc as pb_grpc
 from nudge.v1 import diagnostics_service_pb2 as dpb
 from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
+from nudge.v1 import insights_service_pb2 as ipb
+from nudge.v1 import insights_service_pb2_grpc as ipb_grpc
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -332,3 +336,41 @@ def test_a_forwarded_batch_for_a_user_served_elsewhere_is_refused_undecided(
             list(call)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     assert dict(raised.value.trailing_metadata() or ())["nudge-undecided"] == "1"
+
+
+def test_insights_count_every_partition_s_users_once(cluster: LocalCluster) -> None:
+    """RetentionDrivers through one node analyses the users of every node's partitions
+    (ClusterService.ReadSummaries), each once — not the third its own store holds."""
+    infos = _settled(cluster)
+    owners = dict(infos[0].partition_owners)
+    start = datetime(2025, 3, 1, tzinfo=UTC).timestamp()
+    users = [f"cohort-{i}" for i in range(45)]
+    assert len({owners[partition_of(u, cluster.partitions)] for u in users}) == 3
+    events = [make_event(u, "app_opened", time=start + 3600 * i) for i, u in enumerate(users)]
+    events += [make_event(u, "card_added", time=start + 3600 * i + 60)
+               for i, u in enumerate(users) if i % 3 == 0]
+    with Client(cluster.nodes[1].target, retries=8) as client:
+        client.track(events)
+        for u in users:
+            _event_count(client, u)
+    request = ipb.RetentionDriversRequest()
+    request.cohort_start.FromSeconds(int(start))
+    request.cohort_end.FromSeconds(int(start + 86_400 * 3))
+    for node in cluster.nodes:
+        with grpc.insecure_channel(node.target) as channel:
+            reply = ipb_grpc.InsightsServiceStub(channel).RetentionDrivers(request, timeout=30)
+        assert reply.cohort_users == len(users)
+
+
+def test_read_summaries_refuses_partitions_it_does_not_serve(cluster: LocalCluster) -> None:
+    infos = _settled(cluster)
+    owners = dict(infos[0].partition_owners)
+    elsewhere = next(p for p, node in owners.items() if node != "node0")
+    with grpc.insecure_channel(cluster.nodes[0].target) as channel:
+        stub = cpb_grpc.ClusterServiceStub(channel)
+        for partitions, code in (([elsewhere], grpc.StatusCode.UNAVAILABLE),
+                                 ([cluster.partitions], grpc.StatusCode.INVALID_ARGUMENT)):
+            with pytest.raises(grpc.RpcError) as raised:
+                list(stub.ReadSummaries(cpb.ReadSummariesRequest(partitions=partitions)))
+            assert raised.value.code() == code
+            assert "partitions" in (raised.value.details() or "")
