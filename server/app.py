@@ -60,6 +60,7 @@ from nudge.server.rpc.tls import (
     TlsSettings,
     check_plaintext_allowed,
     is_loopback,
+    peer_credentials,
     server_credentials,
 )
 from nudge.server.storage.ingest import EventWriter
@@ -266,6 +267,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     clock = clock or SystemClock()
     campaigns = load_campaigns(config.campaigns_dir)  # fail on a bad file before opening
     credentials = _transport(config)  # and on an unsafe transport or missing auth
+    peers = _peer_transport(config)  # cluster mode over TLS: how this node calls the others
     tokens = None
     if config.auth_tokens_file is not None:
         try:
@@ -305,7 +307,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     forwarding: ForwardingInterceptor | None = None
     if config.cluster is not None:
         cluster = ClusterNode(config, store, writer)
-        forwarding = ForwardingInterceptor(cluster, Pseudonyms(config.pseudonymize_key))
+        forwarding = ForwardingInterceptor(cluster, Pseudonyms(config.pseudonymize_key), peers)
         interceptors.append(forwarding)
     interceptors.append(StatusInterceptor())
     if cluster is not None and forwarding is not None:
@@ -473,6 +475,19 @@ def _transport(config: Config) -> grpc.ServerCredentials | None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return None
+
+
+def _peer_transport(config: Config) -> grpc.ChannelCredentials | None:
+    """Cluster mode: TLS credentials for calls to the other nodes when this node serves
+    TLS (the config requires ``cluster_ca_file`` then); None for plain text."""
+    if (config.cluster is None or config.cluster_ca_file is None
+            or config.tls_cert_file is None or config.tls_key_file is None):
+        return None
+    try:
+        return peer_credentials(config.cluster_ca_file, config.tls_cert_file,
+                                config.tls_key_file)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def serve(server: NudgeServer, on_ready: Callable[[], None] | None = None) -> None:

@@ -122,6 +122,10 @@ class Config:
     cluster_lease_seconds: float = 5.0
     # Copies JetStream keeps of the log and the leases (3 survives the loss of any one).
     cluster_replicas: int = 3
+    # TLS between nodes (forwarded calls): the CA that signed the other nodes' gRPC
+    # certificates. Required in cluster mode when tls_cert_file is set; a node presents
+    # its own certificate when its peers require client certificates.
+    cluster_ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65_535:
@@ -184,6 +188,10 @@ class Config:
                 raise ConfigError("cluster_lease_seconds: must be at least 0.5")
             if self.cluster_replicas not in (1, 3, 5):
                 raise ConfigError("cluster_replicas: must be 1, 3 or 5")
+            if self.tls_cert_file is not None and self.cluster_ca_file is None:
+                raise ConfigError(
+                    "cluster_ca_file: required with tls_cert_file in cluster mode (the CA "
+                    "that signed the other nodes' certificates: forwarded calls use TLS)")
         if self.metrics_port and self.metrics_port + self.workers - 1 > 65_535:
             raise ConfigError("metrics_port: each worker takes metrics_port + its index")
 
@@ -198,7 +206,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 CLUSTER_TABLE = {
     "urls": "cluster", "node_id": "node_id", "advertise": "advertise",
     "partitions": "partitions", "lease_seconds": "cluster_lease_seconds",
-    "replicas": "cluster_replicas",
+    "replicas": "cluster_replicas", "ca_file": "cluster_ca_file",
 }
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

@@ -163,6 +163,7 @@ class LocalCluster:
     lease_seconds: float = 5.0
     first_port: int = 0  # 0: free ports
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # NUDGE_* settings for every node
     nats: list[NatsServer] = field(default_factory=list)
     nodes: list[NudgeNode] = field(default_factory=list)
 
@@ -204,7 +205,7 @@ class LocalCluster:
                  *self.extra_args],
                 env={"NUDGE_CLUSTER_LEASE_SECONDS": str(self.lease_seconds),
                      # R3 needs three NATS servers; fewer (a quick try) keep one copy.
-                     "NUDGE_CLUSTER_REPLICAS": "3" if n >= 3 else "1"},
+                     "NUDGE_CLUSTER_REPLICAS": "3" if n >= 3 else "1", **self.env},
             )
             self.nodes.append(node)
         # Start them together (each warms its kernels), then wait for all.

@@ -83,9 +83,12 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
     """Runs calls about a user here when this node serves the user's partition, else
     forwards them to the owner (see the module docstring)."""
 
-    def __init__(self, router: Router, stored_id: Callable[[str], str]) -> None:
+    def __init__(self, router: Router, stored_id: Callable[[str], str],
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.router = router
         self.stored_id = stored_id  # raw user id -> the id partitions hash (the pseudonym)
+        # TLS to the other nodes when this one serves TLS (tls.peer_credentials).
+        self.credentials = credentials
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self.forwarded = 0
@@ -94,7 +97,9 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = self._channels[address] = grpc.insecure_channel(address)
+                channel = self._channels[address] = (
+                    grpc.insecure_channel(address) if self.credentials is None
+                    else grpc.secure_channel(address, self.credentials))
             return channel
 
     def close(self) -> None:

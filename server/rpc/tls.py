@@ -82,6 +82,20 @@ def server_credentials(settings: TlsSettings) -> grpc.ServerCredentials:
     )
 
 
+def peer_credentials(ca_file: Path, cert_file: Path, key_file: Path
+                     ) -> grpc.ChannelCredentials:
+    """Cluster mode: how a node calls the others (forwarded calls) when it serves TLS —
+    verifying their certificates against ``ca_file`` (``cluster_ca_file``), and presenting
+    its own (``tls_cert_file``/``tls_key_file``) to peers that require client
+    certificates (for mutual TLS the certificate needs the clientAuth usage as well).
+    Raises ValueError naming the setting of a file that is missing or not PEM."""
+    ca = read_pem(ca_file, "cluster_ca_file", CERT_MARKER, "CA certificate")
+    cert = read_pem(cert_file, "tls_cert_file", CERT_MARKER, "certificate")
+    key = read_pem(key_file, "tls_key_file", KEY_MARKER, "private key")
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                        certificate_chain=cert)
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost, 127.0.0.0/8 and ::1 (also written ``[::1]`` or ``::ffff:127.x``).
 
