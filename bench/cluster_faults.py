@@ -64,6 +64,10 @@ FAILOVER_SLACK_SECONDS = 5.0
 # A NATS server's death may also cost JetStream's election of a new stream leader.
 NATS_ELECTION_SECONDS = 12.0
 CHECK_TIMEOUT_SECONDS = 30.0
+# Batches each producer has acknowledged after a round's kill before the round ends: the
+# cluster must take writes again, whatever the box's speed (on a loaded day a fixed time
+# saw few of them).
+MIN_BATCHES_AFTER_KILL = 5
 # How long a call naming an acknowledged decision may be answered UNAVAILABLE after a kill
 # (its new owner applying the log: retryable) before it counts as a problem. NOT_FOUND for
 # one is a problem at once: the decision was lost, or a node said "unknown" too early.
@@ -119,6 +123,7 @@ class Producer:
         # The longest a batch waited from its first send to its acknowledgement: Track's
         # unavailability around a kill, as a producer resending with the same ids sees it.
         self.longest_track_wait = 0.0
+        self.acked_at: list[float] = []  # when each batch was acknowledged (monotonic)
         self._thread = threading.Thread(target=self._run, name=f"producer-{tag}")
 
     def start(self) -> None:
@@ -180,10 +185,26 @@ class Producer:
                 time.sleep(0.05)
                 continue
             self.longest_track_wait = max(self.longest_track_wait, time.monotonic() - first)
+            self.acked_at.append(time.monotonic())
             for ev in batch:
                 self.acked[ev.user_id] += 1
             return
         self.errors.append(f"a batch was not acknowledged in 60 s ({self.tag})")
+
+
+def _until_written_after(producers: list[Producer], since: float, deadline: float,
+                         what: str, problems: list[str]) -> None:
+    """Wait until every producer has ``MIN_BATCHES_AFTER_KILL`` batches acknowledged after
+    ``since`` (the kill); a producer still short at ``deadline`` is a problem."""
+    def after(p: Producer) -> int:
+        return sum(t > since for t in list(p.acked_at))
+
+    while any(after(p) < MIN_BATCHES_AFTER_KILL for p in producers):
+        if time.monotonic() > deadline:
+            problems.append(f"{what}: batches acknowledged after the kill per producer "
+                            f"{[after(p) for p in producers]} < {MIN_BATCHES_AFTER_KILL}")
+            return
+        time.sleep(0.05)
 
 
 class FailoverCheck:
@@ -403,6 +424,8 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
                                       killed_at + bound + 30.0)
             failover.start()
             time.sleep(0.5 + rng.random())
+            _until_written_after(producers, killed_at, killed_at + bound + CHECK_TIMEOUT_SECONDS,
+                                 f"round {r} ({what})", report.problems)
             for p in producers:
                 p.join()
                 expected.update(p.acked)

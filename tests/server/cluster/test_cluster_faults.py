@@ -25,7 +25,10 @@ def test_kill_a_node_then_a_nats_server_loses_and_doubles_nothing(tmp_path: Path
     report = cluster_faults.run(2, tmp_path / "run", seed=2)
     assert report.problems == []
     assert [k[:4] for k in report.kills] == ["node", "nats"]
-    assert report.events > 500 and report.decisions > 10 and report.outcomes > 5
+    # Writes went on after each kill (run() waits for them, whatever the box's speed).
+    after = 2 * len(report.kills) * cluster_faults.MIN_BATCHES_AFTER_KILL
+    assert report.events >= after * cluster_faults.BATCH
+    assert report.decisions > 10 and report.outcomes > 5
     lease = cluster_faults.LEASE_SECONDS
     assert len(report.failover_seconds) == 1 and len(report.nats_failover_seconds) == 1
     assert report.failover_seconds[0] <= lease + cluster_faults.FAILOVER_SLACK_SECONDS
