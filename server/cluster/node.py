@@ -493,6 +493,7 @@ class ClusterNode:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS / 2
         while True:  # a bucket just created may still be electing its leader
             try:
+                await self._put_member(quiet=False)
                 await self._renew_round()
                 await self._lease_round()
                 break
@@ -698,7 +699,13 @@ class ClusterNode:
         for owned in [o for o in self._owned.values() if o.failed]:
             await self._give_up(owned, release=True)
         held = list(self._owned.values())
-        kept = await asyncio.gather(*(o.lease.keep() for o in held), return_exceptions=True)
+        # Membership is renewed here too: it says this node is alive, and other nodes
+        # route to a partition's owner only while its member key is there, so it must
+        # not wait on the lease round's reads (which a JetStream meta-leader election or
+        # a loaded host can hold up past the key's TTL).
+        kept, _ = await asyncio.gather(
+            asyncio.gather(*(o.lease.keep() for o in held), return_exceptions=True),
+            self._put_member())
         renewed = True
         for owned, result in zip(held, kept, strict=True):
             if self._owned.get(owned.partition) is not owned:
@@ -714,11 +721,21 @@ class ClusterNode:
         if renewed:
             self._fence = started + self.lease_seconds * FENCE_FRACTION
 
+    async def _put_member(self, quiet: bool = True) -> None:
+        """Register (or renew) this node's member key; ``quiet``: a failure is logged,
+        not raised (the renewals go on; the next round puts it again)."""
+        try:
+            await self._kv.put(self._member_key, json.dumps(
+                {"id": self.node_id, "address": self.address}).encode())
+        except Exception as exc:
+            if not quiet:
+                raise
+            log.warning("cluster: could not renew this node's membership: %r", exc)
+
     async def _lease_round(self) -> None:
-        """Membership, the partition map, takes and hand-overs (renewals: ``_renew_round``)."""
+        """The partition map, takes and hand-overs (renewals and membership:
+        ``_renew_round``)."""
         started = time.monotonic()
-        await self._kv.put(self._member_key, json.dumps(
-            {"id": self.node_id, "address": self.address}).encode())
         entries = await self._read_leases()
         members: dict[str, str] = {}
         owners: dict[int, str] = {}
