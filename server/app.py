@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from nudge.kernels.risk_model import ModelParams
 from nudge.kernels.warmup import warm_up_all
 from nudge.server.clock import Clock, SystemClock
+from nudge.server.cluster import peer_auth
 from nudge.server.cluster.leadership import Leadership
 from nudge.server.cluster.node import ClusterNode
 from nudge.server.cluster.worker_role import WorkerRole
@@ -307,7 +308,10 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     forwarding: ForwardingInterceptor | None = None
     if config.cluster is not None:
         cluster = ClusterNode(config, store, writer)
-        forwarding = ForwardingInterceptor(cluster, Pseudonyms(config.pseudonymize_key), peers)
+        node = cluster
+        forwarding = ForwardingInterceptor(
+            cluster, Pseudonyms(config.pseudonymize_key), peers,
+            sign=lambda method: peer_auth.sign(node.peer_key, method))
         interceptors.append(forwarding)
     interceptors.append(StatusInterceptor())
     if cluster is not None and forwarding is not None:
@@ -388,7 +392,9 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     )
     if cluster is not None:  # node to node: the summaries of this node's partitions
         cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(
-            ClusterServicer(store, cluster, insights_summary.flush), server)
+            ClusterServicer(store, cluster, insights_summary.flush,
+                            from_peer=lambda method, value: peer_auth.verify(
+                                cluster.peer_key, method, value)), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -56,6 +56,12 @@ class Unimplemented(NudgeError):
     code = "UNIMPLEMENTED"
 
 
+class PermissionDenied(NudgeError):
+    """The caller may not make this call, whatever its token (e.g. node-to-node calls)."""
+
+    code = "PERMISSION_DENIED"
+
+
 class CampaignError(ValueError):
     """A campaign file breaks a rule; the message names the file, the key and the rule."""
 

@@ -88,6 +88,7 @@ from nudge.kernels.risk_model import P_HOUR_TOTAL
 from nudge.server.cluster.kv_lease import KvLease
 from nudge.server.cluster.model_sync import ClusterModels
 from nudge.server.cluster.partitions import partition_of, preferred_owner
+from nudge.server.cluster.peer_auth import load_peer_key
 from nudge.server.cluster.population_sync import ClusterPopulation
 from nudge.server.config import Config
 from nudge.server.decisions.pending import CONTACT_MEMORY
@@ -233,6 +234,8 @@ class ClusterNode:
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self.models: ClusterModels | None = None
         self.fence_fraction = FENCE_FRACTION
+        # The secret the nodes sign node-to-node calls with (peer_auth.py), once connected.
+        self.peer_key: bytes | None = None
 
     # -- for cluster/model_sync.py ---------------------------------------------------------
 
@@ -440,11 +443,13 @@ class ClusterNode:
             try:
                 await self._ensure_stream()
                 self._kv = await self._ensure_bucket()
+                self.peer_key = await load_peer_key(self._js, self.replicas)
                 if self.models is not None:
                     await self.models.setup()
                 break
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError,
-                    nats.js.errors.APIError) as exc:
+                    nats.js.errors.APIError, nats.js.errors.NoStreamResponseError) as exc:
+                # (NoStreamResponse: a bucket just created has no stream leader yet)
                 if time.monotonic() > deadline:
                     raise Unavailable(
                         f"cluster: JetStream not ready at {self.urls}: {exc}") from None

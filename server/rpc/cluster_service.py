@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from nudge.server.cluster.partitions import partition_of
-from nudge.server.errors import InvalidArgument, Unavailable
+from nudge.server.cluster.peer_auth import PEER_HEADER
+from nudge.server.errors import InvalidArgument, PermissionDenied, Unavailable
 from nudge.server.offline.insights import Population
 from nudge.server.offline.insights_merge import SummaryPart, merge_parts, part_from_bytes
 from nudge.server.rpc.batch_routing import RETRY_SECONDS, ROUTE_WAIT_SECONDS, PartitionRouter
@@ -65,14 +66,22 @@ def read_parts(store: Store, partitions: frozenset[int], total: int
 
 class ClusterServicer(pb_grpc.ClusterServiceServicer):
     def __init__(self, store: Store, router: PartitionRouter,
-                 flush: Callable[[], None] = lambda: None) -> None:
+                 flush: Callable[[], None] = lambda: None,
+                 from_peer: Callable[[str, str], bool] = lambda _method, _value: False,
+                 ) -> None:
         self.store = store
         self.router = router
         self._flush = flush  # the summaries are written behind Track
+        # (method, nudge-peer value) -> signed by a node of this cluster (peer_auth.py)
+        self._from_peer = from_peer
 
     def ReadSummaries(
         self, request: pb.ReadSummariesRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ReadSummariesResponse]:
+        signature = next((v for k, v in context.invocation_metadata() if k == PEER_HEADER), "")
+        if not self._from_peer(METHOD, str(signature)):
+            raise PermissionDenied("ReadSummaries is for the cluster's own nodes (every "
+                                   "user's summary entries): ask InsightsService")
         total = self.router.partitions
         wanted = frozenset(request.partitions)
         bad = sorted(p for p in wanted if not 0 <= p < total)

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from nudge.server.cluster.peer_auth import PEER_HEADER
 from nudge.server.errors import NotFound, NotServedHere, Unavailable
 from nudge.server.rpc.handlers import Behaviour, wrap_behaviour
 
@@ -56,7 +57,7 @@ FOUND_BY_ID = ("/nudge.v1.DecisionService/ReportOutcome",
 _HOP_HEADERS = {"grpc-timeout", "te", "content-type", "user-agent", "grpc-accept-encoding",
                 "grpc-encoding", "authority", ":authority"}
 # The coordinator's own marks, never passed on by a forward (batch_routing.py sets its own).
-_NOT_PASSED_ON = {FORWARDED, "nudge-partitions"}
+_NOT_PASSED_ON = {FORWARDED, "nudge-partitions", PEER_HEADER}
 
 
 class RouteLike(Protocol):
@@ -84,11 +85,14 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
     forwards them to the owner (see the module docstring)."""
 
     def __init__(self, router: Router, stored_id: Callable[[str], str],
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 sign: Callable[[str], str] = lambda _method: "") -> None:
         self.router = router
         self.stored_id = stored_id  # raw user id -> the id partitions hash (the pseudonym)
         # TLS to the other nodes when this one serves TLS (tls.peer_credentials).
         self.credentials = credentials
+        # A call's nudge-peer signature (cluster/peer_auth.py): it comes from a node.
+        self.sign = sign
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self.forwarded = 0
@@ -188,8 +192,8 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > 86_400 else remaining
         self.forwarded += 1
-        replies: Iterator[Any] = call(requests, metadata=self._metadata(context) + list(extra),
-                                      timeout=timeout)
+        replies: Iterator[Any] = call(
+            requests, metadata=self._metadata(context, method) + list(extra), timeout=timeout)
         return replies
 
     def unary_stream(self, method: str, request: Any, context: grpc.ServicerContext,
@@ -203,15 +207,18 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > 86_400 else remaining
         self.forwarded += 1
-        replies: Iterator[Any] = call(request, metadata=self._metadata(context),
+        replies: Iterator[Any] = call(request, metadata=self._metadata(context, method),
                                       timeout=timeout)
         return replies
 
-    def _metadata(self, context: grpc.ServicerContext) -> list[tuple[str, str]]:
+    def _metadata(self, context: grpc.ServicerContext, method: str) -> list[tuple[str, str]]:
         metadata = [(k, v) for k, v in context.invocation_metadata()
                     if k not in _HOP_HEADERS and not k.startswith(":")
                     and k not in _NOT_PASSED_ON]
         metadata.append((FORWARDED, self.router.node_id))
+        signature = self.sign(method)
+        if signature:
+            metadata.append((PEER_HEADER, signature))
         return metadata
 
     def _call(
@@ -223,7 +230,7 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
             method, request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=reply_type.FromString,
         )
-        metadata = self._metadata(context)
+        metadata = self._metadata(context, method)
         remaining = context.time_remaining()
         timeout = None if remaining is None or remaining > 86_400 else remaining * share
         self.forwarded += 1

@@ -28,7 +28,9 @@ if _version_not_supported:
 class ClusterServiceStub:
     """Calls between the nodes of a cluster (cluster mode), not for applications: a node
     answering for the whole bank asks each other node for what only that node holds. A
-    call carries the caller's token, so it needs the scope of the call it serves.
+    call carries the caller's token, so it needs the scope of the call it serves, and the
+    header nudge-peer, a signature with the secret the nodes share through NATS
+    (server/cluster/peer_auth.py): a client with any token cannot make one.
     """
 
     def __init__(self, channel):
@@ -47,14 +49,17 @@ class ClusterServiceStub:
 class ClusterServiceServicer:
     """Calls between the nodes of a cluster (cluster mode), not for applications: a node
     answering for the whole bank asks each other node for what only that node holds. A
-    call carries the caller's token, so it needs the scope of the call it serves.
+    call carries the caller's token, so it needs the scope of the call it serves, and the
+    header nudge-peer, a signature with the secret the nodes share through NATS
+    (server/cluster/peer_auth.py): a client with any token cannot make one.
     """
 
     def ReadSummaries(self, request, context):
         """ReadSummaries streams the insights summaries of the users of some partitions this
         node serves (InsightsService on another node gathers every partition's).
-        Errors: UNAVAILABLE when this node does not serve one of the partitions (the map
-        moved; the caller asks the new owner); PERMISSION_DENIED without the insights scope.
+        Errors: PERMISSION_DENIED without a node's signature or the insights scope;
+        UNAVAILABLE when this node does not serve one of the partitions (the map moved; the
+        caller asks the new owner); INVALID_ARGUMENT for a partition out of range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,7 +84,9 @@ def add_ClusterServiceServicer_to_server(servicer, server):
 class ClusterService:
     """Calls between the nodes of a cluster (cluster mode), not for applications: a node
     answering for the whole bank asks each other node for what only that node holds. A
-    call carries the caller's token, so it needs the scope of the call it serves.
+    call carries the caller's token, so it needs the scope of the call it serves, and the
+    header nudge-peer, a signature with the secret the nodes share through NATS
+    (server/cluster/peer_auth.py): a client with any token cannot make one.
     """
 
     @staticmethod

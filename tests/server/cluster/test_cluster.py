@@ -17,9 +17,11 @@ import nats
 import pytest
 
 from nudge.clients import Client, make_event
+from nudge.server.cluster import peer_auth
 from nudge.server.cluster.local import LocalCluster
 from nudge.server.cluster.node import CONTACTS, DECISION, EVENTS_SUBJECT, KIND, STREAM
 from nudge.server.cluster.partitions import partition_of
+from nudge.server.cluster.peer_auth import load_peer_key
 from nudge.server.decisions.guardrails import SUPPRESS_CAP, SUPPRESS_HOLDOUT
 from nudge.server.storage.tables.decisions import DecisionRecord
 from nudge.v1 import cluster_service_pb2 as cpb
@@ -362,15 +364,38 @@ def test_insights_count_every_partition_s_users_once(cluster: LocalCluster) -> N
         assert reply.cohort_users == len(users)
 
 
-def test_read_summaries_refuses_partitions_it_does_not_serve(cluster: LocalCluster) -> None:
+async def _peer_key(urls: str) -> bytes:
+    nc = await nats.connect(servers=urls.split(","))
+    try:
+        return await load_peer_key(nc.jetstream(), 3)
+    finally:
+        await nc.close()
+
+
+def test_read_summaries_is_for_the_cluster_s_nodes_only(cluster: LocalCluster) -> None:
+    """Every user's summary entries: a client (any token) is refused; a node's signed call
+    gets what that node serves, and is told UNAVAILABLE for what it does not."""
     infos = _settled(cluster)
     owners = dict(infos[0].partition_owners)
+    mine = next(p for p, node in owners.items() if node == "node0")
     elsewhere = next(p for p, node in owners.items() if node != "node0")
+    method = "/nudge.v1.ClusterService/ReadSummaries"
+    key = asyncio.run(_peer_key(cluster.urls))
     with grpc.insecure_channel(cluster.nodes[0].target) as channel:
         stub = cpb_grpc.ClusterServiceStub(channel)
-        for partitions, code in (([elsewhere], grpc.StatusCode.UNAVAILABLE),
-                                 ([cluster.partitions], grpc.StatusCode.INVALID_ARGUMENT)):
+        cases = [([mine], "", grpc.StatusCode.PERMISSION_DENIED),
+                 ([mine], peer_auth.sign(b"not the cluster's key", method),
+                  grpc.StatusCode.PERMISSION_DENIED),
+                 ([mine], peer_auth.sign(key, method, time.time() - 600),
+                  grpc.StatusCode.PERMISSION_DENIED),
+                 ([elsewhere], peer_auth.sign(key, method), grpc.StatusCode.UNAVAILABLE),
+                 ([cluster.partitions], peer_auth.sign(key, method),
+                  grpc.StatusCode.INVALID_ARGUMENT)]
+        for partitions, signature, code in cases:
             with pytest.raises(grpc.RpcError) as raised:
-                list(stub.ReadSummaries(cpb.ReadSummariesRequest(partitions=partitions)))
-            assert raised.value.code() == code
-            assert "partitions" in (raised.value.details() or "")
+                list(stub.ReadSummaries(cpb.ReadSummariesRequest(partitions=partitions),
+                                        metadata=[("nudge-peer", signature)]))
+            assert raised.value.code() == code, (partitions, signature)
+        replies = list(stub.ReadSummaries(cpb.ReadSummariesRequest(partitions=[mine]),
+                                          metadata=[("nudge-peer", peer_auth.sign(key, method))]))
+        assert all(r.key_names for r in replies)
