@@ -32,7 +32,7 @@ import heapq
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -57,6 +57,41 @@ class PartitionRouter(Protocol):
 
     def route(self, user_id: str) -> RouteLike: ...
     def route_partition(self, partition: int) -> RouteLike: ...
+
+
+T = TypeVar("T")
+
+
+def by_route(items: Iterable[T], route: Callable[[T], RouteLike]
+             ) -> tuple[list[T], dict[str, list[T]], list[T]]:
+    """``items`` split by where they are served: here, by owner address, and waiting (no
+    serving owner yet), each in the order given."""
+    here: list[T] = []
+    remote: dict[str, list[T]] = {}
+    waiting: list[T] = []
+    for item in items:
+        found = route(item)
+        if found.local:
+            here.append(item)
+        elif found.address is not None:
+            remote.setdefault(found.address, []).append(item)
+        else:
+            waiting.append(item)
+    return here, remote, waiting
+
+
+def route_deadline(context: grpc.ServicerContext) -> float:
+    """Until when items with no serving owner are waited for (monotonic)."""
+    remaining = context.time_remaining()
+    wait = ROUTE_WAIT_SECONDS if remaining is None else min(ROUTE_WAIT_SECONDS, remaining)
+    return time.monotonic() + wait
+
+
+def wait_for_routes(deadline: float, what: str) -> None:
+    """Sleep before routing again, or UNAVAILABLE (``what``) when past ``deadline``."""
+    if time.monotonic() + RETRY_SECONDS > deadline:
+        raise Unavailable(f"{what}; retry")
+    time.sleep(RETRY_SECONDS)
 
 
 class Refused(Exception):
@@ -102,19 +137,9 @@ class BatchRouter:
         by their owners."""
         out: list[pb.BatchDecision | None] = [None] * len(asked)
         todo = list(range(len(asked)))
-        deadline = self._deadline(context)
+        deadline = route_deadline(context)
         while todo:
-            here: list[int] = []
-            remote: dict[str, list[int]] = {}
-            waiting: list[int] = []
-            for i in todo:
-                route = self.router.route(stored[i])
-                if route.local:
-                    here.append(i)
-                elif route.address is not None:
-                    remote.setdefault(route.address, []).append(i)
-                else:
-                    waiting.append(i)
+            here, remote, waiting = by_route(todo, lambda i: self.router.route(stored[i]))
             asks = {address: self._pool.submit(self._ask_ids, settings, [asked[i] for i in mine],
                                                context, address)
                     for address, mine in remote.items()}
@@ -133,8 +158,8 @@ class BatchRouter:
                     out[i] = decision
             todo = sorted(waiting)
             if todo:
-                self._wait(deadline, f"user_ids: no node serves {stored[todo[0]]!r}'s "
-                                     f"partition yet ({len(todo)} users waiting)")
+                wait_for_routes(deadline, f"user_ids: no node serves {stored[todo[0]]!r}'s "
+                                          f"partition yet ({len(todo)} users waiting)")
         return [d for d in out if d is not None]
 
     def _ask_ids(self, settings: pb.DecideBatchRequest, asked: list[str],
@@ -159,19 +184,9 @@ class BatchRouter:
         reply: this node's partitions by ``local(partitions)``, each other owner's by it."""
         sources: list[Iterator[pb.BatchDecision]] = []
         todo = list(range(self.router.partitions))
-        deadline = self._deadline(context)
+        deadline = route_deadline(context)
         while todo:
-            here: list[int] = []
-            remote: dict[str, list[int]] = {}
-            waiting: list[int] = []
-            for p in todo:
-                route = self.router.route_partition(p)
-                if route.local:
-                    here.append(p)
-                elif route.address is not None:
-                    remote.setdefault(route.address, []).append(p)
-                else:
-                    waiting.append(p)
+            here, remote, waiting = by_route(todo, self.router.route_partition)
             started = {address: self._pool.submit(self._start_segment, settings, context,
                                                   address, mine)
                        for address, mine in remote.items()}
@@ -184,7 +199,7 @@ class BatchRouter:
                     waiting += remote[address]
             todo = sorted(waiting)
             if todo:
-                self._wait(deadline, f"segment: no node serves partitions {todo} yet")
+                wait_for_routes(deadline, f"segment: no node serves partitions {todo} yet")
         merged = heapq.merge(*sources, key=lambda d: d.user_id)
         reply = pb.DecideBatchResponse()
         for decision in merged:
@@ -230,18 +245,6 @@ class BatchRouter:
                 f"the owner at {address} failed mid-batch ({code.name}: {details}); the "
                 "decisions streamed before this error were made, and the owner may have "
                 "made some of the rest") from None
-
-    @staticmethod
-    def _deadline(context: grpc.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        wait = ROUTE_WAIT_SECONDS if remaining is None else min(ROUTE_WAIT_SECONDS, remaining)
-        return time.monotonic() + wait
-
-    @staticmethod
-    def _wait(deadline: float, what: str) -> None:
-        if time.monotonic() + RETRY_SECONDS > deadline:
-            raise Unavailable(f"{what}; retry")
-        time.sleep(RETRY_SECONDS)
 
 
 def _chain(first: list[list[Any]], rest: Iterable[list[Any]]) -> Iterator[list[Any]]:

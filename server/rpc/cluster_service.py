@@ -13,7 +13,6 @@ retry is always safe), until ``ROUTE_WAIT_SECONDS`` or the caller's deadline.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,7 +23,12 @@ from nudge.server.cluster.peer_auth import PEER_HEADER
 from nudge.server.errors import InvalidArgument, PermissionDenied, Unavailable
 from nudge.server.offline.insights import Population
 from nudge.server.offline.insights_merge import SummaryPart, merge_parts, part_from_bytes
-from nudge.server.rpc.batch_routing import RETRY_SECONDS, ROUTE_WAIT_SECONDS, PartitionRouter
+from nudge.server.rpc.batch_routing import (
+    PartitionRouter,
+    by_route,
+    route_deadline,
+    wait_for_routes,
+)
 from nudge.server.rpc.forwarding import ForwardingInterceptor
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import insights as summary_table
@@ -110,21 +114,9 @@ class SummaryGatherer:
         total = self.router.partitions
         parts: list[SummaryPart] = []
         todo = list(range(total))
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + (ROUTE_WAIT_SECONDS if remaining is None
-                                       else min(ROUTE_WAIT_SECONDS, remaining))
+        deadline = route_deadline(context)
         while todo:
-            here: list[int] = []
-            remote: dict[str, list[int]] = {}
-            waiting: list[int] = []
-            for p in todo:
-                route = self.router.route_partition(p)
-                if route.local:
-                    here.append(p)
-                elif route.address is not None:
-                    remote.setdefault(route.address, []).append(p)
-                else:
-                    waiting.append(p)
+            here, remote, waiting = by_route(todo, self.router.route_partition)
             asked = {a: self._pool.submit(self._ask, context, a, mine)
                      for a, mine in remote.items()}
             if here:
@@ -138,9 +130,7 @@ class SummaryGatherer:
                     waiting += remote[address]
             todo = sorted(waiting)
             if todo:
-                if time.monotonic() + RETRY_SECONDS > deadline:
-                    raise Unavailable(f"insights: no node serves partitions {todo} yet; retry")
-                time.sleep(RETRY_SECONDS)
+                wait_for_routes(deadline, f"insights: no node serves partitions {todo} yet")
         return merge_parts(parts)
 
     def _ask(self, context: grpc.ServicerContext, address: str, partitions: list[int]
