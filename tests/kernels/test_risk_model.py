@@ -151,7 +151,8 @@ def ref_evidence(user, pop, tx, p: M.ModelParams):
 
     q = (smooth(pop[M.P_HOUR:M.P_HOUR + 24]) + 1) / (pop[M.P_HOUR_TOTAL] + 24)
     pg = (smooth(user[M.U_HOUR:M.U_HOUR + 24]) + p.hour_prior * q) / (user[M.U_N] + p.hour_prior)
-    if cs and user[M.U_N] > 0:
+    bc, nc = int(tx[M.CAT_TX[0]]), user[M.U_CAT_TOTAL[0]]
+    if bc >= 0 and nc > 0 and user[M.U_CAT_OFF[0] + bc] < nc / 2:  # abroad: not home
         pg = ((smooth(pop[M.P_HOUR_NEWC:M.P_HOUR_NEWC + 24]) + 1)
               / (pop[M.P_HOUR_NEWC_TOTAL] + 24))
     pt = (pop[M.P_FR_HOUR + h] + fp / 24) / (fr_total + fp)
@@ -273,6 +274,12 @@ def test_learn_matches_reference(seed: int) -> None:
         for f in range(4):
             sl = slice(M.U_CAT_TOTAL[f], M.U_CAT_OFF[f] + BINS[f])
             np.testing.assert_array_equal(u2[0, sl], ru[sl])
+        bc, nc = int(tx[M.CAT_TX[0]]), u[M.U_CAT_TOTAL[0]]
+        if bc >= 0 and nc > 0 and u[M.U_CAT_OFF[0] + bc] < nc / 2:  # abroad: hours abroad
+            rp[M.P_HOUR_NEWC + int(tx[TX_HOUR])] += 1
+            rp[M.P_HOUR_NEWC_TOTAL] += 1
+        np.testing.assert_array_equal(p2[M.P_HOUR_NEWC_TOTAL:M.P_FR_NODEV],
+                                      rp[M.P_HOUR_NEWC_TOTAL:M.P_FR_NODEV])
         np.testing.assert_array_equal(p2[M.P_NOV:M.P_HOUR_TOTAL], rp[M.P_NOV:M.P_HOUR_TOTAL])
         np.testing.assert_array_equal(p2[M.P_FIRST_TOTAL[0]:], rp[M.P_FIRST_TOTAL[0]:])
         np.testing.assert_array_equal(u2[0, M.U_RECENT_BIN:], ru[M.U_RECENT_BIN:])
