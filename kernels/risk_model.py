@@ -138,6 +138,12 @@ fix: a genuine customer whose held transaction scored high carries that belief i
 next ones within tau, tempered only by z_cont (the same judgment a reviewer makes from the
 open case); the held transaction's GENUINE label or hold delay does not reach back.
 
+When the filter drives the score it says so: the details keep z_start (``D_START_LOGIT``,
+the single-transaction logit), the previous score and the time since it, and which values
+repeat it (``D_SAME``); the filter's lift z - z_start = log(1 + a/((1-a)(1-pi)) e^(z_cont -
+z_start)) is the reason TAKEOVER_EPISODE when it reaches the 1.5-nat bar of a feature's
+evidence (``nudge.kernels.risk_model_reasons``).
+
 Labels train w by online logistic regression (SGD, L2 pull towards 1, w_f >= 0). A FRAUD
 label is paired with one recently learned (presumed genuine) transaction from a ring in
 the population state: a balanced case-control pair, for which the sample's logit is
@@ -335,7 +341,15 @@ D_AMOUNT_RATIO = D_NOVELTY + N_CAT  # (1 + amount) / exp(the customer's predicti
 D_ACCOUNT = D_AMOUNT_RATIO + 1  # P(account attacker-run from the start | its history)
 D_EPISODE = D_ACCOUNT + 1  # a: prior chance this transaction continues a takeover episode
 D_CONT_LR = D_EPISODE + 1  # log LR of the continuing attacker (z_cont) vs genuine
-DETAIL_LEN = D_CONT_LR + 1
+# the episode filter, for its reason code: the logit without the "continues" term (the
+# single-transaction posterior's), the previous scored transaction's P(fraud) and the
+# seconds since it, and per categorical whether this value repeats its (1 same, 0 differs,
+# -1 missing here or there, or nothing scored before)
+D_START_LOGIT = D_CONT_LR + 1
+D_EP_PREV = D_START_LOGIT + 1
+D_EP_DT = D_EP_PREV + 1
+D_SAME = D_EP_DT + 1  # N_CAT
+DETAIL_LEN = D_SAME + N_CAT
 
 # --- params ---
 (K_PRIOR, K_HOLD, K_CLIP, K_HOUR_PRIOR, K_NOV_PSEUDO, K_VAR_PSEUDO, K_T_DOF, K_FR_SHIFT,
@@ -783,6 +797,13 @@ def _score(user, pop, tx, params, out, feat):
     pi = params[K_PRIOR]
     lp = math.log(pi / (1.0 - pi))
     z += lp
+    out[D_START_LOGIT] = z
+    out[D_EP_PREV] = user[U_EP_P]
+    out[D_EP_DT] = tx[TX_TIME] - user[U_EP_TIME]
+    for f in range(N_CAT):
+        last = user[U_LAST_BIN + f]
+        b = tx[_CAT_TX[f]]
+        out[D_SAME + f] = -1.0 if b < 0.0 or last < 0.0 else (1.0 if b == last else 0.0)
     # takeover-episode filter: does this transaction continue the previous one's episode?
     a = 0.0
     zc = 0.0

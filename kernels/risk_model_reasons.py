@@ -6,6 +6,16 @@ at least ``min_evidence``, i.e. the transaction is that many times likelier unde
 than for this genuine customer. When the customer has fewer than ``weak_below`` earlier
 transactions the text says the reason is weak (judged mostly against the population), and
 COLD_START fires. ``RiskReason.weight`` is the feature's share of the positive evidence.
+
+TAKEOVER_EPISODE (added with the takeover-episode filter; the codes above are unchanged)
+fires when the filter, not this transaction alone, drives the score: the logit with the
+"a takeover episode goes on" term minus the single-transaction logit,
+L = log(1 + (a / ((1 - a)(1 - pi))) e^(z_cont - z_start)), is at least ``min_evidence``
+nats, the same bar as a feature's (the odds of fraud are at least e^1.5 ~ 4.5 times what
+the transaction alone gives, so the "continues" hypothesis carries at least 78% of them).
+L enters the positive evidence beside the features', so the weights stay shares of one
+total. The text names the previous transaction (how long ago, its P(fraud)) and the values
+this one repeats from it, which is what a reviewer needs to open the two together.
 """
 
 from __future__ import annotations
@@ -16,10 +26,15 @@ import numpy as np
 
 from nudge.kernels.risk_model import (
     D_AMOUNT_RATIO,
+    D_EP_DT,
+    D_EP_PREV,
     D_EVIDENCE,
     D_HISTORY,
     D_K,
+    D_LOGIT,
     D_NEW,
+    D_SAME,
+    D_START_LOGIT,
     DEFAULT_MODEL_PARAMS,
     DETAIL_LEN,
     E_AMOUNT,
@@ -38,8 +53,10 @@ NEW_MERCHANT_CATEGORY = "NEW_MERCHANT_CATEGORY"
 UNUSUAL_HOUR = "UNUSUAL_HOUR"
 VELOCITY_BURST = "VELOCITY_BURST"
 COLD_START = "COLD_START"
+TAKEOVER_EPISODE = "TAKEOVER_EPISODE"
 REASON_CODES = (AMOUNT_HIGH, NEW_COUNTRY, NEW_DEVICE, NEW_MERCHANT_CATEGORY, UNUSUAL_HOUR,
-                VELOCITY_BURST, COLD_START)
+                VELOCITY_BURST, COLD_START, TAKEOVER_EPISODE)
+_SAME_NAMES = ("country", "merchant category", "device", "channel")
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,8 @@ def explain(details: np.ndarray, weights: np.ndarray | None = None, *, country: 
     v = d.tolist()
     w = [1.0] * 7 if weights is None else [float(x) for x in weights]
     ev = [w[f] * v[D_EVIDENCE + f] for f in range(7)]
-    positive = sum(e for e in ev if e > 0)
+    episode = v[D_LOGIT] - v[D_START_LOGIT]  # >= 0: the filter's lift of the logit
+    positive = sum(e for e in ev if e > 0) + max(episode, 0.0)
     n = int(v[D_HISTORY])
     weak = n < weak_below
     plural = "" if n == 1 else "s"
@@ -88,6 +106,8 @@ def explain(details: np.ndarray, weights: np.ndarray | None = None, *, country: 
             reasons.append(RiskReason(code, _text(code, v, country, merchant_category,
                                                   local_hour, params) + suffix,
                                       ev[f] / positive))
+    if episode >= min_evidence:
+        reasons.append(RiskReason(TAKEOVER_EPISODE, _episode_text(v), episode / positive))
     reasons.sort(key=lambda r: r.weight, reverse=True)
     if weak:
         reasons.append(RiskReason(COLD_START, f"only {n} earlier transaction{plural}: judged "
@@ -124,3 +144,17 @@ def _text(code: str, v: list[float], country: str, merchant_category: str,
     window_minutes = params.velocity_window_s / 60.0
     window = "hour" if window_minutes == 60 else f"{window_minutes:g} minutes"
     return f"{k}{suffix} transaction in {'an ' if window == 'hour' else ''}{window}"
+
+
+def _episode_text(v: list[float]) -> str:
+    dt = v[D_EP_DT]
+    if dt < 90.0:
+        ago = f"{dt:.0f} seconds"
+    elif dt < 5400.0:
+        ago = f"{dt / 60.0:.0f} minutes"
+    else:
+        ago = f"{dt / 3600.0:.1f} hours"
+    same = [name for f, name in enumerate(_SAME_NAMES) if v[D_SAME + f] == 1.0]
+    text = (f"judged as one takeover episode with a transaction {ago} earlier "
+            f"(P(fraud) {v[D_EP_PREV]:.2f})")
+    return text + (f": same {', '.join(same)}" if same else "")

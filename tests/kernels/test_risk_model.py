@@ -19,7 +19,7 @@ from nudge.kernels.risk import (
     TX_TIME,
     encode_transaction,
 )
-from nudge.kernels.risk_model_reasons import explain
+from nudge.kernels.risk_model_reasons import REASON_CODES, TAKEOVER_EPISODE, explain
 
 PARAMS = M.ModelParams()
 BINS = (COUNTRY_BINS, MCC_BINS, DEVICE_BINS, CHANNEL_BINS)
@@ -220,6 +220,14 @@ def test_score_matches_reference(seed: int) -> None:
         ev, ref_score, k = ref_evidence(u, pop, tx, PARAMS)
         np.testing.assert_allclose(det[M.D_EVIDENCE:M.D_EVIDENCE + 7], ev, rtol=1e-9,
                                    atol=1e-9)
+        lp = math.log(PARAMS.prior / (1 - PARAMS.prior))
+        assert det[M.D_START_LOGIT] == pytest.approx(lp + (pop[M.P_W:M.P_W + 7] * ev).sum(),
+                                                     rel=1e-9, abs=1e-9)
+        assert det[M.D_EP_PREV] == u[M.U_EP_P]
+        assert det[M.D_EP_DT] == tx[TX_TIME] - u[M.U_EP_TIME]
+        for f in range(4):
+            b, last = tx[M.CAT_TX[f]], u[M.U_LAST_BIN + f]
+            assert det[M.D_SAME + f] == (-1 if b < 0 or last < 0 else float(b == last))
         assert score == pytest.approx(ref_score, rel=1e-9, abs=1e-12)
         assert det[M.D_K] == k and feat[M.F_K] == k
 
@@ -504,12 +512,17 @@ def test_episode_evidence_accumulates_and_fades() -> None:
                               PARAMS, hold=False)  # slipped through and was learned
         assert b.scores[0] > PARAMS.prior
         nxt = encode_transaction(150.0, t0 + later, 14.2, "BR", "5999", "evil", "online")
-        s_on = M.score_one(u_on[0], p_on, nxt, PARAMS)[0]
-        s_alone = M.score_one(u_on[0], p_on, nxt, off)[0]
+        s_on, det, _ = M.score_one(u_on[0], p_on, nxt, PARAMS)
+        s_alone, det_alone, _ = M.score_one(u_on[0], p_on, nxt, off)
+        codes = [r.code for r in explain(det, p_on[M.P_W:M.P_W + 7])]
+        assert TAKEOVER_EPISODE not in [r.code for r in explain(det_alone)]
         if boost:  # the odds, at least doubled
             assert s_on / (1 - s_on) > 2 * s_alone / (1 - s_alone)
+            lift = det[M.D_LOGIT] - det[M.D_START_LOGIT]
+            assert (TAKEOVER_EPISODE in codes) == (lift >= 1.5)
         else:
             assert s_alone <= s_on < s_alone + 0.1 * PARAMS.prior
+            assert TAKEOVER_EPISODE not in codes
 
 
 def test_version_2_rows_migrate_keeping_what_was_learned() -> None:
@@ -531,3 +544,42 @@ def test_version_2_rows_migrate_keeping_what_was_learned() -> None:
         M.migrate_user_state(users[0])
     with pytest.raises(ValueError, match="version-2"):
         M.migrate_population_state(pop)
+
+
+def test_episode_reason_fires_when_the_filter_drives_the_score() -> None:
+    """TAKEOVER_EPISODE: the filter's lift of the logit (score with the "continues" term
+    minus the single-transaction logit) against the same 1.5-nat bar as a feature's
+    evidence, its weight its share of the positive evidence, the text naming the earlier
+    transaction and what is repeated; the other codes and texts are untouched."""
+    lp = math.log(PARAMS.prior / (1 - PARAMS.prior))
+    det = np.zeros(M.DETAIL_LEN)
+    det[M.D_EVIDENCE + M.E_AMOUNT] = 2.0  # AMOUNT_HIGH (2 nats)
+    det[M.D_AMOUNT_RATIO] = 4.0
+    det[M.D_HISTORY] = 40
+    det[M.D_EP_PREV], det[M.D_EP_DT] = 0.42, 1500.0
+    det[M.D_SAME:M.D_SAME + 4] = (1, 0, 1, -1)
+    det[M.D_START_LOGIT] = lp + 2.0
+    for lift, fires in ((0.0, False), (1.49, False), (1.5, True), (4.0, True)):
+        det[M.D_LOGIT] = det[M.D_START_LOGIT] + lift
+        reasons = explain(det)
+        by = {r.code: r for r in reasons}
+        assert (TAKEOVER_EPISODE in by) == fires
+        assert by["AMOUNT_HIGH"].detail == "amount is 4.0× this user's typical"
+        # shares of all positive evidence: a lift under the bar still counts in the total,
+        # as a feature's evidence under the bar does
+        assert sum(r.weight for r in reasons) == pytest.approx(
+            (2.0 + lift * fires) / (2.0 + lift))
+        if fires:
+            r = by[TAKEOVER_EPISODE]
+            assert r.weight == pytest.approx(lift / (lift + 2.0))
+            assert r.detail == ("judged as one takeover episode with a transaction 25 minutes "
+                                "earlier (P(fraud) 0.42): same country, device")
+            assert reasons[0].code == (TAKEOVER_EPISODE if lift > 2.0 else "AMOUNT_HIGH")
+    assert REASON_CODES[:7] == ("AMOUNT_HIGH", "NEW_COUNTRY", "NEW_DEVICE",
+                                "NEW_MERCHANT_CATEGORY", "UNUSUAL_HOUR", "VELOCITY_BURST",
+                                "COLD_START")
+    det[M.D_SAME:M.D_SAME + 4] = 0.0
+    det[M.D_EP_DT] = 4.5 * 3600
+    det[M.D_LOGIT] = det[M.D_START_LOGIT] + 3.0
+    assert explain(det)[0].detail == ("judged as one takeover episode with a transaction 4.5 "
+                                      "hours earlier (P(fraud) 0.42)")

@@ -388,3 +388,26 @@ def test_an_erased_customers_hold_leaves_the_index(server: NudgeServer, profiled
     assert server.risk.expire_holds() == 0  # the record went with the customer
     with server.store.read() as txn:
         assert not list(risk_baselines.holds_due(txn, server.store.dbs, float("inf")))
+
+
+def test_a_takeover_episode_gives_its_reason(profiled: Client) -> None:
+    """The second transaction of a takeover, minutes after a suspicious first one and
+    repeating its device and country, is judged with it as one episode: TAKEOVER_EPISODE
+    names the earlier transaction and what is repeated. A day later nothing carries over."""
+    t = T0 + 31 * DAY + 15 * HOUR
+
+    def attacker(k: int, when: float, amount: float) -> pb.Transaction:
+        return make_transaction("alice", amount, transaction_id=f"alice-ep{k}",
+                                currency="BRL", merchant_category="5732", country="BR",
+                                channel="ecommerce", device_id="laptop-x", time=when)
+
+    first = profiled.score_transaction(attacker(0, t, 60.0))
+    second = profiled.score_transaction(attacker(1, t + 420, 55.0))
+    by_code = {r.code: r for r in second.reasons}
+    assert "TAKEOVER_EPISODE" in by_code, second.reasons
+    assert by_code["TAKEOVER_EPISODE"].detail.startswith(
+        "judged as one takeover episode with a transaction 7 minutes earlier (P(fraud) "
+        f"{first.score:.2f}): same country")
+    assert "device" in by_code["TAKEOVER_EPISODE"].detail
+    later = profiled.score_transaction(attacker(2, t + 3 * DAY, 45.0))
+    assert "TAKEOVER_EPISODE" not in codes(later)
