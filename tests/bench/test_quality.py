@@ -18,10 +18,15 @@ def test_regime_rows_and_the_budgets_they_feed() -> None:
         assert math.isfinite(row["genuine_alert_drift"])
     metrics = quality.risk_metrics(rows)
     assert metrics["quality.risk.ap_worst_regime"] == min(r["ap"] for r in rows)
+    assert metrics["quality.risk.ap_worst_regime_seed"] == min(r["ap_min_seed"] for r in rows)
+    assert metrics["quality.risk.ap_history_0_4_worst_regime_seed"] <= metrics[
+        "quality.risk.ap_history_0_4_worst_regime"]
     verdicts = {v.budget.metric: v.status for v in judge(load(), metrics)}
     for metric in ("quality.risk.ap_worst_regime", "quality.risk.recall_at_0_5pct_worst_regime",
                    "quality.risk.top_decile_log2_ratio_worst_regime",
-                   "quality.risk.genuine_alert_drift_worst_regime"):
+                   "quality.risk.genuine_alert_drift_worst_regime",
+                   "quality.risk.ap_worst_regime_seed",
+                   "quality.risk.ap_history_0_4_worst_regime_seed"):
         assert verdicts[metric] in ("met", "MISSED")
     assert verdicts["quality.risk.ap_vs_half_space_trees"] == "not measured"
 
