@@ -175,15 +175,19 @@ def tables(result: dict) -> list[Table]:
                          "rounds); items are events, rewards or transactions."))
     if "quality" in sec:
         q = sec["quality"]["risk"]
-        rows = [(r["regime"], _f(r["fraud"]), _f(r["ap"], 3), _f(r["recall"], 3),
-                 _f(r["ap_0_4"], 3), _f(r["ap_5_19"], 3), _f(r["ap_20_up"], 3),
+        rows = [(r["regime"], _f(r["fraud"]),
+                 f"{_f(r['ap'], 3)} ({_f(r.get('ap_min_seed', math.nan), 3)})",
+                 _f(r["recall"], 3),
+                 f"{_f(r['ap_0_4'], 3)} ({_f(r.get('ap_0_4_min_seed', math.nan), 3)})",
+                 _f(r["ap_5_19"], 3), _f(r["ap_20_up"], 3),
                  f"{r['top_decile_pred']:.4f} / {r['top_decile_obs']:.4f}",
                  f"{r['genuine_alert_drift']:+.3%}",
                  "-" if not r["river_ap"] else
                  f"{r['river_nudge_ap']:.3f} vs {r['river_ap']:.3f}")
                 for r in q["regimes"]]
         out.append(Table(
-            "Risk quality (bench/risk_worlds.py regimes; mean of seeds 1-3)",
+            "Risk quality (bench/risk_worlds.py regimes; mean of seeds "
+            f"{_seed_range(q['regimes'])}, worst seed in brackets)",
             ("regime", "fraud", "AP", "recall @0.5%", "AP hist 0-4", "AP 5-19", "AP 20+",
              "top decile P(fraud) / observed", "genuine alert drift",
              f"AP vs River HST ({q['river_customers']} customers)"), rows,
@@ -505,3 +509,13 @@ def readme_section(result: dict) -> str:
         if t.note:
             lines += [t.note, ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _seed_range(regimes: list[dict]) -> str:
+    """The seeds of the risk regime rows, as "1-6" when consecutive."""
+    seeds = sorted({int(x) for r in regimes for x in r.get("seeds", ())})
+    if not seeds:
+        return "?"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
