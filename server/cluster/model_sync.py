@@ -321,12 +321,26 @@ class ClusterModels:
 
     async def _publish(self) -> None:
         """Store the models with their position: the blob first, then the head by
-        compare-and-set (a leader that lost the lease fails here and stops)."""
+        compare-and-set (a leader that lost the lease fails here and stops).
+
+        What is learned while this publish awaits the servers is not in it: the models
+        are marked clean when they are read, not when the publish ends, so that learning
+        marks them dirty again and the next round publishes it (cleared at the end, a
+        follower could stay behind the leader until something else was learned)."""
         async with self._models_lock:
             models = {n: encode_model(m) for n, m in dict(self.learner.engine.models).items()}
             position, learned = self.position, self.learned
             extra = ({} if self.population is None
                      else {POPULATION_KEY: self.population.published()})
+            self._dirty = False
+        try:
+            await self._store_head(models, extra, position, learned)
+        except BaseException:
+            self._dirty = True  # not published: the next round tries again
+            raise
+
+    async def _store_head(self, models: dict[str, bytes], extra: dict[str, Any],
+                          position: int, learned: int) -> None:
         name = (f"models-{position}-{extra.get(POPULATION_KEY, {}).get('position', 0)}-"
                 f"{self.node.node_id.encode().hex()}")
         await self._blobs.put(name, encode_blob(models, extra))
@@ -345,7 +359,6 @@ class ClusterModels:
                 await self._blobs.delete(name)
             await self._stop_leading(release=False)
             return
-        self._dirty = False
         self._last_publish = time.monotonic()
         self.published += 1
         if self._previous_blob is not None:  # the one before stays for slow readers
