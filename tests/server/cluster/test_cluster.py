@@ -300,14 +300,17 @@ def test_decide_batch_decides_each_user_on_its_owner_in_the_order_asked(
                 if made == 2:
                     contacted.append(u)
                     break
-        expected = {u: client.decide(u, dry_run=True).suppressed_reason for u in users}
-    assert contacted and all(expected[u] == SUPPRESS_CAP for u in contacted)
+        assert contacted and all(
+            client.decide(u, dry_run=True).suppressed_reason == SUPPRESS_CAP
+            for u in contacted)
     asked = list(reversed(users))
     with Client(cluster.nodes[0].target, retries=8) as client:
         batch = list(client.decide_batch(asked, dry_run=True, per_message=10))
     assert [d.user_id for d in batch] == asked
-    assert {d.user_id for d in batch if d.suppressed_reason == SUPPRESS_CAP} == {
-        u for u in users if expected[u] == SUPPRESS_CAP}
+    # Capped: every user contacted twice, and only users contacted (a contact planned at
+    # a send time between the single Decide and the batch may tip one more).
+    capped = {d.user_id for d in batch if d.suppressed_reason == SUPPRESS_CAP}
+    assert set(contacted) <= capped <= set(remote[:8])
     assert all(d.model_version and d.propensity > 0 for d in batch)
 
 

@@ -314,6 +314,10 @@ def test_sighup_reloads_the_campaigns_of_every_worker(
             assert not any(a.text.startswith("[v2] ") for a in actions), "half reloaded"
             assert time.monotonic() < deadline, workers.log_path.read_text()
             time.sleep(0.1)
+    # Each worker logs the reload after the swap a Decide already sees: wait for the line.
+    while workers.log_path.read_text().count("campaigns reloaded") < 2:
+        assert time.monotonic() < deadline, workers.log_path.read_text()
+        time.sleep(0.1)
     assert workers.log_path.read_text().count("campaigns reloaded") == 2
 
 
