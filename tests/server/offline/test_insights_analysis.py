@@ -73,6 +73,59 @@ def test_mantel_haenszel_against_direct_formulas() -> None:
     assert not est.tested[0, 0] and math.isnan(est.p[0, 0])
 
 
+def test_prior_and_posterior_against_direct_formulas() -> None:
+    rng = np.random.default_rng(7)
+    est = insights.mantel_haenszel(
+        rng.integers(30, 300, (5, 3, 4)), rng.integers(0, 30, (5, 3, 4)),
+        np.full(4, 900), np.full(4, 400), min_users=30)
+    t = est.tested
+    assert t.all()
+    want = sum(float(r) ** 2 for r in est.rd[t]) / t.sum() \
+        - sum(float(s) ** 2 for s in est.se[t]) / t.sum()
+    assert insights.prior_variance(est) == pytest.approx(max(want, insights.PRIOR_FLOOR ** 2))
+    # The conjugate normal posterior, in its precision form.
+    tau2 = 0.003
+    mean, sd = insights.shrunk(est.rd, est.se, tau2)
+    precision = 1.0 / tau2 + 1.0 / est.se ** 2
+    np.testing.assert_allclose(mean, est.rd / est.se ** 2 / precision)
+    np.testing.assert_allclose(sd, 1.0 / np.sqrt(precision))
+    # Nothing varies beyond noise: the floor keeps the posterior defined.
+    zero = insights.mantel_haenszel(np.full((1, 1, 1), 500), np.full((1, 1, 1), 200),
+                                    np.array([1000]), np.array([400]), min_users=30)
+    assert insights.prior_variance(zero) == insights.PRIOR_FLOOR ** 2
+
+
+def test_a_small_group_fluke_ranks_below_a_precise_driver() -> None:
+    """The weak slice of the unshrunk ranking (module doc): +42 points from 31 users against
+    31 ranks above +10 from 1,000 users by the plain lower bound; shrunk, it does not."""
+    rng = np.random.default_rng(3)
+    n_null = 40
+    strata = [(1000, 500, 3000, 1200), (31, 25, 31, 12)]  # driver, fluke
+    for _ in range(n_null):  # events that add nothing: both sides at the base rate
+        n1 = int(rng.integers(300, 900))
+        strata.append((n1, int(rng.binomial(n1, 0.4)), 1500, int(rng.binomial(1500, 0.4))))
+    reached = np.array([[[s[0]]] for s in strata])
+    reached_pos = np.array([[[s[1]]] for s in strata])
+    # One stratum per candidate: give each its own, the others' users absent from it.
+    c = len(strata)
+    r3 = np.zeros((c, 1, c), np.int64)
+    a3 = np.zeros((c, 1, c), np.int64)
+    base_n = np.array([s[0] + s[2] for s in strata])
+    base_pos = np.array([s[1] + s[3] for s in strata])
+    for i in range(c):
+        r3[i, 0, i], a3[i, 0, i] = reached[i, 0, 0], reached_pos[i, 0, 0]
+    est = insights.mantel_haenszel(r3, a3, base_n, base_pos, min_users=30)
+    assert est.rd[1, 0] > 0.4 and est.rd[0, 0] == pytest.approx(0.1)
+    assert est.ci_low[1, 0] > est.ci_low[0, 0]  # the plain bound ranks the fluke first
+    ranked, _, _ = insights._drivers(est, list(range(c)), lambda k: f"e{k}")
+    assert ranked[0].event_type == "e0"
+    fluke = next(i for i, d in enumerate(ranked) if d.event_type == "e1")
+    assert fluke > 0
+    # The reported estimate and interval stay the plain ones.
+    assert ranked[fluke].adjusted_lift == pytest.approx(float(est.rd[1, 0]))
+    assert ranked[fluke].ci_low == pytest.approx(float(est.ci_low[1, 0]))
+
+
 @pytest.mark.parametrize("world", ["heavy_decoys", "high_thresholds", "entangled"])
 def test_planted_truth_on_worlds_not_tuned_on(world: str) -> None:
     w = generate(world, 12)
