@@ -48,7 +48,7 @@ whom only about 12 users' worth of information (``Σ n1 n0 / N``) faced comparab
 had not reached it, +44 ± 22 points — in 5 of 400 runs of seeds 61-160. The estimate there is
 not only noisy but also less normal than its standard error says: over seeds 61-160, the
 decoy and noise cells (true effect 0) with less than 40 users' worth of information had
-``|z| > 3`` in 0.4-2.6% of cells against the normal 0.13% (Sato's variance is plugged in
+``z > 3`` in 0.4-2.6% of cells against the normal 0.13% (Sato's variance is plugged in
 from the same few outcomes that make the estimate extreme; it is right in the limit, not for
 a dozen users). A normal prior, ``effect ~ N(0, τ²)``, gives each cell's posterior
 
