@@ -17,6 +17,7 @@ from nudge.kernels import policy
 from nudge.kernels.action_space import ActionSpace, build_action_space
 from nudge.kernels.learner import initial_snapshot, update_posteriors
 from nudge.kernels.policy import MAX_TOP_K, PolicyParams, decide, thompson_propensity
+from nudge.kernels.rng import as_seed, rng_state, uniform
 from nudge.kernels.snapshot import PolicySnapshot
 
 D = 6
@@ -439,3 +440,70 @@ def test_local_squarecb_matches_reference(rng: np.random.Generator) -> None:
         got = decide(snap, space, x, trial, combo_mask=combo_mask, params=params)
         assert got.propensity == pytest.approx(prob[got.choice])
         assert 0 < got.propensity <= 1
+
+
+@pytest.mark.parametrize(("mode", "local_dims"), [
+    (policy.MODE_SQUARECB, 0), (policy.MODE_SQUARECB, 3), (policy.MODE_THOMPSON, 0)])
+def test_decide_trusted_is_decide(mode: str, local_dims: int,
+                                  rng: np.random.Generator) -> None:
+    """Decide's entry (the GIL-keeping compilations of the same kernels, no checks) gives
+    exactly what the checked :func:`decide` gives, propensity and ranking included."""
+    space = build_action_space((4, 3, 3), pairs=((1, 2),))
+    snap = _trained(space, rng)
+    params = PolicyParams(mode=mode, local_dims=local_dims, mc_samples=16, mc_max_samples=16)
+    for seed in range(200):
+        x = _context(rng)
+        mask = (rng.random(space.n_components) < 0.9).astype(np.uint8)
+        top_k = int(rng.integers(1, 6))
+        try:
+            want = decide(snap, space, x, seed, component_mask=mask, top_k=top_k,
+                          params=params)
+        except ValueError:
+            continue  # everything masked: decide_trusted's caller never gets here
+        got = policy.decide_trusted(snap, space, x, seed, mask, top_k, params)
+        assert got.choice == want.choice
+        assert got.top_k.tolist() == want.top_k.tolist()
+        assert got.scores.tolist() == want.scores.tolist()
+        assert got.mean_scores.tolist() == want.mean_scores.tolist()
+        assert got.propensity == want.propensity or (
+            math.isnan(got.propensity) and math.isnan(want.propensity))
+        assert got.propensity_samples == want.propensity_samples
+
+
+@pytest.mark.parametrize("local_dims", [0, 3])
+@pytest.mark.parametrize("trained", [True, False])  # untrained: every mean ties
+def test_squarecb_step_matches_its_distribution(local_dims: int, trained: bool,
+                                                rng: np.random.Generator) -> None:
+    """The SquareCB kernel (scores, probabilities, draw and ranking fused into few passes)
+    against the slow way from its distribution: the choice by inverse CDF over the
+    cumulative probabilities in index order with the seed's uniform, its probability as the
+    propensity, then the best others by (mean desc, index asc), bit for bit."""
+    space = build_action_space((4, 3, 3), pairs=((1, 2),))
+    snap = _trained(space, rng) if trained else initial_snapshot(space.n_components, D)
+    for seed in range(150):
+        x = _context(rng)
+        params = PolicyParams(mode=policy.MODE_SQUARECB, local_dims=local_dims,
+                              gamma_scale=float(rng.uniform(0.1, 50.0)),
+                              explore_all=float(rng.uniform(0.0, 0.2)))
+        mask = (rng.random(space.n_components) < 0.85).astype(np.uint8)
+        combo_mask = rng.random(space.n_combos) < 0.8
+        combo_mask[-1] = True
+        top_k = int(rng.integers(1, 8))
+        prob, mean = squarecb_probabilities(snap, space, x, component_mask=mask,
+                                            combo_mask=combo_mask, params=params)
+        got = decide(snap, space, x, seed, component_mask=mask, combo_mask=combo_mask,
+                     top_k=top_k, params=params)
+        u = uniform(rng_state(as_seed(seed)))
+        allowed = np.flatnonzero(np.isfinite(mean))
+        cum = np.cumsum(prob)
+        hits = allowed[u < cum[allowed]]
+        best = int(allowed[np.argmax(mean[allowed])])
+        choice = int(hits[0]) if hits.size else best
+        others = sorted((i for i in allowed.tolist() if i != choice),
+                        key=lambda i: (-mean[i], i))[: top_k - 1]
+        assert got.choice == choice
+        assert got.top_k.tolist() == [choice, *others]
+        assert got.propensity == prob[choice]
+        assert got.scores.tolist() == prob[[choice, *others]].tolist()
+        assert got.mean_scores.tolist() == mean[[choice, *others]].tolist()
+        assert got.n_allowed == allowed.size
