@@ -79,6 +79,18 @@ class CampaignPlan:
         c = model.campaign
         # The properties each message's template needs.
         self.message_needs = [frozenset(m.properties) for m in c.messages]
+        # A campaign whose templates need no property (bench/worlds.py's) has fixed texts:
+        # rendered here once, Decide neither merges the user's and the request's properties
+        # nor renders per request. None: some template needs properties (or cannot be
+        # filled without them), so Decide renders as before.
+        self.fixed_texts: dict[str, str] | None = None
+        if not any(self.message_needs):
+            texts = {m.name: m.text_or_none({}) for m in c.messages}
+            if all(t is not None for t in texts.values()):
+                self.fixed_texts = {name: t for name, t in texts.items() if t is not None}
+        self.all_renderable = [True] * len(c.messages)
+        # Whether the consent guardrail reads the profile's consents at all.
+        self.reads_consents = c.guardrails.consent
         # Per frequency name: its messages' schedule. Every message is a contact.
         self.frequencies = {f.name: f for f in c.frequencies}
         # Per combination (the nothing arm excluded): message, channel name, send-time slot,
@@ -318,24 +330,30 @@ class DecisionEngine:
             state, profile, contacts = self._read_user(user_id, now)
             credit_blocked = None
         tz = profile.tz if profile is not None else "UTC"
-        properties: dict[str, Any] = profile.properties() if profile is not None else {}
-        properties.update(request.numbers)
-        properties.update(request.strings)
-        known = properties.keys()
-        # Present is not enough: a value of the wrong kind ("lots" for {amount:,.0f})
-        # cannot fill the template, so that message is masked for this user.
-        # The texts filled here are the actions' texts (by message name).
-        texts: dict[str, str] = {}
-        renderable = []
-        for wanted, m in zip(plan.message_needs, campaign.messages, strict=True):
-            if not wanted:
-                renderable.append(True)
-            elif known >= wanted and (text := m.text_or_none(properties)) is not None:
-                texts[m.name] = text
-                renderable.append(True)
-            else:
-                renderable.append(False)
-        consents = {c: g for c, (g, _) in profile.consents.items()} if profile else {}
+        properties: dict[str, Any]
+        texts: dict[str, str]
+        if plan.fixed_texts is not None:  # no template reads a property
+            properties, texts, renderable = {}, plan.fixed_texts, plan.all_renderable
+        else:
+            properties = profile.properties() if profile is not None else {}
+            properties.update(request.numbers)
+            properties.update(request.strings)
+            known = properties.keys()
+            # Present is not enough: a value of the wrong kind ("lots" for {amount:,.0f})
+            # cannot fill the template, so that message is masked for this user.
+            # The texts filled here are the actions' texts (by message name).
+            texts = {}
+            renderable = []
+            for wanted, m in zip(plan.message_needs, campaign.messages, strict=True):
+                if not wanted:
+                    renderable.append(True)
+                elif known >= wanted and (text := m.text_or_none(properties)) is not None:
+                    texts[m.name] = text
+                    renderable.append(True)
+                else:
+                    renderable.append(False)
+        consents = ({c: g for c, (g, _) in profile.consents.items()}
+                    if profile and plan.reads_consents else {})
         if clocks is None:
             when = local_now(now, tz)
         else:  # a batch: one reading of each zone's clock per instant
