@@ -91,6 +91,9 @@ class CampaignPlan:
         self.all_renderable = [True] * len(c.messages)
         # Whether the consent guardrail reads the profile's consents at all.
         self.reads_consents = c.guardrails.consent
+        # Whether anything reads the user's recent contacts (the caps, contact pressure):
+        # if not, Decide skips their LMDB read, JSON and pending copy.
+        self.reads_contacts = c.guardrails.caps is not None or self.features.contacts is not None
         # Per frequency name: its messages' schedule. Every message is a contact.
         self.frequencies = {f.name: f for f in c.frequencies}
         # Per combination (the nothing arm excluded): message, channel name, send-time slot,
@@ -327,7 +330,7 @@ class DecisionEngine:
         if user is not None:
             state, profile, contacts, credit_blocked = user
         else:
-            state, profile, contacts = self._read_user(user_id, now)
+            state, profile, contacts = self._read_user(user_id, now, plan.reads_contacts)
             credit_blocked = None
         tz = profile.tz if profile is not None else "UTC"
         properties: dict[str, Any]
@@ -456,9 +459,13 @@ class DecisionEngine:
             model_version=model.version,
         )
 
-    def _read_user(self, user_id: str, now: float) -> UserRead:
+    def _read_user(self, user_id: str, now: float, contacts: bool = True) -> UserRead:
         """The user's state record (as float64s; None if no event was ever stored), profile
-        and recent contacts, in one read transaction."""
+        and recent contacts (none read when ``contacts`` is False: the campaign has no use
+        for them), in one read transaction."""
+        if not contacts:
+            with self.store.read() as txn:
+                return self._user_in(txn, user_id, now, None)
         # Pending before stored: a flush committing between the two reads then shows in
         # both (counted once), never in neither.
         pending = self.pending.contacts(user_id)
@@ -476,13 +483,16 @@ class DecisionEngine:
                     for r, p in zip(requests, pending, strict=True)}
 
     def _user_in(
-        self, txn: lmdb.Transaction, user_id: str, now: float, pending: list[Contact]
+        self, txn: lmdb.Transaction, user_id: str, now: float, pending: list[Contact] | None
     ) -> UserRead:
+        """The user as :meth:`_read_user` reads it; ``pending`` None: no contacts wanted."""
         dbs = self.store.dbs
         state = users.record_bytes(txn, dbs, user_id)
         profile = None
         if state is not None:
             profile = users.profile(txn, dbs, user_id)
+        if pending is None:
+            return state, profile, []
         stored = contact_table.rows(txn, dbs, user_id)
         if not pending and not stored:
             return state, profile, []
