@@ -470,16 +470,24 @@ def test_decide_trusted_is_decide(mode: str, local_dims: int,
         assert got.propensity_samples == want.propensity_samples
 
 
-@pytest.mark.parametrize("local_dims", [0, 3])
+# A small space, and a campaign's shape (5 dimensions, 2 pair cells: the kernel's written-out
+# loops), with local SquareCB over all their dimensions or none.
+_STEP_SPACES = {"small": ((4, 3, 3), ((1, 2),)), "campaign": ((3, 2, 3, 2, 2), ((1, 2), (0, 4)))}
+
+
+@pytest.mark.parametrize(("shape", "local_dims"), [
+    ("small", 0), ("small", 3), ("campaign", 0), ("campaign", 5)])
 @pytest.mark.parametrize("trained", [True, False])  # untrained: every mean ties
-def test_squarecb_step_matches_its_distribution(local_dims: int, trained: bool,
+def test_squarecb_step_matches_its_distribution(shape: str, local_dims: int, trained: bool,
                                                 rng: np.random.Generator) -> None:
     """The SquareCB kernel (scores, probabilities, draw and ranking fused into few passes)
     against the slow way from its distribution: the choice by inverse CDF over the
     cumulative probabilities in index order with the seed's uniform, its probability as the
     propensity, then the best others by (mean desc, index asc), bit for bit."""
-    space = build_action_space((4, 3, 3), pairs=((1, 2),))
+    dims, pairs = _STEP_SPACES[shape]
+    space = build_action_space(dims, pairs=pairs)
     snap = _trained(space, rng) if trained else initial_snapshot(space.n_components, D)
+    checked = 0
     for seed in range(150):
         x = _context(rng)
         params = PolicyParams(mode=policy.MODE_SQUARECB, local_dims=local_dims,
@@ -489,8 +497,12 @@ def test_squarecb_step_matches_its_distribution(local_dims: int, trained: bool,
         combo_mask = rng.random(space.n_combos) < 0.8
         combo_mask[-1] = True
         top_k = int(rng.integers(1, 8))
-        prob, mean = squarecb_probabilities(snap, space, x, component_mask=mask,
-                                            combo_mask=combo_mask, params=params)
+        try:
+            prob, mean = squarecb_probabilities(snap, space, x, component_mask=mask,
+                                                combo_mask=combo_mask, params=params)
+        except ValueError:
+            continue  # the masks left nothing allowed (decide refuses it too)
+        checked += 1
         got = decide(snap, space, x, seed, component_mask=mask, combo_mask=combo_mask,
                      top_k=top_k, params=params)
         u = uniform(rng_state(as_seed(seed)))
@@ -507,3 +519,4 @@ def test_squarecb_step_matches_its_distribution(local_dims: int, trained: bool,
         assert got.scores.tolist() == prob[[choice, *others]].tolist()
         assert got.mean_scores.tolist() == mean[[choice, *others]].tolist()
         assert got.n_allowed == allowed.size
+    assert checked >= 50
