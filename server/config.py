@@ -126,6 +126,9 @@ class Config:
     # certificates. Required in cluster mode when tls_cert_file is set; a node presents
     # its own certificate when its peers require client certificates.
     cluster_ca_file: Path | None = None
+    # TLS to NATS: the CA that signed the NATS servers' certificates (their URLs then
+    # connect over TLS; a node presents tls_cert_file/tls_key_file when NATS asks).
+    cluster_nats_ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65_535:
@@ -207,6 +210,7 @@ CLUSTER_TABLE = {
     "urls": "cluster", "node_id": "node_id", "advertise": "advertise",
     "partitions": "partitions", "lease_seconds": "cluster_lease_seconds",
     "replicas": "cluster_replicas", "ca_file": "cluster_ca_file",
+    "nats_ca_file": "cluster_nats_ca_file",
 }
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

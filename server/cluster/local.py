@@ -92,10 +92,12 @@ class NatsServer(_OwnProcess):
     log_path: Path
     routes: str
     process: subprocess.Popen[bytes] | None = None
+    # (certificate, key): clients must connect over TLS.
+    tls: tuple[Path, Path] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +106,9 @@ class NatsServer(_OwnProcess):
                 [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port),
                  "-n", self.name, "-js", "-sd", str(self.store_dir),
                  "--cluster_name", "nudge", "--cluster",
-                 f"nats://127.0.0.1:{self.cluster_port}", "--routes", self.routes],
+                 f"nats://127.0.0.1:{self.cluster_port}", "--routes", self.routes,
+                 *(["--tls", "--tlscert", str(self.tls[0]), "--tlskey", str(self.tls[1])]
+                   if self.tls else [])],
                 stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -164,6 +168,7 @@ class LocalCluster:
     first_port: int = 0  # 0: free ports
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # NUDGE_* settings for every node
+    nats_tls: tuple[Path, Path] | None = None  # the NATS servers' certificate and key
     nats: list[NatsServer] = field(default_factory=list)
     nodes: list[NudgeNode] = field(default_factory=list)
 
@@ -183,7 +188,7 @@ class LocalCluster:
         for i in range(n):
             server = NatsServer(f"nats{i}", ports[i], ports[n + i],
                                 self.base_dir / f"nats{i}", self.base_dir / f"nats{i}.log",
-                                routes)
+                                routes, tls=self.nats_tls)
             server.start()
             self.nats.append(server)
         deadline = time.monotonic() + 30.0

@@ -64,6 +64,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -72,6 +73,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -90,7 +92,7 @@ from nudge.server.cluster.model_sync import ClusterModels
 from nudge.server.cluster.partitions import partition_of, preferred_owner
 from nudge.server.cluster.peer_auth import load_peer_key
 from nudge.server.cluster.population_sync import ClusterPopulation
-from nudge.server.config import Config
+from nudge.server.config import Config, ConfigError
 from nudge.server.decisions.pending import CONTACT_MEMORY
 from nudge.server.errors import (
     FailedPrecondition,
@@ -202,6 +204,11 @@ class ClusterNode:
         if config.cluster is None:
             raise ValueError("cluster: not configured")
         self.urls = [u.strip() for u in config.cluster.split(",") if u.strip()]
+        self.nats_tls = nats_tls_context(config)
+        if self.nats_tls is None and not all(_loopback_url(u) for u in self.urls):
+            log.warning("cluster: connections to NATS at %s are plain text (set "
+                        "cluster_nats_ca_file for TLS): every event crosses the network "
+                        "in the clear", ",".join(self.urls))
         self.node_id = config.node_id or ""
         self.address = config.advertise or ""
         self.partitions = config.partitions
@@ -430,7 +437,7 @@ class ClusterNode:
         self._wake = asyncio.Event()
         self._nc = await nats.connect(
             servers=self.urls, name=f"nudge-{self.node_id}", max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25, connect_timeout=2,
+            reconnect_time_wait=0.25, connect_timeout=2, tls=self.nats_tls,
             error_cb=self._on_error, disconnected_cb=self._on_disconnect,
             reconnected_cb=self._on_reconnect,
         )
@@ -973,6 +980,31 @@ class ClusterNode:
                 deadlines.add(txn, dbs, record.window_end, record.decision_id)
 
         return self.writer.submit_job(store_decision)
+
+
+def nats_tls_context(config: Config) -> ssl.SSLContext | None:
+    """TLS to the NATS servers when ``cluster_nats_ca_file`` is set: their certificates
+    verified against it (host names included), this node's ``tls_cert_file``/``tls_key_file``
+    presented when NATS asks for a client certificate. ConfigError names a bad file."""
+    if config.cluster_nats_ca_file is None:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=str(config.cluster_nats_ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cluster_nats_ca_file: cannot read a CA certificate from "
+                          f"{config.cluster_nats_ca_file}: {exc}") from None
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        try:
+            context.load_cert_chain(str(config.tls_cert_file), str(config.tls_key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"tls_cert_file, tls_key_file: not a certificate and its key "
+                              f"({exc})") from None
+    return context
+
+
+def _loopback_url(url: str) -> bool:
+    host = urlsplit(url if "://" in url else f"nats://{url}").hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _log_record(events: list[ValidEvent]) -> tuple[bytes, str]:

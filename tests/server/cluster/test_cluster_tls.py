@@ -1,6 +1,7 @@
-"""A cluster serving TLS forwards over TLS: the nodes verify each other against
-``cluster_ca_file`` (3 NATS servers + 3 nodes on loopback, each node with a certificate
-for 127.0.0.1 signed by a test CA)."""
+"""A cluster on TLS end to end: the nodes forward to each other over TLS, verifying against
+``cluster_ca_file``, and reach NATS servers that accept TLS only, verifying them against
+``cluster_nats_ca_file`` (3 NATS servers + 3 nodes on loopback, every certificate for
+127.0.0.1 signed by a test CA)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pki import Pki, make_pki
 
 from nudge.clients import Client, make_event
 from nudge.server.cluster.local import LocalCluster
+from nudge.server.cluster.node import nats_tls_context
 from nudge.server.config import Config, ConfigError
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -32,7 +34,8 @@ def tls_cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "NUDGE_TLS_CERT_FILE": str(pki.server_cert),
         "NUDGE_TLS_KEY_FILE": str(pki.server_key),
         "NUDGE_CLUSTER_CA_FILE": str(pki.ca),
-    })
+        "NUDGE_CLUSTER_NATS_CA_FILE": str(pki.ca),
+    }, nats_tls=(pki.server_cert, pki.server_key))
     running.start()
     yield running
     running.stop()
@@ -53,3 +56,13 @@ def test_tls_in_cluster_mode_needs_the_peers_ca(pki: Pki) -> None:
     with pytest.raises(ConfigError, match="cluster_ca_file"):
         Config(cluster="nats://127.0.0.1:4222", tls_cert_file=pki.server_cert,
                tls_key_file=pki.server_key)
+
+
+def test_a_bad_nats_ca_names_its_setting(pki: Pki) -> None:
+    with pytest.raises(ConfigError, match="cluster_nats_ca_file"):
+        nats_tls_context(Config(cluster="tls://127.0.0.1:4222",
+                                cluster_nats_ca_file=pki.server_key))  # a key, not a CA
+    assert nats_tls_context(Config(cluster="nats://127.0.0.1:4222")) is None
+    context = nats_tls_context(Config(cluster="tls://127.0.0.1:4222",
+                                      cluster_nats_ca_file=pki.ca))
+    assert context is not None and context.check_hostname
