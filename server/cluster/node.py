@@ -134,6 +134,9 @@ DUPLICATE_WINDOW_SECONDS = 600.0
 FENCE_FRACTION = 0.75
 # Lease rounds per lease period: a lease survives three missed rounds.
 ROUNDS_PER_LEASE = 4
+# A partition whose consumer delivered nothing for this many leases while its log went on
+# is subscribed to again (``ClusterNode._watch_round``).
+STALL_LEASES = 2.0
 # The shortest idle heartbeat asked of JetStream for an ordered consumer.
 HEARTBEAT_FLOOR_SECONDS = 0.25
 # How long the servers keep a lease read's consumer once it is left (the minimum).
@@ -191,6 +194,8 @@ class _Owned:
     taken_at: float = field(default_factory=time.monotonic)
     # Set once the partition first caught up (logged: how long a move's catch-up took).
     ready_after: float | None = None
+    # When the consumer last delivered a record (or was subscribed): the watchdog's clock.
+    last_delivery: float = field(default_factory=time.monotonic)
 
     @property
     def ready(self) -> bool:
@@ -223,6 +228,7 @@ class ClusterNode:
         self._last_members: set[str] = set()
         self._fence = 0.0
         self.moves = 0  # partitions taken or given up by this node
+        self.resubscribed = 0  # consumers the watchdog replaced
         self.published = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
@@ -303,6 +309,8 @@ class ClusterNode:
             log.exception("cluster node did not close cleanly")
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5.0)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def publish_events(self, events: list[ValidEvent]) -> Future[TrackResult]:
         """Append events to the replicated log; resolves once JetStream stored them all."""
@@ -515,6 +523,8 @@ class ClusterNode:
                 await asyncio.sleep(0.25)
         self._tasks = [asyncio.create_task(self._every_round(self._renew_round, "renewal")),
                        asyncio.create_task(self._every_round(self._lease_round, "lease round")),
+                       asyncio.create_task(self._every_round(self._watch_round,
+                                                             "consumer watch")),
                        asyncio.create_task(self._apply_loop())]
         if self.models is not None:
             self.models.start()
@@ -539,14 +549,8 @@ class ClusterNode:
         deadline = time.monotonic() + budget
         owned = dict(self._owned)
 
-        async def last(partition: int) -> int:
-            try:
-                found = await self._js.get_last_msg(STREAM, f"{EVENTS_SUBJECT}.{partition}")
-            except nats.js.errors.NotFoundError:
-                return 0
-            return int(found.seq or 0)
-
-        ends = await asyncio.gather(*(asyncio.wait_for(last(p), budget) for p in owned),
+        ends = await asyncio.gather(*(asyncio.wait_for(self._log_end(p), budget)
+                                      for p in owned),
                                     return_exceptions=True)
         targets = {p: end for p, end in zip(owned, ends, strict=True) if isinstance(end, int)}
         while True:
@@ -803,30 +807,69 @@ class ClusterNode:
             return False  # someone else took it first
         with self.store.read() as txn:
             applied = meta.applied_position(txn, self.store.dbs, partition)
-        subject = f"{EVENTS_SUBJECT}.{partition}"
-        try:
-            last = (await self._js.get_last_msg(STREAM, subject)).seq or 0
-        except nats.js.errors.NotFoundError:
-            last = 0
+        last = await self._log_end(partition)
         owned = _Owned(partition, lease, applied, last, queued=applied)
         if owned.ready:
             owned.ready_after = 0.0  # nothing to catch up
         self._owned[partition] = owned
         self.moves += 1
-        # Ordered push consumer (ephemeral, flow-controlled, recreated by the client on a
-        # gap or a lost NATS server), from just after what the store has applied.
-
-        async def deliver(msg: Any) -> None:
-            await self._on_message(owned, msg)
-
-        owned.subscription = await self._js.subscribe(
-            subject, cb=deliver, ordered_consumer=True, idle_heartbeat=self.heartbeat_seconds,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                  opt_start_seq=applied + 1),
-        )
+        await self._subscribe(owned, applied + 1)
         log.info("cluster: took partition %d (applied up to %d, log at %d)",
                  partition, applied, last)
         return True
+
+    async def _log_end(self, partition: int) -> int:
+        """The stream sequence of the partition's last log record (0: none yet)."""
+        try:
+            found = await self._js.get_last_msg(STREAM, f"{EVENTS_SUBJECT}.{partition}")
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(found.seq or 0)
+
+    async def _subscribe(self, owned: _Owned, start: int) -> None:
+        """An ordered push consumer of the partition's log (ephemeral, flow-controlled,
+        recreated by the client on a gap or a lost NATS server) from ``start``."""
+        async def deliver(msg: Any) -> None:
+            await self._on_message(owned, msg)
+
+        owned.last_delivery = time.monotonic()
+        owned.subscription = await self._js.subscribe(
+            f"{EVENTS_SUBJECT}.{owned.partition}", cb=deliver, ordered_consumer=True,
+            idle_heartbeat=self.heartbeat_seconds,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=start),
+        )
+
+    async def _watch_round(self) -> None:
+        """Subscribe again to a partition whose consumer delivered nothing for
+        ``STALL_LEASES`` leases while its log went past what it delivered. The client
+        recreates an ordered consumer after missed heartbeats, but only through a
+        JetStream API call that a NATS server's death or a leader election can time out,
+        and a partition left without a consumer applies nothing more — its owner keeps
+        answering from a store that no longer follows the log. Quiet partitions cost one
+        read of the log's end every ``STALL_LEASES`` leases."""
+        now = time.monotonic()
+        quiet = [o for o in list(self._owned.values())
+                 if now - o.last_delivery > self.lease_seconds * STALL_LEASES]
+        if not quiet:
+            return
+        ends = await asyncio.gather(*(self._log_end(o.partition) for o in quiet),
+                                    return_exceptions=True)
+        for owned, end in zip(quiet, ends, strict=True):
+            if self._owned.get(owned.partition) is not owned or not isinstance(end, int):
+                continue
+            owned.last_delivery = now
+            if end <= owned.queued:
+                continue  # nothing to deliver: quiet, not stalled
+            log.warning("cluster: partition %d's consumer delivered nothing for %.1fs with "
+                        "the log at %d past %d; subscribing again", owned.partition,
+                        self.lease_seconds * STALL_LEASES, end, owned.queued)
+            old, owned.subscription = owned.subscription, None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.unsubscribe()
+            await self._subscribe(owned, owned.queued + 1)
+            self.resubscribed += 1
 
     async def _give_up(self, owned: _Owned, release: bool) -> None:
         """Stop applying a partition; ``release`` deletes its lease so another node can
@@ -842,6 +885,7 @@ class ClusterNode:
     # -- applying the log ------------------------------------------------------------------
 
     async def _on_message(self, owned: _Owned, msg: Any) -> None:
+        owned.last_delivery = time.monotonic()
         seq = msg.metadata.sequence.stream
         owned.pending = msg.metadata.num_pending
         if seq <= owned.queued or self._owned.get(owned.partition) is not owned:
