@@ -201,7 +201,11 @@ class ClusterModels:
         if records and self.node.closing:  # kept in the rewards log: shipped after a restart
             raise Unavailable("cluster: closing; settled outcomes are shipped at the next start")
         if records:
-            self.node.run(self._ship(records), SHIP_TIMEOUT_SECONDS + 2.0)
+            try:
+                self.node.run(self._ship(records), SHIP_TIMEOUT_SECONDS + 2.0)
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                raise Unavailable(f"cluster: settled outcomes not shipped yet ({exc!r}); "
+                                  "retried at the next step") from None
 
     async def _ship(self, records: list[DecisionRecord]) -> None:
         async def one(record: DecisionRecord) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
@@ -26,6 +28,7 @@ from nudge.server.clock import Clock
 from nudge.server.decisions.engine import DecisionEngine
 from nudge.server.decisions.models import CampaignModel, encode_model, fit_stored
 from nudge.server.decisions.outcomes import settle
+from nudge.server.errors import Unavailable
 from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import deadlines
@@ -37,6 +40,8 @@ from nudge.server.storage.tables.decisions import DecisionRecord
 log = logging.getLogger(__name__)
 
 EXPIRE_BATCH = 1_000
+# A transient failure of a step (UNAVAILABLE) is logged at most once in this many seconds.
+UNAVAILABLE_LOG_SECONDS = 5.0
 
 
 class Learner:
@@ -117,6 +122,7 @@ class Learner:
 
     def _run(self) -> None:
         last_persist = self.clock.now()
+        last_warned = -math.inf
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
@@ -125,6 +131,12 @@ class Learner:
                 if self._dirty and self.clock.now() - last_persist >= self.persist_every:
                     self.persist()
                     last_persist = self.clock.now()
+            except Unavailable as exc:
+                # Transient (cluster: NATS electing a leader): the step is retried every
+                # interval, so say it once per UNAVAILABLE_LOG_SECONDS, not 15 times a second.
+                if time.monotonic() - last_warned >= UNAVAILABLE_LOG_SECONDS:
+                    log.warning("learner step: %s", exc)
+                    last_warned = time.monotonic()
             except Exception:  # keep learning; the failure is in the log
                 log.exception("learner step failed")
 
