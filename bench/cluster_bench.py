@@ -6,6 +6,8 @@ Against a single embedded node (its fsync'd group commit, the floor) in the same
   JetStream R3 acknowledgement;
 - durable events/s: concurrent Track batches, embedded vs cluster (spread over nodes);
 - Decide latency answered locally (the owner) vs forwarded (one extra hop);
+- ScoreTransaction latency: embedded vs a cluster owner (which answers once its record
+  is in the R3 log) vs forwarded;
 - failover: SIGKILL a node, time until every user is answered again (the lease is
   ``LEASE_SECONDS``);
 - CPU seconds per event, per nudge node and per NATS server (``/proc/<pid>/stat``
@@ -39,7 +41,7 @@ from nudge.bench.cluster_faults import (
     partition_map,
 )
 from nudge.bench.server_process import ServerProcess
-from nudge.clients import Client, make_event
+from nudge.clients import Client, make_event, make_transaction
 from nudge.server.cluster.local import LocalCluster
 from nudge.server.cluster.partitions import partition_of
 
@@ -105,6 +107,21 @@ def _decide_latency(target: str, users: list[str], n: int,
     return _percentiles(samples)
 
 
+def _score_latency(target: str, users: list[str], n: int, tag: str) -> dict[str, float]:
+    """ScoreTransaction latency, one new transaction a call (scored and learned)."""
+    samples = []
+    with Client(target, timeout=10.0) as client:
+        for i in range(n):
+            tx = make_transaction(users[i % len(users)], 20.0 + i % 50,
+                                  transaction_id=f"{tag}-{i}", country="PT",
+                                  merchant_category="grocery", channel="card",
+                                  device_id="d1")
+            start = time.perf_counter()
+            client.score_transaction(tx)
+            samples.append(time.perf_counter() - start)
+    return _percentiles(samples)
+
+
 def run(events: int = 20_000, samples: int = 200,
         progress: Callable[[str], object] = lambda _line: None) -> dict:
     result: dict = {"lease_seconds": LEASE_SECONDS, "replicas": 3, "partitions": PARTITIONS}
@@ -117,6 +134,8 @@ def run(events: int = 20_000, samples: int = 200,
             result["single_events_per_s"] = _throughput([single.target], events, "s")
             result["single_decide_stored"] = _decide_latency(
                 single.target, [f"s-{u}" for u in range(USERS)], samples, dry_run=False)
+            result["single_score"] = _score_latency(
+                single.target, [f"s-{u}" for u in range(USERS)], samples, "s")
         finally:
             single.terminate()
         progress("3 NATS servers + 3 nodes on loopback")
@@ -148,6 +167,8 @@ def run(events: int = 20_000, samples: int = 200,
             result["decide_local"] = _decide_latency(targets[0], local, samples)
             result["decide_forwarded"] = _decide_latency(targets[0], remote, samples)
             result["decide_stored"] = _decide_latency(targets[0], local, samples, dry_run=False)
+            result["score_local"] = _score_latency(targets[0], local, samples, "l")
+            result["score_forwarded"] = _score_latency(targets[0], remote, samples, "f")
             progress("failover: SIGKILL node1")
             cluster.nodes[1].kill()
             killed = time.monotonic()
@@ -180,6 +201,10 @@ def summary(result: dict) -> list[str]:
         f"Decide, stored (not dry run): embedded p50 {result['single_decide_stored']['p50_ms']:.2f}"
         f" ms; cluster local p50 {result['decide_stored']['p50_ms']:.2f} ms / p99 "
         f"{result['decide_stored']['p99_ms']:.2f} ms (its record in the R3 log first)",
+        f"ScoreTransaction: embedded p50 {result['single_score']['p50_ms']:.2f} ms; cluster "
+        f"local p50 {result['score_local']['p50_ms']:.2f} / p99 "
+        f"{result['score_local']['p99_ms']:.2f} ms (its record in the R3 log first); "
+        f"forwarded p50 {result['score_forwarded']['p50_ms']:.2f} ms",
         "failover (SIGKILL a node, every user answered again): "
         + (f"{failover:.2f} s" if failover is not None else "NOT within 60 s")
         + f" with a {result['lease_seconds']:.0f} s lease",
