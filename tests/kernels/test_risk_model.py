@@ -91,6 +91,22 @@ def ref_continuation(user, pop, tx, p: M.ModelParams, ev):
     return float((pop[M.P_W:M.P_W + 7] * e).sum())
 
 
+def ref_amount_location(user, pop, p: M.ModelParams) -> tuple[float, float, float]:
+    """The customer's predictive location m and variance of log1p(amount), and the
+    population's pooled within-customer variance s_w^2."""
+    if pop[M.P_AMT_N] < 2:
+        mu, vt = 3.5, 1.0
+    else:
+        mu, vt = pop[M.P_AMT_MEAN], pop[M.P_AMT_M2] / pop[M.P_AMT_N]
+    sw = pop[M.P_WITHIN_S] / pop[M.P_WITHIN_N] if pop[M.P_WITHIN_N] >= 2 else 0.5 * vt
+    sw = max(sw, 0.01)
+    tau2 = max(vt - sw, 0.05)
+    n = user[M.U_AMT_N]
+    sig2 = (user[M.U_AMT_S] + p.variance_pseudo * sw) / (n + p.variance_pseudo)
+    prec = n / sig2 + 1 / tau2
+    return (n * user[M.U_AMT_MEAN] / sig2 + mu / tau2) / prec, sig2 + 1 / prec, sw
+
+
 def ref_evidence(user, pop, tx, p: M.ModelParams):
     clip, fp = p.evidence_clip, p.fraud_pseudo
     fr_total = pop[M.P_FR_HOUR:M.P_FR_HOUR + 24].sum()
@@ -159,25 +175,14 @@ def ref_evidence(user, pop, tx, p: M.ModelParams):
     ev[M.E_HOUR] = np.clip(math.log(pt / pg), -clip, clip)
     # amount
     x = math.log1p(tx[TX_AMOUNT])
-    if pop[M.P_AMT_N] < 2:
-        mu, vt = 3.5, 1.0
-    else:
-        mu, vt = pop[M.P_AMT_MEAN], pop[M.P_AMT_M2] / pop[M.P_AMT_N]
-    sw = pop[M.P_WITHIN_S] / pop[M.P_WITHIN_N] if pop[M.P_WITHIN_N] >= 2 else 0.5 * vt
-    sw = max(sw, 0.01)
-    tau2 = max(vt - sw, 0.05)
-    n = user[M.U_AMT_N]
-    sig2 = (user[M.U_AMT_S] + p.variance_pseudo * sw) / (n + p.variance_pseudo)
-    prec = n / sig2 + 1 / tau2
-    mean = (n * user[M.U_AMT_MEAN] / sig2 + mu / tau2) / prec
-    var = sig2 + 1 / prec
+    mean, var, sw = ref_amount_location(user, pop, p)
     z = (x - mean) / math.sqrt(var)
     dof = p.t_dof
     lg = (math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
           - 0.5 * math.log(var) - (dof + 1) / 2 * math.log1p(z * z / dof))
     an = pop[M.P_FR_AMT_N]
     shift = (pop[M.P_FR_AMT_MEAN] * an + p.fraud_amount_shift * fp) / (an + fp)
-    om2 = (pop[M.P_FR_AMT_M2] + fp * p.fraud_amount_sd ** 2) / (an + fp)
+    om2 = (max(pop[M.P_FR_AMT_M2] - an * sw, 0) + fp * p.fraud_amount_sd ** 2) / (an + fp)
     lt = -0.5 * (math.log(2 * math.pi * (var + om2)) + (x - mean - shift) ** 2 / (var + om2))
     ev[M.E_AMOUNT] = np.clip(lt - lg, -clip, clip)
     # velocity
@@ -417,7 +422,8 @@ def test_labels_match_reference(seed: int) -> None:
     on the oldest case-control partner (y=0), both at logit 0; GENUINE: one step at the
     prior's logit."""
     rng, users, pop, t = random_states(seed)
-    _, _, feat = M.score_one(users[0], pop, random_txs(rng, 1, t)[0], PARAMS)
+    tx = random_txs(rng, 1, t)[0]
+    _, _, feat = M.score_one(users[0], pop, tx, PARAMS)
     ev = feat[M.F_EVIDENCE:M.F_EVIDENCE + 7]
     w = pop[M.P_W:M.P_W + 7]
     genuine = pop.copy()
@@ -441,6 +447,39 @@ def test_labels_match_reference(seed: int) -> None:
             assert fraud[M.P_FR_HIST_OFF[f] + b] == pop[M.P_FR_HIST_OFF[f] + b] + 1
             assert fraud[M.P_FR_CAT + 2 * f + 1] == pop[M.P_FR_CAT + 2 * f + 1] + (
                 feat[M.F_NEW + f] > 0)
+    # the takeover amount moments the amount evidence reads: Welford on r = log1p(amount) -
+    # m, the customer's predictive location when it was scored; a GENUINE label leaves them
+    r = math.log1p(tx[TX_AMOUNT]) - ref_amount_location(users[0], pop, PARAMS)[0]
+    n0, mean0, m20 = pop[M.P_FR_AMT_N], pop[M.P_FR_AMT_MEAN], pop[M.P_FR_AMT_M2]
+    assert n0 >= 1  # random_states labelled some FRAUD: an update, not a first value
+    n1 = n0 + 1
+    mean1 = mean0 + (r - mean0) / n1
+    m21 = m20 + (r - mean0) * (r - mean1)
+    np.testing.assert_allclose(fraud[[M.P_FR_AMT_N, M.P_FR_AMT_MEAN, M.P_FR_AMT_M2]],
+                               [n1, mean1, m21], rtol=1e-9)
+    np.testing.assert_array_equal(genuine[M.P_FR_AMT_N:M.P_FR_AMT_M2 + 1],
+                                  pop[M.P_FR_AMT_N:M.P_FR_AMT_M2 + 1])
+
+
+def test_fraud_label_moments_equal_the_labelled_residuals() -> None:
+    """Labelled one at a time, the takeover amount moments are the count, mean and sum of
+    squared deviations of the labelled rows' residuals (from zero); rows kept before the
+    residual (FEAT_LEN_V3) still train the rest of the takeover model, not the moments."""
+    _, users, pop, t = random_states(5)
+    fresh = pop.copy()
+    fresh[M.P_FR_AMT_N:M.P_FR_AMT_M2 + 1] = 0.0
+    rng = np.random.default_rng(7)
+    b = M.score_and_learn(users, rng.integers(0, 4, 30), pop, random_txs(rng, 30, t), PARAMS)
+    r = b.features[:, M.F_AMT_RESID]
+    np.testing.assert_allclose(np.exp(r), b.details[:, M.D_AMOUNT_RATIO], rtol=1e-12)
+    got = fresh.copy()
+    M.apply_labels(got, b.features, np.ones(30), PARAMS)
+    np.testing.assert_allclose(got[[M.P_FR_AMT_N, M.P_FR_AMT_MEAN, M.P_FR_AMT_M2]],
+                               [30, r.mean(), ((r - r.mean()) ** 2).sum()], rtol=1e-9)
+    old = fresh.copy()
+    M.apply_labels(old, b.features[:, :M.FEAT_LEN_V3], np.ones(30), PARAMS)
+    np.testing.assert_array_equal(old[M.P_FR_AMT_N:M.P_FR_AMT_M2 + 1], 0.0)
+    assert old[M.P_FR_HOUR:M.P_FR_HOUR + 24].sum() == got[M.P_FR_HOUR:M.P_FR_HOUR + 24].sum()
 
 
 def test_score_learn_one_equals_the_batch_and_hold_false_learns_everything() -> None:

@@ -1,7 +1,8 @@
 """``transactions``: user id + NUL + transaction id -> JSON list of what ScoreTransaction
 answered (score, reasons, hold), its label, the transaction's time and how it entered the
 profile: ScoreTransaction's idempotency, and the features
-(``nudge.kernels.risk_model.FEAT_LEN`` values) a label trains on and a hold folds in.
+(``nudge.kernels.risk_model.FEAT_LEN`` values, or ``FEAT_LEN_V3`` kept before the amount
+residual) a label trains on and a hold folds in.
 Records of the surprisal model before ``risk_model`` carry features of another length,
 which are never handed to the model (``model_features`` is None). Ids are per user: one user's id
 never collides with (or reveals) another's; a transaction is named by ``TxKey`` (user id,
@@ -19,7 +20,7 @@ from typing import Any
 import lmdb
 import orjson
 
-from nudge.kernels.risk_model import FEAT_LEN
+from nudge.kernels.risk_model import FEAT_LEN, FEAT_LEN_V3
 from nudge.server.storage.tables import keys
 
 NAME = "transactions"
@@ -59,8 +60,10 @@ class TransactionRecord:
 
     @property
     def model_features(self) -> list[float] | None:
-        """The features kept from scoring, if they are the model's (not a legacy record's)."""
-        return self.features if len(self.features) == FEAT_LEN else None
+        """The features kept from scoring, if they are the model's (not a legacy record's).
+        Rows kept before the amount residual (``FEAT_LEN_V3``) are the model's too: the
+        kernels' checks take them, their residual unknown."""
+        return self.features if len(self.features) in (FEAT_LEN, FEAT_LEN_V3) else None
 
     @property
     def waiting(self) -> bool:

@@ -411,3 +411,50 @@ def test_a_takeover_episode_gives_its_reason(profiled: Client) -> None:
     assert "device" in by_code["TAKEOVER_EPISODE"].detail
     later = profiled.score_transaction(attacker(2, t + 3 * DAY, 45.0))
     assert "TAKEOVER_EPISODE" not in codes(later)
+
+
+def test_records_kept_before_the_amount_residual_still_label_and_fold(data_dir: Path) -> None:
+    """A transaction record stored before the features carried the amount residual
+    (``FEAT_LEN_V3`` values) is still the model's: a FRAUD label trains the takeover model
+    but not its amount moments (the residual is unknown), a GENUINE label folds it in."""
+    from nudge.kernels.risk_model import (
+        FEAT_LEN,
+        FEAT_LEN_V3,
+        HOURS,
+        P_FR_AMT_N,
+        P_FR_HOUR,
+    )
+    from nudge.server.storage.tables import transactions
+
+    t = T0 + 31 * DAY
+    srv = create_server(Config(port=0, data_dir=data_dir))
+    srv.start()
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as c:
+            c.score_transactions(habit("ines"))
+            assert c.score_transaction(takeover("ines", 0, t)).held
+            assert c.score_transaction(takeover("ines", 1, t + DAY)).held
+    finally:
+        srv.stop()
+    srv = create_server(Config(port=0, data_dir=data_dir))
+    with srv.store.write() as txn:
+        for k in (0, 1):
+            key = ("ines", f"ines-ato{k}")
+            record = transactions.get(txn, srv.store.dbs, key)
+            assert record is not None and len(record.features) == FEAT_LEN
+            record.features = record.features[:FEAT_LEN_V3]
+            transactions.put(txn, srv.store.dbs, key, record)
+    srv.start()
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as c:
+            before = srv.risk.population()
+            assert c.label_transaction("ines-ato0", "fraud", user_id="ines") is False
+            after = srv.risk.population()
+            assert after[P_FR_HOUR:P_FR_HOUR + HOURS].sum() == (
+                before[P_FR_HOUR:P_FR_HOUR + HOURS].sum() + 1)
+            assert after[P_FR_AMT_N] == before[P_FR_AMT_N]
+            assert learned_count(srv, "ines") == 30
+            assert c.label_transaction("ines-ato1", "genuine", user_id="ines") is True
+            assert learned_count(srv, "ines") == 31
+    finally:
+        srv.stop()
