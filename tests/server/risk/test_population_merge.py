@@ -62,8 +62,10 @@ def test_two_nodes_merged_hold_what_one_node_learning_both_holds(seed: int) -> N
     counts = SHARED.copy()
     counts[pm.WEIGHTS] = False  # SGD steps: summed, not equal (checked below)
     np.testing.assert_allclose(merged[counts], one[counts], rtol=1e-9, atol=1e-9)
-    # The amount moments (compared above) are the union's, not either node's.
+    # The amount moments (compared above) are the union's, not either node's; the
+    # takeover side's (FRAUD labels) merge the same way.
     assert merged[M.P_AMT_N] == node_a[M.P_AMT_N] + node_b[M.P_AMT_N] > 0
+    assert merged[M.P_FR_AMT_N] == node_a[M.P_FR_AMT_N] > 0
     # Only node a saw labels: its weights' steps are the merged weights' steps.
     np.testing.assert_allclose(merged[pm.WEIGHTS], node_a[pm.WEIGHTS], rtol=1e-12)
     np.testing.assert_array_equal(merged[pm.LOCAL], one[pm.LOCAL])  # kept as given
