@@ -1,0 +1,104 @@
+"""ScoreTransaction's handler in process: thread CPU and wall time per call, no network.
+
+The same method as ``decide_inprocess`` (a server's own client ratios move more on a
+shared box than a handler change does): a real server (``create_server``) on a temporary
+store, ``nudge bench rpc``'s users given their 20-transaction history (``mature_profiles``),
+then the RiskService servicer's ScoreTransaction called directly with ``nudge bench
+rpc``'s transactions (a fresh id each, so every call scores and learns; the customer's
+usual country, merchant category and device), grpc's ``add_callback`` functions run after
+the clock stops (they wake the flusher, as after a real reply), ``--gap-ms`` between calls
+so the flusher commits and the overlay empties as between RPCs. ``--profile`` adds a
+cProfile of the same calls, as far apart (wall, with the profiler's overhead: read the order).
+
+    .venv/bin/python -m nudge.bench.score_inprocess --calls 3000 [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from nudge.bench.decide_inprocess import USERS, _AfterReply, _percentile
+from nudge.bench.rpc_floor import _campaigns, mature_profiles
+from nudge.clients import Client
+from nudge.clients.client import make_transaction
+from nudge.server.app import create_server
+from nudge.server.clock import SystemClock
+from nudge.server.config import Config
+from nudge.server.rpc.risk_service import RiskServicer
+from nudge.v1 import risk_service_pb2 as pb
+
+WARM_CALLS = 500
+
+
+def _requests(calls: int, tag: str) -> list[pb.ScoreTransactionRequest]:
+    return [pb.ScoreTransactionRequest(transaction=make_transaction(
+        f"bench-{i % USERS}", 20.0 + i % 50, transaction_id=f"{tag}-{i}", country="BR",
+        merchant_category="5411", device_id="d1")) for i in range(calls)]
+
+
+def run(calls: int, gap_ms: float, profile: bool) -> str:
+    """The report: per-call CPU and wall statistics (µs), and the profile if asked."""
+    tmp = Path(tempfile.mkdtemp(prefix="nudge-score-"))
+    server = create_server(Config(port=0, data_dir=tmp / "data", grace_seconds=2.0,
+                                  campaigns_dir=_campaigns(tmp / "campaigns")))
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{server.port}", timeout=60) as client:
+            mature_profiles(client, USERS)
+        servicer = RiskServicer(server.risk, SystemClock(), server.readiness)
+        score = servicer.ScoreTransaction
+        context = _AfterReply()
+        for request in _requests(WARM_CALLS, "warm"):  # kernels, caches, time zones
+            score(request, context)
+            context.run()
+        cpu, wall = [], []
+        for request in _requests(calls, "timed"):
+            w0 = time.perf_counter_ns()
+            c0 = time.thread_time_ns()
+            score(request, context)
+            c1 = time.thread_time_ns()
+            wall.append((time.perf_counter_ns() - w0) / 1e3)
+            cpu.append((c1 - c0) / 1e3)
+            context.run()
+            time.sleep(gap_ms / 1e3)
+        lines = [f"ScoreTransaction, {calls} calls, {gap_ms} ms apart (µs):"]
+        for name, values in (("thread CPU", sorted(cpu)), ("wall", sorted(wall))):
+            lines.append(
+                f"  {name:10s} mean {statistics.mean(values):7.1f}  "
+                f"p1 {_percentile(values, 0.01):7.1f}  p50 {_percentile(values, 0.5):7.1f}  "
+                f"p99 {_percentile(values, 0.99):7.1f}")
+        if profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for request in _requests(calls, "profiled"):
+                score(request, context)
+                context.run()
+                time.sleep(gap_ms / 1e3)
+            profiler.disable()
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
+            lines.append(out.getvalue())
+        return "\n".join(lines)
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=3_000)
+    parser.add_argument("--gap-ms", type=float, default=0.5,
+                        help="pause between calls (the flusher runs, the overlay empties)")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    print(run(args.calls, args.gap_ms, args.profile))
+
+
+if __name__ == "__main__":
+    main()
