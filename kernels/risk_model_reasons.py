@@ -92,12 +92,16 @@ def explain(details: np.ndarray, weights: np.ndarray | None = None, *, country: 
         raise ValueError(f"details must be one details row of {DETAIL_LEN} values, "
                          f"got shape {d.shape}")
     v = d.tolist()
-    w = [1.0] * 7 if weights is None else [float(x) for x in weights]
+    w = [1.0] * 7 if weights is None else np.asarray(weights, dtype=np.float64).tolist()
     ev = [w[f] * v[D_EVIDENCE + f] for f in range(7)]
     episode = v[D_LOGIT] - v[D_START_LOGIT]  # >= 0: the filter's lift of the logit
-    positive = sum(e for e in ev if e > 0) + max(episode, 0.0)
     n = int(v[D_HISTORY])
     weak = n < weak_below
+    if not weak and episode < min_evidence and max(ev) < min_evidence:
+        # Most transactions of a known customer: no reason fires (a NaN anywhere fails
+        # these tests and takes the full path below, which gives the same answer).
+        return []
+    positive = sum(e for e in ev if e > 0) + max(episode, 0.0)
     plural = "" if n == 1 else "s"
     suffix = f" (weak: only {n} earlier transaction{plural})" if weak else ""
     reasons = []

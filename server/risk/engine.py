@@ -603,8 +603,9 @@ class RiskEngine:
         self._set_population(population)
 
     def _set_population(self, population: np.ndarray) -> None:
-        """Copy on write: a flush may be storing the previous one."""
-        population.flags.writeable = False
+        """Copy on write: a flush may be storing the previous one. (``setflags``: the
+        ``flags`` attribute builds a flags object, on every ScoreTransaction.)"""
+        population.setflags(write=False)
         self._population = population
 
     def _record(self, key: TxKey, txn: lmdb.Transaction) -> TransactionRecord | None:

@@ -622,3 +622,39 @@ def test_episode_reason_fires_when_the_filter_drives_the_score() -> None:
     det[M.D_LOGIT] = det[M.D_START_LOGIT] + 3.0
     assert explain(det)[0].detail == ("judged as one takeover episode with a transaction 4.5 "
                                       "hours earlier (P(fraud) 0.42)")
+
+
+def test_explain_codes_and_weights_against_a_plain_reference() -> None:
+    """explain's quick "nothing fires" exit and its full path give what the rule says:
+    a feature when weight × evidence ≥ 1.5 nats, TAKEOVER_EPISODE when the filter's lift
+    is, weights as shares of the positive evidence, COLD_START below 5 earlier
+    transactions; on random rows around every threshold, NaN evidence included."""
+    rng = np.random.default_rng(17)
+    features = ("AMOUNT_HIGH", "NEW_COUNTRY", "NEW_DEVICE", "NEW_MERCHANT_CATEGORY",
+                "UNUSUAL_HOUR", "VELOCITY_BURST")
+    slots = (M.E_AMOUNT, M.E_COUNTRY, M.E_DEVICE, M.E_MCC, M.E_HOUR, M.E_VELOCITY)
+    empty = 0
+    for case in range(2_000):
+        d = np.zeros(M.DETAIL_LEN)
+        d[M.D_EVIDENCE:M.D_EVIDENCE + 7] = rng.choice([-1.0, 0.0, 0.5, 1.49, 1.5, 3.0], 7,
+                                                        p=[0.2, 0.3, 0.2, 0.2, 0.05, 0.05])
+        if case % 50 == 0:
+            d[M.D_EVIDENCE + rng.integers(7)] = np.nan
+        d[M.D_START_LOGIT] = -3.0
+        d[M.D_LOGIT] = -3.0 + rng.choice([0.0, 1.0, 1.5, 2.5], p=[0.4, 0.4, 0.1, 0.1])
+        d[M.D_HISTORY] = rng.choice([0, 1, 4, 5, 20])
+        w = None if case % 3 == 0 else rng.choice([0.5, 1.0, 2.0], 7)
+        ev = [(1.0 if w is None else w[f]) * d[M.D_EVIDENCE + f] for f in range(7)]
+        lift = d[M.D_LOGIT] - d[M.D_START_LOGIT]
+        positive = sum(e for e in ev if e > 0) + max(lift, 0.0)
+        want = [(code, ev[f] / positive) for code, f in zip(features, slots, strict=True)
+                if ev[f] >= 1.5]
+        if lift >= 1.5:
+            want.append((TAKEOVER_EPISODE, lift / positive))
+        want.sort(key=lambda r: r[1], reverse=True)
+        if d[M.D_HISTORY] < 5:
+            want.append(("COLD_START", 0.0))
+        got = explain(d, w)
+        assert [(r.code, r.weight) for r in got] == want, case
+        empty += not got
+    assert 200 < empty < 1_800  # both paths ran
