@@ -7,7 +7,13 @@ import re
 from dataclasses import dataclass
 
 from nudge.server.errors import InvalidArgument
-from nudge.server.inputs.events import AMOUNT_KEY, ValidEvent, check_id, timestamp_seconds
+from nudge.server.inputs.events import (
+    AMOUNT_KEY,
+    MAX_ID_BYTES,
+    ValidEvent,
+    check_id,
+    timestamp_seconds,
+)
 from nudge.v1 import risk_service_pb2 as pb
 
 CURRENCY = re.compile(r"[A-Z]{3}")
@@ -34,6 +40,13 @@ class ValidTransaction:
     local_hour: float | None = None
 
 
+def _id_ok(value: str) -> bool:
+    """What ``check_id`` accepts (1–MAX_ID_BYTES bytes of UTF-8, no NUL), without
+    building its field name: a character is at most 4 bytes, so a short id is short."""
+    return bool(value) and (len(value) <= MAX_ID_BYTES // 4
+                            or len(value.encode()) <= MAX_ID_BYTES) and "\x00" not in value
+
+
 def _upper_code(value: str, length: int) -> bool:
     """``[A-Z]{length}`` (CURRENCY, COUNTRY) without the regex engine, on every
     ScoreTransaction: ASCII letters that are all upper case are exactly A-Z."""
@@ -45,8 +58,9 @@ def validate_transaction(tx: pb.Transaction, where: str, now: float) -> ValidTra
     transaction_id, user_id, amount = tx.transaction_id, tx.user_id, tx.amount
     currency, country = tx.currency, tx.country
     merchant_category, channel, device_id = tx.merchant_category, tx.channel, tx.device_id
-    check_id(transaction_id, f"{where}.transaction_id")
-    check_id(user_id, f"{where}.user_id")
+    if not (_id_ok(transaction_id) and _id_ok(user_id)):  # the field names only then
+        check_id(transaction_id, f"{where}.transaction_id")
+        check_id(user_id, f"{where}.user_id")
     if not math.isfinite(amount):
         raise InvalidArgument(f"{where}.amount", "must be finite")
     if amount < 0:
@@ -55,11 +69,15 @@ def validate_transaction(tx: pb.Transaction, where: str, now: float) -> ValidTra
         raise InvalidArgument(f"{where}.currency", "must be an ISO 4217 code such as USD")
     if country and not _upper_code(country, 2):
         raise InvalidArgument(f"{where}.country", "must be an ISO 3166-1 alpha-2 code such as BR")
-    for name, value in (
-        ("merchant_category", merchant_category), ("channel", channel), ("device_id", device_id)
-    ):
-        if len(value) > MAX_ATTRIBUTE_BYTES // 4 and len(value.encode()) > MAX_ATTRIBUTE_BYTES:
-            raise InvalidArgument(f"{where}.{name}", f"must be at most {MAX_ATTRIBUTE_BYTES} bytes")
+    if max(len(merchant_category), len(channel), len(device_id)) > MAX_ATTRIBUTE_BYTES // 4:
+        for name, value in (
+            ("merchant_category", merchant_category), ("channel", channel),
+            ("device_id", device_id)
+        ):
+            if len(value) > MAX_ATTRIBUTE_BYTES // 4 and (
+                    len(value.encode()) > MAX_ATTRIBUTE_BYTES):
+                raise InvalidArgument(f"{where}.{name}",
+                                      f"must be at most {MAX_ATTRIBUTE_BYTES} bytes")
     has_time = tx.HasField("time")
     t = timestamp_seconds(tx.time, f"{where}.time", now, True) if has_time else now
     return ValidTransaction(

@@ -53,9 +53,10 @@ class RiskServicer(pb_grpc.RiskServiceServicer):
         reply = pb.ScoreTransactionResponse(score=record.score,
                                             baseline_count=record.baseline_count,
                                             held=record.held)
-        reasons = reply.reasons
-        for c, d, w in record.reasons:
-            reasons.add(code=c, detail=d, weight=w)
+        if record.reasons:  # most scores have none
+            reasons = reply.reasons
+            for c, d, w in record.reasons:
+                reasons.add(code=c, detail=d, weight=w)
         return reply
 
     def ScoreTransactions(
