@@ -7,8 +7,7 @@ temporary store with ``nudge bench rpc``'s campaigns and users, calls the Decide
 with bench/worlds.py's 31 request numbers on the 3,600-combination campaign, runs the
 functions grpc would run after each reply (``add_callback``) after the clock stops, and
 waits ``--gap-ms`` between calls so the flusher runs and the caches are as cold as between
-RPCs. ``--profile`` adds a cProfile of the same calls back to back (wall, with the
-profiler's overhead: read the order, not the sizes).
+RPCs (``bench/inprocess.py`` times them). ``--profile`` adds a cProfile of the same calls.
 
     .venv/bin/python -m nudge.bench.decide_inprocess --calls 3000 [--profile]
 """
@@ -16,17 +15,12 @@ profiler's overhead: read the order, not the sizes).
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from nudge.bench.inprocess import AfterReply, measure
 from nudge.bench.rpc_floor import _campaigns, mature_profiles
 from nudge.bench.worlds import NUMBER_NAMES
 from nudge.clients import Client
@@ -38,27 +32,6 @@ from nudge.server.rpc.decision_service import DecisionServicer
 from nudge.v1 import decision_service_pb2 as pb
 
 USERS = 1_000
-
-
-class _AfterReply:
-    """The part of grpc's ServicerContext Decide uses: ``add_callback`` functions run once
-    the reply is out (here: after the timer stops)."""
-
-    def __init__(self) -> None:
-        self.calls: list[Callable[[], None]] = []
-
-    def add_callback(self, fn: Callable[[], None]) -> bool:
-        self.calls.append(fn)
-        return True
-
-    def run(self) -> None:
-        for fn in self.calls:
-            fn()
-        self.calls.clear()
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def run(calls: int, algorithm: str, gap_ms: float, profile: bool) -> str:
@@ -80,38 +53,14 @@ def run(calls: int, algorithm: str, gap_ms: float, profile: bool) -> str:
             for name, value in zip(NUMBER_NAMES, rows[i % len(rows)].tolist(), strict=True):
                 request.numbers[name] = value
             requests.append(request)
-        context = _AfterReply()
         decide = servicer.Decide
+        warm = AfterReply()
         for i in range(500):  # warm: kernels, caches, every user's first decision
-            decide(requests[i % USERS], context)
-            context.run()
-        cpu, wall = [], []
-        for i in range(calls):
-            request = requests[i % USERS]
-            w0 = time.perf_counter_ns()
-            c0 = time.thread_time_ns()
-            decide(request, context)
-            c1 = time.thread_time_ns()
-            wall.append((time.perf_counter_ns() - w0) / 1e3)
-            cpu.append((c1 - c0) / 1e3)
-            context.run()
-            time.sleep(gap_ms / 1e3)
-        lines = [f"Decide3600.{algorithm}, {calls} calls, {gap_ms} ms apart (µs):"]
-        for name, values in (("thread CPU", sorted(cpu)), ("wall", sorted(wall))):
-            lines.append(
-                f"  {name:10s} mean {statistics.mean(values):7.1f}  "
-                f"p1 {_percentile(values, 0.01):7.1f}  p50 {_percentile(values, 0.5):7.1f}  "
-                f"p99 {_percentile(values, 0.99):7.1f}")
-        if profile:
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for i in range(calls):
-                decide(requests[i % USERS], context)
-                context.run()
-            profiler.disable()
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
-            lines.append(out.getvalue())
+            decide(requests[i % USERS], warm)
+            warm.run()
+        timed = [requests[i % USERS] for i in range(calls)]
+        lines = measure(f"Decide3600.{algorithm}", decide, timed, gap_ms,
+                        timed if profile else None)
         return "\n".join(lines)
     finally:
         server.stop()

@@ -16,15 +16,11 @@ cProfile of the same calls, as far apart (wall, with the profiler's overhead: re
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import pstats
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from nudge.bench.decide_inprocess import USERS, _AfterReply, _percentile
+from nudge.bench.decide_inprocess import USERS
+from nudge.bench.inprocess import AfterReply, measure
 from nudge.bench.rpc_floor import _campaigns, mature_profiles
 from nudge.clients import Client
 from nudge.clients.client import make_transaction
@@ -54,37 +50,12 @@ def run(calls: int, gap_ms: float, profile: bool) -> str:
             mature_profiles(client, USERS)
         servicer = RiskServicer(server.risk, SystemClock(), server.readiness)
         score = servicer.ScoreTransaction
-        context = _AfterReply()
+        warm = AfterReply()
         for request in _requests(WARM_CALLS, "warm"):  # kernels, caches, time zones
-            score(request, context)
-            context.run()
-        cpu, wall = [], []
-        for request in _requests(calls, "timed"):
-            w0 = time.perf_counter_ns()
-            c0 = time.thread_time_ns()
-            score(request, context)
-            c1 = time.thread_time_ns()
-            wall.append((time.perf_counter_ns() - w0) / 1e3)
-            cpu.append((c1 - c0) / 1e3)
-            context.run()
-            time.sleep(gap_ms / 1e3)
-        lines = [f"ScoreTransaction, {calls} calls, {gap_ms} ms apart (µs):"]
-        for name, values in (("thread CPU", sorted(cpu)), ("wall", sorted(wall))):
-            lines.append(
-                f"  {name:10s} mean {statistics.mean(values):7.1f}  "
-                f"p1 {_percentile(values, 0.01):7.1f}  p50 {_percentile(values, 0.5):7.1f}  "
-                f"p99 {_percentile(values, 0.99):7.1f}")
-        if profile:
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for request in _requests(calls, "profiled"):
-                score(request, context)
-                context.run()
-                time.sleep(gap_ms / 1e3)
-            profiler.disable()
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
-            lines.append(out.getvalue())
+            score(request, warm)
+            warm.run()
+        lines = measure("ScoreTransaction", score, _requests(calls, "timed"), gap_ms,
+                        _requests(calls, "profiled") if profile else None)
         return "\n".join(lines)
     finally:
         server.stop()

@@ -4,15 +4,13 @@ it, events logged after that still reach its store."""
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from nudge.clients import make_event
-from nudge.server.cluster.local import free_ports, nats_server_binary
 from nudge.server.cluster.node import ClusterNode
 from nudge.server.config import Config
 from nudge.server.inputs.events import validate_event
@@ -21,25 +19,6 @@ from nudge.server.storage.store import Store
 
 pytestmark = [pytest.mark.timeout(120)]
 LEASE = 1.0
-
-
-@pytest.fixture
-def nats_url(tmp_path: Path) -> Iterator[str]:
-    (port,) = free_ports(1)
-    log = tmp_path / "nats.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js",
-             "-sd", str(tmp_path / "js")], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while b"Server is ready" not in log.read_bytes():
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        server.kill()
-        server.wait(10)
 
 
 def _until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:

@@ -5,10 +5,7 @@ its TTL runs out, released only by its holder."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import nats
 import nats.js.errors
@@ -16,29 +13,9 @@ import pytest
 from nats.js.api import KeyValueConfig
 
 from nudge.server.cluster.kv_lease import KvLease
-from nudge.server.cluster.local import free_ports, nats_server_binary
 
 pytestmark = [pytest.mark.timeout(120)]
 TTL = 1.0
-
-
-@pytest.fixture
-def nats_url(tmp_path: Path) -> Iterator[str]:
-    (port,) = free_ports(1)
-    log = tmp_path / "nats.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js",
-             "-sd", str(tmp_path / "js")], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while b"Server is ready" not in log.read_bytes():
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        server.kill()
-        server.wait(10)
 
 
 async def _bucket(url: str) -> tuple[object, object]:
