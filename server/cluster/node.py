@@ -229,6 +229,7 @@ class ClusterNode:
         self._fence = 0.0
         self.moves = 0  # partitions taken or given up by this node
         self.resubscribed = 0  # consumers the watchdog replaced
+        self._member_failing = False
         self.published = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
@@ -746,7 +747,13 @@ class ClusterNode:
         except Exception as exc:
             if not quiet:
                 raise
-            log.warning("cluster: could not renew this node's membership: %r", exc)
+            if not self._member_failing:  # once per outage, not every round
+                log.warning("cluster: could not renew this node's membership: %r", exc)
+            self._member_failing = True
+            return
+        if self._member_failing:
+            log.info("cluster: membership renewed again")
+            self._member_failing = False
 
     async def _lease_round(self) -> None:
         """The partition map, takes and hand-overs (renewals and membership:
@@ -792,6 +799,14 @@ class ClusterNode:
                 log.warning("cluster: could not take partition %d: %r", partition, took)
             elif took:
                 owners[partition] = self.node_id
+        for partition, before in self._owners.items():
+            if partition not in owners and before in members and before != self.node_id:
+                # Its last owner is alive but its lease key is gone: calls for it are
+                # UNAVAILABLE here until someone holds it again. A hand-over (released
+                # for the preferred node) or a lapse under load: said once, so a fault
+                # run's "no live owner" can be traced to which.
+                log.info("cluster: partition %d has no lease; its last owner %s is still "
+                         "a member (handed over, or its lease lapsed)", partition, before)
         self._members, self._owners = members, owners
 
     def _stable(self, node: str, now: float) -> bool:
