@@ -15,34 +15,20 @@ RPCs (``bench/inprocess.py`` times them). ``--profile`` adds a cProfile of the s
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from nudge.bench.inprocess import AfterReply, measure
-from nudge.bench.rpc_floor import _campaigns, mature_profiles
+from nudge.bench.inprocess import USERS, AfterReply, measure, warm_server
 from nudge.bench.worlds import NUMBER_NAMES
-from nudge.clients import Client
-from nudge.server.app import create_server
 from nudge.server.clock import SystemClock
-from nudge.server.config import Config
 from nudge.server.decisions.campaign import ALGORITHMS
 from nudge.server.rpc.decision_service import DecisionServicer
 from nudge.v1 import decision_service_pb2 as pb
 
-USERS = 1_000
-
 
 def run(calls: int, algorithm: str, gap_ms: float, profile: bool) -> str:
     """The report: per-call CPU and wall statistics (µs), and the profile if asked."""
-    tmp = Path(tempfile.mkdtemp(prefix="nudge-decide-"))
-    server = create_server(Config(port=0, data_dir=tmp / "data", grace_seconds=2.0,
-                                  campaigns_dir=_campaigns(tmp / "campaigns")))
-    server.start()
-    try:
-        with Client(f"127.0.0.1:{server.port}", timeout=60) as client:
-            mature_profiles(client, USERS)
+    with warm_server("nudge-decide-") as server:
         servicer = DecisionServicer(server.store, server.writer, SystemClock(),
                                     server.readiness, server.config.half_life_seconds,
                                     server.decisions)
@@ -62,8 +48,6 @@ def run(calls: int, algorithm: str, gap_ms: float, profile: bool) -> str:
         lines = measure(f"Decide3600.{algorithm}", decide, timed, gap_ms,
                         timed if profile else None)
         return "\n".join(lines)
-    finally:
-        server.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

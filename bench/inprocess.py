@@ -6,13 +6,40 @@ the profiler's overhead: read the order, not the sizes)."""
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import pstats
 import statistics
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
+
+from nudge.bench.rpc_floor import _campaigns, mature_profiles
+from nudge.clients import Client
+from nudge.server.app import NudgeServer, create_server
+from nudge.server.config import Config
+
+# Customers given ``nudge bench rpc``'s mature profiles (history, consents, a device).
+USERS = 1_000
+
+
+@contextlib.contextmanager
+def warm_server(prefix: str) -> Iterator[NudgeServer]:
+    """A real server on a temporary store with ``nudge bench rpc``'s campaigns and its
+    ``USERS`` customers' histories; stopped after."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    server = create_server(Config(port=0, data_dir=tmp / "data", grace_seconds=2.0,
+                                  campaigns_dir=_campaigns(tmp / "campaigns")))
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{server.port}", timeout=60) as client:
+            mature_profiles(client, USERS)
+        yield server
+    finally:
+        server.stop()
 
 
 class AfterReply:

@@ -16,17 +16,10 @@ cProfile of the same calls, as far apart (wall, with the profiler's overhead: re
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
-from nudge.bench.decide_inprocess import USERS
-from nudge.bench.inprocess import AfterReply, measure
-from nudge.bench.rpc_floor import _campaigns, mature_profiles
-from nudge.clients import Client
+from nudge.bench.inprocess import USERS, AfterReply, measure, warm_server
 from nudge.clients.client import make_transaction
-from nudge.server.app import create_server
 from nudge.server.clock import SystemClock
-from nudge.server.config import Config
 from nudge.server.rpc.risk_service import RiskServicer
 from nudge.v1 import risk_service_pb2 as pb
 
@@ -41,13 +34,7 @@ def _requests(calls: int, tag: str) -> list[pb.ScoreTransactionRequest]:
 
 def run(calls: int, gap_ms: float, profile: bool) -> str:
     """The report: per-call CPU and wall statistics (µs), and the profile if asked."""
-    tmp = Path(tempfile.mkdtemp(prefix="nudge-score-"))
-    server = create_server(Config(port=0, data_dir=tmp / "data", grace_seconds=2.0,
-                                  campaigns_dir=_campaigns(tmp / "campaigns")))
-    server.start()
-    try:
-        with Client(f"127.0.0.1:{server.port}", timeout=60) as client:
-            mature_profiles(client, USERS)
+    with warm_server("nudge-score-") as server:
         servicer = RiskServicer(server.risk, SystemClock(), server.readiness)
         score = servicer.ScoreTransaction
         warm = AfterReply()
@@ -57,8 +44,6 @@ def run(calls: int, gap_ms: float, profile: bool) -> str:
         lines = measure("ScoreTransaction", score, _requests(calls, "timed"), gap_ms,
                         _requests(calls, "profiled") if profile else None)
         return "\n".join(lines)
-    finally:
-        server.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
