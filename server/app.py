@@ -36,6 +36,7 @@ from nudge.server.decisions.learner import Learner
 from nudge.server.decisions.outbox import Outbox
 from nudge.server.errors import NudgeError
 from nudge.server.gc_tuning import tune_for_serving
+from nudge.server.hosts import is_loopback
 from nudge.server.risk.engine import RiskEngine
 from nudge.server.rpc.admin_service import AdminServicer
 from nudge.server.rpc.auth import AuthInterceptor, TokenStore
@@ -60,7 +61,6 @@ from nudge.server.rpc.status import StatusInterceptor
 from nudge.server.rpc.tls import (
     TlsSettings,
     check_plaintext_allowed,
-    is_loopback,
     peer_credentials,
     server_credentials,
 )

@@ -101,6 +101,7 @@ from nudge.server.errors import (
     NotServedHere,
     Unavailable,
 )
+from nudge.server.hosts import is_loopback
 from nudge.server.inputs.events import ValidEvent, validate_event
 from nudge.server.storage.ingest import EventWriter, LoggedEvents, TrackResult, log_record
 from nudge.server.storage.store import Store
@@ -210,7 +211,9 @@ class ClusterNode:
             raise ValueError("cluster: not configured")
         self.urls = [u.strip() for u in config.cluster.split(",") if u.strip()]
         self.nats_tls = nats_tls_context(config)
-        if self.nats_tls is None and not all(_loopback_url(u) for u in self.urls):
+        if self.nats_tls is None and not all(
+                is_loopback(urlsplit(u if "://" in u else f"nats://{u}").hostname or "")
+                for u in self.urls):
             log.warning("cluster: connections to NATS at %s are plain text (set "
                         "cluster_nats_ca_file for TLS): every event crosses the network "
                         "in the clear", ",".join(self.urls))
@@ -1059,11 +1062,6 @@ def nats_tls_context(config: Config) -> ssl.SSLContext | None:
             raise ConfigError(f"tls_cert_file, tls_key_file: not a certificate and its key "
                               f"({exc})") from None
     return context
-
-
-def _loopback_url(url: str) -> bool:
-    host = urlsplit(url if "://" in url else f"nats://{url}").hostname or ""
-    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _log_record(events: list[ValidEvent]) -> tuple[bytes, str]:

@@ -10,7 +10,6 @@ Certificates are read once, when the server is built: rotating them needs a rest
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import stat
@@ -20,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from nudge.clients.credentials import CERT_MARKER, KEY_MARKER, read_pem
+from nudge.server.hosts import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -94,26 +94,6 @@ def peer_credentials(ca_file: Path, cert_file: Path, key_file: Path
     key = read_pem(key_file, "tls_key_file", KEY_MARKER, "private key")
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                         certificate_chain=cert)
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1 (also written ``[::1]`` or ``::ffff:127.x``).
-
-    Names other than ``localhost`` are not resolved: DNS can say anything, and a name that
-    resolves to loopback today may not tomorrow.
-    """
-    host = host.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def check_plaintext_allowed(host: str, allow_insecure: bool) -> None:

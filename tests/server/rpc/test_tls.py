@@ -10,10 +10,10 @@ import grpc
 import pytest
 
 from nudge.clients.credentials import client_channel_credentials
+from nudge.server.hosts import is_loopback
 from nudge.server.rpc.tls import (
     TlsSettings,
     check_plaintext_allowed,
-    is_loopback,
     server_credentials,
 )
 from nudge.v1 import diagnostics_service_pb2, diagnostics_service_pb2_grpc
