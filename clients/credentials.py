@@ -35,13 +35,16 @@ def client_channel_credentials(
     ca_file: Path | str | None,
     cert_file: Path | str | None = None,
     key_file: Path | str | None = None,
+    ca_setting: str = "tls_ca_file",
 ) -> grpc.ChannelCredentials:
     """Credentials for ``grpc.secure_channel``: trust ``ca_file`` (None: the system roots),
     and present ``cert_file``/``key_file`` when the server asks for a client certificate.
+    ``ca_setting`` is the name errors give the CA file (a cluster node's is
+    ``cluster_ca_file``).
     """
     if (cert_file is None) != (key_file is None):
         raise ValueError("tls_cert_file and tls_key_file: give both for a client certificate")
-    root = read_pem(ca_file, "tls_ca_file", CERT_MARKER, "CA certificate") if ca_file else None
+    root = read_pem(ca_file, ca_setting, CERT_MARKER, "CA certificate") if ca_file else None
     cert = key = None
     if cert_file is not None and key_file is not None:
         cert = read_pem(cert_file, "tls_cert_file", CERT_MARKER, "certificate")

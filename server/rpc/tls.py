@@ -18,7 +18,12 @@ from pathlib import Path
 
 import grpc
 
-from nudge.clients.credentials import CERT_MARKER, KEY_MARKER, read_pem
+from nudge.clients.credentials import (
+    CERT_MARKER,
+    KEY_MARKER,
+    client_channel_credentials,
+    read_pem,
+)
 from nudge.server.hosts import is_loopback
 
 log = logging.getLogger(__name__)
@@ -89,11 +94,8 @@ def peer_credentials(ca_file: Path, cert_file: Path, key_file: Path
     its own (``tls_cert_file``/``tls_key_file``) to peers that require client
     certificates (for mutual TLS the certificate needs the clientAuth usage as well).
     Raises ValueError naming the setting of a file that is missing or not PEM."""
-    ca = read_pem(ca_file, "cluster_ca_file", CERT_MARKER, "CA certificate")
-    cert = read_pem(cert_file, "tls_cert_file", CERT_MARKER, "certificate")
-    key = read_pem(key_file, "tls_key_file", KEY_MARKER, "private key")
-    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
-                                        certificate_chain=cert)
+    return client_channel_credentials(ca_file, cert_file, key_file,
+                                      ca_setting="cluster_ca_file")
 
 
 def check_plaintext_allowed(host: str, allow_insecure: bool) -> None:
