@@ -308,10 +308,9 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     forwarding: ForwardingInterceptor | None = None
     if config.cluster is not None:
         cluster = ClusterNode(config, store, writer)
-        node = cluster
         forwarding = ForwardingInterceptor(
             cluster, Pseudonyms(config.pseudonymize_key), peers,
-            sign=lambda method: peer_auth.sign(node.peer_key, method))
+            sign=lambda method: peer_auth.sign(cluster.peer_key, method))
         interceptors.append(forwarding)
     interceptors.append(StatusInterceptor())
     if cluster is not None and forwarding is not None:

@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from nudge.server.errors import Unavailable
-from nudge.server.rpc.forwarding import FORWARDED, ForwardingInterceptor, RouteLike
+from nudge.server.rpc.forwarding import ForwardingInterceptor, RouteLike
 from nudge.v1 import decision_service_pb2 as pb
 
 METHOD = "/nudge.v1.DecisionService/DecideBatch"
@@ -104,10 +104,6 @@ def forwarded_partitions(context: grpc.ServicerContext) -> frozenset[int] | None
         if key == PARTITIONS:
             return frozenset(int(p) for p in value.split(",") if p)
     return None
-
-
-def is_forwarded(context: grpc.ServicerContext) -> bool:
-    return any(k == FORWARDED for k, _ in context.invocation_metadata())
 
 
 def refuse(context: grpc.ServicerContext, message: str) -> None:

@@ -27,6 +27,7 @@ from nudge.server.inputs.events import (
 from nudge.server.rpc import batch_routing
 from nudge.server.rpc.batch_routing import BatchRouter
 from nudge.server.rpc.deadlines import wait_within_deadline
+from nudge.server.rpc.forwarding import is_forwarded
 from nudge.server.rpc.privacy import Pseudonyms
 from nudge.server.rpc.readiness import Readiness
 from nudge.server.rpc.user_report import TypeNames, user_reply
@@ -258,58 +259,60 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     check_id(user_id, f"user_ids[{j}]")
             except InvalidArgument as exc:
                 raise InvalidArgument(f"messages[{index}].{exc.field}", exc.rule) from None
-            if self.batches is not None:  # cluster mode: each user decided by its owner
-                yield from self._routed(settings, message, context, decided)
-            elif message.HasField("segment"):
-                for chunk in segment_users(self.store, settings.segment(message.segment)):
+            if self.batches is not None and not is_forwarded(context.invocation_metadata()):
+                yield from self._coordinated(settings, message, context)  # by each owner
+                continue
+            # One machine, or a cluster node asked by a coordinator for its own users.
+            partitions = (None if self.batches is None
+                          else self._served_here(message, context, decided[0]))
+            if message.HasField("segment"):
+                for chunk in self._stored_segment(settings, message, partitions):
                     yield self._decide_chunk(settings, chunk, chunk)
             else:
                 ids = list(message.user_ids)
                 for start in range(0, len(ids), BATCH_CHUNK):
                     asked = ids[start : start + BATCH_CHUNK]
-                    yield self._decide_chunk(settings, asked,
-                                             [self.pseudonyms(i) for i in asked])
+                    reply = self._decide_chunk(settings, asked,
+                                               [self.pseudonyms(i) for i in asked])
+                    decided[0] += len(reply.decisions)
+                    yield reply
 
-    def _routed(self, settings: _BatchSettings, message: pb.DecideBatchRequest,
-                context: grpc.ServicerContext, decided: list[int]
-                ) -> Iterator[pb.DecideBatchResponse]:
-        """One message of a DecideBatch in cluster mode (batch_routing.py): coordinated
-        here, or — forwarded by a coordinator — decided here for users this node serves,
-        refused before deciding anyone otherwise."""
+    def _served_here(self, message: pb.DecideBatchRequest, context: grpc.ServicerContext,
+                     decided: int) -> frozenset[int] | None:
+        """(Cluster, a forwarded batch) The partitions a segment covers here, or None for
+        user ids; refuses (before anyone is decided: the coordinator re-routes) what this
+        node does not serve."""
+        assert self.batches is not None
+        serves = self.batches.router
+        if message.HasField("segment"):
+            mine = batch_routing.forwarded_partitions(context) or frozenset()
+            lost = sorted(p for p in mine if not serves.route_partition(p).local)
+            if lost:
+                batch_routing.refuse(context, f"partitions {lost} are not served here")
+            return mine
+        lost_users = [u for u in map(self.pseudonyms, message.user_ids)
+                      if not serves.route(u).local]
+        if lost_users:
+            what = f"user_ids: {lost_users[0]!r}'s partition is not served here"
+            if decided:  # not the coordinator's one message: nothing to re-route
+                raise Unavailable(what)
+            batch_routing.refuse(context, what)
+        return None
+
+    def _coordinated(self, settings: _BatchSettings, message: pb.DecideBatchRequest,
+                     context: grpc.ServicerContext) -> Iterator[pb.DecideBatchResponse]:
+        """One message of a DecideBatch in cluster mode, coordinated here
+        (batch_routing.py): each user decided by the owner of its partition."""
         batches = self.batches
         assert batches is not None
-        serves = batches.router
-        if batch_routing.is_forwarded(context):
-            if message.HasField("segment"):
-                mine = batch_routing.forwarded_partitions(context) or frozenset()
-                lost = sorted(p for p in mine if not serves.route_partition(p).local)
-                if lost:
-                    batch_routing.refuse(context, f"partitions {lost} are not served here")
-                for chunk in self._segment_chunks(settings, message, mine):
-                    reply = pb.DecideBatchResponse()
-                    reply.decisions.extend(chunk)
-                    yield reply
-                return
-            stored = [self.pseudonyms(i) for i in message.user_ids]
-            lost_users = [u for u in stored if not serves.route(u).local]
-            if lost_users:
-                what = f"user_ids: {lost_users[0]!r}'s partition is not served here"
-                if decided[0]:  # not the coordinator's one message: nothing to re-route
-                    raise Unavailable(what)
-                batch_routing.refuse(context, what)
-            ids = list(message.user_ids)
-            for start in range(0, len(ids), BATCH_CHUNK):
-                reply = self._decide_chunk(settings, ids[start:start + BATCH_CHUNK],
-                                           stored[start:start + BATCH_CHUNK])
-                decided[0] += len(reply.decisions)
-                yield reply
-            return
         request = _settings_request(settings)
         if message.HasField("segment"):
             request.segment.CopyFrom(message.segment)
             yield from batches.decide_segment(
                 request, context,
-                lambda mine: self._segment_chunks(settings, message, mine), BATCH_CHUNK)
+                lambda mine: (list(self._decide_chunk(settings, chunk, chunk).decisions)
+                              for chunk in self._stored_segment(settings, message, mine)),
+                BATCH_CHUNK)
             return
         ids = list(message.user_ids)
         for start in range(0, len(ids), BATCH_CHUNK):
@@ -320,16 +323,21 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 lambda a, s: list(self._decide_chunk(settings, a, s).decisions)))
             yield reply
 
-    def _segment_chunks(self, settings: _BatchSettings, message: pb.DecideBatchRequest,
-                        partitions: frozenset[int]) -> Iterator[list[pb.BatchDecision]]:
-        """The segment's users of ``partitions`` stored here, decided a chunk at a time
-        (rows of partitions this node held before a move are not its to decide)."""
+    def _stored_segment(self, settings: _BatchSettings, message: pb.DecideBatchRequest,
+                        partitions: frozenset[int] | None) -> Iterator[list[str]]:
+        """The ids of the segment's users stored here, a chunk at a time; in cluster mode
+        only those of ``partitions`` (rows of partitions this node held before a move are
+        not its to decide)."""
+        chunks = segment_users(self.store, settings.segment(message.segment))
+        if partitions is None:
+            yield from chunks
+            return
         assert self.batches is not None
         n = self.batches.router.partitions
-        for chunk in segment_users(self.store, settings.segment(message.segment)):
+        for chunk in chunks:
             mine = [u for u in chunk if partition_of(u, n) in partitions]
             if mine:
-                yield list(self._decide_chunk(settings, mine, mine).decisions)
+                yield mine
 
     def _batch_settings(self, message: pb.DecideBatchRequest) -> _BatchSettings:
         """The first message's settings, validated as Decide validates its request."""

@@ -31,7 +31,7 @@ nodes asked cover every partition; otherwise UNAVAILABLE, and the caller retries
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import grpc
@@ -121,7 +121,7 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
         if (handler is None or not handler.unary_unary or method in NOT_ROUTED
                 or not method.startswith("/nudge.v1.")):
             return handler
-        forwarded = any(k == FORWARDED for k, _ in handler_call_details.invocation_metadata)
+        forwarded = is_forwarded(handler_call_details.invocation_metadata)
 
         def unary(behaviour: Behaviour) -> Behaviour:
             def routed(request: Any, context: grpc.ServicerContext) -> Any:
@@ -184,32 +184,27 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
     ) -> Iterator[Any]:
         """A stream-stream call forwarded to ``address`` (DecideBatch: batch_routing.py),
         with the caller's metadata and remaining deadline, marked forwarded; its replies."""
-        reply_type = _reply_type(method)
-        call = self._channel(address).stream_stream(
-            method, request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=reply_type.FromString,
-        )
-        remaining = context.time_remaining()
-        timeout = None if remaining is None or remaining > 86_400 else remaining
-        self.forwarded += 1
-        replies: Iterator[Any] = call(
-            requests, metadata=self._metadata(context, method) + list(extra), timeout=timeout)
+        replies: Iterator[Any] = self._open("stream_stream", method, context, address)(
+            requests, metadata=self._metadata(context, method) + list(extra),
+            timeout=_timeout(context))
         return replies
 
     def unary_stream(self, method: str, request: Any, context: grpc.ServicerContext,
                      address: str) -> Iterator[Any]:
         """A unary-stream call to ``address`` (ClusterService.ReadSummaries), with the
         caller's metadata and remaining deadline, marked forwarded; its replies."""
-        call = self._channel(address).unary_stream(
-            method, request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=_reply_type(method).FromString,
-        )
-        remaining = context.time_remaining()
-        timeout = None if remaining is None or remaining > 86_400 else remaining
-        self.forwarded += 1
-        replies: Iterator[Any] = call(request, metadata=self._metadata(context, method),
-                                      timeout=timeout)
+        replies: Iterator[Any] = self._open("unary_stream", method, context, address)(
+            request, metadata=self._metadata(context, method), timeout=_timeout(context))
         return replies
+
+    def _open(self, kind: str, method: str, context: grpc.ServicerContext,
+              address: str) -> Any:
+        """``method`` on ``address`` as a grpc multi-callable of ``kind`` ("unary_unary",
+        "unary_stream", "stream_stream"), counted as one forward."""
+        self.forwarded += 1
+        return getattr(self._channel(address), kind)(
+            method, request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=_reply_type(method).FromString)
 
     def _metadata(self, context: grpc.ServicerContext, method: str) -> list[tuple[str, str]]:
         metadata = [(k, v) for k, v in context.invocation_metadata()
@@ -225,18 +220,23 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
         self, method: str, request: Any, context: grpc.ServicerContext, address: str,
         share: float = 1.0, wait: bool = True,
     ) -> Any:
-        reply_type = _reply_type(method)
-        call = self._channel(address).unary_unary(
-            method, request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=reply_type.FromString,
-        )
+        call = self._open("unary_unary", method, context, address)
         metadata = self._metadata(context, method)
-        remaining = context.time_remaining()
-        timeout = None if remaining is None or remaining > 86_400 else remaining * share
-        self.forwarded += 1
+        timeout = _timeout(context, share)
         if not wait:
             return call.future(request, metadata=metadata, timeout=timeout)
         return call(request, metadata=metadata, timeout=timeout)
+
+
+def _timeout(context: grpc.ServicerContext, share: float = 1.0) -> float | None:
+    """``share`` of the caller's remaining deadline (None: the caller set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 86_400 else remaining * share
+
+
+def is_forwarded(metadata: Iterable[tuple[str, Any]]) -> bool:
+    """A call's metadata says another node forwarded it (``nudge-forwarded``)."""
+    return any(k == FORWARDED for k, _ in metadata)
 
 
 def _user_id(request: Any) -> str | None:
@@ -271,7 +271,7 @@ class FindByIdInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method not in FOUND_BY_ID or not handler.unary_unary:
             return handler
-        forwarded = any(k == FORWARDED for k, _ in handler_call_details.invocation_metadata)
+        forwarded = is_forwarded(handler_call_details.invocation_metadata)
 
         def unary(behaviour: Behaviour) -> Behaviour:
             def found(request: Any, context: grpc.ServicerContext) -> Any:
