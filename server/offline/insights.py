@@ -153,9 +153,7 @@ def load_population(txn: lmdb.Transaction, dbs: Any) -> Population:
 
 
 def from_entries(offsets: np.ndarray, entries: np.ndarray, ids: dict[str, int]) -> Population:
-    names = [""] * (max(ids.values(), default=0) + 1)
-    for name, key in ids.items():
-        names[key] = name
+    names = table.names_by_id(ids) or [""]
     if entries.size and int(entries["key"].max()) >= len(names):
         names += [""] * (int(entries["key"].max()) + 1 - len(names))
     return Population(offsets, np.ascontiguousarray(entries["hour"]),

@@ -46,11 +46,7 @@ class _Moved(Exception):
 
 def _names(store: Store) -> list[str]:
     with store.read() as txn:
-        ids = summary_table.key_ids(txn, store.dbs)
-    names = [""] * (max(ids.values(), default=-1) + 1)
-    for name, key in ids.items():
-        names[key] = name
-    return names
+        return summary_table.names_by_id(summary_table.key_ids(txn, store.dbs))
 
 
 def read_parts(store: Store, partitions: frozenset[int], total: int

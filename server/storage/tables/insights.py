@@ -77,6 +77,14 @@ def key_ids(txn: lmdb.Transaction, dbs: Dbs) -> dict[str, int]:
     return out
 
 
+def names_by_id(ids: Mapping[str, int]) -> list[str]:
+    """``key_ids``' names indexed by id ("" where an id is unused)."""
+    names = [""] * (max(ids.values(), default=-1) + 1)
+    for name, key in ids.items():
+        names[key] = name
+    return names
+
+
 def key_id(txn: lmdb.Transaction, dbs: Dbs, name: str) -> int | None:
     raw = txn.get(KEY_PREFIX + name.encode(), db=dbs[META])
     return None if raw is None else int.from_bytes(bytes(raw), "little")
