@@ -58,6 +58,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from nudge.server.cluster.jetstream import ensure_key_value, ensure_stream
 from nudge.server.cluster.kv_lease import KvLease
 from nudge.server.cluster.population_sync import BLOB_KEY as POPULATION_KEY
 from nudge.server.cluster.population_sync import ClusterPopulation
@@ -144,21 +145,11 @@ class ClusterModels:
 
     async def setup(self) -> None:
         js, replicas = self.node.js, self.node.replicas
-        try:
-            await js.stream_info(REWARDS_STREAM)
-        except nats.js.errors.NotFoundError:
-            with contextlib.suppress(nats.js.errors.BadRequestError):  # created meanwhile
-                await js.add_stream(StreamConfig(
-                    name=REWARDS_STREAM, subjects=[f"{REWARDS_SUBJECT}.*"],
-                    num_replicas=replicas, storage=StorageType.FILE))
-        try:
-            self._heads = await js.key_value(MODELS_BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            try:
-                self._heads = await js.create_key_value(KeyValueConfig(
-                    bucket=MODELS_BUCKET, replicas=replicas, history=1))
-            except nats.js.errors.BadRequestError:
-                self._heads = await js.key_value(MODELS_BUCKET)
+        await ensure_stream(js, StreamConfig(
+            name=REWARDS_STREAM, subjects=[f"{REWARDS_SUBJECT}.*"], num_replicas=replicas,
+            storage=StorageType.FILE))
+        self._heads = await ensure_key_value(js, KeyValueConfig(
+            bucket=MODELS_BUCKET, replicas=replicas, history=1))
         try:
             self._blobs = await js.object_store(BLOBS_BUCKET)
         except nats.js.errors.NotFoundError:

@@ -87,6 +87,7 @@ from nats.js.api import (
 )
 
 from nudge.kernels.risk_model import P_HOUR_TOTAL
+from nudge.server.cluster.jetstream import ensure_key_value, ensure_stream
 from nudge.server.cluster.kv_lease import KvLease
 from nudge.server.cluster.model_sync import ClusterModels
 from nudge.server.cluster.partitions import partition_of, preferred_owner
@@ -490,28 +491,15 @@ class ClusterNode:
             log.warning("cluster: reconnected to NATS at %s", self._nc.connected_url.netloc)
 
     async def _ensure_stream(self) -> None:
-        config = StreamConfig(
+        await ensure_stream(self._js, StreamConfig(
             name=STREAM, subjects=[f"{EVENTS_SUBJECT}.*"], num_replicas=self.replicas,
             storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        )
-        try:
-            await self._js.stream_info(STREAM)
-        except nats.js.errors.NotFoundError:
-            try:
-                await self._js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await self._js.stream_info(STREAM)  # another node created it meanwhile
+        ))
 
     async def _ensure_bucket(self) -> Any:
-        try:
-            return await self._kv_js.key_value(BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            try:
-                return await self._kv_js.create_key_value(KeyValueConfig(
-                    bucket=BUCKET, ttl=self.lease_seconds, replicas=self.replicas, history=1,
-                ))
-            except nats.js.errors.BadRequestError:
-                return await self._kv_js.key_value(BUCKET)
+        return await ensure_key_value(self._kv_js, KeyValueConfig(
+            bucket=BUCKET, ttl=self.lease_seconds, replicas=self.replicas, history=1,
+        ))
 
     async def _start(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS / 2

@@ -23,6 +23,8 @@ from typing import Any
 import nats.js.errors
 from nats.js.api import KeyValueConfig
 
+from nudge.server.cluster.jetstream import ensure_key_value
+
 PEER_HEADER = "nudge-peer"
 BUCKET = "nudge_cluster"
 KEY = "peer_key"
@@ -31,14 +33,8 @@ MAX_SKEW_SECONDS = 60.0
 
 async def load_peer_key(js: Any, replicas: int) -> bytes:
     """The cluster's shared secret (created by the first node to ask)."""
-    try:
-        kv = await js.key_value(BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        try:
-            kv = await js.create_key_value(KeyValueConfig(bucket=BUCKET, replicas=replicas,
-                                                          history=1))
-        except nats.js.errors.BadRequestError:
-            kv = await js.key_value(BUCKET)
+    kv = await ensure_key_value(js, KeyValueConfig(bucket=BUCKET, replicas=replicas,
+                                                   history=1))
     with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
         await kv.create(KEY, os.urandom(32).hex().encode())  # another node's stays
     entry = await kv.get(KEY)

@@ -42,11 +42,11 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-import nats.js.errors
 import numpy as np
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from nudge.kernels.risk_model import POP_LEN, new_population_state
+from nudge.server.cluster.jetstream import ensure_stream
 from nudge.server.risk import population_merge
 
 if TYPE_CHECKING:
@@ -96,15 +96,10 @@ class ClusterPopulation:
         self._lock = asyncio.Lock()  # a ship and an adoption never interleave
 
     async def setup(self) -> None:
-        js = self.node.js
-        try:
-            await js.stream_info(POPULATION_STREAM)
-        except nats.js.errors.NotFoundError:
-            with contextlib.suppress(nats.js.errors.BadRequestError):  # created meanwhile
-                await js.add_stream(StreamConfig(
-                    name=POPULATION_STREAM, subjects=[POPULATION_SUBJECT],
-                    num_replicas=self.node.replicas, storage=StorageType.FILE,
-                    duplicate_window=DUPLICATE_WINDOW_SECONDS))
+        await ensure_stream(self.node.js, StreamConfig(
+            name=POPULATION_STREAM, subjects=[POPULATION_SUBJECT],
+            num_replicas=self.node.replicas, storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS))
 
     # -- every node ------------------------------------------------------------------------
 
