@@ -3,35 +3,20 @@ disjoint customers' transactions, merged, hold what one row that learned them al
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from nudge.kernels import risk_model as M
-from nudge.kernels.risk import (
-    CHANNEL_BINS,
-    COUNTRY_BINS,
-    DEVICE_BINS,
-    MCC_BINS,
-    TX_AMOUNT,
-    TX_HOUR,
-    TX_LEN,
-    TX_TIME,
-)
 from nudge.server.risk import population_merge as pm
 
+sys.path.insert(0, str(Path(__file__).parents[2] / "kernels"))  # the kernels' test inputs
+from test_risk_model import random_txs
+
 PARAMS = M.ModelParams()
-BINS = (COUNTRY_BINS, MCC_BINS, DEVICE_BINS, CHANNEL_BINS)
 SHARED = ~pm.LOCAL  # every entry but the layout version and the case-control ring
-
-
-def _transactions(rng: np.random.Generator, n: int) -> np.ndarray:
-    tx = np.empty((n, TX_LEN))
-    tx[:, TX_TIME] = np.cumsum(rng.exponential(3000.0, n))
-    tx[:, TX_AMOUNT] = np.round(np.exp(rng.normal(3.5, 1.0, n)), 2)
-    tx[:, TX_HOUR] = rng.uniform(0, 24, n)
-    for f, b in enumerate(BINS):
-        tx[:, M.CAT_TX[f]] = rng.choice(np.r_[-1, np.arange(3), rng.integers(0, b, 2)], n)
-    return tx
 
 
 def _learned(pop: np.ndarray, txs: np.ndarray, rows: np.ndarray, n_users: int) -> np.ndarray:
@@ -44,7 +29,7 @@ def _learned(pop: np.ndarray, txs: np.ndarray, rows: np.ndarray, n_users: int) -
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_two_nodes_merged_hold_what_one_node_learning_both_holds(seed: int) -> None:
     rng = np.random.default_rng(seed)
-    txs_a, txs_b = _transactions(rng, 400), _transactions(rng, 300)
+    txs_a, txs_b = random_txs(rng, 400), random_txs(rng, 300)
     rows_a, rows_b = rng.integers(0, 6, 400), rng.integers(0, 5, 300)
     start = M.new_population_state()
     node_a, node_b, one = start.copy(), start.copy(), start.copy()
@@ -74,7 +59,7 @@ def test_two_nodes_merged_hold_what_one_node_learning_both_holds(seed: int) -> N
 def test_the_additive_form_round_trips_and_refuses_a_wrong_layout() -> None:
     rng = np.random.default_rng(7)
     pop = M.new_population_state()
-    _learned(pop, _transactions(rng, 200), rng.integers(0, 4, 200), 4)
+    _learned(pop, random_txs(rng, 200), rng.integers(0, 4, 200), 4)
     back = pm.from_additive(pm.to_additive(pop), pop)
     np.testing.assert_allclose(back, pop, rtol=1e-9, atol=1e-9)
     assert not np.any(pm.delta(pop, pop))
