@@ -505,8 +505,7 @@ class ClusterNode:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS / 2
         while True:  # a bucket just created may still be electing its leader
             try:
-                await self._put_member(quiet=False)
-                await self._renew_round()
+                await self._renew_round(quiet=False)  # a membership that fails: retried
                 await self._lease_round()
                 break
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
@@ -698,11 +697,12 @@ class ClusterNode:
             await watcher.stop()
         return entries
 
-    async def _renew_round(self) -> None:
+    async def _renew_round(self, quiet: bool = True) -> None:
         """Renew every lease this node holds, from the revisions it wrote (an update needs
         only the bucket's stream leader; reading the bucket needs the JetStream meta
         leader, which a dead NATS server may have been), and move the fence on when all
-        were renewed. All at once: one round trip, not one per partition in turn."""
+        were renewed. All at once: one round trip, not one per partition in turn.
+        ``quiet`` False (at start): a membership that cannot be put raises."""
         started = time.monotonic()
         for owned in [o for o in self._owned.values() if o.failed]:
             await self._give_up(owned, release=True)
@@ -713,7 +713,7 @@ class ClusterNode:
         # a loaded host can hold up past the key's TTL).
         kept, _ = await asyncio.gather(
             asyncio.gather(*(o.lease.keep() for o in held), return_exceptions=True),
-            self._put_member())
+            self._put_member(quiet))
         renewed = True
         for owned, result in zip(held, kept, strict=True):
             if self._owned.get(owned.partition) is not owned:
