@@ -28,6 +28,7 @@ from nudge.server.inputs.events import (
     ValidEvent,
     time_zone,
 )
+from nudge.server.storage import partition_rows
 from nudge.server.storage.group_commit import GroupCommitWriter, Submission
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import events as event_table
@@ -330,6 +331,50 @@ class EventWriter(GroupCommitWriter):
             future.set_result(missing)
 
         self.submit_job(job).add_done_callback(done)
+        return future
+
+    def import_partition(
+        self, rows: partition_rows.PartitionRows, partition_of: partition_rows.PartitionOf,
+    ) -> Future[partition_rows.Imported]:
+        """Replace a partition's rows with a cluster snapshot's (``partition_rows``), in one
+        commit. Here, not as a plain job, because the import takes event sequences and
+        may register event types: both are this writer's to hand out, and the store's
+        counters must move before the next commit begins (the future's callback runs in
+        this thread, right after the commit)."""
+        new_types: dict[str, int] = {}
+
+        def job(txn: lmdb.Transaction) -> partition_rows.Imported:
+            new_types.clear()
+            first = self._sequence
+            known = dict(self._new_types)
+
+            def slot_for(name: str) -> int:
+                slot = self._slot(name, self._new_types, txn)
+                if name not in known and name in self._new_types:
+                    new_types[name] = slot
+                return slot
+
+            def undo() -> None:
+                for name in new_types:
+                    self._new_types.pop(name, None)
+                self._sequence = first
+
+            self.on_abort(undo)
+            imported = partition_rows.import_rows(txn, self.store.dbs, rows, partition_of,
+                                                  slot_for, first)
+            self._sequence = imported.end
+            for user_id in imported.users:
+                self.forget_cached(user_id)
+            return imported
+
+        def committed(done: Future[partition_rows.Imported]) -> None:
+            if done.exception() is None:
+                self.store.type_slots = {**self.store.type_slots, **new_types}
+                self.store.next_sequence = max(self.store.next_sequence, done.result().end)
+
+        future: Future[partition_rows.Imported] = Future()
+        future.add_done_callback(committed)
+        self._enqueue(Submission(future, job=job))
         return future
 
     def type_registry(self) -> list[tuple[str, int, bool]]:

@@ -276,14 +276,22 @@ class InsightsSummary:
                 inline = len(insights.key_ids(txn, dbs)) > 1
                 start = end if inline else event_table.first_sequence(txn, dbs)
             logged = event_table.logged(txn, dbs, start, end, CATCH_UP_BATCH)
+            # Events imported with their summaries (a cluster snapshot) are not folded.
+            skip = []
+            for first, stop in insights.imported(txn, dbs):
+                if stop <= start:
+                    insights.drop_imported(txn, dbs, first)
+                else:
+                    skip.append((first, stop))
             if not logged:
                 if stored != end:  # nothing left before the end: the position is there
                     insights.put_position(txn, dbs, end)
                 return 0, None
-            events = [_replayed(payload) for _, payload in logged]
+            events = [_replayed(payload) for seq, payload in logged
+                      if not any(first <= seq < stop for first, stop in skip)]
             new: dict[str, int] = {}
             self._fold(txn, [self._chunk(txn, events, new, logged[-1][0] + 1)])
-            return len(events), self._remember(new) if new else None
+            return len(logged), self._remember(new) if new else None
 
         folded = 0
         while True:

@@ -100,6 +100,34 @@ def put_position(txn: lmdb.Transaction, dbs: Dbs, sequence: int) -> None:
     txn.put(POSITION, sequence.to_bytes(8, "big"), db=dbs[META])
 
 
+# Event-log sequences [start, end) whose events came with their summaries (a partition
+# imported from a cluster snapshot, ``partition_rows``): never folded. ``imported/<start>``
+# -> end, both 8 bytes big-endian; dropped once the position is past them.
+IMPORTED_PREFIX = b"insights/imported/"
+
+
+def put_imported(txn: lmdb.Transaction, dbs: Dbs, start: int, end: int) -> None:
+    txn.put(IMPORTED_PREFIX + start.to_bytes(8, "big"), end.to_bytes(8, "big"), db=dbs[META])
+
+
+def imported(txn: lmdb.Transaction, dbs: Dbs) -> list[tuple[int, int]]:
+    """Every recorded imported range, in order."""
+    out = []
+    cursor = txn.cursor(db=dbs[META])
+    if cursor.set_range(IMPORTED_PREFIX):
+        for raw_key, value in cursor:
+            key = bytes(raw_key)
+            if not key.startswith(IMPORTED_PREFIX):
+                break
+            out.append((int.from_bytes(key[len(IMPORTED_PREFIX):], "big"),
+                        int.from_bytes(bytes(value), "big")))
+    return out
+
+
+def drop_imported(txn: lmdb.Transaction, dbs: Dbs, start: int) -> None:
+    txn.delete(IMPORTED_PREFIX + start.to_bytes(8, "big"), db=dbs[META])
+
+
 def register_key(txn: lmdb.Transaction, dbs: Dbs, name: str) -> int:
     """The name's id, giving it the next free one (``OTHER_KEY`` once the registry is
     full). Inside the write transaction: ids taken by an aborted one are free again."""
