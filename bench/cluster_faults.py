@@ -28,6 +28,11 @@ node in even rounds, a NATS server in odd ones. Then the harness checks:
 and restarts the killed process (same data or store folder), which rejoins: a node takes
 its partitions back from the survivors after catching up from the log.
 
+Snapshots run all along (``SNAPSHOT_SECONDS``, cluster/snapshots.py): each owner stores a
+snapshot of every partition that moved and purges the log behind it, so a survivor
+taking a dead node's partitions, and a restarted node taking its own back, rebuild them
+from a snapshot plus the log after it — the checks above then hold through compaction.
+
     nudge bench faults --cluster [--rounds 6] [--seed 1]
 """
 
@@ -72,6 +77,8 @@ MIN_BATCHES_AFTER_KILL = 5
 # (its new owner applying the log: retryable) before it counts as a problem. NOT_FOUND for
 # one is a problem at once: the decision was lost, or a node said "unknown" too early.
 CATCH_UP_SECONDS = 20.0
+# Snapshots (and the log purged behind them) this often, of any partition that moved.
+SNAPSHOT_SECONDS = 1.0
 RETRIED_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -93,6 +100,8 @@ class Report:
     # found when asked again within CATCH_UP_SECONDS (their owner catching up: retryable).
     late_decisions: list[str] = field(default_factory=list)
     learned: int = 0  # outcomes the cluster's one model learned, each once
+    snapshots_stored: int = 0  # over every node's life in the run (their logs)
+    snapshots_restored: int = 0
     # From the outcomes check's end (its own outcomes the last) to every node deciding
     # with models that learned them all.
     learn_seconds: list[float] = field(default_factory=list)
@@ -389,7 +398,9 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
     rng = random.Random(seed)
     report = Report()
     cluster = LocalCluster(base_dir, 3, PARTITIONS, LEASE_SECONDS,
-                           extra_args=["--metrics-port", "0"])
+                           extra_args=["--metrics-port", "0"],
+                           env={"NUDGE_CLUSTER_SNAPSHOT_SECONDS": str(SNAPSHOT_SECONDS),
+                                "NUDGE_CLUSTER_SNAPSHOT_RECORDS": "1"})
     cluster.start()
     expected: Counter[str] = Counter()
     reported: list[str] = []
@@ -480,6 +491,10 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
                      f"{len(report.problems)} problems")
     finally:
         cluster.stop()
+        for node in cluster.nodes:
+            text = node.log_path.read_text() if node.log_path.exists() else ""
+            report.snapshots_stored += text.count("; log compacted below it")
+            report.snapshots_restored += text.count(" restored from snapshot ")
     return report
 
 
@@ -504,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the cluster's one model learned {report.learned} outcomes, each once, on every "
           f"node; every node had adopted it {max(report.learn_seconds, default=0):.2f}s "
           "(max) after the last outcome")
+    print(f"snapshots stored (the log purged behind them): {report.snapshots_stored}; "
+          f"partitions rebuilt from a snapshot and the log after it: "
+          f"{report.snapshots_restored}")
     if report.late_decisions:
         print(f"UNAVAILABLE or past the call deadline, then found within "
               f"{CATCH_UP_SECONDS:.0f}s (the owner catching up after a kill): "

@@ -129,6 +129,13 @@ class Config:
     # TLS to NATS: the CA that signed the NATS servers' certificates (their URLs then
     # connect over TLS; a node presents tls_cert_file/tls_key_file when NATS asks).
     cluster_nats_ca_file: Path | None = None
+    # Partition snapshots (cluster/snapshots.py): every this many seconds a node stores a
+    # snapshot of each partition it serves whose store applied at least
+    # cluster_snapshot_records log sequences past its newest one, and purges the
+    # partition's log behind it. 0: never (the log then grows forever, and a node taking a
+    # partition it never held applies it from the first record).
+    cluster_snapshot_seconds: float = 3600.0
+    cluster_snapshot_records: int = 10_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65_535:
@@ -191,6 +198,10 @@ class Config:
                 raise ConfigError("cluster_lease_seconds: must be at least 0.5")
             if self.cluster_replicas not in (1, 3, 5):
                 raise ConfigError("cluster_replicas: must be 1, 3 or 5")
+            if self.cluster_snapshot_seconds < 0:
+                raise ConfigError("cluster_snapshot_seconds: must be >= 0 (0: never)")
+            if self.cluster_snapshot_records < 1:
+                raise ConfigError("cluster_snapshot_records: must be at least 1")
             if self.tls_cert_file is not None and self.cluster_ca_file is None:
                 raise ConfigError(
                     "cluster_ca_file: required with tls_cert_file in cluster mode (the CA "
@@ -210,7 +221,8 @@ CLUSTER_TABLE = {
     "urls": "cluster", "node_id": "node_id", "advertise": "advertise",
     "partitions": "partitions", "lease_seconds": "cluster_lease_seconds",
     "replicas": "cluster_replicas", "ca_file": "cluster_ca_file",
-    "nats_ca_file": "cluster_nats_ca_file",
+    "nats_ca_file": "cluster_nats_ca_file", "snapshot_seconds": "cluster_snapshot_seconds",
+    "snapshot_records": "cluster_snapshot_records",
 }
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

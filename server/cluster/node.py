@@ -68,7 +68,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -93,6 +93,7 @@ from nudge.server.cluster.model_sync import ClusterModels
 from nudge.server.cluster.partitions import partition_of, preferred_owner
 from nudge.server.cluster.peer_auth import load_peer_key
 from nudge.server.cluster.population_sync import ClusterPopulation
+from nudge.server.cluster.snapshots import PartitionSnapshots
 from nudge.server.config import Config, ConfigError
 from nudge.server.decisions.pending import CONTACT_MEMORY
 from nudge.server.errors import (
@@ -198,10 +199,12 @@ class _Owned:
     ready_after: float | None = None
     # When the consumer last delivered a record (or was subscribed): the watchdog's clock.
     last_delivery: float = field(default_factory=time.monotonic)
+    # Taken, its snapshot not yet restored (or looked for): not subscribed, not served.
+    restoring: bool = False
 
     @property
     def ready(self) -> bool:
-        return self.applied >= self.target
+        return not self.restoring and self.applied >= self.target
 
 
 class ClusterNode:
@@ -254,6 +257,9 @@ class ClusterNode:
         self.fence_fraction = FENCE_FRACTION
         # The secret the nodes sign node-to-node calls with (peer_auth.py), once connected.
         self.peer_key: bytes | None = None
+        self.snapshot_seconds = config.cluster_snapshot_seconds
+        self.snapshot_records = config.cluster_snapshot_records
+        self.snapshots: PartitionSnapshots | None = None
 
     # -- for cluster/model_sync.py ---------------------------------------------------------
 
@@ -440,6 +446,11 @@ class ClusterNode:
             return (0, 0.0)
         return (m.population.position, float(m.population.risk.population()[P_HOUR_TOTAL]))
 
+    def snapshot_counts(self) -> tuple[int, int]:
+        """(snapshots stored, partitions restored from one) by this node."""
+        s = self.snapshots
+        return (0, 0) if s is None else (s.taken, s.restored)
+
     def replication_lag(self) -> int:
         """Log entries of owned partitions not yet applied here (for a gauge)."""
         return sum(o.pending + (o.queued - o.applied) for o in list(self._owned.values()))
@@ -464,6 +475,11 @@ class ClusterNode:
                 await self._ensure_stream()
                 self._kv = await self._ensure_bucket()
                 self.peer_key = await load_peer_key(self._js, self.replicas)
+                self.snapshots = PartitionSnapshots(
+                    self._js, self.store, self.writer,
+                    lambda user_id: partition_of(user_id, self.partitions), self.replicas,
+                    self.snapshot_seconds, self.snapshot_records, STREAM, EVENTS_SUBJECT)
+                await self.snapshots.setup()
                 if self.models is not None:
                     await self.models.setup()
                 break
@@ -517,6 +533,11 @@ class ClusterNode:
                        asyncio.create_task(self._every_round(self._watch_round,
                                                              "consumer watch")),
                        asyncio.create_task(self._apply_loop())]
+        if self.snapshot_seconds > 0:
+            assert self.snapshots is not None
+            self._tasks.append(asyncio.create_task(self.snapshots.run(
+                lambda: {p: o.applied for p, o in self._owned.items() if o.ready},
+                lambda p: self.route_partition(p).local)))
         if self.models is not None:
             self.models.start()
 
@@ -545,7 +566,8 @@ class ClusterNode:
                                     return_exceptions=True)
         targets = {p: end for p, end in zip(owned, ends, strict=True) if isinstance(end, int)}
         while True:
-            done = frozenset(p for p, end in targets.items() if owned[p].applied >= end)
+            done = frozenset(p for p, end in targets.items()
+                             if not owned[p].restoring and owned[p].applied >= end)
             if len(done) == len(targets) or time.monotonic() >= deadline:
                 return done
             await asyncio.sleep(0.02)
@@ -807,22 +829,57 @@ class ClusterNode:
         return now - self._member_since.get(node, now) >= self.lease_seconds
 
     async def _take(self, partition: int) -> bool:
-        """Take the lease of a free partition and start applying it from the log."""
+        """Take the lease of a free partition, restore it from its newest snapshot when
+        that is ahead of this store (``snapshots.py``), and apply the log after that."""
         lease = KvLease(self._kv, f"part.{partition}", self.node_id)
         if not await lease.take():
             return False  # someone else took it first
         with self.store.read() as txn:
             applied = meta.applied_position(txn, self.store.dbs, partition)
         last = await self._log_end(partition)
-        owned = _Owned(partition, lease, applied, last, queued=applied)
-        if owned.ready:
-            owned.ready_after = 0.0  # nothing to catch up
+        owned = _Owned(partition, lease, applied, last, queued=applied, restoring=True)
         self._owned[partition] = owned
         self.moves += 1
-        await self._subscribe(owned, applied + 1)
         log.info("cluster: took partition %d (applied up to %d, log at %d)",
                  partition, applied, last)
+        self._tasks.append(asyncio.create_task(self._restore(owned)))
         return True
+
+    async def _restore(self, owned: _Owned) -> None:
+        """(A task per partition taken.) The snapshot, then the log's consumer."""
+        try:
+            assert self.snapshots is not None
+            position = await self.snapshots.restore(
+                owned.partition, owned.applied, self._flush_engines, self._forget_cached)
+        except Exception as exc:
+            log.warning("cluster: partition %d: its snapshots could not be read (%r); "
+                        "giving it back", owned.partition, exc)
+            if self._owned.get(owned.partition) is owned:
+                await self._give_up(owned, release=True)
+            return
+        finally:
+            with contextlib.suppress(ValueError, RuntimeError):
+                self._tasks.remove(asyncio.current_task())  # type: ignore[arg-type]
+        if self._owned.get(owned.partition) is not owned:
+            return  # given up meanwhile
+        owned.applied = owned.queued = max(owned.applied, position)
+        owned.restoring = False
+        if owned.ready:
+            owned.ready_after = time.monotonic() - owned.taken_at
+        await self._subscribe(owned, owned.applied + 1)
+
+    def _flush_engines(self) -> None:
+        """(Off the loop, before a restore.) What the engines hold in memory goes to the
+        store first: the import replaces the partition's rows after it."""
+        if self._decisions is not None:
+            self._decisions.flush()
+        if self._risk is not None:
+            self._risk.flush()
+
+    def _forget_cached(self, users: Iterable[str]) -> None:
+        if self._risk is not None:
+            for user_id in users:
+                self._risk.forget_user(user_id)
 
     async def _log_end(self, partition: int) -> int:
         """The stream sequence of the partition's last log record (0: none yet)."""
@@ -855,8 +912,8 @@ class ClusterNode:
         answering from a store that no longer follows the log. Quiet partitions cost one
         read of the log's end every ``STALL_LEASES`` leases."""
         now = time.monotonic()
-        quiet = [o for o in list(self._owned.values())
-                 if now - o.last_delivery > self.lease_seconds * STALL_LEASES]
+        quiet = [o for o in list(self._owned.values()) if not o.restoring
+                 and now - o.last_delivery > self.lease_seconds * STALL_LEASES]
         if not quiet:
             return
         ends = await asyncio.gather(*(self._log_end(o.partition) for o in quiet),

@@ -342,6 +342,7 @@ class ClusterView(Protocol):
     def ready_partitions(self) -> list[int]: ...
     def model_state(self) -> tuple[int, int, bool]: ...
     def population_state(self) -> tuple[int, float]: ...
+    def snapshot_counts(self) -> tuple[int, int]: ...
 
 
 def add_cluster_gauges(metrics: Metrics, cluster: ClusterView) -> None:
@@ -357,6 +358,12 @@ def add_cluster_gauges(metrics: Metrics, cluster: ClusterView) -> None:
     Gauge("nudge_cluster_partition_moves",
           "Partitions this node took or gave up since it started.",
           registry=r).set_function(lambda: cluster.moves)
+    Gauge("nudge_cluster_snapshots_stored",
+          "Partition snapshots this node stored (the log purged behind each).",
+          registry=r).set_function(lambda: cluster.snapshot_counts()[0])
+    Gauge("nudge_cluster_snapshots_restored",
+          "Partitions this node rebuilt from a snapshot when it took them.",
+          registry=r).set_function(lambda: cluster.snapshot_counts()[1])
     Gauge("nudge_cluster_model_position",
           "Position in the cluster's rewards stream the models this node decides with "
           "learned up to (the same on every node once they adopted the last published).",

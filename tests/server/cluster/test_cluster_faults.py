@@ -29,6 +29,9 @@ def test_kill_a_node_then_a_nats_server_loses_and_doubles_nothing(tmp_path: Path
     after = 2 * len(report.kills) * cluster_faults.MIN_BATCHES_AFTER_KILL
     assert report.events >= after * cluster_faults.BATCH
     assert report.decisions > 10 and report.outcomes > 5
+    # Snapshots were stored and the log purged behind them all along, and the killed
+    # node's partitions were rebuilt on the survivors from snapshots + the log after.
+    assert report.snapshots_stored > 0 and report.snapshots_restored > 0
     lease = cluster_faults.LEASE_SECONDS
     assert len(report.failover_seconds) == 1 and len(report.nats_failover_seconds) == 1
     assert report.failover_seconds[0] <= lease + cluster_faults.FAILOVER_SLACK_SECONDS
