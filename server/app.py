@@ -282,6 +282,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
                                        config.insights_value_property)
     writer.add_event_hook(insights_summary)
     writer.add_forget_hook("insights", insights_summary.forget)
+    writer.add_import_hook(insights_summary.fold_imported)
     insights_summary.catch_up(writer)  # what a crash left unfolded, before Track is served
     _name_event_types(writer, campaigns)
     readiness = Readiness()

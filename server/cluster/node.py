@@ -478,7 +478,8 @@ class ClusterNode:
                 self.snapshots = PartitionSnapshots(
                     self._js, self.store, self.writer,
                     lambda user_id: partition_of(user_id, self.partitions), self.replicas,
-                    self.snapshot_seconds, self.snapshot_records, STREAM, EVENTS_SUBJECT)
+                    self.snapshot_seconds, self.snapshot_records, STREAM, EVENTS_SUBJECT,
+                    self._flush_engines)
                 await self.snapshots.setup()
                 if self.models is not None:
                     await self.models.setup()
@@ -850,7 +851,7 @@ class ClusterNode:
         try:
             assert self.snapshots is not None
             position = await self.snapshots.restore(
-                owned.partition, owned.applied, self._flush_engines, self._forget_cached)
+                owned.partition, owned.applied, self._forget_cached)
         except Exception as exc:
             log.warning("cluster: partition %d: its snapshots could not be read (%r); "
                         "giving it back", owned.partition, exc)
@@ -869,8 +870,9 @@ class ClusterNode:
         await self._subscribe(owned, owned.applied + 1)
 
     def _flush_engines(self) -> None:
-        """(Off the loop, before a restore.) What the engines hold in memory goes to the
-        store first: the import replaces the partition's rows after it."""
+        """(Off the loop.) What the engines hold in memory goes to the store: before a
+        restore (the import replaces the partition's rows after it) and before a
+        snapshot's export (snapshots.py)."""
         if self._decisions is not None:
             self._decisions.flush()
         if self._risk is not None:

@@ -83,7 +83,7 @@ class PartitionSnapshots:
 
     def __init__(self, js: Any, store: Store, writer: EventWriter, partition_of: PartitionOf,
                  replicas: int, every_seconds: float, min_records: int, stream: str,
-                 subject: str) -> None:
+                 subject: str, flush_engines: Callable[[], None]) -> None:
         self.js = js
         self.store = store
         self.writer = writer
@@ -93,6 +93,8 @@ class PartitionSnapshots:
         self.min_records = min_records
         self.stream = stream
         self.subject = subject  # the partition's log subject is "<subject>.<partition>"
+        # Stores what the engines hold in memory (decisions and risk rows written behind).
+        self.flush_engines = flush_engines
         self.taken = 0  # snapshots this node stored
         self.restored = 0  # partitions this node rebuilt from a snapshot
         self.bytes_stored = 0
@@ -121,13 +123,12 @@ class PartitionSnapshots:
     # -- restoring (a partition this node takes) -------------------------------------------
 
     async def restore(self, partition: int, applied: int,
-                      before: Callable[[], None], after: Callable[[Iterable[str]], None]
-                      ) -> int:
+                      after: Callable[[Iterable[str]], None]) -> int:
         """Import the partition's newest snapshot when it is past ``applied`` (what the
-        store holds); returns the position the log is to be applied after. ``before``
-        runs first, off the loop (engines store what they hold in memory: nothing of the
-        partition may be written after the import); ``after`` gets the users whose rows
-        changed (caches to drop). Raises when the snapshots cannot be read."""
+        store holds); returns the position the log is to be applied after. The engines
+        store what they hold in memory first (nothing of the partition may be written
+        after the import); ``after`` gets the users whose rows changed (caches to drop).
+        Raises when the snapshots cannot be read."""
         newest = (await self.stored()).get(partition)
         if not newest or newest[0].position <= applied:
             return applied
@@ -138,7 +139,7 @@ class PartitionSnapshots:
         if (rows.partition, rows.position) != (partition, snapshot.position):
             raise ValueError(f"snapshot {snapshot.name} holds partition {rows.partition} at "
                              f"{rows.position}")
-        await asyncio.to_thread(before)
+        await asyncio.to_thread(self.flush_engines)
         imported = await asyncio.wrap_future(
             self.writer.import_partition(rows, self.partition_of))
         after(imported.users)
@@ -173,10 +174,17 @@ class PartitionSnapshots:
         the snapshots after this one was stored (the lease moved after the check), so it
         restores from this one or a newer one, never from a position the purge passed."""
         stored = await self.stored()
-        due = {p for p, applied in serving().items()
+        due = {p: applied for p, applied in serving().items()
                if applied - (stored[p][0].position if stored.get(p) else 0) >= self.min_records}
         if not due:
             return []
+        # A snapshot is labelled with the position applied *before* the engines were
+        # flushed: every record up to it is then in the store (a decision made here, or a
+        # scored transaction, is applied before its row leaves memory). Rows of records
+        # applied after it may be in the export too: the importer applies those records
+        # again, and applying a record twice changes nothing (seen event ids, stored
+        # decisions, settled outcomes, stored transactions).
+        await asyncio.to_thread(self.flush_engines)
         exported = await asyncio.to_thread(self._export, due)
         out = []
         for partition, rows in sorted(exported.items()):
@@ -202,6 +210,6 @@ class PartitionSnapshots:
                      snapshot.name, rows.count(), len(blob))
         return out
 
-    def _export(self, partitions: set[int]) -> dict[int, PartitionRows]:
+    def _export(self, positions: dict[int, int]) -> dict[int, PartitionRows]:
         with self.store.read() as txn:
-            return export(txn, self.store.dbs, self.partition_of, partitions)
+            return export(txn, self.store.dbs, self.partition_of, positions, positions)

@@ -58,6 +58,8 @@ class TrackResult:
 # It may return a callback to run once the commit is durable (for in-memory effects); a
 # batch retried after the map grows calls the hook again and drops the first callback.
 EventHook = Callable[[lmdb.Transaction, list[ValidEvent]], Callable[[], None] | None]
+# Imported events' payloads (serialized Event), for what is derived from them.
+ImportHook = Callable[[lmdb.Transaction, list[bytes]], Callable[[], None] | None]
 
 
 def local_hour(t: float, tz: str) -> float:
@@ -90,6 +92,7 @@ class EventWriter(GroupCommitWriter):
     ) -> None:
         self.half_life_seconds = half_life_seconds
         self._event_hooks: list[EventHook] = []
+        self._import_hooks: list[ImportHook] = []
         self._forget_hooks: list[tuple[str, Callable[[str], bool]]] = []
         # Parsed profiles, written through: this thread is the only writer of profiles, so
         # the cache cannot go stale (it is dropped if a batch fails). Not for a shared
@@ -126,6 +129,14 @@ class EventWriter(GroupCommitWriter):
 
     def add_event_hook(self, hook: EventHook) -> None:
         self._event_hooks.append(hook)
+
+    def add_import_hook(self, hook: ImportHook) -> None:
+        """``hook(txn, payloads)`` runs inside a partition import with the imported
+        events that still need what it derives from events (the insights summary's
+        entries, when the exporter had not folded them yet); what it returns runs once
+        the import is durable. Event hooks do not run for imported events: their effects
+        (decisions settled, journeys triggered, risk state) came with the snapshot."""
+        self._import_hooks.append(hook)
 
     def add_forget_hook(self, name: str, forget: Callable[[str], bool]) -> None:
         """``forget(user_id)`` runs inside erasure's job: a hook that holds a user's data
@@ -365,12 +376,20 @@ class EventWriter(GroupCommitWriter):
             self._sequence = imported.end
             for user_id in imported.users:
                 self.forget_cached(user_id)
+            later.clear()
+            if imported.unfolded:
+                later.extend(h for hook in self._import_hooks
+                             if (h := hook(txn, imported.unfolded)) is not None)
             return imported
+
+        later: list[Callable[[], None]] = []
 
         def committed(done: Future[partition_rows.Imported]) -> None:
             if done.exception() is None:
                 self.store.type_slots = {**self.store.type_slots, **new_types}
                 self.store.next_sequence = max(self.store.next_sequence, done.result().end)
+                for callback in later:
+                    callback()
 
         future: Future[partition_rows.Imported] = Future()
         future.add_done_callback(committed)

@@ -130,6 +130,13 @@ class InsightsSummary:
 
         return committed
 
+    def fold_imported(
+        self, txn: lmdb.Transaction, payloads: list[bytes]
+    ) -> Callable[[], None] | None:
+        """(An import hook: ``EventWriter.add_import_hook``.) Events a cluster snapshot
+        brought that its exporter's summaries had not folded yet: folded as Track's are."""
+        return self(txn, [_replayed(payload) for payload in payloads])
+
     def _chunk(
         self, txn: lmdb.Transaction, events: Sequence[ValidEvent], new: dict[str, int],
         position: int,

@@ -21,9 +21,11 @@ import maps the names to this store's numbers:
 - **insights key ids** of the summary entries (``tables.insights``): the same, by key name.
 - **event log sequences** (``events``, and ``seen``'s values pointing into it): the
   imported events are appended at this store's end under new sequences, in their order,
-  and each ``seen`` row points at its event's new sequence. Those sequences are recorded
-  as already summarised (``tables.insights.put_imported``): the summary rows came with the
-  snapshot, so a catch-up after a crash must not fold those events a second time.
+  and each ``seen`` row points at its event's new sequence. Those the exporter's summaries
+  had folded are recorded as such (``tables.insights.put_imported``): the summary rows
+  came with the snapshot, so a catch-up after a crash must not fold them a second time;
+  the few it had not (the summaries are written behind) are folded by the importer's
+  (``EventWriter.add_import_hook``).
 
 **Import replaces.** Every row this store holds of the partition is deleted first, in the
 same transaction: rows left from an earlier ownership are older than the snapshot (their
@@ -80,6 +82,9 @@ class PartitionRows:
     types: dict[str, int] = field(default_factory=dict)
     insight_keys: dict[str, int] = field(default_factory=dict)
     risk_clock: float | None = None
+    # Old sequences of the exported events the exporter's summaries had not folded yet
+    # (written behind: the last seconds' events): the importer folds them itself.
+    unfolded: list[int] = field(default_factory=list)
     rows: dict[str, list[tuple[bytes, bytes]]] = field(
         default_factory=lambda: {t: [] for t in TABLES})
 
@@ -99,7 +104,7 @@ class PartitionRows:
         header = orjson.dumps({
             "format": FORMAT, "partition": self.partition, "position": self.position,
             "types": self.types, "insight_keys": self.insight_keys,
-            "risk_clock": self.risk_clock,
+            "risk_clock": self.risk_clock, "unfolded": self.unfolded,
         })
         parts = [MAGIC, struct.pack("<I", len(header)), header]
         for index, table in enumerate(TABLES):
@@ -127,7 +132,7 @@ class PartitionRows:
         out = cls(int(header["partition"]), int(header["position"]),
                   {str(k): int(v) for k, v in header["types"].items()},
                   {str(k): int(v) for k, v in header["insight_keys"].items()},
-                  header["risk_clock"])
+                  header["risk_clock"], [int(q) for q in header["unfolded"]])
         view = memoryview(raw)
         while at < len(raw):
             index, klen, vlen = _FRAME.unpack_from(raw, at)
@@ -143,17 +148,28 @@ class PartitionRows:
 
 
 def export(txn: lmdb.Transaction, dbs: Dbs, partition_of: PartitionOf,
-           wanted: Iterable[int]) -> dict[int, PartitionRows]:
+           wanted: Iterable[int], positions: Mapping[int, int] | None = None,
+           ) -> dict[int, PartitionRows]:
     """The rows of each ``wanted`` partition, read in one pass over every table in one
-    read transaction (so each partition's rows and its applied position agree)."""
+    read transaction. Each is labelled with its applied position as stored in that
+    transaction, or with ``positions[p]`` when given: a position at or below the stored
+    one whose records are all in the store (see ``cluster/snapshots.py``: a record
+    applied after it may show in the rows too, and applying it again changes nothing)."""
     wanted = set(wanted)
     types = meta.type_slots(txn, dbs)
     keys = insights.key_ids(txn, dbs)
     clock = risk_baselines.clock(txn, dbs)
-    out = {p: PartitionRows(p, meta.applied_position(txn, dbs, p), dict(types), dict(keys),
-                            clock if clock > -float("inf") else None) for p in wanted}
+    folded_upto = insights.position(txn, dbs) or 0
+    skips = insights.imported(txn, dbs)
+    out = {p: PartitionRows(
+        p, meta.applied_position(txn, dbs, p) if positions is None else positions[p],
+        dict(types), dict(keys), clock if clock > -float("inf") else None) for p in wanted}
     for table, key, value, p in _partition_rows(txn, dbs, partition_of, wanted):
         out[p].rows[table].append((key, value))
+        if table == "events":
+            seq = int.from_bytes(key, "big")
+            if seq >= folded_upto and not any(a <= seq < b for a, b in skips):
+                out[p].unfolded.append(seq)
     return out
 
 
@@ -233,6 +249,7 @@ class Imported:
     users: set[str]
     first: int
     end: int
+    unfolded: list[bytes]  # imported events the summaries are still to fold
 
 
 def import_rows(
@@ -250,16 +267,24 @@ def import_rows(
             touched.add(key.split(b"\x00", 1)[0].decode())
         txn.delete(key, db=dbs[table])
 
-    # Event log: new sequences at this store's end, in the exported order.
+    # Event log: new sequences at this store's end, in the exported order; the runs the
+    # exporter's summaries held are recorded as folded, the rest go to the summaries.
     renumbered: dict[bytes, bytes] = {}
-    sequence = first_sequence
+    unfolded_old = set(rows.unfolded)
+    unfolded: list[bytes] = []
+    sequence = run = first_sequence
     for old, payload in rows.rows["events"]:
         new = event_table.sequence_key(sequence)
         renumbered[old] = new
         txn.put(new, payload, db=dbs["events"], append=True)
+        if int.from_bytes(old, "big") in unfolded_old:
+            unfolded.append(payload)
+            if run < sequence:
+                insights.put_imported(txn, dbs, run, sequence)
+            run = sequence + 1
         sequence += 1
-    if sequence > first_sequence:
-        insights.put_imported(txn, dbs, first_sequence, sequence)
+    if run < sequence:
+        insights.put_imported(txn, dbs, run, sequence)
     for key, old in rows.rows["seen"]:
         # A seen id whose event the exporter had already dropped (retention forgets seen
         # ids before events, so only in a race with it) points below this store's log.
@@ -294,7 +319,7 @@ def import_rows(
     if rows.risk_clock is not None and rows.risk_clock > risk_baselines.clock(txn, dbs):
         risk_baselines.put_clock(txn, dbs, rows.risk_clock)
     meta.put_applied_position(txn, dbs, rows.partition, rows.position)
-    return Imported(touched, first_sequence, sequence)
+    return Imported(touched, first_sequence, sequence, unfolded)
 
 
 def _slot_map(theirs: Mapping[str, int], mine: Mapping[str, int]) -> np.ndarray | None:
