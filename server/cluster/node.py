@@ -280,12 +280,15 @@ class ClusterNode:
         return self._call(coro, timeout)
 
     def expires_here(self, user_id: str) -> bool | None:
-        """Whether this node expires the user's open decisions: True when it owns the
-        partition, False when another node does (that node expires them), None while
-        nobody does (a failover: keep them for whoever takes it, maybe this node)."""
+        """Whether this node expires the user's open decisions: True when it serves the
+        partition, False when another node owns it (that node expires them), None while
+        nobody serves it (a failover, or this node catching up: keep them)."""
         partition = partition_of(user_id, self.partitions)
-        if partition in self._owned:
-            return True
+        owned = self._owned.get(partition)
+        if owned is not None:
+            # Not while it catches up (or restores): the store does not yet know whether
+            # the decision's goal came, and what the log will settle it with.
+            return True if owned.ready else None
         owner = self._owners.get(partition)
         return None if owner is None or owner == self.node_id else False
 

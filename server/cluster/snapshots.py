@@ -47,7 +47,12 @@ from nats.js.api import ObjectStoreConfig, StorageType
 
 from nudge.server.cluster.jetstream import ensure_object_store
 from nudge.server.storage.ingest import EventWriter
-from nudge.server.storage.partition_rows import PartitionOf, PartitionRows, export
+from nudge.server.storage.partition_rows import (
+    PartitionOf,
+    PartitionRows,
+    export,
+    stale_rows,
+)
 from nudge.server.storage.store import Store
 
 log = logging.getLogger("nudge.server.cluster")
@@ -140,8 +145,8 @@ class PartitionSnapshots:
             raise ValueError(f"snapshot {snapshot.name} holds partition {rows.partition} at "
                              f"{rows.position}")
         await asyncio.to_thread(self.flush_engines)
-        imported = await asyncio.wrap_future(
-            self.writer.import_partition(rows, self.partition_of))
+        stale = await asyncio.to_thread(self._stale, partition)
+        imported = await asyncio.wrap_future(self.writer.import_partition(rows, stale))
         after(imported.users)
         self.restored += 1
         log.info("cluster: partition %d restored from snapshot %s (%d rows, %d bytes, "
@@ -209,6 +214,10 @@ class PartitionSnapshots:
             log.info("cluster: snapshot %s stored (%d rows, %d bytes); log compacted below it",
                      snapshot.name, rows.count(), len(blob))
         return out
+
+    def _stale(self, partition: int) -> list[tuple[str, bytes]]:
+        with self.store.read() as txn:
+            return stale_rows(txn, self.store.dbs, self.partition_of, partition)
 
     def _export(self, positions: dict[int, int]) -> dict[int, PartitionRows]:
         with self.store.read() as txn:

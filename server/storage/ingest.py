@@ -345,13 +345,14 @@ class EventWriter(GroupCommitWriter):
         return future
 
     def import_partition(
-        self, rows: partition_rows.PartitionRows, partition_of: partition_rows.PartitionOf,
+        self, rows: partition_rows.PartitionRows, stale: list[tuple[str, bytes]],
     ) -> Future[partition_rows.Imported]:
-        """Replace a partition's rows with a cluster snapshot's (``partition_rows``), in one
-        commit. Here, not as a plain job, because the import takes event sequences and
-        may register event types: both are this writer's to hand out, and the store's
-        counters must move before the next commit begins (the future's callback runs in
-        this thread, right after the commit)."""
+        """Replace a partition's rows (``stale``: ``partition_rows.stale_rows``) with a
+        cluster snapshot's (``partition_rows``), in one commit. Here, not as a plain
+        job, because the import takes event sequences and may register event types: both
+        are this writer's to hand out, and the store's counters must move before the
+        next commit begins (the future's callback runs in this thread, right after the
+        commit)."""
         new_types: dict[str, int] = {}
 
         def job(txn: lmdb.Transaction) -> partition_rows.Imported:
@@ -371,7 +372,7 @@ class EventWriter(GroupCommitWriter):
                 self._sequence = first
 
             self.on_abort(undo)
-            imported = partition_rows.import_rows(txn, self.store.dbs, rows, partition_of,
+            imported = partition_rows.import_rows(txn, self.store.dbs, rows, stale,
                                                   slot_for, first)
             self._sequence = imported.end
             for user_id in imported.users:

@@ -27,17 +27,19 @@ import maps the names to this store's numbers:
   the few it had not (the summaries are written behind) are folded by the importer's
   (``EventWriter.add_import_hook``).
 
-**Import replaces.** Every row this store holds of the partition is deleted first, in the
-same transaction: rows left from an earlier ownership are older than the snapshot (their
-position is below it, or the snapshot would not be used) and the snapshot has all they
-had. The partition's applied position is set to the snapshot's in that transaction, so the
-log is applied from just after it, exactly once.
+**Import replaces.** Every row this store holds of the partition is deleted first, in
+the same transaction (the rows found by a scan just before it, ``stale_rows``): rows
+left from an earlier ownership are older than the snapshot (their position is below it,
+or the snapshot would not be used) and the snapshot has all they had. The partition's
+applied position is set to the snapshot's in that transaction, so the log is applied
+from just after it, exactly once.
 
 **Cost.** An export reads every table once (a full scan, picking rows by user: one hash
-per distinct user), so a node exports all the partitions it snapshots in one pass; an
-import scans once more to find what to delete. Both are background work of a partition
-move or a snapshot round, never on a reply path, but an import runs inside one write
-transaction of the group commit: the writer waits for it.
+per distinct user, and each logged event and decision record parsed for its user), so a
+node exports all the partitions it snapshots in one pass; an import scans once more, in a
+read transaction, to find what to delete. Both are background work of a partition
+move or a snapshot round, never on a reply path; only the import's writes run inside the
+group commit (the writer waits for them: milliseconds per thousand rows).
 """
 
 from __future__ import annotations
@@ -252,15 +254,26 @@ class Imported:
     unfolded: list[bytes]  # imported events the summaries are still to fold
 
 
+def stale_rows(txn: lmdb.Transaction, dbs: Dbs, partition_of: PartitionOf,
+               partition: int) -> list[tuple[str, bytes]]:
+    """(table, key) of every row this store holds of ``partition``: what an import
+    deletes. Read before the import's write transaction, in a read transaction of its
+    own (a full scan, like an export's: inside the writer it would hold up every other
+    write), which is right as long as nothing writes the partition's rows in between —
+    a node restoring a partition serves it only once the import is done."""
+    return [(t, k) for t, k, _, _ in _partition_rows(txn, dbs, partition_of, {partition})]
+
+
 def import_rows(
-    txn: lmdb.Transaction, dbs: Dbs, rows: PartitionRows, partition_of: PartitionOf,
+    txn: lmdb.Transaction, dbs: Dbs, rows: PartitionRows, stale: list[tuple[str, bytes]],
     slot_for: Callable[[str], int], first_sequence: int,
 ) -> Imported:
     """Replace the partition's rows in this store with ``rows`` (see the module docstring):
-    ``slot_for(name)`` is this store's slot for an event type (registering it when new);
-    imported events take sequences from ``first_sequence`` on."""
+    ``stale`` are the rows to delete first (``stale_rows``); ``slot_for(name)`` is this
+    store's slot for an event type (registering it when new); imported events take
+    sequences from ``first_sequence`` on."""
     touched = rows.users()
-    for table, key, _, _ in list(_partition_rows(txn, dbs, partition_of, {rows.partition})):
+    for table, key in stale:
         if table in BY_USER:
             touched.add(key.decode())
         elif table in BY_PAIR:
