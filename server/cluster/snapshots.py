@@ -140,7 +140,7 @@ class PartitionSnapshots:
         snapshot = newest[0]
         started = time.monotonic()
         result = await self._objects.get(snapshot.name)
-        rows = PartitionRows.from_bytes(result.data)
+        rows = await asyncio.to_thread(PartitionRows.from_bytes, result.data)
         if (rows.partition, rows.position) != (partition, snapshot.position):
             raise ValueError(f"snapshot {snapshot.name} holds partition {rows.partition} at "
                              f"{rows.position}")
@@ -197,7 +197,7 @@ class PartitionSnapshots:
             if older and older[0].position >= rows.position:
                 continue  # another node stored one at least as new meanwhile
             snapshot = Snapshot(partition, rows.position)
-            blob = rows.to_bytes()
+            blob = await asyncio.to_thread(rows.to_bytes)  # compressing: off the loop
             await self._objects.put(snapshot.name, blob)
             self.taken += 1
             self.bytes_stored += len(blob)
