@@ -20,9 +20,12 @@ LEASE_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """The module's ``CLUSTER_ENV`` (NUDGE_* settings), if any, for every node."""
     running = LocalCluster(tmp_path_factory.mktemp("cluster"), 3, PARTITIONS, LEASE_SECONDS,
-                           extra_args=["--metrics-port", "0"])
+                           extra_args=["--metrics-port", "0"],
+                           env=dict(getattr(request.module, "CLUSTER_ENV", {})))
     running.start()
     yield running
     running.stop()

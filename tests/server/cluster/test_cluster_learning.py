@@ -2,7 +2,8 @@
 outcomes reported through every node learned once by the cluster's one learner (a
 lease-elected node), every node deciding with the same model version; and the scored
 transactions and labels of a partition, through the log. (Own cluster: 3 NATS servers +
-3 nodes, shared by the tests of this file, which restart what they kill.)
+3 nodes, shared by the tests of this file, which restart what they kill; snapshots every
+second, so what a killed node held comes back from a snapshot plus the log after it.)
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any, TypeVar
 
 import grpc
 import nats
+import nats.js.errors
 import pytest
 
 from nudge.clients import Client, make_event, make_transaction
 from nudge.server.cluster.local import LocalCluster, NudgeNode
 from nudge.server.cluster.model_sync import REWARDS_STREAM
+from nudge.server.cluster.node import EVENTS_SUBJECT, STREAM
 from nudge.server.cluster.partitions import partition_of
 from nudge.server.decisions.guardrails import SUPPRESS_NOTHING_BEST
 from nudge.v1 import diagnostics_service_pb2 as dpb
@@ -29,6 +32,10 @@ from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 T = TypeVar("T")
 USERS = 30
+
+
+# conftest's ``cluster``, snapshotting every partition that moved every second.
+CLUSTER_ENV = {"NUDGE_CLUSTER_SNAPSHOT_SECONDS": "1", "NUDGE_CLUSTER_SNAPSHOT_RECORDS": "1"}
 
 
 
@@ -91,6 +98,18 @@ async def _rewards_logged(urls: str) -> int:
     nc = await nats.connect(servers=urls.split(","))
     try:
         return int((await nc.jetstream().stream_info(REWARDS_STREAM)).state.messages)
+    finally:
+        await nc.close()
+
+
+async def _log_end(urls: str, partition: int) -> int:
+    """The stream sequence of the partition's last record in NUDGE_LOG (0: none left)."""
+    nc = await nats.connect(servers=urls.split(","))
+    try:
+        found = await nc.jetstream().get_last_msg(STREAM, f"{EVENTS_SUBJECT}.{partition}")
+        return int(found.seq)
+    except nats.js.errors.NotFoundError:
+        return 0
     finally:
         await nc.close()
 
@@ -159,6 +178,15 @@ def test_scored_transactions_and_labels_survive_their_owner(cluster: LocalCluste
     # What the owner's baseline learned: every transaction not held, and t1 (GENUINE).
     learned = sum(not r.held for r in first) + first[1].held
     _, population = _agreed(cluster)  # the owner's learning is in every node's population
+    # A snapshot of the user's partition as of its last log record (the log behind it
+    # purged): the survivor that takes the partition rebuilds the customer from it.
+    # (A log left empty was purged behind a snapshot that holds all of it.)
+    partition = partition_of(user, cluster.partitions)
+    deadline = time.monotonic() + 30
+    while (last := asyncio.run(_log_end(cluster.urls, partition))) and (
+            f"snapshot part.{partition}.{last} stored" not in owner.log_path.read_text()):
+        assert time.monotonic() < deadline, f"no snapshot of partition {partition} at {last}"
+        time.sleep(0.1)
     owner.kill()
     with Client(cluster.nodes[0].target, retries=2) as client:
         again = _until_answered(lambda: client.score_transaction(tx(0)))
@@ -175,6 +203,8 @@ def test_scored_transactions_and_labels_survive_their_owner(cluster: LocalCluste
     # into the population (the dead owner had shipped it): only t6 is new there.
     survivors = [n for n in cluster.nodes if n is not owner]
     _until_same_population(survivors, population + (not after.held))
+    assert any(f"partition {partition} restored from snapshot" in n.log_path.read_text()
+               for n in survivors)
     owner.start()
     owner.wait_serving()
     _all_owned(cluster)
