@@ -45,10 +45,12 @@ def test_cluster_table_of_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "nudge.toml"
     path.write_text('[server]\nport = 50051\n[cluster]\n'
                     'urls = ["nats://h1:4222", "nats://h2:4222"]\nnode_id = "h1"\n'
-                    'partitions = 32\nlease_seconds = 3\nreplicas = 3\n')
+                    'partitions = 32\nlease_seconds = 3\nreplicas = 3\n'
+                    'snapshot_seconds = 600\nsnapshot_records = 500\n')
     config = load_config(path, environ={})
     assert config.cluster == "nats://h1:4222,nats://h2:4222"
     assert (config.node_id, config.partitions, config.cluster_lease_seconds) == ("h1", 32, 3.0)
+    assert (config.cluster_snapshot_seconds, config.cluster_snapshot_records) == (600.0, 500)
     path.write_text('[cluster]\nurl = "nats://h1:4222"\n')
     with pytest.raises(ConfigError, match=r"\[cluster\]\.url is not a setting"):
         load_config(path, environ={})
@@ -59,4 +61,7 @@ def test_cluster_mode_is_one_process_per_node() -> None:
         load_config(environ={}, overrides={"cluster": "nats://h1:4222", "workers": 2})
     with pytest.raises(ConfigError, match="partitions"):
         load_config(environ={}, overrides={"cluster": "nats://h1:4222", "partitions": 0})
+    for name, bad in (("cluster_snapshot_seconds", -1.0), ("cluster_snapshot_records", 0)):
+        with pytest.raises(ConfigError, match=name):
+            load_config(environ={}, overrides={"cluster": "nats://h1:4222", name: bad})
     assert load_config(environ={}).cluster is None  # embedded mode stays the default
