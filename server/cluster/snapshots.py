@@ -14,7 +14,11 @@ cluster's age. With them:
   ``NUDGE_LOG`` is purged below the position (a purge with a subject filter and a
   sequence: what the snapshot holds goes, everything after it stays), then the
   partition's older snapshots are deleted. So every record acknowledged is, at any
-  moment, in the log or in a stored snapshot that holds its effect.
+  moment, in the log or in a stored snapshot that holds its effect. A purge may also make
+  JetStream forget the ``Nats-Msg-Id`` of what it removed (it keeps no message to compare
+  with; nats-server issues 3272, 6782): a call retried after its records were purged is
+  logged again and dropped when applied (seen event ids, stored decisions, settled
+  outcomes), as any replay past the duplicate window already is.
 - **Restoring.** A node that takes a partition reads the newest snapshot's position. When
   it is past what the node's store applied (a node that never held the partition, or
   held it long ago), it imports the rows — replacing whatever it kept of the partition —
