@@ -44,6 +44,9 @@ exact propensity of a small space computed by quadrature.
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +77,8 @@ N_MC_PARAMS = 3
 
 # The most ranked combinations one decision returns (DecideRequest.top_k is capped here).
 MAX_TOP_K = 16
+# The Monte Carlo re-draws' seed is the decision's seed XOR this (as int64: ``_mc_seed``).
+_MC_SEED_MIX = 0x5DEECE66DA3B1F27
 
 # What every scoring kernel reads first: the snapshot's ``mean_t`` and ``factor_t``, the
 # context, the space's ``component_weight`` and ``kernel_components``, the combo mask, the
@@ -697,6 +702,59 @@ def _thompson_win_counts_gil(
                                 cell_combo, nothing, out_wins)
 
 
+# Batch entries (DecideBatch): one call decides for a chunk of users, each row exactly as
+# the single-user kernel decides it (they call it, so the same operations in the same order
+# give the same bits), with the GIL released for the whole chunk. Rows whose ``active`` is 0
+# (a guardrail decided) are skipped and their outputs left as they were.
+_BATCH_ROWS = (jit.f8_2d_ro, jit.u1_2d_ro, jit.i8_1d_ro, jit.u1_1d_ro)
+_BATCH_OUT = (jit.i8_2d, jit.f8_3d, jit.i8_1d)
+
+
+@njit(jit.void(*_MEAN_SCORING[:1], *_MEAN_SCORING[2:5], jit.f8_1d_ro, *_BATCH_ROWS,
+               *_BATCH_OUT), **jit.NOGIL)
+def _squarecb_batch(mean_t, weight, combos, combo_mask, params, xs, component_masks, seeds,
+                    active, out_index, out_score, out_allowed):
+    """:func:`_squarecb_kernel` for every active row ``i``: context ``xs[i]``, guardrail mask
+    ``component_masks[i]``, seed ``seeds[i]`` into ``out_index[i]``, ``out_score[i]`` and
+    ``out_allowed[i]`` (the kernel's return)."""
+    for i in range(xs.shape[0]):
+        if active[i]:
+            out_allowed[i] = _squarecb_kernel(
+                mean_t, xs[i], weight, combos, combo_mask, component_masks[i], params,
+                seeds[i], out_index[i], out_score[i])
+
+
+@njit(jit.void(*_SCORING[:2], *_SCORING[3:6], jit.f8_1d_ro, *_BATCH_ROWS, *_BATCH_OUT,
+               jit.f8_1d_ro, jit.u4_2d_ro, jit.i8_1d_ro, jit.i8_1d_ro, jit.i8, jit.f8_1d,
+               jit.i8_1d), **jit.NOGIL)
+def _thompson_batch(mean_t, factor_t, weight, combos, combo_mask, params, xs, component_masks,
+                    seeds, active, out_index, out_score, out_allowed, mc, cells, group_start,
+                    cell_combo, nothing, out_propensity, out_samples):
+    """:func:`_thompson_kernel` for every active row (as :func:`_squarecb_batch`) and, when
+    ``mc[MC_ROUND] > 0``, the own-draw Monte Carlo propensity of its choice from the
+    decision's Monte Carlo stream (``_mc_seed``), as ``_decide`` computes it: NaN and 0
+    samples otherwise."""
+    wins = np.empty(combos.shape[0], dtype=np.int64)
+    estimate = mc[MC_ROUND] > 0
+    for i in range(xs.shape[0]):
+        if not active[i]:
+            continue
+        n_allowed = _thompson_kernel(
+            mean_t, factor_t, xs[i], weight, combos, combo_mask, component_masks[i], params,
+            seeds[i], out_index[i], out_score[i])
+        out_allowed[i] = n_allowed
+        out_propensity[i] = np.nan
+        out_samples[i] = 0
+        if n_allowed == 0 or not estimate:
+            continue
+        choice = out_index[i, 0]
+        draws = _thompson_win_counts(
+            mean_t, factor_t, xs[i], weight, combos, combo_mask, component_masks[i], params,
+            seeds[i] ^ _MC_SEED_MIX, choice, mc, cells, group_start, cell_combo, nothing, wins)
+        out_propensity[i] = (wins[choice] + 1) / (draws + 1)
+        out_samples[i] = draws + 1
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -874,6 +932,100 @@ def _decide(
                         propensity_samples=samples, n_allowed=int(n_allowed), seed=seed)
 
 
+@dataclass(frozen=True)
+class BatchChoices:
+    """Decisions for a chunk of contexts (:func:`decide_batch_trusted`), row ``i`` what
+    :func:`decide_trusted` returns for context ``i``: ``top_k[i, :filled[i]]`` (the choice
+    first), ``scores[i, 0 / 1, :filled[i]]`` (ranking / mean scores), ``propensity[i]``,
+    ``propensity_samples[i]``, ``n_allowed[i]``. Inactive rows are undefined."""
+
+    top_k: np.ndarray
+    scores: np.ndarray
+    n_allowed: np.ndarray
+    filled: np.ndarray
+    propensity: np.ndarray
+    propensity_samples: np.ndarray
+
+
+def decide_batch_trusted(
+    snapshot: PolicySnapshot,
+    space: ActionSpace,
+    contexts: np.ndarray,
+    seeds: np.ndarray,
+    component_masks: np.ndarray,
+    active: np.ndarray,
+    top_k: int,
+    params: PolicyParams,
+    threads: int = 1,
+) -> BatchChoices:
+    """:func:`decide_trusted` for each active row of ``contexts[n, d]`` (read-only finite
+    float64, C-contiguous) with ``seeds[n]`` (read-only int64), ``component_masks[n, C]``
+    (read-only uint8) and ``active[n]`` (read-only uint8, 0: skip the row), in one kernel
+    call that releases the GIL: DecideBatch's per-user policy call, whose Python around a
+    ~25 µs kernel cost as much again. Each row is bit for bit what the single call gives
+    (the batch kernels call the single kernels; tests/kernels/test_policy_batch.py checks
+    it on random inputs). ``threads`` > 1 splits the rows into that many contiguous parts
+    decided side by side (rows are independent: the same bits). Raises ValueError when an
+    active row has nothing allowed, as :func:`decide_trusted` does."""
+    n = contexts.shape[0]
+    out_index = np.zeros((n, top_k), dtype=np.int64)
+    out_score = np.zeros((n, 2, top_k))
+    n_allowed = np.zeros(n, dtype=np.int64)
+    propensity = np.full(n, np.nan)
+    samples = np.zeros(n, dtype=np.int64)
+    kparams = params.as_array()
+    thompson = params.mode == MODE_THOMPSON
+
+    def rows(a: int, b: int) -> None:
+        if thompson:
+            _thompson_batch(snapshot.mean_t, snapshot.factor_t, space.component_weight,
+                            space.kernel_components, space.combo_mask, kparams, contexts[a:b],
+                            component_masks[a:b], seeds[a:b], active[a:b], out_index[a:b],
+                            out_score[a:b], n_allowed[a:b], params.mc_array(),
+                            space.cell_components, space.group_start, space.cell_combo,
+                            space.nothing_combo, propensity[a:b], samples[a:b])
+        else:
+            _squarecb_batch(snapshot.mean_t, space.component_weight, space.kernel_components,
+                            space.combo_mask, kparams, contexts[a:b], component_masks[a:b],
+                            seeds[a:b], active[a:b], out_index[a:b], out_score[a:b],
+                            n_allowed[a:b])
+
+    parts = max(1, min(threads, n // MIN_ROWS_PER_THREAD))
+    if parts == 1:
+        rows(0, n)
+    else:
+        bounds = [n * p // parts for p in range(parts + 1)]
+        others = [_pool(parts - 1).submit(rows, bounds[p], bounds[p + 1])
+                  for p in range(1, parts)]
+        rows(bounds[0], bounds[1])
+        for other in others:
+            other.result()
+    if not thompson:
+        propensity = out_score[:, 0, 0].copy()
+    if (n_allowed[active.view(bool)] == 0).any():
+        raise ValueError("combo_mask, component_mask: no combination is allowed (every "
+                         "combination is masked by the campaign or the request's guardrails)")
+    return BatchChoices(top_k=out_index, scores=out_score, n_allowed=n_allowed,
+                        filled=np.minimum(n_allowed, top_k), propensity=propensity,
+                        propensity_samples=samples)
+
+
+# A part of a split batch has at least this many rows (a thread hand-off costs tens of µs).
+MIN_ROWS_PER_THREAD = 32
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the threads
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads for split batches (made on first use)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(workers, "nudge-policy-batch")
+        return pool
+
+
 def thompson_propensity(
     snapshot: PolicySnapshot,
     space: ActionSpace,
@@ -907,7 +1059,7 @@ _U64 = (1 << 64) - 1
 
 def _mc_seed(seed: int) -> int:
     """A separate stream for the Monte Carlo re-draws, derived from the decision's seed."""
-    mixed = (seed & _U64) ^ 0x5DEECE66DA3B1F27  # as int64(uint64(seed) ^ constant), in ints
+    mixed = (seed & _U64) ^ _MC_SEED_MIX  # as int64(uint64(seed) ^ constant), in ints
     return mixed - (1 << 64) if mixed >> 63 else mixed
 
 

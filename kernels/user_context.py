@@ -137,6 +137,43 @@ def _user_context(record, plan, clock, numbers, contact_times, buckets, offsets,
     return True
 
 
+@njit(
+    jit.void(
+        jit.u1_1d_ro, jit.i8_1d_ro, jit.i8_1d_ro, jit.f8_2d, jit.f8_2d, jit.f8_1d,
+        jit.i8_1d_ro, jit.i8_2d, jit.i8_1d_ro, jit.u1_1d_ro, jit.f8_1d_ro, jit.f8_1d_ro,
+        jit.f8_1d_ro, jit.f8_1d_ro, jit.f8_2d, jit.f8_2d, jit.u1_1d,
+    ),
+    **jit.NOGIL_NUMPY_ERRORS,
+)
+def _user_contexts(records, record_at, plan, clocks, numbers, contact_times, contact_at,
+                   buckets, offsets, log1p, mean, var, count, params, out_raw, out_x, out_ok):
+    """:func:`_user_context` for each row ``i`` of a chunk: the record
+    ``records[record_at[i]:record_at[i + 1]]`` (empty: no event stored), ``clocks[i]``,
+    ``numbers[i]``, the contact times ``contact_times[contact_at[i]:contact_at[i + 1]]`` and
+    ``buckets[i]`` into ``out_raw[i]``, ``out_x[i]`` and ``out_ok[i]``."""
+    for i in range(out_raw.shape[0]):
+        out_ok[i] = _user_context(
+            records[record_at[i]:record_at[i + 1]], plan, clocks[i], numbers[i],
+            contact_times[contact_at[i]:contact_at[i + 1]], buckets[i], offsets, log1p, mean,
+            var, count, params, out_raw[i], out_x[i])
+
+
+def user_contexts_trusted(
+    records: np.ndarray, record_at: np.ndarray, plan: np.ndarray, clocks: np.ndarray,
+    numbers: np.ndarray, contact_times: np.ndarray, contact_at: np.ndarray,
+    buckets: np.ndarray, offsets: np.ndarray, log1p: np.ndarray, mean: np.ndarray,
+    var: np.ndarray, count: np.ndarray, params: np.ndarray, out_raw: np.ndarray,
+    out_x: np.ndarray, out_ok: np.ndarray,
+) -> None:
+    """:func:`user_context_trusted` for a chunk of users in one call (DecideBatch): each
+    row bit for bit what the single call gives for that user (the batch kernel calls it).
+    Types as declared: the records' bytes concatenated (read-only) with their offsets
+    ``record_at[n + 1]``, the contact times likewise, per-user rows of ``clocks``,
+    ``numbers`` and ``buckets`` (writable, as the single kernel takes them)."""
+    _user_contexts(records, record_at, plan, clocks, numbers, contact_times, contact_at,
+                   buckets, offsets, log1p, mean, var, count, params, out_raw, out_x, out_ok)
+
+
 def user_context_trusted(
     record: np.ndarray, plan: np.ndarray, clock: np.ndarray, numbers: np.ndarray,
     contact_times: np.ndarray, buckets: np.ndarray, offsets: np.ndarray, log1p: np.ndarray,
