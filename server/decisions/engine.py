@@ -29,7 +29,7 @@ from nudge.kernels import contributions, policy
 from nudge.kernels.policy import MAX_TOP_K
 from nudge.server.decisions.campaign import Campaign, Message
 from nudge.server.decisions.early_counts import EarlyCounts
-from nudge.server.decisions.features import FeaturePlan, user_context
+from nudge.server.decisions.features import FeaturePlan, user_context, user_contexts
 from nudge.server.decisions.guardrails import (
     SUPPRESS_HOLDOUT,
     SUPPRESS_NOTHING_BEST,
@@ -37,6 +37,7 @@ from nudge.server.decisions.guardrails import (
     TRACE_PROPERTIES,
     Contact,
     GuardrailPlan,
+    GuardrailResult,
     LocalNow,
     apply_guardrails,
     local_now,
@@ -60,6 +61,12 @@ TOP_FEATURE_REASONS = 3
 UserRead = tuple[bytes | None, UserProfile | None, list[Contact]]
 # The same, and whether credit offers are withheld (DecideBatch reads both in one go).
 Prefetched = tuple[bytes | None, UserProfile | None, list[Contact], bool]
+# DecideBatch's policy call splits a run over this many threads (the kernel releases the
+# GIL; rows are independent, so the bits are the same however they are split). One: while
+# the kernel runs, the group commit stores the previous chunk's decisions on the other core,
+# and a second kernel thread only contended with it (in process, 20,000 users, load ~3:
+# 133 µs a user with one thread, 159 with two).
+BATCH_POLICY_THREADS = 1
 # Bounds the wait for the log's acknowledgement (the publish itself gives up sooner, with
 # UNAVAILABLE).
 LOG_DECISION_TIMEOUT_SECONDS = 10.0
@@ -149,6 +156,16 @@ class _IdPool:
         b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
         return b[:16].hex(), int.from_bytes(b[16:], "big") >> 1
 
+    def take_many(self, n: int) -> list[tuple[str, int]]:
+        """``n`` of :meth:`take` (DecideBatch), from fresh random bytes read at once and cut
+        with NumPy: the same layout, version and variant bits, and seeds."""
+        raw = np.frombuffer(os.urandom(_ID_BYTES * n), np.uint8).reshape(n, _ID_BYTES).copy()
+        raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+        raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+        hexes = raw[:, :16].tobytes().hex()
+        seeds = (np.ascontiguousarray(raw[:, 16:]).view(">u8")[:, 0] >> np.uint64(1)).tolist()
+        return [(hexes[32 * i : 32 * i + 32], seeds[i]) for i in range(n)]
+
 
 _ID_POOL = _IdPool()
 
@@ -196,6 +213,25 @@ class DecisionOutcome:
     suppressed_reason: str
     reasons: list[tuple[str, str, float]]
     model_version: str
+
+
+def _settings(request: DecideInput) -> tuple[Any, ...]:
+    """What a run of :meth:`DecisionEngine.decide_many` must share besides the users."""
+    r = request
+    return (r.campaign, r.time, r.top_k, r.numbers, r.strings, r.dry_run, r.send_until,
+            r.explain)
+
+
+def _unfillable(campaign: Campaign, properties: dict[str, Any]) -> str:
+    """Why no message of ``campaign`` can be filled from ``properties``."""
+    needs = "; ".join(
+        f"{m.name} needs {[p for p in m.properties if p not in properties]}"
+        if any(p not in properties for p in m.properties)
+        else f"{m.name} cannot format {list(m.properties)} with the values given"
+        for m in campaign.messages
+    )
+    return (f"campaign {campaign.name}: no message can be filled from the request or the "
+            f"user's events ({needs})")
 
 
 class DecisionEngine:
@@ -265,47 +301,169 @@ class DecisionEngine:
         return self.cache.get(name)
 
     def decide_many(self, requests: list[DecideInput]) -> list[DecisionOutcome]:
-        """Decide for many users (DecideBatch): each exactly as :meth:`decide` would, with
-        the users' state read in one read transaction instead of one each. A user named
-        again in the same call is read again after the first decision, so it sees the
-        contacts that decision planned, as back-to-back Decides would."""
-        if not requests:
-            return []
-        first: dict[str, int] = {}
-        for i, r in enumerate(requests):
-            first.setdefault(r.user_id, i)
-        read = self._read_users([requests[i] for i in first.values()])
-        clocks: dict[tuple[float, str], LocalNow] = {}
-        out = []
-        # Cluster mode: the chunk's decision records go to the log at once and are waited
-        # for together (one replication round trip a chunk, not one a user).
-        logged: list[Future[Any]] = []
+        """Decide for many users (DecideBatch): each exactly as :meth:`decide` would (same
+        ids, choices, propensities and records), a run of distinct users sharing one
+        request's settings at a time (:meth:`_decide_together`). A user named again is
+        decided in the next run, read after the first decision, so it sees the contacts
+        that decision planned, as back-to-back Decides would."""
+        out: list[DecisionOutcome] = []
+        start = 0
+        while start < len(requests):
+            first = requests[start]
+            same = _settings(first)
+            seen: set[str] = set()
+            end = start
+            while (end < len(requests) and requests[end].user_id not in seen
+                   and _settings(requests[end]) == same):
+                seen.add(requests[end].user_id)
+                end += 1
+            out += self._decide_together(requests[start:end])
+            start = end
+        return out
+
+    def _decide_together(self, requests: list[DecideInput]) -> list[DecisionOutcome]:
+        """:meth:`decide` for distinct users with the same settings, in stages over the
+        whole run instead of the whole path per user: the users read in one transaction,
+        guardrails and ids per user (in order, so a seeded engine draws what back-to-back
+        Decides draw), every context in one kernel call, every policy decision in one
+        (releasing the GIL), then the records and replies, and the decisions handed to the
+        flush under one lock. Each step is the single path's, so each decision is the
+        same bits (tests/server/decisions/test_decide_batch.py holds a batch against
+        Decides on a twin server)."""
+        r0 = requests[0]
+        model, campaign, plan = self._model_plan(r0.campaign)
+        now = r0.time
+        top_k = max(1, r0.top_k)
+        if top_k > MAX_TOP_K:
+            raise InvalidArgument("top_k", f"must be at most {MAX_TOP_K}")
+        read = self._read_users(requests, plan.reads_contacts)
+        # Per zone: its clock at ``now`` and the send-time slots' instants (one reading for
+        # the whole run, as every user is decided at the same instant).
+        clocks: dict[str, tuple[LocalNow, list[float]]] = {}
+        n = len(requests)
+        out: list[DecisionOutcome | None] = [None] * n
+        # Per decided user (not refused for missing properties), in order: its index, the
+        # guardrails' result, properties and texts, contacts, and ids.
+        kept: list[int] = []
+        guards: list[GuardrailResult] = []
+        filled: list[tuple[dict[str, Any], dict[str, str]]] = []
+        contact_lists: list[list[Contact]] = []
+        hours: list[float] = []
+        states: list[bytes | None] = []
         for i, request in enumerate(requests):
-            user = read.pop(request.user_id) if first[request.user_id] == i else None
-            try:
-                out.append(self.decide(request, None, user, clocks, logged))
-            except InvalidArgument as exc:
-                if exc.field != "numbers/strings":
-                    raise
+            state, profile, contacts, credit_blocked = read[i]
+            tz = profile.tz if profile is not None else "UTC"
+            properties, texts, renderable = self._texts(plan, profile, request)
+            consents = ({c: g for c, (g, _) in profile.consents.items()}
+                        if profile and plan.reads_consents else {})
+            zone = clocks.get(tz)
+            if zone is None:
+                when = local_now(now, tz)
+                zone = clocks[tz] = (when, plan.guard.send_times(when))
+            when, send_at = zone
+            guard = apply_guardrails(plan.guard, request.user_id, when, consents, contacts,
+                                     renderable, credit_blocked, request.send_until,
+                                     list(send_at))
+            if guard.suppressed == SUPPRESS_PROPERTIES:
                 # Decide would refuse this one user (no message can be filled): in a batch
                 # the others go on, and this user gets no decision (nothing is logged).
-                out.append(DecisionOutcome(
+                out[i] = DecisionOutcome(
                     decision_id="", actions=[], propensity=1.0, propensity_samples=0,
                     holdout=False, suppressed_reason=SUPPRESS_PROPERTIES,
-                    reasons=[(TRACE_PROPERTIES, exc.rule, 0.0)],
-                    model_version=self.campaign_model(request.campaign).version,
-                ))
+                    reasons=[(TRACE_PROPERTIES, _unfillable(campaign, properties), 0.0)],
+                    model_version=model.version)
+                continue
+            kept.append(i)
+            guards.append(guard)
+            filled.append((properties, texts))
+            contact_lists.append(contacts)
+            hours.append(when.hour)
+            states.append(state)
+        if not kept:
+            return [o for o in out if o is not None]
+        ids = self._new_ids_many(len(kept))
+        features = plan.features
+        raw, x = user_contexts(
+            features, model.stats, states, self.store.type_slots, now, hours, r0.numbers,
+            r0.strings, self.half_life_seconds,
+            [[c.time for c in cs] for cs in contact_lists]
+            if features.contacts is not None else None,
+            [self._early_counts.of(requests[i].user_id) for i in kept]
+            if features.reached else None)
+        x.flags.writeable = False
+        active = np.frombuffer(bytes(not g.suppressed for g in guards), np.uint8)
+        choices = None
+        if active.any():
+            masks = np.frombuffer(b"".join(g.component_mask.tobytes() for g in guards),
+                                  np.uint8).reshape(len(kept), -1)
+            seeds = np.fromiter((seed for _, seed in ids), np.int64, len(ids))
+            choices = policy.decide_batch_trusted(
+                model.snapshot, campaign.space, x, seeds, masks, active, top_k + 1,
+                model.policy_params, BATCH_POLICY_THREADS)
+        logged: list[Future[Any]] = []
+        decided: list[tuple[DecisionRecord, list[Contact]]] = []
+        nothing = campaign.nothing_combo
+        schedules: dict[tuple[str, float, float], list[float]] = {}
+        for row, i in enumerate(kept):
+            request = requests[i]
+            guard = guards[row]
+            decision_id, seed = ids[row]
+            properties, texts = filled[row]
+            reasons: list[tuple[str, str, float]] = [(c, d, 0.0) for c, d in guard.trace]
+            record = DecisionRecord(
+                decision_id=decision_id, user_id=request.user_id, campaign=campaign.name,
+                time=now, model_version=model.version, seed=0, x=x[row], raw=raw[row],
+                choice=campaign.nothing_combo, top=[], propensity=1.0, propensity_samples=0,
+                holdout=guard.suppressed == SUPPRESS_HOLDOUT, suppressed=guard.suppressed,
+                trace=guard.trace, window_end=now + campaign.goal.window_seconds,
+            )
+            actions: list[ActionOut] = []
+            if guard.suppressed or choices is None:
+                record.learn = False
+                if not record.holdout:
+                    record.status = "final"
+            else:
+                k = int(choices.filled[row])
+                top = choices.top_k[row, :k].tolist()
+                means = choices.scores[row, 1, :k].tolist()
+                record.seed = seed
+                record.choice = top[0]
+                record.top = top
+                record.propensity = float(choices.propensity[row])
+                record.propensity_samples = int(choices.propensity_samples[row])
+                if top[0] == nothing:
+                    record.suppressed = SUPPRESS_NOTHING_BEST
+                else:
+                    for combo, score in zip(top, means, strict=True):
+                        if combo != nothing and len(actions) < top_k:
+                            actions.append(self._action(plan, combo, score, guard.send_at,
+                                                        properties, texts))
+                    if request.explain:
+                        reasons = self._feature_reasons(model, plan, x[row], top[0]) + reasons
+                record.actions = [a.__dict__ for a in actions]
+            if not request.dry_run:
+                planned = self._planned(plan, campaign, record, actions, request.send_until,
+                                        schedules)
+                decided.append((record, planned))
+                if self.log_decision is not None:
+                    logged.append(self.log_decision(record, planned))
+            out[i] = DecisionOutcome(
+                decision_id=decision_id, actions=actions, propensity=record.propensity,
+                propensity_samples=record.propensity_samples, holdout=record.holdout,
+                suppressed_reason=record.suppressed, reasons=reasons,
+                model_version=model.version)
+        if decided:
+            self.pending.add_many(decided)
+        # Cluster mode: the run's records went to the log at once and are waited for
+        # together (one replication round trip a run, not one a user).
         for future in logged:
             future.result(LOG_DECISION_TIMEOUT_SECONDS)
-        return out
+        return [o for o in out if o is not None]
 
     def decide(
         self,
         request: DecideInput,
         after_reply: Callable[[Callable[[], None]], bool] | None = None,
-        user: Prefetched | None = None,
-        clocks: dict[tuple[float, str], LocalNow] | None = None,
-        logged: list[Future[Any]] | None = None,
     ) -> DecisionOutcome:
         """Decide for one user now. Every step runs between gRPC calls that evict the CPU
         caches, so campaign-derived work lives in CampaignPlan, kernels are called through
@@ -315,70 +473,25 @@ class DecisionEngine:
         ``after_reply(fn)`` runs ``fn`` once the reply has been sent, or returns False if it
         cannot (the servicer passes grpc's ``context.add_callback``): the flusher is woken
         then, not mid-request, where it would take the GIL from the reply."""
-        model = self.campaign_model(request.campaign)
-        campaign = model.campaign
-        plan = self._plans.get(campaign.name)
-        if plan is None or plan.campaign is not campaign:  # a reload swapped them meanwhile
-            model = self.campaign_model(request.campaign)
-            campaign = model.campaign
-            plan = CampaignPlan(model)
+        model, campaign, plan = self._model_plan(request.campaign)
         now = request.time
         top_k = max(1, request.top_k)
         if top_k > MAX_TOP_K:
             raise InvalidArgument("top_k", f"must be at most {MAX_TOP_K}")
         user_id = request.user_id
-        if user is not None:
-            state, profile, contacts, credit_blocked = user
-        else:
-            state, profile, contacts = self._read_user(user_id, now, plan.reads_contacts)
-            credit_blocked = None
+        state, profile, contacts = self._read_user(user_id, now, plan.reads_contacts)
         tz = profile.tz if profile is not None else "UTC"
-        properties: dict[str, Any]
-        texts: dict[str, str]
-        if plan.fixed_texts is not None:  # no template reads a property
-            properties, texts, renderable = {}, plan.fixed_texts, plan.all_renderable
-        else:
-            properties = profile.properties() if profile is not None else {}
-            properties.update(request.numbers)
-            properties.update(request.strings)
-            known = properties.keys()
-            # Present is not enough: a value of the wrong kind ("lots" for {amount:,.0f})
-            # cannot fill the template, so that message is masked for this user.
-            # The texts filled here are the actions' texts (by message name).
-            texts = {}
-            renderable = []
-            for wanted, m in zip(plan.message_needs, campaign.messages, strict=True):
-                if not wanted:
-                    renderable.append(True)
-                elif known >= wanted and (text := m.text_or_none(properties)) is not None:
-                    texts[m.name] = text
-                    renderable.append(True)
-                else:
-                    renderable.append(False)
+        properties, texts, renderable = self._texts(plan, profile, request)
         consents = ({c: g for c, (g, _) in profile.consents.items()}
                     if profile and plan.reads_consents else {})
-        if clocks is None:
-            when = local_now(now, tz)
-        else:  # a batch: one reading of each zone's clock per instant
-            when = clocks.get((now, tz)) or clocks.setdefault((now, tz), local_now(now, tz))
-        if credit_blocked is None:
-            credit_blocked = self.risk.recently_anomalous(user_id, now)
+        when = local_now(now, tz)
+        credit_blocked = self.risk.recently_anomalous(user_id, now)
         guard = apply_guardrails(
             plan.guard, user_id, when, consents, contacts, renderable, credit_blocked,
             request.send_until,
         )
         if guard.suppressed == SUPPRESS_PROPERTIES:
-            needs = "; ".join(
-                f"{m.name} needs {[p for p in m.properties if p not in properties]}"
-                if any(p not in properties for p in m.properties)
-                else f"{m.name} cannot format {list(m.properties)} with the values given"
-                for m in campaign.messages
-            )
-            raise InvalidArgument(
-                "numbers/strings",
-                f"campaign {campaign.name}: no message can be filled from the request or the "
-                f"user's events ({needs})",
-            )
+            raise InvalidArgument("numbers/strings", _unfillable(campaign, properties))
         decision_id, seed = self._new_ids()
         raw, x = user_context(
             plan.features, model.stats, state, self.store.type_slots, now, when.hour,
@@ -426,28 +539,10 @@ class DecisionEngine:
                     reasons = self._feature_reasons(model, plan, x, choice.choice) + reasons
             record.actions = [a.__dict__ for a in actions]
         if not request.dry_run:
-            planned: list[Contact] = []
-            if actions:
-                # Every message the frequency sends within the goal window counts against
-                # caps and contact pressure, not only the first: a "twice" on e-mail is two
-                # e-mails.
-                first = actions[0]
-                until = record.window_end
-                if request.send_until is not None:
-                    until = min(until, request.send_until)
-                # The first message goes out even past the goal window (a late slot).
-                times = plan.frequencies[first.frequency].send_times(
-                    first.send_at, max(until, first.send_at))
-                planned = [Contact(at, first.channel, campaign.name, decision_id)
-                           for at in times]
-                record.messages = len(times)
+            planned = self._planned(plan, campaign, record, actions, request.send_until)
             self.pending.add(record, planned, after_reply)
             if self.log_decision is not None:
-                future = self.log_decision(record, planned)
-                if logged is None:
-                    future.result(LOG_DECISION_TIMEOUT_SECONDS)
-                else:  # a batch waits for its chunk's records together
-                    logged.append(future)
+                self.log_decision(record, planned).result(LOG_DECISION_TIMEOUT_SECONDS)
         return DecisionOutcome(
             decision_id=decision_id,
             actions=actions,
@@ -458,6 +553,76 @@ class DecisionEngine:
             reasons=reasons,
             model_version=model.version,
         )
+
+    def _model_plan(self, name: str) -> tuple[CampaignModel, Campaign, CampaignPlan]:
+        """The campaign's current model, the campaign and its plan (consistent)."""
+        model = self.campaign_model(name)
+        campaign = model.campaign
+        plan = self._plans.get(campaign.name)
+        if plan is None or plan.campaign is not campaign:  # a reload swapped them meanwhile
+            model = self.campaign_model(name)
+            campaign = model.campaign
+            plan = CampaignPlan(model)
+        return model, campaign, plan
+
+    @staticmethod
+    def _texts(plan: CampaignPlan, profile: UserProfile | None, request: DecideInput
+               ) -> tuple[dict[str, Any], dict[str, str], list[bool]]:
+        """The properties the templates see, the texts filled (by message name) and which
+        messages can be filled for this user and request."""
+        if plan.fixed_texts is not None:  # no template reads a property
+            return {}, plan.fixed_texts, plan.all_renderable
+        properties = profile.properties() if profile is not None else {}
+        properties.update(request.numbers)
+        properties.update(request.strings)
+        known = properties.keys()
+        # Present is not enough: a value of the wrong kind ("lots" for {amount:,.0f})
+        # cannot fill the template, so that message is masked for this user.
+        # The texts filled here are the actions' texts (by message name).
+        texts: dict[str, str] = {}
+        renderable = []
+        for wanted, m in zip(plan.message_needs, plan.campaign.messages, strict=True):
+            if not wanted:
+                renderable.append(True)
+            elif known >= wanted and (text := m.text_or_none(properties)) is not None:
+                texts[m.name] = text
+                renderable.append(True)
+            else:
+                renderable.append(False)
+        return properties, texts, renderable
+
+    @staticmethod
+    def _planned(plan: CampaignPlan, campaign: Campaign, record: DecisionRecord,
+                 actions: list[ActionOut], send_until: float | None,
+                 schedules: dict[tuple[str, float, float], list[float]] | None = None,
+                 ) -> list[Contact]:
+        """The contacts a decision plans (setting ``record.messages``): every message the
+        frequency sends within the goal window counts against caps and contact pressure,
+        not only the first (a "twice" on e-mail is two e-mails). ``schedules`` remembers
+        each (frequency, first send, until)'s times across a DecideBatch run."""
+        if not actions:
+            return []
+        first = actions[0]
+        until = record.window_end
+        if send_until is not None:
+            until = min(until, send_until)
+        # The first message goes out even past the goal window (a late slot).
+        key = (first.frequency, first.send_at, max(until, first.send_at))
+        times = None if schedules is None else schedules.get(key)
+        if times is None:
+            times = plan.frequencies[first.frequency].send_times(key[1], key[2])
+            if schedules is not None:
+                schedules[key] = times
+        record.messages = len(times)
+        return [Contact(at, first.channel, campaign.name, record.decision_id) for at in times]
+
+    def _new_ids_many(self, n: int) -> list[tuple[str, int]]:
+        """``n`` of :meth:`_new_ids`, in order (a seeded engine draws the same sequence)."""
+        if self._random is None:
+            return _ID_POOL.take_many(n)
+        with self._random_lock:
+            bits = self._random.getrandbits
+            return [(f"{bits(128):032x}", bits(63)) for _ in range(n)]
 
     def _read_user(self, user_id: str, now: float, contacts: bool = True) -> UserRead:
         """The user's state record (as float64s; None if no event was ever stored), profile
@@ -472,15 +637,18 @@ class DecisionEngine:
         with self.store.read() as txn:
             return self._user_in(txn, user_id, now, pending)
 
-    def _read_users(self, requests: list[DecideInput]) -> dict[str, Prefetched]:
-        """:meth:`_read_user` for many users (distinct ids) in one read transaction, and
-        whether recent activity looks anomalous (read in the same transaction)."""
-        pending = [self.pending.contacts(r.user_id) for r in requests]
+    def _read_users(self, requests: list[DecideInput], contacts: bool) -> list[Prefetched]:
+        """:meth:`_read_user` for many users in one read transaction, and whether recent
+        activity looks anomalous (read in the same transaction); no contacts read unless
+        ``contacts`` (the campaign has no use for them)."""
+        pending: list[list[Contact] | None] = (
+            [self.pending.contacts(r.user_id) for r in requests] if contacts
+            else [None] * len(requests))
         anomalous = self.risk.recently_anomalous_in
+        user_in = self._user_in
         with self.store.read() as txn:
-            return {r.user_id: (*self._user_in(txn, r.user_id, r.time, p),
-                                anomalous(txn, r.user_id, r.time))
-                    for r, p in zip(requests, pending, strict=True)}
+            return [(*user_in(txn, r.user_id, r.time, p), anomalous(txn, r.user_id, r.time))
+                    for r, p in zip(requests, pending, strict=True)]
 
     def _user_in(
         self, txn: lmdb.Transaction, user_id: str, now: float, pending: list[Contact] | None

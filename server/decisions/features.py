@@ -159,6 +159,75 @@ def user_context(
     return raw, x
 
 
+def user_contexts(
+    plan: FeaturePlan,
+    stats: ContextStats,
+    records: Sequence[bytes | None],
+    type_slots: Mapping[str, int],
+    now: float,
+    local_hours: Sequence[float],
+    numbers: Mapping[str, float],
+    strings: Mapping[str, str],
+    half_life_seconds: float,
+    contact_times: Sequence[Sequence[float]] | None = None,
+    early_counts: Sequence[EarlyCount | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw[n, m], x[n, d])``: :func:`user_context` for ``n`` users decided at the same
+    ``now`` with the same request (DecideBatch), row ``i`` from ``records[i]``,
+    ``local_hours[i]``, ``contact_times[i]`` and ``early_counts[i]``, in one kernel call over
+    the chunk; each row bit for bit the single call's. Raises ValueError as it does."""
+    nan = math.nan
+    n = len(records)
+    shared = np.fromiter(map(numbers.get, plan.number_names, repeat(nan)), np.float64,
+                         len(plan.number_names))
+    if plan.reached:
+        rows = np.empty((n, len(shared) + len(plan.reached)))
+        rows[:, :len(shared)] = shared
+        for i, record in enumerate(records):
+            if record is None:
+                rows[i, len(shared):] = 0.0  # no events yet: nothing reached
+                continue
+            floats = decode_record(record)
+            counts = early_counts[i] if early_counts is not None else None
+            rows[i, len(shared):] = [reached_flag(floats, type_slots.get(t), t, k, hours, counts)
+                                     for t, k, hours, _ in plan.reached]
+    else:
+        rows = np.empty((n, len(shared)))
+        rows[:] = shared
+    at = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum([0 if r is None else len(r) for r in records], out=at[1:])
+    flat = np.frombuffer(b"".join(r for r in records if r is not None), np.uint8)
+    if contact_times is not None and plan.contacts is not None:
+        contact_at = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(t) for t in contact_times], out=contact_at[1:])
+        times = np.array([t for ts in contact_times for t in ts], dtype=np.float64)
+    else:
+        contact_at, times = np.zeros(n + 1, dtype=np.int64), _NO_TIMES
+    buckets = np.empty((n, len(plan.strings)), dtype=np.int64)
+    if plan.strings:
+        buckets[:] = [plan.bucket(full, strings[name], k) if name in strings else -1
+                      for name, full, k in plan.strings]
+    clocks = np.empty((n, 3))
+    clocks[:, 0] = now
+    clocks[:, 1] = local_hours
+    clocks[:, 2] = half_life_seconds
+    raw = np.empty((n, plan.n_numeric))
+    x = np.empty((n, plan.n_features))
+    ok = np.empty(n, dtype=np.uint8)
+    uc.user_contexts_trusted(
+        _readonly(flat), _readonly(at), plan.kernel_plan(type_slots), clocks, rows, times,
+        _readonly(contact_at), buckets, plan.offsets, plan.log1p, stats.mean, stats.var,
+        stats.count, _CONTEXT_PARAMS, raw, x, ok)
+    if not ok.all():
+        raise ValueError("raw: must not contain inf (use NaN for a missing value)")
+    return raw, x
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
 def raw_features(
     plan: FeaturePlan,
     record: Sequence[float] | None,

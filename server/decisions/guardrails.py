@@ -237,11 +237,16 @@ def apply_guardrails(
     renderable: list[bool],
     credit_blocked: bool,
     send_until: float | None = None,
+    send_at: list[float] | None = None,
 ) -> GuardrailResult:
+    """The campaign's guardrails for this user at ``now``; ``send_at`` is
+    ``plan.send_times(now)`` when the caller has it already (DecideBatch: one per zone for
+    the whole batch)."""
     campaign = plan.campaign
     g = campaign.guardrails
     mask = bytearray(plan.all_allowed)
-    result = GuardrailResult(np.frombuffer(mask, dtype=np.uint8), plan.send_times(now), [])
+    result = GuardrailResult(np.frombuffer(mask, dtype=np.uint8),
+                             plan.send_times(now) if send_at is None else send_at, [])
     trace = result.trace
     if in_holdout(campaign.name, user_id, g.holdout):
         result.suppressed = SUPPRESS_HOLDOUT

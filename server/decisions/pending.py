@@ -58,6 +58,17 @@ class PendingDecisions:
         if wake and after_reply is not None and not after_reply(self._write_behind.wake):
             self._write_behind.wake()
 
+    def add_many(self, decided: list[tuple[DecisionRecord, list[Contact]]]) -> None:
+        """:meth:`add` for a run of decisions (DecideBatch) under one lock; the flusher is
+        woken once."""
+        records, by_user = self._records, self._contacts
+        with self._lock:
+            for record, contacts in decided:
+                records[record.decision_id] = record
+                if contacts:
+                    by_user.setdefault(record.user_id, []).extend(contacts)
+            self._write_behind.request(wake=True)
+
     def contacts(self, user_id: str) -> list[Contact]:
         """The user's contacts not yet stored (a copy)."""
         with self._lock:
@@ -86,22 +97,19 @@ class PendingDecisions:
             records = dict(self._records)
             contacts = {u: list(c) for u, c in self._contacts.items()}
         dbs = self.store.dbs
-        for decision_id, record in records.items():
-            if record.status == "open":
-                # Settled since this copy was taken (maybe earlier in this very commit, by a
-                # goal event or ReportOutcome): a stale open copy must never reopen it.
-                current = decision_table.get(txn, dbs, decision_id)
-                if current is not None and current.status != "open":
-                    continue
-            decision_table.put(txn, dbs, record)
-            if record.status == "open":
-                open_decisions.add(txn, dbs, record.user_id, decision_id)
-                deadlines.add(txn, dbs, record.window_end, decision_id)
-        for user_id, new in contacts.items():
-            contact_table.add(
-                txn, dbs, user_id,
-                ((c.time, c.channel, c.campaign, c.decision_id) for c in new), CONTACT_MEMORY,
-            )
+        # In bulk, each table's keys in order in one cursor call: a DecideBatch leaves tens
+        # of thousands here per flush (an open copy already settled in the store is not
+        # written back: decisions.put_new).
+        pending = list(records.values())
+        stored = decision_table.put_new(txn, dbs, pending)
+        opened = [r for r, s in zip(pending, stored, strict=True) if s and r.status == "open"]
+        if opened:
+            open_decisions.add_many(txn, dbs, [(r.user_id, r.decision_id) for r in opened])
+            deadlines.add_many(txn, dbs, [(r.window_end, r.decision_id) for r in opened])
+        if contacts:
+            contact_table.add_many(
+                txn, dbs, {u: [(c.time, c.channel, c.campaign, c.decision_id) for c in new]
+                           for u, new in contacts.items()}, CONTACT_MEMORY)
         return records, contacts
 
     def stored(self, written: Written) -> None:

@@ -28,6 +28,11 @@ def add(txn: lmdb.Transaction, dbs: Dbs, window_end: float, decision: str) -> No
     txn.put(key(window_end, decision), b"", db=dbs[NAME])
 
 
+def add_many(txn: lmdb.Transaction, dbs: Dbs, deadlines: list[tuple[float, str]]) -> None:
+    """:func:`add` for many (window end, decision id) pairs, in key order in one call."""
+    txn.cursor(db=dbs[NAME]).putmulti(sorted((key(w, d), b"") for w, d in deadlines))
+
+
 def remove(txn: lmdb.Transaction, dbs: Dbs, window_end: float, decision: str) -> None:
     txn.delete(key(window_end, decision), db=dbs[NAME])
 

@@ -73,6 +73,23 @@ def put(txn: lmdb.Transaction, dbs: Dbs, record: DecisionRecord) -> None:
     txn.put(record.decision_id.encode(), record.to_bytes(), db=dbs[NAME])
 
 
+def put_new(txn: lmdb.Transaction, dbs: Dbs, records: list[DecisionRecord]) -> list[bool]:
+    """Store decisions made since the last commit (the decision flush), in key order in one
+    cursor call, except an open one whose stored copy is already settled (a goal or
+    ReportOutcome settled it, maybe earlier in this very commit): a stale open copy must
+    never reopen it. Returns, per record, whether it was stored."""
+    cursor = txn.cursor(db=dbs[NAME])
+    keys = [r.decision_id.encode() for r in records]
+    open_keys = sorted(k for k, r in zip(keys, records, strict=True) if r.status == "open")
+    settled = {bytes(k) for k, raw in cursor.getmulti(open_keys)
+               if orjson.loads(raw)["status"] != "open"} if open_keys else set()
+    stored = [not (r.status == "open" and k in settled)
+              for k, r in zip(keys, records, strict=True)]
+    cursor.putmulti(sorted((k, r.to_bytes())
+                           for k, r, s in zip(keys, records, stored, strict=True) if s))
+    return stored
+
+
 def stored_fields(txn: lmdb.Transaction, dbs: Dbs) -> Iterator[dict[str, Any]]:
     """Every stored record as its JSON fields (readers that want no dataclass)."""
     for _, raw in txn.cursor(db=dbs[NAME]):

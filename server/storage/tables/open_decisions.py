@@ -22,6 +22,11 @@ def add(txn: lmdb.Transaction, dbs: Dbs, user_id: str, decision_id: str) -> None
     txn.put(key(user_id, decision_id), b"", db=dbs[NAME])
 
 
+def add_many(txn: lmdb.Transaction, dbs: Dbs, pairs: list[tuple[str, str]]) -> None:
+    """:func:`add` for many (user id, decision id) pairs, in key order in one call."""
+    txn.cursor(db=dbs[NAME]).putmulti(sorted((key(u, d), b"") for u, d in pairs))
+
+
 def remove(txn: lmdb.Transaction, dbs: Dbs, user_id: str, decision_id: str) -> None:
     txn.delete(key(user_id, decision_id), db=dbs[NAME])
 

@@ -4,6 +4,7 @@ request strings hashed or by a known vocabulary."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from nudge.server.decisions.features import (
     context_layout,
     raw_features,
     user_context,
+    user_contexts,
 )
 from nudge.server.storage.tables.users import decode_record, encode_record
 
@@ -157,3 +159,60 @@ def test_user_context_refuses_an_infinite_value_as_raw_features_does() -> None:
         raw_features(plan, decode_record(stored), {}, NOW, 1.0, {}, {}, 86_400.0)
     with pytest.raises(ValueError, match="must not contain inf"):
         user_context(plan, ctx.initial_stats(layout), stored, {}, NOW, 1.0, {}, {}, 86_400.0)
+
+
+def _early_count(count: float) -> Callable[[str, int], float]:
+    """A user's insights-summary count (the same for every type and hour)."""
+    return lambda _type, _hour: count
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_user_contexts_for_a_chunk_are_each_users_single_call(seed: int) -> None:
+    """DecideBatch's one call over a chunk against the single-user call per user, bit for
+    bit: records sparse, dense and absent, contact times per user, "reached" flags (settled
+    per user from the record, or by the user's own summary counts), shared request numbers
+    and strings."""
+    rng = np.random.default_rng(seed)
+    reached = ('contact_pressure = true\nreached = [{ event = "app_opened", at_least = 2, '
+               'within_days = 7 }, { event = "pix_sent", at_least = 1, within_days = 30 }]')
+    text = (SHIPPED.replace("contact_pressure = false", reached)
+            .replace("numbers = []", 'numbers = ["balance", "score", "age"]')
+            .replace("strings = {}", 'strings = { segment = ["borrower", "saver"], device = 4 }'))
+    campaign = parse_campaign(text, "c.toml")
+    layout = context_layout(campaign)
+    plan = FeaturePlan(campaign, layout)
+    names = list(campaign.context.event_types)
+    for _ in range(10):
+        type_slots = {t: int(s) for t, s in zip(names, rng.permutation(64), strict=False)
+                      if rng.random() < 0.7}
+        stats = ctx.update_stats(layout, ctx.initial_stats(layout),
+                                 rng.normal(size=(3, layout.n_numeric)) * 5.0)
+        n = int(rng.integers(1, 40))
+        stored = [None if rng.random() < 0.3 else encode_record(_random_record(rng))
+                  for _ in range(n)]
+        numbers = {k: float(rng.normal() * 100.0) for k in campaign.context.numbers
+                   if rng.random() < 0.7}
+        strings = {"segment": "saver", "device": "ios"} if rng.random() < 0.5 else {}
+        hours = (rng.random(n) * 24.0).tolist()
+        times = [list(NOW + rng.normal(size=int(rng.integers(0, 4))) * 5 * 86_400.0)
+                 for _ in range(n)]
+        counts = [None if rng.random() < 0.5 else _early_count(float(rng.integers(0, 4)))
+                  for _ in range(n)]
+        raw, x = user_contexts(plan, stats, stored, type_slots, NOW, hours, numbers, strings,
+                               86_400.0, times, counts)
+        for i in range(n):
+            want_raw, want_x = user_context(plan, stats, stored[i], type_slots, NOW, hours[i],
+                                            numbers, strings, 86_400.0, times[i], counts[i])
+            assert raw[i].tobytes() == want_raw.tobytes()
+            assert x[i].tobytes() == want_x.tobytes()
+
+
+def test_user_contexts_refuse_an_infinite_value_as_the_single_call_does() -> None:
+    campaign = _campaign(False)
+    layout = context_layout(campaign)
+    plan = FeaturePlan(campaign, layout)
+    record = np.zeros(user_state.RECORD_LEN)
+    record[user_state.S_EVENT_COUNT] = math.inf
+    with pytest.raises(ValueError, match="must not contain inf"):
+        user_contexts(plan, ctx.initial_stats(layout), [None, encode_record(record)], {},
+                      NOW, [1.0, 2.0], {}, {}, 86_400.0)
