@@ -340,6 +340,8 @@ class DecisionEngine:
         # Per zone: its clock at ``now`` and the send-time slots' instants (one reading for
         # the whole run, as every user is decided at the same instant).
         clocks: dict[str, tuple[LocalNow, list[float]]] = {}
+        inert = plan.guard.inert
+        all_allowed = np.frombuffer(plan.guard.all_allowed, np.uint8)
         n = len(requests)
         out: list[DecisionOutcome | None] = [None] * n
         # Per decided user (not refused for missing properties), in order: its index, the
@@ -361,9 +363,13 @@ class DecisionEngine:
                 when = local_now(now, tz)
                 zone = clocks[tz] = (when, plan.guard.send_times(when))
             when, send_at = zone
-            guard = apply_guardrails(plan.guard, request.user_id, when, consents, contacts,
-                                     renderable, credit_blocked, request.send_until,
-                                     list(send_at))
+            if (inert and not credit_blocked and request.send_until is None
+                    and all(renderable)):
+                guard = GuardrailResult(all_allowed, list(send_at), [])  # as the call gives
+            else:
+                guard = apply_guardrails(plan.guard, request.user_id, when, consents, contacts,
+                                         renderable, credit_blocked, request.send_until,
+                                         list(send_at))
             if guard.suppressed == SUPPRESS_PROPERTIES:
                 # Decide would refuse this one user (no message can be filled): in a batch
                 # the others go on, and this user gets no decision (nothing is logged).

@@ -146,6 +146,11 @@ class GuardrailPlan:
         ids = campaign.dimension_ids
         self.campaign = campaign
         self.all_allowed = b"\x01" * campaign.n_components
+        # No guardrail reads the user, the clock or the contacts (no holdout, consent, quiet
+        # hours or caps): only missing properties, the risk flag and a journey's window can
+        # mask, so a user with none of them gets every component allowed and an empty trace
+        # (DecideBatch skips the call for such users).
+        self.inert = g.holdout <= 0 and not g.consent and g.quiet_hours is None and g.caps is None
         self.holdout_trace = (
             TRACE_HOLDOUT, f"user is in the {g.holdout:.0%} holdout of {campaign.name}"
         )

@@ -63,13 +63,23 @@ def fields(d: pb.DecideResponse | pb.BatchDecision) -> tuple:
             [(r.code, r.detail, r.weight) for r in d.reasons])
 
 
+# The campaign with none of the guardrails that read the user (DecideBatch's shortcut for
+# users nothing can mask: every component allowed, an empty trace).
+INERT_TOML = (DEFAULT_TOML.replace("consent = true", "consent = false")
+              .replace('quiet_hours = { start = "21:00", end = "08:00" }\n', "")
+              .replace("holdout = 0.05", "holdout = 0.0")
+              .replace("[guardrails.caps]\nper_channel_day = 1\nper_channel_week = 3\n"
+                       "all_channels_day = 2\nall_channels_week = 5\n", ""))
+
+
 # 4 per message: no user twice in a message; 10: u1 and u0 again in the same message (the
 # engine decides them in a second run, after the first decisions' contacts are pending).
-@pytest.mark.parametrize("per_message", [4, 10])
-def test_a_batch_decides_and_logs_each_user_as_decide_would(start: Start,
-                                                            per_message: int) -> None:
-    one_srv, one, one_clock = start("one")
-    batch_srv, batch, batch_clock = start("batch")
+@pytest.mark.parametrize(("per_message", "toml"), [
+    (4, DEFAULT_TOML), (10, DEFAULT_TOML), (10, INERT_TOML)])
+def test_a_batch_decides_and_logs_each_user_as_decide_would(start: Start, per_message: int,
+                                                            toml: str) -> None:
+    one_srv, one, one_clock = start("one", toml)
+    batch_srv, batch, batch_clock = start("batch", toml)
     users = audience(one, one_clock)
     assert audience(batch, batch_clock) == users
     singles = [one.decide(u, top_k=3) for u in users]
@@ -166,3 +176,12 @@ def test_bad_input_names_the_message_and_field(start: Start) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stream(pb.DecideBatchRequest(user_ids=["u1"]), pb.DecideBatchRequest(segment=pb.Segment()))
     assert err.value.details().startswith("messages[1].segment")
+
+
+def test_the_inert_campaign_has_no_guardrail_that_reads_the_user() -> None:
+    """INERT_TOML is what it says (else the twin test above would not reach the shortcut)."""
+    from nudge.server.decisions.campaign import parse_campaign
+    from nudge.server.decisions.guardrails import GuardrailPlan
+
+    assert GuardrailPlan(parse_campaign(INERT_TOML, "c.toml")).inert
+    assert not GuardrailPlan(parse_campaign(DEFAULT_TOML, "c.toml")).inert
