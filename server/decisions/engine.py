@@ -644,24 +644,34 @@ class DecisionEngine:
             return self._user_in(txn, user_id, now, pending)
 
     def _read_users(self, requests: list[DecideInput], contacts: bool) -> list[Prefetched]:
-        """:meth:`_read_user` for many users in one read transaction, and whether recent
-        activity looks anomalous (read in the same transaction); no contacts read unless
-        ``contacts`` (the campaign has no use for them)."""
+        """:meth:`_read_user` for many users decided at one time, in one read transaction
+        (the records and the risk holds each in one cursor call), and whether recent
+        activity looks anomalous; no contacts read unless ``contacts`` (the campaign has no
+        use for them)."""
         pending: list[list[Contact] | None] = (
             [self.pending.contacts(r.user_id) for r in requests] if contacts
             else [None] * len(requests))
-        anomalous = self.risk.recently_anomalous_in
-        user_in = self._user_in
+        ids = [r.user_id for r in requests]
+        now = requests[0].time
         with self.store.read() as txn:
-            return [(*user_in(txn, r.user_id, r.time, p), anomalous(txn, r.user_id, r.time))
-                    for r, p in zip(requests, pending, strict=True)]
+            states = users.records_bytes(txn, self.store.dbs, ids)
+            anomalous = self.risk.recently_anomalous_many(txn, ids, now)
+            return [(*self._user_with(txn, u, now, p, state), a)
+                    for u, p, state, a in zip(ids, pending, states, anomalous, strict=True)]
 
     def _user_in(
         self, txn: lmdb.Transaction, user_id: str, now: float, pending: list[Contact] | None
     ) -> UserRead:
         """The user as :meth:`_read_user` reads it; ``pending`` None: no contacts wanted."""
+        state = users.record_bytes(txn, self.store.dbs, user_id)
+        return self._user_with(txn, user_id, now, pending, state)
+
+    def _user_with(
+        self, txn: lmdb.Transaction, user_id: str, now: float, pending: list[Contact] | None,
+        state: bytes | None,
+    ) -> UserRead:
+        """:meth:`_user_in` given the state record's bytes (None: no event stored)."""
         dbs = self.store.dbs
-        state = users.record_bytes(txn, dbs, user_id)
         profile = None
         if state is not None:
             profile = users.profile(txn, dbs, user_id)

@@ -134,6 +134,13 @@ def held_at(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> float | None:
     return None if raw is None else float(orjson.loads(raw))
 
 
+def held_at_many(txn: lmdb.Transaction, dbs: Dbs, user_keys: list[bytes]) -> dict[str, float]:
+    """:func:`held_at` of these users (encoded ids, in key order), those with one stored."""
+    n = len(HELD_PREFIX)
+    return {bytes(k[n:]).decode(): float(orjson.loads(v)) for k, v in
+            txn.cursor(db=dbs[META]).getmulti([HELD_PREFIX + k for k in user_keys])}
+
+
 def put_held_at(txn: lmdb.Transaction, dbs: Dbs, user_id: str, at: float) -> None:
     txn.put(HELD_PREFIX + user_id.encode(), orjson.dumps(at), db=dbs[META])
 

@@ -121,6 +121,14 @@ def record_bytes(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> bytes | None:
     return None if raw is None else bytes(raw)
 
 
+def records_bytes(txn: lmdb.Transaction, dbs: Dbs, user_ids: list[str]
+                  ) -> list[bytes | None]:
+    """:func:`record_bytes` of each user, read in key order in one cursor call."""
+    found = {bytes(k): bytes(v) for k, v in
+             txn.cursor(db=dbs[USERS]).getmulti(sorted({u.encode() for u in user_ids}))}
+    return [found.get(u.encode()) for u in user_ids]
+
+
 def put_record(txn: lmdb.Transaction, dbs: Dbs, user_id: str, state: np.ndarray) -> None:
     txn.put(user_id.encode(), encode_record(state), db=dbs[USERS])
 
