@@ -65,17 +65,13 @@ DEFAULT_LINK = LINK_LOGISTIC
 
 # Shipped defaults (a campaign's [exploration] table defaults to these).
 # Forgetting is a prior on how fast the world moves: λ per observation of a component keeps
-# an effective memory of 1 / (1 − λ) of its observations. At 0.9999 (10,000) the most-seen
-# components (a frequency or channel value, chosen in a third to a fifth of all decisions)
-# were already discarding their oldest outcomes within the first 30,000 decisions, and at a
-# 3% conversion rate those 10,000 observations hold only ~300 conversions. At 0.99997 (about
-# 33,000) the model keeps what it learned in that time and still moves within a run: on the
-# world family (tuning seeds 0, 3, 4 in process, 18 runs) decisions 5,000-10,000 went
-# 0.467 -> 0.501 (paired +0.034, standard error 0.011, 15 of 18 runs better), the last fifth
-# 0.716 -> 0.708 (-0.008 +- 0.010; drift and misspecified, which want the shorter memory,
-# -0.03 and -0.06); bench/policy_sim.py seeds 0-7 0.894 -> 0.899 (seed 0 0.932 -> 0.937).
-# 0.99999 was worse on both (README "Does it learn?").
-DEFAULT_FORGETTING = 0.99997
+# an effective memory of 1 / (1 − λ) of its observations (10,000 here). A longer memory was
+# tried (2026-12-03, README "Does it learn?"): 0.99997 (about 33,000) lifted decisions
+# 5,000-10,000 on the world family in process (+0.034 +- 0.011 on the tuning seeds, +0.015 +-
+# 0.010 held out) but not the last fifth, cost the drifting world -0.044 (it relearns a shift
+# more slowly), and through the server moved nothing beyond run-to-run noise: not shipped. A
+# campaign whose world is known to be steady can set it in its [exploration] table.
+DEFAULT_FORGETTING = 0.9999
 DEFAULT_PRIOR_PRECISION = 1.0
 # The slopes' prior precision, in component units (a combination's logit is the mean of its k
 # components' scores, so a component's slope is k times its share of the logit). Why 2 and
