@@ -94,16 +94,23 @@ class EventWriter(GroupCommitWriter):
         self._event_hooks: list[EventHook] = []
         self._import_hooks: list[ImportHook] = []
         self._forget_hooks: list[tuple[str, Callable[[str], bool]]] = []
-        # Parsed profiles, written through: this thread is the only writer of profiles, so
-        # the cache cannot go stale (it is dropped if a batch fails). Not for a shared
-        # store, whose other processes write profiles too.
-        self._profiles: dict[str, UserProfile] = {}
+        # Profiles as stored (their JSON bytes), written through: this thread is the only
+        # writer of profiles, so the cache cannot go stale (it is dropped if a batch
+        # fails). Not for a shared store, whose other processes write profiles too. Bytes,
+        # not UserProfile objects: it saves the B-tree lookup, which is what a returning
+        # user's event would pay, while a parse costs about a microsecond; and 200,000
+        # cached objects (each a dataclass, two dicts and a tuple) were containers the
+        # garbage collector walked again and again under a bulk stream of new users.
+        self._profiles: dict[str, bytes] = {}
         self._new_types: dict[str, int] = {}
         self._sequence = store.next_sequence
         # Types the loaded campaigns name (goals, triggers, features): always a slot.
         self._named: frozenset[str] = frozenset()
         # Events counted in the shared "(other)" slot (for a gauge).
         self.other_events = 0
+        # The state matrix of a commit's users, kept from one commit to the next (see
+        # _state_rows).
+        self._scratch = user_state.new_records(0)
         super().__init__(store, max_batch_events, name="nudge-event-writer")
 
     @property
@@ -224,14 +231,11 @@ class EventWriter(GroupCommitWriter):
             rows.setdefault(ev.user_id, len(rows))
         user_keys = [user_id.encode() for user_id in rows]
         row_of_key = dict(zip(user_keys, range(len(user_keys)), strict=True))
-        state = user_state.new_records(len(rows))
+        state = self._state_rows(len(rows))
         for key, stored in users.stored_records(txn, dbs, user_keys):
             state[row_of_key[key]] = stored
         profiles = self._profiles_of(txn, rows, user_keys, row_of_key)
         changed = _apply_profile_updates(fresh, rows, profiles)
-        if not store.shared:
-            for row in changed:
-                self._cache_profile(user_keys[row].decode(), profiles[row])
 
         n = len(fresh)
         slot_of = {name: self._slot(name, new_types, txn)
@@ -251,9 +255,12 @@ class EventWriter(GroupCommitWriter):
         users.put_encoded_records(
             txn, dbs, [(key, raw[ends[i]:ends[i + 1]]) for i, key in enumerate(user_keys)])
         if changed:
-            users.put_profiles(txn, dbs, [(user_keys[row], profile)
-                                          for row in changed
-                                          if (profile := profiles[row]) is not None])
+            encoded = [(user_keys[row], profile.to_bytes())
+                       for row in changed if (profile := profiles[row]) is not None]
+            users.put_encoded_profiles(txn, dbs, encoded)
+            if not store.shared:
+                for key, raw in encoded:
+                    self._cache_profile(key.decode(), raw)
         sequence = event_table.append_all(
             txn, dbs, sequence, fresh_keys, [_serialized(ev) for ev in fresh])
         for hook in self._event_hooks:
@@ -261,6 +268,21 @@ class EventWriter(GroupCommitWriter):
             if callback is not None:
                 after_commit.append(callback)
         return results, sequence
+
+    def _state_rows(self, n: int) -> np.ndarray:
+        """``n`` zeroed state rows for a commit's users: the first ``n`` rows of a matrix
+        kept between commits, zeroed in place. A fresh ``new_records`` matrix of a large
+        commit (24,000 users: 45 MB) is mapped anew by the allocator each time, and the
+        kernel then took a page fault for every other row it touched (py-spy of the server
+        under ``nudge bench ingest``: ~10% of bare ingest's samples inside apply_events);
+        zeroing pages already mapped costs a memset. It holds the largest commit's rows
+        (at most max_batch_events x 1,856 bytes) for the life of the writer."""
+        if self._scratch.shape[0] < n:
+            self._scratch = user_state.new_records(n)
+            return self._scratch
+        rows = self._scratch[:n]
+        rows.fill(0.0)
+        return rows
 
     def _profiles_of(
         self, txn: lmdb.Transaction, rows: dict[str, int], user_keys: list[bytes],
@@ -280,20 +302,17 @@ class EventWriter(GroupCommitWriter):
                 if cached is None:
                     missing.append(user_keys[row])
                 else:
-                    profiles[row] = cached
-        for key, profile in users.stored_profiles(txn, self.store.dbs, missing):
-            row = row_of_key[key]
-            profiles[row] = profile
+                    profiles[row] = UserProfile.from_bytes(cached)
+        for key, raw in users.stored_profile_bytes(txn, self.store.dbs, missing):
+            profiles[row_of_key[key]] = UserProfile.from_bytes(raw)
             if not self.store.shared:
-                self._cache_profile(key.decode(), profile)
+                self._cache_profile(key.decode(), raw)
         return profiles
 
-    def _cache_profile(self, user_id: str, profile: UserProfile | None) -> None:
-        if profile is None:
-            return
+    def _cache_profile(self, user_id: str, raw: bytes) -> None:
         if len(self._profiles) >= PROFILE_CACHE and user_id not in self._profiles:
             self._profiles.clear()
-        self._profiles[user_id] = profile
+        self._profiles[user_id] = raw
 
     def _slot(self, type_name: str, new_types: dict[str, int], txn: lmdb.Transaction) -> int:
         slot = self.store.type_slots.get(type_name)
@@ -512,7 +531,8 @@ def _apply_profile_updates(
             if previous is None or ev.time >= previous[0]:
                 profile.last_properties[ev.type] = (ev.time, ev.numbers, ev.strings)
                 changed.add(row)
-                _forget_oldest_types(profile)
+                if len(profile.last_properties) > MAX_PROPERTY_TYPES:
+                    _forget_oldest_types(profile)
         if ev.tz is not None and ev.time >= profile.tz_time:
             profile.tz, profile.tz_time = ev.tz, ev.time
             changed.add(row)

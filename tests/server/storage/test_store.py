@@ -354,3 +354,46 @@ def test_a_version_2_store_is_migrated_in_place_at_open(tmp_path: Path) -> None:
     finally:
         writer.close()
     store.close()
+
+
+def _table(store: Store, name: str) -> dict[bytes, bytes]:
+    with store.env.begin() as txn:
+        return {bytes(k): bytes(v) for k, v in txn.cursor(db=store.dbs[name])}
+
+
+def test_a_long_lived_writer_stores_what_a_fresh_writer_per_commit_does(
+        tmp_path: Path) -> None:
+    """The writer keeps state between commits (the state matrix's rows, profiles as bytes):
+    commits of 300, then 7, then 120 events, mixing new users with returning ones whose
+    profiles change, store exactly the bytes that a new writer for each commit stores."""
+    rng = np.random.default_rng(17)
+
+    def commit_events(c: int, size: int) -> list[ValidEvent]:
+        out = []
+        for i in range(size):
+            user = f"u{rng.integers(0, 200)}"
+            e = ev(f"c{c}-{i}", user=user, type=["app_opened", "loan_simulated"][i % 2],
+                   t=1.7e9 + c * 100 + i, amount=float(rng.integers(1, 900)),
+                   tz=["Europe/Paris", None, "America/Sao_Paulo"][i % 3],
+                   consents={"push": bool(i % 2)} if i % 5 == 0 else None)
+            if i % 4 == 0:
+                e.numbers, e.strings = {"x": float(i)}, {"step": f"s{i % 7}"}
+            out.append(e)
+        return out
+
+    commits = [commit_events(c, size) for c, size in enumerate((300, 7, 120))]
+    kept, fresh = Store(tmp_path / "kept"), Store(tmp_path / "fresh")
+    writer = EventWriter(kept, HALF_LIFE)
+    try:
+        for events in commits:
+            writer.submit(events).result(timeout=30)
+            write(fresh, [ValidEvent(e.event_id, e.user_id, e.type, e.time, e.amount, e.tz,
+                                     dict(e.consents), None, dict(e.numbers),
+                                     dict(e.strings)) for e in events])
+    finally:
+        writer.close()
+    for name in ("users", "profiles"):
+        assert _table(kept, name) == _table(fresh, name)
+    assert len(_table(kept, "profiles")) > 50
+    kept.close()
+    fresh.close()
