@@ -94,14 +94,10 @@ class EventWriter(GroupCommitWriter):
         self._event_hooks: list[EventHook] = []
         self._import_hooks: list[ImportHook] = []
         self._forget_hooks: list[tuple[str, Callable[[str], bool]]] = []
-        # Profiles as stored (their JSON bytes), written through: this thread is the only
-        # writer of profiles, so the cache cannot go stale (it is dropped if a batch
-        # fails). Not for a shared store, whose other processes write profiles too. Bytes,
-        # not UserProfile objects: it saves the B-tree lookup, which is what a returning
-        # user's event would pay, while a parse costs about a microsecond; and 200,000
-        # cached objects (each a dataclass, two dicts and a tuple) were containers the
-        # garbage collector walked again and again under a bulk stream of new users.
-        self._profiles: dict[str, bytes] = {}
+        # Parsed profiles, written through: this thread is the only writer of profiles, so
+        # the cache cannot go stale (it is dropped if a batch fails). Not for a shared
+        # store, whose other processes write profiles too.
+        self._profiles: dict[str, UserProfile] = {}
         self._new_types: dict[str, int] = {}
         self._sequence = store.next_sequence
         # Types the loaded campaigns name (goals, triggers, features): always a slot.
@@ -236,6 +232,9 @@ class EventWriter(GroupCommitWriter):
             state[row_of_key[key]] = stored
         profiles = self._profiles_of(txn, rows, user_keys, row_of_key)
         changed = _apply_profile_updates(fresh, rows, profiles)
+        if not store.shared:
+            for row in changed:
+                self._cache_profile(user_keys[row].decode(), profiles[row])
 
         n = len(fresh)
         slot_of = {name: self._slot(name, new_types, txn)
@@ -255,12 +254,9 @@ class EventWriter(GroupCommitWriter):
         users.put_encoded_records(
             txn, dbs, [(key, raw[ends[i]:ends[i + 1]]) for i, key in enumerate(user_keys)])
         if changed:
-            encoded = [(user_keys[row], profile.to_bytes())
-                       for row in changed if (profile := profiles[row]) is not None]
-            users.put_encoded_profiles(txn, dbs, encoded)
-            if not store.shared:
-                for key, raw in encoded:
-                    self._cache_profile(key.decode(), raw)
+            users.put_profiles(txn, dbs, [(user_keys[row], profile)
+                                          for row in changed
+                                          if (profile := profiles[row]) is not None])
         sequence = event_table.append_all(
             txn, dbs, sequence, fresh_keys, [_serialized(ev) for ev in fresh])
         for hook in self._event_hooks:
@@ -302,17 +298,20 @@ class EventWriter(GroupCommitWriter):
                 if cached is None:
                     missing.append(user_keys[row])
                 else:
-                    profiles[row] = UserProfile.from_bytes(cached)
-        for key, raw in users.stored_profile_bytes(txn, self.store.dbs, missing):
-            profiles[row_of_key[key]] = UserProfile.from_bytes(raw)
+                    profiles[row] = cached
+        for key, profile in users.stored_profiles(txn, self.store.dbs, missing):
+            row = row_of_key[key]
+            profiles[row] = profile
             if not self.store.shared:
-                self._cache_profile(key.decode(), raw)
+                self._cache_profile(key.decode(), profile)
         return profiles
 
-    def _cache_profile(self, user_id: str, raw: bytes) -> None:
+    def _cache_profile(self, user_id: str, profile: UserProfile | None) -> None:
+        if profile is None:
+            return
         if len(self._profiles) >= PROFILE_CACHE and user_id not in self._profiles:
             self._profiles.clear()
-        self._profiles[user_id] = raw
+        self._profiles[user_id] = profile
 
     def _slot(self, type_name: str, new_types: dict[str, int], txn: lmdb.Transaction) -> int:
         slot = self.store.type_slots.get(type_name)

@@ -151,22 +151,21 @@ def put_encoded_records(
     txn.cursor(db=dbs[USERS]).putmulti(rows)
 
 
-def stored_profile_bytes(
+def stored_profiles(
     txn: lmdb.Transaction, dbs: Dbs, user_keys: list[bytes]
-) -> list[tuple[bytes, bytes]]:
-    """``(user key, profile as stored)`` of every one of these users with a stored
-    profile, read in one pass in key order (``UserProfile.from_bytes`` parses them)."""
+) -> list[tuple[bytes, UserProfile]]:
+    """``(user key, profile)`` of every one of these users with a stored profile."""
     cursor = txn.cursor(db=dbs[PROFILES])
-    return [(bytes(k), bytes(v)) for k, v in cursor.getmulti(sorted(user_keys))]
+    return [(bytes(k), UserProfile.from_bytes(v))
+            for k, v in cursor.getmulti(sorted(user_keys))]
 
 
-def put_encoded_profiles(
-    txn: lmdb.Transaction, dbs: Dbs, rows: list[tuple[bytes, bytes]]
+def put_profiles(
+    txn: lmdb.Transaction, dbs: Dbs, rows: list[tuple[bytes, UserProfile]]
 ) -> None:
-    """Store already encoded profiles (``(user key, UserProfile.to_bytes())``) in one
-    batch put, in key order (sorts ``rows``)."""
-    rows.sort()
-    txn.cursor(db=dbs[PROFILES]).putmulti(rows)
+    """Store profiles (``(user key, profile)``) in one batch put, in key order."""
+    encoded = sorted((key, profile.to_bytes()) for key, profile in rows)
+    txn.cursor(db=dbs[PROFILES]).putmulti(encoded)
 
 
 def delete(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> None:

@@ -363,7 +363,7 @@ def _table(store: Store, name: str) -> dict[bytes, bytes]:
 
 def test_a_long_lived_writer_stores_what_a_fresh_writer_per_commit_does(
         tmp_path: Path) -> None:
-    """The writer keeps state between commits (the state matrix's rows, profiles as bytes):
+    """The writer keeps state between commits (the state matrix's rows, cached profiles):
     commits of 300, then 7, then 120 events, mixing new users with returning ones whose
     profiles change, store exactly the bytes that a new writer for each commit stores."""
     rng = np.random.default_rng(17)
