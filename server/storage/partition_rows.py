@@ -56,7 +56,7 @@ import orjson
 
 from nudge.kernels import user_state
 from nudge.server.storage.tables import events as event_table
-from nudge.server.storage.tables import insights, meta, risk_baselines, users
+from nudge.server.storage.tables import insights, keys, meta, risk_baselines, users
 
 FORMAT = 1
 MAGIC = b"nudge-partition"
@@ -159,13 +159,13 @@ def export(txn: lmdb.Transaction, dbs: Dbs, partition_of: PartitionOf,
     applied after it may show in the rows too, and applying it again changes nothing)."""
     wanted = set(wanted)
     types = meta.type_slots(txn, dbs)
-    keys = insights.key_ids(txn, dbs)
+    key_names = insights.key_ids(txn, dbs)
     clock = risk_baselines.clock(txn, dbs)
     folded_upto = insights.position(txn, dbs) or 0
     skips = insights.imported(txn, dbs)
     out = {p: PartitionRows(
         p, meta.applied_position(txn, dbs, p) if positions is None else positions[p],
-        dict(types), dict(keys), clock if clock > -float("inf") else None) for p in wanted}
+        dict(types), dict(key_names), clock if clock > -float("inf") else None) for p in wanted}
     for table, key, value, p in _partition_rows(txn, dbs, partition_of, wanted):
         out[p].rows[table].append((key, value))
         if table == "events":
@@ -199,42 +199,27 @@ def _partition_rows(
             p = of(key.split(b"\x00", 1)[0])
             if p in wanted:
                 yield table, key, bytes(value), p
-    decision_of: dict[bytes, int] = {}
-    for key, value in txn.cursor(db=dbs["decisions"]):
-        user = orjson.loads(value)["user_id"]
-        p = of(user.encode())
-        if p in wanted:
-            decision_of[bytes(key)] = p
-            yield "decisions", bytes(key), bytes(value), p
-    for key, value in txn.cursor(db=dbs["deadlines"]):
-        key = bytes(key)
-        p = decision_of.get(key[8:], -1)
-        if p in wanted:
-            yield "deadlines", key, bytes(value), p
-    delivery_of: dict[bytes, int] = {}
-    for key, value in txn.cursor(db=dbs["deliveries"]):
-        p = of(orjson.loads(value)["user_id"].encode())
-        if p in wanted:
-            delivery_of[bytes(key)] = p
-            yield "deliveries", bytes(key), bytes(value), p
-    for key, value in txn.cursor(db=dbs["outbox"]):
-        key = bytes(key)
-        p = delivery_of.get(key[8:], -1)
-        if p in wanted:
-            yield "outbox", key, bytes(value), p
+    # Records whose JSON names the user, and their indexes keyed by an 8-byte time and
+    # the record's id (a decision's deadline, a delivery's place in the outbox queue).
+    for records, index in (("decisions", "deadlines"), ("deliveries", "outbox")):
+        partition_of_id: dict[bytes, int] = {}
+        for key, value in txn.cursor(db=dbs[records]):
+            p = of(orjson.loads(value)["user_id"].encode())
+            if p in wanted:
+                partition_of_id[bytes(key)] = p
+                yield records, bytes(key), bytes(value), p
+        for key, value in txn.cursor(db=dbs[index]):
+            key = bytes(key)
+            p = partition_of_id.get(key[8:], -1)
+            if p in wanted:
+                yield index, key, bytes(value), p
     for key, value in txn.cursor(db=dbs["events"]):
         p = of(event_table.event_ids(bytes(value))[1].encode())
         if p in wanted:
             yield "events", bytes(key), bytes(value), p
     for prefix, user_at in ((risk_baselines.HELD_PREFIX, len(risk_baselines.HELD_PREFIX)),
                             (risk_baselines.HOLDS_PREFIX, len(risk_baselines.HOLDS_PREFIX) + 8)):
-        cursor = txn.cursor(db=dbs["meta"])
-        if not cursor.set_range(prefix):
-            continue
-        for key, value in cursor:
-            key = bytes(key)
-            if not key.startswith(prefix):
-                break
+        for key, value in keys.with_prefix(txn, dbs["meta"], prefix):
             p = of(key[user_at:].split(b"\x00", 1)[0])
             if p in wanted:
                 yield "meta", key, bytes(value), p

@@ -94,16 +94,9 @@ def put_mark(txn: lmdb.Transaction, dbs: Dbs, at: float, next_sequence: int) -> 
 
 def marks(txn: lmdb.Transaction, dbs: Dbs) -> list[tuple[float, int]]:
     """Every ``(time, next sequence)`` mark, oldest first."""
-    out = []
-    cursor = txn.cursor(db=dbs[META])
-    if cursor.set_range(MARK_PREFIX):
-        for key, value in cursor:
-            key = bytes(key)
-            if not key.startswith(MARK_PREFIX):
-                break
-            at = int.from_bytes(key[len(MARK_PREFIX):], "big") / 1000
-            out.append((at, int.from_bytes(bytes(value), "big")))
-    return out
+    return [(int.from_bytes(key[len(MARK_PREFIX):], "big") / 1000,
+             int.from_bytes(value, "big"))
+            for key, value in keys.with_prefix(txn, dbs[META], MARK_PREFIX)]
 
 
 def delete_mark(txn: lmdb.Transaction, dbs: Dbs, at: float) -> None:

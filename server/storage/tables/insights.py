@@ -32,6 +32,8 @@ import lmdb
 import numpy as np
 import orjson
 
+from nudge.server.storage.tables import keys
+
 NAME = "insights"
 META = "meta"
 KEY_PREFIX = b"insights/key/"
@@ -67,13 +69,8 @@ def parse_key_name(name: str) -> tuple[str, str, str] | None:
 def key_ids(txn: lmdb.Transaction, dbs: Dbs) -> dict[str, int]:
     """Every registered name -> its id (``(other)`` included)."""
     out = {OTHER_NAME: OTHER_KEY}
-    cursor = txn.cursor(db=dbs[META])
-    if cursor.set_range(KEY_PREFIX):
-        for raw_key, value in cursor:
-            key = bytes(raw_key)
-            if not key.startswith(KEY_PREFIX):
-                break
-            out[key[len(KEY_PREFIX):].decode()] = int.from_bytes(bytes(value), "little")
+    for key, value in keys.with_prefix(txn, dbs[META], KEY_PREFIX):
+        out[key[len(KEY_PREFIX):].decode()] = int.from_bytes(value, "little")
     return out
 
 
@@ -112,16 +109,8 @@ def put_imported(txn: lmdb.Transaction, dbs: Dbs, start: int, end: int) -> None:
 
 def imported(txn: lmdb.Transaction, dbs: Dbs) -> list[tuple[int, int]]:
     """Every recorded imported range, in order."""
-    out = []
-    cursor = txn.cursor(db=dbs[META])
-    if cursor.set_range(IMPORTED_PREFIX):
-        for raw_key, value in cursor:
-            key = bytes(raw_key)
-            if not key.startswith(IMPORTED_PREFIX):
-                break
-            out.append((int.from_bytes(key[len(IMPORTED_PREFIX):], "big"),
-                        int.from_bytes(bytes(value), "big")))
-    return out
+    return [(int.from_bytes(key[len(IMPORTED_PREFIX):], "big"), int.from_bytes(value, "big"))
+            for key, value in keys.with_prefix(txn, dbs[META], IMPORTED_PREFIX)]
 
 
 def drop_imported(txn: lmdb.Transaction, dbs: Dbs, start: int) -> None:

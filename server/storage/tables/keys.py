@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import lmdb
@@ -15,6 +16,19 @@ def millis(t: float) -> bytes:
 def pair(owner: str, item: str) -> bytes:
     """``owner`` + NUL + ``item``: an index of items by owner (ids contain no NUL)."""
     return f"{owner}\x00{item}".encode()
+
+
+def with_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> Iterator[tuple[bytes, Any]]:
+    """(key, value) of every entry whose key starts with ``prefix``, in key order (the
+    keys copied out of the transaction's buffers; the values as LMDB gives them)."""
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(prefix):
+        return
+    for raw_key, value in cursor:
+        key = bytes(raw_key)
+        if not key.startswith(prefix):
+            return
+        yield key, value
 
 
 def items_of(txn: lmdb.Transaction, db: Any, owner: str) -> list[str]:

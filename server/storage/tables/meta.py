@@ -14,6 +14,7 @@ from typing import Any
 import lmdb
 
 from nudge.server.errors import SchemaMismatch
+from nudge.server.storage.tables import keys
 
 NAME = "meta"
 # 2: sparse user records and risk baselines (``users``, ``risk``). A version-1 store's
@@ -62,15 +63,8 @@ def check_schema(txn: lmdb.Transaction, dbs: Dbs, path: Path, has_data: bool) ->
 
 def type_slots(txn: lmdb.Transaction, dbs: Dbs) -> dict[str, int]:
     """The event type registry: type name -> slot in the user state record."""
-    slots: dict[str, int] = {}
-    cursor = txn.cursor(db=dbs[NAME])
-    if cursor.set_range(TYPE_PREFIX):
-        for key, value in cursor:
-            key = bytes(key)
-            if not key.startswith(TYPE_PREFIX):
-                break
-            slots[key[len(TYPE_PREFIX) :].decode()] = int(bytes(value))
-    return slots
+    return {key[len(TYPE_PREFIX):].decode(): int(bytes(value))
+            for key, value in keys.with_prefix(txn, dbs[NAME], TYPE_PREFIX)}
 
 
 def put_type_slot(txn: lmdb.Transaction, dbs: Dbs, type_name: str, slot: int) -> None:

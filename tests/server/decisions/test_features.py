@@ -61,6 +61,17 @@ def test_off_by_default_and_validated() -> None:
         _campaign('"yes"')
 
 
+def _rich_campaign(contact_pressure: str):  # type: ignore[no-untyped-def]
+    """The shipped campaign with request numbers, strings and the given contact-pressure
+    settings: (campaign, its context layout, its feature plan, its event types)."""
+    text = (SHIPPED.replace("contact_pressure = false", contact_pressure)
+            .replace("numbers = []", 'numbers = ["balance", "score", "age"]')
+            .replace("strings = {}", 'strings = { segment = ["borrower", "saver"], device = 4 }'))
+    campaign = parse_campaign(text, "c.toml")
+    layout = context_layout(campaign)
+    return campaign, layout, FeaturePlan(campaign, layout), list(campaign.context.event_types)
+
+
 def _with_strings(strings: str):
     return parse_campaign(SHIPPED.replace("strings = {}", f"strings = {strings}"), "c.toml")
 
@@ -116,13 +127,7 @@ def test_user_context_kernel_matches_raw_features_and_build_context(seed: int) -
     """The one-call kernel Decide uses against the Python reference (raw_features, then
     context.build_context), on fresh random users, requests and model statistics."""
     rng = np.random.default_rng(seed)
-    text = (SHIPPED.replace("contact_pressure = false", "contact_pressure = true")
-            .replace("numbers = []", 'numbers = ["balance", "score", "age"]')
-            .replace("strings = {}", 'strings = { segment = ["borrower", "saver"], device = 4 }'))
-    campaign = parse_campaign(text, "c.toml")
-    layout = context_layout(campaign)
-    plan = FeaturePlan(campaign, layout)
-    names = list(campaign.context.event_types)
+    campaign, layout, plan, names = _rich_campaign("contact_pressure = true")
     for trial in range(60):
         # Some types registered, some not (a count with no slot is 0).
         type_slots = {t: int(s) for t, s in zip(names, rng.permutation(64), strict=False)
@@ -175,13 +180,7 @@ def test_user_contexts_for_a_chunk_are_each_users_single_call(seed: int) -> None
     rng = np.random.default_rng(seed)
     reached = ('contact_pressure = true\nreached = [{ event = "app_opened", at_least = 2, '
                'within_days = 7 }, { event = "pix_sent", at_least = 1, within_days = 30 }]')
-    text = (SHIPPED.replace("contact_pressure = false", reached)
-            .replace("numbers = []", 'numbers = ["balance", "score", "age"]')
-            .replace("strings = {}", 'strings = { segment = ["borrower", "saver"], device = 4 }'))
-    campaign = parse_campaign(text, "c.toml")
-    layout = context_layout(campaign)
-    plan = FeaturePlan(campaign, layout)
-    names = list(campaign.context.event_types)
+    campaign, layout, plan, names = _rich_campaign(reached)
     for _ in range(10):
         type_slots = {t: int(s) for t, s in zip(names, rng.permutation(64), strict=False)
                       if rng.random() < 0.7}
