@@ -1,5 +1,6 @@
-"""JetStream streams, KV buckets and object stores that every node makes sure of at start: the first
-node to ask creates one, and one created meanwhile by another node is just used."""
+"""JetStream streams, KV buckets and object stores that every node makes sure of at
+start: the first node to ask creates one, and one created meanwhile by another node is
+just used."""
 
 from __future__ import annotations
 

@@ -106,7 +106,6 @@ class PartitionSnapshots:
         self.flush_engines = flush_engines
         self.taken = 0  # snapshots this node stored
         self.restored = 0  # partitions this node rebuilt from a snapshot
-        self.bytes_stored = 0
         self._objects: Any = None
 
     async def setup(self) -> None:
@@ -204,7 +203,6 @@ class PartitionSnapshots:
             blob = await asyncio.to_thread(rows.to_bytes)  # compressing: off the loop
             await self._objects.put(snapshot.name, blob)
             self.taken += 1
-            self.bytes_stored += len(blob)
             out.append(snapshot)
             if not serves(partition):
                 log.info("cluster: snapshot %s stored; partition %d moved meanwhile: its "

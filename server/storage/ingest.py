@@ -374,24 +374,20 @@ class EventWriter(GroupCommitWriter):
         new_types: dict[str, int] = {}
 
         def job(txn: lmdb.Transaction) -> partition_rows.Imported:
-            new_types.clear()
             first = self._sequence
-            known = dict(self._new_types)
-
-            def slot_for(name: str) -> int:
-                slot = self._slot(name, self._new_types, txn)
-                if name not in known and name in self._new_types:
-                    new_types[name] = slot
-                return slot
+            known = set(self._new_types)
 
             def undo() -> None:
-                for name in new_types:
-                    self._new_types.pop(name, None)
+                for name in set(self._new_types) - known:
+                    del self._new_types[name]
                 self._sequence = first
 
             self.on_abort(undo)
-            imported = partition_rows.import_rows(txn, self.store.dbs, rows, stale,
-                                                  slot_for, first)
+            imported = partition_rows.import_rows(
+                txn, self.store.dbs, rows, stale,
+                lambda name: self._slot(name, self._new_types, txn), first)
+            new_types.clear()
+            new_types.update((n, s) for n, s in self._new_types.items() if n not in known)
             self._sequence = imported.end
             for user_id in imported.users:
                 self.forget_cached(user_id)

@@ -92,8 +92,7 @@ class PartitionRows:
 
     def users(self) -> set[str]:
         """The users the rows are of (what an importer drops from its caches)."""
-        return {bytes(k).decode() for t in BY_USER for k, _ in self.rows[t]} | {
-            bytes(k).split(b"\x00", 1)[0].decode() for t in BY_PAIR for k, _ in self.rows[t]}
+        return {_user_of(t, k).decode() for t in (*BY_USER, *BY_PAIR) for k, _ in self.rows[t]}
 
     def count(self) -> int:
         return sum(len(r) for r in self.rows.values())
@@ -187,16 +186,10 @@ def _partition_rows(
             p = memo[user] = partition_of(user.decode())
         return p
 
-    for table in BY_USER:
+    for table in (*BY_USER, *BY_PAIR):
         for key, value in txn.cursor(db=dbs[table]):
             key = bytes(key)
-            p = of(key)
-            if p in wanted:
-                yield table, key, bytes(value), p
-    for table in BY_PAIR:
-        for key, value in txn.cursor(db=dbs[table]):
-            key = bytes(key)
-            p = of(key.split(b"\x00", 1)[0])
+            p = of(_user_of(table, key))
             if p in wanted:
                 yield table, key, bytes(value), p
     # Records whose JSON names the user, and their indexes keyed by an 8-byte time and
@@ -259,10 +252,8 @@ def import_rows(
     sequences from ``first_sequence`` on."""
     touched = rows.users()
     for table, key in stale:
-        if table in BY_USER:
-            touched.add(key.decode())
-        elif table in BY_PAIR:
-            touched.add(key.split(b"\x00", 1)[0].decode())
+        if table in BY_USER or table in BY_PAIR:
+            touched.add(_user_of(table, key).decode())
         txn.delete(key, db=dbs[table])
 
     # Event log: new sequences at this store's end, in the exported order; the runs the
@@ -318,6 +309,11 @@ def import_rows(
         risk_baselines.put_clock(txn, dbs, rows.risk_clock)
     meta.put_applied_position(txn, dbs, rows.partition, rows.position)
     return Imported(touched, first_sequence, sequence, unfolded)
+
+
+def _user_of(table: str, key: bytes) -> bytes:
+    """The user id a key of a ``BY_USER`` or ``BY_PAIR`` table belongs to."""
+    return key if table in BY_USER else key.split(b"\x00", 1)[0]
 
 
 def _slot_map(theirs: Mapping[str, int], mine: Mapping[str, int]) -> np.ndarray | None:

@@ -42,12 +42,17 @@ def add(txn: lmdb.Transaction, dbs: Dbs, user_id: str, new: Iterable[Row],
         memory: float) -> None:
     """Store new contacts of a user, dropping those older than ``memory`` seconds before
     the newest one; a contact already stored (same time and decision) is kept once."""
+    _put(txn, dbs, user_id, _merged(rows(txn, dbs, user_id), new, memory))
+
+
+def _merged(stored: list[list], new: Iterable[Row], memory: float) -> list[list]:
+    """The stored rows within ``memory`` seconds of the newest new one, then the new rows
+    not stored yet (same time and decision: written earlier in this commit)."""
     new = list(new)
     horizon = max(c[0] for c in new) - memory
-    merged = [c for c in rows(txn, dbs, user_id) if c[0] >= horizon]
-    known = {(c[0], c[3]) for c in merged}  # written earlier in this commit
-    merged += [list(c) for c in new if (c[0], c[3]) not in known]
-    _put(txn, dbs, user_id, merged)
+    merged = [c for c in stored if c[0] >= horizon]
+    known = {(c[0], c[3]) for c in merged}
+    return merged + [list(c) for c in new if (c[0], c[3]) not in known]
 
 
 def add_many(txn: lmdb.Transaction, dbs: Dbs, new: Mapping[str, Iterable[Row]],
@@ -57,16 +62,9 @@ def add_many(txn: lmdb.Transaction, dbs: Dbs, new: Mapping[str, Iterable[Row]],
     users = sorted(u.encode() for u in new)
     cursor = txn.cursor(db=dbs[NAME])
     stored = dict(cursor.getmulti(users))
-    out = []
-    for key in users:
-        rows_new = list(new[key.decode()])
-        horizon = max(c[0] for c in rows_new) - memory
-        raw = stored.get(key)
-        merged = [c for c in orjson.loads(raw) if c[0] >= horizon] if raw is not None else []
-        known = {(c[0], c[3]) for c in merged}  # written earlier in this commit
-        merged += [list(c) for c in rows_new if (c[0], c[3]) not in known]
-        out.append((key, orjson.dumps(merged)))
-    cursor.putmulti(out)
+    cursor.putmulti([(key, orjson.dumps(_merged(
+        orjson.loads(stored[key]) if key in stored else [], new[key.decode()], memory)))
+        for key in users])
 
 
 def _planned(stored: list[list], decision_id: str, channel: str, due_at: float) -> int | None:

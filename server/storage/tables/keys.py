@@ -34,12 +34,4 @@ def with_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> Iterator[tuple
 def items_of(txn: lmdb.Transaction, db: Any, owner: str) -> list[str]:
     """The items paired with ``owner`` in an index of ``pair`` keys, in key order."""
     prefix = f"{owner}\x00".encode()
-    out = []
-    cursor = txn.cursor(db=db)
-    if cursor.set_range(prefix):
-        for raw in cursor.iternext(values=False):
-            raw = bytes(raw)
-            if not raw.startswith(prefix):
-                break
-            out.append(raw[len(prefix):].decode())
-    return out
+    return [key[len(prefix):].decode() for key, _ in with_prefix(txn, db, prefix)]

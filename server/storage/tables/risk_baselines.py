@@ -180,13 +180,7 @@ def holds_due(
 ) -> Iterator[tuple[float, str, str]]:
     """(event time, user id, transaction id) of the waiting holds with event time <=
     ``until``, oldest first."""
-    cursor = txn.cursor(db=dbs[META])
-    if not cursor.set_range(HOLDS_PREFIX):
-        return
-    for raw_key, value in cursor:
-        key = bytes(raw_key)  # a buffer in read transactions opened with buffers=True
-        if not key.startswith(HOLDS_PREFIX):
-            return
+    for key, value in keys.with_prefix(txn, dbs[META], HOLDS_PREFIX):
         at = struct.unpack(">d", key[len(HOLDS_PREFIX):len(HOLDS_PREFIX) + 8])[0]
         if at > until:
             return
