@@ -215,6 +215,11 @@ class DecisionOutcome:
     model_version: str
 
 
+# What the policy picked for one user: (seed, top combinations with the choice first,
+# their mean scores, the choice's propensity, the samples that estimated it).
+_Picked = tuple[int, list[int], list[float], float, int]
+
+
 def _settings(request: DecideInput) -> tuple[Any, ...]:
     """What a run of :meth:`DecisionEngine.decide_many` must share besides the users."""
     r = request
@@ -408,45 +413,21 @@ class DecisionEngine:
                 model.policy_params, BATCH_POLICY_THREADS)
         logged: list[Future[Any]] = []
         decided: list[tuple[DecisionRecord, list[Contact]]] = []
-        nothing = campaign.nothing_combo
         schedules: dict[tuple[str, float, float], list[float]] = {}
         for row, i in enumerate(kept):
             request = requests[i]
             guard = guards[row]
             decision_id, seed = ids[row]
             properties, texts = filled[row]
-            reasons: list[tuple[str, str, float]] = [(c, d, 0.0) for c, d in guard.trace]
-            record = DecisionRecord(
-                decision_id=decision_id, user_id=request.user_id, campaign=campaign.name,
-                time=now, model_version=model.version, seed=0, x=x[row], raw=raw[row],
-                choice=campaign.nothing_combo, top=[], propensity=1.0, propensity_samples=0,
-                holdout=guard.suppressed == SUPPRESS_HOLDOUT, suppressed=guard.suppressed,
-                trace=guard.trace, window_end=now + campaign.goal.window_seconds,
-            )
-            actions: list[ActionOut] = []
-            if guard.suppressed or choices is None:
-                record.learn = False
-                if not record.holdout:
-                    record.status = "final"
-            else:
+            picked: _Picked | None = None
+            if not guard.suppressed and choices is not None:
                 k = int(choices.filled[row])
-                top = choices.top_k[row, :k].tolist()
-                means = choices.scores[row, 1, :k].tolist()
-                record.seed = seed
-                record.choice = top[0]
-                record.top = top
-                record.propensity = float(choices.propensity[row])
-                record.propensity_samples = int(choices.propensity_samples[row])
-                if top[0] == nothing:
-                    record.suppressed = SUPPRESS_NOTHING_BEST
-                else:
-                    for combo, score in zip(top, means, strict=True):
-                        if combo != nothing and len(actions) < top_k:
-                            actions.append(self._action(plan, combo, score, guard.send_at,
-                                                        properties, texts))
-                    if request.explain:
-                        reasons = self._feature_reasons(model, plan, x[row], top[0]) + reasons
-                record.actions = [a.__dict__ for a in actions]
+                picked = (seed, choices.top_k[row, :k].tolist(),
+                          choices.scores[row, 1, :k].tolist(), float(choices.propensity[row]),
+                          int(choices.propensity_samples[row]))
+            record, actions, reasons = self._record(
+                model, plan, request, guard, decision_id, now, x[row], raw[row], top_k,
+                properties, texts, picked)
             if not request.dry_run:
                 planned = self._planned(plan, campaign, record, actions, request.send_until,
                                         schedules)
@@ -505,45 +486,17 @@ class DecisionEngine:
             [c.time for c in contacts] if plan.features.contacts is not None else (),
             self._early_counts.of(user_id) if plan.features.reached else None,
         )
-        reasons: list[tuple[str, str, float]] = [(c, d, 0.0) for c, d in guard.trace]
-        record = DecisionRecord(
-            decision_id=decision_id, user_id=user_id, campaign=campaign.name, time=now,
-            model_version=model.version, seed=0, x=x, raw=raw,
-            choice=campaign.nothing_combo, top=[], propensity=1.0, propensity_samples=0,
-            holdout=guard.suppressed == SUPPRESS_HOLDOUT, suppressed=guard.suppressed,
-            trace=guard.trace, window_end=now + campaign.goal.window_seconds,
-        )
-        actions: list[ActionOut] = []
-        if guard.suppressed:
-            # A guardrail decided, not the policy: nothing to learn. Holdout decisions stay
-            # open so the holdout's own conversions measure uplift.
-            record.learn = False
-            if not record.holdout:
-                record.status = "final"
-        else:
+        picked: _Picked | None = None
+        if not guard.suppressed:
             choice = policy.decide_trusted(
                 model.snapshot, campaign.space, x, seed, guard.component_mask, top_k + 1,
                 model.policy_params,
             )
-            record.seed = seed
-            record.choice = choice.choice
-            record.top = choice.top_k.tolist()
-            record.propensity = float(choice.propensity)
-            record.propensity_samples = int(choice.propensity_samples)
-            if choice.choice == campaign.nothing_combo:
-                record.suppressed = SUPPRESS_NOTHING_BEST
-            else:
-                # Action.score is the posterior-mean score (an expected reward) for either
-                # algorithm; the order is the policy's (the choice first).
-                for combo, score in zip(choice.top_k.tolist(), choice.mean_scores.tolist(),
-                                        strict=True):
-                    if combo != campaign.nothing_combo and len(actions) < top_k:
-                        actions.append(
-                            self._action(plan, combo, score, guard.send_at, properties, texts)
-                        )
-                if request.explain:
-                    reasons = self._feature_reasons(model, plan, x, choice.choice) + reasons
-            record.actions = [a.__dict__ for a in actions]
+            picked = (seed, choice.top_k.tolist(), choice.mean_scores.tolist(),
+                      float(choice.propensity), int(choice.propensity_samples))
+        record, actions, reasons = self._record(
+            model, plan, request, guard, decision_id, now, x, raw, top_k, properties, texts,
+            picked)
         if not request.dry_run:
             planned = self._planned(plan, campaign, record, actions, request.send_until)
             self.pending.add(record, planned, after_reply)
@@ -559,6 +512,53 @@ class DecisionEngine:
             reasons=reasons,
             model_version=model.version,
         )
+
+    def _record(
+        self, model: CampaignModel, plan: CampaignPlan, request: DecideInput,
+        guard: GuardrailResult, decision_id: str, now: float, x: np.ndarray,
+        raw: np.ndarray, top_k: int, properties: dict[str, Any], texts: dict[str, str],
+        picked: _Picked | None,
+    ) -> tuple[DecisionRecord, list[ActionOut], list[tuple[str, str, float]]]:
+        """A decision's record, actions and reasons from the guardrails' result and what
+        the policy picked (None: a guardrail decided) — one way for Decide and
+        DecideBatch, so a batch's decision is a Decide's."""
+        campaign = plan.campaign
+        nothing = campaign.nothing_combo
+        reasons: list[tuple[str, str, float]] = [(c, d, 0.0) for c, d in guard.trace]
+        record = DecisionRecord(
+            decision_id=decision_id, user_id=request.user_id, campaign=campaign.name,
+            time=now, model_version=model.version, seed=0, x=x, raw=raw,
+            choice=nothing, top=[], propensity=1.0, propensity_samples=0,
+            holdout=guard.suppressed == SUPPRESS_HOLDOUT, suppressed=guard.suppressed,
+            trace=guard.trace, window_end=now + campaign.goal.window_seconds,
+        )
+        actions: list[ActionOut] = []
+        if picked is None:
+            # A guardrail decided, not the policy: nothing to learn. Holdout decisions stay
+            # open so the holdout's own conversions measure uplift.
+            record.learn = False
+            if not record.holdout:
+                record.status = "final"
+            return record, actions, reasons
+        seed, top, means, propensity, samples = picked
+        record.seed = seed
+        record.choice = top[0]  # the policy's order: the choice first
+        record.top = top
+        record.propensity = propensity
+        record.propensity_samples = samples
+        if top[0] == nothing:
+            record.suppressed = SUPPRESS_NOTHING_BEST
+        else:
+            # Action.score is the posterior-mean score (an expected reward) for either
+            # algorithm.
+            for combo, score in zip(top, means, strict=True):
+                if combo != nothing and len(actions) < top_k:
+                    actions.append(self._action(plan, combo, score, guard.send_at,
+                                                properties, texts))
+            if request.explain:
+                reasons = self._feature_reasons(model, plan, x, top[0]) + reasons
+        record.actions = [a.__dict__ for a in actions]
+        return record, actions, reasons
 
     def _model_plan(self, name: str) -> tuple[CampaignModel, Campaign, CampaignPlan]:
         """The campaign's current model, the campaign and its plan (consistent)."""
