@@ -18,6 +18,8 @@ and returns a plain dict, which :mod:`nudge.bench.report` prints and writes. Sec
                insights summary, planted-truth quality (bench/insights_bench.py)
 - ``audience`` DecideBatch over 1,000,000 users against 3,600 combinations, every decision
                logged (a server in a child process)
+- ``background`` Decide, GetUser and Echo timed while the server is quiet, ingests a
+               steady stream, and learns from outcomes (bench/background.py)
 - ``all``      every section above
 - ``faults``   kill -9 in a loop, 100 rounds (not part of ``all``; see bench/faults.py);
                ``--cluster``: SIGKILL nudge nodes and NATS servers (bench/cluster_faults.py)
@@ -45,6 +47,7 @@ from typing import Any
 
 from nudge.bench import budgets as budgets_mod
 from nudge.bench.audience import AudienceConfig
+from nudge.bench.background import BackgroundConfig
 from nudge.bench.ingest import IngestConfig
 from nudge.bench.insights_bench import InsightsConfig
 from nudge.bench.insights_bench import quick as insights_quick
@@ -58,7 +61,7 @@ from nudge.bench.startup import StartupConfig
 from nudge.bench.storage import StorageConfig
 
 SECTIONS = ("kernels", "quality", "learning", "rpc", "peers", "startup", "storage", "ingest",
-            "insights", "audience")
+            "insights", "audience", "background")
 DEFAULT_OUT = Path("bench/reports")
 
 
@@ -77,6 +80,7 @@ class BenchConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     insights: InsightsConfig = field(default_factory=InsightsConfig)
     audience: AudienceConfig = field(default_factory=AudienceConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
     write_reports: bool = True
     command: str = "nudge bench"
     profile: bool = False  # rpc: profile the handlers; .prof files go beside the report
@@ -86,6 +90,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
     """Run the chosen sections; a failing section is recorded and the others still run."""
     from nudge.bench import (
         audience,
+        background,
         ingest,
         insights_bench,
         kernels_bench,
@@ -109,6 +114,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -
         "ingest": lambda: ingest.run(config.ingest, progress),
         "insights": lambda: insights_bench.run(config.insights, progress),
         "audience": lambda: audience.run(config.audience, progress),
+        "background": lambda: background.run(config.background, progress),
     }
     budgets = budgets_mod.load(config.budgets_path)
     started = datetime.now(UTC).astimezone()
@@ -208,6 +214,13 @@ def _parser() -> argparse.ArgumentParser:
     au = common.add_argument_group("audience")
     au.add_argument("--audience-users", type=int,
                     help="users in the DecideBatch stream (1,000,000; all: 100,000)")
+    bg = common.add_argument_group("background")
+    bg.add_argument("--background-calls", type=int, help="timed calls per RPC per phase")
+    bg.add_argument("--ingest-rate", type=float, help="events/s of the ingest phase's feed")
+    bg.add_argument("--outcome-rate", type=float, help="outcomes/s of the outcomes phase")
+    bg.add_argument("--switch-intervals-ms", type=float, nargs="+", metavar="MS",
+                    help="GIL switch intervals, one server each (0: Python's 5 ms; "
+                         "default: the server's own setting)")
 
     parser = argparse.ArgumentParser(prog="nudge bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -223,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
              "insights": "RetentionDrivers at 1M users / 30M events, ingest cost, planted "
                          "truth (about 4 minutes)",
              "audience": "DecideBatch: 1M users x 3,600 combinations, every decision logged",
+             "background": "request latency while the server ingests and learns",
              "all": "every section (5-6 minutes on the 2-core reference box)"}
     for name, text in helps.items():
         sub.add_parser(name, parents=[common], help=text, description=text)
@@ -304,12 +318,17 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     audience = AudienceConfig(users=2_000 if q else 100_000 if args.section == "all"
                               else AudienceConfig().users, history=500 if q else 20_000)
     audience = _set(audience, users=args.audience_users)
+    background = (BackgroundConfig(calls=50, users=20, ingest_rate=500.0, outcome_rate=50.0,
+                                   settle_seconds=0.5) if q else BackgroundConfig())
+    background = _set(background, calls=args.background_calls, ingest_rate=args.ingest_rate,
+                      outcome_rate=args.outcome_rate,
+                      switch_intervals_ms=_tuple(args.switch_intervals_ms))
     sections = SECTIONS if args.section == "all" else (args.section,)
     return BenchConfig(sections=sections, out=args.out, budgets_path=args.budgets,
                        profile=args.profile,
                        kernels=kernels, quality=quality, learning=learning, rpc=rpc, peers=peers,
                        startup=startup, storage=storage, ingest=ingest,
-                       insights=insights, audience=audience,
+                       insights=insights, audience=audience, background=background,
                        write_reports=not args.no_report,
                        command="nudge bench " + " ".join(args.argv))
 

@@ -312,6 +312,20 @@ def tables(result: dict) -> list[Table]:
             "One stream of user ids (1,000 per message); seconds run from the first id sent "
             "to the server's graceful stop (the decision log flushed), stored counted in the "
             "store afterwards."))
+    if "background" in sec:
+        from nudge.bench import background
+
+        b = sec["background"]
+        c = b["config"]
+        out.append(Table(
+            "Background work against a request's latency (Decide on 3,600 combinations, "
+            "GetUser, Echo)", background.HEADERS, background.rows(b),
+            f"Each RPC timed right after an Echo, {c['calls']:,} calls per phase; quiet: "
+            f"nothing else runs; ingest: a second process streams {c['ingest_rate']:,.0f} "
+            f"card transactions/s; outcomes: a second process decides and reports "
+            f"{c['outcome_rate']:,.0f} outcomes/s (the learner updates the 3,600-combination "
+            "model). One server per GIL switch interval (gil_switch_interval_ms). Handler "
+            "mean: the server's own histogram, interceptors included."))
     rows = [(v["name"], ("≤ " + _g(v["max"])) if v["max"] is not None else "≥ " + _g(v["min"]),
              _g(v["value"]) if v["value"] is not None else "-", v["status"], v["issue"])
             for v in result["budgets"]]

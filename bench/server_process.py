@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 _SERVING = re.compile(rb"serving on [^ ]+:(\d+)")
@@ -16,7 +17,8 @@ _METRICS = re.compile(rb"metrics on (http://[^ ]+/metrics)")
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, log_path: Path, *extra: str, timeout: float = 180.0):
+    def __init__(self, data_dir: Path, log_path: Path, *extra: str, timeout: float = 180.0,
+                 env: Mapping[str, str] | None = None):
         self.log_path = log_path
         self.start_offset = log_path.stat().st_size if log_path.exists() else 0
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed when the process ends
@@ -25,7 +27,7 @@ class ServerProcess:
              "--data-dir", str(data_dir), *extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.port = self._wait_for_port(timeout)
 

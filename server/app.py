@@ -36,6 +36,7 @@ from nudge.server.decisions.learner import Learner
 from nudge.server.decisions.outbox import Outbox
 from nudge.server.errors import NudgeError
 from nudge.server.gc_tuning import tune_for_serving
+from nudge.server.gil_tuning import set_switch_interval
 from nudge.server.hosts import is_loopback
 from nudge.server.risk.engine import RiskEngine
 from nudge.server.rpc.admin_service import AdminServicer
@@ -515,6 +516,7 @@ def serve(server: NudgeServer, on_ready: Callable[[], None] | None = None) -> No
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
+    set_switch_interval(server.config.gil_switch_interval_ms)
     server.start()
     tune_for_serving()
     if on_ready is not None:

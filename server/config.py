@@ -136,6 +136,12 @@ class Config:
     # partition it never held applies it from the first record).
     cluster_snapshot_seconds: float = 3600.0
     cluster_snapshot_records: int = 10_000
+    # How long (milliseconds) a thread running Python keeps the GIL while another waits
+    # for it (``sys.setswitchinterval``; Python's default is 5). Background work (the
+    # event writer, the learner, flushes) then delays a request's handler by at most about
+    # this much each time it needs the GIL back (server/gil_tuning.py says why and what
+    # it costs). 0 leaves the interpreter's own setting.
+    gil_switch_interval_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65_535:
@@ -208,6 +214,8 @@ class Config:
                     "that signed the other nodes' certificates: forwarded calls use TLS)")
         if self.metrics_port and self.metrics_port + self.workers - 1 > 65_535:
             raise ConfigError("metrics_port: each worker takes metrics_port + its index")
+        if not 0 <= self.gil_switch_interval_ms <= 100:
+            raise ConfigError("gil_switch_interval_ms: must be in [0, 100] (0: Python's own)")
 
     @property
     def shared_store(self) -> bool:
