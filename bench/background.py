@@ -128,9 +128,9 @@ def feed_ingest(target: str, users: int, rate: float) -> dict[str, Any]:
 
 
 def feed_outcomes(target: str, users: int, rate: float) -> dict[str, Any]:
-    """Decide on the 3,600-combination campaign (no caps or consent: every decision picks
-    a message) and report a reward for each, at ``rate`` a second, until SIGTERM; the
-    learner updates that campaign's model from every one."""
+    """Decide on the 3,600-combination campaign (no caps or consent) and report a reward
+    for every decision, at ``rate`` a second, until SIGTERM; the learner updates that
+    campaign's model from every one."""
     from nudge.bench.worlds import NUMBER_NAMES
 
     stop = _Stop()
@@ -144,9 +144,10 @@ def feed_outcomes(target: str, users: int, rate: float) -> dict[str, Any]:
             reply = client.decide(f"bench-{tick % users}", campaign="worlds_squarecb",
                                   numbers=numbers[tick % len(numbers)])
             decided += 1
-            if reply.actions:
-                client.report_outcome(reply.decision_id, reward=float(tick % 3 == 0))
-                reported += 1
+            # Every decision's outcome, "send nothing" included (a bank reports or
+            # attributes those too): the learner then hears of every arm.
+            client.report_outcome(reply.decision_id, reward=float(tick % 3 == 0))
+            reported += 1
     seconds = time.perf_counter() - started
     return {"decided": decided, "reported": reported, "per_s": decided / seconds}
 
