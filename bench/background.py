@@ -301,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                              "server's shipped setting)")
     args = parser.parse_args(argv)
     if args.feed:  # a feed process of a running bench
+        # The feed stands for a producer on another machine: at the lowest priority it takes
+        # only CPU the server and the timed client leave idle (its achieved rate is reported).
+        os.nice(19)
         print(json.dumps(FEEDS[args.feed](args.target, args.users, args.rate)), flush=True)
         return 0
     result = run(BackgroundConfig(calls=args.calls, users=args.users,
