@@ -58,6 +58,7 @@ from nudge.server.rpc.privacy import Pseudonyms
 from nudge.server.rpc.profiling import ProfileInterceptor
 from nudge.server.rpc.readiness import Readiness
 from nudge.server.rpc.risk_service import RiskServicer
+from nudge.server.rpc.stalled_streams import StalledStreams
 from nudge.server.rpc.status import StatusInterceptor
 from nudge.server.rpc.tls import (
     TlsSettings,
@@ -145,6 +146,7 @@ class NudgeServer:
     cluster: ClusterNode | None = None
     forwarding: ForwardingInterceptor | None = None
     insights_summary: InsightsSummary | None = None
+    stalled: StalledStreams | None = None
     _metrics_http: Any = None
     _stopped: threading.Event = field(default_factory=threading.Event)
     _closed: threading.Event = field(default_factory=threading.Event)
@@ -232,6 +234,8 @@ class NudgeServer:
         self.health.enter_graceful_shutdown()
         grace = self.config.grace_seconds if grace is None else grace
         self.grpc_server.stop(grace).wait()
+        if self.stalled is not None:
+            self.stalled.close()
         if self.forwarding is not None:
             self.forwarding.close()
         if self.cluster is not None:
@@ -292,9 +296,10 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         config.max_concurrent, config.max_queue, config.queue_timeout_seconds,
         exempt=LIMITER_EXEMPT,
     )
+    stalled = StalledStreams(config.stream_idle_seconds)
     streams = StreamLimiter({STREAM_DELIVERIES: config.max_delivery_streams,
                              TRACK_STREAM: config.max_track_streams,
-                             DECIDE_BATCH: MAX_DECIDE_BATCH_STREAMS})
+                             DECIDE_BATCH: MAX_DECIDE_BATCH_STREAMS}, stalled)
     # Order: metrics sees every outcome (refusals included), auth refuses before a slot is
     # taken, the limiters hold a slot for the handler, status maps the handler's errors.
     interceptors: list[grpc.ServerInterceptor] = []
@@ -331,6 +336,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
             ("grpc.so_reuseport", 1 if config.shared_store else 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *keepalive_options(config),
         ],
     )
     batches = (BatchRouter(cluster, forwarding)
@@ -422,12 +428,32 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
         config, server, port, store, writer, risk_engine, decisions, learner, health_servicer,
         readiness, outbox, journeys, retention, metrics, limiter, profiler=profiler,
         cluster=cluster, forwarding=forwarding, insights_summary=insights_summary,
+        stalled=stalled,
     )
     if cluster is not None:
         cluster.bind(f"{config.host}:{port}")
     if leadership is not None:
         nudge_server.role = WorkerRole(store, learner, leadership, nudge_server.start_leading)
     return nudge_server
+
+
+def keepalive_options(config: Config) -> list[tuple[str, int]]:
+    """HTTP/2 keepalive of the server's connections (``Config.keepalive_seconds``): pings
+    with or without calls in flight and without limit (a stream waiting on its client
+    sends no data); a connection whose ping goes unanswered for
+    ``keepalive_timeout_seconds`` is closed, cancelling its calls. The ping timeout is
+    ``grpc.http2.ping_timeout_ms``: with grpc 1.85, ``grpc.keepalive_timeout_ms`` alone
+    left a connection whose peer stopped answering open (tested in
+    tests/server/rpc/test_stalled_streams.py with a proxy that stops relaying). Clients
+    may ping every 10 s."""
+    return [
+        ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+    ]
 
 
 def retention_policy(config: Config) -> RetentionPolicy:

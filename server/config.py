@@ -77,6 +77,16 @@ class Config:
     # on top of max_workers, so they never take the unary RPCs' threads or slots).
     max_delivery_streams: int = 8
     max_track_streams: int = 4
+    # A long-lived stream (TrackStream, DecideBatch, StreamDeliveries) that waits this long
+    # for its client (the next message, or the client to take a reply) is cancelled,
+    # freeing its slot (server/rpc/stalled_streams.py). 0: never.
+    stream_idle_seconds: float = 300.0
+    # HTTP/2 keepalive: the server pings a connection this often and closes it when a ping
+    # is not answered within keepalive_timeout_seconds, so a client machine that vanished
+    # without closing its connection releases its streams in about a minute (gRPC's own
+    # default waits two hours). Clients may ping as often as every 10 seconds.
+    keepalive_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
     # Outbox: how long an adapter holds a delivery before it is streamed again, and the
     # least time between two messages to one user across every channel and campaign.
     lease_seconds: float = 30.0
@@ -177,6 +187,12 @@ class Config:
             )
         if self.max_delivery_streams < 1 or self.max_track_streams < 1:
             raise ConfigError("max_delivery_streams, max_track_streams: must be at least 1")
+        if self.stream_idle_seconds < 0:
+            raise ConfigError("stream_idle_seconds: must be >= 0 (0: never)")
+        if not (1 <= self.keepalive_seconds <= 86_400
+                and 1 <= self.keepalive_timeout_seconds <= 3_600):
+            raise ConfigError("keepalive_seconds, keepalive_timeout_seconds: must be in "
+                              "[1, 86400] and [1, 3600]")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65_535:
             raise ConfigError(f"metrics_port: must be in [0, 65535], got {self.metrics_port}")
         retain = ("retain_seen_seconds", "retain_events_seconds", "retain_decisions_seconds",

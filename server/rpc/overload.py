@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 import grpc
 
 from nudge.server.rpc.handlers import WrappedByMethod, wrap_holding
+from nudge.server.rpc.stalled_streams import StalledStreams
 
 # Health and reflection must answer even (especially) under overload, so orchestrators
 # do not kill a server that is merely busy; Echo is the latency floor benchmarks compare
@@ -71,11 +72,13 @@ class StreamLimiter(grpc.ServerInterceptor):
     not counted by ``ConcurrencyLimiter``, whose slots are for short unary work: the
     thread pool gets a thread per stream slot on top of ``max_workers``, so streams in
     every slot still leave the unary RPCs (a card authorisation, a health check) all of
-    theirs.
+    theirs. A stream whose client stops taking part is cancelled by ``stalled``
+    (``StalledStreams``): an idle or vanished client cannot keep a slot.
     """
 
-    def __init__(self, limits: dict[str, int]) -> None:
+    def __init__(self, limits: dict[str, int], stalled: StalledStreams | None = None) -> None:
         self.limits = dict(limits)
+        self.stalled = stalled
         self._open = dict.fromkeys(self.limits, 0)
         self._lock = threading.Lock()
         self.rejected = 0
@@ -118,9 +121,11 @@ class StreamLimiter(grpc.ServerInterceptor):
         return self._wrapped.get(method, handler, self._held)
 
     def _held(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        return wrap_holding(
+        held = wrap_holding(
             handler, lambda context: self._enter(method, context), lambda: self._leave(method)
         )
+        # A stream stalled on its client is cancelled, which frees the slot held here.
+        return held if self.stalled is None else self.stalled.wrap(held, method)
 
 
 class ConcurrencyLimiter(grpc.ServerInterceptor):
