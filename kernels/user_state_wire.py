@@ -220,6 +220,138 @@ def _reply(raw, prefix, names, name_offsets, half_life_seconds):
     return out[start:at]
 
 
+# UserState string fields the prefix holds (tag bytes) and a consent map entry's parts.
+_USER_ID = 0x0A  # UserState.user_id = 1; also a map entry's key = 1
+_TIME_ZONE = 0x42  # UserState.time_zone = 8
+_CONSENT = 0x4A  # UserState.consents = 9 (map<string, bool>)
+_GRANTED = 0x10  # a map entry's value = 2 (varint; written even when false)
+# A stored profile (UserProfile.to_bytes, orjson) begins with these, in this order.
+_TZ_OPEN = np.frombuffer(b'{"tz":"', np.uint8)
+_TZ_TIME = np.frombuffer(b',"tz_time":', np.uint8)
+_CONSENTS_OPEN = np.frombuffer(b',"consents":{', np.uint8)
+_TRUE = np.frombuffer(b"true", np.uint8)
+_FALSE = np.frombuffer(b"false", np.uint8)
+_QUOTE, _BACKSLASH, _COMMA, _COLON = 0x22, 0x5C, 0x2C, 0x3A
+_LBRACKET, _RBRACKET, _RBRACE = 0x5B, 0x5D, 0x7D
+
+
+@njit(jit.b1(jit.u1_1d_ro, jit.i8, jit.u1_1d_ro), **jit.GIL)
+def _starts(data, at, literal):
+    if at + literal.shape[0] > data.shape[0]:
+        return False
+    i = 0
+    while i < literal.shape[0] and data[at + i] == literal[i]:
+        i += 1
+    return i == literal.shape[0]
+
+
+@njit(jit.i8(jit.u1_1d_ro, jit.i8), **jit.GIL)
+def _string_end(data, at):
+    """The index of the quote closing the JSON string whose body starts at ``at``; -1 if
+    it has an escape (the slow path decodes those) or does not end."""
+    while at < data.shape[0]:
+        c = data[at]
+        if c == _QUOTE:
+            return at
+        if c == _BACKSLASH:
+            return -1
+        at += 1
+    return -1
+
+
+@njit(jit.i8(_U1, jit.i8, jit.i8, jit.u1_1d_ro, jit.i8, jit.i8), **jit.GIL)
+def _put_string(out, at, tag, data, start, end):
+    out[at] = np.uint8(tag)
+    at = _put_varint(out, at + 1, np.uint64(end - start))
+    out[at:at + end - start] = data[start:end]
+    return at + end - start
+
+
+@njit(jit.i8(jit.u1_1d_ro, jit.u1_1d_ro, _U1), **jit.GIL)
+def _profile_prefix(user_id, profile, out):
+    """``user_report.user_prefix`` (the UserState's user id, time zone and consents as
+    fields) from a stored profile's JSON, into ``out``; its length, or -1 when the profile
+    is not laid out as ``UserProfile.to_bytes`` writes it with plain strings (an escape,
+    a granted flag that is not a JSON boolean): the caller then takes the slow path,
+    which parses the JSON. A plain JSON string's bytes between its quotes are the UTF-8
+    of the string: what the protobuf field carries."""
+    if not _starts(profile, 0, _TZ_OPEN):
+        return -1
+    tz_start = _TZ_OPEN.shape[0]
+    tz_end = _string_end(profile, tz_start)
+    if tz_end < 0 or not _starts(profile, tz_end + 1, _TZ_TIME):
+        return -1
+    at = tz_end + 1 + _TZ_TIME.shape[0]
+    while at < profile.shape[0] and profile[at] != _COMMA:  # a number or null
+        at += 1
+    if not _starts(profile, at, _CONSENTS_OPEN):
+        return -1
+    at += _CONSENTS_OPEN.shape[0]
+    n = _put_string(out, 0, _USER_ID, user_id, 0, user_id.shape[0])
+    n = _put_string(out, n, _TIME_ZONE, profile, tz_start, tz_end)
+    if at < profile.shape[0] and profile[at] == _RBRACE:
+        return n
+    while True:
+        if at >= profile.shape[0] or profile[at] != _QUOTE:
+            return -1
+        key_start = at + 1
+        key_end = _string_end(profile, key_start)
+        if (key_end < 0 or key_end + 2 >= profile.shape[0] or profile[key_end + 1] != _COLON
+                or profile[key_end + 2] != _LBRACKET):
+            return -1
+        at = key_end + 3
+        if _starts(profile, at, _TRUE):
+            granted = 1
+            at += _TRUE.shape[0]
+        elif _starts(profile, at, _FALSE):
+            granted = 0
+            at += _FALSE.shape[0]
+        else:
+            return -1
+        if at >= profile.shape[0] or profile[at] != _COMMA:
+            return -1
+        while at < profile.shape[0] and profile[at] != _RBRACKET:  # the time: a number
+            at += 1
+        at += 1
+        if at >= profile.shape[0]:
+            return -1
+        size = key_end - key_start
+        out[n] = np.uint8(_CONSENT)
+        n = _put_varint(out, n + 1, np.uint64(1 + _varint_len(np.uint64(size)) + size + 2))
+        n = _put_string(out, n, _USER_ID, profile, key_start, key_end)
+        out[n] = np.uint8(_GRANTED)
+        out[n + 1] = np.uint8(granted)
+        n += 2
+        if profile[at] == _RBRACE:
+            return n
+        if profile[at] != _COMMA:
+            return -1
+        at += 1
+
+
+@njit(_U1(jit.u1_1d_ro, jit.u1_1d_ro, jit.u1_1d_ro, jit.u1_1d_ro, jit.i8_1d_ro, jit.f8),
+      **jit.GIL)
+def _reply_from_profile(raw, user_id, profile, names, name_offsets, half_life_seconds):
+    # Each consent takes at least 11 bytes of JSON ('"":[true,0]') and at most 8 more
+    # bytes of prefix than its key; the time zone likewise: the prefix fits in this.
+    prefix = np.empty(user_id.shape[0] + profile.shape[0] + 32, np.uint8)
+    n = _profile_prefix(user_id, profile, prefix)
+    if n < 0:
+        return np.empty(0, np.uint8)
+    return _reply(raw, prefix[:n], names, name_offsets, half_life_seconds)
+
+
+def get_user_reply_from_profile(raw: np.ndarray, user_id: np.ndarray, profile: np.ndarray,
+                                names: np.ndarray, name_offsets: np.ndarray,
+                                half_life_seconds: float) -> np.ndarray:
+    """:func:`get_user_reply_trusted` with the prefix written here from the user id (UTF-8)
+    and the stored profile's bytes (``UserProfile.to_bytes``); an empty array when the
+    profile needs the slow path (see ``_profile_prefix``: the caller builds the prefix
+    in Python then). The record is always checked."""
+    return _reply_from_profile(raw, user_id, profile, names, name_offsets,
+                               half_life_seconds)
+
+
 def get_user_reply(raw: np.ndarray, prefix: np.ndarray, names: np.ndarray,
                    name_offsets: np.ndarray, half_life_seconds: float) -> np.ndarray:
     """The serialised ``GetUserResponse`` for a stored record ``raw`` (uint8, as stored):
@@ -255,3 +387,7 @@ def warm_up() -> None:
                 + record[record != 0].tobytes()):
         get_user_reply(jit.readonly(np.frombuffer(raw, np.uint8)), prefix, names,
                        jit.readonly(offsets), 3600.0)
+        get_user_reply_from_profile(
+            jit.readonly(np.frombuffer(raw, np.uint8)), jit.readonly(np.frombuffer(b"u", np.uint8)),
+            jit.readonly(np.frombuffer(b'{"tz":"UTC","tz_time":null,"consents":{"a":[true,1.0]}}',
+                                       np.uint8)), names, jit.readonly(offsets), 3600.0)

@@ -44,6 +44,7 @@ from nudge.server.rpc.auth import AuthInterceptor, TokenStore
 from nudge.server.rpc.batch_routing import BatchRouter
 from nudge.server.rpc.cluster_service import ClusterServicer, SummaryGatherer
 from nudge.server.rpc.decision_service import DecisionServicer
+from nudge.server.rpc.decision_service import add_to_server as add_decision_service
 from nudge.server.rpc.delivery_service import DeliveryServicer
 from nudge.server.rpc.diagnostics_service import DiagnosticsServicer, ServerInfo
 from nudge.server.rpc.forwarding import FindByIdInterceptor, ForwardingInterceptor
@@ -75,7 +76,6 @@ from nudge.v1 import (
     admin_service_pb2_grpc,
     cluster_service_pb2_grpc,
     decision_service_pb2,
-    decision_service_pb2_grpc,
     delivery_service_pb2,
     delivery_service_pb2_grpc,
     diagnostics_service_pb2,
@@ -351,7 +351,7 @@ def create_server(config: Config, clock: Clock | None = None) -> NudgeServer:
     # Followers adopt the models the leader stores, so a shared store's leader stores often.
     learner = Learner(store, writer, decisions, clock,
                       persist_every=SHARED_PERSIST_SECONDS if config.shared_store else 5.0)
-    decision_service_pb2_grpc.add_DecisionServiceServicer_to_server(
+    add_decision_service(
         DecisionServicer(
             store, writer, clock, readiness, config.half_life_seconds, decisions, pseudonyms,
             submit_events=cluster.publish_events if cluster is not None else None,

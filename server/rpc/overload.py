@@ -34,10 +34,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
 
-from nudge.server.rpc.handlers import WrappedByMethod, wrap_holding
+from nudge.server.rpc.handlers import Behaviour, WrappedByMethod, wrap_behaviour, wrap_holding
 from nudge.server.rpc.stalled_streams import StalledStreams
 
 # Health and reflection must answer even (especially) under overload, so orchestrators
@@ -154,7 +155,10 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
         self.exempt = tuple(exempt)
-        self._cond = threading.Condition()
+        # A plain lock under the condition: the fast path (a free slot, nobody waiting)
+        # takes it directly, without the Condition's Python-level __enter__.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._running = 0
         self._waiting = 0
         self.rejected = 0
@@ -192,8 +196,18 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             self._expired(context, method)
-        with self._cond:
+        with self._lock:
             # Newcomers do not jump the queue: a free slot goes to a waiter first.
+            if self._running < self.max_concurrent and self._waiting == 0:
+                self._running += 1
+                return
+        self._wait_for_slot(context, method, remaining)
+
+    def _wait_for_slot(self, context: grpc.ServicerContext, method: str,
+                       remaining: float | None) -> None:
+        """:meth:`_acquire` when no slot was free at once: queue (bounded, for a bounded
+        time) or abort."""
+        with self._cond:
             if self._running < self.max_concurrent and self._waiting == 0:
                 self._running += 1
                 return
@@ -233,9 +247,10 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
             self._expired(context, method)
 
     def _release(self) -> None:
-        with self._cond:
+        with self._lock:
             self._running -= 1
-            self._cond.notify()
+            if self._waiting:  # counted under this lock before a waiter waits
+                self._cond.notify()
 
     def intercept_service(
         self,
@@ -249,5 +264,20 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
         return self._wrapped.get(method, handler, self._held)
 
     def _held(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        return wrap_holding(handler, lambda context: self._acquire(context, method),
-                            self._release)
+        acquire, release = self._acquire, self._release
+
+        def unary(behaviour: Behaviour) -> Behaviour:
+            # wrap_holding's unary wrapper without its two extra calls (a lambda around
+            # _acquire): it runs inside every limited RPC's handler time.
+            def held(request: Any, context: grpc.ServicerContext) -> Any:
+                acquire(context, method)
+                try:
+                    return behaviour(request, context)
+                finally:
+                    release()
+
+            return held
+
+        if handler.response_streaming:
+            return wrap_holding(handler, lambda context: acquire(context, method), release)
+        return wrap_behaviour(handler, unary, unary)

@@ -87,7 +87,21 @@ def _request(request: Any, context: grpc.ServicerContext, method: str,
 
 def _wrap_unary(behaviour: Callable[..., Any], method: str,
                 streamed: bool = False) -> Callable[..., Any]:
-    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+    if not streamed:
+        # One request message (the hot unary RPCs): checked inline, no _request call.
+        def handler(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                if request.__class__ is _Malformed:
+                    _malformed(context, method)
+                return behaviour(request, context)
+            except Exception as exc:
+                if _already_aborted(context) or _gone(exc, context, method):
+                    raise
+                _abort(context, exc, method)
+
+        return handler
+
+    def streamed_handler(request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return behaviour(_request(request, context, method, streamed), context)
         except Exception as exc:
@@ -95,7 +109,7 @@ def _wrap_unary(behaviour: Callable[..., Any], method: str,
                 raise
             _abort(context, exc, method)
 
-    return handler
+    return streamed_handler
 
 
 def _wrap_stream(behaviour: Callable[..., Iterator[Any]], method: str,

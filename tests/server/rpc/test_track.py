@@ -91,3 +91,49 @@ def test_concurrent_calls_share_group_commits(server: NudgeServer, client: Clien
     assert all(client.get_user(f"c{k}").event_count == 10 for k in range(8))
     # 80 acknowledged calls, each durable on reply, needed fewer commits than calls.
     assert server.writer.commits - commits_before < 80
+
+
+@pytest.mark.parametrize("registered", [True, False])
+def test_get_user_bytes_parse_as_the_field_by_field_reply(
+        server: NudgeServer, client: Client, registered: bool) -> None:
+    """GetUser hands grpc its reply as bytes (user_report.reply_bytes): a generated stub
+    (grpc's registered-method lookup) and a plain call by method name (the generic lookup)
+    parse them equal to the reply set field by field from the same stored record; consent
+    channels with quotes and backslashes take the reply kernel's slow path."""
+    from nudge.server.rpc.user_report import user_state_message
+    from nudge.server.storage.tables import users
+    from nudge.server.storage.tables.users import UserProfile
+    from nudge.v1 import decision_service_pb2 as pb
+
+    client.track([
+        make_event("plain", "card_payment", numbers={"amount": 12.5},
+                   strings={"tz": "America/Sao_Paulo", "consent.push": "granted",
+                            "consent.sms": "revoked"}, time=T0),
+        make_event("plain", "login", time=T0 + 60.0),
+        make_event("escaped", "login", strings={"consent.a\"b\\c": "granted",
+                                                "consent.café": "revoked"}, time=T0),
+        make_event("bare", "login", time=T0),
+    ])
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    get_user = channel.unary_unary(
+        "/nudge.v1.DecisionService/GetUser", _registered_method=registered,
+        request_serializer=pb.GetUserRequest.SerializeToString,
+        response_deserializer=pb.GetUserResponse.FromString)
+    try:
+        for user_id in ("plain", "escaped", "bare"):
+            got = get_user(pb.GetUserRequest(user_id=user_id), timeout=10)
+            with server.store.read() as txn:
+                record = users.record(txn, server.store.dbs, user_id)
+                profile = users.profile(txn, server.store.dbs, user_id)
+            assert record is not None
+            expected = pb.GetUserResponse(user=user_state_message(
+                user_id, record.tolist(), profile, server.store.type_names(),
+                server.config.half_life_seconds))
+            assert got == expected
+            assert got.user.event_count >= 1
+        assert dict(get_user(pb.GetUserRequest(user_id="escaped"), timeout=10).user.consents
+                    ) == {"a\"b\\c": True, "café": False}
+        assert UserProfile().tz == get_user(pb.GetUserRequest(user_id="bare"),
+                                            timeout=10).user.time_zone
+    finally:
+        channel.close()

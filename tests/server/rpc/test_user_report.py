@@ -5,9 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nudge.kernels import jit
 from nudge.kernels import user_state as u
-from nudge.kernels.user_state_wire import get_user_reply
-from nudge.server.rpc.user_report import TypeNames, fill_user_state, user_reply
+from nudge.kernels.user_state_wire import (
+    get_user_reply,
+    get_user_reply_from_profile,
+    get_user_reply_trusted,
+)
+from nudge.server.rpc.user_report import (
+    TypeNames,
+    fill_user_state,
+    reply_bytes,
+    user_prefix,
+    user_reply,
+)
 from nudge.server.storage.tables.codecs import encode_sparse
 from nudge.server.storage.tables.users import UserProfile
 from nudge.v1 import decision_service_pb2 as pb
@@ -53,8 +64,8 @@ def test_reply_matches_field_by_field(seed: int) -> None:
                     86_400.0 * (seed + 1))
     names = TypeNames().arrays(type_names)
     for stored in (encode_sparse(record), record.tobytes()):  # sparse, and dense (v1)
-        got = user_reply(stored, profile.to_bytes(), f"user-{seed}", names,
-                         86_400.0 * (seed + 1))
+        got = pb.GetUserResponse.FromString(user_reply(
+            stored, profile.to_bytes(), f"user-{seed}", names, 86_400.0 * (seed + 1)))
         assert got == expected
         # Field order and presence as well as values: the same bytes once re-serialised.
         assert got.SerializeToString(deterministic=True) == expected.SerializeToString(
@@ -66,7 +77,8 @@ def test_no_profile_reads_as_the_default() -> None:
     record[u.S_EVENT_COUNT] = 1
     expected = pb.GetUserResponse()
     fill_user_state(expected.user, "x", record.tolist(), UserProfile(), {}, 10.0)
-    assert user_reply(encode_sparse(record), None, "x", TypeNames().arrays({}), 10.0) == expected
+    got = user_reply(encode_sparse(record), None, "x", TypeNames().arrays({}), 10.0)
+    assert pb.GetUserResponse.FromString(got) == expected
 
 
 def test_bytes_that_are_not_a_record_are_refused() -> None:
@@ -78,3 +90,71 @@ def test_bytes_that_are_not_a_record_are_refused() -> None:
     with pytest.raises(ValueError, match="name_offsets"):
         get_user_reply(np.zeros(8 * u.RECORD_LEN, np.uint8), empty, names[0],
                        np.zeros(3, np.int64), 1.0)
+
+
+_TEXT = ["", "UTC", "push", "café", "日本", 'a"b', "back\\slash", "tab\t", "\x01", "/",
+         "x" * 200, "Ω" * 70]
+
+
+def _random_profile(rng: np.random.Generator) -> UserProfile:
+    channels = [str(rng.choice(_TEXT)) + str(k) * int(rng.integers(0, 2))
+                for k in range(int(rng.integers(0, 7)))]
+    return UserProfile(
+        tz=str(rng.choice(_TEXT)),
+        tz_time=float(rng.choice([float("-inf"), 0.0, -1.5, 1.7e9 + 0.125, 3e300])),
+        consents={c: (bool(rng.integers(0, 2)), float(rng.choice([0.0, -2.5, 1.7e9, 1e-7])))
+                  for c in channels},
+        last_properties={"login": (1.0, {"n": 2.0}, {"s": str(rng.choice(_TEXT))})}
+        if rng.random() < 0.5 else {},
+    )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_kernel_reads_the_profile_as_python_does(seed: int) -> None:
+    """The reply kernel writes the user id, time zone and consents from the stored JSON:
+    byte for byte what the JSON parsed in Python gives (``user_prefix``), or, for a
+    string it does not decode itself (an escape), nothing, and the slow path answers."""
+    rng = np.random.default_rng([1717, seed, np.random.SeedSequence().entropy % 2**32])
+    names = TypeNames().arrays({0: "login"})
+    record = np.zeros(u.RECORD_LEN)
+    record[u.S_EVENT_COUNT] = 3
+    raw = jit.readonly(np.frombuffer(encode_sparse(record), np.uint8))
+    fast = 0
+    for _ in range(50):
+        profile = _random_profile(rng)
+        stored = profile.to_bytes()
+        user_id = str(rng.choice(["u", "usér", "x" * 300]))
+        uid = jit.readonly(np.frombuffer(user_id.encode(), np.uint8))
+        got = get_user_reply_from_profile(raw, uid, jit.readonly(np.frombuffer(stored, np.uint8)),
+                                          *names, 5.0)
+        reference = get_user_reply_trusted(
+            raw, jit.readonly(np.frombuffer(user_prefix(stored, user_id), np.uint8)),
+            *names, 5.0)
+        if got.shape[0]:
+            fast += 1
+            assert got.tobytes() == reference.tobytes()
+        else:
+            assert b"\\" in stored  # only an escape sends it to the slow path
+        assert user_reply(raw, stored, user_id, names, 5.0) == reference.tobytes()
+    assert fast > 0
+
+
+def test_profiles_not_laid_out_as_stored_take_the_slow_path() -> None:
+    names = TypeNames().arrays({})
+    raw = jit.readonly(np.frombuffer(encode_sparse(np.zeros(u.RECORD_LEN)), np.uint8))
+    uid = jit.readonly(np.frombuffer(b"u", np.uint8))
+    for stored in (b"", b"{", b'{"tz":"UTC"', b'{"tz":"UTC","tz_time":null}',
+                   b'{"tz":"UTC","tz_time":null,"consents":{"a":[1,2.0]}}',
+                   b'{"tz":"UTC","tz_time":null,"consents":{"a":[true,2.0]',
+                   b'{"tz":"UTC","tz_time":null,"consents":{"a":[true,2.0]x',
+                   b'{"tz":"UTC","tz_time":null,"consents":{"a":true}}',
+                   b'{"tz": "UTC","tz_time":null,"consents":{}}'):
+        got = get_user_reply_from_profile(raw, uid, jit.readonly(np.frombuffer(stored, np.uint8)),
+                                          *names, 1.0)
+        assert got.shape[0] == 0, stored
+
+
+def test_reply_bytes_passes_bytes_and_serialises_messages() -> None:
+    message = pb.GetUserResponse(user=pb.UserState(user_id="u", event_count=2))
+    assert reply_bytes(b"\x0a\x00") == b"\x0a\x00"
+    assert reply_bytes(message) == message.SerializeToString()
