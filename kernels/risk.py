@@ -77,6 +77,31 @@ def encode_transaction(amount: float, time: float, local_hour: float, country: s
                      category_bin(channel, CHANNEL_BINS)], dtype=np.float64)
 
 
+def encode_transaction_trusted(amount: float, time: float, local_hour: float, country: str,
+                               merchant_category: str, device_id: str,
+                               channel: str) -> np.ndarray:
+    """:func:`encode_transaction` without its checks, for a caller that validated every
+    input itself (ScoreTransaction: amount finite and >= 0, time finite, the local hour
+    from ``local_hour`` in [0, 24), strings from a protobuf message): its seven Python
+    calls of checks and bins on a hot path become memo lookups. The same vector (and an
+    hour outside [0, 24) still raises, through the checked path)."""
+    if not 0.0 <= local_hour < 24.0:
+        return encode_transaction(amount, time, local_hour, country, merchant_category,
+                                  device_id, channel)
+    cache = _BIN_CACHE
+    c = cache.get((country, COUNTRY_BINS))
+    m = cache.get((merchant_category, MCC_BINS))
+    d = cache.get((device_id, DEVICE_BINS))
+    h = cache.get((channel, CHANNEL_BINS))
+    return np.array([
+        time, amount, local_hour,
+        category_bin(country, COUNTRY_BINS) if c is None else c,
+        category_bin(merchant_category, MCC_BINS) if m is None else m,
+        category_bin(device_id, DEVICE_BINS) if d is None else d,
+        category_bin(channel, CHANNEL_BINS) if h is None else h,
+    ], dtype=np.float64)
+
+
 def encode_transactions(amount: np.ndarray | Sequence[float], time: np.ndarray | Sequence[float],
                         local_hour: np.ndarray | Sequence[float],
                         country: np.ndarray | Sequence[str],

@@ -53,7 +53,7 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from nudge.kernels.risk import encode_transaction, encode_transactions
+from nudge.kernels.risk import encode_transaction_trusted, encode_transactions
 from nudge.kernels.risk_model import (
     D_HELD,
     D_HISTORY,
@@ -679,7 +679,10 @@ class RiskEngine:
             # A stored row is decoded into a new array, used once: no copy needed.
             state = overlay.copy() if overlay is not None else (
                 new_user_state() if stored is None else stored)
-        vector = encode_transaction(
+        # Every transaction scored one at a time comes from validate_transaction(s)
+        # (amount finite and >= 0, time finite), the hour from local_hour or Track: the
+        # checks of encode_transaction would repeat them.
+        vector = encode_transaction_trusted(
             tx.amount, tx.time, hour, tx.country, tx.merchant_category, tx.device_id, tx.channel
         )
         population = self._population.copy()

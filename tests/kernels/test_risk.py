@@ -44,3 +44,19 @@ def test_category_bins_are_stable_and_empty_means_missing() -> None:
     assert enc[0, R.TX_COUNTRY] == blake(b"BR", 96) and enc[1, R.TX_COUNTRY] == -1
     np.testing.assert_array_equal(
         enc[0], R.encode_transaction(1.0, 0.0, 0.0, "BR", "5411", "a", "pos"))
+
+
+def test_trusted_encoding_is_the_checked_one() -> None:
+    """ScoreTransaction's encoder (no checks, memoised bins) gives the same vector as
+    encode_transaction on valid input, first sight of a string or not, and an hour out
+    of range still raises."""
+    rng = np.random.default_rng(29)
+    words = ["", "BR", "US", "5411", "pos", "app", "d-1", "café", "x" * 40]
+    for _ in range(500):
+        args = (float(rng.exponential(100.0)), float(rng.uniform(0, 2e9)),
+                float(rng.uniform(0, 24)), *(str(rng.choice(words)) + str(rng.integers(0, 3))
+                                             * int(rng.integers(0, 2)) for _ in range(4)))
+        np.testing.assert_array_equal(R.encode_transaction_trusted(*args),
+                                      R.encode_transaction(*args))
+    with pytest.raises(ValueError, match=r"local_hour must be in \[0, 24\)"):
+        R.encode_transaction_trusted(1.0, 0.0, 24.0, "BR", "", "", "")
