@@ -75,6 +75,20 @@ DEFAULT_MIN_EVIDENCE = 1.5  # nats: about 4.5x likelier under a takeover
 DEFAULT_WEAK_BELOW = 5  # earlier transactions
 
 
+def no_reason(v: list[float], w: list[float], min_evidence: float = DEFAULT_MIN_EVIDENCE,
+              weak_below: int = DEFAULT_WEAK_BELOW) -> bool:
+    """Whether :func:`explain` gives no reason for a details row ``v`` (as a list) under
+    the supervised weights ``w`` (a list of 7): most transactions of a known customer.
+    ScoreTransaction asks this before :func:`explain` (one call instead of its argument
+    handling and conversions). The evidence's max is taken in feature order, as explain's
+    full path has always done (a NaN first fails the test; one after a number is skipped
+    by ``max``, and the full path then gives no reason either)."""
+    e = D_EVIDENCE
+    return (int(v[D_HISTORY]) >= weak_below and v[D_LOGIT] - v[D_START_LOGIT] < min_evidence
+            and max(w[0] * v[e], w[1] * v[e + 1], w[2] * v[e + 2], w[3] * v[e + 3],
+                    w[4] * v[e + 4], w[5] * v[e + 5], w[6] * v[e + 6]) < min_evidence)
+
+
 def explain(details: np.ndarray, weights: np.ndarray | None = None, *, country: str = "",
             merchant_category: str = "", local_hour: float | None = None,
             params: ModelParams = DEFAULT_MODEL_PARAMS,
@@ -93,14 +107,12 @@ def explain(details: np.ndarray, weights: np.ndarray | None = None, *, country: 
                          f"got shape {d.shape}")
     v = d.tolist()
     w = [1.0] * 7 if weights is None else np.asarray(weights, dtype=np.float64).tolist()
+    if no_reason(v, w, min_evidence, weak_below):
+        return []
     ev = [w[f] * v[D_EVIDENCE + f] for f in range(7)]
     episode = v[D_LOGIT] - v[D_START_LOGIT]  # >= 0: the filter's lift of the logit
     n = int(v[D_HISTORY])
     weak = n < weak_below
-    if not weak and episode < min_evidence and max(ev) < min_evidence:
-        # Most transactions of a known customer: no reason fires (a NaN anywhere fails
-        # these tests and takes the full path below, which gives the same answer).
-        return []
     positive = sum(e for e in ev if e > 0) + max(episode, 0.0)
     plural = "" if n == 1 else "s"
     suffix = f" (weak: only {n} earlier transaction{plural})" if weak else ""

@@ -70,7 +70,7 @@ from nudge.kernels.risk_model import (
     score_and_learn,
     score_learn_one_trusted,
 )
-from nudge.kernels.risk_model_reasons import explain
+from nudge.kernels.risk_model_reasons import explain, no_reason
 from nudge.server.errors import InvalidArgument, NotFound
 from nudge.server.inputs.events import ValidEvent
 from nudge.server.inputs.transactions import ValidTransaction, transaction_from_event
@@ -687,10 +687,13 @@ class RiskEngine:
         )
         population = self._population.copy()
         details, features = score_learn_one_trusted(state, population, vector, self.params)
-        held = bool(details[D_HELD])
-        reasons = explain(
+        v = details.tolist()  # one conversion, read as Python floats below
+        held = bool(v[D_HELD])
+        weights = population[P_W:P_W + N_EVIDENCE]
+        # Most transactions have no reason: asked on the lists first, explain only if not.
+        reasons = [] if no_reason(v, weights.tolist()) else explain(
             details,
-            population[P_W:P_W + N_EVIDENCE],
+            weights,
             country=tx.country,
             merchant_category=tx.merchant_category,
             local_hour=hour,
@@ -699,9 +702,9 @@ class RiskEngine:
         )
         record = TransactionRecord(
             user_id=tx.user_id,
-            score=float(details[D_SCORE]),
-            reasons=[(r.code, r.detail, r.weight) for r in reasons],
-            baseline_count=int(details[D_HISTORY]),
+            score=v[D_SCORE],
+            reasons=[(r.code, r.detail, r.weight) for r in reasons] if reasons else [],
+            baseline_count=int(v[D_HISTORY]),
             held=held,
             in_baseline=not held,
             features=features.tolist(),

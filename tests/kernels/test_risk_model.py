@@ -19,7 +19,7 @@ from nudge.kernels.risk import (
     TX_TIME,
     encode_transaction,
 )
-from nudge.kernels.risk_model_reasons import REASON_CODES, TAKEOVER_EPISODE, explain
+from nudge.kernels.risk_model_reasons import REASON_CODES, TAKEOVER_EPISODE, explain, no_reason
 
 PARAMS = M.ModelParams()
 BINS = (COUNTRY_BINS, MCC_BINS, DEVICE_BINS, CHANNEL_BINS)
@@ -633,7 +633,7 @@ def test_explain_codes_and_weights_against_a_plain_reference() -> None:
     features = ("AMOUNT_HIGH", "NEW_COUNTRY", "NEW_DEVICE", "NEW_MERCHANT_CATEGORY",
                 "UNUSUAL_HOUR", "VELOCITY_BURST")
     slots = (M.E_AMOUNT, M.E_COUNTRY, M.E_DEVICE, M.E_MCC, M.E_HOUR, M.E_VELOCITY)
-    empty = 0
+    empty = quick_empty = 0
     for case in range(2_000):
         d = np.zeros(M.DETAIL_LEN)
         d[M.D_EVIDENCE:M.D_EVIDENCE + 7] = rng.choice([-1.0, 0.0, 0.5, 1.49, 1.5, 3.0], 7,
@@ -657,4 +657,9 @@ def test_explain_codes_and_weights_against_a_plain_reference() -> None:
         got = explain(d, w)
         assert [(r.code, r.weight) for r in got] == want, case
         empty += not got
+        # ScoreTransaction's pre-check: "no reason" only where explain gives none.
+        quick = no_reason(d.tolist(), [1.0] * 7 if w is None else w.tolist())
+        assert quick <= (not got), case
+        quick_empty += quick
     assert 200 < empty < 1_800  # both paths ran
+    assert quick_empty > 150
