@@ -20,7 +20,7 @@ this one repeats from it, which is what a reviewer needs to open the two togethe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -59,9 +59,11 @@ REASON_CODES = (AMOUNT_HIGH, NEW_COUNTRY, NEW_DEVICE, NEW_MERCHANT_CATEGORY, UNU
 _SAME_NAMES = ("country", "merchant category", "device", "channel")
 
 
-@dataclass(frozen=True)
-class RiskReason:
-    """One reason: a stable ``code`` for machines, ``detail`` for people, and ``weight``."""
+class RiskReason(NamedTuple):
+    """One reason: a stable ``code`` for machines, ``detail`` for people, and ``weight``.
+    Immutable, as a frozen dataclass would be, but built at a tuple's cost: a frozen
+    dataclass sets each field through ``object.__setattr__``, and a ScoreTransaction
+    that has reasons builds one or two per call."""
 
     code: str
     detail: str
