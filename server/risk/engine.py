@@ -90,6 +90,9 @@ MAX_REASONS = 5
 TIME_ZONE_CACHE = 100_000
 # Held times remembered for users not waiting to be stored (a cache of the store's).
 HELD_CACHE = 100_000
+# Customers' rows kept decoded beside the bytes last stored for them (_decoded): a row is
+# up to 2.6 KB, so at most ~50 MB.
+DECODED_CACHE = 10_000
 # Delay between the first unsaved change and its flush (see DelayedFlusher).
 FLUSH_DELAY = 0.001
 LABELS = ("FRAUD", "GENUINE")
@@ -132,6 +135,13 @@ class RiskEngine:
         self._records: dict[TxKey, TransactionRecord] = {}
         self._time_zones: dict[str, str] = {}
         self._held_at: dict[str, float] = {}
+        # user id -> (bytes this engine last stored as the user's row, those bytes decoded,
+        # read-only). A read that finds exactly these bytes in the store takes a copy
+        # instead of decoding them again (a stored row read back is the usual
+        # ScoreTransaction once the flush has dropped the user from the overlay): keyed by
+        # content, so whoever wrote the store since — another worker, an erasure, a
+        # partition's import, a rolled-back commit — it is right or it is not used.
+        self._decoded: dict[str, tuple[bytes, np.ndarray]] = {}
         # Bumped (inside the lock) whenever an entry leaves the overlay: what was read from
         # the store before the lock is then checked again (_read_ahead, _still_valid).
         self._generation = 0
@@ -536,7 +546,13 @@ class RiskEngine:
             if key not in self._records:
                 record = transaction_table.get(txn, dbs, key)
             if tx.user_id not in self._states:
-                state = risk_baselines.baseline(txn, dbs, tx.user_id)
+                raw = risk_baselines.stored_bytes(txn, dbs, tx.user_id)
+                if raw is None:
+                    state = None
+                else:
+                    known = self._decoded.get(tx.user_id)
+                    state = (known[1].copy() if known is not None and known[0] == raw
+                             else risk_baselines.decode_baseline(raw))
             if tx.local_hour is None and tx.user_id not in self._time_zones:
                 tz = users.profile(txn, dbs, tx.user_id).tz
         return _ReadAhead(generation, record, state, tz)
@@ -761,6 +777,7 @@ class RiskEngine:
             self._states.pop(user_id, None)
             self._time_zones.pop(user_id, None)
             self._held_at.pop(user_id, None)
+            self._decoded.pop(user_id, None)  # not needed to be right: to free it
             for key in [k for k in self._records if k[0] == user_id]:
                 del self._records[key]
 
@@ -788,8 +805,20 @@ class RiskEngine:
             records = {t: self._records[t] for t in transaction_ids if t in self._records}
             population = self._population
             clock = self._clock
+        decoded = []
         for user_id, state in states.items():
-            risk_baselines.put_baseline(txn, dbs, user_id, state)
+            raw = risk_baselines.put_baseline(txn, dbs, user_id, state)
+            if not self.store.shared:  # there every score reads in its write transaction
+                row = risk_baselines.decode_baseline(raw)
+                if row is not None:
+                    row.setflags(write=False)
+                    decoded.append((user_id, raw, row))
+        if decoded:
+            if len(self._decoded) + len(decoded) > DECODED_CACHE:
+                self._decoded = {}
+            cache = self._decoded
+            for user_id, raw, row in decoded:
+                cache[user_id] = (raw, row)
         for key, record in records.items():
             transaction_table.put(txn, dbs, key, record)
             if record.held and record.time > 0:

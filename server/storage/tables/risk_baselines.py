@@ -78,8 +78,17 @@ def baseline(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> np.ndarray | None
     comes back migrated (``migrate_user_state``: all it learned kept); None if never scored
     or stored in the pre-model layout."""
     raw = txn.get(user_id.encode(), db=dbs[NAME])
-    if raw is None:
-        return None
+    return None if raw is None else decode_baseline(raw)
+
+
+def stored_bytes(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> bytes | memoryview | None:
+    """The customer's row as stored (for :func:`decode_baseline`), None if none."""
+    return txn.get(user_id.encode(), db=dbs[NAME])
+
+
+def decode_baseline(raw: bytes | memoryview) -> np.ndarray | None:
+    """A stored row as :func:`baseline` returns it (a new array; None for the pre-model
+    layout)."""
     # a dense version-2 row first: its length could also parse as a sparse current one
     if len(raw) != USER_LEN_V2 * 8:
         state = _decode(raw, USER_LEN, MODEL_VERSION)
@@ -94,8 +103,11 @@ def stored(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> bool:
     return txn.get(user_id.encode(), db=dbs[NAME]) is not None
 
 
-def put_baseline(txn: lmdb.Transaction, dbs: Dbs, user_id: str, state: np.ndarray) -> None:
-    txn.put(user_id.encode(), encode_sparse(state), db=dbs[NAME])
+def put_baseline(txn: lmdb.Transaction, dbs: Dbs, user_id: str, state: np.ndarray) -> bytes:
+    """Store the customer's row; returns the bytes stored."""
+    raw = encode_sparse(state)
+    txn.put(user_id.encode(), raw, db=dbs[NAME])
+    return raw
 
 
 def population(txn: lmdb.Transaction, dbs: Dbs) -> np.ndarray | None:
