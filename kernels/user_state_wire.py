@@ -6,8 +6,8 @@ field at a time from Python (a protobuf attribute per number, a Timestamp per ti
 record decoded to an array and then to a list first) that cost ~50 µs per call against an
 empty Echo's ~9 µs. The reply's wire format is plain arithmetic on those numbers: varints,
 little-endian doubles, length prefixes. So one compiled pass decodes the stored (sparse or
-dense) record and writes the whole ``GetUserResponse`` message: the caller parses it once
-(``FromString``, in C) and hands grpc a normal message.
+dense) record and writes the whole ``GetUserResponse`` message, which the handler hands
+grpc as bytes (GetUser's response serializer passes bytes through).
 
 Why the bytes are right: protobuf parsing is defined field by field, so a message written
 with every scalar present parses to the same message as one built by setting the same
@@ -18,10 +18,12 @@ google.protobuf.Timestamp); ``tests/kernels/test_user_state_wire.py`` parses the
 and compares them, message for message, with the reply ``server/rpc/user_report.py``
 builds field by field from the same record, on fresh random records.
 
-The strings the record does not hold (the user id, time zone and consents, already
-encoded by the caller as UserState fields: ``prefix``) and the event type names (one
-buffer for all slots, ``names[name_offsets[k]:name_offsets[k + 1]]`` for slot ``k``) come in
-as bytes. Keeps the GIL: it runs for about a microsecond inside a handler.
+The strings the record does not hold come in as bytes: the user id, time zone and
+consents either already encoded as UserState fields (``prefix``) or, with
+:func:`get_user_reply_from_profile`, read here from the stored profile's JSON (its plain
+strings copied as they are; an escaped one leaves it to the caller's JSON parser), and the
+event type names (one buffer for all slots, ``names[name_offsets[k]:name_offsets[k + 1]]``
+for slot ``k``). Keeps the GIL: it runs for about a microsecond inside a handler.
 """
 
 from __future__ import annotations
