@@ -55,6 +55,7 @@ import numpy as np
 import orjson
 
 from nudge.kernels import user_state
+from nudge.server.storage.tables import decisions as decision_table
 from nudge.server.storage.tables import events as event_table
 from nudge.server.storage.tables import insights, keys, meta, risk_baselines, users
 
@@ -192,12 +193,15 @@ def _partition_rows(
             p = of(_user_of(table, key))
             if p in wanted:
                 yield table, key, bytes(value), p
-    # Records whose JSON names the user, and their indexes keyed by an 8-byte time and
-    # the record's id (a decision's deadline, a delivery's place in the outbox queue).
+    # Records that name the user (a decision in the JSON part of its record), and their
+    # indexes keyed by an 8-byte time and the record's id (a decision's deadline, a
+    # delivery's place in the outbox queue).
     for records, index in (("decisions", "deadlines"), ("deliveries", "outbox")):
         partition_of_id: dict[bytes, int] = {}
         for key, value in txn.cursor(db=dbs[records]):
-            p = of(orjson.loads(value)["user_id"].encode())
+            fields = (decision_table.decode_meta(value) if records == "decisions"
+                      else orjson.loads(value))
+            p = of(fields["user_id"].encode())
             if p in wanted:
                 partition_of_id[bytes(key)] = p
                 yield records, bytes(key), bytes(value), p

@@ -1,9 +1,25 @@
-"""``decisions``: decision id -> JSON record (context, choice, propensity, model version,
-seed, guardrail trace, outcome): the audit trail and the learner's input.
+"""``decisions``: decision id -> record (context, choice, propensity, model version, seed,
+guardrail trace, outcome): the audit trail and the learner's input.
+
+A record is stored in one of two formats, told apart by its first byte:
+
+- JSON (``{``): every field as JSON, the context ``x`` and ``raw`` as lists (``null`` for a
+  missing value). Records written before the binary format stay readable as they are.
+- binary (``FORMAT_BINARY``, written since): the byte, ``len(x)`` and ``len(raw)`` as
+  little-endian uint32, the two as little-endian float64 arrays, then the other fields as
+  JSON. ``x`` and ``raw`` — ~72 floats — were most of a JSON record's bytes (1.8 KB → 1.1
+  KB) and of its encoding in the decision flush (float to shortest text); as bytes they are
+  copied, and read back bit for bit.
+
+Either way a reader sees the same fields: :func:`decode` gives ``x`` and ``raw`` as lists
+of floats, a non-finite value as ``None`` (JSON writes NaN and infinities as ``null``).
+Readers that need no context (status, user, time) use :func:`decode_meta`, which skips the
+arrays.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,14 +66,53 @@ class DecisionRecord:
     messages: int = 0
 
     def to_bytes(self) -> bytes:
-        # Arrays serialise as lists, NaN as null (a missing raw feature).
-        return orjson.dumps(self.__dict__, option=orjson.OPT_SERIALIZE_NUMPY)
+        """The binary format (module docstring); a loaded record's lists (``None`` for a
+        missing value) convert back to the arrays they were read from."""
+        fields = self.__dict__.copy()
+        x = np.asarray(fields.pop("x"), dtype="<f8")
+        raw = np.asarray(fields.pop("raw"), dtype="<f8")
+        return b"".join((_HEADER.pack(FORMAT_BINARY, x.shape[0], raw.shape[0]),
+                         x.tobytes(), raw.tobytes(), orjson.dumps(fields)))
 
     @classmethod
     def from_bytes(cls, raw: bytes | memoryview) -> DecisionRecord:
-        data = orjson.loads(raw)
+        data = decode(raw)
         data["trace"] = [tuple(t) for t in data["trace"]]
         return cls(**data)
+
+
+# The first byte of a record in the binary format (a JSON record starts with "{"), then
+# the lengths of x and raw.
+FORMAT_BINARY = 1
+_HEADER = struct.Struct("<BII")
+
+
+def decode(value: bytes | memoryview) -> dict[str, Any]:
+    """A stored record's fields, whichever its format, ``x`` and ``raw`` as lists (a
+    non-finite value ``None``, as JSON stores it)."""
+    if value[0] != FORMAT_BINARY:
+        return orjson.loads(value)
+    view = memoryview(value)
+    _, n_x, n_raw = _HEADER.unpack_from(view)
+    at = _HEADER.size
+    end = at + 8 * (n_x + n_raw)
+    fields: dict[str, Any] = orjson.loads(view[end:])
+    arrays = np.frombuffer(view[at:end], dtype="<f8").tolist()
+    # v - v is 0.0 for a finite v, NaN for NaN and ±inf: those become None, as in JSON.
+    fields["x"] = [v if v - v == 0.0 else None for v in arrays[:n_x]]
+    fields["raw"] = [v if v - v == 0.0 else None for v in arrays[n_x:]]
+    return fields
+
+
+def decode_meta(value: bytes | memoryview) -> dict[str, Any]:
+    """A stored record's fields without reading its context: ``x`` and ``raw`` absent from
+    a binary record (present, as stored, in a JSON one). For readers of status, user or
+    time only, which then skip converting ~72 floats."""
+    if value[0] != FORMAT_BINARY:
+        return orjson.loads(value)
+    view = memoryview(value)
+    _, n_x, n_raw = _HEADER.unpack_from(view)
+    return orjson.loads(view[_HEADER.size + 8 * (n_x + n_raw):])
 
 
 def get(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> DecisionRecord | None:
@@ -82,7 +137,7 @@ def put_new(txn: lmdb.Transaction, dbs: Dbs, records: list[DecisionRecord]) -> l
     keys = [r.decision_id.encode() for r in records]
     open_keys = sorted(k for k, r in zip(keys, records, strict=True) if r.status == "open")
     settled = {bytes(k) for k, raw in cursor.getmulti(open_keys)
-               if orjson.loads(raw)["status"] != "open"} if open_keys else set()
+               if decode_meta(raw)["status"] != "open"} if open_keys else set()
     stored = [not (r.status == "open" and k in settled)
               for k, r in zip(keys, records, strict=True)]
     cursor.putmulti(sorted((k, r.to_bytes())
@@ -91,15 +146,15 @@ def put_new(txn: lmdb.Transaction, dbs: Dbs, records: list[DecisionRecord]) -> l
 
 
 def stored_fields(txn: lmdb.Transaction, dbs: Dbs) -> Iterator[dict[str, Any]]:
-    """Every stored record as its JSON fields (readers that want no dataclass)."""
+    """Every stored record as its fields (:func:`decode`; readers that want no dataclass)."""
     for _, raw in txn.cursor(db=dbs[NAME]):
-        yield orjson.loads(raw)
+        yield decode(raw)
 
 
 def get_fields(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> dict[str, Any] | None:
-    """One stored record as its JSON fields, or None."""
+    """One stored record's fields (:func:`decode`), or None."""
     raw = txn.get(decision_id.encode(), db=dbs[NAME])
-    return None if raw is None else orjson.loads(bytes(raw))
+    return None if raw is None else decode(bytes(raw))
 
 
 def delete(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> None:
@@ -118,7 +173,7 @@ def settled_before(
     scanned, last = 0, b""
     while found and scanned < limit:
         last = bytes(cursor.key())
-        data = orjson.loads(cursor.value())
+        data = decode_meta(cursor.value())
         if data["time"] < cutoff and data["status"] != "open":
             out.append(data["decision_id"])
         scanned += 1
@@ -149,6 +204,6 @@ def of_user(txn: lmdb.Transaction, dbs: Dbs, user_id: str) -> list[str]:
     needle = orjson.dumps(user_id)
     out = []
     for key, raw in txn.cursor(db=dbs[NAME]):
-        if needle in bytes(raw) and orjson.loads(raw)["user_id"] == user_id:
+        if needle in bytes(raw) and decode_meta(raw)["user_id"] == user_id:
             out.append(bytes(key).decode())
     return out

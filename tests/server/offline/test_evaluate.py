@@ -202,16 +202,18 @@ def test_a_log_with_an_invalid_propensity_is_refused_not_skipped(
     import lmdb
     import orjson
 
+    from nudge.server.storage.tables import decisions as decision_table
+
     data = _log_decisions(server, client, users=20)
     env = lmdb.open(str(data), max_dbs=32, subdir=True)
     try:
         db = env.open_db(b"decisions", create=False)
         with env.begin(write=True) as txn:
             for key, raw in txn.cursor(db=db):
-                r = orjson.loads(raw)
+                r = decision_table.decode(raw)
                 if r["status"] == "settled" and r["learn"]:
                     r["propensity"] = bad
-                    txn.put(key, orjson.dumps(r), db=db)
+                    txn.put(key, orjson.dumps(r), db=db)  # as a JSON record: both formats read
                     victim = r["decision_id"]
                     break
     finally:

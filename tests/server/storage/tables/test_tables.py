@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from nudge.kernels import context as ctx
 from nudge.kernels import learner as lrn
@@ -15,6 +16,7 @@ from nudge.server.storage.store import Store
 from nudge.server.storage.tables import (
     contacts,
     deadlines,
+    decisions,
     deliveries,
     meta,
     models,
@@ -187,5 +189,74 @@ def test_risk_version_2_rows_read_migrated(tmp_path: Path) -> None:
             pop = risk_baselines.population(txn, store.dbs)
             assert pop is not None
             np.testing.assert_array_equal(pop, risk_model.migrate_population_state(old_pop))
+    finally:
+        store.close()
+
+
+def _decision(x: object, raw: object, status: str = "open") -> decisions.DecisionRecord:
+    return decisions.DecisionRecord(
+        "d1", "u1", "c", 100.0, "v1", 7, x, raw, 3, [3, 1], 0.25, 0, False, "", [("a", "b")],
+        200.0, status=status, actions=[{"message": "m", "score": 0.5}], messages=1)
+
+
+def _as_json(record: decisions.DecisionRecord) -> bytes:
+    """A record as stores wrote it before the binary format (every field JSON, NaN null)."""
+    return orjson.dumps(record.__dict__, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def test_decision_records_store_the_context_as_float64_bytes_and_read_back_bit_for_bit(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(17)
+    x = rng.normal(size=36) * 10.0 ** rng.integers(-300, 300, size=36)
+    raw = rng.normal(size=37)
+    raw[[0, 5, 36]] = np.nan
+    record = _decision(x, raw)
+    stored = record.to_bytes()
+    assert stored[0] == decisions.FORMAT_BINARY
+    n_x, n_raw = int.from_bytes(stored[1:5], "little"), int.from_bytes(stored[5:9], "little")
+    assert (n_x, n_raw) == (36, 37)
+    assert stored[9:9 + 8 * 36] == x.astype("<f8").tobytes()
+    assert len(stored) < len(_as_json(record)) * 0.75  # text floats were most of the bytes
+    back = decisions.DecisionRecord.from_bytes(stored)
+    assert back.x == x.tolist()  # every bit (== on floats; no NaN in x)
+    assert back.raw[1:5] == raw[1:5].tolist() and back.raw[0] is None and back.raw[36] is None
+    assert back.trace == [("a", "b")] and back.actions == record.actions
+    meta_fields = decisions.decode_meta(stored)
+    assert "x" not in meta_fields and meta_fields["status"] == "open"
+    assert meta_fields["user_id"] == "u1" and meta_fields["time"] == 100.0
+    # A loaded record (lists, None for missing) stored again is the same bytes.
+    assert back.to_bytes() == stored
+
+
+def test_decision_records_stored_as_json_still_read_as_the_binary_ones_do(
+        tmp_path: Path) -> None:
+    raw = np.array([1.5, np.nan, -2.0, np.inf])
+    record = _decision(np.array([1.0, 0.1, 3e-9]), raw, status="settled")
+    old, new = _as_json(record), record.to_bytes()
+    assert old[:1] == b"{" and new[:1] != b"{"
+    assert decisions.decode(old) == decisions.decode(new)
+    assert decisions.decode(new)["raw"] == [1.5, None, -2.0, None]  # as JSON stores them
+    assert decisions.DecisionRecord.from_bytes(old) == decisions.DecisionRecord.from_bytes(new)
+    assert decisions.decode_meta(old)["status"] == decisions.decode_meta(new)["status"]
+    store = Store(tmp_path)
+    dbs = store.dbs
+    try:
+        with store.write() as txn:
+            txn.put(b"d1", old, db=dbs[decisions.NAME])
+            other = _decision([2.0], [None])
+            other.decision_id, other.user_id = "d2", "u2"
+            decisions.put(txn, dbs, other)
+            # The settled JSON record is not reopened by a stale open copy.
+            stale = _decision([1.0], [1.0])
+            assert decisions.put_new(txn, dbs, [stale]) == [False]
+        with store.read() as txn:
+            assert decisions.get(txn, dbs, "d1") == decisions.DecisionRecord.from_bytes(old)
+            assert decisions.get_fields(txn, dbs, "d2")["x"] == [2.0]  # type: ignore[index]
+            by_id = {f["decision_id"]: f for f in decisions.stored_fields(txn, dbs)}
+            assert by_id["d1"]["raw"] == [1.5, None, -2.0, None]
+            assert by_id["d2"]["raw"] == [None]
+            assert decisions.of_user(txn, dbs, "u2") == ["d2"]
+            assert decisions.of_user(txn, dbs, "u1") == ["d1"]
+            assert decisions.settled_before(txn, dbs, b"", 10, 150.0) == (["d1"], b"")
     finally:
         store.close()
