@@ -22,12 +22,38 @@ def _ro(a: np.ndarray) -> np.ndarray:
     return a
 
 
+# A campaign's shape (5 dimensions, 2 pairs: the kernels' written-out width and
+# neighbourhood), then shapes that take their general loops.
+CAMPAIGN_SHAPE = ((3, 2, 3, 2, 2), ((1, 2), (0, 4)))
+SMALL = ((4, 3, 2), ((0, 1),))
+SIX_DIMS = ((5, 2, 3, 2, 2, 2), ())
+
+
 @pytest.mark.parametrize(("mode", "local_dims"), [
     (policy.MODE_SQUARECB, 0), (policy.MODE_SQUARECB, 5), (policy.MODE_THOMPSON, 0)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_each_row_is_the_single_decision(mode: str, local_dims: int, threads: int) -> None:
-    rng = np.random.default_rng(7 + local_dims + threads)
-    space = build_action_space((3, 2, 3, 2, 2), pairs=((1, 2), (0, 4)))
+    _check_rows(mode, local_dims, threads, CAMPAIGN_SHAPE, 7 + local_dims + threads)
+
+
+@pytest.mark.parametrize(("shape", "local_dims"), [
+    (SMALL, 0), (SMALL, 2), (SMALL, 3), (SIX_DIMS, 0), (SIX_DIMS, 5), (SIX_DIMS, 6)])
+def test_squarecb_rows_of_other_shapes_are_the_single_decision(
+        shape: tuple[tuple[int, ...], tuple[tuple[int, int], ...]], local_dims: int) -> None:
+    _check_rows(policy.MODE_SQUARECB, local_dims, 1, shape, 100 + local_dims + len(shape[0]))
+
+
+def test_squarecb_rows_where_a_guardrail_leaves_only_the_nothing_arm() -> None:
+    """Local SquareCB with no multi-component combination allowed (no greedy one: the
+    whole allowed set is the neighbourhood), beside rows that have one, in one group."""
+    _check_rows(policy.MODE_SQUARECB, 5, 1, CAMPAIGN_SHAPE, 11, keep=0.35)
+
+
+def _check_rows(mode: str, local_dims: int, threads: int,
+                shape: tuple[tuple[int, ...], tuple[tuple[int, int], ...]], seed: int,
+                keep: float = 0.9) -> None:
+    rng = np.random.default_rng(seed)
+    space = build_action_space(shape[0], pairs=shape[1])
     snap = initial_snapshot(space.n_components, D)
     xs = rng.normal(size=(300, D))
     xs[:, 0] = 1.0
@@ -39,7 +65,7 @@ def test_each_row_is_the_single_decision(mode: str, local_dims: int, threads: in
     contexts = rng.normal(size=(n, D))
     contexts[:, 0] = 1.0
     seeds = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
-    masks = (rng.random((n, space.n_components)) < 0.9).astype(np.uint8)
+    masks = (rng.random((n, space.n_components)) < keep).astype(np.uint8)
     masks[:, space.n_components - 1] = 1  # the nothing arm: always something allowed
     active = (rng.random(n) < 0.8).astype(np.uint8)
     top_k = int(rng.integers(1, 6))
