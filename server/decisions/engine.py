@@ -414,6 +414,10 @@ class DecisionEngine:
         logged: list[Future[Any]] = []
         decided: list[tuple[DecisionRecord, list[Contact]]] = []
         schedules: dict[tuple[str, float, float], list[float]] = {}
+        if choices is not None:  # the chunk's arrays as lists at once, not per row
+            tops, means = choices.top_k.tolist(), choices.scores[:, 1].tolist()
+            ks, props = choices.filled.tolist(), choices.propensity.tolist()
+            samples = choices.propensity_samples.tolist()
         for row, i in enumerate(kept):
             request = requests[i]
             guard = guards[row]
@@ -421,10 +425,8 @@ class DecisionEngine:
             properties, texts = filled[row]
             picked: _Picked | None = None
             if not guard.suppressed and choices is not None:
-                k = int(choices.filled[row])
-                picked = (seed, choices.top_k[row, :k].tolist(),
-                          choices.scores[row, 1, :k].tolist(), float(choices.propensity[row]),
-                          int(choices.propensity_samples[row]))
+                k = ks[row]
+                picked = (seed, tops[row][:k], means[row][:k], props[row], samples[row])
             record, actions, reasons = self._record(
                 model, plan, request, guard, decision_id, now, x[row], raw[row], top_k,
                 properties, texts, picked)

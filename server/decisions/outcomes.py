@@ -138,7 +138,7 @@ class Outcomes:
 
     def _stored_user(self, decision_id: str) -> str:
         with self.store.read() as txn:
-            found = decision_table.get_fields(txn, self.store.dbs, decision_id)
+            found = decision_table.get_meta(txn, self.store.dbs, decision_id)
         if found is None:
             raise NotFound(f"decision_id: {decision_id!r} is unknown")
         return str(found["user_id"])
@@ -150,7 +150,7 @@ class Outcomes:
         deadline = time.monotonic() + (OTHER_WORKER_FLUSH_GRACE if self.store.shared else 0.0)
         while True:
             with self.store.read() as txn:
-                found = decision_table.get_fields(txn, self.store.dbs, decision_id)
+                found = decision_table.get_meta(txn, self.store.dbs, decision_id)
             if found is not None:
                 return str(found["campaign"])
             if time.monotonic() >= deadline:

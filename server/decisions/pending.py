@@ -107,9 +107,8 @@ class PendingDecisions:
             open_decisions.add_many(txn, dbs, [(r.user_id, r.decision_id) for r in opened])
             deadlines.add_many(txn, dbs, [(r.window_end, r.decision_id) for r in opened])
         if contacts:
-            contact_table.add_many(
-                txn, dbs, {u: [(c.time, c.channel, c.campaign, c.decision_id) for c in new]
-                           for u, new in contacts.items()}, CONTACT_MEMORY)
+            # A Contact is a tuple in the stored row's order: handed over as it is.
+            contact_table.add_many(txn, dbs, contacts, CONTACT_MEMORY)
         return records, contacts
 
     def stored(self, written: Written) -> None:

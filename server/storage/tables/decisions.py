@@ -94,14 +94,21 @@ def decode(value: bytes | memoryview) -> dict[str, Any]:
         return orjson.loads(value)
     view = memoryview(value)
     _, n_x, n_raw = _HEADER.unpack_from(view)
-    at = _HEADER.size
-    end = at + 8 * (n_x + n_raw)
-    fields: dict[str, Any] = orjson.loads(view[end:])
-    arrays = np.frombuffer(view[at:end], dtype="<f8").tolist()
-    # v - v is 0.0 for a finite v, NaN for NaN and ±inf: those become None, as in JSON.
-    fields["x"] = [v if v - v == 0.0 else None for v in arrays[:n_x]]
-    fields["raw"] = [v if v - v == 0.0 else None for v in arrays[n_x:]]
+    values = struct.unpack_from(f"<{n_x + n_raw}d", view, _HEADER.size)
+    fields: dict[str, Any] = orjson.loads(view[_HEADER.size + 8 * (n_x + n_raw):])
+    fields["x"] = _as_json_list(values[:n_x])
+    fields["raw"] = _as_json_list(values[n_x:])
     return fields
+
+
+def _as_json_list(values: tuple[float, ...]) -> list[float | None]:
+    """The floats as JSON reads them back: NaN and ±inf as None. ``v - v`` is 0.0 for a
+    finite ``v`` only, and so is the sum's when every value is finite (or it overflowed:
+    then the values are checked one by one, as when some are missing)."""
+    total = sum(values)
+    if total - total == 0.0:
+        return list(values)
+    return [v if v - v == 0.0 else None for v in values]
 
 
 def decode_meta(value: bytes | memoryview) -> dict[str, Any]:
@@ -155,6 +162,12 @@ def get_fields(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> dict[str, A
     """One stored record's fields (:func:`decode`), or None."""
     raw = txn.get(decision_id.encode(), db=dbs[NAME])
     return None if raw is None else decode(bytes(raw))
+
+
+def get_meta(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> dict[str, Any] | None:
+    """One stored record's fields without its context (:func:`decode_meta`), or None."""
+    raw = txn.get(decision_id.encode(), db=dbs[NAME])
+    return None if raw is None else decode_meta(bytes(raw))
 
 
 def delete(txn: lmdb.Transaction, dbs: Dbs, decision_id: str) -> None:

@@ -252,6 +252,10 @@ def test_decision_records_stored_as_json_still_read_as_the_binary_ones_do(
         with store.read() as txn:
             assert decisions.get(txn, dbs, "d1") == decisions.DecisionRecord.from_bytes(old)
             assert decisions.get_fields(txn, dbs, "d2")["x"] == [2.0]  # type: ignore[index]
+            assert decisions.get_meta(txn, dbs, "d2") == {  # type: ignore[union-attr]
+                k: v for k, v in decisions.get_fields(txn, dbs, "d2").items()  # type: ignore[union-attr]
+                if k not in ("x", "raw")}
+            assert decisions.get_meta(txn, dbs, "d1")["status"] == "settled"  # type: ignore[index]
             by_id = {f["decision_id"]: f for f in decisions.stored_fields(txn, dbs)}
             assert by_id["d1"]["raw"] == [1.5, None, -2.0, None]
             assert by_id["d2"]["raw"] == [None]
