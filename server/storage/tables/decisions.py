@@ -35,7 +35,7 @@ Dbs = Mapping[str, Any]
 
 @dataclass
 class DecisionRecord:
-    """The audit record and learner input of one decision (stored as JSON)."""
+    """The audit record and learner input of one decision (stored as the module docstring says)."""
 
     decision_id: str
     user_id: str
