@@ -243,7 +243,10 @@ def run(config: BackgroundConfig, progress: Callable[[str], None] = lambda _: No
     """Every phase on one server per switch interval (see the module docstring)."""
     servers = {}
     for switch_ms in config.switch_intervals_ms:
-        servers[_label(switch_ms)] = _one_server(config, switch_ms, progress)
+        label = _label(switch_ms)
+        if label in servers:  # the same interval again: a repeat, kept beside the first
+            label += f" (run {sum(k.startswith(label) for k in servers) + 1})"
+        servers[label] = _one_server(config, switch_ms, progress)
     metrics: dict[str, float] = {}
     shipped = servers[_label(config.switch_intervals_ms[0])]
     quiet = Latency(**shipped["quiet"]["latency"]["Decide3600"])
