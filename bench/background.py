@@ -241,7 +241,7 @@ def _one_server(config: BackgroundConfig, switch_ms: float | None,
 
 def run(config: BackgroundConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
     """Every phase on one server per switch interval (see the module docstring)."""
-    servers = {}
+    servers: dict[str, dict[str, Any]] = {}
     for switch_ms in config.switch_intervals_ms:
         label = _label(switch_ms)
         if label in servers:  # the same interval again: a repeat, kept beside the first
