@@ -242,4 +242,4 @@ def _campaign_default(mode: str, n_dims: int) -> PolicyParams:
                                gamma_scale=e.gamma_scale, explore_all=e.explore_all,
                                local_dims=n_dims if e.neighbourhood else 0,
                                mc_samples=e.propensity_samples,
-                               mc_max_samples=e.propensity_samples)
+                               mc_max_samples=e.propensity_samples, optimism=e.optimism)

@@ -17,7 +17,14 @@ Its propensity has no closed form: :func:`thompson_propensity` re-draws M times 
 how often the chosen combination wins (win counts over the allowed set sum to the number of
 draws by construction). SquareCB chooses from the mean scores with the analytic
 inverse-gap-weighted probabilities, ``γ = gamma_scale · (number of allowed combinations)``
-(unscaled γ stays near uniform with thousands of actions).
+(unscaled γ stays near uniform with thousands of actions). With ``optimism`` β it chooses,
+the same way, from upper confidence bounds: each component's score is raised by β of its
+posterior standard deviations. Why: SquareCB's gaps read point estimates, and a point
+estimate cannot tell an arm known to be poor from an arm never tried whose prior says "as
+good as the base rate"; the bonus is what the model does not know, so it is largest for the
+arms tried least and fades as ``1/√n`` with their data, leaving SquareCB on the means in
+the limit. The probabilities are still a deterministic function of the scores, so the
+logged propensity stays exact.
 
 Masks. ``combo_mask[n_combos]`` (uint8 or bool, 1 = allowed) is what the campaign allows;
 ``component_mask[C]`` is the per-request guardrail: a combination is allowed only if every
@@ -67,7 +74,8 @@ P_NOISE_VARIANCE = 0  # v²: scales the posterior covariance (exploration streng
 P_GAMMA_SCALE = 1  # SquareCB: γ = gamma_scale * n_allowed
 P_EXPLORE_ALL = 2  # SquareCB, local: the share spread uniformly over every allowed combination
 P_LOCAL_DIMS = 3  # SquareCB: explore the greedy combination's neighbours (0: everything)
-N_POLICY_PARAMS = 4
+P_OPTIMISM = 4  # SquareCB: scores are mean + this many posterior sds (0: the means)
+N_POLICY_PARAMS = 5
 
 # Layout of the Monte Carlo parameter array.
 MC_ROUND = 0  # draws per round
@@ -527,30 +535,13 @@ _CAMPAIGN_WIDTH = 7
 _CAMPAIGN_DIMS = 5
 
 
-@njit(jit.i8(*_MEAN_SCORING, jit.i8, jit.i8_1d, jit.f8_2d), **jit.NOGIL)
-def _squarecb_kernel(
-    mean_t, x, weight, combos, combo_mask, component_mask, params, seed, out_index, out_score
-):
-    """SquareCB step: ``out_index[0]`` the sampled choice, then the best other combinations
-    by mean score; ``out_score[0]`` their probabilities, ``out_score[1]`` their mean scores.
-    Returns the number of allowed combinations.
-
-    The distribution is :func:`_squarecb_probabilities`' — the same operations in the same
-    order, so the same bits (tests/kernels/test_policy.py checks it against the slow way) —
-    in fewer passes, because at 3,600 combinations each pass shows in every Decide: one
-    scores the combinations and finds the best and the greedy multi-component one, (local
-    only) one marks the neighbourhood, one turns gaps into probabilities, and one draws the
-    choice by inverse CDF while ranking the best ``len(out_index)`` by mean (the choice is
-    dropped from that ranking afterwards). A campaign's shape (``_CAMPAIGN_WIDTH``
-    components, ``_CAMPAIGN_DIMS`` dimensions) has its sum and neighbourhood test written
-    out: the general loops' unknown trip count cost about a third of the kernel (3,601
-    combinations: 37.9 -> 27.6 µs p50, thread CPU, warm)."""
-    n_comp = mean_t.shape[1]
+@njit(jit.i8(jit.f8_1d_ro, *_MEAN_SCORING[3:], jit.i8, jit.i8_1d, jit.f8_2d), **jit.NOGIL)
+def _squarecb_choose(comp, combos, combo_mask, component_mask, params, seed, out_index,
+                     out_score):
+    """SquareCB's choice from the weighted component scores ``comp[C]`` (the body of
+    :func:`_squarecb_kernel`)."""
+    n_comp = comp.shape[0]
     n, width = combos.shape
-    comp = np.empty(n_comp)
-    _component_means(mean_t, x, comp)
-    for c in range(n_comp):
-        comp[c] *= weight[c]
     padded = np.empty(n_comp + 1)
     _padded_scores(comp, component_mask, padded)
     mean = np.empty(n)
@@ -671,6 +662,53 @@ def _squarecb_kernel(
     return n_allowed
 
 
+@njit(jit.i8(*_MEAN_SCORING, jit.i8, jit.i8_1d, jit.f8_2d), **jit.NOGIL)
+def _squarecb_kernel(
+    mean_t, x, weight, combos, combo_mask, component_mask, params, seed, out_index, out_score
+):
+    """SquareCB step: ``out_index[0]`` the sampled choice, then the best other combinations
+    by mean score; ``out_score[0]`` their probabilities, ``out_score[1]`` their mean scores.
+    Returns the number of allowed combinations.
+
+    The distribution is :func:`_squarecb_probabilities`' — the same operations in the same
+    order, so the same bits (tests/kernels/test_policy.py checks it against the slow way) —
+    in fewer passes, because at 3,600 combinations each pass shows in every Decide: one
+    scores the combinations and finds the best and the greedy multi-component one, (local
+    only) one marks the neighbourhood, one turns gaps into probabilities, and one draws the
+    choice by inverse CDF while ranking the best ``len(out_index)`` by mean (the choice is
+    dropped from that ranking afterwards). A campaign's shape (``_CAMPAIGN_WIDTH``
+    components, ``_CAMPAIGN_DIMS`` dimensions) has its sum and neighbourhood test written
+    out: the general loops' unknown trip count cost about a third of the kernel (3,601
+    combinations: 37.9 -> 27.6 µs p50, thread CPU, warm)."""
+    comp = np.empty(mean_t.shape[1])
+    _component_means(mean_t, x, comp)
+    for c in range(mean_t.shape[1]):
+        comp[c] *= weight[c]
+    return _squarecb_choose(comp, combos, combo_mask, component_mask, params, seed, out_index,
+                            out_score)
+
+
+@njit(jit.i8(*_SCORING, jit.i8, jit.i8_1d, jit.f8_2d), **jit.NOGIL)
+def _squarecb_optimistic_kernel(
+    mean_t, factor_t, x, weight, combos, combo_mask, component_mask, params, seed, out_index,
+    out_score
+):
+    """:func:`_squarecb_kernel` on optimistic scores: component ``c`` scores
+    ``w_c·(μ_c·x + β·sqrt(v²·xᵀΣ_c x))`` (β = ``params[P_OPTIMISM]``, the Thompson draw's
+    standard deviation β times), so a combination's score is its mean plus β times
+    ``Σ_c w_c·sd_c`` — an upper bound on the standard deviation of its summed score, the
+    components' posteriors being independent (``sqrt(Σ w_c² sd_c²) <= Σ w_c sd_c``).
+    The probabilities are SquareCB's of these scores, so the logged propensity is exact."""
+    comp = np.empty(mean_t.shape[1])
+    sd = np.empty(mean_t.shape[1])
+    _weighted_moments(mean_t, factor_t, x, weight, params, comp, sd)
+    beta = params[P_OPTIMISM]
+    for c in range(mean_t.shape[1]):
+        comp[c] += beta * sd[c]
+    return _squarecb_choose(comp, combos, combo_mask, component_mask, params, seed, out_index,
+                            out_score)
+
+
 @njit(jit.i8(*_MEAN_SCORING, jit.i8, jit.i8_1d, jit.f8_2d), **jit.GIL)
 def _squarecb_kernel_gil(
     mean_t, x, weight, combos, combo_mask, component_mask, params, seed, out_index, out_score
@@ -678,6 +716,16 @@ def _squarecb_kernel_gil(
     """:func:`_squarecb_kernel`, keeping the GIL (Decide's entry, see ``decide_trusted``)."""
     return _squarecb_kernel(mean_t, x, weight, combos, combo_mask, component_mask, params,
                             seed, out_index, out_score)
+
+
+@njit(jit.i8(*_SCORING, jit.i8, jit.i8_1d, jit.f8_2d), **jit.GIL)
+def _squarecb_optimistic_kernel_gil(
+    mean_t, factor_t, x, weight, combos, combo_mask, component_mask, params, seed, out_index,
+    out_score
+):
+    """:func:`_squarecb_optimistic_kernel`, keeping the GIL (as ``_squarecb_kernel_gil``)."""
+    return _squarecb_optimistic_kernel(mean_t, factor_t, x, weight, combos, combo_mask,
+                                       component_mask, params, seed, out_index, out_score)
 
 
 @njit(jit.i8(*_SCORING, jit.i8, jit.i8_1d, jit.f8_2d), **jit.GIL)
@@ -709,6 +757,20 @@ def _thompson_win_counts_gil(
 # were.
 _BATCH_ROWS = (jit.f8_2d_ro, jit.u1_2d_ro, jit.i8_1d_ro, jit.u1_1d_ro)
 _BATCH_OUT = (jit.i8_2d, jit.f8_3d, jit.i8_1d)
+
+
+@njit(jit.void(*_SCORING[:2], *_SCORING[3:6], jit.f8_1d_ro, *_BATCH_ROWS, *_BATCH_OUT),
+      **jit.NOGIL)
+def _squarecb_optimistic_batch(mean_t, factor_t, weight, combos, combo_mask, params, xs,
+                               component_masks, seeds, active, out_index, out_score,
+                               out_allowed):
+    """:func:`_squarecb_optimistic_kernel` for every active row, one row at a time (the
+    arguments and outputs of :func:`_squarecb_lanes`, plus ``factor_t``)."""
+    for i in range(xs.shape[0]):
+        if active[i]:
+            out_allowed[i] = _squarecb_optimistic_kernel(
+                mean_t, factor_t, xs[i], weight, combos, combo_mask, component_masks[i],
+                params, seeds[i], out_index[i], out_score[i])
 
 
 @njit(jit.void(*_SCORING[:2], *_SCORING[3:6], jit.f8_1d_ro, *_BATCH_ROWS, *_BATCH_OUT,
@@ -997,6 +1059,9 @@ class PolicyParams:
     chosen combination has won ``mc_min_wins`` times. ``local_dims`` > 0 makes SquareCB
     local (see ``_local_probabilities``: the greedy combination's one-dimension neighbours,
     ``local_dims`` the number of dimensions) with ``explore_all`` spread over everything.
+    ``optimism`` β > 0 makes SquareCB score each combination by an upper confidence bound,
+    its mean plus β times ``Σ_c w_c·sd_c`` (:func:`_squarecb_optimistic_kernel`), where
+    ``sd_c`` is component c's posterior standard deviation at ``x`` as Thompson draws it.
     """
 
     mode: str = MODE_SQUARECB
@@ -1007,6 +1072,7 @@ class PolicyParams:
     mc_samples: int = 32
     mc_max_samples: int = 32
     mc_min_wins: int = 0
+    optimism: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in (MODE_THOMPSON, MODE_SQUARECB):
@@ -1026,17 +1092,20 @@ class PolicyParams:
         if self.mc_min_wins < 0:
             raise ValueError(f"mc_min_wins: must be >= 0, got {self.mc_min_wins}")
         # Built once: the kernels' parameter arrays (read-only, shared by every call).
+        if not (np.isfinite(self.optimism) and self.optimism >= 0.0):
+            raise ValueError(f"optimism: must be finite and >= 0, got {self.optimism!r}")
         if self.local_dims < 0:
             raise ValueError(f"local_dims: must be >= 0, got {self.local_dims}")
         if not 0.0 <= self.explore_all <= 1.0:
             raise ValueError(f"explore_all: must be in [0, 1], got {self.explore_all!r}")
         object.__setattr__(self, "_array", readonly(np.array(
-            [self.noise_variance, self.gamma_scale, self.explore_all, float(self.local_dims)])))
+            [self.noise_variance, self.gamma_scale, self.explore_all, float(self.local_dims),
+             self.optimism])))
         object.__setattr__(self, "_mc_array", readonly(np.array(
             [self.mc_samples, self.mc_max_samples, self.mc_min_wins], dtype=np.float64)))
 
     def as_array(self) -> np.ndarray:
-        """``[noise_variance, gamma_scale, explore_all, local_dims]`` (indices ``P_*``)."""
+        """``[noise_variance, gamma_scale, explore_all, local_dims, optimism]`` (``P_*``)."""
         return self._array  # type: ignore[attr-defined]
 
     def mc_array(self) -> np.ndarray:
@@ -1066,6 +1135,12 @@ class PolicyChoice:
 # The shipped policy: what a campaign without an [exploration] table runs (its defaults are
 # these), what README "Decisions" documents and what ``nudge bench quality`` measures.
 DEFAULT_POLICY = PolicyParams()
+# A campaign's SquareCB reads the means by default (``[exploration] optimism = 0``). With the
+# shared intercept the bonus lifted decisions 5,000-10,000 on the world family's tuning
+# seeds (β = 0.5: +0.055 +- 0.013) and kept bench/policy_sim.py's arms tried (β = 1: 0.898,
+# the intercept alone 0.868), but the held-out seeds did not improve (the types world lost):
+# README "Does it learn?", 2026-12-03 exploration round.
+DEFAULT_OPTIMISM = 0.0
 
 
 def decide(
@@ -1139,6 +1214,11 @@ def _decide(
         n_allowed = thompson(snapshot.mean_t, snapshot.factor_t, x, space.component_weight,
                                      space.kernel_components, cmask, kmask, kparams, seed,
                                      out_index, out_score)
+    elif params.optimism > 0.0:
+        optimistic = _squarecb_optimistic_kernel_gil if keep_gil else _squarecb_optimistic_kernel
+        n_allowed = optimistic(snapshot.mean_t, snapshot.factor_t, x, space.component_weight,
+                               space.kernel_components, cmask, kmask, kparams, seed, out_index,
+                               out_score)
     else:
         squarecb = _squarecb_kernel_gil if keep_gil else _squarecb_kernel
         n_allowed = squarecb(snapshot.mean_t, x, space.component_weight,
@@ -1215,6 +1295,12 @@ def decide_batch_trusted(
                             out_score[a:b], n_allowed[a:b], params.mc_array(),
                             space.cell_components, space.group_start, space.cell_combo,
                             space.nothing_combo, propensity[a:b], samples[a:b])
+        elif params.optimism > 0.0:
+            _squarecb_optimistic_batch(snapshot.mean_t, snapshot.factor_t,
+                                       space.component_weight, space.kernel_components,
+                                       space.combo_mask, kparams, contexts[a:b],
+                                       component_masks[a:b], seeds[a:b], active[a:b],
+                                       out_index[a:b], out_score[a:b], n_allowed[a:b])
         else:
             _squarecb_lanes(snapshot.mean_t, space.component_weight, space.kernel_components,
                             space.combo_mask, kparams, contexts[a:b], component_masks[a:b],

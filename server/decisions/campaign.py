@@ -34,7 +34,7 @@ from nudge.kernels.learner import (
     LINK_IDENTITY,
     LINK_LOGISTIC,
 )
-from nudge.kernels.policy import DEFAULT_POLICY
+from nudge.kernels.policy import DEFAULT_OPTIMISM, DEFAULT_POLICY
 from nudge.server.decisions.triggers import Trigger, parse_triggers
 from nudge.server.errors import CampaignError
 
@@ -185,6 +185,9 @@ class Exploration:
     # spreads explore_all over every allowed combination; false: every combination by gap.
     neighbourhood: bool = True
     explore_all: float = DEFAULT_POLICY.explore_all
+    # SquareCB scores each combination by its mean plus this many posterior standard
+    # deviations (0: the mean alone).
+    optimism: float = DEFAULT_OPTIMISM
     # Monte Carlo draws behind a Thompson-sampling propensity.
     propensity_samples: int = DEFAULT_POLICY.mc_samples
     # "Send nothing" competes as an arm (turn off for messages that must always go out).
@@ -533,6 +536,8 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
                             "exploration.neighbourhood", source),
         explore_all=_number(e.get("explore_all", defaults.explore_all),
                             "exploration.explore_all", source, 0.0, 1.0),
+        optimism=_number(e.get("optimism", defaults.optimism), "exploration.optimism", source,
+                         0.0, 1e3),
     )
 
 

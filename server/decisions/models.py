@@ -45,6 +45,7 @@ class CampaignModel:
             gamma_scale=e.gamma_scale,
             local_dims=len(self.campaign.space.dim_sizes) if e.neighbourhood else 0,
             explore_all=e.explore_all,
+            optimism=e.optimism,
             mc_samples=e.propensity_samples,
             mc_max_samples=e.propensity_samples,
         )

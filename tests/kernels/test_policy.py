@@ -442,6 +442,66 @@ def test_local_squarecb_matches_reference(rng: np.random.Generator) -> None:
         assert 0 < got.propensity <= 1
 
 
+@pytest.mark.parametrize("local_dims", [0, 4])
+def test_optimistic_squarecb_is_squarecb_on_upper_bounds(local_dims: int,
+                                                         rng: np.random.Generator) -> None:
+    """With ``optimism`` β, SquareCB's distribution is its usual one over the scores
+    ``Σ_c w_c·(μ_c·x + β·sd_c)`` (sd_c the Thompson draw's standard deviation), computed the
+    slow way; the logged propensity is that distribution's probability of the choice, and
+    the ranking is by those scores."""
+    space = build_action_space((3, 4, 2, 3), pairs=((1, 2),))
+    snap = _trained(space, rng)
+    beta, v2, gamma_scale, eps = 1.5, 0.3, 20.0, 0.1
+    params = PolicyParams(mode=policy.MODE_SQUARECB, gamma_scale=gamma_scale,
+                          local_dims=local_dims, explore_all=eps, noise_variance=v2,
+                          optimism=beta)
+    everything = np.ones(space.n_components, bool)
+    for seed in range(40):
+        x = _context(rng)
+        upper, _ = _reference_component_scores(snap, space, x,
+                                               np.full(space.n_components, beta), v2)
+        scores = _reference_combo_scores(space, upper, space.combo_mask.astype(bool),
+                                         everything)
+        if local_dims:
+            prob = _reference_local_probabilities(space, scores, gamma_scale, eps)
+        else:
+            k = space.n_combos
+            best = int(np.argmax(scores))
+            prob = 1.0 / (k + gamma_scale * k * (scores[best] - scores))
+            prob[best] = 0.0
+            prob[best] = 1.0 - prob.sum()
+        got = decide(snap, space, x, seed, top_k=4, params=params)
+        assert got.propensity == pytest.approx(prob[got.choice], rel=1e-9)
+        assert 0.0 < got.propensity <= 1.0
+        assert np.allclose(got.mean_scores, scores[got.top_k], atol=1e-12)
+        others = got.mean_scores[1:]
+        assert (np.diff(others) <= 1e-12).all()  # the others, best optimistic score first
+        trusted = policy.decide_trusted(snap, space, x, seed,
+                                        np.ones(space.n_components, np.uint8), 4, params)
+        assert trusted.choice == got.choice and trusted.propensity == got.propensity
+
+
+def test_optimism_explores_what_is_uncertain(rng: np.random.Generator) -> None:
+    """Two arms with the same mean: the one the model has seen less gets the higher score
+    (the bonus is its posterior standard deviation), so SquareCB's greedy pick is it."""
+    space = build_action_space((2,), include_nothing=False)
+    snap = initial_snapshot(space.n_components, D)
+    n = 400
+    xs = np.zeros((n, D))
+    xs[:, 0] = 1.0
+    chosen = np.zeros(n, dtype=np.int64)  # arm 0 seen 400 times at reward 0 …
+    snap = update_posteriors(snap, space.combo_components, chosen, xs, np.zeros(n))
+    x = np.zeros(D)
+    x[0] = 1.0
+    mean_only = decide(snap, space, x, 1, params=PolicyParams(mode=policy.MODE_SQUARECB))
+    assert mean_only.mean_scores.tolist() == [0.0, 0.0]  # … so both means are 0
+    optimistic = decide(snap, space, x, 1, params=PolicyParams(mode=policy.MODE_SQUARECB,
+                                                                 optimism=1.0))
+    assert optimistic.top_k[0] == 1 or optimistic.top_k[1] == 1
+    assert optimistic.mean_scores[list(optimistic.top_k).index(1)] > \
+        optimistic.mean_scores[list(optimistic.top_k).index(0)]
+
+
 @pytest.mark.parametrize(("mode", "local_dims"), [
     (policy.MODE_SQUARECB, 0), (policy.MODE_SQUARECB, 3), (policy.MODE_THOMPSON, 0)])
 def test_decide_trusted_is_decide(mode: str, local_dims: int,

@@ -49,9 +49,18 @@ def test_squarecb_rows_where_a_guardrail_leaves_only_the_nothing_arm() -> None:
     _check_rows(policy.MODE_SQUARECB, 5, 1, CAMPAIGN_SHAPE, 11, keep=0.35)
 
 
+@pytest.mark.parametrize(("local_dims", "threads"), [(0, 1), (5, 2)])
+def test_optimistic_squarecb_rows_are_the_single_decision(local_dims: int,
+                                                          threads: int) -> None:
+    """``optimism`` > 0 takes its own batch entry (upper confidence bounds need the
+    covariance factors): each row is still the single decision."""
+    _check_rows(policy.MODE_SQUARECB, local_dims, threads, CAMPAIGN_SHAPE, 40 + local_dims,
+                optimism=1.0)
+
+
 def _check_rows(mode: str, local_dims: int, threads: int,
                 shape: tuple[tuple[int, ...], tuple[tuple[int, int], ...]], seed: int,
-                keep: float = 0.9) -> None:
+                keep: float = 0.9, optimism: float = 0.0) -> None:
     rng = np.random.default_rng(seed)
     space = build_action_space(shape[0], pairs=shape[1])
     snap = initial_snapshot(space.n_components, D)
@@ -60,7 +69,7 @@ def _check_rows(mode: str, local_dims: int, threads: int,
     snap = update_posteriors(snap, space.combo_components,
                              rng.integers(0, space.n_combos, 300), xs, rng.random(300))
     params = PolicyParams(mode=mode, local_dims=local_dims, mc_samples=16, mc_max_samples=16,
-                          gamma_scale=float(rng.uniform(1.0, 50.0)))
+                          gamma_scale=float(rng.uniform(1.0, 50.0)), optimism=optimism)
     n = 150
     contexts = rng.normal(size=(n, D))
     contexts[:, 0] = 1.0

@@ -50,6 +50,7 @@ def test_parse_defaults_are_the_kernels_defaults() -> None:
     assert e.link == learner.DEFAULT_LINK
     assert e.intercept_variance == learner.DEFAULT_INTERCEPT_VARIANCE
     assert e.learned_prior == learner.DEFAULT_LEARNED_PRIOR
+    assert e.optimism == policy.DEFAULT_OPTIMISM
     assert policy.PolicyParams() == p
 
 
