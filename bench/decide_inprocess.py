@@ -14,11 +14,9 @@ RPCs (``bench/inprocess.py`` times them). ``--profile`` adds a cProfile of the s
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from nudge.bench.inprocess import USERS, AfterReply, measure, warm_server
+from nudge.bench.inprocess import USERS, AfterReply, handler_parser, measure, warm_server
 from nudge.bench.worlds import NUMBER_NAMES
 from nudge.server.clock import SystemClock
 from nudge.server.decisions.campaign import ALGORITHMS
@@ -51,12 +49,8 @@ def run(calls: int, algorithm: str, gap_ms: float, profile: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=3_000)
+    parser = handler_parser(__doc__, "the flusher runs, caches cool")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="squarecb")
-    parser.add_argument("--gap-ms", type=float, default=0.5,
-                        help="pause between calls (the flusher runs, caches cool)")
-    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     print(run(args.calls, args.algorithm, args.gap_ms, args.profile))
 

@@ -6,6 +6,7 @@ the profiler's overhead: read the order, not the sizes)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import cProfile
 import io
@@ -96,3 +97,14 @@ def measure(title: str, call: Callable[[Any, AfterReply], Any], requests: Iterab
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
         lines.append(out.getvalue())
     return lines
+
+
+def handler_parser(doc: str | None, gap_help: str) -> argparse.ArgumentParser:
+    """The command line every handler bench shares: ``--calls``, ``--gap-ms`` (what the
+    pause between calls lets happen, ``gap_help``) and ``--profile``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=3_000)
+    parser.add_argument("--gap-ms", type=float, default=0.5,
+                        help=f"pause between calls ({gap_help})")
+    parser.add_argument("--profile", action="store_true")
+    return parser

@@ -15,9 +15,7 @@ cProfile of the same calls, as far apart (wall, with the profiler's overhead: re
 
 from __future__ import annotations
 
-import argparse
-
-from nudge.bench.inprocess import USERS, AfterReply, measure, warm_server
+from nudge.bench.inprocess import USERS, AfterReply, handler_parser, measure, warm_server
 from nudge.clients.client import make_transaction
 from nudge.server.clock import SystemClock
 from nudge.server.rpc.risk_service import RiskServicer
@@ -47,11 +45,7 @@ def run(calls: int, gap_ms: float, profile: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=3_000)
-    parser.add_argument("--gap-ms", type=float, default=0.5,
-                        help="pause between calls (the flusher runs, the overlay empties)")
-    parser.add_argument("--profile", action="store_true")
+    parser = handler_parser(__doc__, "the flusher runs, the overlay empties")
     args = parser.parse_args(argv)
     print(run(args.calls, args.gap_ms, args.profile))
 

@@ -13,9 +13,7 @@ server's handler histogram. ``--profile`` adds a cProfile of the same calls.
 
 from __future__ import annotations
 
-import argparse
-
-from nudge.bench.inprocess import USERS, AfterReply, measure, warm_server
+from nudge.bench.inprocess import USERS, AfterReply, handler_parser, measure, warm_server
 from nudge.server.clock import SystemClock
 from nudge.server.rpc.decision_service import DecisionServicer
 from nudge.v1 import decision_service_pb2 as pb
@@ -41,11 +39,7 @@ def run(calls: int, gap_ms: float, profile: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=3_000)
-    parser.add_argument("--gap-ms", type=float, default=0.5,
-                        help="pause between calls (the flusher runs, caches cool)")
-    parser.add_argument("--profile", action="store_true")
+    parser = handler_parser(__doc__, "the flusher runs, caches cool")
     args = parser.parse_args(argv)
     print(run(args.calls, args.gap_ms, args.profile))
 
