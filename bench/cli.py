@@ -318,8 +318,11 @@ def config_from_args(args: argparse.Namespace, budgets: budgets_mod.Budgets) -> 
     audience = AudienceConfig(users=2_000 if q else 100_000 if args.section == "all"
                               else AudienceConfig().users, history=500 if q else 20_000)
     audience = _set(audience, users=args.audience_users)
+    # ``all`` times 500 calls per phase (about a minute), ``nudge bench background`` 1,000.
     background = (BackgroundConfig(calls=50, users=20, ingest_rate=500.0, outcome_rate=50.0,
-                                   settle_seconds=0.5) if q else BackgroundConfig())
+                                   settle_seconds=0.5) if q
+                  else BackgroundConfig(calls=500) if args.section == "all"
+                  else BackgroundConfig())
     background = _set(background, calls=args.background_calls, ingest_rate=args.ingest_rate,
                       outcome_rate=args.outcome_rate,
                       switch_intervals_ms=_tuple(args.switch_intervals_ms))
