@@ -34,11 +34,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import grpc
 
-from nudge.server.rpc.handlers import Behaviour, WrappedByMethod, wrap_behaviour, wrap_holding
+from nudge.server.rpc.handlers import WrappedByMethod, wrap_holding
 from nudge.server.rpc.stalled_streams import StalledStreams
 
 # Health and reflection must answer even (especially) under overload, so orchestrators
@@ -264,20 +263,5 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
         return self._wrapped.get(method, handler, self._held)
 
     def _held(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        acquire, release = self._acquire, self._release
-
-        def unary(behaviour: Behaviour) -> Behaviour:
-            # wrap_holding's unary wrapper without its two extra calls (a lambda around
-            # _acquire): it runs inside every limited RPC's handler time.
-            def held(request: Any, context: grpc.ServicerContext) -> Any:
-                acquire(context, method)
-                try:
-                    return behaviour(request, context)
-                finally:
-                    release()
-
-            return held
-
-        if handler.response_streaming:
-            return wrap_holding(handler, lambda context: acquire(context, method), release)
-        return wrap_behaviour(handler, unary, unary)
+        return wrap_holding(handler, lambda context: self._acquire(context, method),
+                            self._release)
