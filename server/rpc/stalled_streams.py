@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from nudge.server.rpc.handlers import Behaviour
+from nudge.server.rpc.handlers import Behaviour, wrap_behaviour
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,15 @@ class StalledStreams:
         watched; a handler with neither comes back unchanged."""
         if self.idle_seconds <= 0:
             return handler
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._requests_watched(
-                handler.stream_unary, method))
-        if handler.stream_stream:
-            watched = self._requests_watched(handler.stream_stream, method)
-            return handler._replace(stream_stream=self._replies_watched(watched, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._replies_watched(
-                handler.unary_stream, method))
-        return handler
+
+        def requests(behaviour: Behaviour) -> Behaviour:
+            if not handler.request_streaming:
+                return behaviour
+            return self._requests_watched(behaviour, method)
+
+        return wrap_behaviour(handler, requests,
+                              lambda behaviour: self._replies_watched(requests(behaviour),
+                                                                      method))
 
     def _requests_watched(self, behaviour: Behaviour, method: str) -> Behaviour:
         def watched(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
