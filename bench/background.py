@@ -48,15 +48,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
-
-from nudge.bench.rpc_floor import _campaigns, _decide_large, interleaved, mature_profiles
+from nudge.bench.rpc_floor import (
+    _campaigns,
+    _decide_large,
+    _get_user,
+    interleaved,
+    mature_profiles,
+)
 from nudge.bench.server_process import ServerProcess
 from nudge.bench.server_side import handler_time, scrape
 from nudge.bench.stats import Latency
 from nudge.clients import Client, make_event
+from nudge.v1.decision_service_pb2 import DecideResponse
 
 PHASES = ("quiet", "ingest", "outcomes")
 RPCS = ("Echo", "GetUser", "Decide3600")
@@ -131,18 +136,13 @@ def feed_outcomes(target: str, users: int, rate: float) -> dict[str, Any]:
     """Decide on the 3,600-combination campaign (no caps or consent) and report a reward
     for every decision, at ``rate`` a second, until SIGTERM; the learner updates that
     campaign's model from every one."""
-    from nudge.bench.worlds import NUMBER_NAMES
-
     stop = _Stop()
-    rng = np.random.default_rng(11)
-    numbers = [dict(zip(NUMBER_NAMES, row.tolist(), strict=True))
-               for row in rng.normal(size=(64, len(NUMBER_NAMES)))]
     reported = decided = 0
     started = time.perf_counter()
     with Client(target, timeout=60) as client:
+        decide = _decide_large(client, users, "squarecb")
         for tick in _paced(rate, 1, stop):
-            reply = client.decide(f"bench-{tick % users}", campaign="worlds_squarecb",
-                                  numbers=numbers[tick % len(numbers)])
+            reply = cast(DecideResponse, decide(tick)())
             decided += 1
             # Every decision's outcome, "send nothing" included (a bank reports or
             # attributes those too): the learner then hears of every arm.
@@ -211,12 +211,7 @@ def _one_server(config: BackgroundConfig, switch_ms: float | None,
                 client.wait_until_serving(config.serving_timeout)
                 mature_profiles(client, config.users)
                 users = config.users
-
-                def get_user(i: int) -> Callable[[], object]:
-                    user = f"bench-{i % users}"
-                    return lambda: client.get_user(user)
-
-                operations = {"GetUser": get_user,
+                operations = {"GetUser": _get_user(client, users),
                               "Decide3600": _decide_large(client, users, "squarecb")}
                 interleaved(client, min(config.calls, 300), operations)  # warm
                 phases: dict[str, Any] = {}
@@ -228,12 +223,13 @@ def _one_server(config: BackgroundConfig, switch_ms: float | None,
                         feed = _Feed(phase, proc.target, users, rate)
                         time.sleep(config.settle_seconds)
                     try:
-                        phases[phase] = _phase(client, proc.metrics_url, config.calls,
-                                               operations)
+                        result = _phase(client, proc.metrics_url, config.calls, operations)
                     finally:
-                        if feed is not None:
-                            phases[phase]["feed"] = feed.stop()
-                    phases[phase]["load_average"] = os.getloadavg()[0]
+                        fed = feed.stop() if feed is not None else None
+                    if fed is not None:
+                        result["feed"] = fed
+                    result["load_average"] = os.getloadavg()[0]
+                    phases[phase] = result
         finally:
             proc.terminate()
     return phases

@@ -151,6 +151,16 @@ def _campaigns(folder: Path) -> Path:
     return folder
 
 
+def _get_user(client: Client, users: int) -> Callable[[int], Callable[[], object]]:
+    """GetUser of the bench users in turn."""
+
+    def get_user(i: int) -> Callable[[], object]:
+        user = f"bench-{i % users}"
+        return lambda: client.get_user(user)
+
+    return get_user
+
+
 def _decide_large(client: Client, users: int,
                   algorithm: str) -> Callable[[int], Callable[[], object]]:
     """Decide on 3,600 combinations with 31 request numbers (bench/worlds.py's campaign)."""
@@ -257,10 +267,6 @@ def run_config(config: RpcConfig, progress: Callable[[str], None] = lambda _: No
                 rpcs = _Rpcs(client, users, config.stream_events)
                 run_id = rpcs.run_id
 
-                def get_user(i: int) -> Callable[[], object]:
-                    user = f"bench-{i % users}"
-                    return lambda: client.get_user(user)
-
                 def score(i: int) -> Callable[[], object]:
                     tx = make_transaction(f"bench-{i % users}", 20.0 + i % 50,
                                           transaction_id=f"{run_id}-{i}", country="BR",
@@ -272,7 +278,8 @@ def run_config(config: RpcConfig, progress: Callable[[str], None] = lambda _: No
                     return lambda: client.decide(user, top_k=3)
 
                 operations: dict[str, Callable[[int], Callable[[], object]]] = {
-                    "GetUser": get_user, "ScoreTransaction": score, "Decide": decide}
+                    "GetUser": _get_user(client, users), "ScoreTransaction": score,
+                    "Decide": decide}
                 if proc is not None:  # our own server: it has the 3,600-combination campaigns
                     for algorithm in ALGORITHMS:
                         operations[f"Decide3600.{algorithm}"] = _decide_large(
