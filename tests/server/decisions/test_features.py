@@ -153,13 +153,17 @@ def test_user_context_kernel_matches_raw_features_and_build_context(seed: int) -
         np.testing.assert_allclose(x, want_x, rtol=1e-12, atol=1e-12)
 
 
-def test_user_context_refuses_an_infinite_value_as_raw_features_does() -> None:
+def _infinite_record() -> tuple[ctx.ContextLayout, FeaturePlan, bytes]:
+    """A plain campaign's layout and plan, and a stored record holding an infinite count."""
     campaign = _campaign(False)
     layout = context_layout(campaign)
-    plan = FeaturePlan(campaign, layout)
     record = np.zeros(user_state.RECORD_LEN)
     record[user_state.S_EVENT_COUNT] = math.inf
-    stored = encode_record(record)
+    return layout, FeaturePlan(campaign, layout), encode_record(record)
+
+
+def test_user_context_refuses_an_infinite_value_as_raw_features_does() -> None:
+    layout, plan, stored = _infinite_record()
     with pytest.raises(ValueError, match="must not contain inf"):
         raw_features(plan, decode_record(stored), {}, NOW, 1.0, {}, {}, 86_400.0)
     with pytest.raises(ValueError, match="must not contain inf"):
@@ -207,11 +211,7 @@ def test_user_contexts_for_a_chunk_are_each_users_single_call(seed: int) -> None
 
 
 def test_user_contexts_refuse_an_infinite_value_as_the_single_call_does() -> None:
-    campaign = _campaign(False)
-    layout = context_layout(campaign)
-    plan = FeaturePlan(campaign, layout)
-    record = np.zeros(user_state.RECORD_LEN)
-    record[user_state.S_EVENT_COUNT] = math.inf
+    layout, plan, stored = _infinite_record()
     with pytest.raises(ValueError, match="must not contain inf"):
-        user_contexts(plan, ctx.initial_stats(layout), [None, encode_record(record)], {},
+        user_contexts(plan, ctx.initial_stats(layout), [None, stored], {},
                       NOW, [1.0, 2.0], {}, {}, 86_400.0)
