@@ -37,6 +37,11 @@ class InvalidArgument(NudgeError):
         self.rule = rule
 
 
+class Internal(NudgeError):
+    """A fault of the server that retrying the same request will meet again (a bug, a
+    value the store cannot hold): the message carries a reference to the logged stack."""
+
+
 class NotFound(NudgeError):
     code = "NOT_FOUND"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from nudge.server.errors import NudgeError, Unavailable, disk_full
+from nudge.server.errors import Internal, NudgeError, Unavailable, disk_full
 from nudge.server.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -228,5 +229,13 @@ def _caller_error(exc: BaseException, store: Store) -> NudgeError:
     if full is not None:
         log.error("write refused: %s", full.message)
         return full
-    log.error("write failed and was rolled back: %s", exc, exc_info=exc)
-    return Unavailable("store write failed; retry later")
+    if isinstance(exc, lmdb.Error) and not isinstance(exc, lmdb.BadValsizeError):
+        log.error("write failed and was rolled back: %s", exc, exc_info=exc)
+        return Unavailable("store write failed; retry later")
+    # A bug, or a key LMDB cannot hold: the same request fails the same way again, so
+    # UNAVAILABLE ("retry later") would have a producer resend it for ever (a poison
+    # event stalling everything behind it). INTERNAL says: do not retry as it is.
+    ref = uuid.uuid4().hex[:12]
+    log.error("write failed and was rolled back (ref %s): %s", ref, exc, exc_info=exc)
+    return Internal(f"store write failed on this request and would fail again; "
+                    f"server log reference {ref}")

@@ -16,6 +16,9 @@ in seconds (``nudge.kernels.insights`` reads them).
 - in ``meta``: ``insights/key/<name>`` -> the key's id (u2), ``insights/next_key`` -> the
   next free id. A name is an event type (``loan_simulated``) or, for an event carrying a
   ``step`` string, its abandoned flow step as JSON ``["flow_abandoned", flow, step]``.
+  A flow and a step may be 1,024 bytes each, past LMDB's largest key (511 bytes): a name
+  that does not fit is kept as ``insights/key/#<sha256 hex>`` -> the id followed by the
+  name's bytes (``#`` begins no type name and no JSON array, so the forms cannot meet).
   Key 0 is ``(other)``: every name after the first ``MAX_KEYS - 1`` shares it.
 - in ``meta``: ``insights/position`` -> the next event-log sequence not yet folded into
   the summaries (8 bytes big-endian), stored in the same transaction as the entries: the
@@ -24,6 +27,7 @@ in seconds (``nudge.kernels.insights`` reads them).
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -43,6 +47,9 @@ OTHER_KEY = 0
 OTHER_NAME = "(other)"
 MAX_KEYS = 4096
 HORIZON_DAYS = 400
+# LMDB's largest key (its compiled default, ``env.max_key_size()``), less the prefix.
+MAX_PLAIN_NAME_BYTES = 511 - len(KEY_PREFIX)
+LONG_NAME_MARK = b"#"
 COMPACT_FROM = 64
 ENTRY = np.dtype([("hour", "<u4"), ("key", "<u2"), ("count", "<u2"), ("amount", "<f4")])
 ENTRY_STRUCT = struct.Struct("<IHHf")
@@ -70,7 +77,11 @@ def key_ids(txn: lmdb.Transaction, dbs: Dbs) -> dict[str, int]:
     """Every registered name -> its id (``(other)`` included)."""
     out = {OTHER_NAME: OTHER_KEY}
     for key, value in keys.with_prefix(txn, dbs[META], KEY_PREFIX):
-        out[key[len(KEY_PREFIX):].decode()] = int.from_bytes(value, "little")
+        value = bytes(value)
+        name = bytes(key[len(KEY_PREFIX):])
+        if name.startswith(LONG_NAME_MARK):
+            name = value[2:]
+        out[name.decode()] = int.from_bytes(value[:2], "little")
     return out
 
 
@@ -82,9 +93,18 @@ def names_by_id(ids: Mapping[str, int]) -> list[str]:
     return names
 
 
+def _registry_entry(name: str) -> tuple[bytes, bytes]:
+    """The registry's key for ``name`` and what its value holds after the id."""
+    raw = name.encode()
+    if len(raw) <= MAX_PLAIN_NAME_BYTES:
+        return KEY_PREFIX + raw, b""
+    return KEY_PREFIX + LONG_NAME_MARK + hashlib.sha256(raw).hexdigest().encode(), raw
+
+
 def key_id(txn: lmdb.Transaction, dbs: Dbs, name: str) -> int | None:
-    raw = txn.get(KEY_PREFIX + name.encode(), db=dbs[META])
-    return None if raw is None else int.from_bytes(bytes(raw), "little")
+    key, _ = _registry_entry(name)
+    raw = txn.get(key, db=dbs[META])
+    return None if raw is None else int.from_bytes(bytes(raw)[:2], "little")
 
 
 def position(txn: lmdb.Transaction, dbs: Dbs) -> int | None:
@@ -127,7 +147,8 @@ def register_key(txn: lmdb.Transaction, dbs: Dbs, name: str) -> int:
     next_id = 1 if raw is None else int.from_bytes(bytes(raw), "little")
     if next_id >= MAX_KEYS:
         return OTHER_KEY
-    txn.put(KEY_PREFIX + name.encode(), next_id.to_bytes(2, "little"), db=dbs[META])
+    key, tail = _registry_entry(name)
+    txn.put(key, next_id.to_bytes(2, "little") + tail, db=dbs[META])
     txn.put(NEXT_KEY, (next_id + 1).to_bytes(2, "little"), db=dbs[META])
     return next_id
 

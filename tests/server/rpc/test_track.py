@@ -32,6 +32,20 @@ def test_track_then_get_user_shows_the_event(client: Client) -> None:
     assert user.first_seen.seconds == int(T0)
 
 
+def test_an_abandoned_flow_step_at_the_string_limits_is_accepted(client: Client) -> None:
+    """Flow and step strings of 1,024 bytes each are valid; the insights key they make is
+    longer than an LMDB key, which once failed the whole commit as UNAVAILABLE (a poison
+    event a producer would retry for ever)."""
+    strings = {"flow": "f" * 1024, "step": "ü" * 512}
+    reply = client.track([make_event("long-flow", "flow_abandoned", strings=strings,
+                                     time=T0)])
+    assert (reply.accepted, reply.duplicates) == (1, 0)
+    again = client.track([make_event("long-flow-2", "flow_abandoned", strings=strings,
+                                     time=T0)])
+    assert again.accepted == 1
+    assert client.get_user("long-flow").event_count == 1
+
+
 def test_replayed_events_are_duplicates_and_change_nothing(client: Client) -> None:
     events = [make_event("u1", "app_opened", time=T0 + i) for i in range(3)]
     assert client.track(events).accepted == 3

@@ -64,3 +64,28 @@ def test_registry_ids_and_a_full_registry(tmp_path: Path, monkeypatch) -> None:
         assert [(int(e["key"]), float(e["amount"])) for e in got] == [(table.OTHER_KEY, 7.0)]
     finally:
         store.close()
+
+
+def test_a_flow_step_name_longer_than_an_lmdb_key_registers_and_reads_back(
+    tmp_path: Path,
+) -> None:
+    """A flow and a step may be 1,024 bytes each (the event strings' limit); their key
+    name then exceeds LMDB's 511-byte key and is kept under its digest."""
+    store = Store(tmp_path / "d")
+    long_name = table.flow_key_name("flow_abandoned", "f" * 1024, "é" * 512)
+    near = "a" * table.MAX_PLAIN_NAME_BYTES  # the longest name kept as it is
+    try:
+        with store.env.begin(write=True) as txn:
+            a = table.register_key(txn, store.dbs, long_name)
+            b = table.register_key(txn, store.dbs, near)
+            c = table.register_key(txn, store.dbs, near + "b")
+            assert len({a, b, c}) == 3 and table.OTHER_KEY not in {a, b, c}
+            assert table.register_key(txn, store.dbs, long_name) == a
+        with store.env.begin() as txn:
+            assert table.key_id(txn, store.dbs, long_name) == a
+            assert table.key_id(txn, store.dbs, near + "b") == c
+            assert table.key_ids(txn, store.dbs) == {table.OTHER_NAME: table.OTHER_KEY,
+                                                     long_name: a, near: b, near + "b": c}
+            assert table.parse_key_name(long_name) == ("flow_abandoned", "f" * 1024, "é" * 512)
+    finally:
+        store.close()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nudge.kernels import user_state as u
-from nudge.server.errors import SchemaMismatch, Unavailable
+from nudge.server.errors import Internal, SchemaMismatch
 from nudge.server.inputs.events import ValidEvent
 from nudge.server.storage.ingest import MAX_PROPERTY_TYPES, RESERVED_TYPE_SLOTS, EventWriter
 from nudge.server.storage.store import Store
@@ -247,9 +247,10 @@ def test_a_job_or_events_failing_inside_a_group_commit_fail_alone(tmp_path: Path
         assert good_job.result(timeout=30) == "ok"
         assert good_events.result(timeout=30).accepted == 2
         assert more_events.result(timeout=30).accepted == 1
-        with pytest.raises(Unavailable, match="store write failed; retry later"):
+        # Neither would succeed if retried: INTERNAL, not UNAVAILABLE's "retry later".
+        with pytest.raises(Internal, match="would fail again; server log reference"):
             bad_job.result(timeout=30)
-        with pytest.raises(Unavailable):
+        with pytest.raises(Internal):
             bad_events.result(timeout=30)
     finally:
         writer.close()
