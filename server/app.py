@@ -38,6 +38,7 @@ from nudge.server.errors import NudgeError
 from nudge.server.gc_tuning import tune_for_serving
 from nudge.server.gil_tuning import set_switch_interval
 from nudge.server.hosts import is_loopback
+from nudge.server.inputs.events import iana_zones
 from nudge.server.risk.engine import RiskEngine
 from nudge.server.rpc.admin_service import AdminServicer
 from nudge.server.rpc.auth import AuthInterceptor, TokenStore
@@ -185,6 +186,7 @@ class NudgeServer:
         """Compile and call every kernel once, then report SERVING and take work."""
         spent = warm_up_all()
         log.info("kernels warm in %.2fs", sum(spent.values()))
+        iana_zones()  # the first "tz" would otherwise pay the zone folder's scan
         if self.cluster is not None:
             self.cluster.connect()  # the log and the leases, before anything is served
         if self.role is not None:

@@ -52,6 +52,11 @@ CASES = [
     (mutate(strings={"k" * 65: "v"}), "keys must be at most 64 bytes"),
     (mutate(strings={"note": "v" * 1025}), 'events[1].strings["note"]: must be at most 1024'),
     (mutate(strings={"tz": "Mars/Olympus"}), 'events[1].strings["tz"]: must be an IANA'),
+    # A name ZoneInfo would open as a 1,000-byte file name (OSError: was INTERNAL), and
+    # names a system zone folder holds that mean the host, not a place.
+    (mutate(strings={"tz": "a" * 1000}), 'events[1].strings["tz"]: must be an IANA'),
+    (mutate(strings={"tz": "localtime"}), 'events[1].strings["tz"]: must be an IANA'),
+    (mutate(strings={"tz": "posixrules"}), 'events[1].strings["tz"]: must be an IANA'),
     (mutate(strings={"consent.push": "yes"}), 'events[1].strings["consent.push"]: must be'),
     (mutate(strings={"consent.": "granted"}), 'events[1].strings["consent."]: must be'),
     (with_time(int(time.time()) + 2 * 86_400), "events[1].time: must not be more than one day"),
