@@ -169,6 +169,7 @@ class NudgeServer:
         metrics.learner_quarantined.set_function(lambda: self.learner.quarantined)
         metrics.journeys_failed.set_function(lambda: self.journeys.failed)
         metrics.other_type_events.set_function(lambda: self.writer.other_events)
+        metrics.consent_channels_ignored.set_function(lambda: self.writer.consents_ignored)
         if self.cluster is not None:
             add_cluster_gauges(metrics, self.cluster)
         if limiter is not None:

@@ -173,6 +173,11 @@ class Metrics:
             "Events counted in the shared (other) type slot: no slot was left for their type.",
             registry=r,
         )
+        self.consent_channels_ignored = Gauge(
+            "nudge_consent_channels_ignored_total",
+            "Consent channels not recorded: the customer held the most a profile keeps.",
+            registry=r,
+        )
         self.group_commits = Gauge(
             "nudge_group_commits_total",
             "Durable (fsync'd) group commits of the store's writer since the server started.",

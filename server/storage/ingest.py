@@ -10,7 +10,9 @@ commit is on disk.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -36,8 +38,18 @@ from nudge.server.storage.tables import keys, meta, users
 from nudge.server.storage.tables.users import UserProfile
 from nudge.v1 import event_pb2
 
+log = logging.getLogger(__name__)
+
 # Event types whose latest properties a user's profile keeps (for message templates).
 MAX_PROPERTY_TYPES = 16
+# Consent channels one customer's profile holds. A bank has a handful (push, email, sms,
+# ...); a producer that writes ``consent.<campaign id>`` or junk would otherwise grow the
+# profile without bound (3,150 channels: a 166 KB GetUser reply taking 36 ms, rewritten by
+# every event). A channel past the limit is not recorded, which is safe for consent
+# (a channel with no record has no consent), and is counted
+# (``nudge_consent_channels_ignored_total``). Not refused: the check needs the stored
+# profile, which only the writer has, and in a cluster the event is already in the log.
+MAX_CONSENT_CHANNELS = 64
 # Card transactions are the firehose and feed the risk baseline, not message templates:
 # their properties are not copied into the profile (the event log keeps them).
 NO_PROFILE_PROPERTIES = frozenset({"transaction"})
@@ -104,6 +116,9 @@ class EventWriter(GroupCommitWriter):
         self._named: frozenset[str] = frozenset()
         # Events counted in the shared "(other)" slot (for a gauge).
         self.other_events = 0
+        # Consent channels not recorded: their profile held MAX_CONSENT_CHANNELS already.
+        self.consents_ignored = 0
+        self._consents_logged = -math.inf  # monotonic time of the last warning
         # The state matrix of a commit's users, kept from one commit to the next (see
         # _state_rows).
         self._scratch = user_state.new_records(0)
@@ -231,7 +246,14 @@ class EventWriter(GroupCommitWriter):
         for key, stored in users.stored_records(txn, dbs, user_keys):
             state[row_of_key[key]] = stored
         profiles = self._profiles_of(txn, rows, user_keys, row_of_key)
-        changed = _apply_profile_updates(fresh, rows, profiles)
+        changed, ignored = _apply_profile_updates(fresh, rows, profiles)
+        if ignored:
+            self.consents_ignored += ignored
+            if time.monotonic() - self._consents_logged >= 60.0:  # at most once a minute
+                self._consents_logged = time.monotonic()
+                log.warning("consent channels not recorded (%d so far): a customer's "
+                            "profile holds at most %d", self.consents_ignored,
+                            MAX_CONSENT_CHANNELS)
         if not store.shared:
             for row in changed:
                 self._cache_profile(user_keys[row].decode(), profiles[row])
@@ -508,10 +530,12 @@ def _local_hours(
 
 def _apply_profile_updates(
     events: list[ValidEvent], rows: dict[str, int], profiles: list[UserProfile | None]
-) -> set[int]:
+) -> tuple[set[int], int]:
     """Fold time zones and consents into profiles, last write (by event time) wins; a
-    user without a profile gets one when an event changes it."""
+    user without a profile gets one when an event changes it. Returns the rows changed
+    and how many consent channels were past ``MAX_CONSENT_CHANNELS`` (not recorded)."""
     changed: set[int] = set()
+    ignored = 0
     for ev in events:
         if ev.tz is None and not ev.consents and (
             ev.type in NO_PROFILE_PROPERTIES or (not ev.numbers and not ev.strings)
@@ -533,9 +557,11 @@ def _apply_profile_updates(
             changed.add(row)
         for channel, granted in ev.consents.items():
             consent = profile.consents.get(channel)
-            if consent is None or ev.time >= consent[1]:
+            if consent is None and len(profile.consents) >= MAX_CONSENT_CHANNELS:
+                ignored += 1
+            elif consent is None or ev.time >= consent[1]:
                 profile.consents[channel] = (granted, ev.time)
                 changed.add(row)
-    return changed
+    return changed, ignored
 
 

@@ -11,7 +11,12 @@ import pytest
 from nudge.kernels import user_state as u
 from nudge.server.errors import Internal, SchemaMismatch
 from nudge.server.inputs.events import ValidEvent
-from nudge.server.storage.ingest import MAX_PROPERTY_TYPES, RESERVED_TYPE_SLOTS, EventWriter
+from nudge.server.storage.ingest import (
+    MAX_CONSENT_CHANNELS,
+    MAX_PROPERTY_TYPES,
+    RESERVED_TYPE_SLOTS,
+    EventWriter,
+)
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables.meta import SCHEMA_KEY
 
@@ -172,6 +177,32 @@ def test_profile_forgets_the_oldest_event_types_beyond_its_bound(tmp_path: Path)
     kept = view.profile.last_properties
     assert len(kept) == MAX_PROPERTY_TYPES
     assert "type_0" not in kept and f"type_{MAX_PROPERTY_TYPES + 3}" in kept
+    store.close()
+
+
+def test_consent_channels_past_the_bound_are_not_recorded_known_ones_still_change(
+    tmp_path: Path,
+) -> None:
+    """A producer writing a new consent channel per event cannot grow a profile without
+    bound; a channel it already holds still follows last-write-wins (a revocation lands)."""
+    store = Store(tmp_path)
+    writer = EventWriter(store, HALF_LIFE)
+    try:
+        grants = [ev(f"g{i}", t=1_000.0 + i, consents={f"ch{i}": True})
+                  for i in range(MAX_CONSENT_CHANNELS + 5)]
+        writer.submit(grants[:40]).result(timeout=30)  # two commits: cached profile too
+        writer.submit(grants[40:]).result(timeout=30)
+        writer.submit([ev("revoke", t=5_000.0, consents={"ch0": False, "late": True})]
+                      ).result(timeout=30)
+        assert writer.consents_ignored == 6
+    finally:
+        writer.close()
+    view = store.get_user("u1")
+    assert view is not None
+    consents = view.profile.consents
+    assert len(consents) == MAX_CONSENT_CHANNELS
+    assert set(consents) == {f"ch{i}" for i in range(MAX_CONSENT_CHANNELS)}
+    assert consents["ch0"] == (False, 5_000.0)
     store.close()
 
 
