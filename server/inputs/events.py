@@ -35,6 +35,11 @@ TZ_KEY = "tz"
 CONSENT_PREFIX = "consent."
 CONSENT_VALUES = {"granted": True, "revoked": False}
 AMOUNT_KEY = "amount"
+# An amount's bound in absolute value: above any sum of money in any currency's smallest
+# unit, and small enough that the per-user running moments (a sum of squares) stay
+# finite. At 1.7e308, allowed as merely "finite", the running mean overflowed to inf and
+# every later Decide for that customer failed INTERNAL.
+MAX_AMOUNT = 1e18
 # Event strings that become store keys: they follow the rules of ids (check_id).
 ID_STRINGS = frozenset({"transaction_id"})
 
@@ -168,6 +173,9 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
         else:
             plain[key] = value
     amount = numbers.get(AMOUNT_KEY, math.nan)
+    if not -MAX_AMOUNT <= amount <= MAX_AMOUNT and amount == amount:
+        raise InvalidArgument(f'events[{index}].numbers["{AMOUNT_KEY}"]',
+                              f"must be at most {MAX_AMOUNT:.0e} in absolute value")
     return ValidEvent(event_id, user_id, type_, t, amount, tz, consents, ev, numbers, plain)
 
 

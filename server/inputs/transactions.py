@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from nudge.server.errors import InvalidArgument
 from nudge.server.inputs.events import (
     AMOUNT_KEY,
+    MAX_AMOUNT,
     MAX_ID_BYTES,
     ValidEvent,
     check_id,
@@ -69,6 +70,8 @@ def validate_transaction(tx: pb.Transaction, where: str, now: float) -> ValidTra
         raise InvalidArgument(f"{where}.amount", "must be finite")
     if amount < 0:
         raise InvalidArgument(f"{where}.amount", "must not be negative")
+    if amount > MAX_AMOUNT:
+        raise InvalidArgument(f"{where}.amount", f"must be at most {MAX_AMOUNT:.0e}")
     # _upper_code inline for the usual code; the call only decides an unusual one.
     if currency and not (len(currency) == 3 and currency.isascii() and currency.isalpha()
                          and currency.isupper()) and not _upper_code(currency, 3):

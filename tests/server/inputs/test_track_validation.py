@@ -46,6 +46,9 @@ CASES = [
     (mutate(numbers={"x": float("nan")}), 'events[1].numbers["x"]: must be finite'),
     (mutate(numbers={"x": float("inf")}), 'events[1].numbers["x"]: must be finite'),
     (mutate(numbers={"x": float("-inf")}), 'events[1].numbers["x"]: must be finite'),
+    # Finite but past what the running moments hold: once made every Decide INTERNAL.
+    (mutate(numbers={"amount": 1.7e308}), 'events[1].numbers["amount"]: must be at most 1e+18'),
+    (mutate(numbers={"amount": -2e18}), 'events[1].numbers["amount"]: must be at most 1e+18'),
     (mutate(numbers={f"n{i}": 1.0 for i in range(40)},
             strings={f"s{i}": "v" for i in range(25)}), "events[1]: at most 64"),
     (mutate(numbers={"": 1.0}), "events[1].numbers: property keys must not be empty"),

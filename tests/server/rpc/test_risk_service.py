@@ -160,6 +160,7 @@ BAD = [
     (dict(amount=-1.0), "transaction.amount: must not be negative"),
     (dict(amount=math.nan), "transaction.amount: must be finite"),
     (dict(amount=math.inf), "transaction.amount: must be finite"),
+    (dict(amount=1.7e308), "transaction.amount: must be at most 1e+18"),
     (dict(currency="usd"), "transaction.currency: must be an ISO 4217 code"),
     (dict(country="Brazil"), "transaction.country: must be an ISO 3166-1 alpha-2"),
     (dict(device_id="d" * 129), "transaction.device_id: must be at most 128 bytes"),
