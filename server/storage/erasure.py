@@ -40,6 +40,7 @@ from nudge.server.storage.tables import (
     triggered,
     users,
 )
+from nudge.server.storage.user_scan import user_records
 
 ERASED_PREFIX = "erased_"
 
@@ -60,13 +61,12 @@ def erasure_pseudonym(user_id: str) -> str:
 
 
 def erase_user(writer: EventWriter, user_id: str) -> Erasure:
-    """Erase ``user_id`` (as stored: the pseudonym when ids are pseudonymised)."""
+    """Erase ``user_id`` (as stored: the pseudonym when ids are pseudonymised). A big log
+    is scanned in a child process (``user_scan``)."""
     store = writer.store
     dbs = store.dbs
-    with store.read() as txn:
-        scanned_to = events.last_sequence(txn, dbs) + 1
-        logged = events.of_user(txn, dbs, user_id)
-        decided = decisions.of_user(txn, dbs, user_id)
+    found = user_records(store, user_id)
+    scanned_to, logged, decided = found.scanned_to, found.events, found.decisions
     pseudonym = erasure_pseudonym(user_id)
 
     def job(txn: lmdb.Transaction) -> Erasure:
