@@ -9,6 +9,8 @@ import pytest
 
 from nudge.kernels import context
 from nudge.kernels.context import (
+    WINSOR_AFTER,
+    WINSOR_Z,
     ContextLayout,
     ContextParams,
     build_context,
@@ -144,3 +146,49 @@ def test_read_only_inputs_and_validation() -> None:
 
 def test_warm_up_runs() -> None:
     context.warm_up()
+
+
+def _stats_reference(col: np.ndarray, rate: float) -> tuple[float, float]:
+    """The winsorised running mean and variance, one value at a time (slow)."""
+    mean = var = 0.0
+    for seen, v in enumerate(col):  # ``seen``: values folded before this one
+        delta = v - mean
+        if seen > WINSOR_AFTER and var > 0.0:
+            delta = float(np.clip(delta, -WINSOR_Z * np.sqrt(var), WINSOR_Z * np.sqrt(var)))
+        a = max(1.0 / (seen + 1), rate)
+        mean += a * delta
+        var = (1 - a) * (var + a * delta * delta)
+    return mean, var
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6])
+def test_running_stats_winsorise_wild_values_as_the_reference_does(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    raw = rng.standard_cauchy(size=(3_000, 3)) * rng.uniform(1, 100)  # many beyond 8 sd
+    raw[rng.random(raw.shape) < 0.1] = np.nan
+    rate = float(rng.choice([1e-4, 1e-2]))
+    stats = update_stats(LAYOUT, initial_stats(LAYOUT), raw, ContextParams(min_rate=rate))
+    for j in (1, 2):  # the columns without log1p
+        col = raw[:, j][~np.isnan(raw[:, j])]
+        mean, var = _stats_reference(col, rate)
+        assert stats.mean[j] == pytest.approx(mean, rel=1e-9, abs=1e-12)
+        assert stats.var[j] == pytest.approx(var, rel=1e-9)
+
+
+def test_one_value_in_the_wrong_unit_does_not_blind_the_feature() -> None:
+    """One 1e12 among values near 1,000: unclipped, the sd became 1e10 and every later
+    value standardised to 0 for more than 100,000 observations."""
+    layout = ContextLayout(numeric=("balance",))
+    rng = np.random.default_rng(7)
+    stats = update_stats(layout, initial_stats(layout), rng.normal(1_000, 100, (20_000, 1)))
+    hit = update_stats(layout, stats, np.array([[1e12]]))
+    assert np.sqrt(hit.var[0]) < 1.15 * np.sqrt(stats.var[0])
+    assert build_context(layout, hit, np.array([1_200.0]))[1] > 1.7  # 2 sd: still seen
+
+
+def test_a_real_change_of_scale_is_still_followed() -> None:
+    layout = ContextLayout(numeric=("balance",))
+    rng = np.random.default_rng(8)
+    stats = update_stats(layout, initial_stats(layout), rng.normal(1_000, 100, (40_000, 1)))
+    later = update_stats(layout, stats, rng.normal(100_000, 10_000, (5_000, 1)))
+    assert np.sqrt(later.var[0]) > 10_000  # within the slowest step's 5,000 observations
