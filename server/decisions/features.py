@@ -13,6 +13,7 @@ from itertools import repeat
 
 import numpy as np
 
+from nudge.kernels import request_numbers
 from nudge.kernels import user_context as uc
 from nudge.kernels import user_state as u
 from nudge.kernels.context import ContextLayout, ContextParams, ContextStats
@@ -87,6 +88,8 @@ class FeaturePlan:
         # layout's arrays, and the plan itself per state of the type registry (a count
         # feature's slot is the registry's; a reset replaces the dict, new types grow it).
         self.number_names = tuple(n for n, _ in self.numbers)
+        # The same names as kernels/request_numbers.py reads them from a request's bytes.
+        self.number_table = request_numbers.name_table(self.number_names)
         self.n_features = layout.n_features
         self.offsets, self.log1p, _ = layout.kernel_arrays
         self._kernel_plan: tuple[tuple[int, int], np.ndarray] | None = None
@@ -123,17 +126,21 @@ def user_context(
     half_life_seconds: float,
     contact_times: Sequence[float] = (),
     early_count: EarlyCount | None = None,
+    number_values: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(raw, x)``: :func:`raw_features` and ``context.build_context`` of them in one
     kernel call, from the record's stored bytes (None: no event stored). Raises
     ValueError on an infinite value, as :func:`raw_features` does. A campaign with
     "reached" flags settles them first (:func:`reached_flag`, from the decoded record and
-    ``early_count``) and hands them to the kernel after the request numbers."""
+    ``early_count``) and hands them to the kernel after the request numbers.
+    ``number_values``, when given, are ``numbers`` already in ``plan.number_names``' order
+    (NaN where absent: kernels/request_numbers.py read them from the request's bytes)."""
     nan = math.nan
     raw = np.empty(plan.n_numeric)
     x = np.empty(plan.n_features)
-    request_numbers = np.fromiter(map(numbers.get, plan.number_names, repeat(nan)),
-                                  np.float64, len(plan.number_names))
+    request_numbers = (number_values if number_values is not None else np.fromiter(
+        map(numbers.get, plan.number_names, repeat(nan)), np.float64,
+        len(plan.number_names)))
     if plan.reached:
         if record is None:
             flags = [0.0] * len(plan.reached)  # no events yet: nothing reached

@@ -10,15 +10,20 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+import numpy as np
 
 from nudge.kernels.policy import MAX_TOP_K
+from nudge.kernels.request_numbers import request_numbers
 from nudge.server.clock import Clock
 from nudge.server.cluster.partitions import partition_of
 from nudge.server.decisions.audience import Segment, segment_users
 from nudge.server.decisions.engine import DecideInput, DecisionEngine, DecisionOutcome
+from nudge.server.decisions.features import FeaturePlan
 from nudge.server.errors import InvalidArgument, NotFound, Unavailable
 from nudge.server.inputs.events import (
+    _SHORT_KEY,
     MAX_ID_BYTES,
+    MAX_PROPERTIES,
     ValidEvent,
     check_id,
     check_properties,
@@ -54,6 +59,8 @@ BATCH_CHUNK = 1_000
 MAX_PENDING_BATCH_DECISIONS = 20_000
 
 V = TypeVar("V")
+# DecideRequest.numbers' field number (map<string, double>), for kernels/request_numbers.py.
+_NUMBERS_FIELD = pb.DecideRequest.DESCRIPTOR.fields_by_name["numbers"].number
 
 
 def _plain(values: Mapping[str, V]) -> dict[str, V]:
@@ -224,26 +231,59 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def Decide(
         self, request: pb.DecideRequest, context: grpc.ServicerContext
     ) -> pb.DecideResponse:
-        self.readiness.check()
-        check_id(request.user_id, "user_id")
-        if request.top_k < 0:
+        if not self.readiness.serving:
+            self.readiness.check()
+        raw_id = request.user_id
+        if (not raw_id or (len(raw_id) > MAX_ID_BYTES // 4
+                           and len(raw_id.encode()) > MAX_ID_BYTES) or "\x00" in raw_id):
+            check_id(raw_id, "user_id")  # raises, naming the rule
+        top_k = request.top_k
+        if top_k < 0:
             raise InvalidArgument("top_k", "must not be negative")
-        numbers = _plain(request.numbers)
+        campaign = request.campaign
+        numbers: Mapping[str, float] = request.numbers
         strings = _plain(request.strings)
-        check_properties(numbers, strings)
-        if len(request.campaign) > MAX_CAMPAIGN_NAME:
+        values, plan = self._number_values(request, campaign, numbers, strings)
+        if values is None:
+            numbers = _plain(numbers)
+            check_properties(numbers, strings)
+        if len(campaign) > MAX_CAMPAIGN_NAME:
             raise InvalidArgument("campaign", f"must be at most {MAX_CAMPAIGN_NAME} characters")
-        has_time = request.HasField("time")
         now = self.clock.now()
-        when = timestamp_seconds(request.time, "time", now, True) if has_time else now
+        when = (timestamp_seconds(request.time, "time", now, True)
+                if request.HasField("time") else now)
         outcome = self.decisions.decide(
-            DecideInput(self.pseudonyms(request.user_id), request.campaign, when,
-                        request.top_k or 1, numbers, strings, request.dry_run),
+            DecideInput(self.pseudonyms(raw_id), campaign, when, top_k or 1, numbers,
+                        strings, request.dry_run, number_values=values, number_plan=plan),
             after_reply=context.add_callback,
         )
         reply = pb.DecideResponse()
         _fill_decision(reply, outcome)
         return reply
+
+    def _number_values(
+        self, request: pb.DecideRequest, campaign: str, numbers: Mapping[str, float],
+        strings: dict[str, str],
+    ) -> tuple[np.ndarray | None, FeaturePlan | None]:
+        """The request's numbers in the campaign's feature order, read from the request's
+        bytes by one kernel call (kernels/request_numbers.py), and the plan whose order
+        that is; ``(None, None)`` when the dict path must answer: the request has strings,
+        the campaign's texts read properties (or it is unknown), or a number breaks, or
+        may break, a property rule (the dict path then names the field). Taken, every rule
+        of ``check_properties`` holds: at most ``MAX_PROPERTIES`` entries, each key 1 to
+        ``_SHORT_KEY`` bytes, each value finite."""
+        if strings or not numbers:
+            return None, None
+        plan = self.decisions.number_plan(campaign)
+        if plan is None:
+            return None, None
+        names, name_at, slots = plan.number_table
+        values = np.empty(len(plan.number_names))
+        count = request_numbers(np.frombuffer(request.SerializeToString(), np.uint8),
+                                _NUMBERS_FIELD, names, name_at, slots, _SHORT_KEY, values)
+        if not 0 <= count <= MAX_PROPERTIES:
+            return None, None
+        return values, plan
 
     def DecideBatch(
         self, request_iterator: Iterator[pb.DecideBatchRequest], context: grpc.ServicerContext
