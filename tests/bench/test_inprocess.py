@@ -27,3 +27,28 @@ def test_percentile_of_sorted_values() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 0.5) == 51 and percentile(values, 0.99) == 100
     assert percentile(values, 1.0) == 100 and percentile([7.0], 0.5) == 7
+
+
+def test_stage_timer_reports_each_stage_own_time() -> None:
+    """A stage's nested stages are not counted twice: the outer's own time excludes them."""
+    import types
+
+    from nudge.bench.inprocess import StageTimer
+
+    def inner() -> int:
+        return sum(range(20_000))
+
+    def outer() -> int:
+        return module.inner() + sum(range(20_000))
+
+    module = types.SimpleNamespace(inner=inner, outer=outer)
+    timer = StageTimer()
+    timer.wrap(module, "inner")
+    timer.wrap(module, "outer", "outer (own)")
+    for _ in range(20):
+        module.outer()
+    assert set(timer.totals) == {"inner", "outer (own)"}
+    # The two halves do the same work: neither stage holds the other's time.
+    assert 0.2 < timer.totals["inner"] / timer.totals["outer (own)"] < 5
+    lines = timer.lines(20)
+    assert lines[0].startswith("stages") and len(lines) == 3
