@@ -18,6 +18,7 @@ KERNEL_MODULES = (
     "nudge.kernels.policy",
     "nudge.kernels.contributions",
     "nudge.kernels.insights",
+    "nudge.kernels.request_numbers",
 )
 
 
