@@ -48,6 +48,27 @@ def _varint(msg, at, end):
     return 0, -1
 
 
+@njit(jit.i8(jit.u1_1d_ro, jit.i8, jit.i8, jit.i8), **jit.GIL)
+def _skip(msg, at, end, wire):
+    """The position past the value of wire type ``wire`` at ``at`` (a field this pass does
+    not read); -1 for a malformed varint, a length past ``end`` or a wire type other than
+    varint, fixed64, fixed32 and length-delimited. A fixed width may pass ``end``: the
+    caller's bounds check sees it."""
+    if wire == 0:
+        _, at = _varint(msg, at, end)
+        return at
+    if wire == 1:
+        return at + 8
+    if wire == 5:
+        return at + 4
+    if wire == 2:
+        length, at = _varint(msg, at, end)
+        if at < 0 or length > end - at:
+            return -1
+        return at + length
+    return -1
+
+
 @njit(jit.i8(jit.u1_1d_ro, jit.i8, jit.i8), **jit.GIL)
 def _hash(data, at, length):
     """FNV-1a of ``data[at:at + length]`` (63 bits, non-negative)."""
@@ -84,79 +105,56 @@ def request_numbers(msg, field, names, name_at, slots, short_key, out):
         tag, at = _varint(msg, at, end)
         if at < 0:
             return -1
-        wire = tag & 7
-        if wire == 0:
-            _, at = _varint(msg, at, end)
+        if tag >> 3 != field or tag & 7 != 2:
+            at = _skip(msg, at, end, tag & 7)
+            if at < 0 or at > end:
+                return -1
+            continue
+        length, at = _varint(msg, at, end)
+        if at < 0 or length > end - at:
+            return -1
+        stop = at + length
+        count += 1
+        key_at = 0
+        key_len = 0
+        value = 0.0
+        while at < stop:
+            etag, at = _varint(msg, at, stop)
             if at < 0:
                 return -1
-        elif wire == 1:
-            at += 8
-        elif wire == 5:
-            at += 4
-        elif wire == 2:
-            length, at = _varint(msg, at, end)
-            if at < 0 or length > end - at:
-                return -1
-            stop = at + length
-            if tag >> 3 == field:
-                count += 1
-                key_at = 0
-                key_len = 0
-                value = 0.0
-                while at < stop:
-                    etag, at = _varint(msg, at, stop)
-                    if at < 0:
-                        return -1
-                    ewire = etag & 7
-                    if etag == _ENTRY_KEY:
-                        key_len, at = _varint(msg, at, stop)
-                        if at < 0 or key_len > stop - at:
-                            return -1
-                        key_at = at
-                        at += key_len
-                    elif etag == _ENTRY_VALUE:
-                        if stop - at < 8:
-                            return -1
-                        for b in range(8):
-                            value_bytes[b] = msg[at + b]
-                        value = value_bits[0]
-                        at += 8
-                    elif ewire == 0:
-                        _, at = _varint(msg, at, stop)
-                        if at < 0:
-                            return -1
-                    elif ewire == 1:
-                        at += 8
-                    elif ewire == 5:
-                        at += 4
-                    elif ewire == 2:
-                        skip, at = _varint(msg, at, stop)
-                        if at < 0 or skip > stop - at:
-                            return -1
-                        at += skip
-                    else:
-                        return -1
-                if at != stop or key_len == 0 or key_len > short_key or not math.isfinite(value):
+            if etag == _ENTRY_KEY:
+                key_len, at = _varint(msg, at, stop)
+                if at < 0 or key_len > stop - at:
                     return -1
-                h = _hash(msg, key_at, key_len) & mask
-                while slots[h] >= 0:
-                    j = slots[h]
-                    a = name_at[j]
-                    if name_at[j + 1] - a == key_len:
-                        same = True
-                        for b in range(key_len):
-                            if names[a + b] != msg[key_at + b]:
-                                same = False
-                                break
-                        if same:
-                            out[j] = value
-                            break
-                    h = (h + 1) & mask
-            at = stop
-        else:
+                key_at = at
+                at += key_len
+            elif etag == _ENTRY_VALUE:
+                if stop - at < 8:
+                    return -1
+                for b in range(8):
+                    value_bytes[b] = msg[at + b]
+                value = value_bits[0]
+                at += 8
+            else:
+                at = _skip(msg, at, stop, etag & 7)
+                if at < 0:
+                    return -1
+        if at != stop or key_len == 0 or key_len > short_key or not math.isfinite(value):
             return -1
-        if at > end:
-            return -1
+        h = _hash(msg, key_at, key_len) & mask
+        while slots[h] >= 0:
+            j = slots[h]
+            a = name_at[j]
+            if name_at[j + 1] - a == key_len:
+                same = True
+                for b in range(key_len):
+                    if names[a + b] != msg[key_at + b]:
+                        same = False
+                        break
+                if same:
+                    out[j] = value
+                    break
+            h = (h + 1) & mask
     return count
 
 
