@@ -62,3 +62,37 @@ def test_in_process_run_matches_the_servers_shape() -> None:
     s = worlds.run_in_process(worlds.RunConfig(world="sparse", seed=0, decisions=200,
                                                batch=100)).summary()
     assert s["invalid_propensities"] == 0 and set(s["curve"]) == set()
+
+
+def _summary(world: str, seed: int, last: float, early: float | None) -> dict[str, object]:
+    return {"world": world, "seed": seed, "last_fifth": last, "from_5k_to_10k": early}
+
+
+def test_paired_differences_pair_runs_by_world_and_seed() -> None:
+    base = [_summary("dense", 1, 0.70, 0.40), _summary("dense", 2, 0.60, 0.50),
+            _summary("types", 1, 0.80, 0.60)]
+    change = [_summary("types", 1, 0.75, 0.70), _summary("dense", 2, 0.66, 0.50),
+              _summary("dense", 1, 0.72, 0.43), _summary("sparse", 1, 0.9, 0.9)]  # no base
+    got = worlds.paired(change, base)
+    assert got["runs"] == 3
+    d = np.array([0.02, 0.06, -0.05])
+    last = got["all"]["last_fifth"]
+    assert last["n"] == 3 and last["better"] == 2
+    assert np.isclose(last["diff"], d.mean())
+    assert np.isclose(last["se"], d.std(ddof=1) / np.sqrt(3))
+    assert np.isclose(got["by_world"]["dense"]["last_fifth"]["diff"], 0.04)
+    assert got["by_world"]["types"]["from_5k_to_10k"]["se"] == 0.0  # one pair
+    assert got["all"]["from_5k_to_10k"]["better"] == 2  # a tie is not better
+    table = worlds.format_paired(got)
+    assert "| dense | 2 |" in table and "+0.040" in table and "**all**" in table
+
+
+def test_paired_differences_need_a_common_run() -> None:
+    with pytest.raises(ValueError, match="same world and seed"):
+        worlds.paired([_summary("dense", 1, 0.7, 0.4)], [_summary("dense", 2, 0.7, 0.4)])
+
+
+def test_short_runs_skip_the_early_window_in_the_pairing() -> None:
+    got = worlds.paired([_summary("dense", 1, 0.7, None)], [_summary("dense", 1, 0.6, None)])
+    assert got["all"]["from_5k_to_10k"]["n"] == 0
+    assert "| dense | 1 |" in worlds.format_paired(got)
