@@ -72,6 +72,14 @@ DEFAULT_LINK = LINK_LOGISTIC
 # more slowly), and through the server moved nothing beyond run-to-run noise: not shipped. A
 # campaign whose world is known to be steady can set it in its [exploration] table.
 DEFAULT_FORGETTING = 0.9999
+# The bias's prior precision, in component units. With the logistic link every component's
+# bias must reach the base rate's logit (about -3.5 at 3%) on its own, 3.5 prior sds away at 1;
+# while it is that far off, each outcome's credit goes mostly to the slopes (31 features at
+# precision 2 hold 15.5 of the 16.5 units of prior variance along x) instead of the bias. A
+# wider bias prior (0.3) was measured (2026-12-03, README "Does it learn?"): on the world
+# family's tuning seeds decisions 5,000-10,000 +0.066 +- 0.016, but on 36 held-out runs only
+# +0.015 +- 0.013 with the last fifth -0.020 +- 0.009 (the dense world +0.053 early, the types
+# world -0.047): not shipped. A campaign of many continuous numbers can set it.
 DEFAULT_PRIOR_PRECISION = 1.0
 # The slopes' prior precision, in component units (a combination's logit is the mean of its k
 # components' scores, so a component's slope is k times its share of the logit). Why 2 and
