@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -282,6 +282,9 @@ class RunResult:
     seconds: float = 0.0
     # Each decision's combination (N_COMBOS: nothing), for peers fitted on the same log.
     choices: np.ndarray | None = field(default=None, repr=False)
+    # In process with ``greedy``: the expected reward of the same model's greedy choice at
+    # each decision (what the model knows, without the cost of exploring).
+    greedy: np.ndarray | None = field(default=None, repr=False)
 
     def record(self, i: int, p: np.ndarray, choice: int, propensity: float) -> None:
         """Decision ``i`` chose ``choice`` (N_COMBOS: nothing) with ``propensity``; ``p`` is
@@ -301,10 +304,21 @@ class RunResult:
         s = slice(max(start, 0), min(stop, self.decisions))
         return float(self.policy[s].sum() / self.oracle[s].sum())
 
+    def greedy_ratio(self, start: int, stop: int) -> float | None:
+        if self.greedy is None:
+            return None
+        s = slice(max(start, 0), min(stop, self.decisions))
+        return float(self.greedy[s].sum() / self.oracle[s].sum())
+
     def summary(self) -> dict[str, Any]:
         n = self.decisions
         last = slice(n - n // 5, n)
         best = self.nothing_best[last]
+        greedy = {} if self.greedy is None else {"greedy": {
+            "last_fifth": self.greedy_ratio(n - n // 5, n),
+            "from_5k_to_10k": self.greedy_ratio(5_000, 10_000) if n >= 10_000 else None,
+            "curve": {str(k): self.greedy_ratio(k - CURVE_WINDOW, k) for k in CURVE_AT
+                      if k <= n}}}
         return {
             "world": self.world, "seed": self.seed, "decisions": n,
             "exploration": self.exploration or "(no table: defaults)",
@@ -319,6 +333,7 @@ class RunResult:
             "invalid_propensities": self.invalid_propensities,
             "propensity_min": self.propensity_min,
             "seconds": round(self.seconds, 1),
+            **greedy,
         }
 
 
@@ -397,11 +412,15 @@ def run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> RunRes
     return result
 
 
-def run_in_process(cfg: RunConfig) -> RunResult:
+def run_in_process(cfg: RunConfig, greedy: bool = False) -> RunResult:
     """The same run without the server: the decision and learning kernels called as Decide
     and the learner call them (the campaign's model, context layout and parameters; the
     learner stepping every ``batch`` outcomes). Ten times faster, for tuning only: the
-    reported figures come from :func:`run`."""
+    reported figures come from :func:`run`.
+
+    ``greedy``: also score, at every decision, the combination the same model would choose
+    without exploring (never played, so the run is unchanged); the gap between the two
+    ratios is what exploration costs, the gap to the oracle what the model does not know."""
     from nudge.kernels import context as ctx
     from nudge.kernels import learner as lrn
     from nudge.kernels import policy
@@ -421,6 +440,8 @@ def run_in_process(cfg: RunConfig) -> RunResult:
     no_buckets = np.zeros(0, dtype=np.int64)
     space = campaign.space
     params = model.policy_params
+    greedy_params = replace(params, mode=policy.MODE_SQUARECB, gamma_scale=1e12,
+                            explore_all=0.0, optimism=0.0)
     learn = model.learner_params
     kmask = np.ones(space.n_components, dtype=np.uint8)
     snapshot, stats = model.snapshot, model.stats
@@ -428,7 +449,8 @@ def run_in_process(cfg: RunConfig) -> RunResult:
     n = cfg.decisions
     result = RunResult(cfg.world, cfg.seed, n, cfg.exploration, np.empty(n), np.empty(n),
                        np.empty(n), np.zeros(n, bool), np.zeros(n, bool),
-                       choices=np.empty(n, dtype=np.int64))
+                       choices=np.empty(n, dtype=np.int64),
+                       greedy=np.empty(n) if greedy else None)
     for start in range(0, n, cfg.batch):
         stop = min(start + cfg.batch, n)
         prob = world.probabilities(h[start:stop], start)
@@ -444,6 +466,10 @@ def run_in_process(cfg: RunConfig) -> RunResult:
             p = prob[i - start]
             result.record(i, p, choice, got.propensity)
             rewards[i - start] = float(coins[i] < p[choice])
+            if result.greedy is not None:  # SquareCB with an unbounded γ: the best mean
+                best = policy.decide_trusted(snapshot, space, xs[i - start], int(seeds[i]),
+                                             kmask, 1, greedy_params).choice
+                result.greedy[i] = p[best]
         snapshot = lrn.update_posteriors(snapshot, space.combo_components, chosen, xs, rewards,
                                          learn, weight=space.component_weight)
         stats = ctx.update_stats(model.layout, stats, raw[start:stop])
@@ -551,10 +577,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", default=None, metavar="EXPLORATION",
                         help="also run every world and seed with this [exploration] body "
                         "('' for the defaults) and print the paired differences")
+    parser.add_argument("--greedy", action="store_true",
+                        help="in process: also score the same model's greedy choice at every "
+                        "decision (the summary's 'greedy' ratios)")
     parser.add_argument("--json", type=Path, help="append each run's summary here")
     parser.add_argument("--in-process", action="store_true",
                         help="call the kernels directly instead of a server (tuning only)")
     args = parser.parse_args(argv)
+    if args.greedy and not args.in_process:
+        parser.error("--greedy: only with --in-process (the server's runs never ask the "
+                     "model twice)")
     settings = [args.exploration] + ([args.against] if args.against is not None else [])
     summaries: list[list[dict[str, Any]]] = [[] for _ in settings]
     for seed in args.seed:
@@ -562,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
             for exploration, out in zip(settings, summaries, strict=True):
                 cfg = RunConfig(world=name, seed=seed, decisions=args.decisions,
                                 exploration=exploration)
-                r = run_in_process(cfg) if args.in_process else run(cfg, progress=print)
+                r = (run_in_process(cfg, greedy=args.greedy) if args.in_process
+                     else run(cfg, progress=print))
                 s = r.summary()
                 out.append(s)
                 print(json.dumps(s))

@@ -96,3 +96,15 @@ def test_short_runs_skip_the_early_window_in_the_pairing() -> None:
     got = worlds.paired([_summary("dense", 1, 0.7, None)], [_summary("dense", 1, 0.6, None)])
     assert got["all"]["from_5k_to_10k"]["n"] == 0
     assert "| dense | 1 |" in worlds.format_paired(got)
+
+
+def test_the_greedy_column_scores_without_changing_the_run() -> None:
+    cfg = worlds.RunConfig(world="dense", seed=0, decisions=600, batch=200)
+    plain = worlds.run_in_process(cfg)
+    both = worlds.run_in_process(cfg, greedy=True)
+    assert (both.choices == plain.choices).all()  # the greedy choice is never played
+    assert both.greedy is not None and plain.greedy is None
+    assert (both.greedy <= both.oracle + 1e-12).all()
+    s = both.summary()
+    assert s["last_fifth"] == plain.summary()["last_fifth"]
+    assert 0 < s["greedy"]["last_fifth"] <= 1 and "greedy" not in plain.summary()
