@@ -169,7 +169,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
         self.readiness.check()
-        events = self._pseudonymous(validate_events(request.events, self.clock.now()))
+        with self.writer.turn:  # not beside the writer's LMDB calls (GroupCommitWriter.turn)
+            events = self._pseudonymous(validate_events(request.events, self.clock.now()))
         result = _wait(self.submit_events(events), context)
         return pb.TrackResponse(accepted=result.accepted, duplicates=result.duplicates)
 
@@ -180,6 +181,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         pending: deque[tuple[Future[TrackResult], int]] = deque()
         accepted = duplicates = queued = 0
         max_queued = self.writer.max_batch_events
+        turn = self.writer.turn
 
         def settle(submitted: tuple[Future[TrackResult], int]) -> None:
             nonlocal accepted, duplicates, queued
@@ -192,8 +194,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         try:
             for index, message in enumerate(request_iterator):
                 try:
-                    events = validate_events(message.events, self.clock.now())
-                    events = self._pseudonymous(events)
+                    with turn:  # not beside the writer's LMDB calls (GroupCommitWriter.turn)
+                        events = validate_events(message.events, self.clock.now())
+                        events = self._pseudonymous(events)
                 except InvalidArgument as exc:
                     raise InvalidArgument(f"messages[{index}].{exc.field}", exc.rule) from None
                 pending.append((self.submit_events(events), len(events)))

@@ -86,6 +86,56 @@ def test_map_grows_by_itself_when_full(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_growing_store_makes_room_before_a_batch_instead_of_redoing_it(
+    tmp_path: Path,
+) -> None:
+    # Each batch is 1,000 new users; the map starts at 64 KiB and must double many times.
+    store = Store(tmp_path, map_size=1 << 16)
+    writer = EventWriter(store, HALF_LIFE)
+    try:
+        first = [ev(f"e{i}", user=f"user-{i}") for i in range(1_000)]
+        assert writer.submit(first).result(timeout=30).accepted == 1_000
+        redone = writer.map_full_retries
+        assert redone > 0  # the first batch found the map too small: nothing to go by yet
+        for batch in range(1, 8):
+            events = [ev(f"e{i}", user=f"user-{i}")
+                      for i in range(batch * 1_000, (batch + 1) * 1_000)]
+            assert writer.submit(events).result(timeout=30).accepted == 1_000
+    finally:
+        writer.close()
+    # Grown ahead of each later batch (by what one commit grew it), never redone.
+    assert writer.map_full_retries == redone
+    assert store.counts()["users"] == 8_000
+    store.close()
+
+
+def test_the_writer_holds_its_turn_while_writing_and_not_after(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    writer = EventWriter(store, HALF_LIFE)
+    seen: list[bool] = []
+    writer.add_event_hook(lambda txn, events: seen.append(writer.turn.locked()) or None)
+    try:
+        assert writer.submit([ev("a")]).result(timeout=30).accepted == 1
+        assert not writer.turn.locked()  # committed and answered: the turn is free
+        with writer.turn:  # a caller holding it delays the next batch, does not lose it
+            later = writer.submit([ev("b")])
+            assert not later.done()
+        assert later.result(timeout=30).accepted == 1
+    finally:
+        writer.close()
+    assert seen == [True, True]
+    store.close()
+
+
+def test_making_room_stops_at_max_map_size_without_failing(tmp_path: Path) -> None:
+    store = Store(tmp_path, map_size=1 << 16, max_map_size=1 << 18)
+    store.make_room(1 << 30)
+    assert store.map_size() == 1 << 18
+    store.make_room(1 << 30)  # at the limit: the write itself will say whether it fits
+    assert store.map_size() == 1 << 18
+    store.close()
+
+
 def test_other_schema_version_is_refused(tmp_path: Path) -> None:
     Store(tmp_path).close()
     env = lmdb.open(str(tmp_path), max_dbs=16)
