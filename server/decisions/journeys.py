@@ -16,6 +16,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future
+from operator import attrgetter
 from typing import Any
 
 import lmdb
@@ -32,6 +33,8 @@ from nudge.server.storage.store import Store
 from nudge.server.storage.tables import triggered
 
 log = logging.getLogger(__name__)
+# The type of every event of a commit, read by a C-level getter (the Track hook).
+_TYPE = attrgetter("type")
 ALTERNATIVES = 16
 # Cluster mode: how long storing a journey may wait for the log and the owner's apply.
 LOGGED_JOURNEY_TIMEOUT_SECONDS = 20.0
@@ -111,6 +114,9 @@ class Journeys:
     ) -> Callable[[], None] | None:
         fired = cancelled = 0
         _, by_event, cancel_types, _ = self._index
+        types = set(map(_TYPE, events))
+        if types.isdisjoint(cancel_types) and types.isdisjoint(by_event):
+            return None  # no event of a type that fires or cancels a journey
         for ev in events:
             if ev.type in cancel_types:
                 cancelled += self.outbox.cancel_for_event(txn, ev.user_id, ev.type)

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from operator import attrgetter
 from typing import Any
 
 import lmdb
@@ -30,6 +31,8 @@ from nudge.server.storage.tables.decisions import DecisionRecord
 # How long ReportOutcome looks for a decision another worker of a shared store has made
 # but not yet stored (its flush follows the reply by milliseconds).
 OTHER_WORKER_FLUSH_GRACE = 0.25
+# Fields the Track hook reads from every event of a commit (C-level getters).
+_TYPE, _CONSENTS = attrgetter("type"), attrgetter("consents")
 
 
 def settle(txn: lmdb.Transaction, store: Store, record: DecisionRecord, reward: float) -> bool:
@@ -163,6 +166,9 @@ class Outcomes:
         """Goal events settle the user's open decisions of campaigns with that goal; a
         consent revoked for a decision's channel settles it with the campaign's
         opt-out cost (when it has one)."""
+        if set(map(_TYPE, events)).isdisjoint(self._goal_types) and not (
+                self._opt_out_costs and any(map(_CONSENTS, events))):
+            return None  # no goal event and no consent: nothing to settle
         goals = [ev for ev in events
                  if ev.type in self._goal_types or (self._opt_out_costs and ev.consents
                                                     and not all(ev.consents.values()))]

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from nudge.server.errors import InvalidArgument
@@ -123,8 +124,14 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
         if len(_valid_types) >= VALID_TYPES_KEPT:
             _valid_types.clear()
         _valid_types.add(type_)
-    has_time = ev.HasField("time")
-    t = timestamp_seconds(ev.time, f"events[{index}].time", now, has_time) if has_time else now
+    if ev.HasField("time"):
+        # timestamp_seconds's rules inline (the field name is built only for an error).
+        ts = ev.time
+        t = ts.seconds + ts.nanos * 1e-9
+        if not 0.0 <= t <= now + MAX_FUTURE_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+            t = timestamp_seconds(ts, f"events[{index}].time", now, True)
+    else:
+        t = now
     # upb's map containers convert to a dict through the Mapping ABC (keys(), then one
     # lookup per key in Python): iterating them directly is several times faster.
     proto_numbers, proto_strings = ev.numbers, ev.strings
@@ -139,6 +146,11 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
             _check_key(key, f"events[{index}].numbers")
         if not math.isfinite(value):
             raise InvalidArgument(f'events[{index}].numbers["{key}"]', "must be finite")
+    if not strings:  # an event without strings: no time zone, consent or id to check
+        amount = numbers.get(AMOUNT_KEY, math.nan) if numbers else math.nan
+        if not -MAX_AMOUNT <= amount <= MAX_AMOUNT and amount == amount:
+            _amount_too_large(index)
+        return ValidEvent(event_id, user_id, type_, t, amount, None, {}, ev, numbers, strings)
     tz = None
     consents: dict[str, bool] = {}
     plain: dict[str, str] = {}
@@ -174,9 +186,13 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
             plain[key] = value
     amount = numbers.get(AMOUNT_KEY, math.nan)
     if not -MAX_AMOUNT <= amount <= MAX_AMOUNT and amount == amount:
-        raise InvalidArgument(f'events[{index}].numbers["{AMOUNT_KEY}"]',
-                              f"must be at most {MAX_AMOUNT:.0e} in absolute value")
+        _amount_too_large(index)
     return ValidEvent(event_id, user_id, type_, t, amount, tz, consents, ev, numbers, plain)
+
+
+def _amount_too_large(index: int) -> NoReturn:
+    raise InvalidArgument(f'events[{index}].numbers["{AMOUNT_KEY}"]',
+                          f"must be at most {MAX_AMOUNT:.0e} in absolute value")
 
 
 def _check_key(key: str, where: str) -> None:

@@ -48,6 +48,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import lmdb
@@ -73,7 +74,11 @@ from nudge.kernels.risk_model import (
 from nudge.kernels.risk_model_reasons import explain, no_reason
 from nudge.server.errors import InvalidArgument, NotFound
 from nudge.server.inputs.events import ValidEvent
-from nudge.server.inputs.transactions import ValidTransaction, transaction_from_event
+from nudge.server.inputs.transactions import (
+    TRANSACTION_EVENT,
+    ValidTransaction,
+    transaction_from_event,
+)
 from nudge.server.risk import population_merge
 from nudge.server.storage.ingest import EventWriter, local_hour
 from nudge.server.storage.store import Store
@@ -82,6 +87,8 @@ from nudge.server.storage.tables import transactions as transaction_table
 from nudge.server.storage.tables.transactions import TransactionRecord, TxKey
 from nudge.server.storage.write_behind import WriteBehind
 
+# Fields the Track hook reads from every event of a commit (C-level getters).
+_TZ, _TYPE = attrgetter("tz"), attrgetter("type")
 log = logging.getLogger(__name__)
 
 # How long a held (anomalous) transaction keeps credit offers away from the user.
@@ -854,10 +861,14 @@ class RiskEngine:
     ) -> Callable[[], None] | None:
         """Track's transaction events update the same baselines, in the events' commit,
         through the batch kernel (Track carries bulk history)."""
-        with self._lock:
-            for ev in events:
-                if ev.tz is not None and ev.user_id in self._time_zones:
-                    self._time_zones[ev.user_id] = ev.tz
+        if any(map(_TZ, events)):
+            with self._lock:
+                for ev in events:
+                    if ev.tz is not None and ev.user_id in self._time_zones:
+                        self._time_zones[ev.user_id] = ev.tz
+        # Only transaction events can become transactions: the rest are not looked at.
+        if TRANSACTION_EVENT not in set(map(_TYPE, events)):
+            return None
         candidates = [t for t in map(transaction_from_event, events) if t is not None]
         if not candidates:
             return None

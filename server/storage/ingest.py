@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
+from operator import attrgetter, methodcaller
 from typing import Any
 
 import lmdb
@@ -34,11 +37,17 @@ from nudge.server.storage import partition_rows
 from nudge.server.storage.group_commit import GroupCommitWriter, Submission
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import events as event_table
-from nudge.server.storage.tables import keys, meta, users
+from nudge.server.storage.tables import meta, users
 from nudge.server.storage.tables.users import UserProfile
 from nudge.v1 import event_pb2
 
 log = logging.getLogger(__name__)
+# The fields read from every event of a commit (C-level getters: a map over them costs
+# less than a comprehension).
+_USER_ID, _TYPE, _TIME, _AMOUNT, _TZ, _PROTO = (
+    attrgetter(name) for name in ("user_id", "type", "time", "amount", "tz", "proto"))
+_SERIALIZE = methodcaller("SerializeToString")
+_HAS_TIME = methodcaller("HasField", "time")
 
 # Event types whose latest properties a user's profile keeps (for message templates).
 MAX_PROPERTY_TYPES = 16
@@ -221,26 +230,36 @@ class EventWriter(GroupCommitWriter):
         results: list[Any] = []
         fresh: list[ValidEvent] = []
         fresh_keys: list[bytes] = []
-        pair = keys.pair
-        seen_keys = [[pair(ev.user_id, ev.event_id) for ev in submitted] for submitted in batch]
-        held = event_table.held(txn, dbs, [k for ks in seen_keys for k in ks])
-        for submitted, submitted_keys in zip(batch, seen_keys, strict=True):
-            duplicates = 0
-            for ev, key in zip(submitted, submitted_keys, strict=True):
-                if key in held:  # stored before, or earlier in this commit
-                    duplicates += 1
-                    continue
-                held.add(key)
-                fresh.append(ev)
-                fresh_keys.append(key)
-            results.append(TrackResult(len(submitted) - duplicates, duplicates))
+        # keys.pair(user_id, event_id), inline: a call per event shows at this rate.
+        seen_keys = [[f"{ev.user_id}\x00{ev.event_id}".encode() for ev in submitted]
+                     for submitted in batch]
+        every_key = [k for ks in seen_keys for k in ks]
+        held = event_table.held(txn, dbs, every_key)
+        if not held and len(set(every_key)) == len(every_key):
+            # The bulk case: nothing stored before and no id twice in the commit.
+            fresh = [ev for submitted in batch for ev in submitted]
+            fresh_keys = every_key
+            results = [TrackResult(len(submitted), 0) for submitted in batch]
+        else:
+            for submitted, submitted_keys in zip(batch, seen_keys, strict=True):
+                duplicates = 0
+                for ev, key in zip(submitted, submitted_keys, strict=True):
+                    if key in held:  # stored before, or earlier in this commit
+                        duplicates += 1
+                        continue
+                    held.add(key)
+                    fresh.append(ev)
+                    fresh_keys.append(key)
+                results.append(TrackResult(len(submitted) - duplicates, duplicates))
         if not fresh:
             return results, sequence
 
-        rows: dict[str, int] = {}
-        for ev in fresh:
-            rows.setdefault(ev.user_id, len(rows))
-        user_keys = [user_id.encode() for user_id in rows]
+        # A row per user, numbered in key order (UTF-8 sorts as code points do): the
+        # lookups and puts below want their keys sorted, and get them sorted already.
+        user_ids = list(map(_USER_ID, fresh))
+        ids = sorted(set(user_ids))
+        rows = dict(zip(ids, range(len(ids)), strict=True))
+        user_keys = [user_id.encode() for user_id in ids]
         row_of_key = dict(zip(user_keys, range(len(user_keys)), strict=True))
         state = self._state_rows(len(rows))
         for key, stored in users.stored_records(txn, dbs, user_keys):
@@ -261,12 +280,13 @@ class EventWriter(GroupCommitWriter):
         n = len(fresh)
         slot_of = {name: self._slot(name, new_types, txn)
                    for name in dict.fromkeys(ev.type for ev in fresh)}
-        row_idx = np.fromiter((rows[ev.user_id] for ev in fresh), np.int64, n)
-        slots = np.fromiter((slot_of[ev.type] for ev in fresh), np.int64, n)
-        times = np.fromiter((ev.time for ev in fresh), np.float64, n)
-        amounts = np.fromiter((ev.amount for ev in fresh), np.float64, n)
+        row_list = list(map(rows.__getitem__, user_ids))
+        row_idx = np.array(row_list, np.int64)
+        slots = np.fromiter(map(slot_of.__getitem__, map(_TYPE, fresh)), np.int64, n)
+        times = np.fromiter(map(_TIME, fresh), np.float64, n)
+        amounts = np.fromiter(map(_AMOUNT, fresh), np.float64, n)
         self.other_events += int(np.count_nonzero(slots == user_state.OTHER_TYPE_SLOT))
-        hours = _local_hours(fresh, times, row_idx, profiles)
+        hours = _local_hours(fresh, times, row_list, profiles)
         user_state.apply_events(
             state, row_idx, slots, times, amounts, hours, self.half_life_seconds
         )
@@ -274,13 +294,13 @@ class EventWriter(GroupCommitWriter):
         buffer, offsets = sparse_codec.encode_rows(state)
         raw, ends = buffer.tobytes(), offsets.tolist()
         users.put_encoded_records(
-            txn, dbs, [(key, raw[ends[i]:ends[i + 1]]) for i, key in enumerate(user_keys)])
+            txn, dbs, list(zip(user_keys, map(raw.__getitem__, map(slice, ends, ends[1:])),
+                               strict=True)))
         if changed:
             users.put_profiles(txn, dbs, [(user_keys[row], profile)
                                           for row in changed
                                           if (profile := profiles[row]) is not None])
-        sequence = event_table.append_all(
-            txn, dbs, sequence, fresh_keys, [_serialized(ev) for ev in fresh])
+        sequence = event_table.append_all(txn, dbs, sequence, fresh_keys, _log_records(fresh))
         for hook in self._event_hooks:
             callback = hook(txn, fresh)
             if callback is not None:
@@ -476,6 +496,15 @@ def log_record(ev: ValidEvent) -> bytes:
     return _serialized(ev)
 
 
+def _log_records(events: list[ValidEvent]) -> list[bytes]:
+    """``_serialized`` of every event; the events that arrived as protobuf messages with
+    their time set (a bulk stream's) are serialized by one C-level map."""
+    protos = list(map(_PROTO, events))
+    if None not in protos and all(map(_HAS_TIME, protos)):
+        return list(map(_SERIALIZE, protos))
+    return [_serialized(ev) for ev in events]
+
+
 def _serialized(ev: ValidEvent) -> bytes:
     """The event log record of an event (its protobuf message, with the time set)."""
     proto = ev.proto if ev.proto is not None else _event_proto(ev)
@@ -510,21 +539,23 @@ def _forget_oldest_types(profile: UserProfile) -> None:
 
 
 def _local_hours(
-    events: list[ValidEvent], times: np.ndarray, rows: np.ndarray,
+    events: list[ValidEvent], times: np.ndarray, rows: list[int],
     profiles: list[UserProfile | None],
 ) -> np.ndarray:
     """Each event's hour of day in its time zone (the event's own, else its user's
     profile's, else UTC), also kept on the event (``local_hour``) for the event hooks."""
     hours = (times % 86_400.0) / 3_600.0  # UTC, the common case, for all at once
-    for i, ev in enumerate(events):
-        tz = ev.tz
-        if tz is None:
-            profile = profiles[rows[i]]
-            tz = "UTC" if profile is None else profile.tz
-        if tz != "UTC":
-            hours[i] = local_hour(ev.time, tz)
-    for ev, hour in zip(events, hours.tolist(), strict=True):
-        ev.local_hour = hour
+    zones = list(map(_TZ, events))
+    if any(zones) or any(p is not None and p.tz != "UTC" for p in profiles):
+        for i, ev in enumerate(events):
+            tz = zones[i]
+            if tz is None:
+                profile = profiles[rows[i]]
+                tz = "UTC" if profile is None else profile.tz
+            if tz != "UTC":
+                hours[i] = local_hour(ev.time, tz)
+    # setattr by a C-level map: the same as ``ev.local_hour = hour`` for each.
+    deque(map(setattr, events, repeat("local_hour"), hours.tolist()), maxlen=0)
     return hours
 
 
@@ -536,7 +567,9 @@ def _apply_profile_updates(
     and how many consent channels were past ``MAX_CONSENT_CHANNELS`` (not recorded)."""
     changed: set[int] = set()
     ignored = 0
-    for ev in events:
+    # Only events with a time zone, a consent or properties can change a profile.
+    for ev in [ev for ev in events if ev.tz is not None or ev.consents or ev.numbers
+               or ev.strings]:
         if ev.tz is None and not ev.consents and (
             ev.type in NO_PROFILE_PROPERTIES or (not ev.numbers and not ev.strings)
         ):

@@ -207,8 +207,8 @@ class InsightsSummary:
             # keys LMDB wants sorted, so the table appends them in one pass.
             # (UTF-8 sorts as code points do: the ids sort as their keys will.)
             ids = sorted(set(users))
-            row_of = {u: i for i, u in enumerate(ids)}
-            keys = [u.encode() for u in ids]
+            row_of = dict(zip(ids, range(len(ids)), strict=True))
+            keys = list(map(str.encode, ids))
             rows = np.fromiter(map(row_of.__getitem__, users), np.int64, len(users))
             order = np.argsort(rows, kind="stable")
             ends = np.cumsum(np.bincount(rows, minlength=len(keys))) * insights.ENTRY_BYTES

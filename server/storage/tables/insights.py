@@ -172,6 +172,10 @@ def append_sorted(txn: lmdb.Transaction, dbs: Dbs, keys: list[bytes], raw: bytes
     so what a commit pays per user is one C call's share, not two Python calls."""
     cursor = txn.cursor(db=dbs[NAME])
     old: dict[bytes, bytes] = dict(cursor.getmulti(keys))  # type: ignore[arg-type]
+    if not old:  # every user new (a bulk load): each key's slice as it is, by C-level maps
+        cursor.putmulti(list(zip(keys, map(raw.__getitem__, map(slice, [0, *ends], ends)),
+                                 strict=True)))
+        return
     get = old.get
     out: list[tuple[bytes, bytes]] = []
     add = out.append
