@@ -127,6 +127,22 @@ def test_the_writer_holds_its_turn_while_writing_and_not_after(tmp_path: Path) -
     store.close()
 
 
+def test_after_a_bulk_batch_a_small_one_still_commits_without_filling(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    writer = EventWriter(store, HALF_LIFE, max_batch_events=8)
+    try:
+        bulk = [ev(f"b{i}", user=f"user-{i}") for i in range(8)]
+        assert writer.submit(bulk).result(timeout=30).accepted == 8
+        # The writer lets the next batch fill to half the largest, but not for ever.
+        assert writer.submit([ev("lone")]).result(timeout=30).accepted == 1
+        together = [writer.submit([ev(f"t{i}")]) for i in range(4)]
+        assert [f.result(timeout=30).accepted for f in together] == [1, 1, 1, 1]
+    finally:
+        writer.close()
+    assert store.counts()["seen"] == 13
+    store.close()
+
+
 def test_making_room_stops_at_max_map_size_without_failing(tmp_path: Path) -> None:
     store = Store(tmp_path, map_size=1 << 16, max_map_size=1 << 18)
     store.make_room(1 << 30)
