@@ -61,7 +61,8 @@ class CampaignModel:
         return lrn.LearnerParams(forgetting=e.forgetting, link=e.link,
                                  reward_range=(worst, best), prior_groups=self._prior_groups,
                                  base_rate_prior=(e.base_rate_prior
-                                                  and e.link == lrn.LINK_LOGISTIC))
+                                                  and e.link == lrn.LINK_LOGISTIC),
+                                 linearisations=e.linearisations)
 
     @property
     def _prior_groups(self) -> tuple[tuple[int, int], ...]:
