@@ -57,8 +57,7 @@ from nudge.kernels.snapshot import PolicySnapshot
 
 # Layout of the learner parameter array handed to the kernel.
 L_FORGETTING = 0
-L_LINEARISATIONS = 1  # logistic link: linearisations per outcome (1: the extended Kalman step)
-N_LEARNER_PARAMS = 2  # the prior precisions are the snapshot's ``prior[C, d]``
+N_LEARNER_PARAMS = 1  # the prior precisions are the snapshot's ``prior[C, d]``
 
 LINK_IDENTITY = "identity"
 LINK_LOGISTIC = "logistic"
@@ -232,14 +231,6 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
     of the batch as in :func:`_update_kernel`, and ``b_c = A_c μ_c`` is stored so the
     natural parameters stay the state.
 
-    ``params[L_LINEARISATIONS] = n``: the step above linearises σ at the prediction before
-    the outcome (at a 3% rate, one success there is a residual of 0.97 at curvature 0.03, and
-    the step overshoots the single-outcome posterior's mode). With ``n > 1`` it is iterated
-    (the iterated EKF, Newton on the scalar logit): ``η ← η + (η₀ − η + v·(r − σ(η))) /
-    (1 + h·v)`` n times, then the mean moves by ``(η_n − η₀)/v`` along each ``Σ_c x·w_c``
-    and the covariance takes ``h`` at the last linearisation point, the Laplace
-    approximation of the outcome's posterior as n grows. n = 1 is exactly the step above.
-
     ``offset = [o, s²]``: one shared intercept in every arm's logit (``η = o + Σ…``), with
     its variance, updated in the same step. It takes the base rate: starting every arm at
     logit 0 (a 50% rate) and letting each learn the base rate on its own made every arm
@@ -248,7 +239,6 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
     Returns the number of components touched, or ``-1 - c`` if component c lost positive
     definiteness."""
     lam = params[L_FORGETTING]
-    n_lin = max(1, int(params[L_LINEARISATIONS]))
     n_comp, d = b.shape
     k = combo_components.shape[1]
     touched = np.zeros(n_comp, dtype=np.uint8)
@@ -304,31 +294,19 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
             eta = 30.0
         elif eta < -30.0:
             eta = -30.0
-        # Iterated linearisation: the logit's posterior mode solves
-        # η* = η₀ + v·(r − σ(η*)); each Newton step re-linearises at the last iterate, the
-        # mean moves to the iterate (the shared step (η_n − η₀)/v along every Σ_c x·w_c) and
-        # the covariance takes the curvature where it was last linearised. One pass is the
-        # extended Kalman step: (η₁ − η₀)/v = (r − p)/(1 + h·v) at p = σ(η₀).
-        eta0 = eta
-        for _it in range(n_lin):
-            p_hat = 1.0 / (1.0 + np.exp(-eta))
-            h = p_hat * (1.0 - p_hat)
-            if h < 1e-6:
-                h = 1e-6
-            eta += (eta0 - eta + v * (rewards[t] - p_hat)) / (1.0 + h * v)
-            if eta > 30.0:
-                eta = 30.0
-            elif eta < -30.0:
-                eta = -30.0
-        g = (eta - eta0) / v if v > 0.0 else 0.0
+        p_hat = 1.0 / (1.0 + np.exp(-eta))
+        h = p_hat * (1.0 - p_hat)
+        if h < 1e-6:
+            h = 1e-6
+        g = rewards[t] - p_hat
         denom = 1.0 + h * v
         s_o = offset[1]
-        offset[0] += s_o * g
+        offset[0] += s_o * g / denom
         offset[1] = s_o - h * s_o * s_o / denom
         for j in range(n_row):
             c = row[j]
             wc = weight[c]
-            step = wc * g
+            step = wc * g / denom
             down = h * wc * wc / denom
             sg = sigma[c]
             sxj = sx[j]
@@ -457,10 +435,6 @@ class LearnerParams:
     # starts at the logit of the first batch's mean reward instead of 0
     # (:func:`base_rate_bias`).
     base_rate_prior: bool = False
-    # Logistic link: linearisations of the link per outcome (1: the extended Kalman step at
-    # the current prediction; more: Newton steps towards the logit's posterior mode, the
-    # Laplace approximation of one outcome; :func:`_update_logistic_kernel`).
-    linearisations: int = 1
 
     def __post_init__(self) -> None:
         if not (0.0 < self.forgetting <= 1.0):
@@ -476,8 +450,6 @@ class LearnerParams:
         if self.prior_groups and self.link != LINK_LOGISTIC:
             raise ValueError("prior_groups: a learned prior needs the logistic link (the "
                              "identity link's covariance is scaled by the noise variance)")
-        if not 1 <= self.linearisations <= 20:
-            raise ValueError(f"linearisations: must be in [1, 20], got {self.linearisations!r}")
         if self.base_rate_prior and self.link != LINK_LOGISTIC:
             raise ValueError("base_rate_prior: a prior mean at the base rate's logit needs the "
                              "logistic link")
@@ -558,7 +530,7 @@ def update_posteriors(
         raise ValueError("contexts, rewards: must be finite (no NaN or inf)")
     state = [a.copy() for a in (snapshot.precision, snapshot.b, snapshot.mean_t,
                                 snapshot.factor_t, snapshot.n_eff)]
-    kparams = np.array([params.forgetting, float(params.linearisations)])
+    kparams = np.array([params.forgetting])
     prior = snapshot.prior
     assert prior is not None  # filled in by PolicySnapshot
     if params.link == LINK_LOGISTIC:

@@ -180,9 +180,6 @@ class Exploration:
     # Logistic link: every component's bias starts at the logit of the first batch's mean
     # reward instead of 0 (nudge.kernels.learner.base_rate_bias; off: README "Does it learn?").
     base_rate_prior: bool = False
-    # Logistic link: linearisations of the link per outcome (1: the extended Kalman step;
-    # more: Newton steps to the logit's posterior mode; see README "Does it learn?").
-    linearisations: int = 1
     # Per-update forgetting factor (< 1 tracks drift; 1 never forgets).
     forgetting: float = DEFAULT_FORGETTING
     # SquareCB learning rate, scaled by the number of allowed actions.
@@ -365,13 +362,6 @@ def _count(value: Any, key: str, source: str, low: int = 1) -> int:
     return value
 
 
-def _linearisations(value: Any, source: str) -> int:
-    count = _count(value, "exploration.linearisations", source)
-    if count > 20:
-        raise _fail(source, "exploration.linearisations", f"must be at most 20, got {count}")
-    return count
-
-
 def _known(data: Mapping[str, Any], allowed: set[str], where: str, source: str) -> None:
     for key in data:
         if key not in allowed:
@@ -530,8 +520,6 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
                               "exploration.learned_prior", source),
         base_rate_prior=_bool(e.get("base_rate_prior", defaults.base_rate_prior),
                               "exploration.base_rate_prior", source),
-        linearisations=_linearisations(e.get("linearisations", defaults.linearisations),
-                                       source),
         intercept_variance=_number(
             e.get("intercept_variance", defaults.intercept_variance),
             "exploration.intercept_variance", source, 0.0, 1e3,

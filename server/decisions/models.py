@@ -61,8 +61,7 @@ class CampaignModel:
         return lrn.LearnerParams(forgetting=e.forgetting, link=e.link,
                                  reward_range=(worst, best), prior_groups=self._prior_groups,
                                  base_rate_prior=(e.base_rate_prior
-                                                  and e.link == lrn.LINK_LOGISTIC),
-                                 linearisations=e.linearisations)
+                                                  and e.link == lrn.LINK_LOGISTIC))
 
     @property
     def _prior_groups(self) -> tuple[tuple[int, int], ...]:

@@ -166,7 +166,7 @@ def test_warm_up_runs() -> None:
 WEIGHT = np.array([0.5, 0.5, 0.5, 1 / 3, 1 / 3, 1.0])  # 1/k per combination, 1 for "nothing"
 
 
-def _logistic_reference(combos, chosen, xs, y, lam, alpha, slope, n_comp, start=None, n_lin=1):
+def _logistic_reference(combos, chosen, xs, y, lam, alpha, slope, n_comp, start=None):
     """The shared-credit Kalman steps written out with dense numpy, one outcome at a time."""
     prior = np.full(D, slope)
     prior[0] = alpha
@@ -185,17 +185,13 @@ def _logistic_reference(combos, chosen, xs, y, lam, alpha, slope, n_comp, start=
         s2 /= lam
         eta = float(np.clip(o + sum(WEIGHT[c] * mu[c] @ x for c in comps), -30, 30))
         v = s2 + sum(WEIGHT[c] ** 2 * q[c] for c in comps)
-        eta0 = eta
-        for _ in range(n_lin):  # Newton on η = η₀ + v·(r − σ(η)); one pass is the EKF step
-            p = 1 / (1 + np.exp(-eta))
-            h = max(p * (1 - p), 1e-6)
-            eta = float(np.clip(eta + (eta0 - eta + v * (r - p)) / (1 + h * v), -30, 30))
-        g = (eta - eta0) / v
-        o += s2 * g
+        p = 1 / (1 + np.exp(-eta))
+        h = max(p * (1 - p), 1e-6)
+        o += s2 * (r - p) / (1 + h * v)
         s2 -= h * s2 * s2 / (1 + h * v)
         for c in comps:
             w2 = WEIGHT[c] ** 2
-            mu[c] += WEIGHT[c] * g * sx[c]
+            mu[c] += WEIGHT[c] * (r - p) / (1 + h * v) * sx[c]
             sigma[c] -= h * w2 / (1 + h * v) * np.outer(sx[c], sx[c])
             a[c] += h * w2 / (1 + h * (v - w2 * q[c])) * np.outer(x, x)
             seen[c] += 1
@@ -232,37 +228,6 @@ def test_logistic_update_matches_reference(lam: float) -> None:
         f = newer.cov_factor(c)
         assert np.allclose(f @ f.T, np.linalg.inv(a2[c]), rtol=1e-9, atol=1e-12)
         assert np.allclose(newer.b[c], a2[c] @ mu2[c], rtol=1e-9, atol=1e-11)
-
-
-@pytest.mark.parametrize("n_lin", [2, 5])
-def test_iterated_linearisation_matches_reference_and_finds_the_mode(n_lin: int) -> None:
-    rng = np.random.default_rng(16)
-    snap = initial_snapshot(6, D, prior_precision=0.7, slope_precision=4.0,
-                            intercept_variance=OFFSET_PRIOR_VARIANCE)
-    params = LearnerParams(0.97, link=learner.LINK_LOGISTIC, linearisations=n_lin)
-    chosen, xs, _ = _batch(rng, 80)
-    y = (rng.random(80) < 0.1).astype(float)
-    new = update_posteriors(snap, _combos(), chosen, xs, y, params, weight=WEIGHT)
-    a, mu, o, s2 = _logistic_reference(_combos(), chosen, xs, y, 0.97, 0.7, 4.0, 6, n_lin=n_lin)
-    assert np.allclose(new.precision, a, rtol=1e-10, atol=1e-12)
-    assert np.allclose(new.mu, mu, rtol=1e-9, atol=1e-12)
-    assert (new.offset, new.offset_var) == pytest.approx((o, s2), rel=1e-10)
-    ekf = update_posteriors(snap, _combos(), chosen, xs, y,
-                            LearnerParams(0.97, link=learner.LINK_LOGISTIC), weight=WEIGHT)
-    assert not np.allclose(ekf.mu, new.mu)
-    # One success from the prior: the mean's logit lands on the posterior mode of
-    # η ~ N(η₀, v) under one Bernoulli outcome, η = η₀ + v·(1 − σ(η)).
-    x = xs[:1]
-    one = update_posteriors(snap, _combos(), np.array([1]), x, np.ones(1),
-                            LearnerParams(1.0, link=learner.LINK_LOGISTIC, linearisations=20),
-                            weight=WEIGHT)
-    comps = _combos()[1]
-    eta = one.offset + sum(WEIGHT[c] * one.mu[c] @ x[0] for c in comps)
-    v = OFFSET_PRIOR_VARIANCE + sum(WEIGHT[c] ** 2 * x[0] @ np.linalg.solve(snap.precision[c],
-                                                                            x[0]) for c in comps)
-    assert eta == pytest.approx(v * (1 - 1 / (1 + np.exp(-eta))), rel=1e-9)
-    with pytest.raises(ValueError, match="linearisations"):
-        LearnerParams(link=learner.LINK_LOGISTIC, linearisations=0)
 
 
 def test_logistic_link_learns_an_additive_logit() -> None:

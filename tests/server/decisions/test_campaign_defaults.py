@@ -51,7 +51,6 @@ def test_parse_defaults_are_the_kernels_defaults() -> None:
     assert e.intercept_variance == learner.DEFAULT_INTERCEPT_VARIANCE
     assert e.learned_prior == learner.DEFAULT_LEARNED_PRIOR
     assert e.base_rate_prior == learner.LearnerParams().base_rate_prior
-    assert e.linearisations == learner.LearnerParams().linearisations
     assert e.optimism == policy.DEFAULT_OPTIMISM
     assert policy.PolicyParams() == p
 
