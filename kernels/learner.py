@@ -431,10 +431,6 @@ class LearnerParams:
     # from the group's posteriors after every batch (:func:`learn_group_prior`; logistic
     # link only). Empty: the prior stays where it started.
     prior_groups: tuple[tuple[int, int], ...] = ()
-    # Logistic link: before the first outcome any component sees, every component's bias
-    # starts at the logit of the first batch's mean reward instead of 0
-    # (:func:`base_rate_bias`).
-    base_rate_prior: bool = False
 
     def __post_init__(self) -> None:
         if not (0.0 < self.forgetting <= 1.0):
@@ -450,9 +446,6 @@ class LearnerParams:
         if self.prior_groups and self.link != LINK_LOGISTIC:
             raise ValueError("prior_groups: a learned prior needs the logistic link (the "
                              "identity link's covariance is scaled by the noise variance)")
-        if self.base_rate_prior and self.link != LINK_LOGISTIC:
-            raise ValueError("base_rate_prior: a prior mean at the base rate's logit needs the "
-                             "logistic link")
         for start, stop in self.prior_groups:
             if not 0 <= start < stop:
                 raise ValueError(f"prior_groups: need 0 <= start < stop, got ({start}, {stop})")
@@ -541,8 +534,6 @@ def update_posteriors(
             raise ValueError(f"weight: shape must be ({n_comp},), got {wts.shape}")
         low, high = params.reward_range
         y = np.clip((r - low) / (high - low), 0.0, 1.0)
-        if params.base_rate_prior and n and not state[4].any():
-            base_rate_bias(state[2], state[1], state[0], base_rate_logit(y))
         offset = np.array([snapshot.offset, snapshot.offset_var])
         status = _update_logistic_kernel(state[0], state[1], state[2], state[3], state[4],
                                          offset, combos, wts, chosen_a, xs, y, kparams, prior)
@@ -567,37 +558,6 @@ def update_posteriors(
                           slope_precision=snapshot.slope_precision,
                           offset=float(offset[0]), offset_var=float(offset[1]),
                           version=snapshot.version + 1, prior=prior)
-
-
-def base_rate_logit(y: np.ndarray) -> float:
-    """The logit of a batch's mean reward on [0, 1], smoothed by half an outcome each way
-    (Jeffreys), so a batch of all zeros or all ones gives a finite logit."""
-    rate = (float(y.sum()) + 0.5) / (y.shape[0] + 1.0)
-    return float(np.log(rate / (1.0 - rate)))
-
-
-def base_rate_bias(mean_t: np.ndarray, b: np.ndarray, precision: np.ndarray,
-                   logit: float) -> None:
-    """Put every component's bias at ``logit``, in place, for a model that has seen no
-    outcome (every ``μ_c = 0``, ``A_c = diag(prior_c)``): ``μ_c0 = logit``, ``b_c = A_c μ_c``
-    (the bias's prior mean, held in ``b`` as a zero-mean prior's data would be). With the
-    standard layout's weights (``1/k`` for the k components of a combination, 1 for
-    "nothing") a combination's weights sum to 1, so every arm's logit starts at ``logit``
-    and the ranking is unchanged.
-
-    Why: with every bias at 0 the first outcomes are linearised at a 50% rate (working
-    weight ``p(1 − p) = 0.25``) while a campaign converts a few percent (0.03), so each early
-    failure is a large residual, and the Kalman step gives most of it to the slopes (31
-    slopes at precision 2 hold about 15.5 of the 16.5 units of prior variance along ``x``):
-    the base rate is written into the slopes along the first customers' numbers, which the
-    next customers then read as noise. Starting at the observed base rate, the first
-    outcomes are linearised where the rate is, and the slopes only hear what differs from
-    it. The rate is the first batch's (empirical Bayes: nothing distinguishes components
-    before any data, and the base rate is the one thing they share), set once.
-    """
-    mean_t[0, :] = logit
-    for c in range(mean_t.shape[1]):
-        b[c] = precision[c] @ mean_t[:, c]
 
 
 def pair_cell_groups(dim_sizes: tuple[int, ...],

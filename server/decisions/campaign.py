@@ -177,9 +177,6 @@ class Exploration:
     # (each pair's cells share one prior per feature, set by empirical Bayes after every
     # batch) or "none" (every component keeps slope_precision).
     learned_prior: str = DEFAULT_LEARNED_PRIOR
-    # Logistic link: every component's bias starts at the logit of the first batch's mean
-    # reward instead of 0 (nudge.kernels.learner.base_rate_bias; off: README "Does it learn?").
-    base_rate_prior: bool = False
     # Per-update forgetting factor (< 1 tracks drift; 1 never forgets).
     forgetting: float = DEFAULT_FORGETTING
     # SquareCB learning rate, scaled by the number of allowed actions.
@@ -518,8 +515,6 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
         link=_link(e.get("link", defaults.link), source),
         learned_prior=_choice(e.get("learned_prior", defaults.learned_prior), LEARNED_PRIORS,
                               "exploration.learned_prior", source),
-        base_rate_prior=_bool(e.get("base_rate_prior", defaults.base_rate_prior),
-                              "exploration.base_rate_prior", source),
         intercept_variance=_number(
             e.get("intercept_variance", defaults.intercept_variance),
             "exploration.intercept_variance", source, 0.0, 1e3,

@@ -59,9 +59,7 @@ class CampaignModel:
         worst = -max(goal.opt_out_cost, goal.contact_cost * most_messages, 0.0)
         best = goal.value if goal.value > worst else worst + 1.0
         return lrn.LearnerParams(forgetting=e.forgetting, link=e.link,
-                                 reward_range=(worst, best), prior_groups=self._prior_groups,
-                                 base_rate_prior=(e.base_rate_prior
-                                                  and e.link == lrn.LINK_LOGISTIC))
+                                 reward_range=(worst, best), prior_groups=self._prior_groups)
 
     @property
     def _prior_groups(self) -> tuple[tuple[int, int], ...]:

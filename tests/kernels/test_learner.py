@@ -294,43 +294,6 @@ def test_no_shared_intercept_when_its_variance_is_zero() -> None:
         initial_snapshot(2, 2, intercept_variance=-1.0)
 
 
-def test_base_rate_prior_starts_every_bias_at_the_first_batchs_logit() -> None:
-    """``base_rate_prior``: the first batch is the reference's Kalman steps from a prior
-    whose bias mean is the Jeffreys-smoothed logit of that batch's rate (``b = A μ``); a
-    later batch is not reset."""
-    from nudge.kernels.snapshot import PolicySnapshot
-
-    rng = np.random.default_rng(15)
-    snap = initial_snapshot(6, D, prior_precision=0.7, slope_precision=4.0)
-    params = LearnerParams(0.97, link=learner.LINK_LOGISTIC, base_rate_prior=True)
-    chosen, xs, _ = _batch(rng, 80)
-    y = (rng.random(80) < 0.05).astype(float)
-    new = update_posteriors(snap, _combos(), chosen, xs, y, params, weight=WEIGHT)
-    rate = (y.sum() + 0.5) / 81.0
-    mu0 = np.zeros((6, D))
-    mu0[:, 0] = np.log(rate / (1 - rate))
-    start = PolicySnapshot(mean_t=mu0.T.copy(), factor_t=snap.factor_t, precision=snap.precision,
-                           b=np.einsum("cij,cj->ci", snap.precision, mu0), n_eff=snap.n_eff,
-                           prior_precision=0.7, slope_precision=4.0)
-    a, mu, _, _ = _logistic_reference(_combos(), chosen, xs, y, 0.97, 0.7, 4.0, 6, start=start)
-    assert np.allclose(new.precision, a, rtol=1e-10, atol=1e-12)
-    assert np.allclose(new.mu, mu, rtol=1e-9, atol=1e-12)
-    assert np.allclose(new.b, np.einsum("cij,cj->ci", new.precision, new.mu), atol=1e-10)
-    plain = update_posteriors(snap, _combos(), chosen, xs, y,
-                              LearnerParams(0.97, link=learner.LINK_LOGISTIC), weight=WEIGHT)
-    assert not np.allclose(plain.mu, new.mu)  # the option changes what is learned
-    # Once any component has seen an outcome the prior mean is left alone.
-    chosen2, xs2, _ = _batch(rng, 40)
-    y2 = np.ones(40)
-    newer = update_posteriors(new, _combos(), chosen2, xs2, y2, params, weight=WEIGHT)
-    a2, mu2, _, _ = _logistic_reference(_combos(), chosen2, xs2, y2, 0.97, 0.7, 4.0, 6,
-                                        start=new)
-    assert np.allclose(newer.mu, mu2, rtol=1e-8, atol=1e-11)
-    assert np.allclose(newer.precision, a2, rtol=1e-9, atol=1e-11)
-    with pytest.raises(ValueError, match="base_rate_prior"):
-        LearnerParams(base_rate_prior=True)  # the identity link has no logit
-
-
 # --------------------------------------------------------------------------- learned prior
 
 

@@ -50,7 +50,6 @@ def test_parse_defaults_are_the_kernels_defaults() -> None:
     assert e.link == learner.DEFAULT_LINK
     assert e.intercept_variance == learner.DEFAULT_INTERCEPT_VARIANCE
     assert e.learned_prior == learner.DEFAULT_LEARNED_PRIOR
-    assert e.base_rate_prior == learner.LearnerParams().base_rate_prior
     assert e.optimism == policy.DEFAULT_OPTIMISM
     assert policy.PolicyParams() == p
 
@@ -73,13 +72,3 @@ def test_a_learned_cell_prior_covers_each_pairs_cells_with_the_logistic_link() -
     assert model.learner_params.prior_groups == tuple(groups)
     identity = CampaignModel.initial(parse_campaign(base + 'link = "identity"\n', "identity"))
     assert identity.learner_params.prior_groups == ()  # the identity link ignores it
-
-
-def test_a_base_rate_prior_reaches_the_learner_with_the_logistic_link_only() -> None:
-    from nudge.server.decisions.models import CampaignModel
-
-    base = _without_exploration(SHIPPED) + "\n[exploration]\nbase_rate_prior = true\n"
-    model = CampaignModel.initial(parse_campaign(base, "base_rate"))
-    assert model.learner_params.base_rate_prior
-    identity = CampaignModel.initial(parse_campaign(base + 'link = "identity"\n', "identity"))
-    assert not identity.learner_params.base_rate_prior  # the identity link has no logit
