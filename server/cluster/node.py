@@ -178,6 +178,9 @@ class Route:
     address: str | None = None
     owner: str | None = None
     reason: str = ""
+    # No owner known here: the preferred owner's address, which a single call may ask
+    # (one forwarded hop; a node that does not serve the partition answers UNAVAILABLE).
+    likely_address: str | None = None
 
 
 @dataclass
@@ -407,7 +410,15 @@ class ClusterNode:
         owner = self._owners.get(partition)
         address = self._members.get(owner) if owner is not None else None
         if owner is None or address is None or owner == self.node_id:
-            return Route(partition, reason=f"partition {partition} has no live owner yet")
+            # The last lease read saw no owner: a hand-over in flight, or a read from just
+            # before the new owner took it. A NATS server's death can keep that view for
+            # the whole JetStream election (a cluster fault run: 14 s, for a partition
+            # handed over a second before the kill). The preferred owner is where
+            # hand-overs go and who takes a free partition: name it as likely.
+            likely = preferred_owner(partition, self._members)
+            return Route(partition, reason=f"partition {partition} has no live owner yet",
+                         likely_address=(self._members.get(likely)
+                                         if likely not in (None, self.node_id) else None))
         return Route(partition, address=address, owner=owner)
 
     def peers(self) -> list[str]:

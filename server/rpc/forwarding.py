@@ -7,8 +7,10 @@ as is (same request, same token, the caller's remaining deadline), to the owner,
 owner's reply or error comes back: one extra hop, no more. A forwarded call is marked
 (``nudge-forwarded``), and a node that receives one for a partition it does not serve
 (the map moved meanwhile) answers UNAVAILABLE instead of forwarding again: the client
-retries with the same ids and reaches the new owner. No owner yet (a failover within its
-lease time) is UNAVAILABLE too.
+retries with the same ids and reaches the new owner. When this node's view of the leases
+names no owner (a hand-over in flight, or a view a NATS outage keeps stale), the call goes
+once to the partition's preferred owner, where hand-overs go; if that node does not serve
+it either, the answer is UNAVAILABLE, as no owner at all is.
 
 Track is not forwarded: any node appends events to the replicated log (cluster.node).
 
@@ -69,6 +71,8 @@ class RouteLike(Protocol):
     def address(self) -> str | None: ...
     @property
     def reason(self) -> str: ...
+    @property
+    def likely_address(self) -> str | None: ...
 
 
 class Router(Protocol):
@@ -131,7 +135,9 @@ class ForwardingInterceptor(grpc.ServerInterceptor):
                 route = self.router.route(self.stored_id(user_id))
                 if route.local:
                     return behaviour(request, context)
-                address = route.address
+                # No owner known here: ask the likely one (one hop; it answers UNAVAILABLE
+                # when it does not serve the partition either).
+                address = route.address or route.likely_address
                 if address is None or forwarded:
                     context.abort(grpc.StatusCode.UNAVAILABLE,
                                   route.reason or f"partition {route.partition} moved; retry")

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from nudge.server.cluster.node import ClusterNode
 from nudge.server.cluster.partitions import partition_of, preferred_owner
-from nudge.server.config import ConfigError, load_config
+from nudge.server.config import Config, ConfigError, load_config
+from nudge.server.storage.ingest import EventWriter
+from nudge.server.storage.store import Store
 
 
 def test_partition_of_is_the_same_in_another_process() -> None:
@@ -65,3 +68,36 @@ def test_cluster_mode_is_one_process_per_node() -> None:
         with pytest.raises(ConfigError, match=name):
             load_config(environ={}, overrides={"cluster": "nats://h1:4222", name: bad})
     assert load_config(environ={}).cluster is None  # embedded mode stays the default
+
+
+def test_a_partition_with_no_known_owner_names_its_preferred_owner_as_likely(
+    tmp_path: Path,
+) -> None:
+    """A lease view with no owner for a partition (a hand-over in flight, or a view a NATS
+    outage keeps stale) routes a single call to the preferred owner, where hand-overs go;
+    the route still says there is no owner, and never names this node."""
+    config = Config(cluster="nats://127.0.0.1:1", node_id="n1", advertise="127.0.0.1:7001",
+                    partitions=16, data_dir=tmp_path / "d")
+    store = Store(tmp_path / "d")
+    writer = EventWriter(store, 86_400.0)
+    node = ClusterNode(config, store, writer)  # never connected: only its lease view is set
+    try:
+        members = {"n1": "127.0.0.1:7001", "n2": "127.0.0.1:7002", "n3": "127.0.0.1:7003"}
+        node._members = dict(members)
+        node._owners = {0: "n3"}
+        assert node.route_partition(0).address == members["n3"]  # a known owner: as before
+        for partition in range(1, 16):
+            route = node.route_partition(partition)
+            assert not route.local and route.address is None
+            assert "no live owner" in route.reason
+            preferred = preferred_owner(partition, members)
+            if preferred == "n1":
+                assert route.likely_address is None
+            else:
+                assert route.likely_address == members[preferred]
+        node._members = {}
+        assert node.route_partition(5).likely_address is None
+    finally:
+        node._loop.close()  # the loop a connected node runs on its thread
+        writer.close()
+        store.close()
