@@ -12,7 +12,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from nudge.server.errors import InvalidArgument
@@ -146,10 +145,11 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
             _check_key(key, f"events[{index}].numbers")
         if not math.isfinite(value):
             raise InvalidArgument(f'events[{index}].numbers["{key}"]', "must be finite")
+    amount = numbers.get(AMOUNT_KEY, math.nan) if numbers else math.nan
+    if not -MAX_AMOUNT <= amount <= MAX_AMOUNT and amount == amount:
+        raise InvalidArgument(f'events[{index}].numbers["{AMOUNT_KEY}"]',
+                              f"must be at most {MAX_AMOUNT:.0e} in absolute value")
     if not strings:  # an event without strings: no time zone, consent or id to check
-        amount = numbers.get(AMOUNT_KEY, math.nan) if numbers else math.nan
-        if not -MAX_AMOUNT <= amount <= MAX_AMOUNT and amount == amount:
-            _amount_too_large(index)
         return ValidEvent(event_id, user_id, type_, t, amount, None, {}, ev, numbers, strings)
     tz = None
     consents: dict[str, bool] = {}
@@ -184,15 +184,7 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
             consents[key[len(CONSENT_PREFIX) :]] = CONSENT_VALUES[value]
         else:
             plain[key] = value
-    amount = numbers.get(AMOUNT_KEY, math.nan)
-    if not -MAX_AMOUNT <= amount <= MAX_AMOUNT and amount == amount:
-        _amount_too_large(index)
     return ValidEvent(event_id, user_id, type_, t, amount, tz, consents, ev, numbers, plain)
-
-
-def _amount_too_large(index: int) -> NoReturn:
-    raise InvalidArgument(f'events[{index}].numbers["{AMOUNT_KEY}"]',
-                          f"must be at most {MAX_AMOUNT:.0e} in absolute value")
 
 
 def _check_key(key: str, where: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lmdb
@@ -16,6 +16,12 @@ def millis(t: float) -> bytes:
 def pair(owner: str, item: str) -> bytes:
     """``owner`` + NUL + ``item``: an index of items by owner (ids contain no NUL)."""
     return f"{owner}\x00{item}".encode()
+
+
+def pairs(owners: Iterable[str], items: Iterable[str]) -> list[bytes]:
+    """``pair`` of each owner and item, in one comprehension (no call per key: ingest
+    makes one per event)."""
+    return [f"{owner}\x00{item}".encode() for owner, item in zip(owners, items, strict=True)]
 
 
 def with_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> Iterator[tuple[bytes, Any]]:
