@@ -55,6 +55,7 @@ import grpc
 
 from nudge.clients import Client, make_event
 from nudge.server.cluster.local import LocalCluster, NudgeNode
+from nudge.server.cluster.partitions import preferred_owner
 from nudge.server.decisions.guardrails import SUPPRESS_NOTHING_BEST
 from nudge.v1 import diagnostics_service_pb2 as dpb
 from nudge.v1 import diagnostics_service_pb2_grpc as dgrpc
@@ -378,17 +379,29 @@ def partition_map(target: str) -> dict[int, str]:
     return dict(info.partition_owners)
 
 
-def _wait_all_owned(cluster: LocalCluster, timeout: float = 30.0) -> bool:
-    """Every partition has a live owner that serves it (after a restart rejoins)."""
+def _wait_settled(cluster: LocalCluster, timeout: float = 60.0) -> bool:
+    """Every partition held by its preferred owner among the live nodes, ready there, and
+    every live node's lease view saying so: no hand-over in flight.
+
+    A round's kill comes after this, so its failover is measured from a settled cluster.
+    A hand-over still in flight when a NATS server dies waits for JetStream's election
+    before the new owner can read the partition's log end (two fresh-clone CI runs:
+    14.5 s and 15.5 s against the 14 s bound, each a partition handed back to the node
+    restarted after round 0 within a second of the kill): that case is described in the
+    README, not folded into the bound for a NATS server's death."""
     deadline = time.monotonic() + timeout
-    live = {n.node_id for n in cluster.nodes if n.running}
     while time.monotonic() < deadline:
+        live = [n for n in cluster.nodes if n.running]
+        ids = [n.node_id for n in live]
+        wanted = {p: preferred_owner(p, ids) for p in range(cluster.partitions)}
         try:
-            owners = partition_map(next(n.target for n in cluster.nodes if n.running))
-            if len(owners) == cluster.partitions and set(owners.values()) == live:
-                return True
+            infos = {n.node_id: _info(n.target) for n in live}
         except grpc.RpcError:
-            pass
+            infos = {}
+        if infos and all(dict(i.partition_owners) == wanted for i in infos.values()) and all(
+                sorted(i.ready_partitions) == sorted(p for p, o in wanted.items() if o == node)
+                for node, i in infos.items()):
+            return True
         time.sleep(0.2)
     return False
 
@@ -407,8 +420,8 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
     unreported: list[str] = []
     learnable: dict[str, bool] = {}
     try:
-        if not _wait_all_owned(cluster):
-            report.problems.append("partitions not all owned after start")
+        if not _wait_settled(cluster):
+            report.problems.append("partitions not settled after start")
         for r in range(rounds):
             producers = [Producer(cluster, random.Random(rng.random()), f"r{r}p{i}")
                          for i in range(2)]
@@ -482,8 +495,8 @@ def run(rounds: int, base_dir: Path, seed: int = 1,
                 node.wait_serving()
             else:
                 cluster.nats[victim].start()
-            if not _wait_all_owned(cluster):
-                report.problems.append(f"round {r}: partitions not all owned after restart")
+            if not _wait_settled(cluster):
+                report.problems.append(f"round {r}: partitions not settled after restart")
             report.rounds += 1
             last = time.monotonic() - killed_at
             progress(f"round {r + 1}/{rounds}: killed {what}; "
