@@ -20,11 +20,12 @@ from nudge.v1 import insights_service_pb2 as pb
 from nudge.v1 import insights_service_pb2_grpc as pb_grpc
 
 MAX_TYPES = 64
+MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the end of Timestamp's range
 
 
 def _seconds(request: Any, name: str) -> float | None:
-    """A cohort bound: unset is None; nanos in [0, 1e9), not before 1970 (a future end is
-    fine: the cohort simply runs until now)."""
+    """A cohort bound: unset is None; nanos in [0, 1e9), not before 1970 nor past
+    Timestamp's own range (a future end is fine: the cohort simply runs until now)."""
     if not request.HasField(name):
         return None
     ts = getattr(request, name)
@@ -32,6 +33,8 @@ def _seconds(request: Any, name: str) -> float | None:
         raise InvalidArgument(name, "nanos must be in [0, 1e9)")
     if ts.seconds < 0:
         raise InvalidArgument(name, "must not be before 1970-01-01")
+    if ts.seconds > MAX_TIMESTAMP_SECONDS:
+        raise InvalidArgument(name, "must not be after 9999-12-31 (a Timestamp's range)")
     return float(ts.seconds + ts.nanos * 1e-9)
 
 

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 # sending garbage must not fill the log.
 MALFORMED_LOG_INTERVAL = 60.0
 _malformed_logged: dict[str, float] = {}
+# A status message travels in a trailer (percent-encoded, so up to 3 bytes a byte) and
+# grpc refuses trailers over 8 KB by default: a message quoting a client's 1 MB string
+# reached the caller as RESOURCE_EXHAUSTED "metadata size exceeds hard limit", the field
+# it named lost. Messages longer than this many UTF-8 bytes are cut (and say so).
+MAX_STATUS_MESSAGE_BYTES = 1000
 
 
 class _Malformed(Exception):
@@ -66,9 +71,20 @@ def _checked(requests: Iterator[Any], context: grpc.ServicerContext,
         yield request
 
 
+def bounded_message(message: str) -> str:
+    """``message`` cut to at most ``MAX_STATUS_MESSAGE_BYTES`` UTF-8 bytes (at a character
+    boundary), with how much was cut; messages quote the caller's values, which can be
+    long, but start with the field they name."""
+    encoded = message.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_STATUS_MESSAGE_BYTES:
+        return message
+    head = encoded[:MAX_STATUS_MESSAGE_BYTES - 60].decode("utf-8", "ignore")
+    return f"{head}... ({len(message) - len(head):,} more characters cut)"
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, NudgeError):
-        context.abort(grpc.StatusCode[exc.code], exc.message)
+        context.abort(grpc.StatusCode[exc.code], bounded_message(exc.message))
     if isinstance(exc, NotImplementedError):  # a generated base method nobody overrode
         context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
     ref = uuid.uuid4().hex[:12]

@@ -18,6 +18,7 @@ from nudge.server.app import NudgeServer, create_server
 from nudge.server.clock import ManualClock
 from nudge.server.config import Config
 from nudge.server.offline import insights
+from nudge.server.rpc import status
 from nudge.server.storage.tables import insights as table
 from nudge.v1 import insights_service_pb2 as pb
 from nudge.v1 import insights_service_pb2_grpc as pb_grpc
@@ -121,6 +122,7 @@ def test_cohort_range_selects_users_by_first_seen(stub: pb_grpc.InsightsServiceS
     (pb.RetentionDriversRequest(max_threshold=-1), "max_threshold"),
     (pb.RetentionDriversRequest(cohort_end={"seconds": 10, "nanos": -1}), "cohort_end"),
     (pb.RetentionDriversRequest(cohort_start={"seconds": -10}), "cohort_start"),
+    (pb.RetentionDriversRequest(cohort_start={"seconds": 2**62}), "cohort_start"),
 ])
 def test_bad_requests_name_the_field(stub: pb_grpc.InsightsServiceStub,
                                      request_: pb.RetentionDriversRequest, field: str) -> None:
@@ -147,3 +149,17 @@ def test_value_property_is_the_server_s_and_another_is_refused(
         stub.ValueDrivers(pb.ValueDriversRequest(value_property="principal"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "value_property" in (err.value.details() or "")
+
+
+def test_a_refusal_quoting_a_huge_value_still_names_its_field(
+    stub: pb_grpc.InsightsServiceStub,
+) -> None:
+    # The message quotes the value: whole, a 1 MB string overflowed grpc's trailer limit and
+    # the caller got RESOURCE_EXHAUSTED "metadata size exceeds hard limit" instead.
+    for value in ("p" * 1_000_000, "\u00e9\U0001f600" * 200_000):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ValueDrivers(pb.ValueDriversRequest(value_property=value))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = err.value.details() or ""
+        assert details.startswith("value_property: ") and "characters cut)" in details
+        assert len(details.encode()) <= status.MAX_STATUS_MESSAGE_BYTES
