@@ -54,8 +54,14 @@ UNUSUAL_HOUR = "UNUSUAL_HOUR"
 VELOCITY_BURST = "VELOCITY_BURST"
 COLD_START = "COLD_START"
 TAKEOVER_EPISODE = "TAKEOVER_EPISODE"
+# The amount's evidence is two-sided: the takeover amount model is wider than the
+# customer's own, so an amount far *below* their usual (a small charge testing a stolen
+# card) is evidence too. Named AMOUNT_HIGH with "0.1× this user's typical" it read as a
+# contradiction (a hostile probe, 2026-12-03): such an amount is AMOUNT_LOW. Added at the
+# end: the earlier codes keep their places and meaning.
+AMOUNT_LOW = "AMOUNT_LOW"
 REASON_CODES = (AMOUNT_HIGH, NEW_COUNTRY, NEW_DEVICE, NEW_MERCHANT_CATEGORY, UNUSUAL_HOUR,
-                VELOCITY_BURST, COLD_START, TAKEOVER_EPISODE)
+                VELOCITY_BURST, COLD_START, TAKEOVER_EPISODE, AMOUNT_LOW)
 _SAME_NAMES = ("country", "merchant category", "device", "channel")
 
 
@@ -121,6 +127,8 @@ def explain(details: np.ndarray, weights: np.ndarray | None = None, *, country: 
     reasons = []
     for code, f in _FEATURE_REASONS:
         if ev[f] >= min_evidence:
+            if f == E_AMOUNT and v[D_AMOUNT_RATIO] < 1.0:
+                code = AMOUNT_LOW
             reasons.append(RiskReason(code, _text(code, v, country, merchant_category,
                                                   local_hour, params) + suffix,
                                       ev[f] / positive))
@@ -136,6 +144,8 @@ def explain(details: np.ndarray, weights: np.ndarray | None = None, *, country: 
 
 def _text(code: str, v: list[float], country: str, merchant_category: str,
           local_hour: float | None, params: ModelParams) -> str:
+    if code == AMOUNT_LOW:
+        return f"amount is {v[D_AMOUNT_RATIO]:.2g}× this user's typical (unusually low)"
     if code == AMOUNT_HIGH:
         r = v[D_AMOUNT_RATIO]
         return f"amount is {r:.0f}× this user's typical" if r >= 10 else \

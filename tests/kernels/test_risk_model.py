@@ -617,6 +617,12 @@ def test_episode_reason_fires_when_the_filter_drives_the_score() -> None:
     assert REASON_CODES[:7] == ("AMOUNT_HIGH", "NEW_COUNTRY", "NEW_DEVICE",
                                 "NEW_MERCHANT_CATEGORY", "UNUSUAL_HOUR", "VELOCITY_BURST",
                                 "COLD_START")
+    assert REASON_CODES[7:] == ("TAKEOVER_EPISODE", "AMOUNT_LOW")
+    det[M.D_LOGIT] = det[M.D_START_LOGIT]
+    det[M.D_AMOUNT_RATIO] = 0.072  # far below the usual: the evidence's other side
+    assert [(r.code, r.detail) for r in explain(det)] == [
+        ("AMOUNT_LOW", "amount is 0.072× this user's typical (unusually low)")]
+    det[M.D_AMOUNT_RATIO] = 4.0
     det[M.D_SAME:M.D_SAME + 4] = 0.0
     det[M.D_EP_DT] = 4.5 * 3600
     det[M.D_LOGIT] = det[M.D_START_LOGIT] + 3.0
@@ -647,7 +653,9 @@ def test_explain_codes_and_weights_against_a_plain_reference() -> None:
         ev = [(1.0 if w is None else w[f]) * d[M.D_EVIDENCE + f] for f in range(7)]
         lift = d[M.D_LOGIT] - d[M.D_START_LOGIT]
         positive = sum(e for e in ev if e > 0) + max(lift, 0.0)
-        want = [(code, ev[f] / positive) for code, f in zip(features, slots, strict=True)
+        d[M.D_AMOUNT_RATIO] = rng.choice([0.05, 0.99, 1.0, 7.0])
+        want = [("AMOUNT_LOW" if f == M.E_AMOUNT and d[M.D_AMOUNT_RATIO] < 1 else code,
+                 ev[f] / positive) for code, f in zip(features, slots, strict=True)
                 if ev[f] >= 1.5]
         if lift >= 1.5:
             want.append((TAKEOVER_EPISODE, lift / positive))
