@@ -29,6 +29,9 @@ from numba import njit, types
 
 from nudge.kernels import jit
 
+# A value beyond this (in absolute value) breaks the request rules' bound
+# (server/inputs/events.py MAX_NUMBER, equal: a test checks): the dict path names it.
+MAX_NUMBER = 1e18
 _ENTRY_KEY = 0x0A  # map entry: key = 1, length-delimited
 _ENTRY_VALUE = 0x11  # map entry: value = 2, fixed64
 
@@ -88,7 +91,8 @@ def request_numbers(msg, field, names, name_at, slots, short_key, out):
     indices, -1 empty), not compared with every name.
 
     Returns the number of the map's entries (duplicates counted), or -1 when a key is
-    empty or longer than ``short_key`` bytes, a value is not finite, or the bytes are not
+    empty or longer than ``short_key`` bytes, a value is not finite or beyond ``±MAX_NUMBER``
+    (the event rules' bound), or the bytes are not
     a message this pass reads (a wire type other than varint, fixed64, fixed32 and
     length-delimited, a length past the end). Keeps the GIL: about a microsecond inside
     a handler."""
@@ -139,7 +143,7 @@ def request_numbers(msg, field, names, name_at, slots, short_key, out):
                 at = _skip(msg, at, stop, etag & 7)
                 if at < 0:
                     return -1
-        if at != stop or key_len == 0 or key_len > short_key or not math.isfinite(value):
+        if at != stop or key_len == 0 or key_len > short_key or not abs(value) <= MAX_NUMBER:
             return -1
         h = _hash(msg, key_at, key_len) & mask
         while slots[h] >= 0:

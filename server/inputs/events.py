@@ -40,6 +40,11 @@ AMOUNT_KEY = "amount"
 # finite. At 1.7e308, allowed as merely "finite", the running mean overflowed to inf and
 # every later Decide for that customer failed INTERNAL.
 MAX_AMOUNT = 1e18
+# Every other number (an event's, a Decide request's) has the same bound, for the same
+# reason: a campaign's running feature statistics are shared by every decision, and two
+# request numbers of ±1e308 (finite) before the statistics had 30 values made the variance
+# inf and then the mean NaN: that feature blinded, or NaN in every context, for good.
+MAX_NUMBER = MAX_AMOUNT
 # Event strings that become store keys: they follow the rules of ids (check_id).
 ID_STRINGS = frozenset({"transaction_id"})
 
@@ -143,12 +148,9 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
     for key, value in numbers.items():
         if not key or (len(key) > MAX_KEY_BYTES // 4 and len(key.encode()) > MAX_KEY_BYTES):
             _check_key(key, f"events[{index}].numbers")
-        if not math.isfinite(value):
-            raise InvalidArgument(f'events[{index}].numbers["{key}"]', "must be finite")
+        if not -MAX_NUMBER <= value <= MAX_NUMBER:
+            _check_number(value, f'events[{index}].numbers["{key}"]')
     amount = numbers.get(AMOUNT_KEY, math.nan) if numbers else math.nan
-    if not -MAX_AMOUNT <= amount <= MAX_AMOUNT and amount == amount:
-        raise InvalidArgument(f'events[{index}].numbers["{AMOUNT_KEY}"]',
-                              f"must be at most {MAX_AMOUNT:.0e} in absolute value")
     if not strings:  # an event without strings: no time zone, consent or id to check
         return ValidEvent(event_id, user_id, type_, t, amount, None, {}, ev, numbers, strings)
     tz = None
@@ -187,6 +189,13 @@ def validate_event(ev: event_pb2.Event, index: int, now: float) -> ValidEvent:
     return ValidEvent(event_id, user_id, type_, t, amount, tz, consents, ev, numbers, plain)
 
 
+def _check_number(value: float, where: str) -> None:
+    """Raises, naming the rule a number outside ``±MAX_NUMBER`` breaks."""
+    if not math.isfinite(value):
+        raise InvalidArgument(where, "must be finite")
+    raise InvalidArgument(where, f"must be at most {MAX_NUMBER:.0e} in absolute value")
+
+
 def _check_key(key: str, where: str) -> None:
     if not key:
         raise InvalidArgument(where, "property keys must not be empty")
@@ -217,7 +226,9 @@ def _plainly_valid(numbers: dict[str, float], strings: dict[str, str]) -> bool:
     keys = [*numbers, *strings]
     return (
         (not keys or (min(map(len, keys)) > 0 and max(map(len, keys)) <= _SHORT_KEY))
-        and all(map(math.isfinite, numbers.values()))
+        and (not numbers or (all(map(math.isfinite, numbers.values()))
+                             and max(numbers.values()) <= MAX_NUMBER
+                             and min(numbers.values()) >= -MAX_NUMBER))
         and (not strings or max(map(len, strings.values())) <= _SHORT_STRING)
     )
 
@@ -231,8 +242,8 @@ def check_properties(numbers: dict[str, float], strings: dict[str, str]) -> None
         return
     for key, value in numbers.items():
         _check_key(key, "numbers")
-        if not math.isfinite(value):
-            raise InvalidArgument(f'numbers["{key}"]', "must be finite")
+        if not -MAX_NUMBER <= value <= MAX_NUMBER:
+            _check_number(value, f'numbers["{key}"]')
     for key, text in strings.items():
         _check_key(key, "strings")
         if len(text.encode()) > MAX_STRING_BYTES:

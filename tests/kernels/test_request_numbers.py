@@ -9,7 +9,9 @@ import math
 
 import numpy as np
 
+from nudge.kernels import request_numbers as kernel
 from nudge.kernels.request_numbers import name_table, request_numbers
+from nudge.server.inputs import events
 from nudge.server.inputs.events import _SHORT_KEY, _plainly_valid
 from nudge.v1 import decision_service_pb2 as pb
 
@@ -29,8 +31,9 @@ def _key(rng: np.random.Generator) -> str:
 
 
 def _value(rng: np.random.Generator) -> float:
-    kind = rng.integers(12)
-    special = (math.nan, math.inf, -math.inf, -0.0, 0.0, 5e-324)
+    kind = rng.integers(16)
+    special = (math.nan, math.inf, -math.inf, -0.0, 0.0, 5e-324, 1e18, -1e18,
+               np.nextafter(1e18, math.inf), -1.7e308)
     return special[kind] if kind < len(special) else float(rng.normal(scale=1e3))
 
 
@@ -130,3 +133,11 @@ def test_a_large_name_table_finds_every_name_and_nothing_else() -> None:
         assert count == len(request.numbers)
         expected = [request.numbers.get(n, math.nan) for n in names]
         assert _same(expected, out)
+
+
+def test_the_kernel_bounds_numbers_as_the_event_rules_do() -> None:
+    assert kernel.MAX_NUMBER == events.MAX_NUMBER
+    for value, taken in ((1e18, True), (-1e18, True), (float(np.nextafter(1e18, 2e18)), False),
+                         (-1.7e308, False)):
+        count, _ = _kernel(pb.DecideRequest(numbers={"x": value}).SerializeToString())
+        assert (count == 1) == taken

@@ -49,6 +49,7 @@ CASES = [
     # Finite but past what the running moments hold: once made every Decide INTERNAL.
     (mutate(numbers={"amount": 1.7e308}), 'events[1].numbers["amount"]: must be at most 1e+18'),
     (mutate(numbers={"amount": -2e18}), 'events[1].numbers["amount"]: must be at most 1e+18'),
+    (mutate(numbers={"x": 1.7e308}), 'events[1].numbers["x"]: must be at most 1e+18'),
     (mutate(numbers={f"n{i}": 1.0 for i in range(40)},
             strings={f"s{i}": "v" for i in range(25)}), "events[1]: at most 64"),
     (mutate(numbers={"": 1.0}), "events[1].numbers: property keys must not be empty"),
@@ -94,7 +95,7 @@ def test_invalid_stream_message_names_the_message(server: NudgeServer, client: C
 
 def test_limits_themselves_are_accepted(client: Client) -> None:
     e = make_event("u" * 128, "a" + "b" * 63, event_id="e" * 128,
-                   numbers={f"n{i}": 1e308 for i in range(32)},
+                   numbers={f"n{i}": (-1) ** i * 1e18 for i in range(32)},
                    strings={f"s{i}": "v" * 1024 for i in range(32)})
     e.time.seconds = int(time.time()) + 86_000
     assert client.track([e]).accepted == 1
