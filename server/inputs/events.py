@@ -41,9 +41,10 @@ AMOUNT_KEY = "amount"
 # every later Decide for that customer failed INTERNAL.
 MAX_AMOUNT = 1e18
 # Every other number (an event's, a Decide request's) has the same bound, for the same
-# reason: a campaign's running feature statistics are shared by every decision, and two
-# request numbers of ±1e308 (finite) before the statistics had 30 values made the variance
-# inf and then the mean NaN: that feature blinded, or NaN in every context, for good.
+# reason: a campaign's running feature statistics are shared by every decision, and one
+# request number of 1e308 (finite) before the statistics had 30 values made the variance
+# inf (the feature standardised to 0 for good); 1e308, 1e308, then -1.7e308 made the mean
+# NaN (checked on kernels/context.py's update, 2026-12-03).
 MAX_NUMBER = MAX_AMOUNT
 # Event strings that become store keys: they follow the rules of ids (check_id).
 ID_STRINGS = frozenset({"transaction_id"})
