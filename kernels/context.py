@@ -17,9 +17,10 @@ later ones forget slowly (memory ≈ ``1 / min_rate``)::
 
     mean ← mean + a·δ,   var ← (1 − a)·(var + a·δ²),   δ = v − mean
 
-**One wild value must not blind a feature.** Once a feature has ``WINSOR_AFTER``
-observations, δ is clipped to ±``WINSOR_Z`` running standard deviations before the update
-(winsorised, as a Huber M-estimator of location and scale would). Without it, one request
+**One wild value must not blind a feature.** Once a feature has more than ``WINSOR_AFTER``
+observations (from its third value on: two give a spread to measure against), δ is
+clipped to ±``WINSOR_Z`` running standard deviations before the update (winsorised, as a
+Huber M-estimator of location and scale would). Without it, one request
 number sent in the wrong unit (1e12 among values near 1,000 with sd 100) moved the sd to
 1e10, so every later value of that feature standardised to 0: the feature was lost to the
 policy for more than 100,000 observations. With it, one such value multiplies the variance
@@ -30,6 +31,16 @@ feature whose 1s come at rate p sits 1/√p sd from its mean, and a bound below 
 its variance collapse; at 50 only features rarer than 1 in 2,500 are clipped (at 8, 1 in
 64 were, and the bank simulator's logging policy changed measurably). Gaussian data never
 comes near 50 sd.
+
+Why from the third value and not after thirty (as until 2026-12-03): a wild value among a
+feature's first thirty blinded it just the same, for good — 1e17 as the sixth value among
+values near 1,000 left a mean of 1.2e9 and a variance of 1.2e26 after 100,000 more, every
+value standardised to 0 — and a campaign's first day is when a producer's unit mistake is
+likeliest. The price is small and passes: an sd measured on two or three values can be too
+small, so a genuine third value may be clipped; each clipped step multiplies the variance
+by up to ``1 + a·(WINSOR_Z² − 1)`` (×834 at a = 1/3), so the estimate catches up within a
+step or two, and the first values' weight in the mean falls as 1/n. A feature whose values
+so far are all equal (variance 0: no spread to measure against) is not clipped.
 
 Statistics are part of the published model: the learner updates them in batches into copies
 (:func:`update_stats` returns new :class:`ContextStats`), deciders only read them.
@@ -56,9 +67,9 @@ C_CLIP = 0
 C_VAR_FLOOR = 1
 N_CONTEXT_PARAMS = 2
 # Robust running statistics (see the module docstring): δ clipped to ±WINSOR_Z running sd
-# once a feature has more than WINSOR_AFTER observations (its scale is known by then).
+# once a feature has more than WINSOR_AFTER observations (two values give it a spread).
 WINSOR_Z = 50.0
-WINSOR_AFTER = 30.0
+WINSOR_AFTER = 1.0
 
 @njit(jit.f8(jit.f8, jit.u1), **jit.NOGIL)
 def _transform(v, log1p):

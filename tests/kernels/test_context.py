@@ -186,6 +186,31 @@ def test_one_value_in_the_wrong_unit_does_not_blind_the_feature() -> None:
     assert build_context(layout, hit, np.array([1_200.0]))[1] > 1.7  # 2 sd: still seen
 
 
+@pytest.mark.parametrize("position", [2, 5, 29])
+def test_a_wild_value_among_the_first_ones_does_not_blind_the_feature(position: int) -> None:
+    """Clipping started after 30 values until 2026-12-03: 1e17 as the sixth value left a
+    variance of 1.2e26 after 100,000 more, every value standardised to 0."""
+    layout = ContextLayout(numeric=("balance",))
+    rng = np.random.default_rng(position)
+    values = rng.normal(1_000, 100, (3_000, 1))
+    values[position] = 1e17
+    stats = update_stats(layout, initial_stats(layout), values)
+    # Clipped to 50 sd, the value still counts: early, with a weight of 1/n, it leaves the
+    # sd up to ~1.5x after 3,000 values (fading as 1/n), not 1e15x.
+    assert 80 < np.sqrt(stats.var[0]) < 160
+    assert build_context(layout, stats, np.array([1_200.0]))[1] > 1.2
+
+
+def test_early_clipping_catches_up_with_a_scale_two_values_understated() -> None:
+    # Two near-equal first values give a tiny sd; genuine values far beyond it are
+    # clipped at first, but each clip grows the variance, and the estimate converges.
+    layout = ContextLayout(numeric=("balance",))
+    rng = np.random.default_rng(11)
+    values = np.concatenate([[[1_000.0], [1_000.01]], rng.normal(1_000, 100, (2_000, 1))])
+    stats = update_stats(layout, initial_stats(layout), values)
+    assert 90 < np.sqrt(stats.var[0]) < 110
+
+
 def test_a_real_change_of_scale_is_still_followed() -> None:
     layout = ContextLayout(numeric=("balance",))
     rng = np.random.default_rng(8)
