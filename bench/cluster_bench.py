@@ -37,7 +37,7 @@ from nudge.bench.cluster_faults import (
     FAILOVER_SLACK_SECONDS,
     USERS,
     FailoverCheck,
-    _wait_all_owned,
+    _wait_settled,
     partition_map,
 )
 from nudge.bench.server_process import ServerProcess
@@ -146,8 +146,8 @@ def run(events: int = 20_000, samples: int = 200,
             # Every user has an event (GetUser/Decide know them) and partitions are placed.
             with Client(targets[0], timeout=10.0) as client:
                 client.track([make_event(f"U{u}", "app_opened") for u in range(USERS)])
-            if not _wait_all_owned(cluster, 60.0):  # the first node up hands partitions over
-                raise RuntimeError("partitions not spread over the three nodes in 60 s")
+            if not _wait_settled(cluster, 60.0):  # the first node up hands partitions over
+                raise RuntimeError("partitions not settled over the three nodes in 60 s")
             result["cluster_track_latency"] = _track_latency(targets[0], samples, "c")
             pids = {n.node_id: n.process.pid for n in cluster.nodes if n.process}
             pids.update({s.name: s.process.pid for s in cluster.nats if s.process})
