@@ -106,6 +106,7 @@ class World:
     flows: list[tuple[str, str]]
     first: np.ndarray  # per user, signup time
     retained: np.ndarray  # per user, the drawn outcome
+    p_retained: np.ndarray  # per user, the probability it was drawn with (the truth)
     truth: dict = field(default_factory=dict)
 
     @property
@@ -123,8 +124,17 @@ class World:
                    float(self.amount[i]), self.flows[f] if f >= 0 else None)
 
 
-def generate(name: str, seed: int, spec: WorldSpec | None = None) -> World:
-    """Draw world ``name`` with ``seed`` (see the module doc)."""
+def generate(name: str, seed: int, spec: WorldSpec | None = None,
+             outcome_draw: int | None = None) -> World:
+    """Draw world ``name`` with ``seed`` (see the module doc).
+
+    ``outcome_draw`` (None: the world as always drawn; else an integer >= 0) keeps
+    everything up to each user's retention probability — signups, activity, early events,
+    abandoned flows — and draws the outcome and what follows from it (retained or not,
+    later activity, loans) again from a stream of its own. Why: it tells a failure that
+    comes from the early events (the adjustment, or the users' behaviour: it repeats on
+    most redraws) from one that comes from the luck of the outcome draw (it repeats at the
+    base rate), see ``insights_bench.outcome_redraws``."""
     spec = spec or WORLDS[name]
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     n = spec.users
@@ -181,6 +191,8 @@ def generate(name: str, seed: int, spec: WorldSpec | None = None) -> World:
     add(noisy, FLOW_EVENT, first[noisy] + rng.uniform(0, 14 * DAY, noisy.size),
         flow=decoy_f + 1)
     p = np.clip(p, 0.01, 0.97)
+    if outcome_draw is not None:
+        rng = np.random.default_rng([seed, sum(map(ord, name)), outcome_draw])
     retained = rng.random(n) < p
     # Later activity: retained users through some day past 90 (one event in 60-90 at
     # least), churned ones until a day in 14-59; app opens at a steady rate in between (a
@@ -207,7 +219,7 @@ def generate(name: str, seed: int, spec: WorldSpec | None = None) -> World:
         name=name, seed=seed, spec=spec, now=now, user=user[keep], types=types,
         type_idx=np.concatenate(cols["type"])[keep], time=time[keep],
         amount=np.concatenate(cols["amount"])[keep], flow_idx=np.concatenate(cols["flow"])[keep],
-        flows=flows, first=first, retained=retained,
+        flows=flows, first=first, retained=retained, p_retained=p,
     )
     world.truth = {
         "drivers": {d.event_type: (d.threshold, d.effect) for d in spec.drivers},

@@ -75,9 +75,8 @@ def score(world: worlds.World, found: Any, flows: Any, value: Any,
                     if n in ranks and ranks[n][0] < 5 and abs(ranks[n][1] - k) <= 1]
     top5 = [d.event_type for d in found.drivers[:5]]
     planted = set(truth["drivers"])
-    worst_true = max((ranks[n][0] for n in strong if n in ranks), default=len(ranks))
     no_effect = set(truth["decoys"]) | set(truth["noise"])
-    decoys_above = sum(1 for n in no_effect if n in ranks and ranks[n][0] < worst_true)
+    above = decoys_above_true(world, found)
     planted_flows = set(truth["churn_flows"])
     top_flows = {(d.flow, d.step) for d in flows.drivers[:len(planted_flows)]}
     value_name, value_k = truth["value_driver"]
@@ -88,13 +87,76 @@ def score(world: worlds.World, found: Any, flows: Any, value: Any,
         "world": world.name, "seed": world.seed,
         "recall_top5": len(found_strong) / len(strong) if strong else 1.0,
         "precision_top5": sum(n in planted for n in top5) / max(len(top5), 1),
-        "decoys_above_true": decoys_above,
+        "decoys_above_true": len(above),
+        "decoys_above_names": above,
         "churn_flows_first": top_flows == planted_flows,
         "value_driver_first": value_first,
         "covered": sum(covered), "intervals": len(covered),
         "top5": [(d.event_type, d.min_count, round(d.adjusted_lift, 3))
                  for d in found.drivers[:5]],
         "raw_rank_of_decoy": _raw_decoy_rank(found, no_effect),
+    }
+
+
+def decoys_above_true(world: worlds.World, found: Any) -> list[str]:
+    """The decoy and noise events ranked above the lowest-ranked planted driver of at least
+    +10 points (the Done-when's "no pure decoy ranks above any true driver")."""
+    truth = world.truth
+    ranks = {d.event_type: i for i, d in enumerate(found.drivers)}
+    strong = [n for n, (_, e) in truth["drivers"].items() if e >= 0.10]
+    worst_true = max((ranks[n] for n in strong if n in ranks), default=len(ranks))
+    no_effect = [*truth["decoys"], *truth["noise"]]
+    return sorted(n for n in no_effect if n in ranks and ranks[n] < worst_true)
+
+
+def outcome_redraws(name: str, seed: int, draws: int,
+                    spec: worlds.WorldSpec | None = None) -> dict[str, Any]:
+    """Is a run's "decoy above a true driver" the early events' doing or the outcome draw's?
+
+    The world is drawn again ``draws`` times with the same users, activity and early events
+    and each user's same retention probability, only the outcome drawn anew
+    (``insight_worlds.generate``'s ``outcome_draw``). If the adjustment let a decoy through
+    — residual activity confounding, a decoy riding on a driver it co-occurs with — the
+    early events carry it and the failure repeats on most redraws, and the decoy's mean
+    adjusted lift over them (at the threshold the run picked) stays high. If it was the
+    outcome draw's luck, it repeats at about the worlds' base rate and that mean is near 0.
+    Returns the run's offending decoys with their lift in the run and over the redraws, the
+    planted drivers' likewise (at their planted threshold), and how many redraws failed."""
+    from nudge.server.offline import insights
+
+    def analyse(world: worlds.World) -> tuple[Any, Any, insights.RetentionQuery]:
+        pop = insights.from_entries(*worlds.summary_entries(world))
+        query = insights.RetentionQuery(insights.Cohort(None, None, world.now))
+        found = insights.retention_drivers(pop, insights.RetentionQuery(query.cohort,
+                                                                        max_drivers=100))
+        return pop, found, query
+
+    world = worlds.generate(name, seed, spec)
+    pop, found, query = analyse(world)
+    offenders = decoys_above_true(world, found)
+    picked = {d.event_type: d.min_count for d in found.drivers}
+    cells = {n: picked[n] for n in offenders}
+    cells.update({n: k for n, (k, _) in world.truth["drivers"].items()})
+
+    def lifts(pop: Any, query: insights.RetentionQuery) -> dict[str, float]:
+        return {n: insights.retention_effect(pop, query, n, k)[0] for n, k in cells.items()}
+
+    in_run = lifts(pop, query)
+    failed = 0
+    over: dict[str, list[float]] = {n: [] for n in cells}
+    for d in range(draws):
+        redrawn = worlds.generate(name, seed, spec, outcome_draw=d)
+        pop, found, query = analyse(redrawn)
+        failed += bool(decoys_above_true(redrawn, found))
+        for n, v in lifts(pop, query).items():
+            over[n].append(v)
+    return {
+        "world": name, "seed": seed, "draws": draws, "decoys_above": offenders,
+        "draws_with_decoy_above": failed,
+        "cells": {n: {"min_count": k, "lift_in_run": in_run[n],
+                      "mean_lift_over_draws": float(np.nanmean(over[n])),
+                      "sd_over_draws": float(np.nanstd(over[n]))}
+                  for n, k in cells.items()},
     }
 
 
