@@ -355,12 +355,19 @@ class DecisionEngine:
     def campaign_model(self, name: str) -> CampaignModel:
         return self.cache.get(name)
 
-    def decide_many(self, requests: list[DecideInput]) -> list[DecisionOutcome]:
+    def decide_many(self, requests: list[DecideInput], turn: threading.Lock | None = None
+                    ) -> list[DecisionOutcome]:
         """Decide for many users (DecideBatch): each exactly as :meth:`decide` would (same
         ids, choices, propensities and records), a run of distinct users sharing one
         request's settings at a time (:meth:`_decide_together`). A user named again is
         decided in the next run, read after the first decision, so it sees the contacts
-        that decision planned, as back-to-back Decides would."""
+        that decision planned, as back-to-back Decides would.
+
+        ``turn``: the group-commit writer's turn (``GroupCommitWriter.turn``), held by the
+        caller; it is let go while the policy kernel runs (without the GIL), so the
+        writer stores the decision log then, and held around the per-user Python, which
+        then never runs beside the writer's LMDB batch calls (each of their rows would be
+        a GIL hand-off)."""
         out: list[DecisionOutcome] = []
         start = 0
         while start < len(requests):
@@ -372,11 +379,12 @@ class DecisionEngine:
                    and _settings(requests[end]) == same):
                 seen.add(requests[end].user_id)
                 end += 1
-            out += self._decide_together(requests[start:end])
+            out += self._decide_together(requests[start:end], turn)
             start = end
         return out
 
-    def _decide_together(self, requests: list[DecideInput]) -> list[DecisionOutcome]:
+    def _decide_together(self, requests: list[DecideInput],
+                         turn: threading.Lock | None = None) -> list[DecisionOutcome]:
         """:meth:`decide` for distinct users with the same settings, in stages over the
         whole run instead of the whole path per user: the users read in one transaction,
         guardrails and ids per user (in order, so a seeded engine draws what back-to-back
@@ -451,9 +459,15 @@ class DecisionEngine:
             masks = np.frombuffer(b"".join(g.component_mask.tobytes() for g in guards),
                                   np.uint8).reshape(len(kept), -1)
             seeds = np.fromiter((seed for _, seed in ids), np.int64, len(ids))
-            choices = policy.decide_batch_trusted(
-                model.snapshot, campaign.space, x, seeds, masks, active, top_k + 1,
-                model.policy_params, BATCH_POLICY_THREADS)
+            if turn is not None:
+                turn.release()  # the writer's turn while the kernel runs without the GIL
+            try:
+                choices = policy.decide_batch_trusted(
+                    model.snapshot, campaign.space, x, seeds, masks, active, top_k + 1,
+                    model.policy_params, BATCH_POLICY_THREADS)
+            finally:
+                if turn is not None:
+                    turn.acquire()
         logged: list[Future[Any]] = []
         decided: list[tuple[DecisionRecord, list[Contact]]] = []
         schedules: dict[tuple[str, float, float], list[float]] = {}
