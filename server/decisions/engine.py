@@ -357,11 +357,29 @@ class DecisionEngine:
 
     def decide_many(self, requests: list[DecideInput], turn: threading.Lock | None = None
                     ) -> list[DecisionOutcome]:
-        """Decide for many users (DecideBatch): each exactly as :meth:`decide` would (same
-        ids, choices, propensities and records), a run of distinct users sharing one
-        request's settings at a time (:meth:`_decide_together`). A user named again is
-        decided in the next run, read after the first decision, so it sees the contacts
-        that decision planned, as back-to-back Decides would.
+        """Decide for many users: each exactly as :meth:`decide` would (same ids, choices,
+        propensities and records), a run of requests sharing one request's settings at a
+        time (:meth:`decide_users`). ``turn`` as for :meth:`decide_users`."""
+        out: list[DecisionOutcome] = []
+        start = 0
+        while start < len(requests):
+            first = requests[start]
+            same = _settings(first)
+            end = start + 1
+            while end < len(requests) and _settings(requests[end]) == same:
+                end += 1
+            out += self.decide_users(first, [r.user_id for r in requests[start:end]], turn)
+            start = end
+        return out
+
+    def decide_users(self, settings: DecideInput, user_ids: list[str],
+                     turn: threading.Lock | None = None) -> list[DecisionOutcome]:
+        """Decide for each of ``user_ids`` with ``settings``' campaign, time, numbers and
+        options (its ``user_id`` ignored) — DecideBatch's chunk, with no per-user request
+        object: each exactly as :meth:`decide` would, a run of distinct users at a time
+        (:meth:`_decide_together`). A user named again is decided in the next run, read
+        after the first decision, so it sees the contacts that decision planned, as
+        back-to-back Decides would.
 
         ``turn``: the group-commit writer's turn (``GroupCommitWriter.turn``), held by the
         caller; it is let go while the policy kernel runs (without the GIL), so the
@@ -369,41 +387,43 @@ class DecisionEngine:
         then never runs beside the writer's LMDB batch calls (each of their rows would be
         a GIL hand-off)."""
         out: list[DecisionOutcome] = []
+        if len(set(user_ids)) == len(user_ids):  # the usual case: no repeat, one run
+            return self._decide_together(settings, user_ids, turn)
         start = 0
-        while start < len(requests):
-            first = requests[start]
-            same = _settings(first)
+        while start < len(user_ids):
             seen: set[str] = set()
             end = start
-            while (end < len(requests) and requests[end].user_id not in seen
-                   and _settings(requests[end]) == same):
-                seen.add(requests[end].user_id)
+            while end < len(user_ids) and user_ids[end] not in seen:
+                seen.add(user_ids[end])
                 end += 1
-            out += self._decide_together(requests[start:end], turn)
+            out += self._decide_together(settings, user_ids[start:end], turn)
             start = end
         return out
 
-    def _decide_together(self, requests: list[DecideInput],
+    def _decide_together(self, r0: DecideInput, user_ids: list[str],
                          turn: threading.Lock | None = None) -> list[DecisionOutcome]:
-        """:meth:`decide` for distinct users with the same settings, in stages over the
-        whole run instead of the whole path per user: the users read in one transaction,
-        guardrails and ids per user (in order, so a seeded engine draws what back-to-back
-        Decides draw), every context in one kernel call, every policy decision in one
-        (releasing the GIL), then the records and replies, and the decisions handed to the
-        flush under one lock. Each step is the single path's, so each decision is the
-        same bits (tests/server/decisions/test_decide_batch.py holds a batch against
-        Decides on a twin server)."""
-        r0 = requests[0]
+        """:meth:`decide` for distinct users with the settings of ``r0``, in stages over
+        the whole run instead of the whole path per user: the users read in one
+        transaction, guardrails and ids per user (in order, so a seeded engine draws what
+        back-to-back Decides draw), every context in one kernel call, every policy
+        decision in one (releasing the GIL), then the records and replies, and the
+        decisions handed to the flush under one lock. Each step is the single path's, so
+        each decision is the same bits (tests/server/decisions/test_decide_batch.py holds
+        a batch against Decides on a twin server). What every user of the run shares is
+        looked up once: the texts of a campaign whose templates read no property, and,
+        for a user no guardrail can mask (``_guardrails``' shortcut), one result per time
+        zone (the mask and send times are only read)."""
         model, campaign, plan = self._model_plan(r0.campaign)
         now = r0.time
         top_k = max(1, r0.top_k)
         if top_k > MAX_TOP_K:
             raise InvalidArgument("top_k", f"must be at most {MAX_TOP_K}")
-        read = self._read_users(requests, plan.reads_contacts)
-        # Per zone: its clock at ``now`` and the send-time slots' instants (one reading for
-        # the whole run, as every user is decided at the same instant).
-        clocks: dict[str, tuple[LocalNow, list[float]]] = {}
-        n = len(requests)
+        read = self._read_users(user_ids, now, plan.reads_contacts)
+        # Per zone: its clock at ``now``, the send-time slots' instants (one reading for
+        # the whole run, as every user is decided at the same instant) and the guardrails'
+        # result of a user nothing can mask.
+        clocks: dict[str, tuple[LocalNow, list[float], GuardrailResult]] = {}
+        n = len(user_ids)
         out: list[DecisionOutcome | None] = [None] * n
         # Per decided user (not refused for missing properties), in order: its index, the
         # guardrails' result, properties and texts, contacts, and ids.
@@ -413,19 +433,31 @@ class DecisionEngine:
         contact_lists: list[list[Contact]] = []
         hours: list[float] = []
         states: list[bytes | None] = []
-        for i, request in enumerate(requests):
+        send_until = r0.send_until
+        fixed = ({}, plan.fixed_texts, plan.all_renderable) if plan.fixed_texts else None
+        # _guardrails' shortcut, but for the user's contacts, texts and credit hold.
+        inert = plan.guard.inert and send_until is None
+        reads_consents = plan.reads_consents
+        for i, user_id in enumerate(user_ids):
             state, profile, contacts, credit_blocked = read[i]
             tz = profile.tz if profile is not None else "UTC"
-            properties, texts, renderable = self._texts(plan, profile, request)
-            consents = ({c: g for c, (g, _) in profile.consents.items()}
-                        if profile and plan.reads_consents else {})
+            properties, texts, renderable = (
+                fixed if fixed is not None else self._texts(plan, profile, r0))
             zone = clocks.get(tz)
             if zone is None:
                 when = local_now(now, tz)
-                zone = clocks[tz] = (when, plan.guard.send_times(when))
-            when, send_at = zone
-            guard = _guardrails(plan, request.user_id, when, consents, contacts, renderable,
-                                credit_blocked, request.send_until, list(send_at))
+                send_times = plan.guard.send_times(when)
+                zone = clocks[tz] = (when, send_times,
+                                     GuardrailResult(plan.all_allowed, send_times, []))
+            when, send_at, unmasked = zone
+            if (inert and not credit_blocked
+                    and (renderable is plan.all_renderable or all(renderable))):
+                guard = unmasked
+            else:
+                consents = ({c: g for c, (g, _) in profile.consents.items()}
+                            if profile and reads_consents else {})
+                guard = _guardrails(plan, user_id, when, consents, contacts, renderable,
+                                    credit_blocked, send_until, list(send_at))
             if guard.suppressed == SUPPRESS_PROPERTIES:
                 # Decide would refuse this one user (no message can be filled): in a batch
                 # the others go on, and this user gets no decision (nothing is logged).
@@ -450,15 +482,15 @@ class DecisionEngine:
             r0.strings, self.half_life_seconds,
             [[c.time for c in cs] for cs in contact_lists]
             if features.contacts is not None else None,
-            [self._early_counts.of(requests[i].user_id) for i in kept]
+            [self._early_counts.of(user_ids[i]) for i in kept]
             if features.reached else None)
         x.flags.writeable = False
-        active = np.frombuffer(bytes(not g.suppressed for g in guards), np.uint8)
+        active = np.frombuffer(bytes([not g.suppressed for g in guards]), np.uint8)
         choices = None
         if active.any():
-            masks = np.frombuffer(b"".join(g.component_mask.tobytes() for g in guards),
+            masks = np.frombuffer(b"".join([g.component_mask.tobytes() for g in guards]),
                                   np.uint8).reshape(len(kept), -1)
-            seeds = np.fromiter((seed for _, seed in ids), np.int64, len(ids))
+            seeds = np.fromiter([seed for _, seed in ids], np.int64, len(ids))
             if turn is not None:
                 turn.release()  # the writer's turn while the kernel runs without the GIL
             try:
@@ -475,29 +507,27 @@ class DecisionEngine:
             tops, means = choices.top_k.tolist(), choices.scores[:, 1].tolist()
             ks, props = choices.filled.tolist(), choices.propensity.tolist()
             samples = choices.propensity_samples.tolist()
+        dry_run, explain, version = r0.dry_run, r0.explain, model.version
+        record_of, planned_of, log = self._record, self._planned, self.log_decision
         for row, i in enumerate(kept):
-            request = requests[i]
             guard = guards[row]
             decision_id, seed = ids[row]
             properties, texts = filled[row]
             picked: _Picked | None = None
-            if not guard.suppressed and choices is not None:
+            if choices is not None and not guard.suppressed:
                 k = ks[row]
                 picked = (seed, tops[row][:k], means[row][:k], props[row], samples[row])
-            record, actions, reasons = self._record(
-                model, plan, request, guard, decision_id, now, x[row], raw[row], top_k,
-                properties, texts, picked)
-            if not request.dry_run:
-                planned = self._planned(plan, campaign, record, actions, request.send_until,
-                                        schedules)
+            record, actions, reasons = record_of(
+                model, plan, user_ids[i], explain, guard, decision_id, now, x[row], raw[row],
+                top_k, properties, texts, picked)
+            if not dry_run:
+                planned = planned_of(plan, campaign, record, actions, send_until, schedules)
                 decided.append((record, planned))
-                if self.log_decision is not None:
-                    logged.append(self.log_decision(record, planned))
-            out[i] = DecisionOutcome(
-                decision_id=decision_id, actions=actions, propensity=record.propensity,
-                propensity_samples=record.propensity_samples, holdout=record.holdout,
-                suppressed_reason=record.suppressed, reasons=reasons,
-                model_version=model.version)
+                if log is not None:
+                    logged.append(log(record, planned))
+            out[i] = DecisionOutcome(decision_id, actions, record.propensity,
+                                     record.propensity_samples, record.holdout,
+                                     record.suppressed, reasons, version)
         if decided:
             self.pending.add_many(decided)
         # Cluster mode: the run's records went to the log at once and are waited for
@@ -553,8 +583,8 @@ class DecisionEngine:
             picked = (seed, choice.top_k.tolist(), choice.mean_scores.tolist(),
                       float(choice.propensity), int(choice.propensity_samples))
         record, actions, reasons = self._record(
-            model, plan, request, guard, decision_id, now, x, raw, top_k, properties, texts,
-            picked)
+            model, plan, user_id, request.explain, guard, decision_id, now, x, raw, top_k,
+            properties, texts, picked)
         if not request.dry_run:
             planned = self._planned(plan, campaign, record, actions, request.send_until)
             self.pending.add(record, planned, after_reply)
@@ -572,50 +602,50 @@ class DecisionEngine:
         )
 
     def _record(
-        self, model: CampaignModel, plan: CampaignPlan, request: DecideInput,
+        self, model: CampaignModel, plan: CampaignPlan, user_id: str, explain: bool,
         guard: GuardrailResult, decision_id: str, now: float, x: np.ndarray,
         raw: np.ndarray, top_k: int, properties: dict[str, Any], texts: dict[str, str],
         picked: _Picked | None,
     ) -> tuple[DecisionRecord, list[ActionOut], list[tuple[str, str, float]]]:
         """A decision's record, actions and reasons from the guardrails' result and what
         the policy picked (None: a guardrail decided) — one way for Decide and
-        DecideBatch, so a batch's decision is a Decide's."""
+        DecideBatch, so a batch's decision is a Decide's. The record is built in one
+        constructor call with its final fields (DecideBatch builds one per user)."""
         campaign = plan.campaign
         nothing = campaign.nothing_combo
-        reasons: list[tuple[str, str, float]] = [(c, d, 0.0) for c, d in guard.trace]
-        record = DecisionRecord(
-            decision_id=decision_id, user_id=request.user_id, campaign=campaign.name,
-            time=now, model_version=model.version, seed=0, x=x, raw=raw,
-            choice=nothing, top=[], propensity=1.0, propensity_samples=0,
-            holdout=guard.suppressed == SUPPRESS_HOLDOUT, suppressed=guard.suppressed,
-            trace=guard.trace, window_end=now + campaign.goal.window_seconds,
-        )
-        actions: list[ActionOut] = []
+        trace = guard.trace
+        reasons: list[tuple[str, str, float]] = [(c, d, 0.0) for c, d in trace]
+        holdout = guard.suppressed == SUPPRESS_HOLDOUT
+        window_end = now + campaign.goal.window_seconds
         if picked is None:
             # A guardrail decided, not the policy: nothing to learn. Holdout decisions stay
             # open so the holdout's own conversions measure uplift.
-            record.learn = False
-            if not record.holdout:
-                record.status = "final"
-            return record, actions, reasons
+            record = DecisionRecord(
+                decision_id, user_id, campaign.name, now, model.version, 0, x, raw, nothing,
+                [], 1.0, 0, holdout, guard.suppressed, trace, window_end,
+                "open" if holdout else "final", None, False)
+            return record, [], reasons
         seed, top, means, propensity, samples = picked
-        record.seed = seed
-        record.choice = top[0]  # the policy's order: the choice first
-        record.top = top
-        record.propensity = propensity
-        record.propensity_samples = samples
-        if top[0] == nothing:
-            record.suppressed = SUPPRESS_NOTHING_BEST
+        actions: list[ActionOut] = []
+        choice = top[0]  # the policy's order: the choice first
+        suppressed = guard.suppressed
+        if choice == nothing:
+            suppressed = SUPPRESS_NOTHING_BEST
         else:
             # Action.score is the posterior-mean score (an expected reward) for either
             # algorithm.
+            send_at = guard.send_at
             for combo, score in zip(top, means, strict=True):
                 if combo != nothing and len(actions) < top_k:
-                    actions.append(self._action(plan, combo, score, guard.send_at,
-                                                properties, texts))
-            if request.explain:
-                reasons = self._feature_reasons(model, plan, x, top[0]) + reasons
-        record.actions = [a.__dict__ for a in actions]
+                    actions.append(self._action(plan, combo, score, send_at, properties,
+                                                texts))
+            if explain:
+                reasons = self._feature_reasons(model, plan, x, choice) + reasons
+        # A fresh list for an empty trace: a shared GuardrailResult's is not the record's.
+        record = DecisionRecord(
+            decision_id, user_id, campaign.name, now, model.version, seed, x, raw, choice,
+            top, propensity, samples, holdout, suppressed, trace or [], window_end, "open",
+            None, True, [a.__dict__ for a in actions])
         return record, actions, reasons
 
     def _model_plan(self, name: str) -> tuple[CampaignModel, Campaign, CampaignPlan]:
@@ -701,21 +731,24 @@ class DecisionEngine:
         with self.store.read() as txn:
             return self._user_in(txn, user_id, now, pending)
 
-    def _read_users(self, requests: list[DecideInput], contacts: bool) -> list[Prefetched]:
-        """:meth:`_read_user` for many users decided at one time, in one read transaction
+    def _read_users(self, user_ids: list[str], now: float, contacts: bool
+                    ) -> list[Prefetched]:
+        """:meth:`_read_user` for many users decided at ``now``, in one read transaction
         (the records and the risk holds each in one cursor call), and whether recent
         activity looks anomalous; no contacts read unless ``contacts`` (the campaign has no
-        use for them)."""
+        use for them). A user with no state record has no profile either (ingest writes
+        the record with the first event), so its profile is not looked up."""
         pending: list[list[Contact] | None] = (
-            [self.pending.contacts(r.user_id) for r in requests] if contacts
-            else [None] * len(requests))
-        ids = [r.user_id for r in requests]
-        now = requests[0].time
+            [self.pending.contacts(u) for u in user_ids] if contacts
+            else [None] * len(user_ids))
         with self.store.read() as txn:
-            states = users.records_bytes(txn, self.store.dbs, ids)
-            anomalous = self.risk.recently_anomalous_many(txn, ids, now)
-            return [(*self._user_with(txn, u, now, p, state), a)
-                    for u, p, state, a in zip(ids, pending, states, anomalous, strict=True)]
+            states = users.records_bytes(txn, self.store.dbs, user_ids)
+            anomalous = self.risk.recently_anomalous_many(txn, user_ids, now)
+            user_with = self._user_with
+            return [(state, None, [], a) if state is None and p is None
+                    else (*user_with(txn, u, now, p, state), a)
+                    for u, p, state, a in zip(user_ids, pending, states, anomalous,
+                                              strict=True)]
 
     def _user_in(
         self, txn: lmdb.Transaction, user_id: str, now: float, pending: list[Contact] | None

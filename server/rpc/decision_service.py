@@ -413,11 +413,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         s = settings
         turn = self.writer.turn
         with turn:  # not beside the writer's LMDB calls (GroupCommitWriter.turn)
-            outcomes = self.decisions.decide_many([
-                DecideInput(u, s.campaign, s.time, s.top_k, s.numbers, s.strings, s.dry_run,
-                            explain=s.include_reasons)
-                for u in user_ids
-            ], turn)
+            outcomes = self.decisions.decide_users(
+                DecideInput("", s.campaign, s.time, s.top_k, s.numbers, s.strings, s.dry_run,
+                            explain=s.include_reasons), user_ids, turn)
             reply = pb.DecideBatchResponse()
             decisions = reply.decisions
             for user_id, outcome in zip(asked, outcomes, strict=True):
