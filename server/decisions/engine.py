@@ -355,11 +355,10 @@ class DecisionEngine:
     def campaign_model(self, name: str) -> CampaignModel:
         return self.cache.get(name)
 
-    def decide_many(self, requests: list[DecideInput], turn: threading.Lock | None = None
-                    ) -> list[DecisionOutcome]:
+    def decide_many(self, requests: list[DecideInput]) -> list[DecisionOutcome]:
         """Decide for many users: each exactly as :meth:`decide` would (same ids, choices,
         propensities and records), a run of requests sharing one request's settings at a
-        time (:meth:`decide_users`). ``turn`` as for :meth:`decide_users`."""
+        time (:meth:`decide_users`)."""
         out: list[DecisionOutcome] = []
         start = 0
         while start < len(requests):
@@ -368,27 +367,21 @@ class DecisionEngine:
             end = start + 1
             while end < len(requests) and _settings(requests[end]) == same:
                 end += 1
-            out += self.decide_users(first, [r.user_id for r in requests[start:end]], turn)
+            out += self.decide_users(first, [r.user_id for r in requests[start:end]])
             start = end
         return out
 
-    def decide_users(self, settings: DecideInput, user_ids: list[str],
-                     turn: threading.Lock | None = None) -> list[DecisionOutcome]:
+    def decide_users(self, settings: DecideInput, user_ids: list[str]
+                     ) -> list[DecisionOutcome]:
         """Decide for each of ``user_ids`` with ``settings``' campaign, time, numbers and
         options (its ``user_id`` ignored) — DecideBatch's chunk, with no per-user request
         object: each exactly as :meth:`decide` would, a run of distinct users at a time
         (:meth:`_decide_together`). A user named again is decided in the next run, read
         after the first decision, so it sees the contacts that decision planned, as
-        back-to-back Decides would.
-
-        ``turn``: the group-commit writer's turn (``GroupCommitWriter.turn``), held by the
-        caller; it is let go while the policy kernel runs (without the GIL), so the
-        writer stores the decision log then, and held around the per-user Python, which
-        then never runs beside the writer's LMDB batch calls (each of their rows would be
-        a GIL hand-off)."""
+        back-to-back Decides would."""
         out: list[DecisionOutcome] = []
         if len(set(user_ids)) == len(user_ids):  # the usual case: no repeat, one run
-            return self._decide_together(settings, user_ids, turn)
+            return self._decide_together(settings, user_ids)
         start = 0
         while start < len(user_ids):
             seen: set[str] = set()
@@ -396,12 +389,12 @@ class DecisionEngine:
             while end < len(user_ids) and user_ids[end] not in seen:
                 seen.add(user_ids[end])
                 end += 1
-            out += self._decide_together(settings, user_ids[start:end], turn)
+            out += self._decide_together(settings, user_ids[start:end])
             start = end
         return out
 
-    def _decide_together(self, r0: DecideInput, user_ids: list[str],
-                         turn: threading.Lock | None = None) -> list[DecisionOutcome]:
+    def _decide_together(self, r0: DecideInput, user_ids: list[str]
+                         ) -> list[DecisionOutcome]:
         """:meth:`decide` for distinct users with the settings of ``r0``, in stages over
         the whole run instead of the whole path per user: the users read in one
         transaction, guardrails and ids per user (in order, so a seeded engine draws what
@@ -491,15 +484,9 @@ class DecisionEngine:
             masks = np.frombuffer(b"".join([g.component_mask.tobytes() for g in guards]),
                                   np.uint8).reshape(len(kept), -1)
             seeds = np.fromiter([seed for _, seed in ids], np.int64, len(ids))
-            if turn is not None:
-                turn.release()  # the writer's turn while the kernel runs without the GIL
-            try:
-                choices = policy.decide_batch_trusted(
-                    model.snapshot, campaign.space, x, seeds, masks, active, top_k + 1,
-                    model.policy_params, BATCH_POLICY_THREADS)
-            finally:
-                if turn is not None:
-                    turn.acquire()
+            choices = policy.decide_batch_trusted(
+                model.snapshot, campaign.space, x, seeds, masks, active, top_k + 1,
+                model.policy_params, BATCH_POLICY_THREADS)
         logged: list[Future[Any]] = []
         decided: list[tuple[DecisionRecord, list[Contact]]] = []
         schedules: dict[tuple[str, float, float], list[float]] = {}

@@ -411,18 +411,16 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         """Decide for one chunk of users and wait, if the decision log is far behind,
         until its flush catches up (a batch must not hold a whole base in memory)."""
         s = settings
-        turn = self.writer.turn
-        with turn:  # not beside the writer's LMDB calls (GroupCommitWriter.turn)
-            outcomes = self.decisions.decide_users(
-                DecideInput("", s.campaign, s.time, s.top_k, s.numbers, s.strings, s.dry_run,
-                            explain=s.include_reasons), user_ids, turn)
-            reply = pb.DecideBatchResponse()
-            decisions = reply.decisions
-            for user_id, outcome in zip(asked, outcomes, strict=True):
-                decision = decisions.add(user_id=user_id)
-                _fill_decision(decision, outcome)
-        if not s.dry_run:  # (without the turn: the flush waited for needs it)
+        outcomes = self.decisions.decide_users(
+            DecideInput("", s.campaign, s.time, s.top_k, s.numbers, s.strings, s.dry_run,
+                        explain=s.include_reasons), user_ids)
+        if not s.dry_run:
             self.decisions.pending.wait_below(MAX_PENDING_BATCH_DECISIONS)
+        reply = pb.DecideBatchResponse()
+        decisions = reply.decisions
+        for user_id, outcome in zip(asked, outcomes, strict=True):
+            decision = decisions.add(user_id=user_id)
+            _fill_decision(decision, outcome)
         return reply
 
     def ReportOutcome(
