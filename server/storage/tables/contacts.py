@@ -62,8 +62,11 @@ def add_many(txn: lmdb.Transaction, dbs: Dbs, new: Mapping[str, Iterable[Row]],
     users = sorted(u.encode() for u in new)
     cursor = txn.cursor(db=dbs[NAME])
     stored = dict(cursor.getmulti(users))
-    cursor.putmulti([(key, orjson.dumps(_merged(
-        orjson.loads(stored[key]) if key in stored else [], new[key.decode()], memory)))
+    # A user with no stored row (a DecideBatch's new users) gets the new rows as they
+    # are: what _merged returns for nothing stored, without its horizon and dedup passes.
+    cursor.putmulti([(key, orjson.dumps(
+        _merged(orjson.loads(stored[key]), new[key.decode()], memory) if key in stored
+        else [list(c) for c in new[key.decode()]]))
         for key in users])
 
 
