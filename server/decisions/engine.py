@@ -427,7 +427,8 @@ class DecisionEngine:
         hours: list[float] = []
         states: list[bytes | None] = []
         send_until = r0.send_until
-        fixed = ({}, plan.fixed_texts, plan.all_renderable) if plan.fixed_texts else None
+        fixed: tuple[dict[str, Any], dict[str, str], list[bool]] | None = (
+            ({}, plan.fixed_texts, plan.all_renderable) if plan.fixed_texts else None)
         # _guardrails' shortcut, but for the user's contacts, texts and credit hold.
         inert = plan.guard.inert and send_until is None
         reads_consents = plan.reads_consents
