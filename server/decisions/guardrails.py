@@ -29,7 +29,8 @@ from nudge.server.inputs.events import time_zone
 
 DAY = 86_400.0
 WEEK = 7 * DAY
-# In-app messages are shown inside the app the user opened: no marketing consent needed.
+# In-app messages are shown inside the app the user opened: no marketing consent needed
+# (no record is required), but a customer who explicitly revoked it is not messaged there.
 CONSENT_EXEMPT = frozenset({"in_app"})
 # Send-time conversions remembered per plan ((zone, local date, fold) keys); cleared when full.
 SLOT_DAY_CACHE = 4096
@@ -159,11 +160,13 @@ class GuardrailPlan:
         channels = ids["channel"]
         assert channels == tuple(range(channels[0], channels[0] + len(channels)))
         self.channel_slice = slice(channels[0], channels[0] + len(channels))
-        # (channel, component id, trace) of every channel that needs consent.
+        # (channel, component id, trace, consented without a record) of every channel.
         self.consent = [
-            (channel, ids["channel"][i], (TRACE_CONSENT, f"{channel}: no consent on record"))
+            (channel, ids["channel"][i],
+             (TRACE_CONSENT, f"{channel}: consent revoked") if channel in CONSENT_EXEMPT
+             else (TRACE_CONSENT, f"{channel}: no consent on record"),
+             channel in CONSENT_EXEMPT)
             for i, channel in enumerate(campaign.channels)
-            if channel not in CONSENT_EXEMPT
         ]
         self.channels = list(zip(campaign.channels, ids["channel"], strict=True))
         self.slot_minutes = tuple(s.minute_of_day for s in campaign.send_times)
@@ -233,6 +236,13 @@ class GuardrailPlan:
         return days
 
 
+def channel_consented(consents: dict[str, tuple[bool, float]], channel: str) -> bool:
+    """The consent rule on a stored profile's consents (channel -> (granted, time)): a
+    grant on record, or, for an exempt channel (in-app), no revocation on record."""
+    stored = consents.get(channel)
+    return stored[0] if stored is not None else channel in CONSENT_EXEMPT
+
+
 def apply_guardrails(
     plan: GuardrailPlan,
     user_id: str,
@@ -259,8 +269,8 @@ def apply_guardrails(
         return result
 
     if g.consent:
-        for channel, component, why in plan.consent:
-            if not consents.get(channel, False):
+        for channel, component, why, exempt in plan.consent:
+            if not consents.get(channel, exempt):
                 mask[component] = 0
                 trace.append(why)
         if 1 not in mask[plan.channel_slice]:

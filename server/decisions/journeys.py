@@ -236,6 +236,7 @@ class Journeys:
                 campaign=trigger.campaign, channel=first.channel, message=first.message,
                 text=first.text, offer=first.offer, due_at=due, alternatives=alternatives,
                 cancel_on=list(trigger.cancel_on),
+                consent_checked=campaign.guardrails.consent,
             )
             for due in frequency.send_times(max(first.send_at, self.clock.now()), window_end)
         ]

@@ -9,7 +9,9 @@ attention (its due time while scheduled, its lease expiry while leased).
 Coordination across channels and campaigns, checked when a delivery is about to go out:
 one user never gets two messages within ``cross_channel_gap`` seconds (the later one
 waits), and the same message is never sent on two channels (the duplicate is cancelled).
-A cancellation never races a send into "both": a scheduled delivery is cancelled at once;
+A delivery whose campaign checked consent is checked again then, and cancelled if the
+customer revoked consent for its channel since the decision. A cancellation never races a
+send into "both": a scheduled delivery is cancelled at once;
 a leased one is marked, and is cancelled instead of redelivered if its lease expires
 without a SENT acknowledgement (an acknowledged SENT stands: it was sent).
 """
@@ -25,10 +27,11 @@ from typing import Any
 
 import lmdb
 
+from nudge.server.decisions.guardrails import channel_consented
 from nudge.server.errors import FailedPrecondition, NotFound
 from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.store import Store
-from nudge.server.storage.tables import contacts, deliveries
+from nudge.server.storage.tables import contacts, deliveries, users
 from nudge.server.storage.tables.deliveries import (
     ACTIVE,
     CANCELLED,
@@ -151,6 +154,12 @@ class Outbox:
                 self._put(txn, d, key)
                 self._never_sent(txn, d)
                 continue
+            if d.consent_checked and not self._consented(txn, d):
+                d.status = CANCELLED
+                d.detail = f"cancelled: no consent for {d.channel} any more"
+                self._put(txn, d, key)
+                self._never_sent(txn, d)
+                continue
             wait_until = self._coordination(txn, d, now)
             if wait_until is None:  # the same message already went out on another channel
                 d.status, d.detail = CANCELLED, "cancelled: already sent on another channel"
@@ -167,6 +176,14 @@ class Outbox:
             self._put(txn, d, key)
             leased.append(d)
         return leased
+
+    def _consented(self, txn: lmdb.Transaction, d: Delivery) -> bool:
+        """Whether the user's consent for ``d``'s channel still stands, by the guardrail's
+        own rule (``guardrails.channel_consented``). A journey's delivery goes out hours or
+        days after its decision checked consent; a customer who revoked it meanwhile must
+        not get the message (until 2026-12-03 it went out)."""
+        return channel_consented(users.profile(txn, self.store.dbs, d.user_id).consents,
+                                 d.channel)
 
     def _coordination(self, txn: lmdb.Transaction, d: Delivery, now: float) -> float | None:
         """When ``d`` may go out: now, later (cross-channel gap), or never (None)."""
@@ -325,6 +342,7 @@ class Outbox:
                 message=alt["message"], text=alt["text"], offer=alt["offer"], due_at=now,
                 alternatives=failed.alternatives[i + 1:], cancel_on=failed.cancel_on,
                 detail=f"fallback after {failed.channel} failed",
+                consent_checked=failed.consent_checked,
             )
         return None
 

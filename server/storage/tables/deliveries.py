@@ -49,6 +49,10 @@ class Delivery:
     alternatives: list[dict[str, Any]] = field(default_factory=list)
     cancel_on: list[str] = field(default_factory=list)
     cancel_requested: bool = False
+    # The campaign's consent guardrail was on when this was decided: the channel's consent
+    # is checked again when it is about to go out (a revocation in between cancels it).
+    # False in deliveries stored before the field existed: they go out as they always did.
+    consent_checked: bool = False
     detail: str = ""
     sent_at: float | None = None
 

@@ -173,6 +173,18 @@ def test_no_consent_leaves_only_in_app(start: Start) -> None:
     assert not suppressed.actions and suppressed.suppressed_reason == "no_consent"
 
 
+def test_an_explicit_in_app_revocation_is_honoured(start: Start) -> None:
+    # In-app needs no consent on record, but a customer who revoked it is not messaged
+    # there (until 2026-12-03 in-app was chosen whatever the profile said).
+    _, client, clock = start()
+    client.track([make_event("u3", "loan_simulated", time=clock.now() - 5,
+                             numbers={"amount": 100.0}, strings={"currency": "BRL",
+                                                                 "consent.in_app": "revoked"})])
+    reply = client.decide("u3", top_k=5)
+    assert not reply.actions and reply.suppressed_reason == "no_consent"
+    assert "in_app: consent revoked" in {r.detail for r in reply.reasons}
+
+
 @pytest.mark.parametrize("zone", ["America/Sao_Paulo", "Asia/Tokyo", "Europe/Lisbon"])
 def test_quiet_hours_hold_in_the_users_zone(start: Start, zone: str) -> None:
     tz = ZoneInfo(zone)

@@ -158,6 +158,41 @@ def test_unacknowledged_lease_expires_and_is_redelivered(run: Running) -> None:
     assert again is not None and again.delivery_id == first.delivery_id and again.attempt == 2
 
 
+def test_consent_revoked_after_the_decision_cancels_its_deliveries(run: Running) -> None:
+    # A journey's messages go out hours or days after its decision checked consent: a
+    # revocation in between must stop them (until 2026-12-03 they went out).
+    run.abandon("ana", **CONSENTS)
+    planned = sorted(scheduled(run, "ana"), key=lambda d: d.due_at)
+    assert planned and all(d.consent_checked for d in planned)
+    channel = planned[0].channel
+    run.client.track([make_event("ana", "profile", time=run.clock.now(),
+                                 strings={f"consent.{channel}": "revoked"})])
+    run.listen()
+    run.advance(planned[-1].due_at - run.clock.now() + 1)
+    assert run.take(0.5) is None
+    after = {d.delivery_id: d for d in scheduled(run, "ana")}
+    assert {after[d.delivery_id].status for d in planned} == {"cancelled"}
+    assert all("no consent" in after[d.delivery_id].detail for d in planned)
+    assert stored_contacts(run, "ana") == []  # a message that will not go out stops counting
+
+
+def test_consent_kept_lets_the_delivery_go_and_old_records_go_as_before(run: Running) -> None:
+    run.abandon("bruno", **CONSENTS)
+    first = min(scheduled(run, "bruno"), key=lambda d: d.due_at)
+    # A delivery stored before the field existed (no consent_checked): goes out unchecked.
+    outbox, now = run.server.outbox, run.clock.now()
+    old = Delivery(new_delivery_id(), "d", "gil", "loan", "sms", "m", "hello", "none", now)
+    assert old.consent_checked is False
+    run.server.writer.submit_job(lambda txn: outbox.schedule(txn, [old])).result()
+    run.listen()
+    got_old = run.take()
+    assert got_old is not None and got_old.delivery_id == old.delivery_id  # no consent record
+    run.ack(got_old.delivery_id)
+    run.advance(first.due_at - run.clock.now() + 1)
+    got = run.take()
+    assert got is not None and got.delivery_id == first.delivery_id
+
+
 def stored_contacts(r: Running, user: str) -> list[tuple[float, str]]:
     r.server.decisions.flush()
     with r.server.store.read() as txn:
