@@ -237,6 +237,8 @@ class Journeys:
                 text=first.text, offer=first.offer, due_at=due, alternatives=alternatives,
                 cancel_on=list(trigger.cancel_on),
                 consent_checked=campaign.guardrails.consent,
+                quiet_hours=(list(campaign.guardrails.quiet_hours)
+                             if campaign.guardrails.quiet_hours is not None else None),
             )
             for due in frequency.send_times(max(first.send_at, self.clock.now()), window_end)
         ]

@@ -10,7 +10,9 @@ Coordination across channels and campaigns, checked when a delivery is about to 
 one user never gets two messages within ``cross_channel_gap`` seconds (the later one
 waits), and the same message is never sent on two channels (the duplicate is cancelled).
 A delivery whose campaign checked consent is checked again then, and cancelled if the
-customer revoked consent for its channel since the decision. A cancellation never races a
+customer revoked consent for its channel since the decision; one due inside its campaign's
+quiet hours in the user's zone (moved there by the gap or a redelivery) waits for their
+end. A cancellation never races a
 send into "both": a scheduled delivery is cancelled at once;
 a leased one is marked, and is cancelled instead of redelivered if its lease expires
 without a SENT acknowledgement (an acknowledged SENT stands: it was sent).
@@ -22,6 +24,8 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from hashlib import blake2b
 from typing import Any
 
@@ -29,6 +33,7 @@ import lmdb
 
 from nudge.server.decisions.guardrails import channel_consented
 from nudge.server.errors import FailedPrecondition, NotFound
+from nudge.server.inputs.events import time_zone
 from nudge.server.storage.ingest import EventWriter
 from nudge.server.storage.store import Store
 from nudge.server.storage.tables import contacts, deliveries, users
@@ -48,6 +53,24 @@ DUPLICATE_WINDOW = 7 * 86_400.0
 
 # Cluster mode: how long an acknowledgement may wait for the log and the owner's apply.
 LOGGED_ACK_TIMEOUT_SECONDS = 20.0
+
+
+def quiet_until(now: float, tz: str, quiet_hours: list[int]) -> float | None:
+    """The end of the quiet period ``now`` falls in, in the user's zone ``tz`` (quiet
+    hours as [start, end] minutes of the local day, wrapping midnight when start > end);
+    None when ``now`` is not quiet there. A delivery moved by the cross-channel gap (20:30
+    plus an hour) or redelivered late could fall inside them, and went out then until
+    2026-12-03: the decision's check of its send time does not cover where it lands."""
+    start, end = quiet_hours
+    zone = time_zone(tz)
+    local = datetime.fromtimestamp(now, zone)
+    minute = local.hour * 60 + local.minute + local.second / 60
+    quiet = start <= minute < end if start <= end else (minute >= start or minute < end)
+    if not quiet:
+        return None
+    day = local.date() if minute < end else local.date() + timedelta(days=1)
+    until = datetime.combine(day, dtime(end // 60, end % 60), tzinfo=zone).timestamp()
+    return max(until, now + 1.0)
 
 
 def new_delivery_id() -> str:
@@ -154,12 +177,23 @@ class Outbox:
                 self._put(txn, d, key)
                 self._never_sent(txn, d)
                 continue
-            if d.consent_checked and not self._consented(txn, d):
+            profile = (users.profile(txn, self.store.dbs, d.user_id)
+                       if d.consent_checked or d.quiet_hours else None)
+            if (d.consent_checked and profile is not None
+                    and not channel_consented(profile.consents, d.channel)):
+                # A journey's delivery goes out hours or days after its decision checked
+                # consent: a customer who revoked it meanwhile must not get the message.
                 d.status = CANCELLED
                 d.detail = f"cancelled: no consent for {d.channel} any more"
                 self._put(txn, d, key)
                 self._never_sent(txn, d)
                 continue
+            if d.quiet_hours and profile is not None:
+                quiet_end = quiet_until(now, profile.tz, d.quiet_hours)
+                if quiet_end is not None:  # due inside the user's quiet hours: at their end
+                    d.status, d.due_at = SCHEDULED, quiet_end
+                    self._put(txn, d, key)
+                    continue
             wait_until = self._coordination(txn, d, now)
             if wait_until is None:  # the same message already went out on another channel
                 d.status, d.detail = CANCELLED, "cancelled: already sent on another channel"
@@ -176,14 +210,6 @@ class Outbox:
             self._put(txn, d, key)
             leased.append(d)
         return leased
-
-    def _consented(self, txn: lmdb.Transaction, d: Delivery) -> bool:
-        """Whether the user's consent for ``d``'s channel still stands, by the guardrail's
-        own rule (``guardrails.channel_consented``). A journey's delivery goes out hours or
-        days after its decision checked consent; a customer who revoked it meanwhile must
-        not get the message (until 2026-12-03 it went out)."""
-        return channel_consented(users.profile(txn, self.store.dbs, d.user_id).consents,
-                                 d.channel)
 
     def _coordination(self, txn: lmdb.Transaction, d: Delivery, now: float) -> float | None:
         """When ``d`` may go out: now, later (cross-channel gap), or never (None)."""
@@ -342,7 +368,7 @@ class Outbox:
                 message=alt["message"], text=alt["text"], offer=alt["offer"], due_at=now,
                 alternatives=failed.alternatives[i + 1:], cancel_on=failed.cancel_on,
                 detail=f"fallback after {failed.channel} failed",
-                consent_checked=failed.consent_checked,
+                consent_checked=failed.consent_checked, quiet_hours=failed.quiet_hours,
             )
         return None
 

@@ -53,6 +53,11 @@ class Delivery:
     # is checked again when it is about to go out (a revocation in between cancels it).
     # False in deliveries stored before the field existed: they go out as they always did.
     consent_checked: bool = False
+    # The campaign's quiet hours ([start, end] minutes of the local day) when decided: a
+    # delivery that falls due inside them (moved by the cross-channel gap, a fallback, a
+    # redelivery) waits for their end in the user's time zone. None: none, or stored
+    # before the field existed.
+    quiet_hours: list[int] | None = None
     detail: str = ""
     sent_at: float | None = None
 

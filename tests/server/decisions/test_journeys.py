@@ -19,7 +19,7 @@ from nudge.server.clock import ManualClock
 from nudge.server.config import Config
 from nudge.server.decisions.campaign import shipped_campaigns_dir
 from nudge.server.decisions.guardrails import in_holdout
-from nudge.server.decisions.outbox import Delivery, new_delivery_id
+from nudge.server.decisions.outbox import Delivery, new_delivery_id, quiet_until
 from nudge.v1 import delivery_service_pb2 as dpb
 from nudge.v1 import delivery_service_pb2_grpc as dgrpc
 
@@ -286,6 +286,54 @@ def test_cross_channel_gap_holds_across_channels(run: Running) -> None:
     run.advance(3_601)
     second = run.take()
     assert second is not None and second.channel != first.channel
+
+
+def test_a_delivery_the_gap_moves_into_quiet_hours_waits_for_their_end(tmp_path: Path) -> None:
+    # 20:30 in São Paulo: the first goes out, the gap moves the second to 21:30, inside the
+    # 21:00-08:00 quiet hours; it went out then until 2026-12-03.
+    start = datetime(2026, 11, 24, 20, 30, tzinfo=ZoneInfo(SAO_PAULO)).timestamp()
+    run = Running(tmp_path, ManualClock(start))
+    try:
+        run.client.track([make_event("hana", "profile", time=start - 5,
+                                     strings={"tz": SAO_PAULO})])
+        outbox = run.server.outbox
+        pair = [Delivery(new_delivery_id(), "d", "hana", campaign, channel, "m", "hi", "none",
+                         start, quiet_hours=[21 * 60, 8 * 60])
+                for campaign, channel in (("a", "push"), ("b", "email"))]
+        run.server.writer.submit_job(lambda txn: outbox.schedule(txn, pair)).result()
+        run.listen()
+        first = run.take()
+        assert first is not None
+        run.ack(first.delivery_id)
+        run.advance(3_601)  # 21:30: the gap is over, the quiet hours are not
+        assert run.take(0.5) is None
+        (other,) = [d for d in scheduled(run, "hana") if d.delivery_id != first.delivery_id]
+        assert other.status == "scheduled"
+        assert datetime.fromtimestamp(other.due_at, ZoneInfo(SAO_PAULO)).strftime(
+            "%d %H:%M") == "25 08:00"
+        run.advance(other.due_at - run.clock.now() + 1)
+        second = run.take()
+        assert second is not None and second.delivery_id == other.delivery_id
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize(("local", "zone", "want"), [
+    ("2026-11-24 22:00", SAO_PAULO, "2026-11-25 08:00"),
+    ("2026-11-25 07:59", SAO_PAULO, "2026-11-25 08:00"),
+    ("2026-11-25 08:00", SAO_PAULO, None),
+    ("2026-11-24 20:59", SAO_PAULO, None),
+    ("2026-03-29 01:30", "Europe/Paris", "2026-03-29 08:00"),  # the night clocks go forward
+    ("2026-10-25 02:30", "Europe/Paris", "2026-10-25 08:00"),  # ... and back
+    ("2026-11-24 23:00", "Asia/Kathmandu", "2026-11-25 08:00"),
+])
+def test_quiet_until_in_the_user_s_zone(local: str, zone: str, want: str | None) -> None:
+    at = datetime.strptime(local, "%Y-%m-%d %H:%M").replace(tzinfo=ZoneInfo(zone))
+    got = quiet_until(at.timestamp(), zone, [21 * 60, 8 * 60])
+    assert (None if got is None else datetime.fromtimestamp(got, ZoneInfo(zone)).strftime(
+        "%Y-%m-%d %H:%M")) == want
+    # A daytime window that does not wrap midnight.
+    assert quiet_until(at.timestamp(), zone, [0, 1]) is None or at.hour == 0
 
 
 def test_pending_deliveries_survive_a_restart_once(tmp_path: Path) -> None:
