@@ -280,7 +280,9 @@ class Allowed:
 def guardrails(user: User, now: float) -> Allowed:
     if in_holdout(CAMPAIGN, user.user_id, 0.05):
         return Allowed("holdout", set(), set())
-    channels = {c for c in CHANNELS if c == "in_app" or user.consent[c]}
+    # In-app needs no consent on record (every user starts with it), but an opt-out there
+    # (consent.in_app revoked) closes it, as the server's guardrail does.
+    channels = {c for c in CHANNELS if user.consent[c]}
     if not channels:
         return Allowed("no_consent", set(), set())
     slots = {s for s in SLOT_NAMES if s != "now" or not is_quiet(local_hour(now))}
