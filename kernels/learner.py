@@ -1,12 +1,15 @@
-"""Posterior updates for the decision policy: one Bayesian linear regression per component.
+"""Posterior updates for the decision policy: one Bayesian regression per component.
 
-Every component ``c`` (a dimension value, a pairwise cell, or the "send nothing" arm) keeps an
-independent Bayesian linear regression of the *raw* reward on the context ``x`` (``d``
-features, ``x[0] == 1`` is the bias). Training each component on the reward minus the other
-components' predictions overshot and diverged (DESIGN.md), so every component of the chosen
-combination is updated with the same ``(x, reward)``.
+Every component ``c`` (a dimension value, a pairwise cell, or the "send nothing" arm) keeps a
+Gaussian posterior over its weights on the context ``x`` (``d`` features, ``x[0] == 1`` is
+the bias), independent of the other components'. With the logistic link (the default) a
+combination's components share each outcome's credit through one joint step (below,
+"Credit"). With the identity link each component regresses the *raw* reward on its own:
+training each on the reward minus the other components' predictions overshot and diverged
+(DESIGN.md), so every component of the chosen combination is updated with the same
+``(x, reward)``.
 
-Exact update, per observation of component ``c`` (λ = ``forgetting``, α = prior precision)::
+The identity link's exact update, per observation of component ``c`` (λ = ``forgetting``, α = prior precision)::
 
     A_c ← λ·A_c + (1 − λ)·α·I + x xᵀ        (precision, up to the noise variance)
     b_c ← λ·b_c + r·x
@@ -38,6 +41,38 @@ components can have its prior learned from its own posteriors after every batch
 prior adds the difference to ``A_c`` and keeps ``b_c``, exactly the posterior that prior
 would have given on the same data.
 
+Credit (the logistic link, ``LearnerParams.credit``). One outcome of a combination whose
+components ``c`` have block posteriors ``N(μ_c, Σ_c)`` informs only their weighted sum, the
+logit ``η = Σ_c w_c·θ_cᵀx``. With ``q_c = xᵀΣ_c x``, ``v_c = w_c²·q_c``, ``v = Σ_c v_c`` and
+curvature ``h = p(1 − p)``, the exact joint Kalman (Laplace) step from the block-diagonal
+prior moves every mean by ``w_c·Σ_c x·(r − p) / (1 + h·v)`` — the summed logit by
+``v·(r − p) / (1 + h·v)``, one Newton step on the sum, the residual split by the blocks'
+variances — and shrinks the joint covariance by ``h·Σz zᵀΣ / (1 + h·v)``: the variance of
+``u_c = w_c·θ_cᵀx`` by ``h·v_c² / (1 + h·v)`` and the covariance of ``u_c`` and ``u_c'``
+by ``h·v_c·v_c' / (1 + h·v)``. Keeping the posterior block-diagonal (a joint covariance
+over C·d weights is C² times the state and the work) drops the cross terms, and the
+choice is what each block keeps of them. Whatever it keeps, it is a shrink of the block's
+variance along its own ``Σ_c x`` by the share ``ρ_c = h·m_c / (1 + h·v)`` of ``v_c``:
+``Σ_c ← Σ_c − (ρ_c / q_c)·Σ_c x xᵀΣ_c``, which is ``A_c ← A_c + ρ_c / (q_c·(1 − ρ_c))·x xᵀ``
+on the precision (Sherman–Morrison). The means' step is the exact one in every case.
+
+- ``"marginal"`` (shipped): ``m_c = v_c``, each block's exact marginal, no cross term
+  kept. Then the summed logit's variance shrinks by only ``h·Σ_c v_c² / (1 + h·v)`` instead
+  of ``h·v² / (1 + h·v)``: a combination seen n times with k equal blocks keeps about k
+  times the variance the joint posterior gives its logit, so its later steps are about k
+  times too large (a Robbins–Monro gain of k / n: the estimate's variance is about
+  k² / (2k − 1) times the efficient one, 2.8× at k = 5).
+- ``"sum"``: ``m_c = v``, every block shrinks by the factor ``1 / (1 + h·v)`` by which the
+  joint posterior shrinks the observed combination's logit, so that logit's variance after
+  the step is exactly the joint posterior's (each cross term credited to both its blocks,
+  half each). Blocks whose variance is small shrink by the same share as the uncertain
+  ones, which the joint posterior does not do.
+- ``"harmonic"``: each cross term split between its two blocks in proportion to their
+  variances, ``m_c = v_c + Σ_{c'≠c} 2·v_c·v_c' / (v_c + v_c')`` (capped at ``v``, which
+  keeps ``ρ_c < 1``): equal blocks get ``"sum"``'s share, and a block already known (small
+  ``v_c``) next to an uncertain one keeps close to its marginal — the uncertain block
+  is the one the outcome informs.
+
 Snapshots: deciders read a :class:`PolicySnapshot` whose arrays are read-only. The learner
 never writes into the arrays being read: :func:`update_posteriors` copies the state, updates
 the copies and returns a *new* snapshot (``version + 1``); the server publishes it by swapping
@@ -57,7 +92,18 @@ from nudge.kernels.snapshot import PolicySnapshot
 
 # Layout of the learner parameter array handed to the kernel.
 L_FORGETTING = 0
-N_LEARNER_PARAMS = 1  # the prior precisions are the snapshot's ``prior[C, d]``
+L_CREDIT = 1  # CREDIT_CODES[params.credit]; the identity link ignores it
+N_LEARNER_PARAMS = 2  # the prior precisions are the snapshot's ``prior[C, d]``
+
+# How one outcome's information is shared among the combination's components' posteriors
+# (logistic link; module docstring, "Credit").
+CREDIT_MARGINAL = 0
+CREDIT_SUM = 1
+CREDIT_HARMONIC = 2
+CREDIT_SPLIT = 3
+CREDITS = {"marginal": CREDIT_MARGINAL, "sum": CREDIT_SUM, "harmonic": CREDIT_HARMONIC,
+           "split": CREDIT_SPLIT}
+DEFAULT_CREDIT = "marginal"
 
 LINK_IDENTITY = "identity"
 LINK_LOGISTIC = "logistic"
@@ -207,6 +253,29 @@ def _update_kernel(precision, b, mean_t, factor_t, n_eff, combo_components, chos
     return n_touched
 
 
+
+@njit(jit.f8(jit.i8, jit.i8, jit.f8, jit.f8, jit.f8_1d, jit.i8, jit.f8), **jit.NOGIL)
+def _credit_rho(credit, j, s_o, v, vs, n_row, h):
+    """``ρ``, the share by which block ``j``'s variance along its own ``Σ_c x`` shrinks
+    (``-1``: the shared intercept, variance ``s_o``) for one outcome of curvature ``h``
+    whose combination's logit has predictive variance ``v``, its blocks' variances
+    ``vs[:n_row]`` (module docstring, "Credit")."""
+    vc = s_o if j < 0 else vs[j]
+    if credit == CREDIT_MARGINAL:
+        return h * vc / (1.0 + h * v)
+    if credit == CREDIT_SUM:
+        return h * v / (1.0 + h * v)
+    if credit == CREDIT_SPLIT:  # information h·v_c / v on u_c
+        info = h * vc / v if v > 0.0 else 0.0
+        return info * vc / (1.0 + info * vc)
+    m = vc  # CREDIT_HARMONIC: its own term, plus each cross term split by the variances
+    if j >= 0 and s_o > 0.0:
+        m += 2.0 * vc * s_o / (vc + s_o)
+    for i in range(n_row):
+        if i != j and vc + vs[i] > 0.0:
+            m += 2.0 * vc * vs[i] / (vc + vs[i])
+    return h * min(m, v) / (1.0 + h * v)
+
 @njit(
     jit.i8(
         jit.f8_3d, jit.f8_2d, jit.f8_2d, jit.f8_2d, jit.f8_1d,
@@ -239,12 +308,14 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
     Returns the number of components touched, or ``-1 - c`` if component c lost positive
     definiteness."""
     lam = params[L_FORGETTING]
+    credit = int(params[L_CREDIT])
     n_comp, d = b.shape
     k = combo_components.shape[1]
     touched = np.zeros(n_comp, dtype=np.uint8)
     sigma = np.zeros((n_comp, d, d))
     sx = np.zeros((k, d))
     qs = np.zeros(k)
+    vs = np.zeros(k)
     seen = np.zeros(n_comp, dtype=np.int64)
     for t in range(xs.shape[0]):
         x = xs[t]
@@ -288,6 +359,7 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
                 q += sx[j, i] * x[i]
                 mu_x += mean_t[i, c] * x[i]
             qs[j] = q
+            vs[j] = weight[c] * weight[c] * q
             eta += weight[c] * mu_x
             v += weight[c] * weight[c] * q
         if eta > 30.0:
@@ -302,12 +374,18 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
         denom = 1.0 + h * v
         s_o = offset[1]
         offset[0] += s_o * g / denom
-        offset[1] = s_o - h * s_o * s_o / denom
+        offset[1] = s_o - s_o * _credit_rho(credit, -1, s_o, v, vs, n_row, h)
         for j in range(n_row):
             c = row[j]
             wc = weight[c]
             step = wc * g / denom
-            down = h * wc * wc / denom
+            if credit == CREDIT_MARGINAL:  # (ρ = h·w_c²·q_c / (1 + h·v), written out)
+                down = h * wc * wc / denom
+                hc = h * wc * wc / (1.0 + h * (v - wc * wc * qs[j]))
+            else:  # ρ: the share by which the block's variance along its own Σ_c x shrinks
+                rho = _credit_rho(credit, j, s_o, v, vs, n_row, h)
+                down = rho / qs[j]
+                hc = rho / (qs[j] * (1.0 - rho))
             sg = sigma[c]
             sxj = sx[j]
             for i in range(d):
@@ -316,7 +394,6 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
                 srow = sg[i]
                 for m in range(d):
                     srow[m] -= si * sxj[m]
-            hc = h * wc * wc / (1.0 + h * (v - wc * wc * qs[j]))
             a = precision[c]
             for i in range(d):  # the lower triangle (what the factorisation reads)
                 hx = hc * x[i]
@@ -431,6 +508,9 @@ class LearnerParams:
     # from the group's posteriors after every batch (:func:`learn_group_prior`; logistic
     # link only). Empty: the prior stays where it started.
     prior_groups: tuple[tuple[int, int], ...] = ()
+    # How one outcome's information is shared among the chosen combination's components
+    # (logistic link; module docstring, "Credit"): "marginal", "sum" or "harmonic".
+    credit: str = DEFAULT_CREDIT
 
     def __post_init__(self) -> None:
         if not (0.0 < self.forgetting <= 1.0):
@@ -443,6 +523,8 @@ class LearnerParams:
         low, high = self.reward_range
         if not (np.isfinite(low) and np.isfinite(high) and low < high):
             raise ValueError(f"reward_range: needs finite low < high, got {self.reward_range}")
+        if self.credit not in CREDITS:
+            raise ValueError(f"credit: must be one of {list(CREDITS)}, got {self.credit!r}")
         if self.prior_groups and self.link != LINK_LOGISTIC:
             raise ValueError("prior_groups: a learned prior needs the logistic link (the "
                              "identity link's covariance is scaled by the noise variance)")
@@ -523,7 +605,7 @@ def update_posteriors(
         raise ValueError("contexts, rewards: must be finite (no NaN or inf)")
     state = [a.copy() for a in (snapshot.precision, snapshot.b, snapshot.mean_t,
                                 snapshot.factor_t, snapshot.n_eff)]
-    kparams = np.array([params.forgetting])
+    kparams = np.array([params.forgetting, float(CREDITS[params.credit])])
     prior = snapshot.prior
     assert prior is not None  # filled in by PolicySnapshot
     if params.link == LINK_LOGISTIC:

@@ -23,6 +23,8 @@ import numpy as np
 
 from nudge.kernels.action_space import ActionSpace, build_action_space
 from nudge.kernels.learner import (
+    CREDITS,
+    DEFAULT_CREDIT,
     DEFAULT_FORGETTING,
     DEFAULT_INTERCEPT_VARIANCE,
     DEFAULT_LEARNED_PRIOR,
@@ -177,6 +179,11 @@ class Exploration:
     # (each pair's cells share one prior per feature, set by empirical Bayes after every
     # batch) or "none" (every component keeps slope_precision).
     learned_prior: str = DEFAULT_LEARNED_PRIOR
+    # How one outcome's information is shared among the combination's components'
+    # posteriors (logistic link; kernels/learner.py, "Credit"): "marginal" (each keeps its
+    # exact marginal), "sum" (the summed logit's variance as the joint posterior's) or
+    # "harmonic" (the joint's cross terms split by the components' variances).
+    credit: str = DEFAULT_CREDIT
     # Per-update forgetting factor (< 1 tracks drift; 1 never forgets).
     forgetting: float = DEFAULT_FORGETTING
     # SquareCB learning rate, scaled by the number of allowed actions.
@@ -519,6 +526,8 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
             e.get("intercept_variance", defaults.intercept_variance),
             "exploration.intercept_variance", source, 0.0, 1e3,
         ),
+        credit=_choice(e.get("credit", defaults.credit), tuple(CREDITS),
+                       "exploration.credit", source),
         forgetting=_number(
             e.get("forgetting", defaults.forgetting), "exploration.forgetting", source, 0.9, 1.0
         ),

@@ -59,7 +59,8 @@ class CampaignModel:
         worst = -max(goal.opt_out_cost, goal.contact_cost * most_messages, 0.0)
         best = goal.value if goal.value > worst else worst + 1.0
         return lrn.LearnerParams(forgetting=e.forgetting, link=e.link,
-                                 reward_range=(worst, best), prior_groups=self._prior_groups)
+                                 reward_range=(worst, best), prior_groups=self._prior_groups,
+                                 credit=e.credit)
 
     @property
     def _prior_groups(self) -> tuple[tuple[int, int], ...]:

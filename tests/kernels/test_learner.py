@@ -166,7 +166,18 @@ def test_warm_up_runs() -> None:
 WEIGHT = np.array([0.5, 0.5, 0.5, 1 / 3, 1 / 3, 1.0])  # 1/k per combination, 1 for "nothing"
 
 
-def _logistic_reference(combos, chosen, xs, y, lam, alpha, slope, n_comp, start=None):
+def _credit_m(credit, v_c, others, v):
+    """``m_c`` of the module docstring's "Credit", written out: ``others`` are the other
+    blocks' variances of the same outcome (the shared intercept's included)."""
+    if credit == "marginal":
+        return v_c
+    if credit == "sum":
+        return v
+    return min(v, v_c + sum(2 * v_c * o / (v_c + o) for o in others if v_c + o > 0))
+
+
+def _logistic_reference(combos, chosen, xs, y, lam, alpha, slope, n_comp, start=None,
+                        credit="marginal"):
     """The shared-credit Kalman steps written out with dense numpy, one outcome at a time."""
     prior = np.full(D, slope)
     prior[0] = alpha
@@ -187,13 +198,17 @@ def _logistic_reference(combos, chosen, xs, y, lam, alpha, slope, n_comp, start=
         v = s2 + sum(WEIGHT[c] ** 2 * q[c] for c in comps)
         p = 1 / (1 + np.exp(-eta))
         h = max(p * (1 - p), 1e-6)
+        blocks = {c: WEIGHT[c] ** 2 * q[c] for c in comps}
+        s2_before = s2
         o += s2 * (r - p) / (1 + h * v)
-        s2 -= h * s2 * s2 / (1 + h * v)
+        s2 -= h * s2 * _credit_m(credit, s2, list(blocks.values()), v) / (1 + h * v)
         for c in comps:
-            w2 = WEIGHT[c] ** 2
+            others = [s2_before] if s2_before > 0 else []
+            others += [blocks[e] for e in comps if e != c]
+            rho = h * _credit_m(credit, blocks[c], others, v) / (1 + h * v)
             mu[c] += WEIGHT[c] * (r - p) / (1 + h * v) * sx[c]
-            sigma[c] -= h * w2 / (1 + h * v) * np.outer(sx[c], sx[c])
-            a[c] += h * w2 / (1 + h * (v - w2 * q[c])) * np.outer(x, x)
+            sigma[c] -= rho / q[c] * np.outer(sx[c], sx[c])
+            a[c] += rho / (q[c] * (1 - rho)) * np.outer(x, x)
             seen[c] += 1
     for c in range(n_comp):
         if seen[c]:
@@ -228,6 +243,86 @@ def test_logistic_update_matches_reference(lam: float) -> None:
         f = newer.cov_factor(c)
         assert np.allclose(f @ f.T, np.linalg.inv(a2[c]), rtol=1e-9, atol=1e-12)
         assert np.allclose(newer.b[c], a2[c] @ mu2[c], rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("credit", ["sum", "harmonic"])
+def test_logistic_credit_matches_reference(credit: str) -> None:
+    rng = np.random.default_rng(21)
+    snap = initial_snapshot(6, D, prior_precision=0.7, slope_precision=4.0,
+                            intercept_variance=OFFSET_PRIOR_VARIANCE)
+    params = LearnerParams(0.98, link=learner.LINK_LOGISTIC, credit=credit)
+    for start in (None, "published"):
+        chosen, xs, _ = _batch(rng, 60)
+        y = (rng.random(60) < 0.3).astype(float)
+        new = update_posteriors(snap, _combos(), chosen, xs, y, params, weight=WEIGHT)
+        a, mu, o, s2 = _logistic_reference(_combos(), chosen, xs, y, 0.98, 0.7, 4.0, 6,
+                                           start=None if start is None else snap,
+                                           credit=credit)
+        assert np.allclose(new.precision, a, rtol=1e-9, atol=1e-11)
+        assert np.allclose(new.mu, mu, rtol=1e-8, atol=1e-11)
+        assert (new.offset, new.offset_var) == pytest.approx((o, s2), rel=1e-9)
+        snap = new
+    with pytest.raises(ValueError, match="credit"):
+        LearnerParams(credit="joint")
+
+
+def _joint_step(snap, comps, x, r):
+    """One outcome's exact Kalman step on the concatenated design ``z = (w_c·x)_c`` from the
+    block-diagonal prior (dense, with the cross-block covariance): means, covariance, z."""
+    d = x.shape[0]
+    sigma = np.zeros((len(comps) * d, len(comps) * d))
+    for i, c in enumerate(comps):
+        f = snap.cov_factor(c)
+        sigma[i * d:(i + 1) * d, i * d:(i + 1) * d] = f @ f.T
+    z = np.concatenate([WEIGHT[c] * x for c in comps])
+    mu = np.concatenate([snap.mu[c] for c in comps])
+    p = 1 / (1 + np.exp(-(z @ mu)))
+    h, sz = p * (1 - p), sigma @ z
+    denom = 1 + h * (z @ sz)
+    return mu + sz * (r - p) / denom, sigma - h * np.outer(sz, sz) / denom, z
+
+
+@pytest.mark.parametrize("credit", ["marginal", "sum", "harmonic"])
+def test_one_outcome_against_the_joint_posterior(credit: str) -> None:
+    """Every credit takes the joint step's means; "marginal" keeps the joint posterior's
+    blocks, "sum" the joint posterior's variance of the observed combination's logit, and
+    "harmonic" lies between the two (equal to "sum" when the blocks' variances are equal)."""
+    rng = np.random.default_rng(22)
+    snap = initial_snapshot(6, D, prior_precision=1.0, slope_precision=2.0)
+    chosen, xs, _ = _batch(rng, 40)  # a first batch, so the blocks' variances differ
+    snap = update_posteriors(snap, _combos(), chosen, xs, (rng.random(40) < 0.3) * 1.0,
+                             LearnerParams(1.0, link=learner.LINK_LOGISTIC), weight=WEIGHT)
+    comps, x = [0, 3, 4], np.concatenate([[1.0], rng.normal(size=D - 1)])
+    mu_j, sigma_j, z = _joint_step(snap, comps, x, 1.0)
+    one = update_posteriors(snap, _combos(), np.array([1]), x[None], np.array([1.0]),
+                            LearnerParams(1.0, link=learner.LINK_LOGISTIC, credit=credit),
+                            weight=WEIGHT)
+    blocks = [np.linalg.inv(one.precision[c]) for c in comps]
+    assert np.allclose(np.concatenate([one.mu[c] for c in comps]), mu_j, rtol=1e-9)
+    summed = sum(WEIGHT[c] ** 2 * x @ b @ x for c, b in zip(comps, blocks, strict=True))
+    joint = z @ sigma_j @ z
+    marginal = sum(z[i * D:(i + 1) * D] @ sigma_j[i * D:(i + 1) * D, i * D:(i + 1) * D]
+                   @ z[i * D:(i + 1) * D] for i in range(len(comps)))
+    if credit == "marginal":
+        for i, b in enumerate(blocks):
+            assert np.allclose(b, sigma_j[i * D:(i + 1) * D, i * D:(i + 1) * D], rtol=1e-9)
+    elif credit == "sum":
+        assert summed == pytest.approx(joint, rel=1e-9)
+    else:
+        assert joint * (1 - 1e-9) <= summed <= marginal * (1 + 1e-9)
+    assert joint < marginal  # the cross terms the block-diagonal posterior drops
+
+
+def test_harmonic_credit_is_sum_for_equal_blocks() -> None:
+    snap = initial_snapshot(6, D)  # every block at the same prior: equal variances
+    x = np.concatenate([[1.0], np.random.default_rng(23).normal(size=D - 1)])
+    got = {credit: update_posteriors(snap, np.array([[0, 1, 2]], dtype=np.int32),
+                                     np.array([0]), x[None], np.array([1.0]),
+                                     LearnerParams(1.0, link=learner.LINK_LOGISTIC,
+                                                   credit=credit),
+                                     weight=np.full(6, 1 / 3))
+           for credit in ("sum", "harmonic")}
+    assert np.allclose(got["sum"].precision, got["harmonic"].precision, rtol=1e-12)
 
 
 def test_logistic_link_learns_an_additive_logit() -> None:

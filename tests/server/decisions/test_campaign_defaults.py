@@ -50,6 +50,7 @@ def test_parse_defaults_are_the_kernels_defaults() -> None:
     assert e.link == learner.DEFAULT_LINK
     assert e.intercept_variance == learner.DEFAULT_INTERCEPT_VARIANCE
     assert e.learned_prior == learner.DEFAULT_LEARNED_PRIOR
+    assert e.credit == learner.DEFAULT_CREDIT == learner.LearnerParams().credit
     assert e.optimism == policy.DEFAULT_OPTIMISM
     assert policy.PolicyParams() == p
 
@@ -72,3 +73,13 @@ def test_a_learned_cell_prior_covers_each_pairs_cells_with_the_logistic_link() -
     assert model.learner_params.prior_groups == tuple(groups)
     identity = CampaignModel.initial(parse_campaign(base + 'link = "identity"\n', "identity"))
     assert identity.learner_params.prior_groups == ()  # the identity link ignores it
+
+
+def test_credit_reaches_the_learner() -> None:
+    from nudge.server.decisions.models import CampaignModel
+
+    base = _without_exploration(SHIPPED) + '\n[exploration]\ncredit = "harmonic"\n'
+    model = CampaignModel.initial(parse_campaign(base, "harmonic"))
+    assert model.learner_params.credit == "harmonic"
+    default = CampaignModel.initial(parse_campaign(_without_exploration(SHIPPED), "default"))
+    assert default.learner_params.credit == learner.DEFAULT_CREDIT
