@@ -9,7 +9,8 @@ training each on the reward minus the other components' predictions overshot and
 (DESIGN.md), so every component of the chosen combination is updated with the same
 ``(x, reward)``.
 
-The identity link's exact update, per observation of component ``c`` (λ = ``forgetting``, α = prior precision)::
+The identity link's exact update, per observation of component ``c`` (λ = ``forgetting``,
+α = prior precision)::
 
     A_c ← λ·A_c + (1 − λ)·α·I + x xᵀ        (precision, up to the noise variance)
     b_c ← λ·b_c + r·x
@@ -72,6 +73,11 @@ on the precision (Sherman–Morrison). The means' step is the exact one in every
   keeps ``ρ_c < 1``): equal blocks get ``"sum"``'s share, and a block already known (small
   ``v_c``) next to an uncertain one keeps close to its marginal — the uncertain block
   is the one the outcome informs.
+- ``"split"``: the outcome's information ``h`` on the sum split among the blocks by their
+  variances, ``h·v_c / v`` on ``u_c``, so ``ρ_c = i_c·v_c / (1 + i_c·v_c)`` with
+  ``i_c = h·v_c / v``: the information counted over the blocks is the outcome's, once
+  (``"marginal"`` counts up to k times ``h``), and each block shrinks less than its
+  marginal.
 
 Snapshots: deciders read a :class:`PolicySnapshot` whose arrays are read-only. The learner
 never writes into the arrays being read: :func:`update_posteriors` copies the state, updates

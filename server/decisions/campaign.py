@@ -182,7 +182,8 @@ class Exploration:
     # How one outcome's information is shared among the combination's components'
     # posteriors (logistic link; kernels/learner.py, "Credit"): "marginal" (each keeps its
     # exact marginal), "sum" (the summed logit's variance as the joint posterior's) or
-    # "harmonic" (the joint's cross terms split by the components' variances).
+    # "harmonic" (the joint's cross terms split by the components' variances) or "split"
+    # (the outcome's information split by the components' variances).
     credit: str = DEFAULT_CREDIT
     # Per-update forgetting factor (< 1 tracks drift; 1 never forgets).
     forgetting: float = DEFAULT_FORGETTING

@@ -166,14 +166,19 @@ def test_warm_up_runs() -> None:
 WEIGHT = np.array([0.5, 0.5, 0.5, 1 / 3, 1 / 3, 1.0])  # 1/k per combination, 1 for "nothing"
 
 
-def _credit_m(credit, v_c, others, v):
-    """``m_c`` of the module docstring's "Credit", written out: ``others`` are the other
+def _credit_rho(credit, h, v_c, others, v):
+    """``ρ_c`` of the module docstring's "Credit", written out: ``others`` are the other
     blocks' variances of the same outcome (the shared intercept's included)."""
+    if credit == "split":
+        info = h * v_c / v
+        return info * v_c / (1 + info * v_c)
     if credit == "marginal":
-        return v_c
-    if credit == "sum":
-        return v
-    return min(v, v_c + sum(2 * v_c * o / (v_c + o) for o in others if v_c + o > 0))
+        m = v_c
+    elif credit == "sum":
+        m = v
+    else:
+        m = min(v, v_c + sum(2 * v_c * o / (v_c + o) for o in others if v_c + o > 0))
+    return h * m / (1 + h * v)
 
 
 def _logistic_reference(combos, chosen, xs, y, lam, alpha, slope, n_comp, start=None,
@@ -201,11 +206,11 @@ def _logistic_reference(combos, chosen, xs, y, lam, alpha, slope, n_comp, start=
         blocks = {c: WEIGHT[c] ** 2 * q[c] for c in comps}
         s2_before = s2
         o += s2 * (r - p) / (1 + h * v)
-        s2 -= h * s2 * _credit_m(credit, s2, list(blocks.values()), v) / (1 + h * v)
+        s2 -= s2 * _credit_rho(credit, h, s2, list(blocks.values()), v)
         for c in comps:
             others = [s2_before] if s2_before > 0 else []
             others += [blocks[e] for e in comps if e != c]
-            rho = h * _credit_m(credit, blocks[c], others, v) / (1 + h * v)
+            rho = _credit_rho(credit, h, blocks[c], others, v)
             mu[c] += WEIGHT[c] * (r - p) / (1 + h * v) * sx[c]
             sigma[c] -= rho / q[c] * np.outer(sx[c], sx[c])
             a[c] += rho / (q[c] * (1 - rho)) * np.outer(x, x)
@@ -245,7 +250,7 @@ def test_logistic_update_matches_reference(lam: float) -> None:
         assert np.allclose(newer.b[c], a2[c] @ mu2[c], rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("credit", ["sum", "harmonic"])
+@pytest.mark.parametrize("credit", ["sum", "harmonic", "split"])
 def test_logistic_credit_matches_reference(credit: str) -> None:
     rng = np.random.default_rng(21)
     snap = initial_snapshot(6, D, prior_precision=0.7, slope_precision=4.0,
@@ -282,11 +287,12 @@ def _joint_step(snap, comps, x, r):
     return mu + sz * (r - p) / denom, sigma - h * np.outer(sz, sz) / denom, z
 
 
-@pytest.mark.parametrize("credit", ["marginal", "sum", "harmonic"])
+@pytest.mark.parametrize("credit", ["marginal", "sum", "harmonic", "split"])
 def test_one_outcome_against_the_joint_posterior(credit: str) -> None:
     """Every credit takes the joint step's means; "marginal" keeps the joint posterior's
-    blocks, "sum" the joint posterior's variance of the observed combination's logit, and
-    "harmonic" lies between the two (equal to "sum" when the blocks' variances are equal)."""
+    blocks, "sum" the joint posterior's variance of the observed combination's logit,
+    "harmonic" lies between the two (equal to "sum" when the blocks' variances are equal),
+    and "split" keeps more variance than the marginals."""
     rng = np.random.default_rng(22)
     snap = initial_snapshot(6, D, prior_precision=1.0, slope_precision=2.0)
     chosen, xs, _ = _batch(rng, 40)  # a first batch, so the blocks' variances differ
@@ -308,8 +314,11 @@ def test_one_outcome_against_the_joint_posterior(credit: str) -> None:
             assert np.allclose(b, sigma_j[i * D:(i + 1) * D, i * D:(i + 1) * D], rtol=1e-9)
     elif credit == "sum":
         assert summed == pytest.approx(joint, rel=1e-9)
-    else:
+    elif credit == "harmonic":
         assert joint * (1 - 1e-9) <= summed <= marginal * (1 + 1e-9)
+    else:
+        before = sum(WEIGHT[c] ** 2 * x @ np.linalg.inv(snap.precision[c]) @ x for c in comps)
+        assert marginal < summed < before
     assert joint < marginal  # the cross terms the block-diagonal posterior drops
 
 
