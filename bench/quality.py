@@ -170,8 +170,7 @@ def run(config: QualityConfig, progress: Callable[[str], None] = lambda _: None)
             n_decisions=config.policy_decisions, seed=config.seed,
             policy=_campaign_default(mode, len(policy_sim.DIMS)),
             learner=LearnerParams(forgetting=e.forgetting, link=e.link,
-                                  prior_groups=_prior_groups(e), credit=e.credit,
-                                  step=e.step),
+                                  prior_groups=_prior_groups(e), credit=e.credit),
             prior_precision=e.prior_precision, slope_precision=e.slope_precision,
             intercept_variance=e.intercept_variance))
         policies[mode] = {"policy_last_fifth": sim.policy_last, "oracle_last_fifth":

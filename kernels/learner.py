@@ -79,18 +79,6 @@ on the precision (Sherman–Morrison). The means' step is the exact one in every
   (``"marginal"`` counts up to k times ``h``), and each block shrinks less than its
   marginal.
 
-Step (the logistic link, ``LearnerParams.step``). ``"kalman"`` (shipped) linearises the
-link at the prediction: the mean step and the shrink above with ``g = r − p`` and
-``h = p(1 − p)``, so an outcome's weight is fixed by where the prediction sits, however
-uncertain it is (while the biases are at 0, every outcome is taken at a 50% rate).
-``"moments"`` takes the Gaussian with the moments of the one-outcome posterior instead
-(assumed-density filtering, as in Bing's AdPredictor), with the probit curve
-``Φ(η / s)``, ``s² = 8/π``, in place of the logistic: for ``η ~ N(m, v)`` and
-``Z = E[P(r | η)]``, ``α = ∂ log Z / ∂m`` and ``β = −∂² log Z / ∂m²`` (closed forms in
-:func:`_probit_moments`), and the logit moves by ``v·α`` with variance ``v − v²·β``. It is
-the Kalman step of ``h = β / (1 − β·v)`` and ``g = α / (1 − β·v)`` (``β·v < 1`` always), so
-the credit between components is shared as above.
-
 Snapshots: deciders read a :class:`PolicySnapshot` whose arrays are read-only. The learner
 never writes into the arrays being read: :func:`update_posteriors` copies the state, updates
 the copies and returns a *new* snapshot (``version + 1``); the server publishes it by swapping
@@ -99,7 +87,6 @@ one reference (atomic in CPython), so every decision sees one consistent model.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,9 +98,8 @@ from nudge.kernels.snapshot import PolicySnapshot
 
 # Layout of the learner parameter array handed to the kernel.
 L_FORGETTING = 0
-L_CREDIT = 1  # CREDITS[params.credit]; the identity link ignores it
-L_STEP = 2  # STEPS[params.step]; the identity link ignores it
-N_LEARNER_PARAMS = 3  # the prior precisions are the snapshot's ``prior[C, d]``
+L_CREDIT = 1  # CREDIT_CODES[params.credit]; the identity link ignores it
+N_LEARNER_PARAMS = 2  # the prior precisions are the snapshot's ``prior[C, d]``
 
 # How one outcome's information is shared among the combination's components' posteriors
 # (logistic link; module docstring, "Credit").
@@ -124,14 +110,6 @@ CREDIT_SPLIT = 3
 CREDITS = {"marginal": CREDIT_MARGINAL, "sum": CREDIT_SUM, "harmonic": CREDIT_HARMONIC,
            "split": CREDIT_SPLIT}
 DEFAULT_CREDIT = "marginal"
-# How one outcome moves the logistic link's posterior: the extended-Kalman step linearised
-# at the prediction, or the moment-matched one (module docstring, "Step").
-STEP_KALMAN = 0
-STEP_MOMENTS = 1
-STEPS = {"kalman": STEP_KALMAN, "moments": STEP_MOMENTS}
-DEFAULT_STEP = "kalman"
-# σ(η) ≈ Φ(η / PROBIT_SCALE): the probit curve with the logistic's slope at 0.
-PROBIT_SCALE2 = 8.0 / np.pi
 
 LINK_IDENTITY = "identity"
 LINK_LOGISTIC = "logistic"
@@ -282,36 +260,6 @@ def _update_kernel(precision, b, mean_t, factor_t, n_eff, combo_components, chos
 
 
 
-@njit(jit.f8(jit.f8), **jit.NOGIL)
-def _mills_inverse(z):
-    """``φ(z) / Φ(z)``, stable for very negative ``z`` (the asymptotic series there)."""
-    if z > -8.0:
-        return np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi) / (0.5 * math.erfc(-z / np.sqrt(2.0)))
-    x2 = z * z
-    return -z / (1.0 - 1.0 / x2 + 3.0 / (x2 * x2) - 15.0 / (x2 * x2 * x2))
-
-
-@njit(jit.f8_pair(jit.f8, jit.f8, jit.f8), **jit.NOGIL)
-def _probit_moments(m, v, r):
-    """``(α, β)``: the first and minus the second derivative in ``m`` of
-    ``r·log Z₁ + (1 − r)·log Z₀``, ``Z_y = E[P(y | η)]`` for ``η ~ N(m, v)`` and
-    ``P(1 | η) = Φ(η / s)`` (``s² = PROBIT_SCALE2``), for a reward ``r`` in [0, 1] (0 or 1:
-    the one outcome's ``log Z``). The Gaussian with the moments of the one-outcome
-    posterior moves the logit's mean by ``v·α`` and its variance by ``−v²·β``;
-    ``0 < β < 1 / (s² + v)``."""
-    tau = np.sqrt(PROBIT_SCALE2 + v)
-    alpha = 0.0
-    beta = 0.0
-    for y, weight in ((1.0, r), (-1.0, 1.0 - r)):
-        if weight <= 0.0:
-            continue
-        z = y * m / tau
-        lam = _mills_inverse(z)
-        alpha += weight * y * lam / tau
-        beta += weight * lam * (lam + z) / (tau * tau)
-    return alpha, beta
-
-
 @njit(jit.f8(jit.i8, jit.i8, jit.f8, jit.f8, jit.f8_1d, jit.i8, jit.f8), **jit.NOGIL)
 def _credit_rho(credit, j, s_o, v, vs, n_row, h):
     """``ρ``, the share by which block ``j``'s variance along its own ``Σ_c x`` shrinks
@@ -367,7 +315,6 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
     definiteness."""
     lam = params[L_FORGETTING]
     credit = int(params[L_CREDIT])
-    moments = params[L_STEP] == STEP_MOMENTS
     n_comp, d = b.shape
     k = combo_components.shape[1]
     touched = np.zeros(n_comp, dtype=np.uint8)
@@ -430,10 +377,6 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
         if h < 1e-6:
             h = 1e-6
         g = rewards[t] - p_hat
-        if moments:  # the moment-matched step, as the (g, h) whose Kalman step it is
-            alpha, beta = _probit_moments(eta, v, rewards[t])
-            h = beta / (1.0 - beta * v)
-            g = alpha / (1.0 - beta * v)
         denom = 1.0 + h * v
         s_o = offset[1]
         offset[0] += s_o * g / denom
@@ -574,9 +517,6 @@ class LearnerParams:
     # How one outcome's information is shared among the chosen combination's components
     # (logistic link; module docstring, "Credit"): "marginal", "sum" or "harmonic".
     credit: str = DEFAULT_CREDIT
-    # How one outcome moves the posterior (logistic link; module docstring, "Step"):
-    # "kalman" or "moments".
-    step: str = DEFAULT_STEP
 
     def __post_init__(self) -> None:
         if not (0.0 < self.forgetting <= 1.0):
@@ -589,8 +529,6 @@ class LearnerParams:
         low, high = self.reward_range
         if not (np.isfinite(low) and np.isfinite(high) and low < high):
             raise ValueError(f"reward_range: needs finite low < high, got {self.reward_range}")
-        if self.step not in STEPS:
-            raise ValueError(f"step: must be one of {list(STEPS)}, got {self.step!r}")
         if self.credit not in CREDITS:
             raise ValueError(f"credit: must be one of {list(CREDITS)}, got {self.credit!r}")
         if self.prior_groups and self.link != LINK_LOGISTIC:
@@ -673,8 +611,7 @@ def update_posteriors(
         raise ValueError("contexts, rewards: must be finite (no NaN or inf)")
     state = [a.copy() for a in (snapshot.precision, snapshot.b, snapshot.mean_t,
                                 snapshot.factor_t, snapshot.n_eff)]
-    kparams = np.array([params.forgetting, float(CREDITS[params.credit]),
-                        float(STEPS[params.step])])
+    kparams = np.array([params.forgetting, float(CREDITS[params.credit])])
     prior = snapshot.prior
     assert prior is not None  # filled in by PolicySnapshot
     if params.link == LINK_LOGISTIC:

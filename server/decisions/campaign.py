@@ -31,12 +31,10 @@ from nudge.kernels.learner import (
     DEFAULT_LINK,
     DEFAULT_PRIOR_PRECISION,
     DEFAULT_SLOPE_PRECISION,
-    DEFAULT_STEP,
     LEARNED_PRIOR_CELLS,
     LEARNED_PRIOR_NONE,
     LINK_IDENTITY,
     LINK_LOGISTIC,
-    STEPS,
 )
 from nudge.kernels.policy import DEFAULT_OPTIMISM, DEFAULT_POLICY
 from nudge.server.decisions.triggers import Trigger, parse_triggers
@@ -187,9 +185,6 @@ class Exploration:
     # "harmonic" (the joint's cross terms split by the components' variances) or "split"
     # (the outcome's information split by the components' variances).
     credit: str = DEFAULT_CREDIT
-    # How one outcome moves the logistic link's posterior (kernels/learner.py, "Step"):
-    # "kalman" (linearised at the prediction) or "moments" (moment-matched).
-    step: str = DEFAULT_STEP
     # Per-update forgetting factor (< 1 tracks drift; 1 never forgets).
     forgetting: float = DEFAULT_FORGETTING
     # SquareCB learning rate, scaled by the number of allowed actions.
@@ -534,7 +529,6 @@ def _exploration(data: dict[str, Any], source: str) -> Exploration:
         ),
         credit=_choice(e.get("credit", defaults.credit), tuple(CREDITS),
                        "exploration.credit", source),
-        step=_choice(e.get("step", defaults.step), tuple(STEPS), "exploration.step", source),
         forgetting=_number(
             e.get("forgetting", defaults.forgetting), "exploration.forgetting", source, 0.9, 1.0
         ),

@@ -60,7 +60,7 @@ class CampaignModel:
         best = goal.value if goal.value > worst else worst + 1.0
         return lrn.LearnerParams(forgetting=e.forgetting, link=e.link,
                                  reward_range=(worst, best), prior_groups=self._prior_groups,
-                                 credit=e.credit, step=e.step)
+                                 credit=e.credit)
 
     @property
     def _prior_groups(self) -> tuple[tuple[int, int], ...]:

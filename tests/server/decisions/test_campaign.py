@@ -104,7 +104,6 @@ def test_guardrails_can_be_turned_off() -> None:
         ('algorithm = "squarecb"', 'learned_prior = "all"',
          "exploration.learned_prior: must be one of"),
         ('algorithm = "squarecb"', 'credit = "joint"', "exploration.credit: must be one of"),
-        ('algorithm = "squarecb"', 'step = "newton"', "exploration.step: must be one of"),
         ('algorithm = "squarecb"', 'algorithm = "squarecb"\noptimism = -0.5',
          "exploration.optimism: must be in [0, 1000]"),
         ("[goal]", "[gaol]\nx = 1\n[goal]", "gaol: unknown key"),

@@ -51,7 +51,6 @@ def test_parse_defaults_are_the_kernels_defaults() -> None:
     assert e.intercept_variance == learner.DEFAULT_INTERCEPT_VARIANCE
     assert e.learned_prior == learner.DEFAULT_LEARNED_PRIOR
     assert e.credit == learner.DEFAULT_CREDIT == learner.LearnerParams().credit
-    assert e.step == learner.DEFAULT_STEP == learner.LearnerParams().step
     assert e.optimism == policy.DEFAULT_OPTIMISM
     assert policy.PolicyParams() == p
 
@@ -76,13 +75,11 @@ def test_a_learned_cell_prior_covers_each_pairs_cells_with_the_logistic_link() -
     assert identity.learner_params.prior_groups == ()  # the identity link ignores it
 
 
-def test_credit_and_step_reach_the_learner() -> None:
+def test_credit_reaches_the_learner() -> None:
     from nudge.server.decisions.models import CampaignModel
 
-    base = (_without_exploration(SHIPPED)
-            + '\n[exploration]\ncredit = "harmonic"\nstep = "moments"\n')
+    base = _without_exploration(SHIPPED) + '\n[exploration]\ncredit = "harmonic"\n'
     model = CampaignModel.initial(parse_campaign(base, "harmonic"))
-    assert (model.learner_params.credit, model.learner_params.step) == ("harmonic", "moments")
+    assert model.learner_params.credit == "harmonic"
     default = CampaignModel.initial(parse_campaign(_without_exploration(SHIPPED), "default"))
-    assert (default.learner_params.credit, default.learner_params.step) == (
-        learner.DEFAULT_CREDIT, learner.DEFAULT_STEP)
+    assert default.learner_params.credit == learner.DEFAULT_CREDIT
