@@ -99,7 +99,7 @@ from nudge.kernels.snapshot import PolicySnapshot
 
 # Layout of the learner parameter array handed to the kernel.
 L_FORGETTING = 0
-L_CREDIT = 1  # CREDIT_CODES[params.credit]; the identity link ignores it
+L_CREDIT = 1  # CREDITS[params.credit]; the identity link ignores it
 N_LEARNER_PARAMS = 2  # the prior precisions are the snapshot's ``prior[C, d]``
 
 # How one outcome's information is shared among the combination's components' posteriors
@@ -381,7 +381,10 @@ def _update_logistic_kernel(precision, b, mean_t, factor_t, n_eff, offset, combo
         denom = 1.0 + h * v
         s_o = offset[1]
         offset[0] += s_o * g / denom
-        offset[1] = s_o - s_o * _credit_rho(credit, -1, s_o, v, vs, n_row, h)
+        if credit == CREDIT_MARGINAL:
+            offset[1] = s_o - h * s_o * s_o / denom
+        else:
+            offset[1] = s_o - s_o * _credit_rho(credit, -1, s_o, v, vs, n_row, h)
         for j in range(n_row):
             c = row[j]
             wc = weight[c]
@@ -516,7 +519,8 @@ class LearnerParams:
     # link only). Empty: the prior stays where it started.
     prior_groups: tuple[tuple[int, int], ...] = ()
     # How one outcome's information is shared among the chosen combination's components
-    # (logistic link; module docstring, "Credit"): "marginal", "sum" or "harmonic".
+    # (logistic link; module docstring, "Credit"): "marginal", "sum", "harmonic" or
+    # "split".
     credit: str = DEFAULT_CREDIT
 
     def __post_init__(self) -> None:
