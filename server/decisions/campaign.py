@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import string
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -146,12 +146,17 @@ class Guardrails:
     holdout: float
 
     def is_quiet(self, minute_of_day: float) -> bool:
-        if self.quiet_hours is None:
-            return False
-        start, end = self.quiet_hours
-        if start <= end:
-            return start <= minute_of_day < end
-        return minute_of_day >= start or minute_of_day < end
+        return self.quiet_hours is not None and in_quiet_hours(minute_of_day, self.quiet_hours)
+
+
+def in_quiet_hours(minute_of_day: float, quiet_hours: Sequence[int]) -> bool:
+    """Whether a local minute of the day falls in quiet hours ``(start, end)`` (minutes
+    after local midnight, wrapping past midnight when start > end). One rule for the
+    decision's guardrail and the outbox's check when a delivery goes out."""
+    start, end = quiet_hours
+    if start <= end:
+        return start <= minute_of_day < end
+    return minute_of_day >= start or minute_of_day < end
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from typing import Any
 
 import lmdb
 
+from nudge.server.decisions.campaign import in_quiet_hours
 from nudge.server.decisions.guardrails import channel_consented
 from nudge.server.errors import FailedPrecondition, NotFound
 from nudge.server.inputs.events import time_zone
@@ -61,12 +62,11 @@ def quiet_until(now: float, tz: str, quiet_hours: list[int]) -> float | None:
     None when ``now`` is not quiet there. A delivery moved by the cross-channel gap (20:30
     plus an hour) or redelivered late could fall inside them, and went out then until
     2026-12-03: the decision's check of its send time does not cover where it lands."""
-    start, end = quiet_hours
+    end = quiet_hours[1]
     zone = time_zone(tz)
     local = datetime.fromtimestamp(now, zone)
     minute = local.hour * 60 + local.minute + local.second / 60
-    quiet = start <= minute < end if start <= end else (minute >= start or minute < end)
-    if not quiet:
+    if not in_quiet_hours(minute, quiet_hours):
         return None
     day = local.date() if minute < end else local.date() + timedelta(days=1)
     until = datetime.combine(day, dtime(end // 60, end % 60), tzinfo=zone).timestamp()
