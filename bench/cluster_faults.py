@@ -373,10 +373,7 @@ def _info(target: str) -> dpb.GetServerInfoResponse:
 
 
 def partition_map(target: str) -> dict[int, str]:
-    with grpc.insecure_channel(target) as channel:
-        info = dgrpc.DiagnosticsServiceStub(channel).GetServerInfo(
-            dpb.GetServerInfoRequest(), timeout=5.0)
-    return dict(info.partition_owners)
+    return dict(_info(target).partition_owners)
 
 
 def _wait_settled(cluster: LocalCluster, timeout: float = 60.0) -> bool:
